@@ -1,0 +1,32 @@
+//! The body type that flows through the gateway in both directions, and
+//! small constructors for bodies kt writes itself.
+
+use bytes::Bytes;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+
+/// Any error a body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A streaming body: frames are forwarded as they arrive, never collected.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body holding `data` in one frame.
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Boxes any body whose error converts into [`BoxError`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}

@@ -1,0 +1,76 @@
+//! `kt ca init|path|install|uninstall`.
+
+use super::HomeArgs;
+use crate::tls::{trust, CaPaths, CertificateAuthority};
+use anyhow::Context;
+use clap::Subcommand;
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the CA if absent (idempotent) and print its certificate path.
+    Init,
+    /// Print the CA certificate path.
+    Path,
+    /// Trust the CA in the OS store (and NSS databases found).
+    Install {
+        /// Print the exact commands instead of running them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove the CA from the stores `install` added it to.
+    Uninstall {
+        /// Print the exact commands instead of running them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+pub fn run(home: &HomeArgs, cmd: CaCommand) -> anyhow::Result<ExitCode> {
+    let paths = CaPaths::in_dir(home.ca_dir()?);
+    match cmd {
+        CaCommand::Init => {
+            let (_, created) = CertificateAuthority::load_or_create(&paths)?;
+            if created {
+                eprintln!("created a new CA in {}", paths.dir.display());
+            }
+            println!("{}", paths.cert.display());
+        }
+        CaCommand::Path => {
+            if !paths.cert.is_file() {
+                anyhow::bail!(
+                    "no CA at {} yet; run `kt ca init` (or start the gateway) first",
+                    paths.cert.display()
+                );
+            }
+            println!("{}", paths.cert.display());
+        }
+        CaCommand::Install { dry_run } => {
+            if !dry_run {
+                CertificateAuthority::load_or_create(&paths)?;
+            }
+            let plan = trust::install_plan(&paths)?;
+            execute(plan, dry_run, "installed")?;
+        }
+        CaCommand::Uninstall { dry_run } => {
+            let plan = trust::uninstall_plan(&paths)?;
+            execute(plan, dry_run, "removed")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn execute(plan: trust::TrustPlan, dry_run: bool, done: &str) -> anyhow::Result<()> {
+    if dry_run {
+        print!("{}", plan.render());
+        return Ok(());
+    }
+    trust::run(&plan).context("trust store update failed")?;
+    for step in &plan.steps {
+        eprintln!("{done}: {}", step.what);
+    }
+    for note in &plan.notes {
+        println!("{note}");
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! `kt gateway run`: resolve flags and config, bind, serve, drain on signal.
+
+use super::HomeArgs;
+use crate::config::PolicyConfig;
+use crate::gateway::{self, GatewaySettings};
+use crate::proxy::InterceptMode;
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// Run the gateway in the foreground.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Policy config file (YAML).
+    #[arg(long, value_name = "FILE")]
+    pub policy_config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:41002")]
+    pub listen: SocketAddr,
+    /// Extra PEM roots for upstream TLS (the OS roots are always trusted).
+    #[arg(long, value_name = "PEMFILE")]
+    pub upstream_ca: Vec<PathBuf>,
+    /// Dial ADDR:PORT for HOST:PORT, keeping HOST as the TLS name.
+    #[arg(long, value_name = "HOST:PORT:ADDR:PORT")]
+    pub connect_to: Vec<String>,
+    /// Chain through this HTTP proxy (default: $HTTPS_PROXY / $HTTP_PROXY).
+    #[arg(long, value_name = "URL")]
+    pub upstream_proxy: Option<String>,
+    /// Which CONNECT targets are decrypted.
+    #[arg(long, value_enum, default_value_t = InterceptArg::Llm)]
+    pub intercept: InterceptArg,
+    /// Most concurrent client connections (tunnels included).
+    #[arg(long, value_name = "N", default_value_t = 16384)]
+    pub max_connections: usize,
+    /// How long SIGTERM/SIGINT waits for in-flight requests and streams.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub drain_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum InterceptArg {
+    /// Built-in LLM hosts plus `intercept.hosts`.
+    Llm,
+    /// Every host.
+    All,
+    /// No host (every CONNECT is a blind tunnel).
+    None,
+}
+
+pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
+    let GatewayCommand::Run(args) = cmd;
+    let config = match &args.policy_config {
+        Some(path) => Some(PolicyConfig::load(path)?),
+        None => None,
+    };
+    let mut settings = GatewaySettings::new(args.listen, home.ca_dir()?);
+    settings.upstream_ca = args.upstream_ca.clone();
+    settings.connect_to = args.connect_to.clone();
+    settings.upstream_proxy = args.upstream_proxy.clone();
+    settings.intercept = match args.intercept {
+        InterceptArg::Llm => InterceptMode::Llm,
+        InterceptArg::All => InterceptMode::All,
+        InterceptArg::None => InterceptMode::None,
+    };
+    if args.max_connections == 0 {
+        anyhow::bail!("--max-connections must be at least 1");
+    }
+    settings.limits.max_connections = args.max_connections;
+    let auth_required = config.as_ref().and_then(|c| c.auth.required);
+    if let Some(config) = &config {
+        settings.apply_config(config);
+    }
+    if !args.listen.ip().is_loopback() {
+        // Access keys are not implemented yet, so a non-loopback listener
+        // would be an open proxy. Only an explicit opt-in allows it.
+        if auth_required != Some(false) {
+            anyhow::bail!(
+                "refusing to listen on {} without access keys: that would be an open proxy; \
+                 listen on 127.0.0.1, or set `auth: {{required: false}}` in the policy config to opt in",
+                args.listen
+            );
+        }
+        tracing::warn!(listen = %args.listen, "auth.required is false on a non-loopback address: anyone who can reach this port can use the proxy");
+    }
+    raise_fd_limit();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kt-worker")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(settings, args))
+}
+
+async fn serve(settings: GatewaySettings, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let local = listener.local_addr()?;
+    let built = gateway::build(&settings)?;
+    for w in &built.warnings {
+        tracing::warn!("{w}");
+    }
+    if built.ca_created {
+        tracing::info!(path = %built.ca.cert.display(), "created a new local CA; trust it with `kt ca install`");
+    }
+    banner(local, &built, &settings);
+
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let server = tokio::spawn(built.gateway.clone().serve(listener, shutdown));
+    wait_for_stop_signal(args.policy_config.as_deref()).await;
+    tracing::info!(
+        grace_secs = args.drain_seconds,
+        "draining: no new connections; waiting for in-flight requests"
+    );
+    let drained = trigger.drain(Duration::from_secs(args.drain_seconds)).await;
+    let _ = server.await;
+    if drained {
+        tracing::info!("drained; bye");
+    } else {
+        tracing::warn!("drain period over; closing the remaining connections");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn banner(local: SocketAddr, built: &gateway::Built, settings: &GatewaySettings) {
+    let mode = match settings.intercept {
+        InterceptMode::Llm => "LLM hosts",
+        InterceptMode::All => "all hosts",
+        InterceptMode::None => "none (blind tunnels only)",
+    };
+    eprintln!("kt gateway listening on {local}");
+    eprintln!("  CA certificate : {}", built.ca.cert.display());
+    eprintln!("  intercepting   : {mode}");
+    if let Some(p) = &built.upstream_proxy {
+        eprintln!("  upstream proxy : {p}");
+    }
+    eprintln!("  point clients at it:");
+    eprintln!("    export HTTPS_PROXY=http://{local} HTTP_PROXY=http://{local} NO_PROXY=localhost,127.0.0.1");
+    eprintln!("    export NODE_EXTRA_CA_CERTS={}", built.ca.cert.display());
+}
+
+#[cfg(unix)]
+async fn wait_for_stop_signal(config: Option<&std::path::Path>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                // Re-validate so a bad edit is reported at once; applying
+                // policies live comes with the policy engine.
+                if let Some(path) = config {
+                    match PolicyConfig::load(path) {
+                        Ok(_) => tracing::info!(path = %path.display(), "SIGHUP: policy config is valid"),
+                        Err(e) => tracing::error!("SIGHUP: policy config rejected, keeping the old one: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_stop_signal(_config: Option<&std::path::Path>) {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Tunnels hold two descriptors each; the usual soft limit of 1024 would
+/// cap the gateway at a few hundred clients.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::debug!(error = %e, "cannot raise the open file limit"),
+    }
+}

@@ -1,0 +1,97 @@
+//! The `kt` command line: flags parsed by clap, resolved into settings, and
+//! dispatched. The only module that uses `anyhow`; every error ends as one
+//! line on stderr and a non-zero exit.
+
+mod ca;
+mod gateway;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// kt — the Keeptrusts gateway for AI coding assistants.
+#[derive(Debug, Parser)]
+#[command(name = "kt", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub home: HomeArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where state lives; accepted by every command.
+#[derive(Debug, Clone, Args)]
+pub struct HomeArgs {
+    /// Home folder for all state (default: $KEEPTRUSTS_HOME or ~/.keeptrusts).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Folder of the local CA (default: <home>/certs).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+}
+
+impl HomeArgs {
+    /// The home folder: `--data-dir`, else `$KEEPTRUSTS_HOME`, else `~/.keeptrusts`.
+    pub fn home(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        if let Some(h) = std::env::var_os("KEEPTRUSTS_HOME").filter(|h| !h.is_empty()) {
+            return Ok(PathBuf::from(h));
+        }
+        let home = std::env::var_os("HOME")
+            .or_else(|| std::env::var_os("USERPROFILE"))
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!("cannot find a home folder: set KEEPTRUSTS_HOME or pass --data-dir")
+            })?;
+        Ok(PathBuf::from(home).join(".keeptrusts"))
+    }
+
+    /// The CA folder: `--ca-dir`, else `<home>/certs`.
+    pub fn ca_dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.ca_dir {
+            Some(d) => Ok(d.clone()),
+            None => Ok(self.home()?.join("certs")),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
+    /// Manage the local certificate authority.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Gateway(cmd) => gateway::run(&cli.home, cmd),
+        Command::Ca(cmd) => ca::run(&cli.home, cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kt: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KT_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,151 @@
+//! Assembling a gateway from resolved settings: the CA, the leaf cache, the
+//! upstream client and the interception rules. Used by `kt gateway run` and
+//! by tests, which start gateways in-process on `127.0.0.1:0`.
+
+use crate::config::{ConfigError, PolicyConfig};
+use crate::proxy::{Gateway, InterceptMode, InterceptRules, Limits};
+use crate::tls::{CaError, CaPaths, CertCache, CertificateAuthority, LeafMinter, MintError};
+use crate::upstream::chain::{NoProxy, ProxyRules, ProxyUrl, ProxyUrlError};
+use crate::upstream::connect_to::{ConnectTo, ConnectToError, ConnectToRules};
+use crate::upstream::tls::TrustStoreError;
+use crate::upstream::{Upstream, UpstreamTimeouts, UpstreamTls};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything needed to build a gateway, after flags and config are merged.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub listen: SocketAddr,
+    pub ca_dir: PathBuf,
+    pub upstream_ca: Vec<PathBuf>,
+    pub connect_to: Vec<String>,
+    pub upstream_proxy: Option<String>,
+    pub intercept: InterceptMode,
+    pub intercept_hosts: Vec<String>,
+    pub limits: Limits,
+    pub upstream_timeouts: UpstreamTimeouts,
+    /// Trust the OS roots for upstream TLS (always in production; tests
+    /// turn it off to prove that only their own CA is trusted).
+    pub os_roots: bool,
+    /// Read `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the environment.
+    pub env_proxy: bool,
+    pub cert_cache_capacity: u64,
+    pub cert_cache_ttl: Duration,
+}
+
+impl GatewaySettings {
+    /// Defaults for a gateway whose CA lives in `ca_dir`.
+    pub fn new(listen: SocketAddr, ca_dir: PathBuf) -> Self {
+        GatewaySettings {
+            listen,
+            ca_dir,
+            upstream_ca: Vec::new(),
+            connect_to: Vec::new(),
+            upstream_proxy: None,
+            intercept: InterceptMode::Llm,
+            intercept_hosts: Vec::new(),
+            limits: Limits::default(),
+            upstream_timeouts: UpstreamTimeouts::default(),
+            os_roots: true,
+            env_proxy: true,
+            cert_cache_capacity: 10_000,
+            cert_cache_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+
+    /// Adds the config file's settings (flags given on the command line come
+    /// first; config entries are appended).
+    pub fn apply_config(&mut self, config: &PolicyConfig) {
+        self.intercept_hosts
+            .extend(config.intercept.hosts.iter().cloned());
+        self.connect_to
+            .extend(config.upstream.connect_to.iter().cloned());
+        self.upstream_ca
+            .extend(config.upstream.ca_files.iter().cloned());
+        if self.upstream_proxy.is_none() {
+            self.upstream_proxy.clone_from(&config.upstream.proxy);
+        }
+    }
+}
+
+/// Why a gateway could not be built (all are bad input or local problems).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Mint(#[from] MintError),
+    #[error(transparent)]
+    ConnectTo(#[from] ConnectToError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyUrlError),
+    #[error(transparent)]
+    Trust(#[from] TrustStoreError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// A built gateway and what the start-up banner reports.
+pub struct Built {
+    pub gateway: Arc<Gateway>,
+    pub ca: CaPaths,
+    pub ca_created: bool,
+    pub upstream_proxy: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Builds the gateway. Must run inside a tokio runtime.
+pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
+    crate::install_crypto_provider();
+    let paths = CaPaths::in_dir(&settings.ca_dir);
+    let (ca, ca_created) = CertificateAuthority::load_or_create(&paths)?;
+    let minter = Arc::new(LeafMinter::new(Arc::new(ca))?);
+    let certs = CertCache::new(
+        minter,
+        settings.cert_cache_capacity,
+        settings.cert_cache_ttl,
+    );
+
+    let rules = settings
+        .connect_to
+        .iter()
+        .map(|r| ConnectTo::parse(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut warnings = Vec::new();
+    let env = |k: &str| std::env::var(k).ok();
+    let proxies = match &settings.upstream_proxy {
+        Some(url) => {
+            let no_proxy = NoProxy::parse(
+                &env("NO_PROXY")
+                    .or_else(|| env("no_proxy"))
+                    .unwrap_or_default(),
+            );
+            ProxyRules::explicit(ProxyUrl::parse(url)?, no_proxy)
+        }
+        None if settings.env_proxy => {
+            let (rules, w) = ProxyRules::from_env(env, settings.listen);
+            warnings.extend(w);
+            rules
+        }
+        None => ProxyRules::default(),
+    };
+    let upstream_proxy = proxies.for_tunnel("example.invalid").map(|p| p.to_string());
+    let tls = UpstreamTls::new(&settings.upstream_ca, settings.os_roots)?;
+    let upstream = Upstream::new(
+        ConnectToRules::new(rules),
+        proxies,
+        tls,
+        settings.upstream_timeouts.clone(),
+    );
+    let intercept = InterceptRules::new(settings.intercept, &settings.intercept_hosts);
+    let gateway = Gateway::new(certs, upstream, intercept, settings.limits.clone());
+    Ok(Built {
+        gateway,
+        ca: paths,
+        ca_created,
+        upstream_proxy,
+        warnings,
+    })
+}

@@ -1,0 +1,3 @@
+//! Knowledge about LLM providers: which hosts carry LLM traffic.
+
+pub mod hosts;

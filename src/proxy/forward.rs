@@ -1,0 +1,150 @@
+//! Forwarding one request upstream and its response back: hop-by-hop
+//! headers removed (RFC 9110 §7.6.1), bodies streamed both ways, and
+//! protocol upgrades (WebSocket) bridged after the 101.
+
+use super::{ConnCtx, ProxyError};
+use crate::body::{self, Body};
+use crate::upstream::pool::Origin;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+/// Headers that describe one hop, never forwarded.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Sends `req` to `origin` and returns the response to give the client.
+pub(super) async fn forward(
+    ctx: &ConnCtx,
+    origin: &Origin,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let upgrade = wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, incoming) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if upgrade {
+        restore_upgrade_headers(&mut parts.headers);
+    }
+    let up_req = Request::from_parts(parts, body::boxed(incoming));
+    let mut resp = ctx.gw.upstream.send(origin, up_req).await?;
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(ProxyError::BadRequest(
+                "upstream switched protocols without being asked".into(),
+            ));
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let activity = ctx.activity.clone();
+        let idle = ctx.gw.limits.idle;
+        let permit = ctx.permit.clone();
+        ctx.shutdown.spawn(async move {
+            let _permit = permit;
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    super::tunnel::run(
+                        TokioIo::new(client),
+                        TokioIo::new(upstream),
+                        activity,
+                        idle,
+                    )
+                    .await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade bridge failed"),
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, body::empty()));
+    }
+
+    let (mut parts, incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, body::boxed(incoming)))
+}
+
+/// An HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers and every header the Connection header names.
+/// With `keep_upgrade`, `Upgrade` survives (the caller restores Connection).
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(keep_upgrade && name == header::UPGRADE) {
+                headers.remove(&name);
+            }
+        }
+    }
+    for name in HOP_BY_HOP {
+        if !(keep_upgrade && *name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    headers.remove("proxy-connection");
+    headers.remove("keep-alive");
+}
+
+fn restore_upgrade_headers(headers: &mut HeaderMap) {
+    headers.insert(
+        header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, x-secret-hop".parse().unwrap(),
+        );
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert(header::PROXY_AUTHORIZATION, "Basic x".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(!wants_upgrade(&h));
+        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert!(h.contains_key(header::UPGRADE));
+    }
+}

@@ -1,0 +1,134 @@
+//! An intercepted CONNECT: peek at the first bytes; TLS is terminated with a
+//! leaf minted for the SNI (falling back to the CONNECT host) and the
+//! decrypted requests are served over HTTP/2 or HTTP/1.1 as ALPN chose;
+//! anything that is not TLS is tunnelled untouched.
+
+use super::authority::Target;
+use super::{forward, tunnel, ConnCtx};
+use crate::netio::Prefixed;
+use crate::upstream::pool::Origin;
+use bytes::BytesMut;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+pub(super) async fn serve<IO>(ctx: ConnCtx, mut io: IO, target: Target)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &ctx.gw.limits;
+    let mut first = BytesMut::with_capacity(512);
+    match tokio::time::timeout(limits.client_tls_handshake, io.read_buf(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return,
+    }
+    let io = Prefixed::new(first.freeze(), io);
+    let is_tls = io_first_byte(&io) == Some(TLS_HANDSHAKE);
+    if !is_tls {
+        // Plain bytes after CONNECT (e.g. ws:// through the proxy): tunnel.
+        match ctx.gw.upstream.dial(&target.host, target.port, true).await {
+            Ok(upstream) => {
+                tunnel::run(io, upstream, ctx.activity.clone(), limits.idle).await;
+            }
+            Err(e) => tracing::warn!(target = %target, error = %e, "tunnel dial failed"),
+        }
+        return;
+    }
+
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let handshake = async {
+        let start = acceptor.await?;
+        let sni = start.client_hello().server_name().map(str::to_owned);
+        let name = sni.as_deref().unwrap_or(&target.host);
+        if sni
+            .as_deref()
+            .is_some_and(|s| !s.eq_ignore_ascii_case(&target.host))
+        {
+            tracing::debug!(connect = %target, sni = ?sni, "SNI differs from the CONNECT host");
+        }
+        let config = ctx
+            .gw
+            .certs
+            .server_config(name)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        start.into_stream(config).await
+    };
+    let tls = match tokio::time::timeout(limits.client_tls_handshake, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            // Typically a client that does not trust the kt CA yet.
+            tracing::info!(target = %target, error = %e, "client TLS handshake failed (is the kt CA trusted? see `kt ca install`)");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(target = %target, "client TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let origin = Origin::new(true, &target.host, target.port);
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req| {
+        let ctx = svc_ctx.clone();
+        let origin = origin.clone();
+        async move {
+            Ok::<_, Infallible>(
+                forward::forward(&ctx, &origin, req)
+                    .await
+                    .unwrap_or_else(super::ProxyError::into_response),
+            )
+        }
+    });
+    let io = TokioIo::new(tls);
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(64 * 1024)
+            .keep_alive_interval(Duration::from_secs(60))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .serve_connection(io, svc);
+        drive(&ctx, conn, |c| c.graceful_shutdown()).await;
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read * 2)
+            .max_buf_size(limits.max_header_bytes)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        drive(&ctx, conn, |c| c.graceful_shutdown()).await;
+    }
+}
+
+fn io_first_byte<T>(io: &Prefixed<T>) -> Option<u8> {
+    io.prefix().first().copied()
+}
+
+/// Runs a server connection until it ends, the gateway drains (graceful:
+/// in-flight requests and streams finish), or it sits idle too long.
+async fn drive<C, E, G>(ctx: &ConnCtx, conn: C, graceful: G)
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+    G: FnOnce(Pin<&mut C>),
+{
+    let mut conn = std::pin::pin!(conn);
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        _ = ctx.shutdown.draining() => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+        _ = ctx.activity.idle_timeout(ctx.gw.limits.idle) => Ok(()),
+    };
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "intercepted connection ended with an error");
+    }
+}

@@ -1,0 +1,200 @@
+//! The listener: one port for the forward proxy (CONNECT and absolute-form
+//! requests), the admin routes, and (later) the direct API. Accepts
+//! connections under a connection limit and drains them on shutdown.
+
+pub mod authority;
+pub mod error;
+mod forward;
+mod intercept;
+mod outer;
+mod tunnel;
+
+use crate::llm::hosts::HostSet;
+use crate::shutdown::Shutdown;
+use crate::tls::CertCache;
+use crate::upstream::Upstream;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use error::ProxyError;
+
+/// Which CONNECT targets are decrypted (`--intercept`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InterceptMode {
+    /// The built-in LLM hosts plus `intercept.hosts` (the default).
+    #[default]
+    Llm,
+    /// Every host.
+    All,
+    /// No host: every CONNECT is a blind tunnel.
+    None,
+}
+
+/// The interception rules applied to each CONNECT.
+#[derive(Debug, Clone)]
+pub struct InterceptRules {
+    mode: InterceptMode,
+    hosts: HostSet,
+}
+
+impl InterceptRules {
+    /// `extra` are the config's `intercept.hosts`, added to the built-in list.
+    pub fn new(mode: InterceptMode, extra: &[String]) -> Self {
+        let mut hosts = HostSet::builtin_llm();
+        for h in extra {
+            hosts.insert(h);
+        }
+        InterceptRules { mode, hosts }
+    }
+
+    pub fn should_intercept(&self, host: &str) -> bool {
+        match self.mode {
+            InterceptMode::All => true,
+            InterceptMode::None => false,
+            InterceptMode::Llm => self.hosts.matches(host),
+        }
+    }
+}
+
+/// Limits and timeouts on everything a client controls.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time to receive a complete request head (also the keep-alive idle
+    /// time between requests on the listener).
+    pub header_read: Duration,
+    /// Largest request head; bigger gets `431`.
+    pub max_header_bytes: usize,
+    /// Time for the client's TLS handshake after CONNECT.
+    pub client_tls_handshake: Duration,
+    /// A connection or tunnel with no bytes moving for this long is closed.
+    pub idle: Duration,
+    /// Concurrent client connections (tunnels included); more wait in the
+    /// kernel's accept backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            client_tls_handshake: Duration::from_secs(10),
+            idle: Duration::from_secs(600),
+            max_connections: 16 * 1024,
+        }
+    }
+}
+
+/// The running gateway's shared state.
+pub struct Gateway {
+    certs: CertCache,
+    upstream: Arc<Upstream>,
+    rules: InterceptRules,
+    limits: Limits,
+    ca_pem: Bytes,
+    stats: Stats,
+}
+
+/// Counters for tests, logs and (later) metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections: AtomicUsize,
+    pub tunnels: AtomicUsize,
+    pub intercepted: AtomicUsize,
+}
+
+impl Gateway {
+    pub fn new(
+        certs: CertCache,
+        upstream: Arc<Upstream>,
+        rules: InterceptRules,
+        limits: Limits,
+    ) -> Arc<Self> {
+        let ca_pem = Bytes::copy_from_slice(certs.minter().ca().cert_pem().as_bytes());
+        Arc::new(Gateway {
+            certs,
+            upstream,
+            rules,
+            limits,
+            ca_pem,
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn certs(&self) -> &CertCache {
+        &self.certs
+    }
+
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    /// Serves `listener` until `shutdown` starts draining. Connection tasks
+    /// are tracked by `shutdown`, so the caller's drain waits for them.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: Shutdown) {
+        let local = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "listener has no local address");
+                return;
+            }
+        };
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = shutdown.draining() => return,
+            };
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = shutdown.draining() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => {
+                    backoff = Duration::from_millis(5);
+                    x
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let gw = self.clone();
+            let sd = shutdown.clone();
+            shutdown.spawn(async move {
+                gw.stats.connections.fetch_add(1, Ordering::Relaxed);
+                outer::serve(gw.clone(), stream, peer, local, sd, Arc::new(permit)).await;
+                gw.stats.connections.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    }
+}
+
+/// Per-connection facts handed to request handlers and spawned tasks.
+#[derive(Clone)]
+pub(crate) struct ConnCtx {
+    pub gw: Arc<Gateway>,
+    pub local: SocketAddr,
+    pub shutdown: Shutdown,
+    pub activity: crate::netio::Activity,
+    /// Held by every task serving this client connection (tunnels and
+    /// intercepted sessions outlive the listener's HTTP connection).
+    pub permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+}

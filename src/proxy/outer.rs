@@ -1,0 +1,194 @@
+//! A client connection on the listener: HTTP/1.1 requests told apart by
+//! their request line — CONNECT, absolute-form (forward proxy), or
+//! origin-form (admin routes).
+
+use super::{authority, forward, intercept, tunnel, ConnCtx, Gateway, ProxyError};
+use crate::body::{self, Body};
+use crate::netio::{Activity, Tracked};
+use crate::shutdown::Shutdown;
+use crate::upstream::pool::Origin;
+use crate::upstream::UpstreamError;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+pub(super) async fn serve(
+    gw: Arc<Gateway>,
+    stream: TcpStream,
+    _peer: SocketAddr,
+    local: SocketAddr,
+    shutdown: Shutdown,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let activity = Activity::new();
+    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+    let ctx = ConnCtx {
+        gw: gw.clone(),
+        local,
+        shutdown: shutdown.clone(),
+        activity: activity.clone(),
+        permit,
+    };
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(route(ctx, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(gw.limits.header_read)
+        .max_buf_size(gw.limits.max_header_bytes)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => log_conn_end(res),
+        _ = shutdown.draining() => {
+            conn.as_mut().graceful_shutdown();
+            log_conn_end(conn.await);
+        }
+        _ = activity.idle_timeout(gw.limits.idle) => {}
+    }
+}
+
+fn log_conn_end(res: Result<(), hyper::Error>) {
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+async fn route(ctx: ConnCtx, req: Request<Incoming>) -> Response<Body> {
+    let result = if req.method() == Method::CONNECT {
+        connect(ctx, req).await
+    } else if req.uri().scheme().is_some() {
+        absolute_form(ctx, req).await
+    } else {
+        admin(&ctx, &req)
+    };
+    result.unwrap_or_else(ProxyError::into_response)
+}
+
+/// True when `host:port` is this gateway's own listener.
+fn is_self(ctx: &ConnCtx, host: &str, port: u16) -> bool {
+    if port != ctx.local.port() {
+        return false;
+    }
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip == ctx.local.ip() || ip.is_loopback() || ip.is_unspecified())
+}
+
+async fn connect(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .ok_or_else(|| ProxyError::BadRequest("CONNECT needs host:port".into()))?;
+    let target = authority::parse(raw)?;
+    if is_self(&ctx, &target.host, target.port) {
+        return Err(ProxyError::Loop);
+    }
+    let gw = ctx.gw.clone();
+    if gw.rules.should_intercept(&target.host) {
+        let origin = Origin::new(true, &target.host, target.port);
+        match gw.upstream.warm(&origin).await {
+            Ok(()) => {}
+            // The client gets its TLS session and a readable 502 per request.
+            Err(UpstreamError::Tls { .. } | UpstreamError::TlsTimeout { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let sd = ctx.shutdown.clone();
+        sd.spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(upgraded) => {
+                    gw.stats.intercepted.fetch_add(1, Ordering::Relaxed);
+                    intercept::serve(ctx.clone(), TokioIo::new(upgraded), target).await;
+                    gw.stats.intercepted.fetch_sub(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+            }
+        });
+    } else {
+        let upstream = gw.upstream.dial(&target.host, target.port, true).await?;
+        let sd = ctx.shutdown.clone();
+        sd.spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(upgraded) => {
+                    gw.stats.tunnels.fetch_add(1, Ordering::Relaxed);
+                    let _permit = ctx.permit.clone();
+                    tunnel::run(
+                        TokioIo::new(upgraded),
+                        upstream,
+                        ctx.activity.clone(),
+                        gw.limits.idle,
+                    )
+                    .await;
+                    gw.stats.tunnels.fetch_sub(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+            }
+        });
+    }
+    Ok(Response::new(body::empty()))
+}
+
+/// `GET http://host/path` sent to the proxy: forwarded as is (plain HTTP),
+/// or answered here when it names this gateway.
+async fn absolute_form(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    let uri = req.uri();
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(ProxyError::BadRequest("unsupported URI scheme".into())),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| ProxyError::BadRequest("absolute URI without a host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    if is_self(&ctx, &host, port) {
+        return admin(&ctx, &req);
+    }
+    let origin = Origin::new(tls, &host, port);
+    forward::forward(&ctx, &origin, req).await
+}
+
+/// Origin-form requests to the gateway itself.
+fn admin(ctx: &ConnCtx, req: &Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    let path = req.uri().path();
+    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    let text = |status: StatusCode, body: &'static str| {
+        let mut r = Response::new(body::full(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    match path {
+        "/healthz" | "/readyz" | "/_kt/ca.pem" if !read_only => Err(ProxyError::MethodNotAllowed),
+        "/healthz" => Ok(text(StatusCode::OK, "ok\n")),
+        "/readyz" if ctx.shutdown.is_draining() => {
+            Ok(text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"))
+        }
+        "/readyz" => Ok(text(StatusCode::OK, "ready\n")),
+        "/_kt/ca.pem" => {
+            let mut r = Response::new(body::full(ctx.gw.ca_pem.clone()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-pem-file"),
+            );
+            Ok(r)
+        }
+        _ => Err(ProxyError::NotFound(path.to_string())),
+    }
+}

@@ -1,0 +1,278 @@
+//! The local certificate authority: created on first use, stored under the
+//! CA folder with the private key readable by the owner only.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use time::{Duration, OffsetDateTime};
+
+/// File names inside the CA folder.
+const CERT_FILE: &str = "kt-ca.pem";
+const KEY_FILE: &str = "kt-ca-key.pem";
+const DER_FILE: &str = "kt-ca.cer";
+
+/// Common name of CAs this tool creates; also the nickname used in trust stores.
+pub const CA_COMMON_NAME: &str = "Keeptrusts kt local CA";
+
+/// Errors loading or creating the CA.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot create CA folder {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a usable CA file: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error(
+        "CA key {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
+    )]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("no CA in {dir}; run `kt ca init`")]
+    Missing { dir: PathBuf },
+    #[error("cannot generate CA: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// Where the CA's files live.
+#[derive(Debug, Clone)]
+pub struct CaPaths {
+    pub dir: PathBuf,
+    /// PEM certificate: what users install and clients trust.
+    pub cert: PathBuf,
+    /// PEM PKCS#8 private key, mode 0600.
+    pub key: PathBuf,
+    /// DER copy of the certificate (`.cer`) for Windows tools.
+    pub der: PathBuf,
+}
+
+impl CaPaths {
+    /// The standard file layout inside `dir`.
+    pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        CaPaths {
+            cert: dir.join(CERT_FILE),
+            key: dir.join(KEY_FILE),
+            der: dir.join(DER_FILE),
+            dir,
+        }
+    }
+
+    /// True when both the certificate and the key exist.
+    pub fn exists(&self) -> bool {
+        self.cert.is_file() && self.key.is_file()
+    }
+}
+
+/// A loaded CA, able to sign leaf certificates.
+pub struct CertificateAuthority {
+    paths: CaPaths,
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("CertificateAuthority")
+            .field("cert", &self.paths.cert)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// Loads the CA from `paths`, creating it first if absent.
+    /// Returns the CA and whether it was created now.
+    pub fn load_or_create(paths: &CaPaths) -> Result<(Self, bool), CaError> {
+        if paths.exists() {
+            return Ok((Self::load(paths)?, false));
+        }
+        if paths.cert.exists() != paths.key.exists() {
+            let present = if paths.cert.exists() {
+                &paths.cert
+            } else {
+                &paths.key
+            };
+            return Err(CaError::Invalid {
+                path: present.clone(),
+                reason: "the CA certificate and key must both exist; remove the lone file to create a new CA".into(),
+            });
+        }
+        Self::create(paths)?;
+        Ok((Self::load(paths)?, true))
+    }
+
+    /// Loads an existing CA.
+    pub fn load(paths: &CaPaths) -> Result<Self, CaError> {
+        if !paths.exists() {
+            return Err(CaError::Missing {
+                dir: paths.dir.clone(),
+            });
+        }
+        check_key_mode(&paths.key)?;
+        let cert_pem = read_to_string(&paths.cert)?;
+        let key_pem = read_to_string(&paths.key)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| CaError::Invalid {
+            path: paths.key.clone(),
+            reason: e.to_string(),
+        })?;
+        let cert_der = first_pem_cert(&cert_pem).ok_or_else(|| CaError::Invalid {
+            path: paths.cert.clone(),
+            reason: "no CERTIFICATE block".into(),
+        })?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| CaError::Invalid {
+            path: paths.cert.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(CertificateAuthority {
+            paths: paths.clone(),
+            cert_pem,
+            cert_der,
+            issuer,
+        })
+    }
+
+    fn create(paths: &CaPaths) -> Result<(), CaError> {
+        create_private_dir(&paths.dir)?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, CA_COMMON_NAME);
+        dn.push(DnType::OrganizationName, "Keeptrusts");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(random_serial());
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(2);
+        params.not_after = now + Duration::days(3650);
+        let cert = params.self_signed(&key)?;
+
+        // The key goes first: a certificate without its key is never left behind
+        // by a crash, and the key file is created 0600 rather than chmod-ed later.
+        write_atomic(&paths.key, key.serialize_pem().as_bytes(), true)?;
+        write_atomic(&paths.cert, cert.pem().as_bytes(), false)?;
+        write_atomic(&paths.der, cert.der(), false)?;
+        Ok(())
+    }
+
+    pub fn paths(&self) -> &CaPaths {
+        &self.paths
+    }
+
+    /// The CA certificate as PEM (what `/_kt/ca.pem` serves).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+}
+
+/// A random, positive 128-bit serial. Set explicitly: rcgen would otherwise
+/// derive it from the public key, and every leaf shares one key.
+pub(crate) fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x40; // keep the full width so the DER length is stable
+    SerialNumber::from_slice(&bytes)
+}
+
+fn read_to_string(path: &Path) -> Result<String, CaError> {
+    fs::read_to_string(path).map_err(|source| CaError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn first_pem_cert(pem: &str) -> Option<CertificateDer<'static>> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+}
+
+#[cfg(unix)]
+fn check_key_mode(path: &Path) -> Result<(), CaError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(path).map_err(|source| CaError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(CaError::KeyPermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_key_mode(_path: &Path) -> Result<(), CaError> {
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), CaError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|source| CaError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `data` to a temporary file created with the final mode, then renames
+/// it into place, so readers never see a partial file.
+fn write_atomic(path: &Path, data: &[u8], private: bool) -> Result<(), CaError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let err = |source| CaError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if private { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = opts.open(&tmp).map_err(err)?;
+    file.write_all(data).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(err)
+}

@@ -1,0 +1,204 @@
+//! Per-host leaf certificates: one process-wide P-256 leaf key (never the CA
+//! key), a fresh certificate per host signed by the CA, and a bounded,
+//! single-flight cache of ready-to-use rustls server configs.
+
+use crate::tls::ca::{random_serial, CertificateAuthority};
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// How long before "now" a leaf becomes valid, for clients with skewed clocks.
+const BACKDATE: time::Duration = time::Duration::days(1);
+/// Total validity span including the backdate: Chromium rejects leaves over 199 days.
+const VALIDITY: time::Duration = time::Duration::days(199);
+
+/// Errors minting a leaf.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("invalid host name for a certificate: {0:?}")]
+    BadName(String),
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("minting task failed: {0}")]
+    Join(String),
+}
+
+impl MintError {
+    /// Stable label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MintError::BadName(_) => "bad_name",
+            MintError::Rcgen(_) | MintError::Rustls(_) => "mint_failed",
+            MintError::Join(_) => "mint_task_failed",
+        }
+    }
+}
+
+/// Signs leaf certificates for hosts with the CA and the shared leaf key.
+pub struct LeafMinter {
+    ca: Arc<CertificateAuthority>,
+    leaf_key: KeyPair,
+    signing_key: Arc<dyn rustls::sign::SigningKey>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl LeafMinter {
+    /// Generates the process-wide leaf key.
+    pub fn new(ca: Arc<CertificateAuthority>) -> Result<Self, MintError> {
+        let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+        let signing_key = provider.key_provider.load_private_key(der)?;
+        Ok(LeafMinter {
+            ca,
+            leaf_key,
+            signing_key,
+            provider,
+        })
+    }
+
+    pub fn ca(&self) -> &Arc<CertificateAuthority> {
+        &self.ca
+    }
+
+    /// Mints a leaf for `host` (a DNS name or an IP literal, IPv6 with or
+    /// without brackets). Returns the chain sent to clients: leaf, then CA.
+    pub fn mint(&self, host: &str) -> Result<Vec<CertificateDer<'static>>, MintError> {
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let san = match host.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => {
+                if !is_dns_name(host) {
+                    return Err(MintError::BadName(host.to_string()));
+                }
+                SanType::DnsName(
+                    host.to_ascii_lowercase()
+                        .try_into()
+                        .map_err(|_| MintError::BadName(host.to_string()))?,
+                )
+            }
+        };
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        // CN is optional for modern clients; kept when it fits X.520's 64 chars.
+        if host.len() <= 64 {
+            dn.push(DnType::CommonName, host);
+        }
+        dn.push(DnType::OrganizationName, "Keeptrusts kt");
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![san];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = params.not_before + VALIDITY;
+        let cert = params.signed_by(&self.leaf_key, self.ca.issuer())?;
+        Ok(vec![cert.der().clone(), self.ca.cert_der().clone()])
+    }
+
+    /// Mints a leaf and wraps it in a rustls server config offering `alpn`.
+    pub fn server_config(
+        &self,
+        host: &str,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ServerConfig>, MintError> {
+        let chain = self.mint(host)?;
+        let certified = Arc::new(CertifiedKey::new(chain, self.signing_key.clone()));
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(FixedCert(certified)));
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+}
+
+/// Hands out one certificate whatever the ClientHello says; the name was
+/// already chosen from the SNI before this config was looked up.
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Conservative check of a DNS name before it goes into a certificate.
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'*')
+        })
+}
+
+/// ALPN protocols offered to intercepted clients.
+pub const CLIENT_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// Bounded cache of per-host server configs with single-flight minting.
+#[derive(Clone)]
+pub struct CertCache {
+    minter: Arc<LeafMinter>,
+    cache: moka::future::Cache<String, Arc<ServerConfig>>,
+}
+
+impl CertCache {
+    /// `capacity` hosts at most, each kept for `ttl` (well inside the leaf's
+    /// validity, so a long-running gateway re-mints before expiry).
+    pub fn new(minter: Arc<LeafMinter>, capacity: u64, ttl: Duration) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(ttl)
+            .build();
+        CertCache { minter, cache }
+    }
+
+    pub fn minter(&self) -> &Arc<LeafMinter> {
+        &self.minter
+    }
+
+    /// The server config for `host`, minting it off the runtime threads on a
+    /// miss. Concurrent misses for one host share a single mint.
+    pub async fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, Arc<MintError>> {
+        let key = host.to_ascii_lowercase();
+        if let Some(hit) = self.cache.get(&key).await {
+            return Ok(hit);
+        }
+        let minter = self.minter.clone();
+        let name = key.clone();
+        self.cache
+            .try_get_with(key, async move {
+                tokio::task::spawn_blocking(move || minter.server_config(&name, CLIENT_ALPN))
+                    .await
+                    .map_err(|e| MintError::Join(e.to_string()))?
+            })
+            .await
+    }
+
+    /// Number of cached hosts (after applying pending cache maintenance).
+    pub async fn cached_hosts(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+}

@@ -1,0 +1,845 @@
+//! Trusting the local CA in OS trust stores (`kt ca install` / `kt ca uninstall`).
+//!
+//! [`install_plan`] and [`uninstall_plan`] take one snapshot of the machine
+//! (`System::detect`) and turn it into a list of shell commands with pure
+//! functions (`plan_install`, `plan_uninstall`) that tests drive with fake
+//! systems. [`run`] executes a plan; [`TrustPlan::render`] prints it for
+//! `--dry-run` so it can be pasted into a shell.
+
+use crate::tls::ca::{CaPaths, CA_COMMON_NAME};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const DEBIAN_DIR: &str = "/usr/local/share/ca-certificates";
+/// Debian's update-ca-certificates only picks up files ending in `.crt`.
+const DEBIAN_FILE: &str = "/usr/local/share/ca-certificates/keeptrusts-kt-ca.crt";
+const FEDORA_DIR: &str = "/etc/pki/ca-trust/source/anchors";
+const FEDORA_FILE: &str = "/etc/pki/ca-trust/source/anchors/keeptrusts-kt-ca.pem";
+const MAC_KEYCHAIN: &str = "/Library/Keychains/System.keychain";
+const NSS_PACKAGES: &str = "libnss3-tools (Debian/Ubuntu), nss-tools (Fedora) or nss (Arch)";
+/// Programs detection looks for.
+const PROGRAMS: &str = "update-ca-certificates update-ca-trust trust certutil security sudo";
+
+/// One command the plan runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Human description of what the command does.
+    pub what: String,
+    pub program: String,
+    pub args: Vec<String>,
+}
+
+/// Commands to run, in order, plus lines to print afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TrustPlan {
+    pub steps: Vec<Step>,
+    /// Printed after the commands: the NODE_EXTRA_CA_CERTS line, warnings.
+    pub notes: Vec<String>,
+    quoting: Quoting,
+    /// `(command, fix)` when a step needs root/admin that we cannot get.
+    blocked: Option<(String, String)>,
+}
+
+/// Errors planning or running trust-store changes.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("`{command}` failed ({status}){}", failure_detail(.stderr))]
+    StepFailed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("cannot run `{command}`: `{program}` was not found on PATH; install it or run the command by hand")]
+    ProgramNotFound { program: String, command: String },
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` needs administrator rights: {fix}")]
+    NeedsRoot { command: String, fix: String },
+    #[error("CA certificate {} not found; run `kt ca init` first", .path.display())]
+    MissingCert { path: PathBuf },
+    #[error("{reason}; trust {} by hand: add it to the system's trusted root certificates, and point NODE_EXTRA_CA_CERTS at it for Node.js/VS Code", .pem.display())]
+    Unsupported { reason: String, pem: PathBuf },
+}
+
+fn failure_detail(stderr: &str) -> String {
+    if stderr.is_empty() {
+        return String::new();
+    }
+    let lower = stderr.to_lowercase();
+    let denied = ["denied", "not permitted", "must be root", "authoriz"];
+    match denied.iter().any(|w| lower.contains(w)) {
+        true => format!(": {stderr}; run as root or with sudo (Windows: as Administrator)"),
+        false => format!(": {stderr}"),
+    }
+}
+
+/// Plan for `kt ca install` on this machine.
+pub fn install_plan(paths: &CaPaths) -> Result<TrustPlan, TrustError> {
+    plan_install(&System::detect(paths), paths)
+}
+
+/// Plan for `kt ca uninstall` on this machine.
+pub fn uninstall_plan(paths: &CaPaths) -> Result<TrustPlan, TrustError> {
+    plan_uninstall(&System::detect(paths), paths)
+}
+
+/// Runs the steps in order, stopping at the first failure.
+pub fn run(plan: &TrustPlan) -> Result<(), TrustError> {
+    if let Some((command, fix)) = plan.blocked.clone() {
+        return Err(TrustError::NeedsRoot { command, fix });
+    }
+    for step in &plan.steps {
+        run_step(step, plan.quoting)?;
+    }
+    Ok(())
+}
+
+fn run_step(step: &Step, quoting: Quoting) -> Result<(), TrustError> {
+    let command = step.line(quoting);
+    eprintln!("kt: {}\n  $ {command}", step.what);
+    let out = Command::new(&step.program)
+        .args(&step.args)
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .output();
+    let (program, command) = (step.program.clone(), command);
+    match out {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            let status = out.status.to_string();
+            Err(TrustError::StepFailed {
+                command,
+                status,
+                stderr,
+            })
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            Err(TrustError::ProgramNotFound { program, command })
+        }
+        Err(source) => Err(TrustError::Spawn { command, source }),
+    }
+}
+
+impl TrustPlan {
+    /// The commands, one per line, quoted so they can be pasted into a
+    /// shell; then the notes.
+    pub fn render(&self) -> String {
+        let mut lines: Vec<String> = self.steps.iter().map(|s| s.line(self.quoting)).collect();
+        if !lines.is_empty() && !self.notes.is_empty() {
+            lines.push(String::new());
+        }
+        lines.extend(self.notes.iter().cloned());
+        lines.iter().map(|l| format!("{l}\n")).collect()
+    }
+}
+
+impl Step {
+    fn line(&self, quoting: Quoting) -> String {
+        std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|w| quote(w, quoting))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// How commands are quoted when rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Quoting {
+    /// POSIX sh: single quotes.
+    #[default]
+    Posix,
+    /// cmd.exe / PowerShell: double quotes.
+    Windows,
+}
+
+fn quote(word: &str, quoting: Quoting) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./:=,+@%".contains(c);
+    match quoting {
+        Quoting::Posix if !word.is_empty() && word.chars().all(safe) => word.to_string(),
+        Quoting::Posix => format!("'{}'", word.replace('\'', r"'\''")),
+        Quoting::Windows if !word.is_empty() && word.chars().all(|c| safe(c) || c == '\\') => {
+            word.to_string()
+        }
+        Quoting::Windows => format!("\"{}\"", word.replace('"', "\\\"")),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+enum Os {
+    #[default]
+    Linux,
+    Mac,
+    Windows,
+    Other(String),
+}
+
+/// Which Linux system trust store tooling is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinuxStore {
+    /// Debian/Ubuntu: update-ca-certificates.
+    Debian,
+    /// Fedora/RHEL: update-ca-trust with /etc/pki/ca-trust.
+    Fedora,
+    /// Arch and others with p11-kit's `trust`.
+    Arch,
+}
+
+/// An NSS database (Chromium/Electron's `~/.pki/nssdb`, Firefox profiles).
+#[derive(Debug, Clone)]
+struct NssDb {
+    dir: PathBuf,
+    /// The CA's nickname is already in it.
+    has_ca: bool,
+}
+
+/// Snapshot of what the plan depends on.
+#[derive(Debug, Clone, Default)]
+struct System {
+    os: Os,
+    /// Root on Unix, elevated (administrator) on Windows.
+    is_root: bool,
+    /// Programs found: name -> how to invoke it (bare name when on PATH,
+    /// absolute path when only found in an sbin folder).
+    programs: BTreeMap<String, String>,
+    /// Paths of interest that exist (store folders, the CA files).
+    existing: BTreeSet<PathBuf>,
+    nss_dbs: Vec<NssDb>,
+    /// Whether the system store holds the CA; `None` when unknown.
+    system_has_ca: Option<bool>,
+    /// Set when running as root through sudo (`SUDO_USER`).
+    sudo_user: Option<String>,
+}
+
+impl System {
+    /// Looks at the real machine (read-only: PATH, a few files, `id -u`,
+    /// and listing commands of the trust tools).
+    fn detect(paths: &CaPaths) -> System {
+        let os = match std::env::consts::OS {
+            "linux" => Os::Linux,
+            "macos" => Os::Mac,
+            "windows" => Os::Windows,
+            other => Os::Other(other.to_string()),
+        };
+        let found = |p: &str| find_program(p, &os).map(|how| (p.to_string(), how));
+        let programs = PROGRAMS.split(' ').filter_map(found).collect();
+        let files = [DEBIAN_DIR, DEBIAN_FILE, FEDORA_DIR, FEDORA_FILE].map(PathBuf::from);
+        let ca = [paths.cert.clone(), paths.der.clone()];
+        let existing = files.into_iter().chain(ca).filter(|p| p.exists()).collect();
+        let is_root = match os {
+            Os::Windows => quiet("net", &["session"]).is_some(),
+            _ => quiet("id", &["-u"]).is_some_and(|s| s.trim() == "0"),
+        };
+        let sudo_user = std::env::var("SUDO_USER").ok().filter(|_| is_root);
+        let mut sys = System {
+            os,
+            is_root,
+            programs,
+            ..System::default()
+        };
+        (sys.existing, sys.sudo_user) = (existing, sudo_user);
+        let find = ["find-certificate", "-c", CA_COMMON_NAME, MAC_KEYCHAIN];
+        sys.system_has_ca = match (&sys.os, linux_store(&sys)) {
+            (Os::Linux, Some(LinuxStore::Debian)) => Some(sys.exists(DEBIAN_FILE)),
+            (Os::Linux, Some(LinuxStore::Fedora)) => Some(sys.exists(FEDORA_FILE)),
+            (Os::Mac, _) => Some(quiet("security", &find).is_some()),
+            (Os::Windows, _) => {
+                Some(quiet("certutil", &["-store", "root", CA_COMMON_NAME]).is_some())
+            }
+            _ => None,
+        };
+        let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
+        if let (Os::Linux, Some(home)) = (&sys.os, home) {
+            let certutil = sys.program("certutil").map(str::to_string);
+            for dir in find_nss_dbs(Path::new(&home)) {
+                let db = format!("sql:{}", dir.to_string_lossy());
+                let list = ["-L", "-d", &db, "-n", CA_COMMON_NAME];
+                let has_ca = certutil.as_ref().is_some_and(|c| quiet(c, &list).is_some());
+                sys.nss_dbs.push(NssDb { dir, has_ca });
+            }
+        }
+        sys
+    }
+
+    fn program(&self, name: &str) -> Option<&str> {
+        self.programs.get(name).map(String::as_str)
+    }
+
+    fn exists(&self, path: impl AsRef<Path>) -> bool {
+        self.existing.contains(path.as_ref())
+    }
+}
+
+/// How to invoke `name`: bare when on PATH, else its path in an sbin folder
+/// (often missing from non-root PATHs on Debian).
+fn find_program(name: &str, os: &Os) -> Option<String> {
+    let exe = |dir: &Path| {
+        let plain = dir.join(name);
+        plain.is_file() || (*os == Os::Windows && dir.join(format!("{name}.exe")).is_file())
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|d| exe(&d)) {
+        return Some(name.to_string());
+    }
+    if *os == Os::Windows {
+        return None;
+    }
+    ["/usr/local/sbin", "/usr/sbin", "/sbin"]
+        .iter()
+        .map(Path::new)
+        .find(|d| exe(d))
+        .map(|d| d.join(name).to_string_lossy().into_owned())
+}
+
+/// `~/.pki/nssdb` and Firefox profiles (including the snap's) with cert9.db.
+fn find_nss_dbs(home: &Path) -> Vec<PathBuf> {
+    let mut dbs = Vec::new();
+    let pki = home.join(".pki/nssdb");
+    if pki.is_dir() {
+        dbs.push(pki);
+    }
+    for root in [".mozilla/firefox", "snap/firefox/common/.mozilla/firefox"] {
+        let Ok(entries) = std::fs::read_dir(home.join(root)) else {
+            continue;
+        };
+        let mut profiles: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("cert9.db").is_file())
+            .collect();
+        profiles.sort();
+        dbs.extend(profiles);
+    }
+    dbs
+}
+
+/// Runs a read-only command quietly; its stdout if it succeeded.
+fn quiet(program: &str, args: &[&str]) -> Option<String> {
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stderr(Stdio::null());
+    let out = cmd.output().ok()?;
+    let success = out.status.success();
+    success.then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn linux_store(sys: &System) -> Option<LinuxStore> {
+    if sys.program("update-ca-certificates").is_some() {
+        Some(LinuxStore::Debian)
+    } else if sys.program("update-ca-trust").is_some() && sys.exists(FEDORA_DIR) {
+        Some(LinuxStore::Fedora)
+    } else if sys.program("trust").is_some() {
+        Some(LinuxStore::Arch)
+    } else {
+        None
+    }
+}
+
+/// Accumulates a plan, adding sudo to steps that need root.
+struct Builder<'a> {
+    sys: &'a System,
+    verb: &'static str,
+    plan: TrustPlan,
+}
+
+impl<'a> Builder<'a> {
+    fn new(sys: &'a System, verb: &'static str) -> Self {
+        let quoting = match sys.os {
+            Os::Windows => Quoting::Windows,
+            _ => Quoting::Posix,
+        };
+        let plan = TrustPlan {
+            quoting,
+            ..TrustPlan::default()
+        };
+        Builder { sys, verb, plan }
+    }
+
+    /// A step changing the system store: needs root (sudo) or elevation.
+    fn admin(&mut self, what: &str, cmd: &str, extra: &[&str]) {
+        self.step(true, what, cmd, extra)
+    }
+
+    /// `cmd` is the program and fixed words (split on spaces), `extra` the
+    /// arguments that may hold spaces.
+    fn step(&mut self, admin: bool, what: &str, cmd: &str, extra: &[&str]) {
+        let (sys, verb, q) = (self.sys, self.verb, self.plan.quoting);
+        let words = cmd.split(' ').chain(extra.iter().copied());
+        let mut words: Vec<String> = words.map(String::from).collect();
+        if let Some(p) = words.first_mut() {
+            *p = sys.program(p).unwrap_or(p).to_string();
+        }
+        if admin && !sys.is_root {
+            match sys.program("sudo") {
+                Some(sudo) if sys.os != Os::Windows => words.insert(0, sudo.to_string()),
+                _ if self.plan.blocked.is_none() => {
+                    let fix = match sys.os {
+                        Os::Windows => format!("re-run `kt ca {verb}` from an elevated terminal (Run as administrator)"),
+                        _ => format!("sudo is not available; re-run `kt ca {verb}` as root, or run the commands printed by `kt ca {verb} --dry-run` as root"),
+                    };
+                    let line: Vec<_> = words.iter().map(|w| quote(w, q)).collect();
+                    self.plan.blocked = Some((line.join(" "), fix));
+                }
+                _ => {}
+            }
+        }
+        let (program, what) = (words.remove(0), what.to_string());
+        let args = words;
+        self.plan.steps.push(Step {
+            what,
+            program,
+            args,
+        });
+    }
+
+    fn note(&mut self, note: impl Into<String>) {
+        self.plan.notes.push(note.into());
+    }
+
+    /// NSS databases (Linux only; Windows' certutil is another program).
+    fn nss(&mut self, pem: &str, install: bool) {
+        let (sys, verb) = (self.sys, self.verb);
+        if sys.os != Os::Linux || (sys.nss_dbs.is_empty() && !install) {
+            return;
+        }
+        if sys.nss_dbs.is_empty() {
+            return self.note("note: no NSS database found (~/.pki/nssdb or Firefox profiles); Chromium, Electron apps and Firefox will not trust the CA until one exists: start them once, then re-run `kt ca install`");
+        }
+        if sys.program("certutil").is_none() {
+            let dirs: Vec<_> = sys.nss_dbs.iter().map(|d| d.dir.display()).collect();
+            let dirs = dirs.iter().map(ToString::to_string).collect::<Vec<_>>();
+            return self.note(format!("warning: NSS databases found ({}) but NSS `certutil` is not installed; install {NSS_PACKAGES}, then re-run `kt ca {verb}` so Chromium/Electron apps and Firefox are updated", dirs.join(", ")));
+        }
+        for db in &sys.nss_dbs {
+            let dir = db.dir.to_string_lossy();
+            let sql = format!("sql:{dir}");
+            if db.has_ca {
+                let what = format!("remove the CA from the NSS database {dir}");
+                let extra = [&sql, "-n", CA_COMMON_NAME];
+                self.step(false, &what, "certutil -D -d", &extra);
+            }
+            if install {
+                let what = format!("trust the CA in the NSS database {dir}");
+                let extra = [&sql, "-n", CA_COMMON_NAME, "-t", "C,,", "-i", pem];
+                self.step(false, &what, "certutil -A -d", &extra);
+            }
+        }
+    }
+
+    fn finish(mut self, pem: &str) -> TrustPlan {
+        let (sys, verb) = (self.sys, self.verb);
+        if let (Os::Linux, Some(user)) = (&sys.os, &sys.sudo_user) {
+            self.note(format!("note: running as root via sudo, so only root's NSS databases were considered; run `kt ca {verb}` as {user} (without sudo) to update {user}'s browsers and Electron apps"));
+        }
+        if self.plan.blocked.is_some() {
+            self.note(match sys.os {
+                Os::Windows => "warning: the commands above must run from an elevated terminal (Run as administrator)",
+                _ => "warning: the system trust store commands above must run as root (sudo was not found)",
+            });
+        }
+        let windows = sys.os == Os::Windows;
+        if verb == "install" {
+            let how = match windows {
+                true => "set it, then restart VS Code:",
+                false => "add this line to your shell profile and launch VS Code from a shell that has it:",
+            };
+            self.note(format!("Node.js (and so VS Code and its extensions) trusts extra CAs only through NODE_EXTRA_CA_CERTS, read once at process start; {how}"));
+            self.note(match windows {
+                true => format!("setx NODE_EXTRA_CA_CERTS {}", quote(pem, Quoting::Windows)),
+                false => format!("export NODE_EXTRA_CA_CERTS={}", quote(pem, Quoting::Posix)),
+            });
+        } else if windows {
+            self.note(r"if you set NODE_EXTRA_CA_CERTS, remove it: reg delete HKCU\Environment /F /V NODE_EXTRA_CA_CERTS");
+        } else {
+            self.note("if you added `export NODE_EXTRA_CA_CERTS=...` to your shell profile, remove that line (and run `unset NODE_EXTRA_CA_CERTS`)");
+        }
+        self.plan
+    }
+}
+
+const NO_LINUX_STORE: &str = "no supported system trust tool found (looked for update-ca-certificates, update-ca-trust with /etc/pki/ca-trust, and p11-kit's `trust`)";
+const BUNDLE: &str =
+    "rebuild the system CA bundle (VS Code on Linux reads /etc/ssl/certs/ca-certificates.crt)";
+
+fn unsupported(sys: &System, paths: &CaPaths) -> TrustError {
+    let reason = match &sys.os {
+        Os::Other(name) => format!("automatic trust is not supported on {name}"),
+        _ => NO_LINUX_STORE.to_string(),
+    };
+    let pem = paths.cert.clone();
+    TrustError::Unsupported { reason, pem }
+}
+
+fn missing(path: &Path) -> TrustError {
+    let path = path.to_path_buf();
+    TrustError::MissingCert { path }
+}
+
+fn plan_install(sys: &System, paths: &CaPaths) -> Result<TrustPlan, TrustError> {
+    let windows = sys.os == Os::Windows;
+    let needed = if windows { &paths.der } else { &paths.cert };
+    if !sys.exists(needed) {
+        return Err(missing(needed));
+    }
+    let pem = &paths.cert.to_string_lossy().into_owned();
+    let mut b = Builder::new(sys, "install");
+    match &sys.os {
+        Os::Linux => {
+            let (dir, file, update) = match linux_store(sys) {
+                None => return Err(unsupported(sys, paths)),
+                Some(LinuxStore::Arch) => ("", "", ""),
+                Some(LinuxStore::Debian) => (DEBIAN_DIR, DEBIAN_FILE, "update-ca-certificates"),
+                Some(LinuxStore::Fedora) => (FEDORA_DIR, FEDORA_FILE, "update-ca-trust extract"),
+            };
+            if update.is_empty() {
+                let what = "add the CA as a p11-kit trust anchor";
+                b.admin(what, "trust anchor --store", &[pem]);
+            } else {
+                if !sys.exists(dir) {
+                    b.admin(&format!("create {dir}"), "mkdir -p", &[dir]);
+                }
+                let what = format!("copy the CA certificate to {file}");
+                b.admin(&what, "install -m 0644", &[pem, file]);
+                b.admin(BUNDLE, update, &[]);
+            }
+            b.nss(pem, true);
+        }
+        Os::Mac => {
+            let cmd = "security add-trusted-cert -d -r trustRoot -p ssl -p basic -k";
+            let what = "trust the CA in the System keychain";
+            b.admin(what, cmd, &[MAC_KEYCHAIN, pem]);
+        }
+        Os::Windows => {
+            let der = paths.der.to_string_lossy();
+            let what = "add the CA to the machine's Trusted Root store";
+            b.admin(what, "certutil -addstore -f root", &[&der]);
+        }
+        Os::Other(_) => return Err(unsupported(sys, paths)),
+    }
+    Ok(b.finish(pem))
+}
+
+fn plan_uninstall(sys: &System, paths: &CaPaths) -> Result<TrustPlan, TrustError> {
+    let pem = &paths.cert.to_string_lossy().into_owned();
+    let mut b = Builder::new(sys, "uninstall");
+    let absent = sys.system_has_ca == Some(false);
+    if absent {
+        b.note("the CA is not in the system trust store; nothing to remove there");
+    }
+    match (&sys.os, linux_store(sys)) {
+        (Os::Other(_), _) => return Err(unsupported(sys, paths)),
+        (Os::Linux, None) if !absent => b.note(format!("note: {NO_LINUX_STORE}")),
+        (Os::Linux, Some(LinuxStore::Debian)) if !absent => {
+            b.admin(&format!("remove {DEBIAN_FILE}"), "rm -f", &[DEBIAN_FILE]);
+            let what = "rebuild the system CA bundle from scratch";
+            b.admin(what, "update-ca-certificates --fresh", &[]);
+        }
+        (Os::Linux, Some(LinuxStore::Fedora)) if !absent => {
+            b.admin(&format!("remove {FEDORA_FILE}"), "rm -f", &[FEDORA_FILE]);
+            b.admin(BUNDLE, "update-ca-trust extract", &[]);
+        }
+        (Os::Linux, Some(LinuxStore::Arch)) if !absent => {
+            if !sys.exists(&paths.cert) {
+                return Err(missing(&paths.cert));
+            }
+            let what = "remove the p11-kit trust anchor";
+            b.admin(what, "trust anchor --remove", &[pem]);
+        }
+        (Os::Mac, _) if !absent => {
+            if sys.exists(&paths.cert) {
+                let what = "remove the CA's trust settings";
+                b.admin(what, "security remove-trusted-cert -d", &[pem]);
+            }
+            let what = "delete the CA from the System keychain";
+            let cmd = "security delete-certificate -c";
+            b.admin(what, cmd, &[CA_COMMON_NAME, MAC_KEYCHAIN]);
+        }
+        (Os::Windows, _) if !absent => {
+            let what = "remove the CA from the machine's Trusted Root store";
+            b.admin(what, "certutil -delstore root", &[CA_COMMON_NAME]);
+        }
+        _ => {}
+    }
+    b.nss(pem, false);
+    Ok(b.finish(pem))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const PEM: &str = "/home/u/kt ca/kt-ca.pem";
+    const Q_PEM: &str = "'/home/u/kt ca/kt-ca.pem'";
+
+    fn paths() -> CaPaths {
+        let mut paths = CaPaths::in_dir("/home/u/kt ca");
+        paths.der = PathBuf::from(r"C:\Users\A B\kt\kt-ca.cer");
+        paths
+    }
+
+    /// A fake system: root, with the CA files present.
+    fn sys(os: Os, programs: &[&str], existing: &[&str]) -> System {
+        let mut existing: BTreeSet<PathBuf> = existing.iter().map(PathBuf::from).collect();
+        existing.extend([paths().cert, paths().der]);
+        let programs = programs.iter().map(|p| (p.to_string(), p.to_string()));
+        let (programs, is_root) = (programs.collect(), true);
+        System {
+            os,
+            is_root,
+            programs,
+            existing,
+            ..Default::default()
+        }
+    }
+
+    fn debian() -> System {
+        sys(Os::Linux, &["update-ca-certificates"], &[DEBIAN_DIR])
+    }
+
+    fn nss(dir: &str, has_ca: bool) -> NssDb {
+        let dir = PathBuf::from(dir);
+        NssDb { dir, has_ca }
+    }
+
+    fn step(program: &str, args: &[&str]) -> Step {
+        let (what, program) = (String::new(), program.to_string());
+        let args = args.iter().map(|a| a.to_string()).collect();
+        Step {
+            what,
+            program,
+            args,
+        }
+    }
+
+    fn lines(plan: &TrustPlan) -> Vec<String> {
+        plan.steps.iter().map(|s| s.line(plan.quoting)).collect()
+    }
+
+    fn has_note(plan: &TrustPlan, text: &str) -> bool {
+        plan.notes.iter().any(|n| n.contains(text))
+    }
+
+    #[test]
+    fn debian_install_and_uninstall() {
+        let plan = plan_install(&debian(), &paths()).unwrap();
+        let copy = format!("install -m 0644 {Q_PEM} {DEBIAN_FILE}");
+        assert_eq!(lines(&plan), [copy.as_str(), "update-ca-certificates"]);
+        assert!(has_note(
+            &plan,
+            &format!("export NODE_EXTRA_CA_CERTS={Q_PEM}")
+        ));
+        assert!(has_note(&plan, "no NSS database found"));
+        let mut s = sys(Os::Linux, &["update-ca-certificates"], &[]);
+        let plan = plan_install(&s, &paths()).unwrap();
+        assert_eq!(lines(&plan)[0], format!("mkdir -p {DEBIAN_DIR}"));
+        s.system_has_ca = Some(true);
+        let plan = plan_uninstall(&s, &paths()).unwrap();
+        let rm = format!("rm -f {DEBIAN_FILE}");
+        assert_eq!(
+            lines(&plan),
+            [rm.as_str(), "update-ca-certificates --fresh"]
+        );
+        assert!(has_note(&plan, "remove that line"));
+        s.system_has_ca = Some(false);
+        let plan = plan_uninstall(&s, &paths()).unwrap();
+        assert!(plan.steps.is_empty() && has_note(&plan, "not in the system trust store"));
+    }
+
+    #[test]
+    fn fedora_and_arch() {
+        let fedora = sys(Os::Linux, &["update-ca-trust", "trust"], &[FEDORA_DIR]);
+        let plan = plan_install(&fedora, &paths()).unwrap();
+        let copy = format!("install -m 0644 {Q_PEM} {FEDORA_FILE}");
+        assert_eq!(lines(&plan), [copy.as_str(), "update-ca-trust extract"]);
+        let plan = plan_uninstall(&fedora, &paths()).unwrap();
+        let rm = format!("rm -f {FEDORA_FILE}");
+        assert_eq!(lines(&plan), [rm.as_str(), "update-ca-trust extract"]);
+        // Arch ships update-ca-trust too, but not /etc/pki/ca-trust.
+        let arch = sys(Os::Linux, &["update-ca-trust", "trust"], &[]);
+        let plan = plan_install(&arch, &paths()).unwrap();
+        assert_eq!(lines(&plan), [format!("trust anchor --store {Q_PEM}")]);
+        let plan = plan_uninstall(&arch, &paths()).unwrap();
+        assert_eq!(lines(&plan), [format!("trust anchor --remove {Q_PEM}")]);
+    }
+
+    #[test]
+    fn unsupported_systems_and_missing_cert() {
+        let none = sys(Os::Linux, &["certutil"], &[]);
+        let err = plan_install(&none, &paths()).unwrap_err().to_string();
+        assert!(err.contains("no supported system trust tool") && err.contains("by hand"));
+        let bsd = sys(Os::Other("freebsd".into()), &[], &[]);
+        let err = plan_install(&bsd, &paths()).unwrap_err().to_string();
+        assert!(err.contains("not supported on freebsd") && err.contains(PEM));
+        assert!(plan_uninstall(&bsd, &paths()).is_err());
+        let mut s = debian();
+        s.existing.remove(Path::new(PEM));
+        let err = plan_install(&s, &paths()).unwrap_err();
+        assert!(matches!(err, TrustError::MissingCert { .. }), "{err}");
+    }
+
+    #[test]
+    fn sudo_prefix_when_not_root() {
+        let mut s = sys(
+            Os::Linux,
+            &["update-ca-certificates", "sudo"],
+            &[DEBIAN_DIR],
+        );
+        s.is_root = false;
+        s.programs
+            .insert("update-ca-certificates".into(), "/usr/sbin/u-c-c".into());
+        let plan = plan_install(&s, &paths()).unwrap();
+        assert_eq!(lines(&plan)[1], "sudo /usr/sbin/u-c-c");
+        assert!(plan.steps.iter().all(|s| s.program == "sudo"));
+        assert!(plan.blocked.is_none());
+    }
+
+    #[test]
+    fn no_root_no_sudo_prints_plan_but_refuses_to_run() {
+        let mut s = debian();
+        s.is_root = false;
+        let plan = plan_install(&s, &paths()).unwrap();
+        assert_eq!(lines(&plan)[1], "update-ca-certificates");
+        assert!(has_note(&plan, "must run as root"));
+        let err = run(&plan).unwrap_err();
+        assert!(matches!(err, TrustError::NeedsRoot { .. }));
+        assert!(
+            err.to_string().contains("re-run `kt ca install` as root"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn macos_plans() {
+        let mut s = sys(Os::Mac, &["security", "sudo"], &[]);
+        s.is_root = false;
+        let plan = plan_install(&s, &paths()).unwrap();
+        let add = "sudo security add-trusted-cert -d -r trustRoot -p ssl -p basic -k";
+        assert_eq!(lines(&plan), [format!("{add} {MAC_KEYCHAIN} {Q_PEM}")]);
+        let plan = plan_uninstall(&s, &paths()).unwrap();
+        let del =
+            format!("sudo security delete-certificate -c 'Keeptrusts kt local CA' {MAC_KEYCHAIN}");
+        let remove = format!("sudo security remove-trusted-cert -d {Q_PEM}");
+        assert_eq!(lines(&plan), [remove, del.clone()]);
+        s.existing.clear();
+        assert_eq!(lines(&plan_uninstall(&s, &paths()).unwrap()), [del]);
+    }
+
+    #[test]
+    fn windows_plans_use_der_and_elevation_not_sudo() {
+        let mut s = sys(Os::Windows, &["certutil", "sudo"], &[]);
+        s.nss_dbs.push(nss("C:/nss", true));
+        let plan = plan_install(&s, &paths()).unwrap();
+        let add = r#"certutil -addstore -f root "C:\Users\A B\kt\kt-ca.cer""#;
+        assert_eq!(lines(&plan), [add]);
+        assert!(has_note(
+            &plan,
+            r#"setx NODE_EXTRA_CA_CERTS "/home/u/kt ca/kt-ca.pem""#
+        ));
+        let plan = plan_uninstall(&s, &paths()).unwrap();
+        assert_eq!(
+            lines(&plan),
+            [r#"certutil -delstore root "Keeptrusts kt local CA""#]
+        );
+        assert!(has_note(&plan, "reg delete"));
+        s.is_root = false;
+        let plan = plan_install(&s, &paths()).unwrap();
+        assert_eq!(plan.steps[0].program, "certutil");
+        assert!(has_note(&plan, "elevated"));
+        assert!(run(&plan)
+            .unwrap_err()
+            .to_string()
+            .contains("Run as administrator"));
+    }
+
+    #[test]
+    fn nss_databases_without_sudo() {
+        let mut s = sys(
+            Os::Linux,
+            &["update-ca-certificates", "sudo", "certutil"],
+            &[DEBIAN_DIR],
+        );
+        s.is_root = false;
+        let ff = "/home/u/.mozilla/firefox/a b.default";
+        s.nss_dbs = vec![nss("/home/u/.pki/nssdb", false), nss(ff, true)];
+        let plan = plan_install(&s, &paths()).unwrap();
+        let nick = "-n 'Keeptrusts kt local CA'";
+        let ff_db = "'sql:/home/u/.mozilla/firefox/a b.default'";
+        assert_eq!(
+            lines(&plan)[2..],
+            [
+                format!("certutil -A -d sql:/home/u/.pki/nssdb {nick} -t C,, -i {Q_PEM}"),
+                format!("certutil -D -d {ff_db} {nick}"),
+                format!("certutil -A -d {ff_db} {nick} -t C,, -i {Q_PEM}"),
+            ]
+        );
+        assert!(!has_note(&plan, "NSS"));
+        let plan = plan_uninstall(&s, &paths()).unwrap();
+        assert_eq!(
+            lines(&plan)[2..],
+            [format!("certutil -D -d {ff_db} {nick}")]
+        );
+        s.programs.remove("certutil");
+        let plan = plan_install(&s, &paths()).unwrap();
+        assert_eq!(plan.steps.len(), 2);
+        assert!(has_note(&plan, "libnss3-tools") && has_note(&plan, "/home/u/.pki/nssdb"));
+    }
+
+    #[test]
+    fn sudo_user_note() {
+        let mut s = debian();
+        s.sudo_user = Some("alice".into());
+        let plan = plan_install(&s, &paths()).unwrap();
+        assert!(has_note(&plan, "run `kt ca install` as alice"));
+    }
+
+    #[test]
+    fn quoting_and_render() {
+        assert_eq!(quote("it's", Quoting::Posix), r"'it'\''s'");
+        assert_eq!(quote("", Quoting::Posix), "''");
+        assert_eq!(quote("C,,", Quoting::Posix), "C,,");
+        assert_eq!(quote(r"C:\x y", Quoting::Windows), r#""C:\x y""#);
+        let plan = plan_install(&debian(), &paths()).unwrap();
+        let text = plan.render();
+        let copy = format!("install -m 0644 {Q_PEM} {DEBIAN_FILE}\n");
+        assert!(text.starts_with(&format!("{copy}update-ca-certificates\n\n")));
+        assert!(text.ends_with(&format!("export NODE_EXTRA_CA_CERTS={Q_PEM}\n")));
+    }
+
+    /// A rendered line, pasted into sh, gives back the exact argv.
+    #[cfg(unix)]
+    #[test]
+    fn rendered_lines_round_trip_through_sh() {
+        let args = [r"%s\n", "a b", "it's", "$HOME", "`x`", "C,,", "sql:/p q"];
+        let step = step("printf", &args);
+        let script = step.line(Quoting::Posix);
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        let want: String = step.args[1..].iter().map(|a| format!("{a}\n")).collect();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), want);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn run_reports_failures() {
+        let plan = |steps| TrustPlan {
+            steps,
+            ..TrustPlan::default()
+        };
+        run(&plan(vec![step("true", &[])])).unwrap();
+        let fail = step("sh", &["-c", "echo boom >&2; exit 3"]);
+        let err = run(&plan(vec![fail, step("false", &[])])).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(
+            msg,
+            "`sh -c 'echo boom >&2; exit 3'` failed (exit status: 3): boom"
+        );
+        let err = run(&plan(vec![step("kt-no-such-program", &[])])).unwrap_err();
+        assert!(matches!(err, TrustError::ProgramNotFound { .. }), "{err}");
+    }
+}

@@ -1,0 +1,355 @@
+//! Chaining through another HTTP proxy (a corporate proxy): which targets use
+//! it (`--upstream-proxy`, or `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the
+//! environment), and the CONNECT handshake with it.
+
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest CONNECT reply head accepted from an upstream proxy.
+const MAX_REPLY_HEAD: usize = 16 * 1024;
+
+/// A parsed proxy URL (`http://[user:pass@]host:port`).
+#[derive(Clone)]
+pub struct ProxyUrl {
+    pub host: String,
+    pub port: u16,
+    authorization: Option<HeaderValue>,
+}
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Credentials never appear in logs.
+        write!(f, "http://{}:{}", self.host, self.port)?;
+        if self.authorization.is_some() {
+            write!(f, " (with credentials)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A proxy URL that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid upstream proxy {url:?}: {reason}")]
+pub struct ProxyUrlError {
+    url: String,
+    reason: String,
+}
+
+impl ProxyUrl {
+    pub fn parse(url: &str) -> Result<Self, ProxyUrlError> {
+        let err = |reason: &str| ProxyUrlError {
+            url: redact_userinfo(url),
+            reason: reason.to_string(),
+        };
+        let rest = if let Some(r) = url.strip_prefix("http://") {
+            r
+        } else if url.contains("://") {
+            return Err(err(
+                "only http:// proxies are supported (CONNECT over plain HTTP)",
+            ));
+        } else {
+            url
+        };
+        let rest = rest.trim_end_matches('/');
+        let (userinfo, hostport) = match rest.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, rest),
+        };
+        let uri: http::uri::Authority = hostport.parse().map_err(|_| err("bad host:port"))?;
+        let host = uri.host().trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(err("missing host"));
+        }
+        let authorization = match userinfo {
+            Some(u) => {
+                let decoded = percent_decode(u);
+                let token = base64::engine::general_purpose::STANDARD.encode(decoded);
+                let mut v = HeaderValue::from_str(&format!("Basic {token}"))
+                    .map_err(|_| err("bad credentials"))?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        Ok(ProxyUrl {
+            host: host.to_string(),
+            port: uri.port_u16().unwrap_or(80),
+            authorization,
+        })
+    }
+
+    /// Opens a tunnel to `host:port` through this proxy on an already
+    /// connected `stream`. Returns any bytes the proxy sent after its reply.
+    pub async fn connect_through(
+        &self,
+        stream: &mut TcpStream,
+        host: &str,
+        port: u16,
+    ) -> Result<Bytes, ChainError> {
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+        if let Some(auth) = &self.authorization {
+            req.push_str("Proxy-Authorization: ");
+            req.push_str(auth.to_str().unwrap_or_default());
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).await?;
+        let mut buf = BytesMut::with_capacity(1024);
+        loop {
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(ChainError::Closed);
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let code = resp.code.unwrap_or(0);
+                    if !(200..300).contains(&code) {
+                        return Err(ChainError::Refused(code));
+                    }
+                    return Ok(buf.split_off(len).freeze());
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_REPLY_HEAD => continue,
+                Ok(httparse::Status::Partial) => return Err(ChainError::BadReply),
+                Err(_) => return Err(ChainError::BadReply),
+            }
+        }
+    }
+}
+
+/// Failures talking to the upstream proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("upstream proxy refused the tunnel with status {0}")]
+    Refused(u16),
+    #[error("upstream proxy sent an invalid reply")]
+    BadReply,
+    #[error("upstream proxy closed the connection")]
+    Closed,
+    #[error("upstream proxy i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn redact_userinfo(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***@{}", &url[..s + 3], &url[at + 1..]),
+        (None, Some(at)) => format!("***@{}", &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// `NO_PROXY`: hosts (and their subdomains) and IPs reached directly.
+#[derive(Debug, Clone, Default)]
+pub struct NoProxy {
+    all: bool,
+    entries: Vec<String>,
+}
+
+impl NoProxy {
+    pub fn parse(list: &str) -> Self {
+        let mut np = NoProxy::default();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item == "*" {
+                np.all = true;
+                continue;
+            }
+            let item = item.trim_start_matches("*.").trim_start_matches('.');
+            // Drop a port suffix, keeping bracketed IPv6 intact.
+            let host = match item.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(v6),
+                None if item.matches(':').count() == 1 => item.split(':').next().unwrap_or(item),
+                None => item,
+            };
+            np.entries.push(host.to_ascii_lowercase());
+        }
+        np
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        if self.all {
+            return true;
+        }
+        let host = host.to_ascii_lowercase();
+        self.entries.iter().any(|e| {
+            host == *e
+                || (host.len() > e.len()
+                    && host.ends_with(e.as_str())
+                    && host.as_bytes()[host.len() - e.len() - 1] == b'.')
+        })
+    }
+}
+
+/// Which proxy (if any) each kind of target goes through.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyRules {
+    https: Option<ProxyUrl>,
+    http: Option<ProxyUrl>,
+    no_proxy: NoProxy,
+}
+
+impl ProxyRules {
+    /// One proxy for every target (`--upstream-proxy`), still honouring `NO_PROXY`.
+    pub fn explicit(url: ProxyUrl, no_proxy: NoProxy) -> Self {
+        ProxyRules {
+            https: Some(url.clone()),
+            http: Some(url),
+            no_proxy,
+        }
+    }
+
+    /// From the environment, ignoring a proxy that points at our own
+    /// listener (users export `HTTPS_PROXY=kt` in their shell profile).
+    /// Returns the rules and warnings to log.
+    pub fn from_env(
+        get: impl Fn(&str) -> Option<String>,
+        listen: SocketAddr,
+    ) -> (Self, Vec<String>) {
+        let mut warnings = Vec::new();
+        let var = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| get(n).filter(|v| !v.trim().is_empty()))
+        };
+        let mut pick = |names: &[&str]| -> Option<ProxyUrl> {
+            let raw = var(names)?;
+            match ProxyUrl::parse(raw.trim()) {
+                Ok(url) if points_at(&url, listen) => {
+                    warnings.push(format!(
+                        "ignoring {}={} from the environment: it points at this gateway",
+                        names[0],
+                        redact_userinfo(&raw)
+                    ));
+                    None
+                }
+                Ok(url) => Some(url),
+                Err(e) => {
+                    warnings.push(format!("ignoring {} from the environment: {e}", names[0]));
+                    None
+                }
+            }
+        };
+        let https = pick(&["HTTPS_PROXY", "https_proxy"]);
+        let http = pick(&["HTTP_PROXY", "http_proxy"]);
+        let no_proxy = NoProxy::parse(&var(&["NO_PROXY", "no_proxy"]).unwrap_or_default());
+        (
+            ProxyRules {
+                https,
+                http,
+                no_proxy,
+            },
+            warnings,
+        )
+    }
+
+    /// The proxy for a TLS (or tunnelled) target.
+    pub fn for_tunnel(&self, host: &str) -> Option<&ProxyUrl> {
+        self.https.as_ref().filter(|_| !self.no_proxy.matches(host))
+    }
+
+    /// The proxy for a plain `http://` target.
+    pub fn for_plain(&self, host: &str) -> Option<&ProxyUrl> {
+        self.http.as_ref().filter(|_| !self.no_proxy.matches(host))
+    }
+}
+
+fn points_at(url: &ProxyUrl, listen: SocketAddr) -> bool {
+    if url.port != listen.port() {
+        return false;
+    }
+    let host = url.host.to_ascii_lowercase();
+    if host == "localhost" {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip == listen.ip() || ip.is_loopback() || listen.ip().is_unspecified(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proxy_urls() {
+        let u = ProxyUrl::parse("http://user:p%40ss@proxy.corp:3128/").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("proxy.corp", 3128));
+        let expected = base64::engine::general_purpose::STANDARD.encode("user:p@ss");
+        assert_eq!(
+            u.authorization.unwrap().to_str().unwrap(),
+            format!("Basic {expected}")
+        );
+        assert_eq!(ProxyUrl::parse("10.0.0.1:8080").unwrap().port, 8080);
+        assert_eq!(ProxyUrl::parse("http://[::1]:3128").unwrap().host, "::1");
+        assert!(ProxyUrl::parse("https://proxy:443").is_err());
+        assert!(ProxyUrl::parse("socks5://proxy:1080").is_err());
+        let dbg = format!("{:?}", ProxyUrl::parse("http://u:secret@p:1").unwrap());
+        assert!(!dbg.contains("secret"));
+    }
+
+    #[test]
+    fn no_proxy_matching() {
+        let np =
+            NoProxy::parse("localhost, .corp.example, 10.1.2.3, [::1]:80, registry.npmjs.org:443");
+        assert!(np.matches("localhost"));
+        assert!(np.matches("a.corp.example"));
+        assert!(np.matches("corp.example"));
+        assert!(!np.matches("xcorp.example"));
+        assert!(np.matches("10.1.2.3"));
+        assert!(np.matches("::1"));
+        assert!(np.matches("registry.npmjs.org"));
+        assert!(!np.matches("api.openai.com"));
+        assert!(NoProxy::parse("*").matches("anything"));
+    }
+
+    #[test]
+    fn env_proxy_pointing_at_ourselves_is_ignored() {
+        let listen: SocketAddr = "127.0.0.1:41002".parse().unwrap();
+        let env = |k: &str| match k {
+            "HTTPS_PROXY" => Some("http://localhost:41002".to_string()),
+            "http_proxy" => Some("http://corp:3128".to_string()),
+            "NO_PROXY" => Some("internal".to_string()),
+            _ => None,
+        };
+        let (rules, warnings) = ProxyRules::from_env(env, listen);
+        assert!(rules.for_tunnel("api.openai.com").is_none());
+        assert_eq!(rules.for_plain("example.com").unwrap().host, "corp");
+        assert!(rules.for_plain("a.internal").is_none());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+    }
+}

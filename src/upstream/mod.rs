@@ -1,0 +1,446 @@
+//! Everything outbound: dialing (with `--connect-to` and upstream proxy
+//! chaining), verified TLS, and HTTP requests over pooled connections.
+
+pub mod chain;
+pub mod connect_to;
+pub mod pool;
+pub mod tls;
+
+use crate::body::Body;
+use crate::netio::Prefixed;
+use bytes::Bytes;
+use chain::{ChainError, ProxyRules};
+use connect_to::ConnectToRules;
+use http::{header, HeaderValue, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pool::{Origin, Pool, Sender};
+use rustls_pki_types::ServerName;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+pub use tls::UpstreamTls;
+
+/// A TCP connection to the upstream (or through the upstream proxy), with
+/// any bytes already received.
+pub type Dialed = Prefixed<TcpStream>;
+
+/// Why an upstream exchange failed. The proxy maps these to 502/504.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to {target}")]
+    ConnectTimeout { target: String },
+    #[error("upstream proxy {proxy} failed for {target}: {source}")]
+    Chain {
+        proxy: String,
+        target: String,
+        source: ChainError,
+    },
+    #[error("TLS handshake with {host} failed: {reason}")]
+    Tls { host: String, reason: String },
+    #[error("timed out in the TLS handshake with {host}")]
+    TlsTimeout { host: String },
+    #[error("HTTP error talking to {origin}: {source}")]
+    Http {
+        origin: String,
+        source: hyper::Error,
+    },
+    #[error("{origin} did not answer within {secs} s")]
+    ResponseTimeout { origin: String, secs: u64 },
+    #[error("invalid upstream host name {0:?}")]
+    BadName(String),
+}
+
+impl UpstreamError {
+    /// Stable snake_case label for events and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "upstream_connect",
+            UpstreamError::ConnectTimeout { .. } => "upstream_connect_timeout",
+            UpstreamError::Chain { .. } => "upstream_proxy",
+            UpstreamError::Tls { .. } => "upstream_tls",
+            UpstreamError::TlsTimeout { .. } => "upstream_tls_timeout",
+            UpstreamError::Http { .. } => "upstream_http",
+            UpstreamError::ResponseTimeout { .. } => "upstream_timeout",
+            UpstreamError::BadName(_) => "upstream_bad_name",
+        }
+    }
+
+    /// True for failures that mean "took too long" (HTTP 504).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::TlsTimeout { .. }
+                | UpstreamError::ResponseTimeout { .. }
+        )
+    }
+}
+
+/// Limits on the outbound side.
+#[derive(Debug, Clone)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    pub tls_handshake: Duration,
+    /// From sending the request to receiving the response head. LLM calls
+    /// without streaming can think for minutes, so this is generous.
+    pub response_head: Duration,
+    pub pool_idle: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        UpstreamTimeouts {
+            connect: Duration::from_secs(10),
+            tls_handshake: Duration::from_secs(10),
+            response_head: Duration::from_secs(300),
+            pool_idle: Duration::from_secs(90),
+        }
+    }
+}
+
+/// The outbound client shared by every connection.
+pub struct Upstream {
+    connect_to: ConnectToRules,
+    proxies: ProxyRules,
+    tls: UpstreamTls,
+    pool: Arc<Pool>,
+    timeouts: UpstreamTimeouts,
+}
+
+impl Upstream {
+    pub fn new(
+        connect_to: ConnectToRules,
+        proxies: ProxyRules,
+        tls: UpstreamTls,
+        timeouts: UpstreamTimeouts,
+    ) -> Arc<Self> {
+        let upstream = Arc::new(Upstream {
+            connect_to,
+            proxies,
+            tls,
+            pool: Arc::new(Pool::new(64, timeouts.pool_idle)),
+            timeouts,
+        });
+        // Sweep expired idle connections so they do not hold sockets forever.
+        let weak = Arc::downgrade(&upstream);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(15));
+                loop {
+                    tick.tick().await;
+                    match weak.upgrade() {
+                        Some(u) => u.pool.sweep(),
+                        None => return,
+                    }
+                }
+            });
+        }
+        upstream
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Opens a TCP path to `host:port` for a blind tunnel or a TLS
+    /// connection: through `--connect-to` and the upstream proxy if any.
+    pub async fn dial(&self, host: &str, port: u16, tls: bool) -> Result<Dialed, UpstreamError> {
+        let (addr, addr_port) = self.connect_to.resolve(host, port);
+        let proxy = if tls {
+            self.proxies.for_tunnel(host)
+        } else {
+            self.proxies.for_plain(host)
+        };
+        match proxy {
+            None => {
+                let stream = self.tcp(addr, addr_port).await?;
+                Ok(Prefixed::new(Bytes::new(), stream))
+            }
+            Some(proxy) => {
+                let (paddr, pport) = self.connect_to.resolve(&proxy.host, proxy.port);
+                let mut stream = self.tcp(paddr, pport).await?;
+                let handshake = proxy.connect_through(&mut stream, addr, addr_port);
+                let leftover = tokio::time::timeout(self.timeouts.connect, handshake)
+                    .await
+                    .map_err(|_| UpstreamError::ConnectTimeout {
+                        target: format!("{host}:{port} via {proxy}"),
+                    })?
+                    .map_err(|source| UpstreamError::Chain {
+                        proxy: proxy.to_string(),
+                        target: format!("{host}:{port}"),
+                        source,
+                    })?;
+                Ok(Prefixed::new(leftover, stream))
+            }
+        }
+    }
+
+    async fn tcp(&self, addr: &str, port: u16) -> Result<TcpStream, UpstreamError> {
+        let target = || {
+            if addr.contains(':') {
+                format!("[{addr}]:{port}")
+            } else {
+                format!("{addr}:{port}")
+            }
+        };
+        let stream = tokio::time::timeout(self.timeouts.connect, TcpStream::connect((addr, port)))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout { target: target() })?
+            .map_err(|source| UpstreamError::Connect {
+                target: target(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Makes sure a connection to `origin` is pooled, opening one if needed.
+    /// Used when answering CONNECT, so that a dead upstream is a 502 on the
+    /// CONNECT itself and the first request finds a warm connection.
+    pub async fn warm(&self, origin: &Origin) -> Result<(), UpstreamError> {
+        if self.pool.has_live(origin) {
+            return Ok(());
+        }
+        match self.open(origin, false).await? {
+            Sender::H1(s) => self.pool.put_h1(origin, s),
+            Sender::H2(s) => self.pool.put_h2(origin, s),
+        }
+        Ok(())
+    }
+
+    /// Opens a new HTTP connection to `origin`.
+    async fn open(&self, origin: &Origin, h1_only: bool) -> Result<Sender, UpstreamError> {
+        let dialed = self.dial(&origin.host, origin.port, origin.tls).await?;
+        if !origin.tls {
+            return self.handshake_h1(origin, dialed).await;
+        }
+        let name = ServerName::try_from(origin.host.clone())
+            .map_err(|_| UpstreamError::BadName(origin.host.clone()))?;
+        let config = if h1_only {
+            self.tls.h1_only.clone()
+        } else {
+            self.tls.any.clone()
+        };
+        let handshake = TlsConnector::from(config).connect(name, dialed);
+        let stream = tokio::time::timeout(self.timeouts.tls_handshake, handshake)
+            .await
+            .map_err(|_| UpstreamError::TlsTimeout {
+                host: origin.host.clone(),
+            })?
+            .map_err(|e| UpstreamError::Tls {
+                host: origin.host.clone(),
+                reason: tls_reason(&e),
+            })?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        if h2 {
+            let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .keep_alive_while_idle(true)
+                .max_header_list_size(64 * 1024)
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|source| UpstreamError::Http {
+                    origin: origin.to_string(),
+                    source,
+                })?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream h2 connection ended");
+                }
+            });
+            Ok(Sender::H2(sender))
+        } else {
+            self.handshake_h1(origin, stream).await
+        }
+    }
+
+    async fn handshake_h1<T>(&self, origin: &Origin, io: T) -> Result<Sender, UpstreamError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(256 * 1024)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| UpstreamError::Http {
+                origin: origin.to_string(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream h1 connection ended");
+            }
+        });
+        Ok(Sender::H1(sender))
+    }
+
+    /// Sends `req` to `origin` and returns the response head with a
+    /// streaming body. The request's URI and Host are adjusted to the
+    /// upstream connection's protocol; hop-by-hop headers must already be
+    /// gone. Upgrade requests (WebSocket) get a dedicated HTTP/1.1 connection.
+    pub async fn send(
+        &self,
+        origin: &Origin,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let secs = self.timeouts.response_head.as_secs();
+        let fut = self.send_inner(origin, req);
+        tokio::time::timeout(self.timeouts.response_head, fut)
+            .await
+            .map_err(|_| UpstreamError::ResponseTimeout {
+                origin: origin.to_string(),
+                secs,
+            })?
+    }
+
+    async fn send_inner(
+        &self,
+        origin: &Origin,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let http_err = |source| UpstreamError::Http {
+            origin: origin.to_string(),
+            source,
+        };
+        if is_upgrade(&req) {
+            let Sender::H1(mut sender) = self.open(origin, true).await? else {
+                return Err(UpstreamError::Tls {
+                    host: origin.host.clone(),
+                    reason: "upstream insisted on HTTP/2 for an upgrade".into(),
+                });
+            };
+            to_h1(&mut req, origin);
+            return sender.send_request(req).await.map_err(http_err);
+        }
+        // One retry: a pooled HTTP/1.1 connection may have been closed by the
+        // server just as we picked it; hyper hands the unsent request back.
+        for attempt in 0..2 {
+            let (sender, reused) = match self.pool.checkout(origin) {
+                Some(s) => (s, true),
+                None => (self.open(origin, false).await?, false),
+            };
+            match sender {
+                Sender::H2(mut s) => {
+                    if !reused {
+                        self.pool.put_h2(origin, s.clone());
+                    }
+                    to_h2(&mut req, origin);
+                    return s.send_request(req).await.map_err(http_err);
+                }
+                Sender::H1(mut s) => {
+                    to_h1(&mut req, origin);
+                    match s.try_send_request(req).await {
+                        Ok(resp) => {
+                            self.return_when_idle(origin, s);
+                            return Ok(resp);
+                        }
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) if reused && attempt == 0 => req = unsent,
+                            _ => return Err(http_err(e.into_error())),
+                        },
+                    }
+                }
+            }
+        }
+        Err(UpstreamError::Tls {
+            host: origin.host.clone(),
+            reason: "no usable connection".into(),
+        })
+    }
+
+    /// Puts an HTTP/1.1 connection back in the pool once its response body
+    /// has been fully read (hyper reports it ready again).
+    fn return_when_idle(
+        &self,
+        origin: &Origin,
+        mut sender: hyper::client::conn::http1::SendRequest<Body>,
+    ) {
+        let pool = self.pool.clone();
+        let origin = origin.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                pool.put_h1(&origin, sender);
+            }
+        });
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+}
+
+/// Authority the client asked for: Host header, else URI, else the origin.
+fn request_authority<B>(req: &Request<B>, origin: &Origin) -> String {
+    if let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        return host.to_string();
+    }
+    req.uri()
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| origin.authority())
+}
+
+/// HTTP/1.1 upstream: origin-form URI and a Host header.
+fn to_h1<B>(req: &mut Request<B>, origin: &Origin) {
+    if !req.headers().contains_key(header::HOST) {
+        let authority = request_authority(req, origin);
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    if let Ok(uri) = pq.parse::<Uri>() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// HTTP/2 upstream: absolute URI carrying :authority, no Host header.
+fn to_h2<B>(req: &mut Request<B>, origin: &Origin) {
+    let authority = request_authority(req, origin);
+    req.headers_mut().remove(header::HOST);
+    let scheme = if origin.tls { "https" } else { "http" };
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    if let Ok(uri) = format!("{scheme}://{authority}{pq}").parse::<Uri>() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_2;
+}
+
+/// Human-readable reason from a TLS handshake error (certificate problems
+/// are spelled out: they are what users need to fix).
+fn tls_reason(err: &std::io::Error) -> String {
+    if let Some(inner) = err.get_ref() {
+        if let Some(rustls_err) = inner.downcast_ref::<rustls::Error>() {
+            return match rustls_err {
+                rustls::Error::InvalidCertificate(c) => {
+                    format!("upstream certificate rejected: {c:?}")
+                }
+                other => other.to_string(),
+            };
+        }
+    }
+    err.to_string()
+}

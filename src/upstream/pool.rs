@@ -1,0 +1,174 @@
+//! Idle upstream connections shared by all client connections: HTTP/2
+//! connections are shared while open, HTTP/1.1 connections are handed out
+//! one request at a time and come back when their response is done.
+
+use crate::body::Body;
+use hyper::client::conn::{http1, http2};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Where a pooled connection goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub tls: bool,
+    /// Lower-case host, no IPv6 brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl Origin {
+    pub fn new(tls: bool, host: &str, port: u16) -> Self {
+        Origin {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase(),
+            port,
+        }
+    }
+
+    /// `host:port` with IPv6 brackets, for URIs and Host headers.
+    pub fn authority(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A connection ready to carry one request (h1) or many (h2).
+pub enum Sender {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct HostConns {
+    h2: Option<http2::SendRequest<Body>>,
+    h1: Vec<Idle>,
+}
+
+/// The pool. Cheap to lock: every operation is a few pointer moves.
+pub struct Pool {
+    hosts: Mutex<HashMap<Origin, HostConns>>,
+    max_idle_per_host: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(max_idle_per_host: usize, idle_timeout: Duration) -> Self {
+        Pool {
+            hosts: Mutex::new(HashMap::new()),
+            max_idle_per_host,
+            idle_timeout,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Origin, HostConns>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A live connection to `origin`, if one is idle (or shareable).
+    pub fn checkout(&self, origin: &Origin) -> Option<Sender> {
+        let mut hosts = self.lock();
+        let conns = hosts.get_mut(origin)?;
+        if let Some(h2) = &conns.h2 {
+            if h2.is_ready() {
+                return Some(Sender::H2(h2.clone()));
+            }
+            if h2.is_closed() {
+                conns.h2 = None;
+            }
+        }
+        while let Some(idle) = conns.h1.pop() {
+            if idle.since.elapsed() < self.idle_timeout && idle.sender.is_ready() {
+                return Some(Sender::H1(idle.sender));
+            }
+        }
+        None
+    }
+
+    /// True when a request to `origin` would not need a new connection.
+    pub fn has_live(&self, origin: &Origin) -> bool {
+        let hosts = self.lock();
+        hosts.get(origin).is_some_and(|c| {
+            c.h2.as_ref().is_some_and(|h| !h.is_closed())
+                || c.h1
+                    .iter()
+                    .any(|i| i.since.elapsed() < self.idle_timeout && !i.sender.is_closed())
+        })
+    }
+
+    /// Offers an HTTP/2 connection for sharing.
+    pub fn put_h2(&self, origin: &Origin, sender: http2::SendRequest<Body>) {
+        let mut hosts = self.lock();
+        let conns = hosts.entry(origin.clone()).or_default();
+        if conns.h2.as_ref().is_none_or(|h| h.is_closed()) {
+            conns.h2 = Some(sender);
+        }
+    }
+
+    /// Returns an idle HTTP/1.1 connection.
+    pub fn put_h1(&self, origin: &Origin, sender: http1::SendRequest<Body>) {
+        if !sender.is_ready() {
+            return;
+        }
+        let mut hosts = self.lock();
+        let conns = hosts.entry(origin.clone()).or_default();
+        conns
+            .h1
+            .retain(|i| i.since.elapsed() < self.idle_timeout && !i.sender.is_closed());
+        if conns.h1.len() < self.max_idle_per_host {
+            conns.h1.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Drops expired and closed connections; called periodically.
+    pub fn sweep(&self) {
+        let mut hosts = self.lock();
+        hosts.retain(|_, c| {
+            if c.h2.as_ref().is_some_and(|h| h.is_closed()) {
+                c.h2 = None;
+            }
+            c.h1.retain(|i| i.since.elapsed() < self.idle_timeout && !i.sender.is_closed());
+            c.h2.is_some() || !c.h1.is_empty()
+        });
+    }
+
+    /// Idle connections held (h2 counted once), for metrics and tests.
+    pub fn idle_count(&self) -> usize {
+        self.lock()
+            .values()
+            .map(|c| c.h1.len() + usize::from(c.h2.is_some()))
+            .sum()
+    }
+}

@@ -1,0 +1,196 @@
+//! A test client that goes through the proxy: raw CONNECT, TLS trusting a
+//! given root only, and HTTP/1.1 or HTTP/2 as ALPN decides.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::{CertificateDer, ServerName};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// The proxy's reply to CONNECT.
+#[derive(Debug)]
+pub struct ConnectReply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// Sends `CONNECT target` and reads the reply head (and a body, if the
+/// reply is an error with Content-Length). On 200 the stream is the tunnel.
+pub async fn connect(proxy: SocketAddr, target: &str) -> (TcpStream, ConnectReply) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let reply = read_head(&mut s).await;
+    (s, reply)
+}
+
+/// Reads an HTTP/1.1 response head byte by byte (so nothing after it is
+/// consumed), then its Content-Length body if any.
+pub async fn read_head(s: &mut TcpStream) -> ConnectReply {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).await.unwrap();
+        assert!(
+            n == 1,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    ConnectReply {
+        status,
+        head,
+        body: String::from_utf8_lossy(&body).into(),
+    }
+}
+
+pub fn client_config(
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// TLS over `s` for `name`, trusting only `roots`.
+pub async fn tls(
+    s: TcpStream,
+    name: &str,
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> Result<TlsStream<TcpStream>, std::io::Error> {
+    let connector = tokio_rustls::TlsConnector::from(client_config(roots, alpn));
+    connector
+        .connect(ServerName::try_from(name.to_string()).unwrap(), s)
+        .await
+}
+
+/// An HTTP connection (either version).
+pub enum Http {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Http {
+    pub async fn over<IO>(io: IO, h2: bool) -> Http
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        if h2 {
+            let (s, c) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .unwrap();
+            tokio::spawn(c);
+            Http::H2(s)
+        } else {
+            let (s, c) = http1::handshake(TokioIo::new(io)).await.unwrap();
+            tokio::spawn(c.with_upgrades());
+            Http::H1(s)
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Http::H2(_))
+    }
+
+    /// Sends a request; `uri` is a path, `host` becomes Host / :authority.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        body: Bytes,
+    ) -> Response<Incoming> {
+        let req = |abs: bool| {
+            let uri = if abs {
+                format!("https://{host}{path}")
+            } else {
+                path.to_string()
+            };
+            let mut b = Request::builder().method(method).uri(uri);
+            if !abs {
+                b = b.header("host", host);
+            }
+            b.header("content-type", "application/json")
+                .body(Full::new(body.clone()))
+                .unwrap()
+        };
+        match self {
+            Http::H1(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req(false)).await.unwrap()
+            }
+            Http::H2(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req(true)).await.unwrap()
+            }
+        }
+    }
+}
+
+/// CONNECT + TLS (trusting `roots`) + HTTP: the path every IDE request takes.
+pub async fn through_proxy(
+    proxy: SocketAddr,
+    host: &str,
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> (Http, TlsStreamInfo) {
+    let (s, reply) = connect(proxy, &format!("{host}:443")).await;
+    assert_eq!(reply.status, 200, "CONNECT failed: {reply:?}");
+    let tls = tls(s, host, roots, alpn).await.unwrap();
+    let info = TlsStreamInfo {
+        alpn: tls.get_ref().1.alpn_protocol().map(|p| p.to_vec()),
+        peer_chain: tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .unwrap_or_default()
+            .to_vec(),
+    };
+    let h2 = info.alpn.as_deref() == Some(b"h2");
+    (Http::over(tls, h2).await, info)
+}
+
+/// What the client saw of the TLS session.
+pub struct TlsStreamInfo {
+    pub alpn: Option<Vec<u8>>,
+    pub peer_chain: Vec<CertificateDer<'static>>,
+}
+
+pub async fn body_string(resp: Response<Incoming>) -> String {
+    let b = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&b).into()
+}
+
+pub async fn body_json(resp: Response<Incoming>) -> serde_json::Value {
+    serde_json::from_str(&body_string(resp).await).unwrap()
+}

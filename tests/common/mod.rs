@@ -1,0 +1,119 @@
+//! Shared test fixtures: a test CA, a local HTTPS origin, in-process
+//! gateways, and a client that talks through the proxy.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod client;
+pub mod origin;
+
+use keeptrusts::gateway::{self, GatewaySettings};
+use keeptrusts::proxy::Gateway;
+use keeptrusts::shutdown::{self, ShutdownTrigger};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tempfile::TempDir;
+
+/// A CA generated at test time, standing in for the public PKI.
+pub struct TestCa {
+    pub issuer: Issuer<'static, KeyPair>,
+    pub cert_der: CertificateDer<'static>,
+    pub pem_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        keeptrusts::install_crypto_provider();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pem_path = dir.path().join("test-ca.pem");
+        std::fs::write(&pem_path, cert.pem()).unwrap();
+        TestCa {
+            issuer: Issuer::new(params, key),
+            cert_der: cert.der().clone(),
+            pem_path,
+            _dir: dir,
+        }
+    }
+
+    /// A server certificate chain and key for `names`.
+    pub fn server_cert(
+        &self,
+        names: &[&str],
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let params = CertificateParams::new(names).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (
+            vec![cert.der().clone(), self.cert_der.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+}
+
+/// A gateway running in this process on 127.0.0.1:<random>.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    pub ca_pem: PathBuf,
+    pub home: TempDir,
+    trigger: Option<ShutdownTrigger>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestGateway {
+    /// Starts a gateway that trusts `upstream_ca` (and not the OS roots),
+    /// with `configure` adjusting the settings.
+    pub async fn start(
+        upstream_ca: &TestCa,
+        configure: impl FnOnce(&mut GatewaySettings),
+    ) -> TestGateway {
+        let home = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut settings = GatewaySettings::new(addr, home.path().join("certs"));
+        settings.upstream_ca = vec![upstream_ca.pem_path.clone()];
+        settings.os_roots = false;
+        settings.env_proxy = false;
+        configure(&mut settings);
+        let built = gateway::build(&settings).unwrap();
+        let (trigger, sd) = shutdown::channel();
+        let server = tokio::spawn(built.gateway.clone().serve(listener, sd));
+        TestGateway {
+            addr,
+            gateway: built.gateway,
+            ca_pem: built.ca.cert.clone(),
+            home,
+            trigger: Some(trigger),
+            server: Some(server),
+        }
+    }
+
+    /// The kt CA certificate (what clients must trust).
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.gateway.certs().minter().ca().cert_der().clone()
+    }
+
+    /// Starts the drain; resolves when it completes (true) or times out.
+    pub async fn drain(&mut self, grace: std::time::Duration) -> bool {
+        let trigger = self.trigger.take().expect("drained twice");
+        let ok = trigger.drain(grace).await;
+        if let Some(s) = self.server.take() {
+            s.await.unwrap();
+        }
+        ok
+    }
+}
+
+/// `HOST:443:127.0.0.1:PORT`.
+pub fn connect_to(host: &str, port: u16, addr: SocketAddr) -> String {
+    format!("{host}:{port}:{}:{}", addr.ip(), addr.port())
+}

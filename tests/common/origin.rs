@@ -1,0 +1,259 @@
+//! A local origin server (HTTPS with the test CA, or plain HTTP) with the
+//! routes the tests need: echo, large bodies, gated SSE, WebSocket echo.
+
+use super::TestCa;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    H1,
+    H2,
+    Both,
+}
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    /// Requests served.
+    pub hits: Arc<AtomicUsize>,
+    /// TCP connections accepted.
+    pub conns: Arc<AtomicUsize>,
+    /// Each permit releases one more SSE event after the first.
+    pub sse_gate: Arc<Semaphore>,
+    pub cert_der: Option<rustls_pki_types::CertificateDer<'static>>,
+}
+
+struct State {
+    hits: Arc<AtomicUsize>,
+    sse_gate: Arc<Semaphore>,
+}
+
+/// A body fed from a channel, so the origin controls when each frame goes.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+type OriginBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> OriginBody {
+    http_body_util::Full::new(b.into()).boxed_unsync()
+}
+
+impl Origin {
+    /// HTTPS origin with a certificate for `names` from `ca`.
+    pub async fn tls(ca: &TestCa, names: &[&str], alpn: Alpn) -> Origin {
+        let (chain, key) = ca.server_cert(names);
+        let cert_der = chain[0].clone();
+        let mut cfg = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        cfg.alpn_protocols = match alpn {
+            Alpn::H1 => vec![b"http/1.1".to_vec()],
+            Alpn::H2 => vec![b"h2".to_vec()],
+            Alpn::Both => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let mut origin = Self::spawn(move |tcp, state| {
+            let acceptor = acceptor.clone();
+            async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                serve(TokioIo::new(tls), h2, state).await;
+            }
+        })
+        .await;
+        origin.cert_der = Some(cert_der);
+        origin
+    }
+
+    /// Plain-HTTP origin (HTTP/1.1).
+    pub async fn plain() -> Origin {
+        Self::spawn(|tcp, state| async move { serve(TokioIo::new(tcp), false, state).await }).await
+    }
+
+    async fn spawn<F, Fut>(handle: F) -> Origin
+    where
+        F: Fn(tokio::net::TcpStream, Arc<State>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let sse_gate = Arc::new(Semaphore::new(0));
+        let state = Arc::new(State {
+            hits: hits.clone(),
+            sse_gate: sse_gate.clone(),
+        });
+        let conns2 = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                conns2.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(handle(tcp, state.clone()));
+            }
+        });
+        Origin {
+            addr,
+            hits,
+            conns,
+            sse_gate,
+            cert_der: None,
+        }
+    }
+}
+
+async fn serve<IO>(io: IO, h2: bool, state: Arc<State>)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(route(req, state).await) }
+    });
+    if h2 {
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await;
+    } else {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await;
+    }
+}
+
+async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<OriginBody> {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    match path.as_str() {
+        "/echo" => {
+            let version = format!("{:?}", req.version());
+            let method = req.method().to_string();
+            let uri = req.uri().to_string();
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
+                    )
+                })
+                .collect();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let sum: u64 = body.iter().map(|b| *b as u64).sum();
+            let json = serde_json::json!({
+                "method": method, "uri": uri, "version": version, "headers": headers,
+                "len": body.len(), "sum": sum,
+            });
+            let mut r = Response::new(full(json.to_string()));
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r
+        }
+        p if p.starts_with("/large/") => {
+            let n: usize = p["/large/".len()..].parse().unwrap_or(0);
+            let (tx, rx) = mpsc::channel(4);
+            tokio::spawn(async move {
+                let mut left = n;
+                let mut i = 0u8;
+                while left > 0 {
+                    let take = left.min(64 * 1024);
+                    let chunk: Vec<u8> = (0..take).map(|j| i.wrapping_add(j as u8)).collect();
+                    i = i.wrapping_add(1);
+                    if tx.send(Bytes::from(chunk)).await.is_err() {
+                        return;
+                    }
+                    left -= take;
+                }
+            });
+            let mut r = Response::new(ChannelBody(rx).boxed_unsync());
+            r.headers_mut()
+                .insert("content-length", n.to_string().parse().unwrap());
+            r
+        }
+        "/sse" => {
+            let (tx, rx) = mpsc::channel(1);
+            let gate = state.sse_gate.clone();
+            tokio::spawn(async move {
+                for i in 0..5 {
+                    if i > 0 {
+                        let Ok(p) = gate.acquire().await else { return };
+                        p.forget();
+                    }
+                    let ev = format!("data: {{\"n\":{i}}}\n\n");
+                    if tx.send(Bytes::from(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+            });
+            let mut r = Response::new(ChannelBody(rx).boxed_unsync());
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            r
+        }
+        "/ws" => {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on.await {
+                    let mut io = TokioIo::new(up);
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match io.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if io.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            r
+        }
+        "/hang" => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        _ => {
+            let mut r = Response::new(full("not found"));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        }
+    }
+}

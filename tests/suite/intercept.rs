@@ -1,0 +1,254 @@
+//! Intercepted traffic: decrypted, forwarded to a verified upstream, streamed.
+#![allow(clippy::unwrap_used)]
+
+use crate::common::client::{self, body_json, body_string, through_proxy};
+use crate::common::origin::{Alpn, Origin};
+use crate::common::{connect_to, TestCa, TestGateway};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use std::time::Duration;
+
+const HOST: &str = "api.openai.com";
+
+async fn setup(alpn: Alpn) -> (TestCa, Origin, TestGateway) {
+    let ca = TestCa::new("upstream test CA");
+    let origin = Origin::tls(&ca, &[HOST], alpn).await;
+    let addr = origin.addr;
+    let gw = TestGateway::start(&ca, |s| s.connect_to = vec![connect_to(HOST, 443, addr)]).await;
+    (ca, origin, gw)
+}
+
+/// Every client protocol against every upstream protocol.
+#[tokio::test]
+async fn round_trip_h1_and_h2_both_sides() {
+    for upstream in [Alpn::H1, Alpn::H2, Alpn::Both] {
+        let (_ca, origin, gw) = setup(upstream).await;
+        for client_alpn in [
+            &[b"http/1.1" as &[u8]][..],
+            &[b"h2"],
+            &[b"h2", b"http/1.1"],
+            &[],
+        ] {
+            let (mut http, info) = through_proxy(gw.addr, HOST, &[gw.ca_der()], client_alpn).await;
+            let want_h2 = client_alpn.first() == Some(&&b"h2"[..]);
+            assert_eq!(
+                http.is_h2(),
+                want_h2,
+                "client ALPN {client_alpn:?} got {:?}",
+                info.alpn
+            );
+            for i in 0..3 {
+                let body = Bytes::from(format!("{{\"i\":{i}}}"));
+                let resp = http.send("POST", HOST, "/echo", body.clone()).await;
+                assert_eq!(resp.status(), 200);
+                let json = body_json(resp).await;
+                assert_eq!(json["len"], body.len(), "{json}");
+                assert_eq!(json["method"], "POST");
+                let expect_version = if upstream == Alpn::H1 {
+                    "HTTP/1.1"
+                } else {
+                    "HTTP/2.0"
+                };
+                assert_eq!(
+                    json["version"], expect_version,
+                    "upstream {upstream:?}: {json}"
+                );
+                let host = json["headers"]["host"].as_str().map(str::to_owned);
+                if upstream == Alpn::H1 {
+                    assert_eq!(host.as_deref(), Some(HOST), "{json}");
+                }
+                assert!(json["headers"].get("proxy-connection").is_none());
+            }
+        }
+        // Upstream connections are pooled across client connections.
+        assert!(
+            origin.conns.load(std::sync::atomic::Ordering::SeqCst) <= 5,
+            "upstream {upstream:?}: {} connections for 4 clients",
+            origin.conns.load(std::sync::atomic::Ordering::SeqCst)
+        );
+    }
+}
+
+#[tokio::test]
+async fn sse_events_arrive_one_by_one() {
+    let (_ca, origin, gw) = setup(Alpn::Both).await;
+    for alpn in [&[b"http/1.1" as &[u8]][..], &[b"h2"]] {
+        let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], alpn).await;
+        let resp = http.send("POST", HOST, "/sse", Bytes::new()).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let mut body = resp.into_body();
+        let mut seen = String::new();
+        for i in 0..5 {
+            // The origin holds event i+1 until we release it: a proxy that
+            // buffered the stream would never deliver event i.
+            let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .expect("event not forwarded while the stream is open")
+                .unwrap()
+                .unwrap();
+            let data = frame.into_data().unwrap();
+            seen.push_str(std::str::from_utf8(&data).unwrap());
+            assert!(seen.contains(&format!("\"n\":{i}")), "{seen:?}");
+            assert!(!seen.contains(&format!("\"n\":{}", i + 1)), "{seen:?}");
+            origin.sse_gate.add_permits(1);
+        }
+        let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&rest[..], b"data: [DONE]\n\n");
+    }
+}
+
+#[tokio::test]
+async fn one_megabyte_both_ways() {
+    let (_ca, _origin, gw) = setup(Alpn::Both).await;
+    for alpn in [&[b"http/1.1" as &[u8]][..], &[b"h2"]] {
+        let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], alpn).await;
+        let up: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let sum: u64 = up.iter().map(|b| *b as u64).sum();
+        let json = body_json(http.send("POST", HOST, "/echo", Bytes::from(up)).await).await;
+        assert_eq!(json["len"], 1024 * 1024);
+        assert_eq!(json["sum"], sum);
+        let resp = http.send("GET", HOST, "/large/1048576", Bytes::new()).await;
+        assert_eq!(resp.status(), 200);
+        let down = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(down.len(), 1024 * 1024);
+        assert_eq!(down[65536], 1, "second chunk starts with its index");
+    }
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_bridged() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_ca, _origin, gw) = setup(Alpn::Both).await;
+    let (s, reply) = client::connect(gw.addr, &format!("{HOST}:443")).await;
+    assert_eq!(reply.status, 200);
+    // Browsers' WebSocket ClientHellos carry no ALPN: HTTP/1.1.
+    let mut tls = client::tls(s, HOST, &[gw.ca_der()], &[]).await.unwrap();
+    tls.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"hello"[..], b"second frame", &[0u8, 255, 7]] {
+        tls.write_all(msg).await.unwrap();
+        let mut echo = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut echo))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo, msg);
+    }
+}
+
+#[tokio::test]
+async fn untrusted_upstream_is_a_502_naming_host_and_reason() {
+    let real_ca = TestCa::new("the origin's CA");
+    let other_ca = TestCa::new("a CA the gateway trusts");
+    let origin = Origin::tls(&real_ca, &[HOST], Alpn::Both).await;
+    let addr = origin.addr;
+    let gw = TestGateway::start(&other_ca, |s| {
+        s.connect_to = vec![connect_to(HOST, 443, addr)]
+    })
+    .await;
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"http/1.1"]).await;
+    let resp = http
+        .send("POST", HOST, "/echo", Bytes::from_static(b"{}"))
+        .await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-kt-error"], "upstream_tls");
+    let body = body_string(resp).await;
+    assert!(body.contains(HOST), "{body}");
+    assert!(body.contains("certificate"), "{body}");
+    assert_eq!(origin.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn dial_failure_is_a_502_on_the_connect() {
+    let ca = TestCa::new("ca");
+    // A port nothing listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to = vec![
+            connect_to(HOST, 443, closed),
+            connect_to("example.org", 443, closed),
+        ]
+    })
+    .await;
+    for target in [HOST, "example.org"] {
+        let (_s, reply) = client::connect(gw.addr, &format!("{target}:443")).await;
+        assert_eq!(reply.status, 502, "{target}: {reply:?}");
+        assert!(reply.body.contains("cannot connect"), "{reply:?}");
+        assert!(reply
+            .head
+            .to_ascii_lowercase()
+            .contains("x-kt-error: upstream_connect"));
+    }
+}
+
+#[tokio::test]
+async fn plain_bytes_after_connect_to_an_intercepted_host_are_tunnelled() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::plain().await;
+    let addr = origin.addr;
+    let gw = TestGateway::start(&ca, |s| s.connect_to = vec![connect_to(HOST, 80, addr)]).await;
+    let (s, reply) = client::connect(gw.addr, &format!("{HOST}:80")).await;
+    assert_eq!(reply.status, 200);
+    let mut http = client::Http::over(s, false).await;
+    let json = body_json(
+        http.send("POST", HOST, "/echo", Bytes::from_static(b"abc"))
+            .await,
+    )
+    .await;
+    assert_eq!(json["len"], 3);
+}
+
+#[tokio::test]
+async fn absolute_form_http_is_forwarded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new("ca");
+    let origin = Origin::plain().await;
+    let addr = origin.addr;
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to = vec![connect_to("plain.test", 80, addr)]
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST http://plain.test/echo HTTP/1.1\r\nHost: plain.test\r\nProxy-Connection: keep-alive\r\n\
+          Proxy-Authorization: Basic c2VjcmV0\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["uri"], "/echo", "origin-form upstream: {json}");
+    assert_eq!(json["len"], 2);
+    assert!(
+        json["headers"].get("proxy-authorization").is_none(),
+        "{json}"
+    );
+    assert!(json["headers"].get("proxy-connection").is_none(), "{json}");
+}

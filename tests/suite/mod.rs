@@ -1,0 +1,3 @@
+mod certs;
+mod intercept;
+mod tunnel;

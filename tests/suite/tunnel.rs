@@ -1,0 +1,95 @@
+//! Blind tunnels: hosts that are not intercepted are never decrypted.
+#![allow(clippy::unwrap_used)]
+
+use crate::common::client::{self, body_json, Http};
+use crate::common::origin::{Alpn, Origin};
+use crate::common::{connect_to, TestCa, TestGateway};
+use bytes::Bytes;
+use keeptrusts::proxy::InterceptMode;
+
+#[tokio::test]
+async fn blind_tunnel_shows_the_origins_own_certificate() {
+    let ca = TestCa::new("origin CA");
+    let origin = Origin::tls(&ca, &["example.org"], Alpn::Both).await;
+    let addr = origin.addr;
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to = vec![connect_to("example.org", 443, addr)]
+    })
+    .await;
+    let (s, reply) = client::connect(gw.addr, "example.org:443").await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.head.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{:?}",
+        reply.head
+    );
+    // Trusting only the origin's CA works: kt did not touch the TLS.
+    let tls = client::tls(s, "example.org", std::slice::from_ref(&ca.cert_der), &[b"h2"])
+        .await
+        .unwrap();
+    let peer = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(Some(peer), origin.cert_der);
+    let mut http = Http::over(tls, true).await;
+    let json = body_json(
+        http.send("POST", "example.org", "/echo", Bytes::from_static(b"x"))
+            .await,
+    )
+    .await;
+    assert_eq!(json["len"], 1);
+    assert_eq!(
+        gw.gateway.certs().cached_hosts().await,
+        0,
+        "no certificate minted for a tunnel"
+    );
+}
+
+#[tokio::test]
+async fn intercept_none_tunnels_llm_hosts_too() {
+    let ca = TestCa::new("origin CA");
+    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
+    let addr = origin.addr;
+    let gw = TestGateway::start(&ca, |s| {
+        s.intercept = InterceptMode::None;
+        s.connect_to = vec![connect_to("api.openai.com", 443, addr)];
+    })
+    .await;
+    let (s, reply) = client::connect(gw.addr, "api.openai.com:443").await;
+    assert_eq!(reply.status, 200);
+    let tls = client::tls(s, "api.openai.com", std::slice::from_ref(&ca.cert_der), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.peer_certificates().unwrap()[0],
+        origin.cert_der.clone().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn config_intercept_hosts_are_decrypted() {
+    let ca = TestCa::new("origin CA");
+    let origin = Origin::tls(&ca, &["sourcegraph.example.com"], Alpn::H1).await;
+    let addr = origin.addr;
+    let gw = TestGateway::start(&ca, |s| {
+        s.intercept_hosts = vec!["sourcegraph.example.com".into()];
+        s.connect_to = vec![connect_to("sourcegraph.example.com", 443, addr)];
+    })
+    .await;
+    let (mut http, info) =
+        client::through_proxy(gw.addr, "sourcegraph.example.com", &[gw.ca_der()], &[b"h2"]).await;
+    assert_ne!(
+        Some(info.peer_chain[0].clone()),
+        origin.cert_der,
+        "kt minted its own leaf"
+    );
+    let json = body_json(
+        http.send(
+            "POST",
+            "sourcegraph.example.com",
+            "/echo",
+            Bytes::from_static(b"{}"),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(json["version"], "HTTP/1.1");
+}
