@@ -100,7 +100,7 @@ where
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read * 2)
-            .max_buf_size(limits.max_header_bytes)
+            .max_header_size(limits.max_header_bytes)
             .serve_connection(io, svc)
             .with_upgrades();
         drive(&ctx, conn, |c| c.graceful_shutdown()).await;

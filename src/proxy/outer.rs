@@ -42,7 +42,7 @@ pub(super) async fn serve(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(gw.limits.header_read)
-        .max_buf_size(gw.limits.max_header_bytes)
+        .max_header_size(gw.limits.max_header_bytes)
         .serve_connection(io, svc)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
@@ -64,13 +64,22 @@ fn log_conn_end(res: Result<(), hyper::Error>) {
 
 async fn route(ctx: ConnCtx, req: Request<Incoming>) -> Response<Body> {
     let result = if req.method() == Method::CONNECT {
-        connect(ctx, req).await
+        // A refused CONNECT leaves the client nothing to do on this
+        // connection: close it rather than wait for a keep-alive timeout.
+        connect(ctx, req).await.map_err(|e| (e, true))
     } else if req.uri().scheme().is_some() {
-        absolute_form(ctx, req).await
+        absolute_form(ctx, req).await.map_err(|e| (e, false))
     } else {
-        admin(&ctx, &req)
+        admin(&ctx, &req).map_err(|e| (e, false))
     };
-    result.unwrap_or_else(ProxyError::into_response)
+    result.unwrap_or_else(|(err, close)| {
+        let mut resp = err.into_response();
+        if close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    })
 }
 
 /// True when `host:port` is this gateway's own listener.

@@ -1,3 +1,7 @@
 mod certs;
+mod chain;
+mod cli;
+mod errors;
 mod intercept;
+mod lifecycle;
 mod tunnel;

@@ -24,9 +24,14 @@ async fn blind_tunnel_shows_the_origins_own_certificate() {
         reply.head
     );
     // Trusting only the origin's CA works: kt did not touch the TLS.
-    let tls = client::tls(s, "example.org", std::slice::from_ref(&ca.cert_der), &[b"h2"])
-        .await
-        .unwrap();
+    let tls = client::tls(
+        s,
+        "example.org",
+        std::slice::from_ref(&ca.cert_der),
+        &[b"h2"],
+    )
+    .await
+    .unwrap();
     let peer = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
     assert_eq!(Some(peer), origin.cert_der);
     let mut http = Http::over(tls, true).await;

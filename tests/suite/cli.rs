@@ -1,0 +1,206 @@
+//! The real `kt` binary: CA commands, start-up errors, and a gateway run
+//! that serves a request and exits 0 on SIGTERM.
+#![allow(clippy::unwrap_used)]
+
+use crate::common::client::{body_json, through_proxy};
+use crate::common::origin::{Alpn, Origin};
+use crate::common::TestCa;
+use bytes::Bytes;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn kt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kt"))
+        .args(args)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into()
+}
+
+#[test]
+fn ca_init_is_idempotent_and_path_prints_the_cert() {
+    let home = tempfile::tempdir().unwrap();
+    let d = home.path().to_str().unwrap();
+    let first = kt(&["ca", "init", "--data-dir", d]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let path = text(&first.stdout).trim().to_string();
+    assert!(path.ends_with(".pem") && std::path::Path::new(&path).is_file());
+    let pem1 = std::fs::read(&path).unwrap();
+    let second = kt(&["ca", "init", "--data-dir", d]);
+    assert_eq!(text(&second.stdout).trim(), path);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        pem1,
+        "init must not replace the CA"
+    );
+    let p = kt(&["ca", "path", "--data-dir", d]);
+    assert_eq!(text(&p.stdout).trim(), path);
+    // --ca-dir overrides only the CA folder.
+    let other = tempfile::tempdir().unwrap();
+    let o = kt(&["ca", "init", "--ca-dir", other.path().to_str().unwrap()]);
+    assert!(text(&o.stdout)
+        .trim()
+        .starts_with(other.path().to_str().unwrap()));
+}
+
+#[test]
+fn ca_path_without_a_ca_fails_clearly() {
+    let home = tempfile::tempdir().unwrap();
+    let out = kt(&["ca", "path", "--data-dir", home.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("kt ca init"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn ca_install_dry_run_prints_commands_and_node_line() {
+    let home = tempfile::tempdir().unwrap();
+    let d = home.path().to_str().unwrap();
+    kt(&["ca", "init", "--data-dir", d]);
+    let out = kt(&["ca", "install", "--dry-run", "--data-dir", d]);
+    let stdout = text(&out.stdout);
+    if out.status.success() {
+        assert!(stdout.contains("NODE_EXTRA_CA_CERTS="), "{stdout}");
+        assert!(stdout.contains(d), "names the CA file: {stdout}");
+    } else {
+        // Unsupported platform: the error says how to do it by hand.
+        assert!(!text(&out.stderr).is_empty());
+    }
+    let un = kt(&["ca", "uninstall", "--dry-run", "--data-dir", d]);
+    assert!(un.status.success() || !text(&un.stderr).is_empty());
+}
+
+#[test]
+fn bad_input_fails_with_one_clear_line() {
+    let home = tempfile::tempdir().unwrap();
+    let d = home.path().to_str().unwrap();
+    let bad = home.path().join("bad.yaml");
+    std::fs::write(&bad, "intercept:\n  hostz: [x]\n").unwrap();
+    let out = kt(&[
+        "gateway",
+        "run",
+        "--data-dir",
+        d,
+        "--policy-config",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("bad.yaml:2:"), "{err}");
+
+    let out = kt(&[
+        "gateway",
+        "run",
+        "--data-dir",
+        d,
+        "--policy-config",
+        "/nonexistent.yaml",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("/nonexistent.yaml"));
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = kt(&["gateway", "run", "--data-dir", d, "--listen", &addr]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot listen"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = kt(&["gateway", "run", "--data-dir", d, "--listen", "0.0.0.0:0"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("open proxy"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = kt(&[
+        "gateway",
+        "run",
+        "--data-dir",
+        d,
+        "--connect-to",
+        "nonsense",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--connect-to"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = kt(&["gateway", "run", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn gateway_binary_serves_and_exits_cleanly_on_sigterm() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kt"))
+        .args(["gateway", "run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(home.path())
+        .arg("--upstream-ca")
+        .arg(&ca.pem_path)
+        .arg("--connect-to")
+        .arg(format!(
+            "api.openai.com:443:127.0.0.1:{}",
+            origin.addr.port()
+        ))
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr: std::net::SocketAddr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no start-up banner");
+        if let Some(a) = line.strip_prefix("kt gateway listening on ") {
+            break a.trim().parse().unwrap();
+        }
+    };
+    let ca_pem = std::fs::read(home.path().join("certs/kt-ca.pem")).unwrap();
+    let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(&ca_pem).unwrap();
+    let (mut http, _) = through_proxy(addr, "api.openai.com", &[ca_der], &[b"h2"]).await;
+    let json = body_json(
+        http.send("POST", "api.openai.com", "/echo", Bytes::from_static(b"{}"))
+            .await,
+    )
+    .await;
+    assert_eq!(json["len"], 2);
+    drop(http);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "exit 0 after SIGTERM");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(rest.iter().any(|l| l.contains("drain")), "{rest:?}");
+}
