@@ -6,7 +6,8 @@
 use super::authority::Target;
 use super::{forward, tunnel, ConnCtx};
 use crate::netio::Prefixed;
-use crate::upstream::pool::Origin;
+use crate::upstream::pool::{Origin, Prefer};
+use crate::upstream::Dialed;
 use bytes::BytesMut;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -19,8 +20,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 /// First byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
-pub(super) async fn serve<IO>(ctx: ConnCtx, mut io: IO, target: Target)
-where
+/// Serves one intercepted CONNECT. `predialed` is the upstream TCP path
+/// opened before the client got its `200` (none when a pooled connection
+/// was live); its TLS handshake offers the ALPN the client offered us.
+pub(super) async fn serve<IO>(
+    ctx: ConnCtx,
+    mut io: IO,
+    target: Target,
+    origin: Origin,
+    predialed: Option<Dialed>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &ctx.gw.limits;
@@ -30,10 +39,14 @@ where
         _ => return,
     }
     let io = Prefixed::new(first.freeze(), io);
-    let is_tls = io_first_byte(&io) == Some(TLS_HANDSHAKE);
+    let is_tls = io.prefix().first() == Some(&TLS_HANDSHAKE);
     if !is_tls {
         // Plain bytes after CONNECT (e.g. ws:// through the proxy): tunnel.
-        match ctx.gw.upstream.dial(&target.host, target.port, true).await {
+        let dialed = match predialed {
+            Some(d) => Ok(d),
+            None => ctx.gw.upstream.dial(&target.host, target.port, true).await,
+        };
+        match dialed {
             Ok(upstream) => {
                 tunnel::run(io, upstream, ctx.activity.clone(), limits.idle).await;
             }
@@ -45,7 +58,12 @@ where
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let handshake = async {
         let start = acceptor.await?;
-        let sni = start.client_hello().server_name().map(str::to_owned);
+        let hello = start.client_hello();
+        let prefer = match hello.alpn().and_then(|mut offers| offers.next()) {
+            Some(b"h2") => Prefer::H2,
+            _ => Prefer::H1,
+        };
+        let sni = hello.server_name().map(str::to_owned);
         let name = sni.as_deref().unwrap_or(&target.host);
         if sni
             .as_deref()
@@ -53,16 +71,32 @@ where
         {
             tracing::debug!(connect = %target, sni = ?sni, "SNI differs from the CONNECT host");
         }
+        // The upstream handshake runs beside the client's: the first
+        // request waits for it (see `attached`) instead of the handshake.
+        let attached = predialed.map(|dialed| {
+            let (done, attached) = tokio::sync::watch::channel(false);
+            let upstream = ctx.gw.upstream.clone();
+            let origin = origin.clone();
+            tokio::spawn(async move {
+                if let Err(e) = upstream.attach(&origin, dialed, prefer).await {
+                    // The client still gets its session, and a readable 502
+                    // naming the cause on each request.
+                    tracing::info!(%origin, error = %e, "upstream connection failed");
+                }
+                let _ = done.send(true);
+            });
+            attached
+        });
         let config = ctx
             .gw
             .certs
             .server_config(name)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        start.into_stream(config).await
+        Ok::<_, std::io::Error>((start.into_stream(config).await?, attached))
     };
-    let tls = match tokio::time::timeout(limits.client_tls_handshake, handshake).await {
-        Ok(Ok(tls)) => tls,
+    let (tls, attached) = match tokio::time::timeout(limits.client_tls_handshake, handshake).await {
+        Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             // Typically a client that does not trust the kt CA yet.
             tracing::info!(target = %target, error = %e, "client TLS handshake failed (is the kt CA trusted? see `kt ca install`)");
@@ -74,12 +108,17 @@ where
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let origin = Origin::new(true, &target.host, target.port);
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| {
         let ctx = svc_ctx.clone();
         let origin = origin.clone();
+        let mut attached = attached.clone();
         async move {
+            if let Some(attached) = attached.as_mut() {
+                // Ends at once when the upstream handshake is over (whatever
+                // its outcome) or its task is gone.
+                let _ = attached.wait_for(|done| *done).await;
+            }
             Ok::<_, Infallible>(
                 forward::forward(&ctx, &origin, req)
                     .await
@@ -105,10 +144,6 @@ where
             .with_upgrades();
         drive(&ctx, conn, |c| c.graceful_shutdown()).await;
     }
-}
-
-fn io_first_byte<T>(io: &Prefixed<T>) -> Option<u8> {
-    io.prefix().first().copied()
 }
 
 /// Runs a server connection until it ends, the gateway drains (graceful:

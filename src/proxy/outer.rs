@@ -7,7 +7,6 @@ use crate::body::{self, Body};
 use crate::netio::{Activity, Tracked};
 use crate::shutdown::Shutdown;
 use crate::upstream::pool::Origin;
-use crate::upstream::UpstreamError;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -106,18 +105,14 @@ async fn connect(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body>,
     let gw = ctx.gw.clone();
     if gw.rules.should_intercept(&target.host) {
         let origin = Origin::new(true, &target.host, target.port);
-        match gw.upstream.warm(&origin).await {
-            Ok(()) => {}
-            // The client gets its TLS session and a readable 502 per request.
-            Err(UpstreamError::Tls { .. } | UpstreamError::TlsTimeout { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let predialed = gw.upstream.predial(&origin).await?;
         let sd = ctx.shutdown.clone();
         sd.spawn(async move {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
                     gw.stats.intercepted.fetch_add(1, Ordering::Relaxed);
-                    intercept::serve(ctx.clone(), TokioIo::new(upgraded), target).await;
+                    let io = TokioIo::new(upgraded);
+                    intercept::serve(ctx.clone(), io, target, origin, predialed).await;
                     gw.stats.intercepted.fetch_sub(1, Ordering::Relaxed);
                 }
                 Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),

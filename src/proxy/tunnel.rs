@@ -1,13 +1,20 @@
 //! Blind tunnels: bytes copied both ways untouched, half-close honoured,
 //! closed when idle.
+//!
+//! The copy holds a buffer only while bytes are moving: idle tunnels are the
+//! common case (IDEs keep many open), and two fixed 8 KiB buffers each would
+//! dominate their memory.
 
 use crate::netio::{Activity, Tracked};
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Per-direction copy buffer. Small on purpose: idle tunnels are the common
-/// case and each holds two.
-const BUF: usize = 8 * 1024;
+/// Per-direction copy buffer while the direction is busy.
+const BUF: usize = 16 * 1024;
 
 /// Copies until both sides close, or nothing moves for `idle`.
 /// `client` must already record into `activity`.
@@ -18,7 +25,7 @@ where
 {
     let mut upstream = Tracked::new(upstream, activity.clone());
     tokio::select! {
-        res = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF, BUF) => {
+        res = copy_both(&mut client, &mut upstream) => {
             match res {
                 Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
                 Err(e) => tracing::debug!(error = %e, "tunnel ended"),
@@ -27,5 +34,151 @@ where
         _ = activity.idle_timeout(idle) => {
             tracing::debug!(idle_secs = idle.as_secs(), "tunnel idle, closing");
         }
+    }
+}
+
+/// Copies `a → b` and `b → a` until both directions reached EOF (each EOF
+/// is passed on as a write shutdown). Returns the bytes moved each way.
+pub async fn copy_both<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut a_to_b = Direction::default();
+    let mut b_to_a = Direction::default();
+    poll_fn(|cx| {
+        let ab = a_to_b.poll(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
+        let ba = b_to_a.poll(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        match (ab, ba) {
+            (Poll::Ready(up), Poll::Ready(down)) => Poll::Ready(Ok((up, down))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// One direction of a tunnel.
+#[derive(Default)]
+struct Direction {
+    /// Allocated on the first readable event, freed when the source has
+    /// nothing more for now and everything read has been written.
+    buf: Option<Box<[u8]>>,
+    /// `buf[start..end]` is read but not yet written.
+    start: usize,
+    end: usize,
+    read_eof: bool,
+    shut_down: bool,
+    total: u64,
+}
+
+impl Direction {
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.shut_down {
+                return Poll::Ready(Ok(self.total));
+            }
+            if self.start < self.end {
+                let Some(buf) = self.buf.as_deref() else {
+                    return Poll::Ready(Err(io::Error::other("tunnel buffer lost")));
+                };
+                let n = ready!(writer.as_mut().poll_write(cx, &buf[self.start..self.end]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.start += n;
+                self.total += n as u64;
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                    // Flush per burst so interactive protocols stay snappy.
+                    ready!(writer.as_mut().poll_flush(cx))?;
+                }
+                continue;
+            }
+            if self.read_eof {
+                ready!(writer.as_mut().poll_shutdown(cx))?;
+                self.shut_down = true;
+                self.buf = None;
+                continue;
+            }
+            let buf = self
+                .buf
+                .get_or_insert_with(|| vec![0u8; BUF].into_boxed_slice());
+            let mut read_buf = ReadBuf::new(buf);
+            match reader.as_mut().poll_read(cx, &mut read_buf) {
+                Poll::Ready(Ok(())) => {
+                    let n = read_buf.filled().len();
+                    if n == 0 {
+                        self.read_eof = true;
+                    } else {
+                        self.end = n;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Nothing buffered: give the memory back while idle.
+                    self.buf = None;
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn copies_both_ways_and_passes_half_close_on() {
+        let (mut client, mut a) = tokio::io::duplex(64);
+        let (mut b, mut server) = tokio::io::duplex(64);
+        let copy = tokio::spawn(async move { copy_both(&mut a, &mut b).await });
+
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, payload, "client → server bytes differ");
+        // The server still answers after the client's half-close.
+        server.write_all(b"reply").await.unwrap();
+        server.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"reply");
+        let (up, down) = copy.await.unwrap().unwrap();
+        assert_eq!((up, down), (100_000, 5));
+    }
+
+    #[tokio::test]
+    async fn idle_direction_holds_no_buffer() {
+        let (_client, mut a) = tokio::io::duplex(64);
+        let (mut b, _server) = tokio::io::duplex(64);
+        let mut dir = Direction::default();
+        let waker = futures_noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let res = dir.poll(&mut cx, Pin::new(&mut a), Pin::new(&mut b));
+        assert!(res.is_pending());
+        assert!(dir.buf.is_none());
+    }
+
+    fn futures_noop_waker() -> std::task::Waker {
+        std::task::Waker::noop().clone()
     }
 }

@@ -14,7 +14,7 @@ use connect_to::ConnectToRules;
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use pool::{Origin, Pool, Sender};
+use pool::{Origin, Pool, Prefer, Sender};
 use rustls_pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,43 +202,103 @@ impl Upstream {
         Ok(stream)
     }
 
-    /// Makes sure a connection to `origin` is pooled, opening one if needed.
-    /// Used when answering CONNECT, so that a dead upstream is a 502 on the
-    /// CONNECT itself and the first request finds a warm connection.
-    pub async fn warm(&self, origin: &Origin) -> Result<(), UpstreamError> {
+    /// Opens the TCP path for an intercepted CONNECT unless a pooled
+    /// connection to `origin` is already live. Dialing before the client's
+    /// `200` makes an unreachable upstream a 502 on the CONNECT itself; the
+    /// TLS handshake waits for the client's ALPN offer (see [`Self::attach`]).
+    pub async fn predial(&self, origin: &Origin) -> Result<Option<Dialed>, UpstreamError> {
         if self.pool.has_live(origin) {
-            return Ok(());
+            return Ok(None);
         }
-        match self.open(origin, false).await? {
+        self.dial(&origin.host, origin.port, origin.tls)
+            .await
+            .map(Some)
+    }
+
+    /// Finishes a [`Self::predial`]ed connection with the HTTP version the
+    /// client prefers and pools it.
+    pub async fn attach(
+        &self,
+        origin: &Origin,
+        dialed: Dialed,
+        prefer: Prefer,
+    ) -> Result<(), UpstreamError> {
+        let offer = self.offer_for(origin, prefer);
+        let sender = match self.handshake(origin, dialed, offer).await {
+            Err(Handshake::NoCommonAlpn) => {
+                self.pool.mark_h2_only(origin);
+                Box::pin(self.open(origin, prefer)).await?
+            }
+            other => other?,
+        };
+        match sender {
             Sender::H1(s) => self.pool.put_h1(origin, s),
             Sender::H2(s) => self.pool.put_h2(origin, s),
         }
         Ok(())
     }
 
-    /// Opens a new HTTP connection to `origin`.
-    async fn open(&self, origin: &Origin, h1_only: bool) -> Result<Sender, UpstreamError> {
+    fn offer_for(&self, origin: &Origin, prefer: Prefer) -> Offer {
+        if prefer == Prefer::H1 && !self.pool.is_h2_only(origin) {
+            Offer::H1
+        } else {
+            Offer::Any
+        }
+    }
+
+    /// Opens a new HTTP connection to `origin` in the preferred version when
+    /// the origin speaks it. An origin that refuses an HTTP/1.1-only offer
+    /// is remembered as h2-only and redialed offering h2.
+    async fn open(&self, origin: &Origin, prefer: Prefer) -> Result<Sender, UpstreamError> {
+        let offer = self.offer_for(origin, prefer);
         let dialed = self.dial(&origin.host, origin.port, origin.tls).await?;
+        match self.handshake(origin, dialed, offer).await {
+            Err(Handshake::NoCommonAlpn) => {
+                tracing::debug!(%origin, "upstream refuses HTTP/1.1, using h2");
+                self.pool.mark_h2_only(origin);
+                let dialed = self.dial(&origin.host, origin.port, origin.tls).await?;
+                Ok(self.handshake(origin, dialed, Offer::Any).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// TLS (for https origins) and the HTTP handshake on a dialed path.
+    async fn handshake(
+        &self,
+        origin: &Origin,
+        dialed: Dialed,
+        offer: Offer,
+    ) -> Result<Sender, Handshake> {
         if !origin.tls {
-            return self.handshake_h1(origin, dialed).await;
+            return Ok(self.handshake_h1(origin, dialed).await?);
         }
         let name = ServerName::try_from(origin.host.clone())
             .map_err(|_| UpstreamError::BadName(origin.host.clone()))?;
-        let config = if h1_only {
-            self.tls.h1_only.clone()
-        } else {
-            self.tls.any.clone()
+        let config = match offer {
+            Offer::H1 => self.tls.h1_only.clone(),
+            Offer::Any => self.tls.any.clone(),
         };
         let handshake = TlsConnector::from(config).connect(name, dialed);
-        let stream = tokio::time::timeout(self.timeouts.tls_handshake, handshake)
-            .await
-            .map_err(|_| UpstreamError::TlsTimeout {
-                host: origin.host.clone(),
-            })?
-            .map_err(|e| UpstreamError::Tls {
-                host: origin.host.clone(),
-                reason: tls_reason(&e),
-            })?;
+        let stream = match tokio::time::timeout(self.timeouts.tls_handshake, handshake).await {
+            Err(_) => {
+                return Err(UpstreamError::TlsTimeout {
+                    host: origin.host.clone(),
+                }
+                .into())
+            }
+            Ok(Err(e)) if offer == Offer::H1 && is_no_common_alpn(&e) => {
+                return Err(Handshake::NoCommonAlpn)
+            }
+            Ok(Err(e)) => {
+                return Err(UpstreamError::Tls {
+                    host: origin.host.clone(),
+                    reason: tls_reason(&e),
+                }
+                .into())
+            }
+            Ok(Ok(stream)) => stream,
+        };
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         if h2 {
             let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -260,7 +320,10 @@ impl Upstream {
             });
             Ok(Sender::H2(sender))
         } else {
-            self.handshake_h1(origin, stream).await
+            if offer == Offer::Any {
+                self.pool.mark_h1_only(origin);
+            }
+            Ok(self.handshake_h1(origin, stream).await?)
         }
     }
 
@@ -294,7 +357,12 @@ impl Upstream {
         req: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let secs = self.timeouts.response_head.as_secs();
-        let fut = self.send_inner(origin, req);
+        let prefer = if req.version() == Version::HTTP_2 {
+            Prefer::H2
+        } else {
+            Prefer::H1
+        };
+        let fut = self.send_inner(origin, req, prefer);
         tokio::time::timeout(self.timeouts.response_head, fut)
             .await
             .map_err(|_| UpstreamError::ResponseTimeout {
@@ -307,13 +375,24 @@ impl Upstream {
         &self,
         origin: &Origin,
         mut req: Request<Body>,
+        prefer: Prefer,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let http_err = |source| UpstreamError::Http {
             origin: origin.to_string(),
             source,
         };
         if is_upgrade(&req) {
-            let Sender::H1(mut sender) = self.open(origin, true).await? else {
+            let dialed = self.dial(&origin.host, origin.port, origin.tls).await?;
+            let Sender::H1(mut sender) = Box::pin(self.handshake(origin, dialed, Offer::H1))
+                .await
+                .map_err(|e| match e {
+                    Handshake::NoCommonAlpn => UpstreamError::Tls {
+                        host: origin.host.clone(),
+                        reason: "upstream refuses HTTP/1.1, which an upgrade needs".into(),
+                    },
+                    Handshake::Failed(e) => e,
+                })?
+            else {
                 return Err(UpstreamError::Tls {
                     host: origin.host.clone(),
                     reason: "upstream insisted on HTTP/2 for an upgrade".into(),
@@ -325,9 +404,11 @@ impl Upstream {
         // One retry: a pooled HTTP/1.1 connection may have been closed by the
         // server just as we picked it; hyper hands the unsent request back.
         for attempt in 0..2 {
-            let (sender, reused) = match self.pool.checkout(origin) {
+            let (sender, reused) = match self.pool.checkout(origin, prefer) {
                 Some(s) => (s, true),
-                None => (self.open(origin, false).await?, false),
+                // Boxed: connection setup is rare, and inlining its state
+                // would make every request's future (moved per request) large.
+                None => (Box::pin(self.open(origin, prefer)).await?, false),
             };
             match sender {
                 Sender::H2(mut s) => {
@@ -373,6 +454,52 @@ impl Upstream {
             }
         });
     }
+}
+
+/// Which ALPN protocols a new upstream connection offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offer {
+    /// `http/1.1` only: servers choose h2 whenever it is offered.
+    H1,
+    /// `h2` and `http/1.1`.
+    Any,
+}
+
+/// A handshake outcome worth retrying differently.
+enum Handshake {
+    /// The server accepts no protocol of an HTTP/1.1-only offer.
+    NoCommonAlpn,
+    Failed(UpstreamError),
+}
+
+impl From<UpstreamError> for Handshake {
+    fn from(e: UpstreamError) -> Self {
+        Handshake::Failed(e)
+    }
+}
+
+impl From<Handshake> for UpstreamError {
+    fn from(h: Handshake) -> Self {
+        match h {
+            Handshake::Failed(e) => e,
+            Handshake::NoCommonAlpn => UpstreamError::Tls {
+                host: String::new(),
+                reason: "no common application protocol".into(),
+            },
+        }
+    }
+}
+
+/// The server answered our ALPN offer with `no_application_protocol`.
+fn is_no_common_alpn(err: &std::io::Error) -> bool {
+    err.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+            )
+        })
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {

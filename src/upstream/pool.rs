@@ -56,6 +56,15 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// Which HTTP version a request would rather use upstream: the one its
+/// client spoke, so that no translation (and no extra framing work) is
+/// needed when the upstream supports both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefer {
+    H1,
+    H2,
+}
+
 /// A connection ready to carry one request (h1) or many (h2).
 pub enum Sender {
     H1(http1::SendRequest<Body>),
@@ -71,6 +80,25 @@ struct Idle {
 struct HostConns {
     h2: Option<http2::SendRequest<Body>>,
     h1: Vec<Idle>,
+    /// The origin refused an HTTP/1.1-only ALPN offer: always use h2.
+    h2_only: bool,
+    /// The origin chose HTTP/1.1 when offered h2: h2 clients share its
+    /// HTTP/1.1 connections.
+    h1_only: bool,
+}
+
+impl HostConns {
+    /// A clone of the shared h2 connection if it can take a stream.
+    fn take_h2(&mut self) -> Option<http2::SendRequest<Body>> {
+        let h2 = self.h2.as_ref()?;
+        if h2.is_ready() {
+            return Some(h2.clone());
+        }
+        if h2.is_closed() {
+            self.h2 = None;
+        }
+        None
+    }
 }
 
 /// The pool. Cheap to lock: every operation is a few pointer moves.
@@ -94,17 +122,21 @@ impl Pool {
         self.hosts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A live connection to `origin`, if one is idle (or shareable).
-    pub fn checkout(&self, origin: &Origin) -> Option<Sender> {
+    /// A live connection to `origin`, if one is idle (or shareable) in the
+    /// preferred version. Each version is used for the other only when the
+    /// origin is known to speak just one.
+    pub fn checkout(&self, origin: &Origin, prefer: Prefer) -> Option<Sender> {
         let mut hosts = self.lock();
         let conns = hosts.get_mut(origin)?;
-        if let Some(h2) = &conns.h2 {
-            if h2.is_ready() {
-                return Some(Sender::H2(h2.clone()));
+        let h2_ok = prefer == Prefer::H2 || conns.h2_only;
+        if h2_ok {
+            if let Some(h2) = conns.take_h2() {
+                return Some(Sender::H2(h2));
             }
-            if h2.is_closed() {
-                conns.h2 = None;
-            }
+        }
+        let h1_ok = prefer == Prefer::H1 || conns.h1_only;
+        if !h1_ok {
+            return None;
         }
         while let Some(idle) = conns.h1.pop() {
             if idle.since.elapsed() < self.idle_timeout && idle.sender.is_ready() {
@@ -112,6 +144,21 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// Remembers that `origin` only speaks h2.
+    pub fn mark_h2_only(&self, origin: &Origin) {
+        self.lock().entry(origin.clone()).or_default().h2_only = true;
+    }
+
+    /// Remembers that `origin` chose HTTP/1.1 over h2.
+    pub fn mark_h1_only(&self, origin: &Origin) {
+        self.lock().entry(origin.clone()).or_default().h1_only = true;
+    }
+
+    /// True when `origin` is known to refuse HTTP/1.1.
+    pub fn is_h2_only(&self, origin: &Origin) -> bool {
+        self.lock().get(origin).is_some_and(|c| c.h2_only)
     }
 
     /// True when a request to `origin` would not need a new connection.
@@ -160,7 +207,7 @@ impl Pool {
                 c.h2 = None;
             }
             c.h1.retain(|i| i.since.elapsed() < self.idle_timeout && !i.sender.is_closed());
-            c.h2.is_some() || !c.h1.is_empty()
+            c.h2.is_some() || !c.h1.is_empty() || c.h2_only || c.h1_only
         });
     }
 
