@@ -1,3 +1,11 @@
-//! Knowledge about LLM providers: which hosts carry LLM traffic.
+//! Knowledge about LLM providers: which hosts carry LLM traffic, where each
+//! wire family keeps its text, and the parsers that read LLM bodies without
+//! disturbing them (JSON string rewriting, incremental SSE).
 
+pub mod family;
 pub mod hosts;
+pub mod json_text;
+pub mod sse;
+
+#[cfg(test)]
+mod fixtures;
