@@ -1,10 +1,12 @@
-//! Knowledge about LLM providers: which hosts carry LLM traffic, where each
-//! wire family keeps its text, and the parsers that read LLM bodies without
+//! Knowledge about LLM providers: which hosts carry LLM traffic, how a
+//! request is classified (provider, endpoint, dialect), where each wire
+//! family keeps its text, and the parsers that read LLM bodies without
 //! disturbing them (JSON string rewriting, incremental SSE).
 
 pub mod family;
 pub mod hosts;
 pub mod json_text;
+pub mod recognize;
 pub mod sse;
 
 #[cfg(test)]
