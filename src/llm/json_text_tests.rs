@@ -1,0 +1,476 @@
+use super::*;
+use crate::llm::family::Family;
+use crate::llm::fixtures;
+use serde_json::Value;
+
+fn set(patterns: &[&str]) -> PointerSet {
+    PointerSet::new(patterns).unwrap()
+}
+
+/// The pointers of the strings `sel` selects, in document order.
+fn selected(doc: &[u8], sel: Selector<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    visit_strings(doc, sel, |p, _| out.push(p.to_pointer())).unwrap();
+    out
+}
+
+fn decode(raw: &str) -> Result<String> {
+    let mut s = String::new();
+    decode_into(raw, 0, &mut s).map(|()| s)
+}
+
+#[test]
+fn escapes_decode() {
+    assert_eq!(
+        decode(r#"a\"b\\c\/d\n\t\b\f\r\u0041\u00e9\ud83d\ude00"#).unwrap(),
+        "a\"b\\c/d\n\t\u{8}\u{c}\rAé😀"
+    );
+    assert_eq!(decode(r"\uD83D\uDE00").unwrap(), "😀");
+    assert_eq!(decode("plain ünïcode").unwrap(), "plain ünïcode");
+    for bad in [
+        r"\ud83d",
+        r"\ud83d\u0041",
+        r"\ude00",
+        r"\ud83dx",
+        r"\x",
+        r"\u12",
+        r"\u12g4",
+        "\\",
+    ] {
+        assert!(
+            matches!(decode(bad), Err(JsonTextError::InvalidEscape { .. })),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn escapes_round_trip() {
+    let samples = [
+        "",
+        "plain",
+        "quote \" backslash \\ slash /",
+        "lines\nand\r\ntabs\t",
+        "controls \u{0}\u{1}\u{8}\u{c}\u{1f}\u{7f}",
+        "unicode é ☃ 😀 \u{2028}",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\n",
+    ];
+    for s in samples {
+        let mut enc = Vec::new();
+        encode_str_into(s, &mut enc);
+        let literal = format!("\"{}\"", std::str::from_utf8(&enc).unwrap());
+        let via_serde: String = serde_json::from_str(&literal).unwrap();
+        assert_eq!(via_serde, s);
+        assert_eq!(decode(std::str::from_utf8(&enc).unwrap()).unwrap(), s);
+        // serde_json's spelling of the same string decodes alike.
+        let serde_lit = serde_json::to_string(s).unwrap();
+        assert_eq!(decode(&serde_lit[1..serde_lit.len() - 1]).unwrap(), s);
+    }
+    let mut enc = Vec::new();
+    encode_str_into("\u{1}\u{1f}", &mut enc);
+    assert_eq!(enc, br"\u0001\u001f");
+}
+
+#[test]
+fn pem_string_reaches_the_callback_decoded_and_is_replaced() {
+    let doc = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"deploy key:\n-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\nthanks"}],"temperature":0.0}"#;
+    let pointers = Family::OpenAiChat.prompt_pointers();
+    let mut seen = Vec::new();
+    let out = rewrite_strings(doc, Selector::Pointers(pointers), |s| {
+        seen.push(s.to_owned());
+        let start = s.find("-----BEGIN")?;
+        let end = s.find("KEY-----\nthanks")? + "KEY-----".len();
+        Some(format!(
+            "{}[REDACTED:private_key]{}",
+            &s[..start],
+            &s[end..]
+        ))
+    })
+    .unwrap();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].contains("KEY-----\nb3Bl"), "decoded newlines");
+    let Cow::Owned(out) = out else {
+        panic!("changed document must be owned")
+    };
+    let got: Value = serde_json::from_slice(&out).unwrap();
+    let mut want: Value = serde_json::from_slice(doc).unwrap();
+    want["messages"][0]["content"] = "deploy key:\n[REDACTED:private_key]\nthanks".into();
+    assert_eq!(got, want);
+    // Bytes around the string are untouched (`0.0` stays `0.0`).
+    let text = std::str::from_utf8(&out).unwrap();
+    assert!(text.starts_with(
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"deploy key:\n[REDACTED"#
+    ));
+    assert!(text.ends_with(r#"]\nthanks"}],"temperature":0.0}"#));
+}
+
+#[test]
+fn unchanged_documents_are_borrowed_and_identical() {
+    for fx in &fixtures::ALL {
+        for doc in [fx.request, fx.response] {
+            let mut calls = 0;
+            let out = rewrite_strings(doc, Selector::AllStrings, |_| {
+                calls += 1;
+                None
+            })
+            .unwrap();
+            assert!(matches!(out, Cow::Borrowed(_)), "{:?}", fx.family);
+            assert_eq!(&*out, doc);
+            assert!(calls > 0);
+            // Returning the same text is "unchanged" too: escapes such as
+            // `\/` and `\u00e9` keep their spelling.
+            let out = rewrite_strings(doc, Selector::AllStrings, |s| Some(s.to_owned())).unwrap();
+            assert!(matches!(out, Cow::Borrowed(_)), "{:?}", fx.family);
+        }
+    }
+}
+
+#[test]
+fn changed_string_is_the_only_difference() {
+    for fx in &fixtures::ALL {
+        let doc = fx.request;
+        let pointers = fx.family.prompt_pointers();
+        let first = selected(doc, Selector::Pointers(pointers))
+            .into_iter()
+            .next()
+            .unwrap();
+        let replacement = "new \"text\"\nwith é and \\ and \u{1}";
+        let out = rewrite_strings_at(doc, Selector::Pointers(pointers), |p, _| {
+            (p.to_pointer() == first).then(|| replacement.to_owned())
+        })
+        .unwrap();
+        let got: Value = serde_json::from_slice(&out).unwrap();
+        let mut want: Value = serde_json::from_slice(doc).unwrap();
+        *want.pointer_mut(&first).unwrap() = replacement.into();
+        assert_eq!(got, want, "{:?}", fx.family);
+        // Same prefix up to the string, same suffix after it.
+        let prefix = doc
+            .iter()
+            .zip(out.iter())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let suffix = doc
+            .iter()
+            .rev()
+            .zip(out.iter().rev())
+            .take_while(|(a, b)| a == b)
+            .count();
+        // Every quote in the differing region is an escaped one: the change
+        // stays inside one literal.
+        for i in prefix..doc.len() - suffix {
+            assert!(
+                doc[i] != b'"' || doc[i - 1] == b'\\',
+                "only the inside of one literal differs ({:?})",
+                fx.family
+            );
+        }
+    }
+}
+
+#[test]
+fn family_prompt_pointers_select_exactly_the_prompt_text() {
+    let expect: [(Family, &[&str]); 8] = [
+        (
+            Family::OpenAiChat,
+            &[
+                "/messages/0/content",
+                "/messages/1/content/0/text",
+                "/messages/3/content",
+                "/messages/4/content",
+            ],
+        ),
+        (
+            Family::OpenAiCompletions,
+            &["/prompt", "/suffix", "/extra/context/0"],
+        ),
+        (Family::FimChatShaped, &["/prompt", "/suffix"]),
+        (
+            Family::OpenAiResponses,
+            &[
+                "/instructions",
+                "/input/0/content/0/text",
+                "/input/2/output",
+                "/input/3/content",
+            ],
+        ),
+        (
+            Family::AnthropicMessages,
+            &[
+                "/system/0/text",
+                "/messages/0/content",
+                "/messages/1/content/0/text",
+                "/messages/2/content/0/content",
+                "/messages/2/content/1/content/0/text",
+                "/messages/2/content/2/text",
+            ],
+        ),
+        (
+            Family::Gemini,
+            &[
+                "/contents/0/parts/0/text",
+                "/contents/1/parts/0/text",
+                "/contents/2/parts/1/text",
+                "/systemInstruction/parts/0/text",
+            ],
+        ),
+        (
+            Family::Sourcegraph,
+            &[
+                "/messages/0/text",
+                "/messages/1/text",
+                "/messages/2/text",
+                "/messages/3/content/0/text",
+                "/messages/3/content/1/content",
+            ],
+        ),
+        (Family::Embeddings, &["/input/0", "/input/1"]),
+    ];
+    for (family, want) in expect {
+        let doc = fixtures::get(family).request;
+        let got = selected(doc, Selector::Pointers(family.prompt_pointers()));
+        assert_eq!(got, want, "{family:?}");
+    }
+}
+
+#[test]
+fn family_output_pointers_select_the_output_text() {
+    let expect: [(Family, &[&str]); 8] = [
+        (Family::OpenAiChat, &["/choices/0/message/content"]),
+        (
+            Family::OpenAiCompletions,
+            &["/choices/0/text", "/choices/1/text"],
+        ),
+        (Family::FimChatShaped, &["/choices/0/message/content"]),
+        (Family::OpenAiResponses, &["/output/0/content/0/text"]),
+        (
+            Family::AnthropicMessages,
+            &["/content/1/text", "/content/2/text"],
+        ),
+        (Family::Gemini, &["/candidates/0/content/parts/0/text"]),
+        (Family::Sourcegraph, &["/completion"]),
+        (Family::Embeddings, &[]),
+    ];
+    for (family, want) in expect {
+        let doc = fixtures::get(family).response;
+        let got = selected(doc, Selector::Pointers(family.output_pointers()));
+        assert_eq!(got, want, "{family:?}");
+    }
+}
+
+#[test]
+fn pointer_patterns() {
+    let doc = br#"{"a":{"b/c":"slash","m~n":"tilde","0":"zero-key"},"l":["x",["y","z"]],"o":{"k1":"v1","k2":2}}"#;
+    let sel = |p: &[&str]| selected(doc, Selector::Pointers(&set(p)));
+    assert_eq!(sel(&["/a/b~1c", "/a/m~0n"]), ["/a/b~1c", "/a/m~0n"]);
+    assert_eq!(sel(&["/a/0", "/l/0"]), ["/a/0", "/l/0"]);
+    assert_eq!(sel(&["/l/*"]), ["/l/0"], "containers are not selected");
+    assert_eq!(sel(&["/l/*/*"]), ["/l/1/0", "/l/1/1"]);
+    assert_eq!(sel(&["/o/*"]), ["/o/k1"], "`*` also spans object members");
+    assert_eq!(sel(&["/nope", "/a/b"]), Vec::<String>::new());
+    assert_eq!(selected(br#""top""#, Selector::Pointers(&set(&[""]))), [""]);
+    assert_eq!(
+        selected(doc, Selector::AllStrings),
+        ["/a/b~1c", "/a/m~0n", "/a/0", "/l/0", "/l/1/0", "/l/1/1", "/o/k1"]
+    );
+    // A member name spelled with escapes still matches.
+    let doc = br#"{"mess\u0061ges":[{"content":"hi"}]}"#;
+    assert_eq!(
+        selected(
+            doc,
+            Selector::Pointers(Family::OpenAiChat.prompt_pointers())
+        ),
+        ["/messages/0/content"]
+    );
+    // `01` is a member name, not an index.
+    assert_eq!(
+        selected(br#"["a","b"]"#, Selector::Pointers(&set(&["/01", "/1"]))),
+        ["/1"]
+    );
+}
+
+#[test]
+fn bad_patterns_are_refused() {
+    for p in ["a", "a/b", "/~2", "/x~"] {
+        let e = PointerSet::new([p]).unwrap_err();
+        assert_eq!(e.kind(), "bad_pointer_pattern", "{p}");
+    }
+    let many: Vec<String> = (0..=MAX_PATTERNS).map(|i| format!("/{i}")).collect();
+    assert_eq!(
+        PointerSet::new(&many).unwrap_err(),
+        JsonTextError::TooManyPatterns { max: MAX_PATTERNS }
+    );
+    assert_eq!(PointerSet::new(&many[..MAX_PATTERNS]).unwrap().len(), 64);
+}
+
+#[test]
+fn sixty_four_patterns_all_work() {
+    let patterns: Vec<String> = (0..MAX_PATTERNS).map(|i| format!("/k{i}")).collect();
+    let set = PointerSet::new(&patterns).unwrap();
+    let doc = r#"{"k0":"a","k63":"b","k64":"c"}"#;
+    assert_eq!(
+        selected(doc.as_bytes(), Selector::Pointers(&set)),
+        ["/k0", "/k63"]
+    );
+}
+
+#[test]
+fn malformed_json_is_an_error() {
+    let bad: &[&[u8]] = &[
+        b"",
+        b"   ",
+        b"{",
+        b"}",
+        b"[1,]",
+        b"[,1]",
+        b"{\"a\" 1}",
+        b"{\"a\":}",
+        b"{\"a\":1,}",
+        b"{a:1}",
+        b"{\"a\":1}}",
+        b"{\"a\":1} x",
+        b"[01]",
+        b"[1.]",
+        b"[.5]",
+        b"[1e]",
+        b"[-]",
+        b"[+1]",
+        b"[tru]",
+        b"[nul]",
+        b"[True]",
+        b"[\"a\nb\"]",
+        b"[\"\\q\"]",
+        b"[\"\\u12\"]",
+        b"\"abc",
+        b"[\"abc\\",
+        b"\xEF\xBB\xBF{}",
+        b"{\"a\":1}\x00",
+        b"[1 2]",
+        b"NaN",
+    ];
+    for doc in bad {
+        assert!(
+            rewrite_strings(doc, Selector::AllStrings, |_| None).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(doc)
+        );
+    }
+    for good in [
+        &b"0"[..],
+        b"-0.5e+3",
+        b" [] ",
+        b"{}",
+        b"\"\"",
+        b"[true,false,null]",
+    ] {
+        assert!(rewrite_strings(good, Selector::AllStrings, |_| None).is_ok());
+    }
+}
+
+#[test]
+fn every_truncation_of_every_fixture_is_an_error() {
+    for fx in &fixtures::ALL {
+        for doc in [fx.request, fx.response] {
+            let end = doc.trim_ascii_end().len();
+            for n in 0..end {
+                let r = rewrite_strings(&doc[..n], Selector::AllStrings, |_| None);
+                assert!(r.is_err(), "{:?} cut at {n}", fx.family);
+            }
+        }
+    }
+    assert_eq!(
+        rewrite_strings(b"{\"a\":\"x", Selector::AllStrings, |_| None).unwrap_err(),
+        JsonTextError::UnexpectedEnd
+    );
+}
+
+#[test]
+fn nesting_is_bounded() {
+    let nest = |n: usize| format!("{}\"s\"{}", "[".repeat(n), "]".repeat(n));
+    assert!(rewrite_strings(nest(MAX_DEPTH).as_bytes(), Selector::AllStrings, |_| None).is_ok());
+    assert_eq!(
+        rewrite_strings(nest(MAX_DEPTH + 1).as_bytes(), Selector::AllStrings, |_| {
+            None
+        })
+        .unwrap_err(),
+        JsonTextError::TooDeep { max: MAX_DEPTH }
+    );
+    // Far deeper input fails at the limit, without exhausting the stack.
+    let deep = "{\"a\":".repeat(200_000);
+    assert_eq!(
+        rewrite_strings(deep.as_bytes(), Selector::AllStrings, |_| None).unwrap_err(),
+        JsonTextError::TooDeep { max: MAX_DEPTH }
+    );
+}
+
+#[test]
+fn invalid_utf8_is_an_error() {
+    let doc = b"{\"content\":\"caf\xC3\"}";
+    assert_eq!(
+        rewrite_strings(doc, Selector::AllStrings, |_| None).unwrap_err(),
+        JsonTextError::InvalidUtf8 { offset: 15 }
+    );
+}
+
+#[test]
+fn lone_surrogates_fail_only_where_decoded() {
+    let doc = br#"{"messages":[{"content":"ok"}],"other":"\ud800"}"#;
+    let pointers = Family::OpenAiChat.prompt_pointers();
+    assert!(rewrite_strings(doc, Selector::Pointers(pointers), |_| None).is_ok());
+    assert!(matches!(
+        rewrite_strings(doc, Selector::AllStrings, |_| None),
+        Err(JsonTextError::InvalidEscape { .. })
+    ));
+}
+
+/// Mutated fixtures: the walker never panics, accepts exactly what
+/// serde_json accepts, and keeps unchanged documents byte-identical.
+#[test]
+fn mutations_agree_with_serde_json() {
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let alphabet = b"{}[]\",:\\/u0123456789eE+-.tfnl \n\x01\xC3\xA9";
+    for fx in &fixtures::ALL {
+        for doc in [fx.request, fx.response] {
+            for _ in 0..300 {
+                let mut d = doc.to_vec();
+                for _ in 0..(next() % 3 + 1) {
+                    let i = (next() as usize) % d.len();
+                    match next() % 3 {
+                        0 => d[i] = alphabet[(next() as usize) % alphabet.len()],
+                        1 => {
+                            d.remove(i);
+                        }
+                        _ => d.insert(i, alphabet[(next() as usize) % alphabet.len()]),
+                    }
+                }
+                let ours = rewrite_strings(&d, Selector::AllStrings, |_| None);
+                // Oracle: serde_json's grammar check, plus its decoding of
+                // strings (lone surrogates); JSON sets no number range, so
+                // serde's "number out of range" still counts as valid.
+                let grammar = serde_json::from_slice::<serde::de::IgnoredAny>(&d);
+                let theirs = serde_json::from_slice::<Value>(&d);
+                let theirs_ok = grammar.is_ok()
+                    && theirs
+                        .as_ref()
+                        .map_or_else(|e| e.to_string().contains("number out of range"), |_| true);
+                assert_eq!(
+                    ours.is_ok(),
+                    theirs_ok,
+                    "{:?}: ours {:?} serde {:?} on {}",
+                    fx.family,
+                    ours.as_ref().err(),
+                    theirs.as_ref().err(),
+                    String::from_utf8_lossy(&d)
+                );
+                if let Ok(out) = ours {
+                    assert_eq!(&*out, &d[..]);
+                }
+            }
+        }
+    }
+}
