@@ -3,6 +3,8 @@
 //! by tests, which start gateways in-process on `127.0.0.1:0`.
 
 use crate::config::{ConfigError, PolicyConfig};
+use crate::policy::chain::ChainError;
+use crate::policy::Engine;
 use crate::proxy::{Gateway, InterceptMode, InterceptRules, Limits};
 use crate::tls::{CaError, CaPaths, CertCache, CertificateAuthority, LeafMinter, MintError};
 use crate::upstream::chain::{NoProxy, ProxyRules, ProxyUrl, ProxyUrlError};
@@ -33,6 +35,8 @@ pub struct GatewaySettings {
     pub env_proxy: bool,
     pub cert_cache_capacity: u64,
     pub cert_cache_ttl: Duration,
+    /// The policy config; `None` runs the built-in chain (audit only).
+    pub policy: Option<Arc<PolicyConfig>>,
 }
 
 impl GatewaySettings {
@@ -52,12 +56,14 @@ impl GatewaySettings {
             env_proxy: true,
             cert_cache_capacity: 10_000,
             cert_cache_ttl: Duration::from_secs(7 * 24 * 3600),
+            policy: None,
         }
     }
 
     /// Adds the config file's settings (flags given on the command line come
     /// first; config entries are appended).
-    pub fn apply_config(&mut self, config: &PolicyConfig) {
+    pub fn apply_config(&mut self, config: &Arc<PolicyConfig>) {
+        self.policy = Some(config.clone());
         self.intercept_hosts
             .extend(config.intercept.hosts.iter().cloned());
         self.connect_to
@@ -85,6 +91,8 @@ pub enum BuildError {
     Trust(#[from] TrustStoreError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Policy(#[from] ChainError),
 }
 
 /// A built gateway and what the start-up banner reports.
@@ -140,7 +148,14 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
         settings.upstream_timeouts.clone(),
     );
     let intercept = InterceptRules::new(settings.intercept, &settings.intercept_hosts);
-    let gateway = Gateway::new(certs, upstream, intercept, settings.limits.clone());
+    let engine = Arc::new(Engine::new(settings.policy.as_deref())?);
+    let gateway = Gateway::new(
+        certs,
+        upstream,
+        intercept,
+        settings.limits.clone(),
+        engine,
+    );
     Ok(Built {
         gateway,
         ca: paths,

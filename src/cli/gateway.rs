@@ -58,7 +58,7 @@ pub enum InterceptArg {
 pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
     let GatewayCommand::Run(args) = cmd;
     let config = match &args.policy_config {
-        Some(path) => Some(PolicyConfig::load(path)?),
+        Some(path) => Some(std::sync::Arc::new(PolicyConfig::load(path)?)),
         None => None,
     };
     let mut settings = GatewaySettings::new(args.listen, home.ca_dir()?);
@@ -116,7 +116,18 @@ async fn serve(settings: GatewaySettings, args: RunArgs) -> anyhow::Result<ExitC
 
     let (trigger, shutdown) = crate::shutdown::channel();
     let server = tokio::spawn(built.gateway.clone().serve(listener, shutdown));
-    wait_for_stop_signal(args.policy_config.as_deref()).await;
+    let reloader = args.policy_config.clone().map(|path| {
+        let engine = built.gateway.engine().clone();
+        tokio::spawn(crate::policy::reload::watch(
+            path,
+            engine,
+            crate::policy::reload::POLL,
+        ))
+    });
+    wait_for_stop_signal(reloader.is_some()).await;
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
     tracing::info!(
         grace_secs = args.drain_seconds,
         "draining: no new connections; waiting for in-flight requests"
@@ -149,8 +160,9 @@ fn banner(local: SocketAddr, built: &gateway::Built, settings: &GatewaySettings)
 }
 
 #[cfg(unix)]
-async fn wait_for_stop_signal(config: Option<&std::path::Path>) {
+async fn wait_for_stop_signal(reloading: bool) {
     use tokio::signal::unix::{signal, SignalKind};
+    // SIGHUP is always handled: its default action would kill the gateway.
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -164,22 +176,15 @@ async fn wait_for_stop_signal(config: Option<&std::path::Path>) {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => {
-                // Re-validate so a bad edit is reported at once; applying
-                // policies live comes with the policy engine.
-                if let Some(path) = config {
-                    match PolicyConfig::load(path) {
-                        Ok(_) => tracing::info!(path = %path.display(), "SIGHUP: policy config is valid"),
-                        Err(e) => tracing::error!("SIGHUP: policy config rejected, keeping the old one: {e}"),
-                    }
-                }
-            }
+            _ = hup.recv() => if !reloading {
+                tracing::info!("SIGHUP: no --policy-config to reload");
+            },
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_stop_signal(_config: Option<&std::path::Path>) {
+async fn wait_for_stop_signal(_reloading: bool) {
     let _ = tokio::signal::ctrl_c().await;
 }
 

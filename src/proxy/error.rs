@@ -22,6 +22,12 @@ pub enum ProxyError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("request body larger than {limit} bytes, the most kt reads to apply its policies")]
+    BodyTooLarge { limit: usize },
+    #[error("request body not received within {secs} s")]
+    BodyTimeout { secs: u64 },
+    #[error("client request body failed: {0}")]
+    ClientBody(String),
 }
 
 impl ProxyError {
@@ -34,6 +40,9 @@ impl ProxyError {
             ProxyError::Loop => "loop_detected",
             ProxyError::NotFound(_) => "not_found",
             ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BodyTimeout { .. } => "body_timeout",
+            ProxyError::ClientBody(_) => "client_body",
         }
     }
 
@@ -45,6 +54,9 @@ impl ProxyError {
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
             ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
         }
     }
 

@@ -26,6 +26,13 @@ pub(super) async fn forward(
     origin: &Origin,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
+    if let Some(exchange) =
+        ctx.gw
+            .engine()
+            .begin(&origin.host, req.method(), req.uri(), req.headers())
+    {
+        return super::inspected::forward(ctx, origin, req, exchange).await;
+    }
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
@@ -83,7 +90,7 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers and every header the Connection header names.
 /// With `keep_upgrade`, `Upgrade` survives (the caller restores Connection).
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)

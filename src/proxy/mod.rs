@@ -5,11 +5,13 @@
 pub mod authority;
 pub mod error;
 mod forward;
+mod inspected;
 mod intercept;
 mod outer;
 mod tunnel;
 
 use crate::llm::hosts::HostSet;
+use crate::policy::Engine;
 use crate::shutdown::Shutdown;
 use crate::tls::CertCache;
 use crate::upstream::Upstream;
@@ -76,6 +78,11 @@ pub struct Limits {
     /// Concurrent client connections (tunnels included); more wait in the
     /// kernel's accept backlog.
     pub max_connections: usize,
+    /// Largest request (or response) body read whole for the policies of
+    /// an LLM exchange; bigger requests get `413`.
+    pub max_inspected_body: usize,
+    /// Time to receive such a body.
+    pub body_read: Duration,
 }
 
 impl Default for Limits {
@@ -86,6 +93,8 @@ impl Default for Limits {
             client_tls_handshake: Duration::from_secs(10),
             idle: Duration::from_secs(600),
             max_connections: 16 * 1024,
+            max_inspected_body: 32 * 1024 * 1024,
+            body_read: Duration::from_secs(120),
         }
     }
 }
@@ -98,6 +107,7 @@ pub struct Gateway {
     limits: Limits,
     ca_pem: Bytes,
     stats: Stats,
+    engine: Arc<Engine>,
 }
 
 /// Counters for tests, logs and (later) metrics.
@@ -114,6 +124,7 @@ impl Gateway {
         upstream: Arc<Upstream>,
         rules: InterceptRules,
         limits: Limits,
+        engine: Arc<Engine>,
     ) -> Arc<Self> {
         let ca_pem = Bytes::copy_from_slice(certs.minter().ca().cert_pem().as_bytes());
         Arc::new(Gateway {
@@ -123,6 +134,7 @@ impl Gateway {
             limits,
             ca_pem,
             stats: Stats::default(),
+            engine,
         })
     }
 
@@ -136,6 +148,11 @@ impl Gateway {
 
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
+    }
+
+    /// The policy engine (reload it to swap the chain).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     /// Serves `listener` until `shutdown` starts draining. Connection tasks

@@ -32,12 +32,15 @@ pub struct Origin {
     pub conns: Arc<AtomicUsize>,
     /// Each permit releases one more SSE event after the first.
     pub sse_gate: Arc<Semaphore>,
+    /// The body of the last LLM-shaped request (`/v1/...`), as received.
+    pub last_body: Arc<std::sync::Mutex<Option<Bytes>>>,
     pub cert_der: Option<rustls_pki_types::CertificateDer<'static>>,
 }
 
 struct State {
     hits: Arc<AtomicUsize>,
     sse_gate: Arc<Semaphore>,
+    last_body: Arc<std::sync::Mutex<Option<Bytes>>>,
 }
 
 /// A body fed from a channel, so the origin controls when each frame goes.
@@ -105,9 +108,11 @@ impl Origin {
         let hits = Arc::new(AtomicUsize::new(0));
         let conns = Arc::new(AtomicUsize::new(0));
         let sse_gate = Arc::new(Semaphore::new(0));
+        let last_body = Arc::new(std::sync::Mutex::new(None));
         let state = Arc::new(State {
             hits: hits.clone(),
             sse_gate: sse_gate.clone(),
+            last_body: last_body.clone(),
         });
         let conns2 = conns.clone();
         tokio::spawn(async move {
@@ -124,6 +129,7 @@ impl Origin {
             hits,
             conns,
             sse_gate,
+            last_body,
             cert_der: None,
         }
     }
@@ -244,6 +250,77 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 .insert("upgrade", "websocket".parse().unwrap());
             r.headers_mut()
                 .insert("connection", "upgrade".parse().unwrap());
+            r
+        }
+        // LLM-shaped routes. The reply text comes from the `x-test-reply`
+        // header (never inspected by policies); with `"stream":true` it is
+        // sent as SSE chunks of `x-test-chunk` characters.
+        "/v1/chat/completions" | "/v1/messages" => {
+            let anthropic = path == "/v1/messages";
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let reply = header("x-test-reply").unwrap_or_else(|| "hello".into());
+            let chunk: usize = header("x-test-chunk")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(4);
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            *state.last_body.lock().unwrap() = Some(body.clone());
+            let stream = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("stream").and_then(|s| s.as_bool()))
+                .unwrap_or(false);
+            if !stream {
+                let json = if anthropic {
+                    serde_json::json!({"type": "message", "role": "assistant",
+                        "content": [{"type": "text", "text": reply}]})
+                } else {
+                    serde_json::json!({"object": "chat.completion",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]})
+                };
+                let mut r = Response::new(full(json.to_string()));
+                r.headers_mut()
+                    .insert("content-type", "application/json".parse().unwrap());
+                return r;
+            }
+            let chars: Vec<char> = reply.chars().collect();
+            let pieces: Vec<String> = chars
+                .chunks(chunk.max(1))
+                .map(|c| c.iter().collect())
+                .collect();
+            let (tx, rx) = mpsc::channel(64);
+            tokio::spawn(async move {
+                for p in pieces {
+                    let ev = if anthropic {
+                        format!(
+                            "event: content_block_delta\ndata: {}\n\n",
+                            serde_json::json!({"type": "content_block_delta", "index": 0,
+                                "delta": {"type": "text_delta", "text": p}})
+                        )
+                    } else {
+                        format!(
+                            "data: {}\n\n",
+                            serde_json::json!({"object": "chat.completion.chunk",
+                                "choices": [{"index": 0, "delta": {"content": p}}]})
+                        )
+                    };
+                    if tx.send(Bytes::from(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                let end: &'static [u8] = if anthropic {
+                    b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+                } else {
+                    b"data: [DONE]\n\n"
+                };
+                let _ = tx.send(Bytes::from_static(end)).await;
+            });
+            let mut r = Response::new(ChannelBody(rx).boxed_unsync());
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
             r
         }
         "/hang" => {

@@ -1,0 +1,166 @@
+//! The policy chain: the config's policies compiled once (regexes, scanners,
+//! matchers), in order, shared by every exchange until a reload replaces it.
+
+use super::filter::{ContentFilter, FilterError};
+use super::redact::{RedactError, Redactor};
+use crate::config::{
+    AuditLoggerOptions, BudgetOptions, CacheOptions, Config, OnError, Phases, PolicyKind,
+    PolicyOptions, PolicySpec, RateLimitOptions, RequestFacts, When,
+};
+use std::sync::Arc;
+
+/// At most this many policies: a request's selection is a 64-bit set.
+pub const MAX_POLICIES: usize = 64;
+
+/// Errors compiling a chain (the config was valid, but a policy could not
+/// be built from it).
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("policy {policy}: {source}")]
+    Redact { policy: String, source: RedactError },
+    #[error("policy {policy}: {source}")]
+    Filter { policy: String, source: FilterError },
+    #[error("the chain has {0} policies; at most {MAX_POLICIES} are supported")]
+    TooMany(usize),
+}
+
+/// One compiled policy.
+#[derive(Debug)]
+pub struct Policy {
+    pub name: Arc<str>,
+    pub kind: PolicyKind,
+    pub phases: Phases,
+    pub when: When,
+    pub on_error: OnError,
+    pub action: Action,
+}
+
+/// What a policy does, compiled.
+#[derive(Debug)]
+pub enum Action {
+    Audit(AuditLoggerOptions),
+    Redact(Redactor),
+    Filter(ContentFilter),
+    Cache(CacheOptions),
+    Passthrough,
+    RateLimit(RateLimitOptions),
+    Budget(BudgetOptions),
+}
+
+/// The policies of one config, in chain order.
+#[derive(Debug, Default)]
+pub struct Chain {
+    policies: Vec<Policy>,
+}
+
+/// The policies that apply to one request: bit `i` is `policies[i]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Selection(u64);
+
+impl Selection {
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn contains(self, index: usize) -> bool {
+        index < 64 && self.0 & (1 << index) != 0
+    }
+
+    fn insert(&mut self, index: usize) {
+        if index < 64 {
+            self.0 |= 1 << index;
+        }
+    }
+
+    pub fn remove(&mut self, index: usize) {
+        if index < 64 {
+            self.0 &= !(1 << index);
+        }
+    }
+}
+
+impl Chain {
+    /// Compiles the enabled policies of `config`.
+    pub fn build(config: &Config) -> Result<Chain, ChainError> {
+        let specs: Vec<&PolicySpec> = config.chain().collect();
+        if specs.len() > MAX_POLICIES {
+            return Err(ChainError::TooMany(specs.len()));
+        }
+        let policies = specs
+            .into_iter()
+            .map(compile)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Chain { policies })
+    }
+
+    /// The built-in chain used without a config: the audit logger only.
+    pub fn builtin() -> Chain {
+        Chain {
+            policies: vec![Policy {
+                name: "audit-logger".into(),
+                kind: PolicyKind::AuditLogger,
+                phases: Phases::BOTH,
+                when: When::default(),
+                on_error: OnError::FailOpen,
+                action: Action::Audit(AuditLoggerOptions::default()),
+            }],
+        }
+    }
+
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Policy> {
+        self.policies.get(index)
+    }
+
+    /// The policies whose `when` matches `facts`.
+    pub fn select(&self, facts: &RequestFacts<'_>) -> Selection {
+        let mut selection = Selection::default();
+        for (i, p) in self.policies.iter().enumerate() {
+            if p.when.matches(facts) {
+                selection.insert(i);
+            }
+        }
+        selection
+    }
+
+    /// The selected policies, with their index, in chain order.
+    pub fn selected(&self, selection: Selection) -> impl Iterator<Item = (usize, &Policy)> {
+        self.policies
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| selection.contains(*i))
+    }
+}
+
+fn compile(spec: &PolicySpec) -> Result<Policy, ChainError> {
+    let action = match &spec.options {
+        PolicyOptions::AuditLogger(o) => Action::Audit(o.clone()),
+        PolicyOptions::Redact(o) => {
+            Action::Redact(Redactor::new(o).map_err(|source| ChainError::Redact {
+                policy: spec.name.clone(),
+                source,
+            })?)
+        }
+        PolicyOptions::ContentFilter(o) => {
+            Action::Filter(ContentFilter::new(o).map_err(|source| ChainError::Filter {
+                policy: spec.name.clone(),
+                source,
+            })?)
+        }
+        PolicyOptions::Cache(o) => Action::Cache(o.clone()),
+        PolicyOptions::Passthrough => Action::Passthrough,
+        PolicyOptions::RateLimit(o) => Action::RateLimit(o.clone()),
+        PolicyOptions::Budget(o) => Action::Budget(o.clone()),
+    };
+    Ok(Policy {
+        name: spec.name.as_str().into(),
+        kind: spec.kind,
+        phases: spec.phases,
+        when: spec.when.clone(),
+        on_error: spec.on_error,
+        action,
+    })
+}

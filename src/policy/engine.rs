@@ -1,0 +1,107 @@
+//! The policy engine the proxy talks to: recognizes LLM requests, picks
+//! the policies that apply, and swaps in a new chain on reload while
+//! exchanges in flight keep the one they started with.
+
+use super::chain::{Chain, ChainError};
+use super::exchange::{Exchange, ExchangeInfo};
+use crate::config::{Config, RequestFacts};
+use crate::llm::hosts::HostSet;
+use crate::llm::recognize::{classify_with, Provider};
+use std::sync::{Arc, RwLock};
+
+/// Shared by every connection.
+pub struct Engine {
+    chain: RwLock<Arc<Chain>>,
+    /// Hosts configured in `intercept.hosts`: Sourcegraph Enterprise
+    /// instances unless the built-in table knows them.
+    configured_hosts: RwLock<Arc<HostSet>>,
+}
+
+impl Engine {
+    /// The built-in chain (audit only) when there is no config.
+    pub fn new(config: Option<&Config>) -> Result<Self, ChainError> {
+        let (chain, hosts) = Self::compile(config)?;
+        Ok(Engine {
+            chain: RwLock::new(Arc::new(chain)),
+            configured_hosts: RwLock::new(Arc::new(hosts)),
+        })
+    }
+
+    fn compile(config: Option<&Config>) -> Result<(Chain, HostSet), ChainError> {
+        match config {
+            Some(c) if !c.policies.is_empty() => {
+                Ok((Chain::build(c)?, HostSet::new(c.intercept.hosts.iter())))
+            }
+            Some(c) => Ok((Chain::builtin(), HostSet::new(c.intercept.hosts.iter()))),
+            None => Ok((Chain::builtin(), HostSet::new(std::iter::empty::<&str>()))),
+        }
+    }
+
+    /// Replaces the chain; on error the old one stays in force.
+    pub fn reload(&self, config: &Config) -> Result<(), ChainError> {
+        let (chain, hosts) = Self::compile(Some(config))?;
+        *self.chain.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(chain);
+        *self
+            .configured_hosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(hosts);
+        Ok(())
+    }
+
+    /// The chain new exchanges start with.
+    pub fn chain(&self) -> Arc<Chain> {
+        self.chain.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// An exchange for this request if it is an LLM call some policy
+    /// applies to; `None` means forward untouched (the common, free path).
+    pub fn begin(
+        &self,
+        host: &str,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Option<Exchange> {
+        let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let hint = {
+            let hosts = self
+                .configured_hosts
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            (Provider::from_host(host) == Provider::Unknown && hosts.matches(host))
+                .then_some(Provider::Sourcegraph)
+        };
+        let class = classify_with(hint, host, method, path_and_query, headers);
+        if !class.inspect() {
+            return None;
+        }
+        let chain = self.chain();
+        let endpoint = class.endpoint();
+        let facts = RequestFacts {
+            host,
+            path: uri.path(),
+            provider: class.provider().as_str(),
+            endpoint: crate::config::Endpoint::from_llm(endpoint),
+            user: None,
+            team: None,
+            headers,
+        };
+        let selection = chain.select(&facts);
+        if selection.is_empty() {
+            return None;
+        }
+        let info = ExchangeInfo {
+            provider: class.provider(),
+            endpoint,
+            api: class.api(),
+            family: class.family(),
+            autocomplete: class.autocomplete(),
+            host: host.to_string(),
+            path: uri.path().to_string(),
+            method: method.clone(),
+            model: class.model().map(str::to_owned),
+            stream: class.stream_hint(),
+        };
+        Some(Exchange::new(chain, selection, info))
+    }
+}

@@ -1,0 +1,379 @@
+//! One LLM exchange going through the chain: the input phase on the
+//! request body, the output phase on the response (whole JSON or a stream),
+//! and a record of what the policies did, closed exactly once.
+
+use super::chain::{Action, Chain, Selection};
+use super::redact::placeholder;
+use super::respond;
+use super::stream::{OutputStream, StreamNote};
+use crate::body::Body;
+use crate::config::{FilterAction, OnError, PolicyKind};
+use crate::llm::family::Family;
+use crate::llm::json_text::{rewrite_strings, Selector};
+use crate::llm::recognize::{Api, Endpoint, Provider};
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the request is, as the recognizer saw it (owned: it outlives the
+/// request head).
+#[derive(Debug, Clone)]
+pub struct ExchangeInfo {
+    pub provider: Provider,
+    pub endpoint: Endpoint,
+    pub api: Option<Api>,
+    pub family: Option<Family>,
+    pub autocomplete: bool,
+    pub host: String,
+    pub path: String,
+    pub method: http::Method,
+    pub model: Option<String>,
+    pub stream: Option<bool>,
+}
+
+/// The outcome of a phase on the request.
+pub enum Input {
+    /// Send this body upstream (the original bytes when nothing changed).
+    Forward(Bytes),
+    /// Answer the client with this; the upstream is never contacted.
+    Respond(Response<Body>),
+}
+
+/// The outcome of the output phase on a whole (non-streamed) response.
+pub enum Output {
+    Forward(Bytes),
+    Respond(Response<Body>),
+}
+
+/// What the policies did, for the audit trail.
+#[derive(Debug, Default, Clone)]
+pub struct Record {
+    /// Secrets (or filtered phrases) replaced, per kind, per phase.
+    pub redacted_in: BTreeMap<String, usize>,
+    pub redacted_out: BTreeMap<String, usize>,
+    /// The policy that blocked, and the rule that matched.
+    pub blocked: Option<(String, String)>,
+    /// `action: log` matches: policy and rule.
+    pub logged: Vec<(String, String)>,
+    /// Bodies that could not be inspected, and why.
+    pub uninspected: Vec<&'static str>,
+    pub status: Option<u16>,
+    pub policy_us: u64,
+}
+
+/// One exchange. Holds the chain it started with, so a reload never changes
+/// the rules halfway through.
+pub struct Exchange {
+    chain: Arc<Chain>,
+    selection: Selection,
+    pub info: ExchangeInfo,
+    pub record: Record,
+    started: Instant,
+    completed: bool,
+}
+
+impl Exchange {
+    pub(crate) fn new(chain: Arc<Chain>, selection: Selection, info: ExchangeInfo) -> Self {
+        // `passthrough` means forward untouched: only the audit runs.
+        let mut selection = selection;
+        if chain
+            .selected(selection)
+            .any(|(_, p)| p.kind == PolicyKind::Passthrough)
+        {
+            for (i, p) in chain.policies().iter().enumerate() {
+                if !matches!(p.kind, PolicyKind::AuditLogger | PolicyKind::Passthrough) {
+                    selection.remove(i);
+                }
+            }
+        }
+        Exchange {
+            chain,
+            selection,
+            info,
+            record: Record::default(),
+            started: Instant::now(),
+            completed: false,
+        }
+    }
+
+    /// Selected policies of `phase` that read or change bodies.
+    fn body_policies(&self, input: bool) -> Vec<usize> {
+        self.chain
+            .selected(self.selection)
+            .filter(|(_, p)| {
+                (if input { p.phases.input } else { p.phases.output })
+                    && matches!(p.action, Action::Redact(_) | Action::Filter(_))
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// True when the request body must be read before it goes upstream.
+    pub fn needs_request_body(&self) -> bool {
+        !self.body_policies(true).is_empty()
+    }
+
+    /// True when the response is checked on its way back. Autocomplete
+    /// responses are streamed through untouched: their latency is the
+    /// product, and their prompts were already checked.
+    pub fn needs_response_body(&self) -> bool {
+        !self.info.autocomplete && !self.body_policies(false).is_empty()
+    }
+
+    fn fails_closed(&self, policies: &[usize]) -> bool {
+        policies.iter().any(|&i| {
+            self.chain
+                .get(i)
+                .is_some_and(|p| p.on_error == OnError::FailClosed)
+        })
+    }
+
+    /// The input phase on the whole request body.
+    pub fn input(&mut self, body: Bytes) -> Input {
+        let t = Instant::now();
+        let out = self.input_inner(body);
+        self.record.policy_us += t.elapsed().as_micros() as u64;
+        out
+    }
+
+    fn input_inner(&mut self, body: Bytes) -> Input {
+        let policies = self.body_policies(true);
+        if policies.is_empty() {
+            return Input::Forward(body);
+        }
+        match self.apply(&body, &policies, true) {
+            Ok(Applied::Same) => Input::Forward(body),
+            Ok(Applied::Changed(new)) => Input::Forward(Bytes::from(new)),
+            Ok(Applied::Blocked { policy, message }) => {
+                Input::Respond(respond::blocked(self.info.api, &policy, &message))
+            }
+            Err(reason) => {
+                self.record.uninspected.push(reason);
+                if self.fails_closed(&policies) {
+                    Input::Respond(respond::gateway_error(
+                        self.info.api,
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        "kt could not read the request body as JSON, so its policies cannot check it",
+                    ))
+                } else {
+                    Input::Forward(body)
+                }
+            }
+        }
+    }
+
+    /// The output phase on a whole JSON response.
+    pub fn output(&mut self, body: Bytes) -> Output {
+        let t = Instant::now();
+        let out = self.output_inner(body);
+        self.record.policy_us += t.elapsed().as_micros() as u64;
+        out
+    }
+
+    fn output_inner(&mut self, body: Bytes) -> Output {
+        let policies = self.body_policies(false);
+        if policies.is_empty() {
+            return Output::Forward(body);
+        }
+        match self.apply(&body, &policies, false) {
+            Ok(Applied::Same) => Output::Forward(body),
+            Ok(Applied::Changed(new)) => Output::Forward(Bytes::from(new)),
+            Ok(Applied::Blocked { policy, message }) => {
+                Output::Respond(respond::blocked(self.info.api, &policy, &message))
+            }
+            Err(reason) => {
+                self.record.uninspected.push(reason);
+                if self.fails_closed(&policies) {
+                    Output::Respond(respond::gateway_error(
+                        self.info.api,
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_error",
+                        "kt could not read the upstream response as JSON, so its policies cannot check it",
+                    ))
+                } else {
+                    Output::Forward(body)
+                }
+            }
+        }
+    }
+
+    /// The output phase for a streamed response, when any policy reads it.
+    pub fn output_stream(&self) -> Option<OutputStream> {
+        if !self.needs_response_body() {
+            return None;
+        }
+        let family = self.info.family?;
+        Some(OutputStream::new(
+            self.chain.clone(),
+            self.body_policies(false),
+            family,
+            self.info.api,
+        ))
+    }
+
+    /// Takes in what a stream's policies did.
+    pub fn absorb_stream_notes(&mut self, notes: Vec<StreamNote>) {
+        for note in notes {
+            match note {
+                StreamNote::Redacted { kind, .. } => {
+                    *self.record.redacted_out.entry(kind.to_string()).or_default() += 1;
+                }
+                StreamNote::Blocked { policy, rule } => {
+                    self.record.blocked = Some((policy.to_string(), rule));
+                }
+                StreamNote::Logged { policy, rule } => {
+                    self.record.logged.push((policy.to_string(), rule));
+                }
+                StreamNote::Uninspected { reason } => self.record.uninspected.push(reason),
+            }
+        }
+    }
+
+    fn apply(&mut self, body: &[u8], policies: &[usize], input: bool) -> Result<Applied, &'static str> {
+        let family = self.info.family;
+        let chain = self.chain.clone();
+        let mut current: Cow<'_, [u8]> = Cow::Borrowed(body);
+        for &i in policies {
+            let Some(policy) = chain.get(i) else { continue };
+            match &policy.action {
+                Action::Filter(filter) => {
+                    // Filters read what the user wrote (or the model
+                    // answered), not request metadata.
+                    let selector = match (family, input) {
+                        (Some(f), true) => Selector::Pointers(f.prompt_pointers()),
+                        (Some(f), false) => Selector::Pointers(f.output_pointers()),
+                        (None, _) => Selector::AllStrings,
+                    };
+                    let mut hit = None;
+                    let mut count = 0;
+                    let label = placeholder(&policy.name);
+                    let rewritten = rewrite_strings(&current, selector, |s| {
+                        if hit.is_some() {
+                            return None;
+                        }
+                        match filter.action {
+                            FilterAction::Redact => {
+                                let (new, n) = filter.redact(s, &label);
+                                count += n;
+                                match new {
+                                    Cow::Owned(o) => Some(o),
+                                    Cow::Borrowed(_) => None,
+                                }
+                            }
+                            FilterAction::Block | FilterAction::Log => {
+                                hit = filter.find(s).map(|h| h.rule);
+                                None
+                            }
+                        }
+                    })
+                    .map_err(|e| e.kind())?;
+                    if let Some(rule) = hit {
+                        if filter.action == FilterAction::Block {
+                            let message = filter
+                                .message
+                                .clone()
+                                .unwrap_or_else(|| "blocked pattern detected".into());
+                            self.record.blocked = Some((policy.name.to_string(), rule));
+                            return Ok(Applied::Blocked {
+                                policy: policy.name.to_string(),
+                                message,
+                            });
+                        }
+                        self.record.logged.push((policy.name.to_string(), rule));
+                    }
+                    if count > 0 {
+                        let counts = if input {
+                            &mut self.record.redacted_in
+                        } else {
+                            &mut self.record.redacted_out
+                        };
+                        *counts.entry(policy.name.to_string()).or_default() += count;
+                    }
+                    if let Cow::Owned(new) = rewritten {
+                        current = Cow::Owned(new);
+                    }
+                }
+                Action::Redact(redactor) => {
+                    // Secrets are redacted wherever they are in the body.
+                    let mut found = Vec::new();
+                    let rewritten =
+                        rewrite_strings(&current, Selector::AllStrings, |s| {
+                            match redactor.redact(s, &mut found) {
+                                Cow::Owned(o) => Some(o),
+                                Cow::Borrowed(_) => None,
+                            }
+                        })
+                        .map_err(|e| e.kind())?;
+                    let counts = if input {
+                        &mut self.record.redacted_in
+                    } else {
+                        &mut self.record.redacted_out
+                    };
+                    for f in &found {
+                        *counts.entry(f.kind.to_string()).or_default() += 1;
+                    }
+                    if let Cow::Owned(new) = rewritten {
+                        current = Cow::Owned(new);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(match current {
+            Cow::Borrowed(_) => Applied::Same,
+            Cow::Owned(new) => Applied::Changed(new),
+        })
+    }
+
+    /// The completion hook: runs once per exchange, whatever happened.
+    pub fn complete(&mut self, status: Option<u16>) {
+        if self.completed {
+            return;
+        }
+        self.completed = true;
+        self.record.status = status;
+        let r = &self.record;
+        let action = if r.blocked.is_some() {
+            "block"
+        } else if !r.redacted_in.is_empty() || !r.redacted_out.is_empty() {
+            "redact"
+        } else {
+            "pass"
+        };
+        tracing::info!(
+            target: "kt::exchange",
+            provider = self.info.provider.as_str(),
+            endpoint = self.info.endpoint.as_str(),
+            host = %self.info.host,
+            path = %self.info.path,
+            model = self.info.model.as_deref().unwrap_or(""),
+            status = status.unwrap_or(0),
+            action,
+            blocked_by = r.blocked.as_ref().map(|b| b.0.as_str()).unwrap_or(""),
+            redacted_in = r.redacted_in.values().sum::<usize>(),
+            redacted_out = r.redacted_out.values().sum::<usize>(),
+            policy_us = r.policy_us,
+            latency_ms = self.started.elapsed().as_millis() as u64,
+            "exchange"
+        );
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        // A client that went away mid-stream still closes the record.
+        if !self.completed {
+            self.complete(None);
+        }
+    }
+}
+
+enum Applied {
+    Same,
+    Changed(Vec<u8>),
+    Blocked { policy: String, message: String },
+}

@@ -1,0 +1,70 @@
+//! Hot reload of the policy config: on SIGHUP and when the file changes on
+//! disk, the new config is validated and its chain swapped in atomically;
+//! a bad config is logged and the old chain stays in force.
+
+use super::Engine;
+use crate::config::PolicyConfig;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// How often the file's modification time and size are checked.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// Reloads `path` into `engine` until the task is dropped.
+pub async fn watch(path: PathBuf, engine: Arc<Engine>, poll: Duration) {
+    let mut last = fingerprint(&path);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let signalled = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<()>();
+        tokio::select! {
+            _ = signalled => {
+                last = fingerprint(&path);
+                reload(&path, &engine, "SIGHUP");
+            }
+            _ = tokio::time::sleep(poll) => {
+                let now = fingerprint(&path);
+                if now != last {
+                    last = now;
+                    reload(&path, &engine, "file changed");
+                }
+            }
+        }
+    }
+}
+
+/// Loads `path` and swaps its chain in; returns whether it did.
+pub fn reload(path: &Path, engine: &Engine, why: &str) -> bool {
+    match PolicyConfig::load(path) {
+        Ok(config) => match engine.reload(&config) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), why, "policy config reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), why, "policy config rejected, keeping the old one: {e}");
+                false
+            }
+        },
+        Err(e) => {
+            tracing::error!(why, "policy config rejected, keeping the old one: {e}");
+            false
+        }
+    }
+}
+
+fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}

@@ -1,0 +1,408 @@
+//! Output-phase policies on a streamed (SSE) response: frames are decoded
+//! as they arrive, their text is checked in a sliding window, and each frame
+//! is released as soon as it is known to be clean.
+//!
+//! A frame is held back only while the text at the end of the stream could
+//! still grow into a secret: a trailing word shaped like a token (digits,
+//! `_`, `-`, mixed case) or an open `-----BEGIN` block, bounded by the
+//! policy's hold-back size. Plain prose is released at once, so the time to
+//! first token stays what the provider gives. Secrets split across frames
+//! are found because every check runs on the previous text's tail plus the
+//! held text.
+
+use super::chain::{Action, Chain};
+use super::redact::{placeholder, DEFAULT_HOLDBACK};
+use super::respond::stream_block_frame;
+use crate::config::FilterAction;
+use crate::llm::family::Family;
+use crate::llm::json_text::{rewrite_strings, visit_strings, Selector};
+use crate::llm::recognize::Api;
+use crate::llm::sse::{SseDecoder, SseError, SseEvent};
+use crate::llm::stream::is_stream_end;
+use bytes::Bytes;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Bytes of already released text kept as context for the next checks.
+const CONTEXT: usize = 512;
+/// Hold-back bound while a PEM block is open.
+const PEM_HOLDBACK: usize = 8 * 1024;
+
+/// What the caller does after [`OutputStream::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// A policy ended the stream: send what was returned, then close.
+    Stop,
+}
+
+/// Something a policy did to the stream, for the exchange's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamNote {
+    Redacted { policy: Arc<str>, kind: Arc<str> },
+    Blocked { policy: Arc<str>, rule: String },
+    Logged { policy: Arc<str>, rule: String },
+    /// A frame could not be inspected (too large, not the family's JSON).
+    Uninspected { reason: &'static str },
+}
+
+struct Held {
+    ev: SseEvent,
+    /// The frame's output strings, in document order.
+    texts: Vec<String>,
+}
+
+struct Replacement {
+    range: Range<usize>,
+    label: String,
+}
+
+/// The output-phase state of one streamed exchange.
+pub struct OutputStream {
+    chain: Arc<Chain>,
+    /// Output-phase redact and content-filter policies, by chain index.
+    policies: Vec<usize>,
+    family: Family,
+    api: Option<Api>,
+    decoder: SseDecoder,
+    tail: String,
+    held: Vec<Held>,
+    held_bytes: usize,
+    holdback: usize,
+    fail_closed: bool,
+    passthrough: bool,
+    stopped: bool,
+    pub notes: Vec<StreamNote>,
+}
+
+impl OutputStream {
+    pub fn new(chain: Arc<Chain>, policies: Vec<usize>, family: Family, api: Option<Api>) -> Self {
+        let mut holdback = 0;
+        let mut fail_closed = false;
+        for &i in &policies {
+            if let Some(p) = chain.get(i) {
+                if let Action::Redact(r) = &p.action {
+                    holdback = holdback.max(r.holdback);
+                }
+                fail_closed |= p.on_error == crate::config::OnError::FailClosed;
+            }
+        }
+        if holdback == 0 {
+            holdback = DEFAULT_HOLDBACK;
+        }
+        OutputStream {
+            chain,
+            policies,
+            family,
+            api,
+            decoder: SseDecoder::new(),
+            tail: String::new(),
+            held: Vec::new(),
+            held_bytes: 0,
+            holdback,
+            fail_closed,
+            passthrough: false,
+            stopped: false,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Feeds upstream bytes; frames to send now are appended to `out`.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<Bytes>) -> Flow {
+        if self.stopped {
+            return Flow::Stop;
+        }
+        if self.passthrough {
+            out.push(Bytes::copy_from_slice(chunk));
+            return Flow::Continue;
+        }
+        self.decoder.feed(chunk);
+        while let Some(next) = self.decoder.next_event() {
+            match next {
+                Ok(ev) => {
+                    if self.on_event(ev, out) == Flow::Stop {
+                        return Flow::Stop;
+                    }
+                }
+                Err(e) => return self.on_decode_error(&e, out),
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The upstream ended: releases what is held (checked once more).
+    pub fn finish(&mut self, out: &mut Vec<Bytes>) {
+        if self.stopped || self.passthrough {
+            return;
+        }
+        if self.release(true, out) == Flow::Stop {
+            return;
+        }
+        let rest = self.decoder.take_pending();
+        if !rest.is_empty() {
+            out.push(rest);
+        }
+    }
+
+    fn on_decode_error(&mut self, e: &SseError, out: &mut Vec<Bytes>) -> Flow {
+        self.notes.push(StreamNote::Uninspected { reason: e.kind() });
+        if self.fail_closed {
+            return self.stop("the response stream could not be inspected", "", out);
+        }
+        // Fail open: release what is held and pass the rest through as is.
+        if self.release(true, out) == Flow::Stop {
+            return Flow::Stop;
+        }
+        let rest = self.decoder.take_pending();
+        if !rest.is_empty() {
+            out.push(rest);
+        }
+        self.passthrough = true;
+        Flow::Continue
+    }
+
+    fn on_event(&mut self, ev: SseEvent, out: &mut Vec<Bytes>) -> Flow {
+        let end = is_stream_end(self.family, &ev);
+        let mut texts = Vec::new();
+        if let Some(data) = ev.data() {
+            let pointers = self.family.stream_pointers();
+            if !data.is_empty() && data.trim() != "[DONE]" {
+                let read = visit_strings(data.as_bytes(), Selector::Pointers(pointers), |_, s| {
+                    texts.push(s.to_owned())
+                });
+                if read.is_err() {
+                    // Not JSON (a provider's plain-text error, ...): nothing
+                    // to check in it, forwarded in order.
+                    texts.clear();
+                }
+            }
+        }
+        if texts.is_empty() && self.held.is_empty() {
+            out.push(ev.into_raw());
+            return if end { self.release(true, out) } else { Flow::Continue };
+        }
+        self.held_bytes += texts.iter().map(String::len).sum::<usize>();
+        self.held.push(Held { ev, texts });
+        self.release(end, out)
+    }
+
+    /// Checks the held text; releases it unless it may still grow into a
+    /// match (and `force` is false).
+    fn release(&mut self, force: bool, out: &mut Vec<Bytes>) -> Flow {
+        if self.held.is_empty() {
+            return Flow::Continue;
+        }
+        let base = self.tail.len();
+        let mut window = self.tail.clone();
+        for h in &self.held {
+            for t in &h.texts {
+                window.push_str(t);
+            }
+        }
+        let mut replacements: Vec<Replacement> = Vec::new();
+        let chain = self.chain.clone();
+        for &i in &self.policies {
+            let Some(policy) = chain.get(i) else { continue };
+            match &policy.action {
+                Action::Filter(filter) => {
+                    let Some(hit) = filter.find(&window) else {
+                        continue;
+                    };
+                    if hit.range.end <= base {
+                        continue;
+                    }
+                    match filter.action {
+                        FilterAction::Block => {
+                            let message = filter
+                                .message
+                                .clone()
+                                .unwrap_or_else(|| "blocked pattern detected".into());
+                            self.notes.push(StreamNote::Blocked {
+                                policy: policy.name.clone(),
+                                rule: hit.rule,
+                            });
+                            return self.stop(&message, &policy.name.clone(), out);
+                        }
+                        FilterAction::Redact => {
+                            let label = placeholder(&policy.name);
+                            replacements.push(Replacement {
+                                range: hit.range,
+                                label,
+                            });
+                            self.notes.push(StreamNote::Redacted {
+                                policy: policy.name.clone(),
+                                kind: policy.name.clone(),
+                            });
+                        }
+                        FilterAction::Log => self.notes.push(StreamNote::Logged {
+                            policy: policy.name.clone(),
+                            rule: hit.rule,
+                        }),
+                    }
+                }
+                Action::Redact(redactor) => {
+                    for f in redactor.find(&window) {
+                        if f.range.end <= base {
+                            continue;
+                        }
+                        self.notes.push(StreamNote::Redacted {
+                            policy: policy.name.clone(),
+                            kind: f.kind.clone(),
+                        });
+                        replacements.push(Replacement {
+                            range: f.range,
+                            label: placeholder(&f.kind),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        let limit = if pem_open(&window) {
+            PEM_HOLDBACK.max(self.holdback)
+        } else {
+            self.holdback
+        };
+        if !force && replacements.is_empty() && self.held_bytes < limit && may_grow(&window) {
+            return Flow::Continue;
+        }
+        replacements.sort_by_key(|r| r.range.start);
+        let mut released = String::new();
+        let mut at = base;
+        for h in std::mem::take(&mut self.held) {
+            let mut new_texts = Vec::with_capacity(h.texts.len());
+            let mut changed = false;
+            for t in &h.texts {
+                let span = at..at + t.len();
+                at = span.end;
+                let text = apply(t, &span, &replacements);
+                changed |= text != *t;
+                released.push_str(&text);
+                new_texts.push(text);
+            }
+            if changed {
+                out.push(rebuild(&h.ev, self.family, new_texts));
+            } else {
+                out.push(h.ev.into_raw());
+            }
+        }
+        self.held_bytes = 0;
+        self.tail.push_str(&released);
+        if self.tail.len() > CONTEXT {
+            let mut cut = self.tail.len() - CONTEXT;
+            while !self.tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.tail.drain(..cut);
+        }
+        Flow::Continue
+    }
+
+    fn stop(&mut self, message: &str, policy: &str, out: &mut Vec<Bytes>) -> Flow {
+        self.held.clear();
+        self.held_bytes = 0;
+        self.stopped = true;
+        out.push(stream_block_frame(self.api, policy, message));
+        Flow::Stop
+    }
+}
+
+/// `text` (occupying `span` of the window) with the replacements that
+/// touch it applied; a replacement's label goes where it starts.
+fn apply(text: &str, span: &Range<usize>, replacements: &[Replacement]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for r in replacements {
+        if r.range.end <= span.start || r.range.start >= span.end {
+            continue;
+        }
+        let start = r.range.start.saturating_sub(span.start).min(text.len());
+        let end = (r.range.end - span.start).min(text.len());
+        if start < at {
+            at = at.max(end);
+            continue;
+        }
+        out.push_str(text.get(at..start).unwrap_or_default());
+        if r.range.start >= span.start {
+            out.push_str(&r.label);
+        }
+        at = end;
+    }
+    out.push_str(text.get(at..).unwrap_or_default());
+    out
+}
+
+/// The frame `ev` with its output strings replaced by `texts`.
+fn rebuild(ev: &SseEvent, family: Family, texts: Vec<String>) -> Bytes {
+    let data = ev.data().unwrap_or_default();
+    let mut texts = texts.into_iter();
+    let new_data = rewrite_strings(
+        data.as_bytes(),
+        Selector::Pointers(family.stream_pointers()),
+        |_| texts.next(),
+    );
+    let new_data = match new_data {
+        Ok(d) => String::from_utf8_lossy(&d).into_owned(),
+        // Unreachable in practice: the same data was walked before.
+        Err(_) => return ev.raw().clone(),
+    };
+    let mut frame = String::with_capacity(new_data.len() + 32);
+    if let Some(event) = ev.event() {
+        frame.push_str("event: ");
+        frame.push_str(event);
+        frame.push('\n');
+    }
+    if let Some(id) = ev.id() {
+        frame.push_str("id: ");
+        frame.push_str(id);
+        frame.push('\n');
+    }
+    for line in new_data.split('\n') {
+        frame.push_str("data: ");
+        frame.push_str(line);
+        frame.push('\n');
+    }
+    frame.push('\n');
+    Bytes::from(frame)
+}
+
+/// True when the window ends inside something that could still become a
+/// secret once more text arrives.
+fn may_grow(window: &str) -> bool {
+    if pem_open(window) {
+        return true;
+    }
+    let word_start = window
+        .rfind(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`')
+        .map_or(0, |i| i + 1);
+    let word = window.get(word_start..).unwrap_or_default();
+    if word.len() < 3 {
+        // Short fragments ("sk", "gh") are held too: they may be a prefix.
+        return !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric());
+    }
+    let has_digit = word.bytes().any(|b| b.is_ascii_digit());
+    let has_sep = word
+        .bytes()
+        .any(|b| matches!(b, b'_' | b'-' | b'+' | b'/' | b'=' | b'.' | b'~' | b':'));
+    let inner_upper = word.bytes().skip(1).any(|b| b.is_ascii_uppercase());
+    let has_lower = word.bytes().any(|b| b.is_ascii_lowercase());
+    has_digit || has_sep || (inner_upper && has_lower) || word.len() >= 20
+}
+
+/// A `-----BEGIN` with no `-----END` after it.
+fn pem_open(window: &str) -> bool {
+    match find_ci(window, "-----BEGIN") {
+        Some(begin) => find_ci(window.get(begin..).unwrap_or_default(), "-----END").is_none(),
+        None => false,
+    }
+}
+
+fn find_ci(hay: &str, needle: &str) -> Option<usize> {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    if n.len() > h.len() {
+        return None;
+    }
+    (0..=h.len() - n.len())
+        .rev()
+        .find(|&i| h.get(i..i + n.len()).is_some_and(|w| w.eq_ignore_ascii_case(n)))
+}

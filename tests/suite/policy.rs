@@ -1,0 +1,304 @@
+//! The policy chain through the real proxy: redaction before the upstream,
+//! content-filter blocks that never reach it, stream output policies, `when`
+//! rules, passthrough, and hot reload.
+
+use crate::common::client::{body_json, body_string, through_proxy, Http};
+use crate::common::origin::{Alpn, Origin};
+use crate::common::{connect_to, TestCa, TestGateway};
+use bytes::Bytes;
+use keeptrusts::config::PolicyConfig;
+use std::path::Path;
+use std::sync::Arc;
+
+const HOST: &str = "api.openai.com";
+const ANTHROPIC: &str = "api.anthropic.com";
+
+/// A GitHub token built at run time, so no secret-shaped literal sits in
+/// the repository.
+fn github_token() -> String {
+    let body: String = (0..36)
+        .map(|i| char::from(b"aZ3kQ9mX"[i % 8]))
+        .collect();
+    format!("ghp_{body}")
+}
+
+async fn setup(yaml: &str) -> (TestCa, Origin, TestGateway) {
+    let ca = TestCa::new("policy upstream CA");
+    let origin = Origin::tls(&ca, &[HOST, ANTHROPIC], Alpn::Both).await;
+    let config = Arc::new(PolicyConfig::parse(yaml, Path::new("test.yaml")).unwrap());
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(HOST, 443, origin.addr));
+        s.connect_to.push(connect_to(ANTHROPIC, 443, origin.addr));
+        s.apply_config(&config);
+    })
+    .await;
+    (ca, origin, gw)
+}
+
+async fn client(gw: &TestGateway, host: &str) -> Http {
+    through_proxy(gw.addr, host, &[gw.ca_der()], &[b"http/1.1"])
+        .await
+        .0
+}
+
+fn chat(content: &str, stream: bool) -> Bytes {
+    Bytes::from(
+        serde_json::json!({
+            "model": "gpt-4o",
+            "stream": stream,
+            "messages": [{"role": "user", "content": content}],
+        })
+        .to_string(),
+    )
+}
+
+fn last_body(origin: &Origin) -> Option<String> {
+    origin
+        .last_body
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+const REDACT: &str = "policies:\n  chain: [secret-redaction]\npolicy:\n  secret-redaction:\n    type: redact\n";
+
+#[tokio::test]
+async fn secrets_in_prompts_are_redacted_before_the_upstream() {
+    let (_ca, origin, gw) = setup(REDACT).await;
+    let mut http = client(&gw, HOST).await;
+    let token = github_token();
+    let prompt = format!("deploy with\nexport GITHUB_TOKEN={token}\nthanks");
+    let resp = http
+        .send("POST", HOST, "/v1/chat/completions", chat(&prompt, false))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let sent = last_body(&origin).expect("the upstream got the request");
+    assert!(!sent.contains(&token), "secret reached the upstream: {sent}");
+    let json: serde_json::Value = serde_json::from_str(&sent).expect("still valid JSON");
+    let content = json["messages"][0]["content"].as_str().unwrap();
+    assert!(content.contains("[REDACTED:"), "{content}");
+    assert!(content.starts_with("deploy with\nexport GITHUB_TOKEN="), "{content}");
+    assert!(content.ends_with("\nthanks"), "{content}");
+    assert_eq!(json["model"], "gpt-4o", "the rest is untouched");
+}
+
+#[tokio::test]
+async fn a_request_without_secrets_reaches_the_upstream_byte_identical() {
+    let (_ca, origin, gw) = setup(REDACT).await;
+    let mut http = client(&gw, HOST).await;
+    // Unusual but valid JSON formatting must survive untouched.
+    let body = Bytes::from_static(
+        b"{ \"model\" : \"gpt-4o\",\n  \"messages\": [ {\"role\":\"user\",\"content\":\"fn main() { println!(\\\"hi\\\"); }\"} ] }",
+    );
+    let resp = http
+        .send("POST", HOST, "/v1/chat/completions", body.clone())
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(last_body(&origin).unwrap().as_bytes(), &body[..]);
+}
+
+const FILTER: &str = "policies:\n  chain: [content-filter]\npolicy:\n  content-filter:\n    phases: [input]\n    patterns: ['(?i)internal-project-\\w+']\n    action: block\n";
+
+#[tokio::test]
+async fn content_filter_blocks_with_409_and_the_upstream_is_never_contacted() {
+    let (_ca, origin, gw) = setup(FILTER).await;
+    let mut http = client(&gw, HOST).await;
+    let resp = http
+        .send(
+            "POST",
+            HOST,
+            "/v1/chat/completions",
+            chat("summarise Internal-Project-Zeus for me", false),
+        )
+        .await;
+    assert_eq!(resp.status(), 409);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let json = body_json(resp).await;
+    assert_eq!(json["error"]["type"], "policy_violation");
+    assert_eq!(json["error"]["code"], "blocked");
+    assert_eq!(json["error"]["policy"], "content-filter");
+    assert!(last_body(&origin).is_none(), "the upstream saw the request");
+
+    // The same connection keeps working for clean requests.
+    let resp = http
+        .send("POST", HOST, "/v1/chat/completions", chat("hello", false))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert!(last_body(&origin).is_some());
+}
+
+#[tokio::test]
+async fn anthropic_blocks_are_anthropic_shaped() {
+    let (_ca, origin, gw) = setup(FILTER).await;
+    let mut http = client(&gw, ANTHROPIC).await;
+    let body = serde_json::json!({
+        "model": "claude-sonnet-4-5", "max_tokens": 64,
+        "messages": [{"role": "user", "content": "about internal-project-apollo"}],
+    });
+    let resp = http
+        .send("POST", ANTHROPIC, "/v1/messages", Bytes::from(body.to_string()))
+        .await;
+    assert_eq!(resp.status(), 409);
+    let json = body_json(resp).await;
+    assert_eq!(json["type"], "error");
+    assert_eq!(json["error"]["code"], "blocked");
+    assert!(last_body(&origin).is_none());
+}
+
+#[tokio::test]
+async fn non_llm_paths_on_llm_hosts_are_not_inspected() {
+    let (_ca, origin, gw) = setup(FILTER).await;
+    let mut http = client(&gw, HOST).await;
+    let resp = http
+        .send(
+            "POST",
+            HOST,
+            "/echo",
+            Bytes::from_static(b"internal-project-zeus"),
+        )
+        .await;
+    assert_eq!(resp.status(), 200, "{}", body_string(resp).await);
+    assert!(origin.hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test]
+async fn when_endpoints_limits_where_a_policy_applies() {
+    let yaml = "policies:\n  chain: [content-filter]\npolicy:\n  content-filter:\n    patterns: ['forbidden']\n    when:\n      endpoints: [completions]\n";
+    let (_ca, origin, gw) = setup(yaml).await;
+    let mut http = client(&gw, HOST).await;
+    let resp = http
+        .send(
+            "POST",
+            HOST,
+            "/v1/chat/completions",
+            chat("a forbidden word", false),
+        )
+        .await;
+    assert_eq!(resp.status(), 200, "chat is not an autocomplete endpoint");
+    assert!(last_body(&origin).unwrap().contains("forbidden"));
+}
+
+#[tokio::test]
+async fn passthrough_forwards_untouched() {
+    let yaml = "policies:\n  chain: [passthrough, secret-redaction]\npolicy:\n  secret-redaction:\n    type: redact\n";
+    let (_ca, origin, gw) = setup(yaml).await;
+    let mut http = client(&gw, HOST).await;
+    let token = github_token();
+    let resp = http
+        .send("POST", HOST, "/v1/chat/completions", chat(&token, false))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert!(last_body(&origin).unwrap().contains(&token));
+}
+
+/// The assistant text of an OpenAI SSE stream, and whether `[DONE]` came.
+fn stream_text(raw: &str) -> (String, bool, Vec<serde_json::Value>) {
+    let mut text = String::new();
+    let mut done = false;
+    let mut errors = Vec::new();
+    for line in raw.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        if v.get("error").is_some() {
+            errors.push(v);
+        } else if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+    }
+    (text, done, errors)
+}
+
+async fn stream_reply(http: &mut Http, reply: &str, chunk: usize) -> String {
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://{HOST}/v1/chat/completions"))
+        .header("host", HOST)
+        .header("content-type", "application/json")
+        .header("x-test-reply", reply)
+        .header("x-test-chunk", chunk.to_string())
+        .body(http_body_util::Full::new(chat("write code", true)))
+        .unwrap();
+    let resp = http.request(req).await;
+    assert_eq!(resp.status(), 200);
+    body_string(resp).await
+}
+
+#[tokio::test]
+async fn a_secret_split_across_stream_chunks_is_redacted() {
+    let (_ca, _origin, gw) = setup(REDACT).await;
+    let mut http = client(&gw, HOST).await;
+    let token = github_token();
+    let reply = format!("Use token {token} in the header. Done.");
+    for chunk in [1, 3, 7, 40] {
+        let raw = stream_reply(&mut http, &reply, chunk).await;
+        let (text, done, errors) = stream_text(&raw);
+        assert!(done, "chunk {chunk}: stream not finished: {raw}");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(!text.contains(&token), "chunk {chunk}: leaked: {text}");
+        assert!(!raw.contains(&token[..12]), "chunk {chunk}: prefix leaked");
+        assert!(text.starts_with("Use token [REDACTED:"), "chunk {chunk}: {text}");
+        assert!(text.ends_with(" in the header. Done."), "chunk {chunk}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn clean_streams_pass_unchanged() {
+    let (_ca, _origin, gw) = setup(REDACT).await;
+    let mut http = client(&gw, HOST).await;
+    let reply = "Sure, here is the plan: first read the file, then write tests.";
+    let raw = stream_reply(&mut http, reply, 5).await;
+    let (text, done, _) = stream_text(&raw);
+    assert!(done);
+    assert_eq!(text, reply);
+}
+
+#[tokio::test]
+async fn an_output_block_ends_the_stream_with_an_error_event() {
+    let yaml = "policies:\n  chain: [content-filter]\npolicy:\n  content-filter:\n    phases: [output]\n    patterns: ['project-zeus']\n";
+    let (_ca, _origin, gw) = setup(yaml).await;
+    let mut http = client(&gw, HOST).await;
+    let raw = stream_reply(&mut http, "Details about project-zeus follow here.", 4).await;
+    let (text, done, errors) = stream_text(&raw);
+    assert!(!done, "a blocked stream must not look complete: {raw}");
+    assert_eq!(errors.len(), 1, "{raw}");
+    assert_eq!(errors[0]["error"]["code"], "blocked");
+    assert!(!text.contains("project-zeus"), "{text}");
+}
+
+#[tokio::test]
+async fn reload_swaps_the_chain_and_a_bad_config_keeps_the_old_one() {
+    let (_ca, origin, gw) = setup(REDACT).await;
+    let mut http = client(&gw, HOST).await;
+    let resp = http
+        .send("POST", HOST, "/v1/chat/completions", chat("internal-project-x", false))
+        .await;
+    assert_eq!(resp.status(), 200);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, FILTER).unwrap();
+    let engine = gw.gateway.engine();
+    assert!(keeptrusts::policy::reload::reload(&path, engine, "test"));
+    let resp = http
+        .send("POST", HOST, "/v1/chat/completions", chat("internal-project-x", false))
+        .await;
+    assert_eq!(resp.status(), 409, "the new chain applies");
+
+    std::fs::write(&path, "policies:\n  chain: [nope]\n").unwrap();
+    assert!(!keeptrusts::policy::reload::reload(&path, engine, "test"));
+    let resp = http
+        .send("POST", HOST, "/v1/chat/completions", chat("internal-project-x", false))
+        .await;
+    assert_eq!(resp.status(), 409, "the old chain stays in force");
+    drop(origin);
+}
