@@ -2,7 +2,7 @@
 //! upstream client and the interception rules. Used by `kt gateway run` and
 //! by tests, which start gateways in-process on `127.0.0.1:0`.
 
-use crate::config::{ConfigError, PolicyConfig};
+use crate::config::{Config, ConfigError};
 use crate::proxy::{Gateway, InterceptMode, InterceptRules, Limits};
 use crate::tls::{CaError, CaPaths, CertCache, CertificateAuthority, LeafMinter, MintError};
 use crate::upstream::chain::{NoProxy, ProxyRules, ProxyUrl, ProxyUrlError};
@@ -57,7 +57,7 @@ impl GatewaySettings {
 
     /// Adds the config file's settings (flags given on the command line come
     /// first; config entries are appended).
-    pub fn apply_config(&mut self, config: &PolicyConfig) {
+    pub fn apply_config(&mut self, config: &Config) {
         self.intercept_hosts
             .extend(config.intercept.hosts.iter().cloned());
         self.connect_to

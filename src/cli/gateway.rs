@@ -1,7 +1,7 @@
 //! `kt gateway run`: resolve flags and config, bind, serve, drain on signal.
 
 use super::HomeArgs;
-use crate::config::PolicyConfig;
+use crate::config::Config;
 use crate::gateway::{self, GatewaySettings};
 use crate::proxy::InterceptMode;
 use anyhow::Context;
@@ -58,7 +58,7 @@ pub enum InterceptArg {
 pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
     let GatewayCommand::Run(args) = cmd;
     let config = match &args.policy_config {
-        Some(path) => Some(PolicyConfig::load(path)?),
+        Some(path) => Some(Config::load(path)?),
         None => None,
     };
     let mut settings = GatewaySettings::new(args.listen, home.ca_dir()?);
@@ -168,7 +168,7 @@ async fn wait_for_stop_signal(config: Option<&std::path::Path>) {
                 // Re-validate so a bad edit is reported at once; applying
                 // policies live comes with the policy engine.
                 if let Some(path) = config {
-                    match PolicyConfig::load(path) {
+                    match Config::load(path) {
                         Ok(_) => tracing::info!(path = %path.display(), "SIGHUP: policy config is valid"),
                         Err(e) => tracing::error!("SIGHUP: policy config rejected, keeping the old one: {e}"),
                     }
