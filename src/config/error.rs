@@ -85,11 +85,12 @@ impl fmt::Display for InFile<'_> {
 /// Why a config file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read at all.
-    #[error("cannot read {}: {source}", path.display())]
+    /// The file could not be read at all. (The I/O error is part of the
+    /// message rather than a `source()`, so that `{:#}` chains print it once.)
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file was read but is not a valid config: YAML syntax, unknown
     /// keys or types, wrong values. Every problem found is listed, in file

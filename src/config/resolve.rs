@@ -167,6 +167,18 @@ pub(crate) fn build(root: Option<&Node>) -> Result<Config, Vec<Problem>> {
         }
     }
     config.policies = read_policies(&mut cx, get("policies"), get("policy"), &config);
+    let audited = config
+        .policies
+        .iter()
+        .any(|p| p.enabled && p.kind == PolicyKind::AuditLogger);
+    if !audited && config.policies.iter().any(|p| p.enabled) {
+        let mark = get("policies").map_or(Mark::UNKNOWN, |n| n.mark);
+        cx.warnings.push(Problem::new(
+            mark,
+            "policies",
+            "no audit-logger in the chain: exchanges are not recorded",
+        ));
+    }
 
     let mut problems = cx.problems;
     problems.extend(cx.sink.into_inner());
