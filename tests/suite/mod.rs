@@ -1,6 +1,7 @@
 mod certs;
 mod chain;
 mod cli;
+mod config;
 mod errors;
 mod intercept;
 mod lifecycle;
