@@ -550,6 +550,25 @@ mod tests {
     }
 
     #[test]
+    fn header_value_lists_and_presence() {
+        let w =
+            when("headers:\n  OpenAI-Intent: [copilot-ghost, copilot-panel]\n  X-Initiator: '*'\n");
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "openai-intent",
+            http::HeaderValue::from_static("copilot-panel"),
+        );
+        assert!(!w.matches(&facts("h", "/", &h)), "x-initiator is missing");
+        h.insert("x-initiator", http::HeaderValue::from_static("agent"));
+        assert!(w.matches(&facts("h", "/", &h)));
+        h.insert(
+            "openai-intent",
+            http::HeaderValue::from_static("conversation-panel"),
+        );
+        assert!(!w.matches(&facts("h", "/", &h)));
+    }
+
+    #[test]
     fn bad_values_are_reported_with_positions() {
         let root = yaml::parse(
             "hosts: ['https://x.com', 'a.com:443']\npaths: [v1/chat]\nproviders: [opnai]\nheaders: {'bad header': x}\n",

@@ -10,6 +10,10 @@ use super::error::{child_index, child_key, Mark, Problem};
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 use std::collections::HashMap;
 
+/// Configs nest a handful of levels; the tree and serde recurse per level,
+/// so a hostile `[[[[...` must stop long before the stack does.
+const MAX_DEPTH: usize = 64;
+
 /// Aliases are expanded by copying; this bounds the copies so that a small
 /// file cannot expand into a huge tree ("billion laughs").
 const MAX_NODES: usize = 100_000;
@@ -317,6 +321,14 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, Vec<Problem>> {
                 };
                 b.push(node, anchor, 1);
             }
+            Event::SequenceStart(..) | Event::MappingStart(..) if b.stack.len() >= MAX_DEPTH => {
+                b.problems.push(Problem::new(
+                    mark,
+                    "",
+                    format!("nesting deeper than {MAX_DEPTH} levels"),
+                ));
+                return Err(b.problems);
+            }
             Event::SequenceStart(anchor, _) => b.stack.push(Frame::Seq {
                 mark,
                 anchor,
@@ -475,6 +487,16 @@ mod tests {
         }
         let errs = parse(&bomb).unwrap_err();
         assert!(errs[0].message.contains("too large"), "{errs:?}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        // Flow collections: the scanner has its own limit.
+        assert!(parse(&"[".repeat(100_000)).is_err());
+        // Block collections: ours.
+        let errs = parse(&("- ".repeat(10_000) + "x\n")).unwrap_err();
+        assert!(errs[0].message.contains("nesting deeper"), "{errs:?}");
+        assert_eq!(errs[0].mark.line, 1);
     }
 
     #[test]

@@ -153,3 +153,18 @@ fn policy_check_on_a_missing_file_is_one_line() {
         "{stderr}"
     );
 }
+
+/// A cheap stand-in for fuzzing: every prefix of every example either
+/// loads or fails with located problems; nothing panics.
+#[test]
+fn truncated_examples_never_panic() {
+    for entry in std::fs::read_dir(examples_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (i, _) in text.char_indices() {
+            if let Err(e) = Config::parse(&text[..i], &path) {
+                assert!(!e.problems().is_empty());
+            }
+        }
+    }
+}
