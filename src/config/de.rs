@@ -9,9 +9,11 @@
 //! - [`Spanned<T>`] captures where a value was written, for checks made
 //!   after deserializing (a regex that does not compile, an empty list).
 //!
-//! A wrong *value* still ends the deserialization of the piece being read;
-//! callers read the config in small pieces (each section, each policy, each
-//! provider target) so that independent mistakes are all reported.
+//! A wrong *value* ends serde's pass over the piece being read, so
+//! [`read_partial`] reports it, drops the mapping entry that holds it and
+//! reads the piece again, until no error is left. Callers also read the
+//! config in small pieces (each section, each policy, each provider target)
+//! so that a mistake in one cannot hide those in another.
 
 use super::error::{child_index, child_key, unknown_word, Mark, Problem};
 use super::yaml::{Node, Resolved, Value};
@@ -27,28 +29,91 @@ use std::marker::PhantomData;
 /// Where problems found while reading go.
 pub(crate) type Sink = RefCell<Vec<Problem>>;
 
-/// Reads `node` as a `T`. Problems (the error that stopped reading, and any
-/// unknown keys skipped on the way) go to `sink`; `None` when reading
-/// stopped. `extra_keys` are accepted elsewhere by the caller and are only
-/// listed in the "expected one of" of unknown-key messages at the top level.
+/// Reads `node` as a `T`. Problems (every error found, and any unknown
+/// keys skipped on the way) go to `sink`; `None` when anything was wrong
+/// with a value. `extra_keys` are accepted elsewhere by the caller and are
+/// only listed in the "expected one of" of unknown-key messages at the top.
 pub(crate) fn from_node<T: DeserializeOwned>(
     node: &Node,
     path: &str,
     sink: &Sink,
     extra_keys: &'static [&'static str],
 ) -> Option<T> {
-    let de = NodeDe {
-        node,
-        path: path.to_string(),
-        sink,
-        extra_keys,
-    };
-    match T::deserialize(de) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            sink.borrow_mut().push(e.into_problem(node.mark, path));
-            None
+    read_partial(node, path, sink, extra_keys).and_then(|(v, complete)| complete.then_some(v))
+}
+
+/// Most entries one piece can have before the search for further errors
+/// gives up (each pass drops one bad entry).
+const MAX_PASSES: usize = 64;
+
+/// As [`from_node`], but when a value is wrong, reports it, drops the
+/// mapping entry holding it (the innermost one) and reads again, so that
+/// the other entries' mistakes are reported too. Returns the value read without the dropped entries
+/// and `false` for "complete" if any were dropped: good enough for checks
+/// of single values (a regex), not for checks that need an entry present.
+pub(crate) fn read_partial<T: DeserializeOwned>(
+    node: &Node,
+    path: &str,
+    sink: &Sink,
+    extra_keys: &'static [&'static str],
+) -> Option<(T, bool)> {
+    let mut found: Vec<Problem> = Vec::new();
+    let add = |p: Problem, found: &mut Vec<Problem>| {
+        if !found.contains(&p) {
+            found.push(p);
         }
+    };
+    let mut working: Option<Node> = None;
+    let mut dropped: Vec<String> = Vec::new();
+    let mut result = None;
+    for _ in 0..MAX_PASSES {
+        let current = working.as_ref().unwrap_or(node);
+        let local = Sink::default();
+        let read = T::deserialize(NodeDe {
+            node: current,
+            path: path.to_string(),
+            sink: &local,
+            extra_keys,
+        });
+        for p in local.into_inner() {
+            add(p, &mut found);
+        }
+        let e = match read {
+            Ok(v) => {
+                result = Some((v, dropped.is_empty()));
+                break;
+            }
+            Err(e) => e,
+        };
+        let trail = e.trail.clone();
+        // "missing key `x`" after dropping a bad `x` says nothing new.
+        if !e.missing.is_some_and(|m| dropped.iter().any(|d| d == m)) {
+            add(e.into_problem(current.mark, path), &mut found);
+        }
+        let Some(mut trail) = trail else { break };
+        trail.reverse();
+        let mut next = current.clone();
+        let Some(key) = remove_entry(&mut next, &trail) else {
+            break;
+        };
+        dropped.push(key);
+        working = Some(next);
+    }
+    sink.borrow_mut().extend(found);
+    result
+}
+
+/// Removes the mapping entry at `trail` (outermost index first: entry
+/// indices in mappings, item indices in lists); returns its key.
+fn remove_entry(node: &mut Node, trail: &[usize]) -> Option<String> {
+    match (trail, &mut node.value) {
+        ([i], Value::Map(entries)) if *i < entries.len() => {
+            let (k, _) = entries.remove(*i);
+            Some(k.scalar_text().unwrap_or_default().to_string())
+        }
+        ([i, rest @ ..], Value::Map(entries)) => remove_entry(&mut entries.get_mut(*i)?.1, rest),
+        ([i, rest @ ..], Value::Seq(items)) => remove_entry(items.get_mut(*i)?, rest),
+        _ => None,
     }
 }
 
@@ -58,6 +123,12 @@ pub(crate) fn from_node<T: DeserializeOwned>(
 pub(crate) struct DeError {
     message: String,
     located: Option<(Mark, String)>,
+    /// Where the failed value sits: the index of its entry in the innermost
+    /// mapping, then the indices of each enclosing entry or list item
+    /// (innermost first). `None` for errors not inside any mapping entry.
+    trail: Option<Vec<usize>>,
+    /// The key, for a "missing key" error.
+    missing: Option<&'static str>,
 }
 
 impl DeError {
@@ -87,6 +158,8 @@ impl de::Error for DeError {
         DeError {
             message: msg.to_string(),
             located: None,
+            trail: None,
+            missing: None,
         }
     }
 
@@ -107,7 +180,9 @@ impl de::Error for DeError {
     }
 
     fn missing_field(field: &'static str) -> Self {
-        Self::custom(format_args!("missing key `{field}`"))
+        let mut e = Self::custom(format_args!("missing key `{field}`"));
+        e.missing = Some(field);
+        e
     }
 }
 
@@ -142,6 +217,8 @@ impl<'a> NodeDe<'a> {
             fields,
             extra_keys: self.extra_keys,
             value: None,
+            total: entries.len(),
+            current: 0,
         }
     }
 
@@ -351,7 +428,12 @@ impl<'a> SeqAccess<'a> for SeqDe<'a> {
             sink: self.sink,
             extra_keys: &[],
         };
-        seed.deserialize(de).map(Some)
+        seed.deserialize(de).map(Some).map_err(|mut e| {
+            if let Some(t) = &mut e.trail {
+                t.push(i);
+            }
+            e
+        })
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -368,6 +450,16 @@ struct MapDe<'a> {
     fields: Option<&'static [&'static str]>,
     extra_keys: &'static [&'static str],
     value: Option<(&'a Node, String)>,
+    total: usize,
+    /// Index of the entry being read.
+    current: usize,
+}
+
+impl MapDe<'_> {
+    fn mark_entry(&self, mut e: DeError) -> DeError {
+        e.trail.get_or_insert_with(Vec::new).push(self.current);
+        e
+    }
 }
 
 impl<'a> MapAccess<'a> for MapDe<'a> {
@@ -381,6 +473,7 @@ impl<'a> MapAccess<'a> for MapDe<'a> {
             let Some((key, value)) = self.entries.next() else {
                 return Ok(None);
             };
+            self.current = self.total - self.entries.len() - 1;
             let name = key.scalar_text();
             let path = child_key(&self.path, name.unwrap_or("?"));
             if let Some(fields) = self.fields {
@@ -407,7 +500,10 @@ impl<'a> MapAccess<'a> for MapDe<'a> {
                 sink: self.sink,
                 extra_keys: &[],
             };
-            return seed.deserialize(de).map(Some);
+            return seed
+                .deserialize(de)
+                .map(Some)
+                .map_err(|e| self.mark_entry(e));
         }
     }
 
@@ -423,6 +519,7 @@ impl<'a> MapAccess<'a> for MapDe<'a> {
             sink: self.sink,
             extra_keys: &[],
         })
+        .map_err(|e| self.mark_entry(e))
     }
 
     fn size_hint(&self) -> Option<usize> {

@@ -387,7 +387,10 @@ impl RawAudit {
 }
 
 impl RawRedact {
-    pub(crate) fn validate(self, problems: &mut Vec<Problem>) -> RedactOptions {
+    /// `complete` is false when some entry could not be read; checks that
+    /// need an entry present are then skipped (they would only echo the
+    /// problem already reported). The same holds for the other types.
+    pub(crate) fn validate(self, complete: bool, problems: &mut Vec<Problem>) -> RedactOptions {
         let mut out = RedactOptions {
             stream_holdback_bytes: self.stream_holdback_bytes,
             ..RedactOptions::default()
@@ -420,7 +423,7 @@ impl RawRedact {
             )));
         }
         if let Some(kinds) = self.kinds {
-            if kinds.value.is_empty() && self.patterns.is_empty() {
+            if complete && kinds.value.is_empty() && self.patterns.is_empty() {
                 problems.push(kinds.problem(
                     "an empty `kinds` list and no `patterns` redact nothing; use `enabled: false` instead",
                 ));
@@ -450,9 +453,11 @@ impl RawContentFilter {
     pub(crate) fn validate(
         self,
         at: &Spanned<String>,
+        complete: bool,
         problems: &mut Vec<Problem>,
         warnings: &mut Vec<Problem>,
     ) -> ContentFilterOptions {
+        let nothing_written = self.patterns.is_empty() && self.keywords.is_empty();
         let patterns = self
             .patterns
             .iter()
@@ -473,7 +478,7 @@ impl RawContentFilter {
             action: self.action,
             message: self.message,
         };
-        if out.patterns.is_empty() && out.keywords.is_empty() {
+        if complete && nothing_written {
             warnings.push(
                 at.problem("content-filter has no `patterns` or `keywords`: it matches nothing"),
             );
@@ -535,9 +540,10 @@ impl RawRateLimit {
     pub(crate) fn validate(
         self,
         at: &Spanned<String>,
+        complete: bool,
         problems: &mut Vec<Problem>,
     ) -> RateLimitOptions {
-        if self.requests_per_minute.is_none() && self.tokens_per_minute.is_none() {
+        if complete && self.requests_per_minute.is_none() && self.tokens_per_minute.is_none() {
             problems.push(at.problem(
                 "rate-limit needs `requests_per_minute` or `tokens_per_minute` (or both)",
             ));
@@ -553,7 +559,7 @@ impl RawRateLimit {
             .map(|t| t.value);
         let burst = match (&self.burst, rpm) {
             (Some(b), Some(_)) if positive(b, problems) => Some(b.value),
-            (Some(b), None) if !rpm_written => {
+            (Some(b), None) if complete && !rpm_written => {
                 problems
                     .push(b.problem("`burst` applies to `requests_per_minute`, which is not set"));
                 None
@@ -573,9 +579,10 @@ impl RawBudget {
     pub(crate) fn validate(
         self,
         at: &Spanned<String>,
+        complete: bool,
         problems: &mut Vec<Problem>,
     ) -> BudgetOptions {
-        if self.usd_per_day.is_none() && self.usd_per_month.is_none() {
+        if complete && self.usd_per_day.is_none() && self.usd_per_month.is_none() {
             problems.push(at.problem("budget needs `usd_per_day` or `usd_per_month` (or both)"));
         }
         let check = |v: Option<Spanned<f64>>, problems: &mut Vec<Problem>| {

@@ -133,78 +133,40 @@ impl RawTarget {
         &self.id
     }
 
-    pub(crate) fn resolve(self, problems: &mut Vec<Problem>) -> Option<ProviderTarget> {
+    /// `complete` is false when some entry could not be read: the checks
+    /// that need one present are skipped and no target is returned.
+    pub(crate) fn resolve(
+        self,
+        complete: bool,
+        problems: &mut Vec<Problem>,
+    ) -> Option<ProviderTarget> {
         let id = self.id;
         let spec = self.provider.unwrap_or_default();
+        // Checks of single values first, so they are reported whatever
+        // else is wrong with the target.
+        let mut ok = complete;
         if !id_ok(&id.value) {
             problems.push(id.problem(format!(
                 "`{}` is not a valid target id (letters, digits, `.`, `-`, `_`)",
                 id.value
             )));
-            return None;
+            ok = false;
         }
-        let known = id.value.parse::<ProviderType>().ok();
-        let kind = match (&spec.kind, known) {
-            (Some(t), _) => match t.value.parse::<ProviderType>() {
-                Ok(k) => k,
-                Err(()) => {
-                    problems.push(t.problem(unknown_word(
-                        "provider type",
-                        &t.value,
-                        &ProviderType::NAMES,
-                    )));
-                    return None;
-                }
-            },
-            (None, Some(k)) => k,
-            (None, None) => {
-                let mut msg = format!(
-                    "`{}` is not a well-known provider id, so it needs `provider.type` (one of {})",
-                    id.value,
-                    ProviderType::NAMES.join(", ")
-                );
-                if let Some(s) = super::error::did_you_mean(&id.value, &ProviderType::NAMES) {
-                    msg.push_str(&format!("; or did you mean the id `{s}`?"));
-                }
-                problems.push(id.problem(msg));
-                return None;
+        let base_url = spec.base_url.map(|u| {
+            let url = u.value.trim_end_matches('/').to_string();
+            if let Some(msg) = url_error(&url) {
+                problems.push(u.problem(msg));
             }
-        };
-        // Defaults belong to the well-known id with its own API shape; a
-        // custom id (a local OpenAI-compatible server, say) names its URL.
-        let (def_url, def_key) = match known {
-            Some(k) if k == kind => kind.defaults(),
-            _ => (None, None),
-        };
-        let base_url = match spec.base_url {
-            Some(u) => {
-                let url = u.value.trim_end_matches('/').to_string();
-                if let Some(msg) = url_error(&url) {
-                    problems.push(u.problem(msg));
-                }
-                Some(url)
-            }
-            None if known.is_none() => {
-                problems.push(id.problem(format!(
-                    "target `{}` needs `provider.base_url`: only well-known ids have a default",
-                    id.value
+            url
+        });
+        if let Some(v) = &spec.api_key_env {
+            if !env_name_ok(&v.value) {
+                problems.push(v.problem(format!(
+                    "`{}` is not an environment variable name (letters, digits, `_`; not starting with a digit)",
+                    v.value
                 )));
-                None
             }
-            None => def_url.map(str::to_string),
-        };
-        let api_key_env = match spec.api_key_env {
-            Some(v) => {
-                if !env_name_ok(&v.value) {
-                    problems.push(v.problem(format!(
-                        "`{}` is not an environment variable name (letters, digits, `_`; not starting with a digit)",
-                        v.value
-                    )));
-                }
-                Some(v.value)
-            }
-            None => def_key.map(str::to_string),
-        };
+        }
         let mut models = Vec::new();
         for m in spec.models {
             if m.value.trim().is_empty() {
@@ -213,11 +175,57 @@ impl RawTarget {
                 models.push(m.value);
             }
         }
+        let known = id.value.parse::<ProviderType>().ok();
+        let kind = match (&spec.kind, known) {
+            (Some(t), _) => match t.value.parse::<ProviderType>() {
+                Ok(k) => Some(k),
+                Err(()) => {
+                    problems.push(t.problem(unknown_word(
+                        "provider type",
+                        &t.value,
+                        &ProviderType::NAMES,
+                    )));
+                    None
+                }
+            },
+            (None, Some(k)) => Some(k),
+            (None, None) => {
+                if ok {
+                    let mut msg = format!(
+                        "`{}` is not a well-known provider id, so it needs `provider.type` (one of {})",
+                        id.value,
+                        ProviderType::NAMES.join(", ")
+                    );
+                    if let Some(s) = super::error::did_you_mean(&id.value, &ProviderType::NAMES) {
+                        msg.push_str(&format!("; or did you mean the id `{s}`?"));
+                    }
+                    problems.push(id.problem(msg));
+                }
+                None
+            }
+        };
+        let kind = kind.filter(|_| ok)?;
+        // Defaults belong to the well-known id with its own API shape; a
+        // custom id (a local OpenAI-compatible server, say) names its URL.
+        let (def_url, def_key) = match known {
+            Some(k) if k == kind => kind.defaults(),
+            _ => (None, None),
+        };
+        if base_url.is_none() && known.is_none() {
+            problems.push(id.problem(format!(
+                "target `{}` needs `provider.base_url`: only well-known ids have a default",
+                id.value
+            )));
+            return None;
+        }
         Some(ProviderTarget {
             id: id.value,
             kind,
-            base_url,
-            api_key_env,
+            base_url: base_url.or_else(|| def_url.map(str::to_string)),
+            api_key_env: spec
+                .api_key_env
+                .map(|v| v.value)
+                .or_else(|| def_key.map(str::to_string)),
             models,
         })
     }

@@ -1,7 +1,7 @@
 //! From the marked YAML tree to a [`Config`]: each section and each policy
 //! is read on its own, so that one mistake does not hide the next.
 
-use super::de::{from_node, Sink, Spanned};
+use super::de::{from_node, read_partial, Sink, Spanned};
 use super::error::{child_index, child_key, did_you_mean, unknown_word, Mark, Problem};
 use super::options::{
     RawAudit, RawBudget, RawCache, RawContentFilter, RawPassthrough, RawRateLimit, RawRedact,
@@ -93,6 +93,18 @@ impl Ctx {
         extra: &'static [&'static str],
     ) -> Option<T> {
         from_node(node, path, &self.sink, extra)
+    }
+
+    /// As `read`, but also returns what could be read when some entries
+    /// could not (with `false`), so that the values that were read can
+    /// still be checked.
+    fn read_partial<T: serde::de::DeserializeOwned>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        extra: &'static [&'static str],
+    ) -> Option<(T, bool)> {
+        read_partial(node, path, &self.sink, extra)
     }
 
     fn problem(&mut self, mark: Mark, path: &str, message: impl Into<String>) {
@@ -258,7 +270,7 @@ fn read_providers(cx: &mut Ctx, node: &Node, config: &mut Config) {
     let mut seen: Vec<Spanned<String>> = Vec::new();
     for (i, item) in items(cx, targets, "providers.targets").iter().enumerate() {
         let path = child_index("providers.targets", i);
-        let Some(raw) = cx.read::<RawTarget>(item, &path, &[]) else {
+        let Some((raw, complete)) = cx.read_partial::<RawTarget>(item, &path, &[]) else {
             continue;
         };
         if let Some(first) = seen.iter().find(|t| t.value == raw.id().value) {
@@ -270,7 +282,7 @@ fn read_providers(cx: &mut Ctx, node: &Node, config: &mut Config) {
             continue;
         }
         seen.push(raw.id().clone());
-        if let Some(t) = raw.resolve(&mut cx.problems) {
+        if let Some(t) = raw.resolve(complete, &mut cx.problems) {
             config.providers.push(t);
         }
     }
@@ -440,8 +452,8 @@ fn read_chain(
                 let path = child_key("policy", &entry.value);
                 let body_map = map_or_problem(cx, body, &path);
                 let (common_node, options_node) = split(&body_map, SECTION_KEYS);
-                let common = cx
-                    .read::<RawCommon>(&common_node, &path, &[])
+                let (common, complete) = cx
+                    .read_partial::<RawCommon>(&common_node, &path, &[])
                     .unwrap_or_default();
                 let name = Spanned {
                     value: entry.value.clone(),
@@ -451,7 +463,7 @@ fn read_chain(
                 if let Some(p) = policy(
                     cx,
                     name,
-                    common,
+                    (common, complete),
                     &options_node,
                     &path,
                     SECTION_KEYS,
@@ -465,7 +477,7 @@ fn read_chain(
                 if let Some(p) = policy(
                     cx,
                     entry.clone(),
-                    RawCommon::default(),
+                    (RawCommon::default(), true),
                     &empty,
                     &entry.path,
                     &[],
@@ -527,7 +539,9 @@ fn read_list(cx: &mut Ctx, list: &[Node], providers: &[&str]) -> Vec<PolicySpec>
             ),
             mark: item.mark,
         };
-        let head_common = cx.read::<RawCommon>(&head, &path, &["name", "config"]);
+        let (head_common, head_complete) = cx
+            .read_partial::<RawCommon>(&head, &path, &["name", "config"])
+            .unwrap_or_default();
         let Some((_, name_node)) = name_node else {
             cx.problem(item.mark, &path, "missing key `name`");
             continue;
@@ -556,16 +570,14 @@ fn read_list(cx: &mut Ctx, list: &[Node], providers: &[&str]) -> Vec<PolicySpec>
             }
             None => (empty_map(item.mark), empty_map(item.mark)),
         };
-        let config_common = cx
-            .read::<RawCommon>(&config_common, &config_path, &[])
+        let (config_common, config_complete) = cx
+            .read_partial::<RawCommon>(&config_common, &config_path, &[])
             .unwrap_or_default();
-        let common = head_common
-            .unwrap_or_default()
-            .merge(config_common, &mut cx.problems);
+        let common = head_common.merge(config_common, &mut cx.problems);
         if let Some(p) = policy(
             cx,
             name,
-            common,
+            (common, head_complete && config_complete),
             &options,
             &config_path,
             COMMON_KEYS,
@@ -577,11 +589,13 @@ fn read_list(cx: &mut Ctx, list: &[Node], providers: &[&str]) -> Vec<PolicySpec>
     out
 }
 
-/// Validates one policy: its type, common keys and options.
+/// Validates one policy: its type, common keys and options. `common` comes
+/// with whether all of it could be read; a spec is returned only when
+/// everything was.
 fn policy(
     cx: &mut Ctx,
     name: Spanned<String>,
-    common: RawCommon,
+    (common, common_complete): (RawCommon, bool),
     options: &Node,
     options_path: &str,
     extra_keys: &'static [&'static str],
@@ -607,6 +621,8 @@ fn policy(
         },
         None => match name.value.parse::<PolicyKind>() {
             Ok(k) => k,
+            // The `type` itself may be what could not be read.
+            Err(()) if !common_complete => return None,
             Err(()) => {
                 let mut msg = format!(
                     "policy `{}` needs a `type` (its name is not one of {})",
@@ -622,31 +638,41 @@ fn policy(
         },
     };
     let p = options_path;
-    let opts = match kind {
-        PolicyKind::AuditLogger => cx
-            .read::<RawAudit>(options, p, extra_keys)
-            .map(|r| PolicyOptions::AuditLogger(r.validate(&mut cx.problems))),
-        PolicyKind::Redact => cx
-            .read::<RawRedact>(options, p, extra_keys)
-            .map(|r| PolicyOptions::Redact(r.validate(&mut cx.problems))),
-        PolicyKind::ContentFilter => cx
-            .read::<RawContentFilter>(options, p, extra_keys)
-            .map(|r| {
-                PolicyOptions::ContentFilter(r.validate(&name, &mut cx.problems, &mut cx.warnings))
-            }),
-        PolicyKind::Cache => cx
-            .read::<RawCache>(options, p, extra_keys)
-            .map(|r| PolicyOptions::Cache(r.validate(&mut cx.problems))),
-        PolicyKind::Passthrough => cx
-            .read::<RawPassthrough>(options, p, extra_keys)
-            .map(|_| PolicyOptions::Passthrough),
-        PolicyKind::RateLimit => cx
-            .read::<RawRateLimit>(options, p, extra_keys)
-            .map(|r| PolicyOptions::RateLimit(r.validate(&name, &mut cx.problems))),
-        PolicyKind::Budget => cx
-            .read::<RawBudget>(options, p, extra_keys)
-            .map(|r| PolicyOptions::Budget(r.validate(&name, &mut cx.problems))),
+    let (opts, complete) = match kind {
+        PolicyKind::AuditLogger => {
+            read_options(cx, options, p, extra_keys, |r: RawAudit, _, cx| {
+                PolicyOptions::AuditLogger(r.validate(&mut cx.problems))
+            })
+        }
+        PolicyKind::Redact => read_options(cx, options, p, extra_keys, |r: RawRedact, c, cx| {
+            PolicyOptions::Redact(r.validate(c, &mut cx.problems))
+        }),
+        PolicyKind::ContentFilter => {
+            read_options(cx, options, p, extra_keys, |r: RawContentFilter, c, cx| {
+                let o = r.validate(&name, c, &mut cx.problems, &mut cx.warnings);
+                PolicyOptions::ContentFilter(o)
+            })
+        }
+        PolicyKind::Cache => read_options(cx, options, p, extra_keys, |r: RawCache, _, cx| {
+            PolicyOptions::Cache(r.validate(&mut cx.problems))
+        }),
+        PolicyKind::Passthrough => {
+            read_options(cx, options, p, extra_keys, |_: RawPassthrough, _, _| {
+                PolicyOptions::Passthrough
+            })
+        }
+        PolicyKind::RateLimit => {
+            read_options(cx, options, p, extra_keys, |r: RawRateLimit, c, cx| {
+                PolicyOptions::RateLimit(r.validate(&name, c, &mut cx.problems))
+            })
+        }
+        PolicyKind::Budget => read_options(cx, options, p, extra_keys, |r: RawBudget, c, cx| {
+            PolicyOptions::Budget(r.validate(&name, c, &mut cx.problems))
+        }),
     }?;
+    if !(complete && common_complete) {
+        return None;
+    }
     Some(assemble(
         name.value,
         kind,
@@ -655,6 +681,19 @@ fn policy(
         opts,
         &mut cx.problems,
     ))
+}
+
+/// Reads a type's raw options and validates them with `validate`, which
+/// is told whether every entry could be read.
+fn read_options<R: serde::de::DeserializeOwned>(
+    cx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    extra_keys: &'static [&'static str],
+    validate: impl FnOnce(R, bool, &mut Ctx) -> PolicyOptions,
+) -> Option<(PolicyOptions, bool)> {
+    let (raw, complete) = cx.read_partial::<R>(node, path, extra_keys)?;
+    Some((validate(raw, complete, cx), complete))
 }
 
 /// Splits a mapping into (the entries whose key is in `keys`, the rest).

@@ -572,6 +572,7 @@ storage:
             (5, 11, "providers.targets[0].id"),
             (7, 28, "providers.targets[1].provider.base_url"),
             (13, 18, "policy.ide-cache.ttl_seconds"),
+            (14, 12, "policy.ide-cache.scope"),
             (17, 13, "policy.filter.action"),
             (20, 8, "storage.url"),
         ]
@@ -584,9 +585,9 @@ storage:
     // Display: one problem per line, file:line:col: path: message.
     let shown = err.to_string();
     let lines: Vec<&str> = shown.lines().collect();
-    assert_eq!(lines.len(), 5, "{shown}");
+    assert_eq!(lines.len(), 6, "{shown}");
     assert!(
-        lines[3].starts_with("p.yaml:17:13: policy.filter.action: unknown value `blok`"),
+        lines[4].starts_with("p.yaml:17:13: policy.filter.action: unknown value `blok`"),
         "{shown}"
     );
 }
@@ -793,5 +794,52 @@ fn missing_files_are_read_errors() {
         err.to_string()
             .starts_with("cannot read /nonexistent/kt.yaml: "),
         "{err}"
+    );
+}
+
+#[test]
+fn several_bad_values_in_one_policy_are_all_reported() {
+    let ps = problems(
+        "\
+policies: {chain: [filter, rl]}
+policy:
+  filter:
+    type: content-filter
+    patterns: ['(unclosed', ok]
+    action: blok
+    message: [not, text]
+    when: {endpoints: [chat], hosts: ['a.com:1']}
+  rl:
+    type: rate-limit
+    requests_per_minute: lots
+    burst: 5
+",
+    );
+    assert_eq!(
+        where_(&ps),
+        [
+            (5, 16, "policy.filter.patterns[0]"),
+            (6, 13, "policy.filter.action"),
+            (7, 14, "policy.filter.message"),
+            (8, 24, "policy.filter.when.endpoints[0]"),
+            (8, 39, "policy.filter.when.hosts[0]"),
+            (11, 26, "policy.rl.requests_per_minute"),
+        ]
+    );
+    // No echo of the bad value as "needs requests_per_minute", nor a
+    // `burst` complaint about the rate that could not be read.
+}
+
+#[test]
+fn a_bad_required_value_is_not_also_missing() {
+    let ps = problems("pack:\n  name: [a, b]\n  enabled: perhaps\n");
+    assert_eq!(where_(&ps), [(2, 9, "pack.name"), (3, 12, "pack.enabled")]);
+    let ps = problems("providers:\n  targets:\n    - id: custom\n      provider: {type: [x], base_url: 'gopher://x', models: [a]}\n");
+    assert_eq!(
+        where_(&ps),
+        [
+            (4, 24, "providers.targets[0].provider.type"),
+            (4, 39, "providers.targets[0].provider.base_url")
+        ]
     );
 }
