@@ -10,8 +10,10 @@ use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate a policy config; print the resolved chain per endpoint,
-    /// or every problem found (file:line:column: key: message) and exit 1.
+    /// Validate a policy config and print its resolved chain per endpoint.
+    ///
+    /// On a bad config, print every problem found, one per line as
+    /// FILE:LINE:COLUMN: key.path: message, and exit 1.
     Check {
         /// The policy config file (YAML).
         #[arg(value_name = "FILE")]

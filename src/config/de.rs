@@ -164,11 +164,19 @@ impl de::Error for DeError {
     }
 
     fn invalid_type(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
-        Self::custom(format_args!("expected {exp}, found {}", unexpected(unexp)))
+        Self::custom(format_args!(
+            "expected {}, found {}",
+            expected(exp),
+            unexpected(unexp)
+        ))
     }
 
     fn invalid_value(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
-        Self::custom(format_args!("expected {exp}, found {}", unexpected(unexp)))
+        Self::custom(format_args!(
+            "expected {}, found {}",
+            expected(exp),
+            unexpected(unexp)
+        ))
     }
 
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
@@ -183,6 +191,20 @@ impl de::Error for DeError {
         let mut e = Self::custom(format_args!("missing key `{field}`"));
         e.missing = Some(field);
         e
+    }
+}
+
+/// serde's words for what was expected, in YAML's terms; derived structs
+/// describe themselves by their Rust name, which means nothing in a config.
+fn expected(exp: &dyn de::Expected) -> String {
+    let text = exp.to_string();
+    if text.starts_with("struct ") {
+        return "a mapping".to_string();
+    }
+    match text.as_str() {
+        "a sequence" => "a list".to_string(),
+        "a map" => "a mapping".to_string(),
+        _ => text,
     }
 }
 
@@ -382,7 +404,7 @@ impl<'a> de::Deserializer<'a> for NodeDe<'a> {
     fn deserialize_enum<V: Visitor<'a>>(
         self,
         _name: &'static str,
-        _variants: &'static [&'static str],
+        variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DeError> {
         located!(self, {
@@ -390,7 +412,11 @@ impl<'a> de::Deserializer<'a> for NodeDe<'a> {
                 Value::Scalar { text, .. } if !self.node.is_null() => {
                     visitor.visit_enum(UnitVariant { text })
                 }
-                _ => Err(self.invalid(&visitor)),
+                _ => Err(de::Error::custom(format_args!(
+                    "expected one of {}, found {}",
+                    super::error::one_of(variants),
+                    self.node.kind_name()
+                ))),
             }
         })
     }

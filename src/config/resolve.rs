@@ -127,7 +127,9 @@ pub(crate) fn build(root: Option<&Node>) -> Result<Config, Vec<Problem>> {
     let get = |k: &str| sections.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
 
     if let Some(node) = get("pack").filter(|n| !n.is_null()) {
-        if let Some(p) = cx.read::<RawPack>(node, "pack", &[]) {
+        // These sections' checks each look at one value, so they also run
+        // on what could be read of a section with a bad entry.
+        if let Some((p, _)) = cx.read_partial::<RawPack>(node, "pack", &[]) {
             if p.name.value.trim().is_empty() {
                 cx.problems.push(p.name.problem("the pack needs a name"));
             }
@@ -149,7 +151,7 @@ pub(crate) fn build(root: Option<&Node>) -> Result<Config, Vec<Problem>> {
         read_providers(&mut cx, node, &mut config);
     }
     if let Some(node) = get("intercept") {
-        if let Some(raw) = cx.read::<RawIntercept>(node, "intercept", &[]) {
+        if let Some((raw, _)) = cx.read_partial::<RawIntercept>(node, "intercept", &[]) {
             for h in raw.hosts {
                 match super::when::host_pattern_error(&h.value) {
                     Some(msg) => cx.problems.push(h.problem(msg)),
@@ -159,7 +161,7 @@ pub(crate) fn build(root: Option<&Node>) -> Result<Config, Vec<Problem>> {
         }
     }
     if let Some(node) = get("upstream") {
-        if let Some(raw) = cx.read::<RawUpstream>(node, "upstream", &[]) {
+        if let Some((raw, _)) = cx.read_partial::<RawUpstream>(node, "upstream", &[]) {
             config.upstream = upstream(&mut cx, raw);
         }
     }
@@ -387,7 +389,19 @@ fn read_policies(
             },
         ) => {
             let Some(chain) = cx.read::<RawChain>(node, "policies", &[]) else {
-                return Vec::new();
+                // Still check every section, as if the chain listed them.
+                let all: Vec<Spanned<String>> = sections
+                    .iter()
+                    .filter_map(|(k, _)| {
+                        let name = k.scalar_text()?;
+                        Some(Spanned {
+                            value: name.to_string(),
+                            mark: k.mark,
+                            path: child_key("policy", name),
+                        })
+                    })
+                    .collect();
+                return read_chain(cx, &all, &sections, &providers);
             };
             if chain.chain.is_empty() {
                 cx.warnings.push(Problem::new(

@@ -760,13 +760,14 @@ fn upstream_and_intercept_values_are_checked() {
     assert_eq!(c.upstream.connect_to.len(), 1);
     assert_eq!(c.upstream.ca_files, [PathBuf::from("/tmp/x.pem")]);
     assert_eq!(c.upstream.proxy.as_deref(), Some("http://proxy.corp:3128"));
-    let ps = problems("upstream:\n  connect_to: ['nonsense']\n  proxy: 'ftp://x'\nintercept:\n  hosts: ['https://a.com/']\n");
+    let ps = problems("upstream:\n  connect_to: ['nonsense']\n  proxy: 'ftp://x'\n  ca_files: /a.pem\nintercept:\n  hosts: ['https://a.com/']\n");
     assert_eq!(
         where_(&ps),
         [
             (2, 16, "upstream.connect_to[0]"),
             (3, 10, "upstream.proxy"),
-            (5, 11, "intercept.hosts[0]")
+            (4, 13, "upstream.ca_files"),
+            (6, 11, "intercept.hosts[0]")
         ]
     );
 }
@@ -840,6 +841,36 @@ fn a_bad_required_value_is_not_also_missing() {
         [
             (4, 24, "providers.targets[0].provider.type"),
             (4, 39, "providers.targets[0].provider.base_url")
+        ]
+    );
+}
+
+#[test]
+fn messages_speak_yaml_not_rust() {
+    let ps = problems(
+        "pack: 5\nupstream:\n  ca_files: /a.pem\npolicy:\n  audit-logger:\n    fsync: [x]\n",
+    );
+    let msgs: Vec<&str> = ps.iter().map(|p| p.message.as_str()).collect();
+    assert_eq!(
+        msgs,
+        [
+            "expected a mapping, found integer `5`",
+            "expected a list, found string \"/a.pem\"",
+            "expected one of always, batch, never, found a list",
+        ]
+    );
+}
+
+#[test]
+fn sections_are_checked_even_when_the_chain_is_unreadable() {
+    let ps = problems(
+        "policies:\n  chain: audit-logger\npolicy:\n  audit-logger:\n    fsync: sometimes\n",
+    );
+    assert_eq!(
+        where_(&ps),
+        [
+            (2, 10, "policies.chain"),
+            (5, 12, "policy.audit-logger.fsync")
         ]
     );
 }
