@@ -2,7 +2,7 @@
 //! upstream client and the interception rules. Used by `kt gateway run` and
 //! by tests, which start gateways in-process on `127.0.0.1:0`.
 
-use crate::config::{ConfigError, PolicyConfig};
+use crate::config::{Config, ConfigError};
 use crate::policy::chain::ChainError;
 use crate::policy::Engine;
 use crate::proxy::{Gateway, InterceptMode, InterceptRules, Limits};
@@ -36,7 +36,7 @@ pub struct GatewaySettings {
     pub cert_cache_capacity: u64,
     pub cert_cache_ttl: Duration,
     /// The policy config; `None` runs the built-in chain (audit only).
-    pub policy: Option<Arc<PolicyConfig>>,
+    pub policy: Option<Arc<Config>>,
 }
 
 impl GatewaySettings {
@@ -62,7 +62,7 @@ impl GatewaySettings {
 
     /// Adds the config file's settings (flags given on the command line come
     /// first; config entries are appended).
-    pub fn apply_config(&mut self, config: &Arc<PolicyConfig>) {
+    pub fn apply_config(&mut self, config: &Arc<Config>) {
         self.policy = Some(config.clone());
         self.intercept_hosts
             .extend(config.intercept.hosts.iter().cloned());
@@ -149,13 +149,7 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
     );
     let intercept = InterceptRules::new(settings.intercept, &settings.intercept_hosts);
     let engine = Arc::new(Engine::new(settings.policy.as_deref())?);
-    let gateway = Gateway::new(
-        certs,
-        upstream,
-        intercept,
-        settings.limits.clone(),
-        engine,
-    );
+    let gateway = Gateway::new(certs, upstream, intercept, settings.limits.clone(), engine);
     Ok(Built {
         gateway,
         ca: paths,

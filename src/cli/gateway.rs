@@ -1,7 +1,7 @@
 //! `kt gateway run`: resolve flags and config, bind, serve, drain on signal.
 
 use super::HomeArgs;
-use crate::config::PolicyConfig;
+use crate::config::Config;
 use crate::gateway::{self, GatewaySettings};
 use crate::proxy::InterceptMode;
 use anyhow::Context;
@@ -58,7 +58,7 @@ pub enum InterceptArg {
 pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
     let GatewayCommand::Run(args) = cmd;
     let config = match &args.policy_config {
-        Some(path) => Some(std::sync::Arc::new(PolicyConfig::load(path)?)),
+        Some(path) => Some(std::sync::Arc::new(Config::load(path)?)),
         None => None,
     };
     let mut settings = GatewaySettings::new(args.listen, home.ca_dir()?);

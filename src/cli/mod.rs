@@ -4,6 +4,7 @@
 
 mod ca;
 mod gateway;
+mod policy;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -65,6 +66,9 @@ pub enum Command {
     /// Manage the local certificate authority.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Check policy configs.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// Entry point of the binary.
@@ -74,6 +78,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Gateway(cmd) => gateway::run(&cli.home, cmd),
         Command::Ca(cmd) => ca::run(&cli.home, cmd),
+        Command::Policy(cmd) => policy::run(cmd),
     };
     match result {
         Ok(code) => code,

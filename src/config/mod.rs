@@ -1,271 +1,223 @@
-//! The policy config file (`policy-config.yaml`): strict parsing of the
-//! contract's top-level sections, with file:line:column on every error.
+//! The policy config file (`policy-config.yaml`, contract §5): parsed
+//! strictly into a validated [`Config`], with every problem reported at once
+//! as `file:line:column: key.path: message`.
 //!
-//! Policy bodies are kept as YAML values here; the policy engine validates
-//! them against each policy type.
+//! Layout:
+//! - `yaml`: a YAML tree that keeps the position of every node;
+//! - `de`: a serde deserializer over that tree that locates each error and
+//!   collects all unknown keys;
+//! - `resolve`: the sections and both policy shapes, read piece by piece;
+//! - [`policy`]: [`PolicySpec`] and the policy types, with their defaults;
+//! - [`options`]: each type's options and their checks;
+//! - [`when`]: `when:` conditions and their matcher;
+//! - [`provider`]: provider targets and their defaults;
+//! - `error`: [`Problem`] and [`ConfigError`].
 
-use serde::Deserialize;
-use std::collections::BTreeMap;
+mod de;
+mod error;
+pub mod options;
+pub mod policy;
+pub mod provider;
+mod resolve;
+pub mod when;
+mod yaml;
+
+pub use error::{ConfigError, Mark, Problem};
+pub use options::{
+    AuditLoggerOptions, BudgetAction, BudgetOptions, CacheBackend, CacheOptions,
+    ContentFilterOptions, FilterAction, Fsync, NamedPattern, RateLimitOptions, RedactOptions,
+    Scope,
+};
+pub use policy::{OnError, Phases, PolicyKind, PolicyOptions, PolicySpec};
+pub use provider::{ProviderTarget, ProviderType};
+pub use when::{Endpoint, Glob, HeaderRule, RequestFacts, When};
+
 use std::path::{Path, PathBuf};
 
-/// Errors reading a config file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}:{column}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
-
-/// The whole config file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyConfig {
-    #[serde(default)]
+/// A validated policy config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `pack:`; `None` when the file has none.
     pub pack: Option<Pack>,
-    #[serde(default)]
-    pub providers: Option<Providers>,
-    #[serde(default)]
-    pub intercept: InterceptSection,
-    #[serde(default)]
-    pub upstream: UpstreamSection,
-    #[serde(default)]
-    pub auth: AuthSection,
-    #[serde(default)]
-    pub storage: Option<StorageSection>,
-    #[serde(default)]
-    pub policies: Option<Policies>,
-    /// Per-policy settings keyed by policy name (the "chain" shape).
-    #[serde(default)]
-    pub policy: BTreeMap<String, serde_yaml::Value>,
+    /// `providers.targets`, resolved with defaults, in file order.
+    pub providers: Vec<ProviderTarget>,
+    pub intercept: Intercept,
+    pub upstream: Upstream,
+    pub auth: Auth,
+    /// `None`: the files under the home folder.
+    pub storage: Option<Storage>,
+    /// Every policy in chain order, disabled ones included; see
+    /// [`Config::chain`] for the ones that run.
+    pub policies: Vec<PolicySpec>,
+    /// Things that are valid but probably not meant (an empty chain, a
+    /// content filter with nothing to match). `kt policy check` prints them.
+    pub warnings: Vec<Problem>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The former name of [`Config`].
+pub type PolicyConfig = Config;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pack {
     pub name: String,
-    #[serde(default)]
     pub version: Option<String>,
-    #[serde(default = "yes")]
+    /// `false` switches every policy of the pack off.
     pub enabled: bool,
 }
 
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Providers {
-    #[serde(default)]
-    pub targets: Vec<ProviderTarget>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderTarget {
-    pub id: String,
-    #[serde(default)]
-    pub provider: Option<ProviderSpec>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderSpec {
-    #[serde(default, rename = "type")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub base_url: Option<String>,
-    #[serde(default)]
-    pub api_key_env: Option<String>,
-    #[serde(default)]
-    pub models: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InterceptSection {
-    /// Hosts decrypted beside the built-in LLM hosts.
-    #[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Intercept {
+    /// Host patterns decrypted beside the built-in LLM hosts.
     pub hosts: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamSection {
-    /// `HOST:PORT:ADDR:PORT` rules, as `--connect-to`.
-    #[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Upstream {
+    /// `HOST:PORT:ADDR:PORT` rules, as `--connect-to` (already checked).
     pub connect_to: Vec<String>,
     /// Extra PEM files trusted for upstream TLS, as `--upstream-ca`.
-    #[serde(default)]
     pub ca_files: Vec<PathBuf>,
     /// Corporate proxy to chain through, as `--upstream-proxy`.
-    #[serde(default)]
     pub proxy: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthSection {
-    #[serde(default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Auth {
+    /// `None`: decided by the listen address (contract §4).
     pub required: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageSection {
-    pub url: String,
+/// Where events and access keys are stored (`storage.url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// `postgres://` or `postgresql://`: one store shared by replicas.
+    Postgres { url: String },
+    /// A folder (written as a path or `file://path`). A relative path is
+    /// taken from the gateway's working directory, as `ca_files` are.
+    Files { dir: PathBuf },
 }
 
-/// `policies:` is either `{chain: [...]}` or a list of named policies.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Policies {
-    Chain(ChainShape),
-    List(Vec<NamedPolicy>),
+impl Storage {
+    /// Reads a `storage.url` value; the error says what is accepted.
+    pub fn parse(url: &str) -> Result<Storage, String> {
+        let url = url.trim();
+        if url.is_empty() {
+            return Err("empty storage url".into());
+        }
+        for scheme in ["postgres://", "postgresql://"] {
+            if let Some(rest) = url.strip_prefix(scheme) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    return Err(format!(
+                        "`{scheme}` needs a host: {scheme}USER@HOST:PORT/DB"
+                    ));
+                }
+                return Ok(Storage::Postgres {
+                    url: url.to_string(),
+                });
+            }
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err("`file://` needs a folder path".into());
+            }
+            return Ok(Storage::Files { dir: path.into() });
+        }
+        if let Some((scheme, _)) = url.split_once("://") {
+            return Err(format!(
+                "storage scheme `{scheme}` is not supported: use postgres://USER@HOST:PORT/DB (or postgresql://), or a folder path"
+            ));
+        }
+        Ok(Storage::Files { dir: url.into() })
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChainShape {
-    pub chain: Vec<String>,
+impl std::fmt::Display for Storage {
+    /// Passwords in URLs are masked.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Storage::Postgres { url } => f.write_str(&redact_userinfo(url)),
+            Storage::Files { dir } => write!(f, "files in {}", dir.display()),
+        }
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NamedPolicy {
-    pub name: String,
-    #[serde(default, rename = "type")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub config: Option<serde_yaml::Value>,
+/// `scheme://user:secret@host` → `scheme://user:***@host`.
+pub(crate) fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
-impl PolicyConfig {
+impl Default for Config {
+    /// The config of a gateway run without `--policy-config`: no
+    /// providers, and the default chain, audit-logger only.
+    fn default() -> Self {
+        match resolve::build(None) {
+            Ok(c) => c,
+            // Building from nothing cannot fail; keep a config without
+            // policies rather than panic if it ever did.
+            Err(_) => Config {
+                pack: None,
+                providers: Vec::new(),
+                intercept: Intercept::default(),
+                upstream: Upstream::default(),
+                auth: Auth::default(),
+                storage: None,
+                policies: Vec::new(),
+                warnings: Vec::new(),
+            },
+        }
+    }
+}
+
+impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::parse(&text, path)
     }
 
-    /// Parses `text`; `path` is only used in messages.
+    /// Validates `text`; `path` is only used in messages. An empty file is
+    /// the default config.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        if text.trim().is_empty() {
-            return Ok(PolicyConfig::default());
-        }
-        let config: PolicyConfig = serde_yaml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((0, 0));
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.to_string(),
-            }
-        })?;
-        config.validate(path)?;
-        Ok(config)
+        let invalid = |problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        };
+        let root = yaml::parse(text).map_err(invalid)?;
+        resolve::build(root.as_ref()).map_err(invalid)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        if let Some(Policies::Chain(chain)) = &self.policies {
-            for name in &chain.chain {
-                if !self.policy.contains_key(name) && !is_policy_type(name) {
-                    problems.push(format!(
-                        "policies.chain: `{name}` has no `policy.{name}` section and is not a policy type"
-                    ));
-                }
-            }
-        }
-        for (name, body) in &self.policy {
-            if !body.is_mapping() && !body.is_null() {
-                problems.push(format!("policy.{name}: expected a mapping"));
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                message: problems.join("; "),
-            })
-        }
+    /// The policies that run, in order: enabled ones, none if the pack is
+    /// disabled.
+    pub fn chain(&self) -> impl Iterator<Item = &PolicySpec> {
+        let pack_on = self.pack.as_ref().is_none_or(|p| p.enabled);
+        self.policies.iter().filter(move |p| pack_on && p.enabled)
     }
-}
 
-/// The policy types the contract names.
-pub const POLICY_TYPES: &[&str] = &[
-    "audit-logger",
-    "redact",
-    "content-filter",
-    "cache",
-    "passthrough",
-    "rate-limit",
-    "budget",
-];
+    /// The policies that may run for `endpoint` (their other `when`
+    /// conditions are decided per request).
+    pub fn chain_for(&self, endpoint: Endpoint) -> impl Iterator<Item = &PolicySpec> {
+        self.chain()
+            .filter(move |p| p.when.allows_endpoint(endpoint))
+    }
 
-fn is_policy_type(name: &str) -> bool {
-    POLICY_TYPES.contains(&name)
+    /// The provider target with this id.
+    pub fn provider(&self, id: &str) -> Option<&ProviderTarget> {
+        self.providers.iter().find(|t| t.id == id)
+    }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unknown_key_is_an_error_with_location() {
-        let err = PolicyConfig::parse("intercept:\n  hostz: [a]\n", Path::new("p.yaml"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("p.yaml:2:"), "{err}");
-        assert!(err.contains("hostz"), "{err}");
-    }
-
-    #[test]
-    fn both_policy_shapes_parse() {
-        let a =
-            "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger:\n    immutable: true\n";
-        assert!(PolicyConfig::parse(a, Path::new("a")).is_ok());
-        let b = "policies:\n  - name: ide-cache\n    type: cache\n    config:\n      ttl_seconds: 3600\n";
-        assert!(matches!(
-            PolicyConfig::parse(b, Path::new("b")).unwrap().policies,
-            Some(Policies::List(_))
-        ));
-    }
-
-    #[test]
-    fn chain_naming_nothing_is_rejected() {
-        let err = PolicyConfig::parse("policies:\n  chain: [nope]\n", Path::new("c"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("nope"), "{err}");
-    }
-
-    #[test]
-    fn intercept_and_upstream_sections() {
-        let c = PolicyConfig::parse(
-            "intercept:\n  hosts: [sg.example.com]\nupstream:\n  connect_to: ['a:443:127.0.0.1:8443']\n  ca_files: [/tmp/x.pem]\n",
-            Path::new("d"),
-        )
-        .unwrap();
-        assert_eq!(c.intercept.hosts, vec!["sg.example.com"]);
-        assert_eq!(c.upstream.connect_to.len(), 1);
-    }
-}
+mod tests;

@@ -95,16 +95,35 @@ impl Provider {
 }
 
 /// The logical operation, whatever the dialect (contract §7 `endpoint`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
 pub enum Endpoint {
     /// Chat: OpenAI chat, Anthropic messages, Responses, Copilot chat, Cody
     /// chat stream, Gemini generateContent.
+    #[serde(rename = "chat/completions")]
     ChatCompletions,
     /// Inline / FIM code completion.
+    #[serde(rename = "completions")]
     Completions,
+    #[serde(rename = "embeddings")]
     Embeddings,
+    #[serde(rename = "models")]
     Models,
+    #[serde(rename = "other")]
     Other,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Endpoint::parse(s).ok_or(())
+    }
 }
 
 impl Endpoint {

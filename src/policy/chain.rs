@@ -102,7 +102,10 @@ impl Chain {
                 phases: Phases::BOTH,
                 when: When::default(),
                 on_error: OnError::FailOpen,
-                action: Action::Audit(AuditLoggerOptions::default()),
+                action: match PolicyOptions::defaults(PolicyKind::AuditLogger) {
+                    Some(PolicyOptions::AuditLogger(o)) => Action::Audit(o),
+                    _ => Action::Passthrough,
+                },
             }],
         }
     }

@@ -81,7 +81,7 @@ impl Engine {
             host,
             path: uri.path(),
             provider: class.provider().as_str(),
-            endpoint: crate::config::Endpoint::from_llm(endpoint),
+            endpoint,
             user: None,
             team: None,
             headers,

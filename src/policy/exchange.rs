@@ -104,8 +104,11 @@ impl Exchange {
         self.chain
             .selected(self.selection)
             .filter(|(_, p)| {
-                (if input { p.phases.input } else { p.phases.output })
-                    && matches!(p.action, Action::Redact(_) | Action::Filter(_))
+                (if input {
+                    p.phases.input
+                } else {
+                    p.phases.output
+                }) && matches!(p.action, Action::Redact(_) | Action::Filter(_))
             })
             .map(|(i, _)| i)
             .collect()
@@ -220,7 +223,11 @@ impl Exchange {
         for note in notes {
             match note {
                 StreamNote::Redacted { kind, .. } => {
-                    *self.record.redacted_out.entry(kind.to_string()).or_default() += 1;
+                    *self
+                        .record
+                        .redacted_out
+                        .entry(kind.to_string())
+                        .or_default() += 1;
                 }
                 StreamNote::Blocked { policy, rule } => {
                     self.record.blocked = Some((policy.to_string(), rule));
@@ -233,7 +240,12 @@ impl Exchange {
         }
     }
 
-    fn apply(&mut self, body: &[u8], policies: &[usize], input: bool) -> Result<Applied, &'static str> {
+    fn apply(
+        &mut self,
+        body: &[u8],
+        policies: &[usize],
+        input: bool,
+    ) -> Result<Applied, &'static str> {
         let family = self.info.family;
         let chain = self.chain.clone();
         let mut current: Cow<'_, [u8]> = Cow::Borrowed(body);
@@ -300,14 +312,13 @@ impl Exchange {
                 Action::Redact(redactor) => {
                     // Secrets are redacted wherever they are in the body.
                     let mut found = Vec::new();
-                    let rewritten =
-                        rewrite_strings(&current, Selector::AllStrings, |s| {
-                            match redactor.redact(s, &mut found) {
-                                Cow::Owned(o) => Some(o),
-                                Cow::Borrowed(_) => None,
-                            }
-                        })
-                        .map_err(|e| e.kind())?;
+                    let rewritten = rewrite_strings(&current, Selector::AllStrings, |s| {
+                        match redactor.redact(s, &mut found) {
+                            Cow::Owned(o) => Some(o),
+                            Cow::Borrowed(_) => None,
+                        }
+                    })
+                    .map_err(|e| e.kind())?;
                     let counts = if input {
                         &mut self.record.redacted_in
                     } else {

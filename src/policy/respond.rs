@@ -118,10 +118,7 @@ mod tests {
             let f = stream_block_frame(api, "p", "m");
             assert!(f.ends_with(b"\n\n"), "{api:?}");
             let text = std::str::from_utf8(&f).unwrap();
-            let data = text
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .unwrap();
+            let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
             serde_json::from_str::<serde_json::Value>(data).unwrap();
         }
     }

@@ -39,11 +39,22 @@ pub enum Flow {
 /// Something a policy did to the stream, for the exchange's record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamNote {
-    Redacted { policy: Arc<str>, kind: Arc<str> },
-    Blocked { policy: Arc<str>, rule: String },
-    Logged { policy: Arc<str>, rule: String },
+    Redacted {
+        policy: Arc<str>,
+        kind: Arc<str>,
+    },
+    Blocked {
+        policy: Arc<str>,
+        rule: String,
+    },
+    Logged {
+        policy: Arc<str>,
+        rule: String,
+    },
     /// A frame could not be inspected (too large, not the family's JSON).
-    Uninspected { reason: &'static str },
+    Uninspected {
+        reason: &'static str,
+    },
 }
 
 struct Held {
@@ -145,7 +156,8 @@ impl OutputStream {
     }
 
     fn on_decode_error(&mut self, e: &SseError, out: &mut Vec<Bytes>) -> Flow {
-        self.notes.push(StreamNote::Uninspected { reason: e.kind() });
+        self.notes
+            .push(StreamNote::Uninspected { reason: e.kind() });
         if self.fail_closed {
             return self.stop("the response stream could not be inspected", "", out);
         }
@@ -179,7 +191,11 @@ impl OutputStream {
         }
         if texts.is_empty() && self.held.is_empty() {
             out.push(ev.into_raw());
-            return if end { self.release(true, out) } else { Flow::Continue };
+            return if end {
+                self.release(true, out)
+            } else {
+                Flow::Continue
+            };
         }
         self.held_bytes += texts.iter().map(String::len).sum::<usize>();
         self.held.push(Held { ev, texts });
@@ -267,6 +283,7 @@ impl OutputStream {
             return Flow::Continue;
         }
         replacements.sort_by_key(|r| r.range.start);
+        let mut labeled = vec![false; replacements.len()];
         let mut released = String::new();
         let mut at = base;
         for h in std::mem::take(&mut self.held) {
@@ -275,7 +292,7 @@ impl OutputStream {
             for t in &h.texts {
                 let span = at..at + t.len();
                 at = span.end;
-                let text = apply(t, &span, &replacements);
+                let text = apply(t, &span, &replacements, &mut labeled);
                 changed |= text != *t;
                 released.push_str(&text);
                 new_texts.push(text);
@@ -308,11 +325,17 @@ impl OutputStream {
 }
 
 /// `text` (occupying `span` of the window) with the replacements that
-/// touch it applied; a replacement's label goes where it starts.
-fn apply(text: &str, span: &Range<usize>, replacements: &[Replacement]) -> String {
+/// touch it applied; a replacement's label goes in the first released text
+/// it touches (where it starts, unless that part was already sent).
+fn apply(
+    text: &str,
+    span: &Range<usize>,
+    replacements: &[Replacement],
+    labeled: &mut [bool],
+) -> String {
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
-    for r in replacements {
+    for (i, r) in replacements.iter().enumerate() {
         if r.range.end <= span.start || r.range.start >= span.end {
             continue;
         }
@@ -323,8 +346,11 @@ fn apply(text: &str, span: &Range<usize>, replacements: &[Replacement]) -> Strin
             continue;
         }
         out.push_str(text.get(at..start).unwrap_or_default());
-        if r.range.start >= span.start {
-            out.push_str(&r.label);
+        if let Some(done) = labeled.get_mut(i) {
+            if !*done {
+                out.push_str(&r.label);
+                *done = true;
+            }
         }
         at = end;
     }
@@ -376,6 +402,15 @@ fn may_grow(window: &str) -> bool {
         .rfind(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`')
         .map_or(0, |i| i + 1);
     let word = window.get(word_start..).unwrap_or_default();
+    if SECRET_PREFIXES.iter().any(|p| {
+        let (w, p) = (word.as_bytes(), p.as_bytes());
+        // The word may be the start of a prefix, or contain one.
+        (w.len() < p.len() && p.get(..w.len()).is_some_and(|s| s.eq_ignore_ascii_case(w)))
+            || w.windows(p.len()).any(|x| x.eq_ignore_ascii_case(p))
+    }) && !word.is_empty()
+    {
+        return true;
+    }
     if word.len() < 3 {
         // Short fragments ("sk", "gh") are held too: they may be a prefix.
         return !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric());
@@ -388,6 +423,51 @@ fn may_grow(window: &str) -> bool {
     let has_lower = word.bytes().any(|b| b.is_ascii_lowercase());
     has_digit || has_sep || (inner_upper && has_lower) || word.len() >= 20
 }
+
+/// How well-known credentials start: a word that is (the start of) one of
+/// these is held until it ends.
+const SECRET_PREFIXES: &[&str] = &[
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "sk-",
+    "sk_",
+    "rk_",
+    "xoxb-",
+    "xoxp-",
+    "xoxe-",
+    "akia",
+    "asia",
+    "abia",
+    "acca",
+    "aiza",
+    "hf_",
+    "api_org_",
+    "npm_",
+    "pypi-",
+    "sgp_",
+    "slk_",
+    "sgd_",
+    "sg.",
+    "dapi",
+    "dop_v1_",
+    "shpat_",
+    "shpca_",
+    "shpss_",
+    "shppa_",
+    "hvs.",
+    "gsk_",
+    "xai-",
+    "pplx-",
+    "atatt3",
+    "age-secret-key-",
+    "eyj",
+    "-----begin",
+];
 
 /// A `-----BEGIN` with no `-----END` after it.
 fn pem_open(window: &str) -> bool {
@@ -402,7 +482,8 @@ fn find_ci(hay: &str, needle: &str) -> Option<usize> {
     if n.len() > h.len() {
         return None;
     }
-    (0..=h.len() - n.len())
-        .rev()
-        .find(|&i| h.get(i..i + n.len()).is_some_and(|w| w.eq_ignore_ascii_case(n)))
+    (0..=h.len() - n.len()).rev().find(|&i| {
+        h.get(i..i + n.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(n))
+    })
 }

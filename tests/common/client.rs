@@ -122,6 +122,21 @@ impl Http {
         matches!(self, Http::H2(_))
     }
 
+    /// Sends a request built by the caller (origin-form URI for HTTP/1.1,
+    /// absolute for h2).
+    pub async fn request(&mut self, req: Request<Full<Bytes>>) -> Response<Incoming> {
+        match self {
+            Http::H1(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req).await.unwrap()
+            }
+            Http::H2(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req).await.unwrap()
+            }
+        }
+    }
+
     /// Sends a request; `uri` is a path, `host` becomes Host / :authority.
     pub async fn send(
         &mut self,

@@ -1,7 +1,9 @@
 mod certs;
 mod chain;
 mod cli;
+mod config;
 mod errors;
 mod intercept;
 mod lifecycle;
+mod policy;
 mod tunnel;

@@ -1,0 +1,622 @@
+//! Options of each policy type: the validated types the policies are
+//! built from, and the raw forms read from config with their checks.
+
+use super::de::Spanned;
+use super::error::Problem;
+use serde::de::{self, Visitor};
+use serde::Deserialize;
+use std::fmt;
+
+/// Who shares a cache entry, a rate-limit bucket or a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    User,
+    Team,
+    Global,
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scope::User => "user",
+            Scope::Team => "team",
+            Scope::Global => "global",
+        })
+    }
+}
+
+/// When the audit log is flushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// After every event: nothing is lost on power failure; slowest.
+    Always,
+    /// Once per batch the writer drains (the default): at most one batch
+    /// is at risk on power failure; a process crash loses nothing.
+    #[default]
+    Batch,
+    /// Leave it to the OS.
+    Never,
+}
+
+/// `audit-logger` options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditLoggerOptions {
+    /// Promise an append-only trail: no event is ever rewritten or lost,
+    /// and a request that cannot be recorded is refused (fail_closed).
+    pub immutable: bool,
+    /// Days events are kept before whole log files may be pruned;
+    /// absent = kept forever.
+    pub retention_days: Option<u32>,
+    /// Also record traffic that runs no policy: non-LLM paths on LLM hosts
+    /// and blind tunnels (one `connect` event each).
+    pub log_all_access: bool,
+    /// Store request and response bodies (after redaction) in events.
+    /// Off by default: events then hold metadata, counts and costs only.
+    pub log_bodies: bool,
+    /// Default `batch`.
+    pub fsync: Fsync,
+}
+
+/// A custom secret pattern of the `redact` policy.
+#[derive(Debug, Clone)]
+pub struct NamedPattern {
+    /// Replaces the match as `[REDACTED:NAME]`.
+    pub name: String,
+    pub regex: regex::Regex,
+}
+
+/// `redact` options.
+#[derive(Debug, Clone, Default)]
+pub struct RedactOptions {
+    /// Patterns beside the built-in secret kinds.
+    pub patterns: Vec<NamedPattern>,
+    /// Only these built-in kinds (`None` = all of them).
+    pub kinds: Option<Vec<String>>,
+    /// Built-in kinds switched off.
+    pub disable: Vec<String>,
+    /// How many bytes of a response stream are held back so a secret split
+    /// across events is still caught; `None` = the redactor's default.
+    pub stream_holdback_bytes: Option<u32>,
+}
+
+/// What `content-filter` does on a match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterAction {
+    /// Refuse with 409 (the default).
+    #[default]
+    Block,
+    /// Replace the match and go on.
+    Redact,
+    /// Record an event only.
+    Log,
+}
+
+impl fmt::Display for FilterAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FilterAction::Block => "block",
+            FilterAction::Redact => "redact",
+            FilterAction::Log => "log",
+        })
+    }
+}
+
+/// `content-filter` options.
+#[derive(Debug, Clone, Default)]
+pub struct ContentFilterOptions {
+    pub patterns: Vec<regex::Regex>,
+    /// Matched as whole text, ASCII case-insensitively.
+    pub keywords: Vec<String>,
+    pub action: FilterAction,
+    /// Text of the block response; absent = a generic one naming the policy.
+    pub message: Option<String>,
+}
+
+/// Where cached responses live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheBackend {
+    /// In-process memory (the default): per replica, lost on restart.
+    Memory,
+    /// A Redis server (`redis://` or `rediss://` URL), shared by replicas.
+    Redis(String),
+}
+
+/// `cache` options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheOptions {
+    /// Default 3600.
+    pub ttl_seconds: u64,
+    /// Default `team`: a team's developers share hits, teams never do.
+    pub scope: Scope,
+    pub backend: CacheBackend,
+    /// Bound on the whole cache; `None` = the backend's default.
+    pub max_bytes: Option<u64>,
+    /// Larger responses are not stored; `None` = the backend's default.
+    pub max_entry_bytes: Option<u64>,
+    /// Also cache requests with sampling (temperature > 0, n > 1), whose
+    /// answers differ from call to call. Off by default.
+    pub allow_nondeterministic: bool,
+}
+
+/// `rate-limit` options: a token bucket per `per` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitOptions {
+    pub requests_per_minute: Option<u32>,
+    /// Counted from reported (or estimated) usage.
+    pub tokens_per_minute: Option<u64>,
+    /// Default `user`.
+    pub per: Scope,
+    /// Requests allowed at once above the steady rate; set exactly when
+    /// `requests_per_minute` is, defaulting to it.
+    pub burst: Option<u32>,
+}
+
+/// What `budget` does when spending reaches the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetAction {
+    /// Refuse with 429 until the period ends (the default).
+    #[default]
+    Block,
+    /// Record an event only.
+    Log,
+}
+
+/// `budget` options (US dollars, from the pricing table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetOptions {
+    pub usd_per_day: Option<f64>,
+    pub usd_per_month: Option<f64>,
+    /// Default `team`.
+    pub per: Scope,
+    pub action: BudgetAction,
+}
+
+pub(crate) const DEFAULT_CACHE_TTL: u64 = 3600;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    #[serde(default)]
+    immutable: bool,
+    #[serde(default)]
+    retention_days: Option<Spanned<u32>>,
+    #[serde(default)]
+    log_all_access: bool,
+    #[serde(default)]
+    log_bodies: bool,
+    #[serde(default)]
+    fsync: Fsync,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedact {
+    #[serde(default)]
+    patterns: Vec<RawNamedPattern>,
+    #[serde(default)]
+    kinds: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    disable: Vec<Spanned<String>>,
+    #[serde(default)]
+    stream_holdback_bytes: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNamedPattern {
+    name: Spanned<String>,
+    regex: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawContentFilter {
+    #[serde(default)]
+    patterns: Vec<Spanned<String>>,
+    #[serde(default)]
+    keywords: Vec<Spanned<String>>,
+    #[serde(default)]
+    action: FilterAction,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCache {
+    #[serde(default)]
+    ttl_seconds: Option<Spanned<u64>>,
+    #[serde(default)]
+    scope: Option<Scope>,
+    #[serde(default)]
+    backend: Option<Spanned<String>>,
+    #[serde(default)]
+    max_bytes: Option<Spanned<ByteSize>>,
+    #[serde(default)]
+    max_entry_bytes: Option<Spanned<ByteSize>>,
+    #[serde(default)]
+    allow_nondeterministic: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    #[serde(default)]
+    requests_per_minute: Option<Spanned<u32>>,
+    #[serde(default)]
+    tokens_per_minute: Option<Spanned<u64>>,
+    #[serde(default)]
+    per: Option<Scope>,
+    #[serde(default)]
+    burst: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBudget {
+    #[serde(default)]
+    usd_per_day: Option<Spanned<f64>>,
+    #[serde(default)]
+    usd_per_month: Option<Spanned<f64>>,
+    #[serde(default)]
+    per: Option<Scope>,
+    #[serde(default)]
+    action: BudgetAction,
+}
+
+/// `passthrough` takes no options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPassthrough {}
+
+/// A size in bytes: an integer, or text with a unit (`64MiB`, `10 MB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size in bytes (1048576, 64MiB, 10MB)")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                parse_size(v).ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn parse_size(s: &str) -> Option<ByteSize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult).map(ByteSize)
+}
+
+/// A regex compiled with a bound on its compiled size, so one pattern
+/// cannot take a large share of memory on every request.
+fn compile_regex(
+    src: &Spanned<String>,
+    what: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<regex::Regex> {
+    match regex::RegexBuilder::new(&src.value)
+        .size_limit(1 << 20)
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            // The regex crate's message spans several lines (pattern, caret,
+            // reason); keep its last line, the reason.
+            let reason = e.to_string();
+            let reason = reason.lines().last().unwrap_or("invalid").trim();
+            let reason = reason.strip_prefix("error: ").unwrap_or(reason);
+            problems.push(src.problem(format!("{what} does not compile: {reason}")));
+            None
+        }
+    }
+}
+
+fn positive<T: PartialOrd + Default + fmt::Display>(
+    v: &Spanned<T>,
+    problems: &mut Vec<Problem>,
+) -> bool {
+    if v.value > T::default() {
+        true
+    } else {
+        problems.push(v.problem(format!("must be greater than 0, found {}", v.value)));
+        false
+    }
+}
+
+/// Kind names of the built-in secret catalog are checked by the redactor
+/// when the chain is built; here only their shape.
+fn kind_name_ok(k: &Spanned<String>, problems: &mut Vec<Problem>) -> bool {
+    let ok = !k.value.is_empty()
+        && k.value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        problems.push(k.problem(format!(
+            "`{}` is not a secret kind name (letters, digits, `-`, `_`)",
+            k.value
+        )));
+    }
+    ok
+}
+
+impl RawAudit {
+    pub(crate) fn validate(self, problems: &mut Vec<Problem>) -> AuditLoggerOptions {
+        AuditLoggerOptions {
+            immutable: self.immutable,
+            retention_days: self
+                .retention_days
+                .filter(|d| positive(d, problems))
+                .map(|d| d.value),
+            log_all_access: self.log_all_access,
+            log_bodies: self.log_bodies,
+            fsync: self.fsync,
+        }
+    }
+}
+
+impl RawRedact {
+    /// `complete` is false when some entry could not be read; checks that
+    /// need an entry present are then skipped (they would only echo the
+    /// problem already reported). The same holds for the other types.
+    pub(crate) fn validate(self, complete: bool, problems: &mut Vec<Problem>) -> RedactOptions {
+        let mut out = RedactOptions {
+            stream_holdback_bytes: self.stream_holdback_bytes,
+            ..RedactOptions::default()
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        for p in &self.patterns {
+            if !kind_name_ok(&p.name, problems) {
+                continue;
+            }
+            if seen.contains(&p.name.value.as_str()) {
+                problems.push(
+                    p.name
+                        .problem(format!("pattern name `{}` is used twice", p.name.value)),
+                );
+                continue;
+            }
+            seen.push(&p.name.value);
+            let what = format!("regex of pattern `{}`", p.name.value);
+            if let Some(regex) = compile_regex(&p.regex, &what, problems) {
+                out.patterns.push(NamedPattern {
+                    name: p.name.value.clone(),
+                    regex,
+                });
+            }
+        }
+        if let (Some(kinds), Some(first)) = (&self.kinds, self.disable.first()) {
+            problems.push(first.problem(format!(
+                "`disable` and `kinds` (line {}) cannot be combined: list only the kinds you want in `kinds`",
+                kinds.mark.line
+            )));
+        }
+        if let Some(kinds) = self.kinds {
+            if complete && kinds.value.is_empty() && self.patterns.is_empty() {
+                problems.push(kinds.problem(
+                    "an empty `kinds` list and no `patterns` redact nothing; use `enabled: false` instead",
+                ));
+            }
+            out.kinds = Some(
+                kinds
+                    .value
+                    .into_iter()
+                    .filter(|k| kind_name_ok(k, problems))
+                    .map(|k| k.value)
+                    .collect(),
+            );
+        }
+        out.disable = self
+            .disable
+            .into_iter()
+            .filter(|k| kind_name_ok(k, problems))
+            .map(|k| k.value)
+            .collect();
+        out
+    }
+}
+
+impl RawContentFilter {
+    /// `warnings` gets the note that a filter with nothing to match is a
+    /// no-op (valid, but probably not what was meant).
+    pub(crate) fn validate(
+        self,
+        at: &Spanned<String>,
+        complete: bool,
+        problems: &mut Vec<Problem>,
+        warnings: &mut Vec<Problem>,
+    ) -> ContentFilterOptions {
+        let nothing_written = self.patterns.is_empty() && self.keywords.is_empty();
+        let patterns = self
+            .patterns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| compile_regex(p, &format!("pattern {}", i + 1), problems))
+            .collect();
+        let mut keywords = Vec::new();
+        for k in self.keywords {
+            if k.value.trim().is_empty() {
+                problems.push(k.problem("empty keyword"));
+            } else {
+                keywords.push(k.value);
+            }
+        }
+        let out = ContentFilterOptions {
+            patterns,
+            keywords,
+            action: self.action,
+            message: self.message,
+        };
+        if complete && nothing_written {
+            warnings.push(
+                at.problem("content-filter has no `patterns` or `keywords`: it matches nothing"),
+            );
+        }
+        out
+    }
+}
+
+impl RawCache {
+    pub(crate) fn validate(self, problems: &mut Vec<Problem>) -> CacheOptions {
+        let ttl_seconds = match &self.ttl_seconds {
+            Some(t) if positive(t, problems) => t.value,
+            _ => DEFAULT_CACHE_TTL,
+        };
+        let backend = match self.backend {
+            None => CacheBackend::Memory,
+            Some(b) if b.value == "memory" => CacheBackend::Memory,
+            Some(b) => {
+                let scheme_ok = ["redis://", "rediss://"]
+                    .iter()
+                    .any(|s| b.value.starts_with(s) && b.value.len() > s.len());
+                if !scheme_ok {
+                    problems.push(b.problem(format!(
+                        "cache backend `{}` is not supported: use `memory` (the default) or a redis://HOST:PORT/DB (rediss:// for TLS) URL",
+                        super::redact_userinfo(&b.value)
+                    )));
+                }
+                CacheBackend::Redis(b.value)
+            }
+        };
+        if let (Some(total), Some(entry)) = (&self.max_bytes, &self.max_entry_bytes) {
+            if entry.value.0 > total.value.0 {
+                problems.push(entry.problem(format!(
+                    "max_entry_bytes ({}) is larger than max_bytes ({})",
+                    entry.value.0, total.value.0
+                )));
+            }
+        }
+        for size in [&self.max_bytes, &self.max_entry_bytes]
+            .into_iter()
+            .flatten()
+        {
+            if size.value.0 == 0 {
+                problems.push(size.problem("must be greater than 0"));
+            }
+        }
+        CacheOptions {
+            ttl_seconds,
+            scope: self.scope.unwrap_or(Scope::Team),
+            backend,
+            max_bytes: self.max_bytes.map(|s| s.value.0),
+            max_entry_bytes: self.max_entry_bytes.map(|s| s.value.0),
+            allow_nondeterministic: self.allow_nondeterministic,
+        }
+    }
+}
+
+impl RawRateLimit {
+    pub(crate) fn validate(
+        self,
+        at: &Spanned<String>,
+        complete: bool,
+        problems: &mut Vec<Problem>,
+    ) -> RateLimitOptions {
+        if complete && self.requests_per_minute.is_none() && self.tokens_per_minute.is_none() {
+            problems.push(at.problem(
+                "rate-limit needs `requests_per_minute` or `tokens_per_minute` (or both)",
+            ));
+        }
+        let rpm_written = self.requests_per_minute.is_some();
+        let rpm = self
+            .requests_per_minute
+            .filter(|r| positive(r, problems))
+            .map(|r| r.value);
+        let tpm = self
+            .tokens_per_minute
+            .filter(|t| positive(t, problems))
+            .map(|t| t.value);
+        let burst = match (&self.burst, rpm) {
+            (Some(b), Some(_)) if positive(b, problems) => Some(b.value),
+            (Some(b), None) if complete && !rpm_written => {
+                problems
+                    .push(b.problem("`burst` applies to `requests_per_minute`, which is not set"));
+                None
+            }
+            _ => rpm,
+        };
+        RateLimitOptions {
+            requests_per_minute: rpm,
+            tokens_per_minute: tpm,
+            per: self.per.unwrap_or(Scope::User),
+            burst,
+        }
+    }
+}
+
+impl RawBudget {
+    pub(crate) fn validate(
+        self,
+        at: &Spanned<String>,
+        complete: bool,
+        problems: &mut Vec<Problem>,
+    ) -> BudgetOptions {
+        if complete && self.usd_per_day.is_none() && self.usd_per_month.is_none() {
+            problems.push(at.problem("budget needs `usd_per_day` or `usd_per_month` (or both)"));
+        }
+        let check = |v: Option<Spanned<f64>>, problems: &mut Vec<Problem>| {
+            v.filter(|v| {
+                let ok = v.value.is_finite() && v.value > 0.0;
+                if !ok {
+                    problems.push(v.problem(format!(
+                        "must be a positive amount of dollars, found {}",
+                        v.value
+                    )));
+                }
+                ok
+            })
+            .map(|v| v.value)
+        };
+        BudgetOptions {
+            usd_per_day: check(self.usd_per_day, problems),
+            usd_per_month: check(self.usd_per_month, problems),
+            per: self.per.unwrap_or(Scope::Team),
+            action: self.action,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Some(ByteSize(64 << 20)));
+        assert_eq!(parse_size("10 MB"), Some(ByteSize(10_000_000)));
+        assert_eq!(parse_size("512"), Some(ByteSize(512)));
+        assert_eq!(parse_size("1 TB"), None);
+        assert_eq!(parse_size("MiB"), None);
+    }
+}

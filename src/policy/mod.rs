@@ -1,0 +1,24 @@
+//! The policy engine: the chain of checks and rewrites kt applies to LLM
+//! traffic, built once per config and run per exchange.
+//!
+//! - [`engine`]: what the proxy calls; recognizes LLM requests, picks the
+//!   policies that apply, swaps chains on reload.
+//! - [`chain`]: the config's policies compiled, in order.
+//! - [`exchange`]: one exchange's input and output phases and its record.
+//! - [`stream`]: output policies on SSE streams with a bounded hold-back.
+//! - [`redact`], [`filter`], [`secrets`]: the `redact` and `content-filter`
+//!   policies and the secret scanner behind them.
+//! - [`respond`]: block responses in the client's API dialect.
+//! - [`reload`]: SIGHUP and file-change reloads.
+
+pub mod chain;
+pub mod engine;
+pub mod exchange;
+pub mod filter;
+pub mod redact;
+pub mod reload;
+pub mod respond;
+pub mod secrets;
+pub mod stream;
+
+pub use engine::Engine;
