@@ -355,7 +355,9 @@ impl Exchange {
         } else {
             "pass"
         };
-        tracing::info!(
+        // The audit trail proper (hash-chained events) records this; the log
+        // line is for debugging.
+        tracing::debug!(
             target: "kt::exchange",
             provider = self.info.provider.as_str(),
             endpoint = self.info.endpoint.as_str(),

@@ -1,0 +1,113 @@
+//! Policy engine costs (`cargo bench --bench policy`): recognizing a request
+//! and selecting its policies when none applies, the built-in chain, the
+//! input phase of redact + content-filter on a 20 KB chat request, and the
+//! output phase per SSE event. Plain timing loops with a fixed number of
+//! iterations; prints a markdown table.
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use keeptrusts::config::Config;
+use keeptrusts::policy::exchange::Input;
+use keeptrusts::policy::stream::Flow;
+use keeptrusts::policy::Engine;
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Instant;
+
+const CHAIN: &str = "policies:\n  chain: [secret-redaction, content-filter]\npolicy:\n  secret-redaction:\n    type: redact\n    phases: [input, output]\n  content-filter:\n    phases: [input, output]\n    patterns: ['(?i)internal-project-\\w+']\n    keywords: [codename-falcon]\n";
+const UNMATCHED: &str = "policies:\n  chain: [content-filter]\npolicy:\n  content-filter:\n    patterns: ['x']\n    when:\n      endpoints: [embeddings]\n";
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let headers = http::HeaderMap::new();
+    let uri: http::Uri = "/v1/chat/completions".parse().unwrap();
+    let post = http::Method::POST;
+    let mut rows = Vec::new();
+
+    let unmatched = engine(UNMATCHED);
+    rows.push(("request no policy applies to (recognize + select)", per_call(200_000, || {
+        black_box(unmatched.begin("api.openai.com", &post, &uri, &headers));
+    })));
+    let builtin = Engine::new(None).unwrap();
+    rows.push(("built-in chain (audit only): begin + complete", per_call(200_000, || {
+        let mut ex = builtin.begin("api.openai.com", &post, &uri, &headers).unwrap();
+        ex.complete(Some(200));
+    })));
+
+    let chain = engine(CHAIN);
+    let body = chat_body(20 * 1024);
+    rows.push(("redact + content-filter input, 20 KB chat request", per_call(2_000, || {
+        let mut ex = chain.begin("api.openai.com", &post, &uri, &headers).unwrap();
+        match ex.input(body.clone()) {
+            Input::Forward(b) => {
+                black_box(b);
+            }
+            Input::Respond(_) => panic!("unexpected block"),
+        }
+    })));
+
+    let events: Vec<Bytes> = (0..200)
+        .map(|i| {
+            Bytes::from(format!(
+                "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" word{i} and\"}}}}]}}\n\n"
+            ))
+        })
+        .collect();
+    let per_stream = per_call(500, || {
+        let ex = chain.begin("api.openai.com", &post, &uri, &headers).unwrap();
+        let mut stream = ex.output_stream().unwrap();
+        let mut out = Vec::new();
+        for ev in &events {
+            assert_eq!(stream.push(ev, &mut out), Flow::Continue);
+        }
+        stream.finish(&mut out);
+        black_box(out);
+    });
+    rows.push(("redact + content-filter output, per SSE event", per_stream / events.len() as f64));
+
+    println!("| measurement | µs per call |");
+    println!("|---|---:|");
+    for (label, us) in rows {
+        println!("| {label} | {us:.2} |");
+    }
+}
+
+fn engine(yaml: &str) -> Engine {
+    let config = Config::parse(yaml, Path::new("bench.yaml")).unwrap();
+    Engine::new(Some(&config)).unwrap()
+}
+
+/// A chat request of about `size` bytes of code-heavy prompt, no secrets.
+fn chat_body(size: usize) -> Bytes {
+    let line = "    let total: u64 = items.iter().map(|item| item.price * item.quantity).sum();\n";
+    let mut prompt = String::new();
+    while prompt.len() < size {
+        prompt.push_str(line);
+    }
+    Bytes::from(
+        serde_json::json!({
+            "model": "gpt-4o",
+            "stream": true,
+            "messages": [
+                {"role": "system", "content": "You are a helpful coding assistant."},
+                {"role": "user", "content": prompt},
+            ],
+        })
+        .to_string(),
+    )
+}
+
+/// Mean microseconds per call over `n` calls, after a short warm-up.
+fn per_call(n: u32, mut f: impl FnMut()) -> f64 {
+    for _ in 0..(n / 10).max(1) {
+        f();
+    }
+    let start = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    start.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+}
