@@ -13,6 +13,8 @@
 //!   TLS interception, request forwarding, admin routes, and the one place
 //!   that turns errors into HTTP responses.
 //! - [`llm`]: knowledge about LLM providers (which hosts carry LLM traffic).
+//! - [`policy`]: the policy engine applied to LLM traffic;
+//!   [`policy::secrets`] finds and redacts credentials in prompt text.
 //! - [`shutdown`]: graceful-drain signalling shared by every connection task.
 //!
 //! `proxy` knows nothing of LLMs beyond a host matcher it is handed; `tls`
@@ -21,6 +23,7 @@
 pub mod cli;
 pub mod config;
 pub mod llm;
+pub mod policy;
 pub mod proxy;
 pub mod shutdown;
 pub mod tls;
