@@ -1,6 +1,7 @@
 //! Scanner tests. Every secret here is generated at test time from a fixed
 //! seed (right prefix, length and alphabet, random body), so none is real.
 
+mod corpus;
 mod ordinary;
 mod rules;
 
