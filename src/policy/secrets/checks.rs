@@ -118,23 +118,79 @@ pub(crate) fn word_start(hay: &[u8], hit: Range<usize>, win: Range<usize>) -> Op
     left_boundary(hay, hit.start).then_some(win)
 }
 
-/// Twilio's `SK` is two letters that occur in every other English word, so
-/// insist on the exact case and on 32 hex digits before running anything.
-pub(crate) fn twilio(hay: &[u8], hit: Range<usize>, win: Range<usize>) -> Option<Range<usize>> {
-    let ok = hay.get(hit.clone()) == Some(&b"SK"[..])
-        && left_boundary(hay, hit.start)
-        && hay
-            .get(hit.end..hit.end + 32)
-            .is_some_and(|t| t.iter().all(u8::is_ascii_hexdigit));
-    ok.then_some(win)
+fn starts_with_ci(hay: &[u8], at: usize, word: &[u8]) -> bool {
+    hay.get(at..at + word.len())
+        .is_some_and(|w| w.eq_ignore_ascii_case(word))
 }
 
-/// For `name = value` rules: the keyword must sit in an identifier that is
-/// followed by an assignment operator, and the rest of the line must hold
-/// something literal-looking (a quote, a digit or a symbol) soon after it.
-/// Returns just that assignment as the window, so the regex only ever sees
-/// a line's worth of bytes.
-pub(crate) fn assignment(hay: &[u8], hit: Range<usize>, _: Range<usize>) -> Option<Range<usize>> {
+fn ends_with_ci_at(hay: &[u8], end: usize, word: &[u8]) -> bool {
+    end >= word.len() && hay[end - word.len()..end].eq_ignore_ascii_case(word)
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+const VALUE_CHARS: &[u8] = b"_+/=.~!@#$%^&*:?-";
+
+fn is_value(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || VALUE_CHARS.contains(&b)
+}
+
+fn is_quote(b: u8) -> bool {
+    matches!(b, b'"' | b'\'' | b'`')
+}
+
+/// Length of the assignment operator at `p`, as [`super::rules`]'s
+/// `ASSIGNMENT` pattern knows them.
+fn operator_len(hay: &[u8], p: usize) -> Option<usize> {
+    let rest = &hay[p..hay.len().min(p + 3)];
+    for op in [
+        &b"==="[..],
+        b"!==",
+        b"||=",
+        b"??=",
+        b"==",
+        b"!=",
+        b":=",
+        b"=>",
+        b"=",
+        b":",
+    ] {
+        if rest.starts_with(op) {
+            return Some(op.len());
+        }
+    }
+    None
+}
+
+/// Whether a literal value of `min` to 200 characters starts at `p` (after
+/// an optional quote) and properly ends (quote, blank, delimiter, line end),
+/// as the `ASSIGNMENT` regex and the checks will require.
+fn literal_at(hay: &[u8], mut p: usize, min: usize) -> bool {
+    if hay.get(p) == Some(&b'\\') {
+        p += 1;
+    }
+    if hay.get(p).copied().is_some_and(is_quote) {
+        p += 1;
+    }
+    let end = scan_fwd(hay, p, 201, is_value);
+    end - p >= min
+        && hay.get(end).is_none_or(|&b| {
+            is_quote(b)
+                || matches!(
+                    b,
+                    b' ' | b'\t' | b',' | b';' | b')' | b'}' | b']' | b'\r' | b'\n' | b'\\'
+                )
+        })
+}
+
+/// The bones of the `name = value` rules: the keyword sits in an identifier
+/// followed by an assignment operator and then a literal of `min`+ bytes
+/// (directly, or after a type annotation: `password: str = "…"`). Returns
+/// the identifier's start, the operator's position and the line's end.
+fn assignment_parts(hay: &[u8], hit: &Range<usize>, min: usize) -> Option<(usize, usize, usize)> {
     let start = scan_back(hay, hit.start, 80, is_ident);
     if start > 0 && matches!(hay[start - 1], b'?' | b'&') {
         // A URL query parameter: the query rule, which knows where the value
@@ -147,31 +203,140 @@ pub(crate) fn assignment(hay: &[u8], hit: Range<usize>, _: Range<usize>) -> Opti
         matches!(b, b'"' | b'\'' | b'`' | b']' | b'\\')
     });
     p = scan_fwd(hay, p, 8, is_blank);
-    if !matches!(hay.get(p), Some(b'=' | b':' | b'!' | b'?' | b'|')) {
-        return None;
-    }
+    let op = operator_len(hay, p)?;
     let line_end = memchr::memchr(b'\n', &hay[p..]).map_or(hay.len(), |i| p + i + 1);
-    let end = line_end.min(p + 320);
-    let probe = &hay[p + 1..end.min(p + 65)];
-    let literal = probe.iter().any(|&b| {
-        b.is_ascii_digit()
-            || matches!(
-                b,
-                b'"' | b'\''
-                    | b'`'
-                    | b'!'
-                    | b'@'
-                    | b'#'
-                    | b'%'
-                    | b'^'
-                    | b'&'
-                    | b'*'
-                    | b'+'
-                    | b'/'
-                    | b'~'
-            )
-    });
-    literal.then_some(start..end)
+    let v = scan_fwd(hay, p + op, 8, is_blank);
+    if literal_at(hay, v, min) {
+        return Some((start, p, line_end));
+    }
+    if hay[p] == b':' && op == 1 {
+        let ann = scan_fwd(hay, v, 48, |b| {
+            b.is_ascii_alphanumeric() || b"_.<>[]|&' ".contains(&b)
+        });
+        if hay.get(ann) == Some(&b'=') && hay.get(ann + 1) != Some(&b'=') {
+            let v = scan_fwd(hay, ann + 1, 8, is_blank);
+            if literal_at(hay, v, min) {
+                return Some((start, p, line_end));
+            }
+        }
+    }
+    None
+}
+
+/// For rules whose pattern is an assignment to a name around the keyword:
+/// the window is just that assignment, so the regex sees one line at most.
+pub(crate) fn assignment(hay: &[u8], hit: Range<usize>, _: Range<usize>) -> Option<Range<usize>> {
+    let (start, op, line_end) = assignment_parts(hay, &hit, 6)?;
+    Some(start..line_end.min(op + 320))
+}
+
+/// [`assignment`], when the identifier names a secret.
+pub(crate) fn assignment_secret(
+    hay: &[u8],
+    hit: Range<usize>,
+    _: Range<usize>,
+) -> Option<Range<usize>> {
+    let (start, op, line_end) = assignment_parts(hay, &hit, 12)?;
+    let ident_end = scan_fwd(hay, hit.end, 80, is_ident);
+    matches!(classify(&hay[start..ident_end]), Named::Secret)
+        .then_some(start..line_end.min(op + 320))
+}
+
+/// [`assignment`], when the identifier names a password.
+pub(crate) fn assignment_password(
+    hay: &[u8],
+    hit: Range<usize>,
+    _: Range<usize>,
+) -> Option<Range<usize>> {
+    let (start, op, line_end) = assignment_parts(hay, &hit, 6)?;
+    let ident_end = scan_fwd(hay, hit.end, 80, is_ident);
+    matches!(classify(&hay[start..ident_end]), Named::Password)
+        .then_some(start..line_end.min(op + 320))
+}
+
+/// `api-key:` / `Ocp-Apim-Subscription-Key:` headers (Azure).
+pub(crate) fn api_key_header(
+    hay: &[u8],
+    hit: Range<usize>,
+    win: Range<usize>,
+) -> Option<Range<usize>> {
+    (ends_with_ci_at(hay, hit.start, b"api-") || ends_with_ci_at(hay, hit.start, b"subscription-"))
+        .then_some(win)
+}
+
+/// `dop_v1_…`: the keyword is `_v1_`, the token starts three bytes earlier.
+pub(crate) fn digitalocean(
+    hay: &[u8],
+    hit: Range<usize>,
+    win: Range<usize>,
+) -> Option<Range<usize>> {
+    let s = hit.start.checked_sub(3)?;
+    (matches!(&hay[s..hit.start], b"dop" | b"doo" | b"dor") && left_boundary(hay, s)).then_some(win)
+}
+
+/// `AGE-SECRET-KEY-1…`, found through its `ECRET`.
+pub(crate) fn age_key(hay: &[u8], hit: Range<usize>, win: Range<usize>) -> Option<Range<usize>> {
+    let s = hit.start.checked_sub(5)?;
+    (hay[s..].starts_with(b"AGE-SECRET-KEY-1") && left_boundary(hay, s)).then_some(win)
+}
+
+/// Legacy Vault tokens only count after a `vault…token` name.
+pub(crate) fn vault_context(
+    hay: &[u8],
+    hit: Range<usize>,
+    win: Range<usize>,
+) -> Option<Range<usize>> {
+    // Runs on every `token`: look only at the identifier it is part of.
+    let ident = &hay[scan_back(hay, hit.start, 30, is_ident)..hit.start];
+    contains_ci(ident, b"vault").then_some(win)
+}
+
+/// `-----BEGIN … PRIVATE KEY`, not a certificate or `BEGIN TRANSACTION`.
+pub(crate) fn pem_begin(hay: &[u8], hit: Range<usize>, win: Range<usize>) -> Option<Range<usize>> {
+    let line = &hay[hit.end..hay.len().min(hit.end + 120)];
+    let ok = hit.start >= 5
+        && &hay[hit.start - 5..hit.start] == b"-----"
+        && memchr::memmem::find(line, b"PRIVATE KEY").is_some();
+    ok.then_some(win)
+}
+
+fn sk_then(hay: &[u8], hit: &Range<usize>, tails: &[&[u8]]) -> bool {
+    left_boundary(hay, hit.start) && tails.iter().any(|t| hay[hit.end..].starts_with(t))
+}
+
+pub(crate) fn sk_openai(hay: &[u8], hit: Range<usize>, win: Range<usize>) -> Option<Range<usize>> {
+    sk_then(hay, &hit, &[b"proj-", b"svcacct-", b"admin-"]).then_some(win)
+}
+
+pub(crate) fn sk_anthropic(
+    hay: &[u8],
+    hit: Range<usize>,
+    win: Range<usize>,
+) -> Option<Range<usize>> {
+    sk_then(hay, &hit, &[b"ant-"]).then_some(win)
+}
+
+pub(crate) fn sk_openrouter(
+    hay: &[u8],
+    hit: Range<usize>,
+    win: Range<usize>,
+) -> Option<Range<usize>> {
+    sk_then(hay, &hit, &[b"or-v1-"]).then_some(win)
+}
+
+/// DeepSeek keys are a plain `sk-` + 32 hex: only near the word "deepseek".
+pub(crate) fn deepseek_context(
+    hay: &[u8],
+    hit: Range<usize>,
+    win: Range<usize>,
+) -> Option<Range<usize>> {
+    let near = &hay[hit.start.saturating_sub(256)..hay.len().min(hit.end + 300)];
+    (left_boundary(hay, hit.start)
+        && hay
+            .get(hit.end..hit.end + 32)
+            .is_some_and(|t| t.iter().all(u8::is_ascii_hexdigit))
+        && contains_ci(near, b"deepseek"))
+    .then_some(win)
 }
 
 /// For `scheme://user:pass@host`: a `:` then an `@` must follow the `://`
@@ -196,34 +361,44 @@ pub(crate) fn url_userinfo(hay: &[u8], hit: Range<usize>, _: Range<usize>) -> Op
     None
 }
 
-/// For `?key=…` / `&token=…`: the parameter name must follow `?` or `&`.
+/// For `?api_key=…` / `&token=…`: the parameter around the keyword follows
+/// `?` or `&` and is followed by `=`.
 pub(crate) fn query_param(hay: &[u8], hit: Range<usize>, _: Range<usize>) -> Option<Range<usize>> {
     let s = scan_back(hay, hit.start, 48, is_ident);
-    if s == 0 || !matches!(hay[s - 1], b'?' | b'&') {
-        return None;
-    }
-    Some(s - 1..hay.len().min(hit.end + 600))
+    let e = scan_fwd(hay, hit.end, 48, is_ident);
+    let ok = s > 0
+        && matches!(hay[s - 1], b'?' | b'&')
+        && (hay.get(e) == Some(&b'=') || hay[hit.clone()].ends_with(b"="));
+    ok.then(|| s - 1..hay.len().min(hit.end + 600))
 }
 
 fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'+' | b'/' | b'-' | b'=')
 }
 
-/// For `Authorization: …` always; for bare `Bearer`/`Basic` only when a
-/// 16-byte token follows (`basic` is also an English word).
+/// `Authorization:`/`= …` (keyword `uth`), or `Bearer` (keyword `earer`)
+/// followed by a 16-byte token. The window is the one line.
 pub(crate) fn auth_scheme(
     hay: &[u8],
     hit: Range<usize>,
     win: Range<usize>,
 ) -> Option<Range<usize>> {
-    if hay[hit.clone()].eq_ignore_ascii_case(b"authorization") {
-        return Some(win);
+    let s = hit.start.checked_sub(1)?;
+    let line_end = memchr::memchr(b'\n', &hay[hit.end..]).map_or(hay.len(), |i| hit.end + i + 1);
+    if &hay[hit.clone()] == b"earer" {
+        let p = scan_fwd(hay, hit.end, 4, is_blank);
+        let ok = matches!(hay[s], b'B' | b'b')
+            && left_boundary(hay, s)
+            && p > hit.end
+            && scan_fwd(hay, p, 16, is_token_char) - p >= 16;
+        return ok.then_some(s..line_end.min(win.end));
     }
-    if !left_boundary(hay, hit.start) {
+    if !starts_with_ci(hay, s, b"authorization") {
         return None;
     }
-    let p = scan_fwd(hay, hit.end, 4, is_blank);
-    (p > hit.end && scan_fwd(hay, p, 16, is_token_char) - p >= 16).then_some(win)
+    let mut p = scan_fwd(hay, s + 13, 2, |b| b == b'\\' || is_quote(b));
+    p = scan_fwd(hay, p, 4, is_blank);
+    matches!(hay.get(p), Some(b':' | b'=')).then_some(s..line_end.min(win.end))
 }
 
 // --------------------------------------------------------------- checks --
@@ -306,6 +481,7 @@ fn eq_any(s: &[u8], words: &[&str]) -> bool {
 }
 
 /// Words ending in `key` that are not about keys.
+#[rustfmt::skip]
 const NOT_KEYS: &[&str] = &[
     "monkey", "turkey", "donkey", "hockey", "whiskey", "jockey", "hotkey",
 ];
@@ -313,130 +489,21 @@ const NOT_KEYS: &[&str] = &[
 /// Identifier words that make `…key`/`…token`/`…password` describe something
 /// other than the secret itself: its id, name, path, length, type, the
 /// public half, a cache or sort key, a UI label, a timestamp, a page cursor.
+#[rustfmt::skip]
 const NOT_SECRET_WORDS: &[&str] = &[
-    "id",
-    "ids",
-    "name",
-    "names",
-    "url",
-    "uri",
-    "urls",
-    "path",
-    "paths",
-    "file",
-    "filename",
-    "dir",
-    "type",
-    "kind",
-    "len",
-    "length",
-    "size",
-    "bits",
-    "count",
-    "format",
-    "fmt",
-    "encoding",
-    "prefix",
-    "suffix",
-    "version",
-    "header",
-    "headers",
-    "field",
-    "param",
-    "index",
-    "idx",
-    "public",
-    "pub",
-    "pubkey",
-    "publickey",
-    "primary",
-    "foreign",
-    "sort",
-    "partition",
-    "cache",
-    "lookup",
-    "map",
-    "label",
-    "hint",
-    "placeholder",
-    "prompt",
-    "message",
-    "msg",
-    "error",
-    "err",
-    "regex",
-    "pattern",
-    "policy",
-    "rule",
-    "rules",
-    "provider",
-    "region",
-    "endpoint",
-    "host",
-    "port",
-    "mode",
-    "method",
-    "scheme",
-    "timeout",
-    "ttl",
-    "expiry",
-    "expires",
-    "expiration",
-    "at",
-    "date",
-    "time",
-    "timestamp",
-    "max",
-    "min",
-    "limit",
-    "algorithm",
-    "alg",
-    "spec",
-    "usage",
-    "env",
-    "var",
-    "column",
-    "col",
-    "ref",
-    "arn",
-    "location",
-    "template",
-    "storage",
-    "input",
-    "validation",
-    "validator",
-    "strength",
-    "reset",
-    "changed",
-    "updated",
-    "created",
-    "translation",
-    "i18n",
-    "locale",
-    "idempotency",
-    "dedup",
-    "dedupe",
-    "page",
-    "next",
-    "cursor",
-    "continuation",
-    "domain",
-    "server",
-    "issuer",
-    "audience",
-    "scope",
-    "scopes",
-    "enabled",
-    "disabled",
-    "required",
-    "optional",
-    "description",
-    "desc",
-    "example",
-    "sample",
-    "dummy",
-    "fake",
-    "mock",
+    "id", "ids", "name", "names", "url", "uri", "urls", "path", "paths", "file", "filename", "dir",
+    "type", "kind", "len", "length", "size", "bits", "count", "format", "fmt", "encoding", "prefix",
+    "suffix", "version", "header", "headers", "field", "param", "index", "idx", "public", "pub",
+    "pubkey", "publickey", "primary", "foreign", "sort", "partition", "cache", "lookup", "map",
+    "label", "hint", "placeholder", "prompt", "message", "msg", "error", "err", "regex", "pattern",
+    "policy", "rule", "rules", "provider", "region", "endpoint", "host", "port", "mode", "method",
+    "scheme", "timeout", "ttl", "expiry", "expires", "expiration", "at", "date", "time",
+    "timestamp", "max", "min", "limit", "algorithm", "alg", "spec", "usage", "env", "var", "column",
+    "col", "ref", "arn", "location", "template", "storage", "input", "validation", "validator",
+    "strength", "reset", "changed", "updated", "created", "translation", "i18n", "locale",
+    "idempotency", "dedup", "dedupe", "page", "next", "cursor", "continuation", "domain", "server",
+    "issuer", "audience", "scope", "scopes", "enabled", "disabled", "required", "optional",
+    "description", "desc", "example", "sample", "dummy", "fake", "mock",
 ];
 
 enum Named {
@@ -483,40 +550,12 @@ fn classify(ident: &[u8]) -> Named {
 }
 
 /// Substrings that mark a value as a placeholder or a template, not a secret.
+#[rustfmt::skip]
 const PLACEHOLDER_MARKS: &[&str] = &[
-    "xxxx",
-    "****",
-    "....",
-    "<",
-    ">",
-    "${",
-    "{{",
-    "}}",
-    "%(",
-    "$(",
-    "your",
-    "example",
-    "placeholder",
-    "changeme",
-    "change_me",
-    "change-me",
-    "replace",
-    "redacted",
-    "dummy",
-    "sample",
-    "insert",
-    "fixme",
-    "todo",
-    "notreal",
-    "not_real",
-    "not-real",
-    "foobar",
+    "xxxx", "****", "....", "<", ">", "${", "{{", "}}", "%(", "$(", "your", "example",
+    "placeholder", "changeme", "change_me", "change-me", "replace", "redacted", "dummy", "sample",
+    "insert", "fixme", "todo", "notreal", "not_real", "not-real", "foobar",
 ];
-
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
-}
 
 fn placeholder(v: &[u8]) -> bool {
     PLACEHOLDER_MARKS
@@ -588,36 +627,12 @@ pub(crate) fn generic_secret(c: &Candidate<'_>) -> bool {
 /// unless it is a stock word (`changeme`, `password`, `null`…), a
 /// placeholder, a reference, or an unquoted bare word (`password: String`).
 pub(crate) fn password(c: &Candidate<'_>) -> bool {
+    #[rustfmt::skip]
     const STOCK: &[&str] = &[
-        "password",
-        "passwd",
-        "passphrase",
-        "secret",
-        "changeme",
-        "admin",
-        "administrator",
-        "root",
-        "default",
-        "none",
-        "null",
-        "nil",
-        "undefined",
-        "true",
-        "false",
-        "empty",
-        "required",
-        "optional",
-        "string",
-        "hidden",
-        "redacted",
-        "example",
-        "test",
-        "testing",
-        "demo",
-        "guest",
-        "username",
-        "pass",
-        "pwd",
+        "password", "passwd", "passphrase", "secret", "changeme", "admin", "administrator", "root",
+        "default", "none", "null", "nil", "undefined", "true", "false", "empty", "required",
+        "optional", "string", "hidden", "redacted", "example", "test", "testing", "demo", "guest",
+        "username", "pass", "pwd",
     ];
     let v = c.secret();
     let bare_word = v.iter().all(|&b| b.is_ascii_alphabetic() || b == b'_');
@@ -634,6 +649,7 @@ pub(crate) fn password(c: &Candidate<'_>) -> bool {
 /// The password of `scheme://user:password@host`, unless it is a template
 /// or one of the stock passwords of local development setups.
 pub(crate) fn url_password(c: &Candidate<'_>) -> bool {
+    #[rustfmt::skip]
     const STOCK: &[&str] = &[
         "password", "pass", "passwd", "pwd", "secret", "changeme", "admin", "root", "postgres",
         "mysql", "redis", "user", "guest", "test",

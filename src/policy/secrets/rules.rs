@@ -1,6 +1,16 @@
 //! The built-in rule table: for each secret format, the keywords that gate
 //! it, the regex that finds it, and the checks that keep look-alikes out.
 //!
+//! Keywords are matched case-sensitively, in the spellings that occur:
+//! token prefixes exactly as issued (`ghp_`, `AKIA`, `AIza`; their regexes
+//! are case-sensitive anyway), words in lower, Capitalized and UPPER case
+//! (`key`/`Key`/`KEY`), or by a tail that is the same in lower and
+//! Capitalized case (`oken` for `token`/`Token`). Keep the distinct keywords
+//! of all rules at or below [`MAX_KEYWORDS`] and at 3+ bytes: that is what
+//! lets the automaton use its SIMD (Teddy) prefilter instead of stepping a
+//! DFA byte by byte, which alone runs below the 1 GB/s target. Shorter
+//! keywords (`Q~`) get a separate `memmem` pass.
+//!
 //! Patterns are compiled by `regex::bytes` in ASCII mode (`\b`, `\s`, `\w`
 //! are ASCII), so they run on the lazy DFA in linear time whatever the input.
 //! When a pattern has a group named `secret`, only that group is redacted;
@@ -17,9 +27,12 @@ pub(crate) type Gate = fn(&[u8], Range<usize>, Range<usize>) -> Option<Range<usi
 /// See [`checks`]: final say on a match.
 pub(crate) type Check = fn(&Candidate<'_>) -> bool;
 
+/// The most distinct 3+-byte keywords the SIMD prefilter takes.
+pub(crate) const MAX_KEYWORDS: usize = 64;
+
 /// Priorities for overlap resolution: a finding covering several matches is
 /// named after the highest.
-pub(crate) const GCP_JSON: u8 = 110;
+pub(crate) const JSON_KEY_FILE: u8 = 110;
 pub(crate) const SPECIFIC: u8 = 100;
 pub(crate) const PRIVATE_KEY: u8 = 90;
 pub(crate) const JWT: u8 = 70;
@@ -27,13 +40,46 @@ pub(crate) const CUSTOM: u8 = 60;
 pub(crate) const STRUCTURAL: u8 = 40;
 pub(crate) const GENERIC: u8 = 10;
 
+/// Words naming a secret (`api_key`, `authToken`, `CLIENT_SECRET`, …).
+const SECRET_WORDS: &[&str] = &[
+    "key",
+    "Key",
+    "KEY",
+    "oken",
+    "OKEN",
+    "ecret",
+    "ECRET",
+    "uth",
+    "UTH",
+    "redential",
+];
+const PASSWORD_WORDS: &[&str] = &["pass", "Pass", "PASS", "pwd", "PWD"];
+const QUERY_WORDS: &[&str] = &[
+    "key",
+    "Key",
+    "KEY",
+    "oken",
+    "OKEN",
+    "ecret",
+    "ECRET",
+    "uth",
+    "UTH",
+    "redential",
+    "pass",
+    "Pass",
+    "PASS",
+    "pwd",
+    "PWD",
+    "sig=",
+];
+
 #[derive(Clone, Copy)]
 pub(crate) struct RuleDef {
     /// Stable rule id (kebab-case), reported with each finding.
     pub id: &'static str,
     /// The kind named in the placeholder; several rules may share one.
     pub kind: &'static str,
-    /// Prefilter keywords, matched ASCII case-insensitively.
+    /// Prefilter keywords, matched case-sensitively (see the module doc).
     pub keywords: &'static [&'static str],
     pub pattern: &'static str,
     /// How far before a keyword hit a match may start.
@@ -95,8 +141,13 @@ const fn prefixed(
 /// `ident`, then an optional type annotation (`password: str = …`), one of
 /// the usual assignment or comparison operators, an optional quote, and the
 /// value, which must end at a quote, a blank, a delimiter or the line end
-/// (so `token = request.headers.get(…)` is not a value).
-const ASSIGNMENT: &str = r#"(?P<ident>[A-Za-z_][A-Za-z0-9_.-]{0,79})(?:\\?["'`]|\])*[ \t]*(?::[ \t]*[A-Za-z_&][A-Za-z0-9_.<>\[\]|&' ]{0,40}?[ \t]*)?(?:={1,3}|!==?|:=|=>|:|\|\|=|\?\?=)[ \t]*(?:\\?["'`])?(?P<secret>[A-Za-z0-9_+/=.~!@#$%^&*:?-]{6,200})(?:\\?["'`]|[ \t,;)}\]\r\n]|$)"#;
+/// (so `token = request.headers.get(…)` is not a value). Repetitions are
+/// unbounded on purpose: lengths are checked in Rust, and a small NFA keeps
+/// capture extraction cheap on this, the most often run regex.
+const ASSIGNMENT: &str = r#"(?P<ident>[A-Za-z_][A-Za-z0-9_.-]*)(?:\\?["'`]|\])*[ \t]*(?::[ \t]*[A-Za-z_&][A-Za-z0-9_.<>\[\]|&' ]*?[ \t]*)?(?:={1,3}|!==?|:=|=>|:|\|\|=|\?\?=)[ \t]*(?:\\?["'`])?(?P<secret>[A-Za-z0-9_+/=.~!@#$%^&*:?-]+)(?:\\?["'`]|[ \t,;)}\]\r\n]|$)"#;
+
+/// AWS access key id prefixes.
+const AWS_ID: &[&str] = &["AKIA", "ASIA", "ABIA", "ACCA", "A3T"];
 
 pub(crate) static BUILTIN: &[RuleDef] = &[
     // ------------------------------------------------------------ cloud --
@@ -105,7 +156,7 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
         ..prefixed(
             "aws-access-key-id",
             "aws_access_key_id",
-            &["akia", "asia", "abia", "acca", "a3t"],
+            AWS_ID,
             r"(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16,17}\b",
             21,
         )
@@ -113,24 +164,20 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
     RuleDef {
         id: "aws-secret-access-key",
         kind: "aws_secret_access_key",
-        keywords: &[
-            "aws",
-            "secret_access_key",
-            "secretaccesskey",
-            "secret-access-key",
-        ],
+        // The name always contains `secret`; the assignment gate narrows the
+        // window to that one assignment.
+        keywords: &["ecret", "ECRET"],
         pattern: r#"(?i:aws[A-Za-z0-9_.-]{0,32}?(?:secret|private)[A-Za-z0-9_.-]{0,32}|secret[_.-]?access[_.-]?key[A-Za-z0-9_.-]{0,16})(?:\\?["'`]|\])*[ \t]*(?:=|:=|:|=>)[ \t]*(?:\\?["'`])?(?P<secret>[A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)"#,
-        before: 48,
-        after: 160,
         max_len: 200,
         entropy: Some(3.5),
+        gate: Some(checks::assignment as Gate),
         check: Some(checks::mixed),
         ..BASE
     },
     RuleDef {
         id: "aws-secret-access-key-pair",
         kind: "aws_secret_access_key",
-        keywords: &["akia", "asia", "abia", "acca", "a3t"],
+        keywords: AWS_ID,
         pattern: r#"(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16,17}(?:\\?["'])?[ \t,;:|]{1,6}(?:\\?["'])?(?P<secret>[A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)"#,
         after: 80,
         max_len: 80,
@@ -143,27 +190,30 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
         ..prefixed(
             "google-api-key",
             "google_api_key",
-            &["aiza"],
+            &["AIza"],
             r"(?P<secret>AIza[0-9A-Za-z_-]{35})(?:[^0-9A-Za-z_-]|$)",
             39,
         )
     },
     RuleDef {
-        id: "gcp-service-account-key",
+        id: "json-private-key",
         kind: "gcp_service_account_key",
-        keywords: &["service_account", "x509_cert_url", "private_key_id"],
+        // The `private_key` of a JSON key file, as downloaded for a GCP
+        // service account; found from the PEM header inside it.
+        keywords: &["BEGIN"],
         pattern: r#"\\?"private_key\\?"\s*:\s*\\?"(?P<secret>-----BEGIN[ A-Z]{0,40}PRIVATE KEY-----(?:[A-Za-z0-9+/=\s]|\\+[nr])+-----END[ A-Z]{0,40}PRIVATE KEY-----(?:\\+[nr])*)"#,
-        before: 8192,
+        before: 40,
         after: 8192,
         max_len: 8192,
+        gate: Some(checks::pem_begin as Gate),
         check: Some(checks::pem_body),
-        priority: GCP_JSON,
+        priority: JSON_KEY_FILE,
         ..BASE
     },
     RuleDef {
         id: "azure-ad-client-secret",
         kind: "azure_ad_client_secret",
-        keywords: &["q~"],
+        keywords: &["Q~"],
         pattern: r"(?P<secret>[A-Za-z0-9_~.]{3}[0-9]Q~[A-Za-z0-9_~.-]{31,34})(?:[^A-Za-z0-9_~.-]|$)",
         before: 8,
         after: 48,
@@ -175,13 +225,8 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
     RuleDef {
         id: "azure-openai-key",
         kind: "azure_openai_key",
-        keywords: &[
-            "openai.azure.com",
-            "cognitiveservices.azure.com",
-            "azure_openai",
-            "azureopenai",
-            "azure-openai",
-        ],
+        // `<resource>.openai.azure.com`, `….cognitiveservices.azure.com`.
+        keywords: &["azure.com"],
         pattern: r"\b(?P<secret>[a-fA-F0-9]{32})\b",
         before: 512,
         after: 512,
@@ -193,12 +238,13 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
     RuleDef {
         id: "azure-api-key-header",
         kind: "azure_openai_key",
-        keywords: &["api-key", "ocp-apim-subscription-key"],
+        keywords: &["key", "Key", "KEY"],
         pattern: r#"(?:^|[^A-Za-z0-9_-])(?i:api-key|ocp-apim-subscription-key)(?:\\?["'])?[ \t]*[:=][ \t]*(?:\\?["'])?(?P<secret>[a-fA-F0-9]{32})\b"#,
-        before: 1,
+        before: 24,
         after: 120,
         max_len: 120,
         entropy: Some(3.0),
+        gate: Some(checks::api_key_header as Gate),
         check: Some(checks::digit_and_letter),
         ..BASE
     },
@@ -212,28 +258,34 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
             40,
         )
     },
-    prefixed(
-        "digitalocean-token",
-        "digitalocean_token",
-        &["dop_v1_", "doo_v1_", "dor_v1_"],
-        r"do[opr]_v1_[a-f0-9]{64}\b",
-        71,
-    ),
+    RuleDef {
+        before: 3,
+        gate: Some(checks::digitalocean as Gate),
+        ..prefixed(
+            "digitalocean-token",
+            "digitalocean_token",
+            &["_v1_"],
+            r"do[opr]_v1_[a-f0-9]{64}\b",
+            71,
+        )
+    },
     prefixed(
         "hashicorp-vault-token",
         "vault_token",
-        &["hvs.", "hvb.", "hvr."],
-        r"(?P<secret>hv[sbr]\.[A-Za-z0-9_-]{24,})(?:[^A-Za-z0-9_-]|$)",
+        &["hvs."],
+        r"(?P<secret>hvs\.[A-Za-z0-9_-]{24,})(?:[^A-Za-z0-9_-]|$)",
         400,
     ),
     RuleDef {
         id: "hashicorp-vault-legacy-token",
         kind: "vault_token",
-        keywords: &["vault"],
+        keywords: &["oken", "OKEN"],
         pattern: r#"(?i:vault[A-Za-z0-9_.-]{0,24}token)(?:\\?["'`]|\])*[ \t]*(?:=|:=|:|=>)[ \t]*(?:\\?["'`])?(?P<secret>s\.[A-Za-z0-9]{24})\b"#,
+        before: 40,
         after: 120,
         max_len: 120,
         entropy: Some(3.0),
+        gate: Some(checks::vault_context as Gate),
         check: Some(checks::mixed),
         ..BASE
     },
@@ -243,7 +295,7 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
         ..prefixed(
             "terraform-cloud-token",
             "terraform_cloud_token",
-            &["atlasv1"],
+            &[".atlasv1."],
             r"(?P<secret>[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,70})(?:[^A-Za-z0-9_=-]|$)",
             90,
         )
@@ -287,9 +339,8 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
     RuleDef {
         id: "github-copilot-token",
         kind: "github_copilot_token",
-        keywords: &["tid=", "proxy-ep="],
+        keywords: &["tid="],
         pattern: r#"tid=[A-Za-z0-9]{8,64}(?:;[A-Za-z0-9_.-]{1,32}=[^;\s"'\\]*){2,}"#,
-        before: 1024,
         after: 2048,
         max_len: 2048,
         boundary: true,
@@ -306,8 +357,8 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
     prefixed(
         "gitlab-token",
         "gitlab_token",
-        &["gldt-", "glrt-", "glptt-", "glft-", "glsoat-", "glcbt-"],
-        r"(?P<secret>gl(?:dt|rt|ptt|ft|soat|cbt)-[A-Za-z0-9_-]{20,300}(?:\.[A-Za-z0-9_-]{2,16}){0,2})(?:[^A-Za-z0-9_-]|$)",
+        &["gldt-", "glrt-"],
+        r"(?P<secret>gl(?:dt|rt)-[A-Za-z0-9_-]{20,300}(?:\.[A-Za-z0-9_-]{2,16}){0,2})(?:[^A-Za-z0-9_-]|$)",
         340,
     ),
     prefixed(
@@ -329,7 +380,7 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
         ..prefixed(
             "atlassian-api-token",
             "atlassian_api_token",
-            &["atatt3"],
+            &["ATATT3"],
             r"(?P<secret>ATATT3[A-Za-z0-9_=-]{150,})(?:[^A-Za-z0-9_=-]|$)",
             300,
         )
@@ -338,7 +389,8 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
     RuleDef {
         id: "openai-api-key",
         kind: "openai_api_key",
-        keywords: &["t3blbkfj"],
+        // Base64 of "OpenAI", in the middle of every OpenAI key.
+        keywords: &["T3BlbkFJ"],
         pattern: r"(?P<secret>sk-[A-Za-z0-9_-]{16,}T3BlbkFJ[A-Za-z0-9_-]{16,})(?:[^A-Za-z0-9_-]|$)",
         before: 320,
         after: 320,
@@ -349,28 +401,35 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
     },
     RuleDef {
         entropy: Some(3.5),
+        gate: Some(checks::sk_openai as Gate),
         ..prefixed(
             "openai-project-key",
             "openai_api_key",
-            &["sk-proj-", "sk-svcacct-", "sk-admin-"],
+            &["sk-"],
             r"(?P<secret>sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,})(?:[^A-Za-z0-9_-]|$)",
             400,
         )
     },
-    prefixed(
-        "anthropic-api-key",
-        "anthropic_api_key",
-        &["sk-ant-"],
-        r"(?P<secret>sk-ant-(?:api|admin|oat|ort|sid)[0-9]{2}-[A-Za-z0-9_-]{32,})(?:[^A-Za-z0-9_-]|$)",
-        300,
-    ),
-    prefixed(
-        "openrouter-api-key",
-        "openrouter_api_key",
-        &["sk-or-v1-"],
-        r"sk-or-v1-[a-f0-9]{64}\b",
-        73,
-    ),
+    RuleDef {
+        gate: Some(checks::sk_anthropic as Gate),
+        ..prefixed(
+            "anthropic-api-key",
+            "anthropic_api_key",
+            &["sk-"],
+            r"(?P<secret>sk-ant-(?:api|admin|oat|ort|sid)[0-9]{2}-[A-Za-z0-9_-]{32,})(?:[^A-Za-z0-9_-]|$)",
+            300,
+        )
+    },
+    RuleDef {
+        gate: Some(checks::sk_openrouter as Gate),
+        ..prefixed(
+            "openrouter-api-key",
+            "openrouter_api_key",
+            &["sk-"],
+            r"sk-or-v1-[a-f0-9]{64}\b",
+            73,
+        )
+    },
     prefixed(
         "groq-api-key",
         "groq_api_key",
@@ -395,13 +454,16 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
     RuleDef {
         id: "deepseek-api-key",
         kind: "deepseek_api_key",
-        keywords: &["deepseek"],
+        // `sk-` + 32 hex is too plain on its own: the gate wants "deepseek"
+        // within 256 bytes.
+        keywords: &["sk-"],
         pattern: r"\b(?P<secret>sk-[a-f0-9]{32})\b",
-        before: 256,
-        after: 256,
+        before: 1,
+        after: 40,
         max_len: 35,
         entropy: Some(3.0),
         boundary: true,
+        gate: Some(checks::deepseek_context as Gate),
         check: Some(checks::digit_and_letter),
         ..BASE
     },
@@ -410,9 +472,9 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
         ..prefixed(
             "huggingface-token",
             "huggingface_token",
-            &["hf_", "api_org_"],
-            r"(?:hf_|api_org_)[A-Za-z0-9]{34}\b",
-            42,
+            &["hf_"],
+            r"hf_[A-Za-z0-9]{34}\b",
+            37,
         )
     },
     // ------------------------------------------------- SaaS & packaging --
@@ -421,9 +483,7 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
         ..prefixed(
             "slack-token",
             "slack_token",
-            &[
-                "xoxa-", "xoxb-", "xoxe-", "xoxo-", "xoxp-", "xoxr-", "xoxs-", "xoxe.", "xapp-",
-            ],
+            &["xox", "xapp-"],
             r"(?P<secret>xox[abeoprs](?:\.xox[abeoprs])?-[0-9]{1,16}-[A-Za-z0-9-]{10,}|xapp-[0-9]-[A-Z0-9]{6,}-[0-9]{6,}-[A-Za-z0-9]{16,})(?:[^A-Za-z0-9_-]|$)",
             300,
         )
@@ -431,8 +491,9 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
     RuleDef {
         id: "slack-webhook-url",
         kind: "slack_webhook_url",
-        keywords: &["hooks.slack.com"],
+        keywords: &["s.slack.com"],
         pattern: r"hooks\.slack\.com/(?:services|workflows|triggers)/(?P<secret>[A-Za-z0-9+/_-]{20,})",
+        before: 4,
         after: 200,
         max_len: 200,
         entropy: Some(3.0),
@@ -443,9 +504,7 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
         ..prefixed(
             "stripe-key",
             "stripe_key",
-            &[
-                "sk_live_", "sk_test_", "sk_prod_", "rk_live_", "rk_test_", "rk_prod_", "whsec_",
-            ],
+            &["sk_", "rk_", "whsec_"],
             r"(?P<secret>(?:sk|rk)_(?:live|test|prod)_[A-Za-z0-9]{20,247}|whsec_[A-Za-z0-9+/=]{32,})(?:[^A-Za-z0-9_]|$)",
             256,
         )
@@ -455,26 +514,29 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
         ..prefixed(
             "sendgrid-api-key",
             "sendgrid_api_key",
-            &["sg."],
+            &["SG."],
             r"(?P<secret>SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43})(?:[^A-Za-z0-9_-]|$)",
             69,
         )
     },
     RuleDef {
-        gate: Some(checks::twilio as Gate),
+        id: "twilio-api-key",
+        kind: "twilio_api_key",
+        // `SK` alone is in every other upper-case word: look near "twilio".
+        keywords: &["wilio", "WILIO"],
+        pattern: r"\b(?P<secret>SK[0-9a-fA-F]{32})\b",
+        before: 256,
+        after: 256,
+        max_len: 34,
+        entropy: Some(3.0),
+        boundary: true,
         check: Some(checks::digit_and_letter),
-        ..prefixed(
-            "twilio-api-key",
-            "twilio_api_key",
-            &["sk"],
-            r"SK[0-9a-fA-F]{32}\b",
-            34,
-        )
+        ..BASE
     },
     prefixed(
         "shopify-token",
         "shopify_token",
-        &["shpat_", "shpca_", "shpss_", "shppa_"],
+        &["shp"],
         r"shp(?:at|ca|ss|pa)_[a-fA-F0-9]{32}\b",
         38,
     ),
@@ -491,28 +553,34 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
     prefixed(
         "pypi-token",
         "pypi_token",
-        &["pypi-ageichlwas5vcmc", "pypi-agendgvzdc5wexbplm9yzw"],
+        &["pypi-AgE"],
         r"(?P<secret>pypi-AgE(?:IcHlwaS5vcmc|NdGVzdC5weXBpLm9yZw)[A-Za-z0-9_-]{50,})(?:[^A-Za-z0-9_-]|$)",
         1100,
     ),
-    prefixed(
-        "age-secret-key",
-        "age_secret_key",
-        &["age-secret-key-1"],
-        r"AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}\b",
-        74,
-    ),
+    RuleDef {
+        before: 5,
+        gate: Some(checks::age_key as Gate),
+        ..prefixed(
+            "age-secret-key",
+            "age_secret_key",
+            &["ECRET"],
+            r"AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}\b",
+            74,
+        )
+    },
     // ---------------------------------------------------- format-based --
     RuleDef {
         id: "private-key",
         kind: "private_key",
-        keywords: &["-----begin"],
+        keywords: &["BEGIN"],
         // The body stops at the first `--` (the END line), or, for a key
         // pasted without its END line, at the first character no PEM, PGP
         // armor or JSON-escaped PEM contains.
         pattern: r"-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----(?:[A-Za-z0-9+/=\s\\:,.()]|-[A-Za-z0-9 ])*(?:-----END[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----)?",
+        before: 5,
         after: 8192,
         max_len: 8192,
+        gate: Some(checks::pem_begin as Gate),
         check: Some(checks::pem_body),
         priority: PRIVATE_KEY,
         ..BASE
@@ -523,7 +591,7 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
         ..prefixed(
             "jwt",
             "jwt",
-            &["eyj"],
+            &["eyJ"],
             r"(?P<secret>ey[A-Za-z0-9_-]{12,}\.ey[A-Za-z0-9_-]{12,}\.[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]+){0,2})(?:[^A-Za-z0-9_-]|$)",
             4096,
         )
@@ -543,17 +611,7 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
     RuleDef {
         id: "url-query-secret",
         kind: "url_credentials",
-        keywords: &[
-            "key=",
-            "token=",
-            "secret=",
-            "password=",
-            "passwd=",
-            "pwd=",
-            "sig=",
-            "signature=",
-            "auth=",
-        ],
+        keywords: QUERY_WORDS,
         pattern: r#"[?&](?P<ident>[A-Za-z0-9_.-]{1,48})=(?P<secret>[^&\s#"'<>\\]{8,512})"#,
         after: 600,
         max_len: 600,
@@ -566,8 +624,10 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
     RuleDef {
         id: "http-auth-token",
         kind: "http_auth_token",
-        keywords: &["authorization", "bearer", "basic"],
-        pattern: r#"(?i:authorization(?:\\?["'])?[ \t]*[:=][ \t]*(?:\\?["'])?(?:bearer|basic|token|digest)?[ \t]*|(?:bearer|basic)[ \t]+)(?P<secret>[A-Za-z0-9._~+/-]{16,}=*)(?:[^A-Za-z0-9._~+/=-]|$)"#,
+        // `uth` of Authorization/AUTHORIZATION, `earer` of Bearer/bearer.
+        keywords: &["uth", "UTH", "earer"],
+        pattern: r#"(?i:authorization(?:\\?["'])?[ \t]*[:=][ \t]*(?:\\?["'])?(?:bearer|basic|token|digest)?[ \t]*|bearer[ \t]+)(?P<secret>[A-Za-z0-9._~+/-]{16,}=*)(?:[^A-Za-z0-9._~+/=-]|$)"#,
+        before: 1,
         after: 600,
         max_len: 600,
         entropy: Some(3.0),
@@ -579,11 +639,11 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
     RuleDef {
         id: "generic-secret",
         kind: "generic_secret",
-        keywords: &["key", "token", "secret", "credential", "creds", "auth"],
+        keywords: SECRET_WORDS,
         pattern: ASSIGNMENT,
         max_len: 400,
         entropy: Some(3.0),
-        gate: Some(checks::assignment),
+        gate: Some(checks::assignment_secret),
         check: Some(checks::generic_secret),
         priority: GENERIC,
         ..BASE
@@ -591,10 +651,10 @@ pub(crate) static BUILTIN: &[RuleDef] = &[
     RuleDef {
         id: "generic-password",
         kind: "password",
-        keywords: &["pass", "pwd"],
+        keywords: PASSWORD_WORDS,
         pattern: ASSIGNMENT,
         max_len: 400,
-        gate: Some(checks::assignment),
+        gate: Some(checks::assignment_password),
         check: Some(checks::password),
         priority: GENERIC,
         ..BASE

@@ -4,7 +4,6 @@
 mod corpus;
 mod ordinary;
 mod rules;
-mod scratch_stats;
 
 use super::*;
 use std::sync::OnceLock;
@@ -121,10 +120,18 @@ fn every_builtin_rule_compiles() {
             "{kind}"
         );
     }
+    let mut long: HashSet<&str> = HashSet::new();
     for def in super::rules::BUILTIN {
         assert!(!def.keywords.is_empty(), "{} has no keyword", def.id);
         assert!(def.keywords.iter().all(|k| k.len() >= 2), "{}", def.id);
+        long.extend(def.keywords.iter().copied().filter(|k| k.len() >= 3));
     }
+    // Past this, the automaton loses its SIMD prefilter (see rules.rs).
+    assert!(
+        long.len() <= super::rules::MAX_KEYWORDS,
+        "{} keywords",
+        long.len()
+    );
 }
 
 #[test]

@@ -78,7 +78,6 @@ fn positives() -> Vec<(&'static str, String, &'static str)> {
         ("npm_token", format!("npm_{}", g.s(LOWER_ALNUM, 36)), PROSE),
         ("pypi_token", format!("pypi-AgEIcHlwaS5vcmc{}", g.s(URLSAFE, 140)), "[pypi]\n  username = __token__\n  password = {S}\n"),
         ("huggingface_token", format!("hf_{}", g.s(ALNUM, 34)), PY),
-        ("huggingface_token", format!("api_org_{}", g.s(ALNUM, 34)), PROSE),
         ("azure_ad_client_secret", format!("{}{}Q~{}", g.s(ALNUM, 3), g.s(DIGITS, 1), g.s(ALNUM, 34)), "AZURE_CLIENT_SECRET={S}\n"),
         ("azure_openai_key", g.s(HEX, 32), "endpoint: https://contoso-ai.openai.azure.com/\napi_key: {S}\n"),
         ("azure_openai_key", g.s(HEX, 32), "curl $URL -H \"api-key: {S}\" -d @body.json"),
