@@ -28,26 +28,39 @@ fn main() {
     let mut rows = Vec::new();
 
     let unmatched = engine(UNMATCHED);
-    rows.push(("request no policy applies to (recognize + select)", per_call(200_000, || {
-        black_box(unmatched.begin("api.openai.com", &post, &uri, &headers));
-    })));
+    rows.push((
+        "request no policy applies to (recognize + select)",
+        per_call(200_000, || {
+            black_box(unmatched.begin("api.openai.com", &post, &uri, &headers));
+        }),
+    ));
     let builtin = Engine::new(None).unwrap();
-    rows.push(("built-in chain (audit only): begin + complete", per_call(200_000, || {
-        let mut ex = builtin.begin("api.openai.com", &post, &uri, &headers).unwrap();
-        ex.complete(Some(200));
-    })));
+    rows.push((
+        "built-in chain (audit only): begin + complete",
+        per_call(200_000, || {
+            let mut ex = builtin
+                .begin("api.openai.com", &post, &uri, &headers)
+                .unwrap();
+            ex.complete(Some(200));
+        }),
+    ));
 
     let chain = engine(CHAIN);
     let body = chat_body(20 * 1024);
-    rows.push(("redact + content-filter input, 20 KB chat request", per_call(2_000, || {
-        let mut ex = chain.begin("api.openai.com", &post, &uri, &headers).unwrap();
-        match ex.input(body.clone()) {
-            Input::Forward(b) => {
-                black_box(b);
+    rows.push((
+        "redact + content-filter input, 20 KB chat request",
+        per_call(2_000, || {
+            let mut ex = chain
+                .begin("api.openai.com", &post, &uri, &headers)
+                .unwrap();
+            match ex.input(body.clone()) {
+                Input::Forward(b) => {
+                    black_box(b);
+                }
+                Input::Respond(_) => panic!("unexpected block"),
             }
-            Input::Respond(_) => panic!("unexpected block"),
-        }
-    })));
+        }),
+    ));
 
     let events: Vec<Bytes> = (0..200)
         .map(|i| {
@@ -57,7 +70,9 @@ fn main() {
         })
         .collect();
     let per_stream = per_call(500, || {
-        let ex = chain.begin("api.openai.com", &post, &uri, &headers).unwrap();
+        let ex = chain
+            .begin("api.openai.com", &post, &uri, &headers)
+            .unwrap();
         let mut stream = ex.output_stream().unwrap();
         let mut out = Vec::new();
         for ev in &events {
@@ -66,7 +81,10 @@ fn main() {
         stream.finish(&mut out);
         black_box(out);
     });
-    rows.push(("redact + content-filter output, per SSE event", per_stream / events.len() as f64));
+    rows.push((
+        "redact + content-filter output, per SSE event",
+        per_stream / events.len() as f64,
+    ));
 
     println!("| measurement | µs per call |");
     println!("|---|---:|");

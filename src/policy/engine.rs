@@ -105,3 +105,57 @@ impl Engine {
         Some(Exchange::new(chain, selection, info))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::policy::exchange::Input;
+    use bytes::Bytes;
+    use std::path::Path;
+
+    const BLOCK: &str = "policies:\n  chain: [content-filter]\npolicy:\n  content-filter:\n    patterns: ['zeus']\n";
+
+    fn config(yaml: &str) -> Config {
+        Config::parse(yaml, Path::new("t.yaml")).unwrap()
+    }
+
+    fn begin(engine: &Engine, path: &str) -> Option<Exchange> {
+        let uri: http::Uri = path.parse().unwrap();
+        engine.begin(
+            "api.openai.com",
+            &http::Method::POST,
+            &uri,
+            &http::HeaderMap::new(),
+        )
+    }
+
+    const BODY: &[u8] = br#"{"model":"m","messages":[{"role":"user","content":"about zeus"}]}"#;
+
+    #[test]
+    fn an_exchange_keeps_the_chain_it_started_with() {
+        let engine = Engine::new(None).unwrap();
+        let mut before = begin(&engine, "/v1/chat/completions").unwrap();
+        engine.reload(&config(BLOCK)).unwrap();
+        let mut after = begin(&engine, "/v1/chat/completions").unwrap();
+        assert!(matches!(
+            before.input(Bytes::from_static(BODY)),
+            Input::Forward(_)
+        ));
+        assert!(matches!(
+            after.input(Bytes::from_static(BODY)),
+            Input::Respond(_)
+        ));
+    }
+
+    #[test]
+    fn non_llm_paths_and_unselected_requests_get_no_exchange() {
+        let engine = Engine::new(Some(&config(BLOCK))).unwrap();
+        assert!(begin(&engine, "/v1/models").is_none());
+        assert!(begin(&engine, "/_ping").is_none());
+        let scoped = "policies:\n  chain: [content-filter]\npolicy:\n  content-filter:\n    patterns: ['zeus']\n    when:\n      endpoints: [embeddings]\n";
+        let engine = Engine::new(Some(&config(scoped))).unwrap();
+        assert!(begin(&engine, "/v1/chat/completions").is_none());
+        assert!(begin(&engine, "/v1/embeddings").is_some());
+    }
+}

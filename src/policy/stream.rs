@@ -279,7 +279,9 @@ impl OutputStream {
         } else {
             self.holdback
         };
-        if !force && replacements.is_empty() && self.held_bytes < limit && may_grow(&window) {
+        // Findings in held text are found again at the next check, so
+        // holding on is safe; a secret still growing must not be cut.
+        if !force && self.held_bytes < limit && may_grow(&window) {
             return Flow::Continue;
         }
         replacements.sort_by_key(|r| r.range.start);
@@ -412,8 +414,8 @@ fn may_grow(window: &str) -> bool {
         return true;
     }
     if word.len() < 3 {
-        // Short fragments ("sk", "gh") are held too: they may be a prefix.
-        return !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric());
+        // Short fragments that start a known prefix were held above.
+        return false;
     }
     let has_digit = word.bytes().any(|b| b.is_ascii_digit());
     let has_sep = word
@@ -486,4 +488,135 @@ fn find_ci(hay: &str, needle: &str) -> Option<usize> {
         h.get(i..i + n.len())
             .is_some_and(|w| w.eq_ignore_ascii_case(n))
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn redacting_stream() -> OutputStream {
+        let yaml = "policies:\n  chain: [r]\npolicy:\n  r:\n    type: redact\n";
+        let chain = Chain::build(&Config::parse(yaml, Path::new("t")).unwrap()).unwrap();
+        OutputStream::new(
+            Arc::new(chain),
+            vec![0],
+            Family::OpenAiChat,
+            Some(Api::OpenAiChat),
+        )
+    }
+
+    fn chunk_event(text: &str) -> String {
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}}]})
+        )
+    }
+
+    /// Feeds `reply` as events of `size` characters, the wire bytes split
+    /// every `split` bytes; returns the text the client sees.
+    fn run(reply: &str, size: usize, split: usize) -> (String, Vec<u8>) {
+        let mut wire = String::new();
+        let chars: Vec<char> = reply.chars().collect();
+        for piece in chars.chunks(size) {
+            wire.push_str(&chunk_event(&piece.iter().collect::<String>()));
+        }
+        wire.push_str("data: [DONE]\n\n");
+        let mut s = redacting_stream();
+        let mut out = Vec::new();
+        for part in wire.as_bytes().chunks(split) {
+            assert_eq!(s.push(part, &mut out), Flow::Continue);
+        }
+        s.finish(&mut out);
+        let raw: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        let mut text = String::new();
+        for line in String::from_utf8(raw.clone()).unwrap().lines() {
+            if let Some(d) = line.strip_prefix("data: ") {
+                if d != "[DONE]" {
+                    let v: serde_json::Value = serde_json::from_str(d).unwrap();
+                    text.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap());
+                }
+            }
+        }
+        (text, raw)
+    }
+
+    fn pem() -> String {
+        let body: String = (0..4)
+            .map(|i| {
+                format!(
+                    "{}\n",
+                    "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"
+                        .repeat(2)
+                        .replace('A', &i.to_string())
+                )
+            })
+            .collect();
+        format!("-----BEGIN PRIVATE KEY-----\n{body}-----END PRIVATE KEY-----")
+    }
+
+    #[test]
+    fn secrets_are_caught_however_the_stream_is_cut() {
+        let token = format!("ghp_{}", "Ab3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF2hJ5");
+        let reply = format!("Set it with `export T={token}` and go.");
+        for size in [1, 2, 5, 11, 64] {
+            for split in [1, 7, 13, 1000] {
+                let (text, raw) = run(&reply, size, split);
+                assert!(
+                    !text.contains(&token[4..]),
+                    "size {size} split {split}: {text}"
+                );
+                assert!(
+                    !String::from_utf8_lossy(&raw).contains("Ab3dE6"),
+                    "size {size}"
+                );
+                assert!(
+                    text.contains("[REDACTED:github_pat]"),
+                    "size {size}: {text}"
+                );
+                assert!(text.ends_with("` and go."), "size {size}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pem_block_across_many_events_is_redacted() {
+        let reply = format!("Here is the key:\n{}\nKeep it safe.", pem());
+        for size in [3, 16, 40] {
+            let (text, _) = run(&reply, size, 1000);
+            assert!(!text.contains("MIIEvQ"), "size {size}: {text}");
+            assert!(
+                text.contains("[REDACTED:private_key]"),
+                "size {size}: {text}"
+            );
+            assert!(text.starts_with("Here is the key:"), "{text}");
+        }
+    }
+
+    #[test]
+    fn clean_frames_are_forwarded_byte_identical() {
+        let reply = "Sure. The function sorts the list, then returns the median value.";
+        let (text, raw) = run(reply, 6, 1000);
+        assert_eq!(text, reply);
+        let mut wire = String::new();
+        let chars: Vec<char> = reply.chars().collect();
+        for piece in chars.chunks(6) {
+            wire.push_str(&chunk_event(&piece.iter().collect::<String>()));
+        }
+        wire.push_str("data: [DONE]\n\n");
+        assert_eq!(raw, wire.as_bytes());
+    }
+
+    #[test]
+    fn token_shaped_words_are_held_and_prose_is_not() {
+        assert!(!may_grow("Sure, here is"));
+        assert!(!may_grow("the answer "));
+        assert!(may_grow("export T=gh"));
+        assert!(may_grow("key sk-proj"));
+        assert!(may_grow("AKIA"));
+        assert!(may_grow("-----BEGIN PRIVATE KEY-----\nMIIE"));
+        assert!(!may_grow("-----BEGIN X-----\nabc\n-----END X-----\n"));
+    }
 }
