@@ -2,15 +2,12 @@
 //! over prompt and completion text, built once per config.
 
 use crate::config::{ContentFilterOptions, FilterAction};
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use std::borrow::Cow;
 use std::ops::Range;
 
 /// Errors building a filter.
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
-    #[error("content-filter keywords: {0}")]
-    Keywords(#[from] aho_corasick::BuildError),
     #[error("content-filter patterns: {0}")]
     Patterns(#[from] regex::Error),
 }
@@ -22,7 +19,9 @@ pub struct ContentFilter {
     /// regexes only run to locate matches (redact) or name the rule.
     set: Option<regex::RegexSet>,
     patterns: Vec<regex::Regex>,
-    keywords: Option<AhoCorasick>,
+    /// All keywords as one case-insensitive regex: the regex engine's
+    /// literal prefilters beat a case-insensitive Aho-Corasick scan.
+    keywords: Option<regex::Regex>,
     keyword_list: Vec<String>,
     pub action: FilterAction,
     pub message: Option<String>,
@@ -49,12 +48,15 @@ impl ContentFilter {
         let keywords = if options.keywords.is_empty() {
             None
         } else {
-            Some(
-                AhoCorasickBuilder::new()
-                    .ascii_case_insensitive(true)
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .build(&options.keywords)?,
-            )
+            let mut words: Vec<&String> = options.keywords.iter().collect();
+            // Longest first, so the leftmost match is also the longest.
+            words.sort_by_key(|w| std::cmp::Reverse(w.len()));
+            let alternation = words
+                .iter()
+                .map(|w| regex::escape(w))
+                .collect::<Vec<_>>()
+                .join("|");
+            Some(regex::Regex::new(&format!("(?i:{alternation})"))?)
         };
         Ok(ContentFilter {
             set,
@@ -69,14 +71,19 @@ impl ContentFilter {
     /// The first match in `text`, if any.
     pub fn find(&self, text: &str) -> Option<FilterHit> {
         let mut best: Option<FilterHit> = None;
-        if let Some(ac) = &self.keywords {
-            if let Some(m) = ac.find(text) {
+        if let Some(re) = &self.keywords {
+            if let Some(m) = re.find(text) {
+                let rule = self
+                    .keyword_list
+                    .iter()
+                    .find(|k| {
+                        k.eq_ignore_ascii_case(m.as_str())
+                            || k.to_lowercase() == m.as_str().to_lowercase()
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| m.as_str().to_string());
                 best = Some(FilterHit {
-                    rule: self
-                        .keyword_list
-                        .get(m.pattern().as_usize())
-                        .cloned()
-                        .unwrap_or_default(),
+                    rule,
                     range: m.range(),
                 });
             }
@@ -103,8 +110,8 @@ impl ContentFilter {
     /// replacements; borrowed when nothing matched.
     pub fn redact<'t>(&self, text: &'t str, placeholder: &str) -> (Cow<'t, str>, usize) {
         let mut ranges: Vec<Range<usize>> = Vec::new();
-        if let Some(ac) = &self.keywords {
-            ranges.extend(ac.find_iter(text).map(|m| m.range()));
+        if let Some(re) = &self.keywords {
+            ranges.extend(re.find_iter(text).map(|m| m.range()));
         }
         if let Some(set) = &self.set {
             for i in set.matches(text).iter() {

@@ -471,23 +471,16 @@ const SECRET_PREFIXES: &[&str] = &[
     "-----begin",
 ];
 
-/// A `-----BEGIN` with no `-----END` after it.
+/// A `-----BEGIN` with no `-----END` after it. PEM armour is upper case
+/// by definition, so an exact (SIMD) search suffices.
 fn pem_open(window: &str) -> bool {
-    match find_ci(window, "-----BEGIN") {
-        Some(begin) => find_ci(window.get(begin..).unwrap_or_default(), "-----END").is_none(),
+    let hay = window.as_bytes();
+    match memchr::memmem::rfind(hay, b"-----BEGIN") {
+        Some(begin) => {
+            memchr::memmem::find(hay.get(begin..).unwrap_or_default(), b"-----END").is_none()
+        }
         None => false,
     }
-}
-
-fn find_ci(hay: &str, needle: &str) -> Option<usize> {
-    let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    if n.len() > h.len() {
-        return None;
-    }
-    (0..=h.len() - n.len()).rev().find(|&i| {
-        h.get(i..i + n.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(n))
-    })
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ impl LeafMinter {
     /// Generates the process-wide leaf key.
     pub fn new(ca: Arc<CertificateAuthority>) -> Result<Self, MintError> {
         let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(crate::crypto_provider());
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         let signing_key = provider.key_provider.load_private_key(der)?;
         Ok(LeafMinter {

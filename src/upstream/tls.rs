@@ -57,7 +57,7 @@ impl UpstreamTls {
         let roots = store.len();
         let store = Arc::new(store);
         let build = |alpn: &[&[u8]]| -> Result<Arc<ClientConfig>, TrustStoreError> {
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let provider = Arc::new(crate::crypto_provider());
             let mut cfg = ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()?
                 .with_root_certificates(store.clone())

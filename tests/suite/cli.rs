@@ -145,10 +145,15 @@ fn bad_input_fails_with_one_clear_line() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[tokio::test]
-async fn gateway_binary_serves_and_exits_cleanly_on_sigterm() {
-    let ca = TestCa::new("ca");
-    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
+/// A `kt gateway run` child process on a free port, with its stderr lines.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    addr: std::net::SocketAddr,
+    home: tempfile::TempDir,
+}
+
+fn spawn_gateway(ca: &TestCa, origin: &Origin, extra: &[&std::ffi::OsStr]) -> Running {
     let home = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kt"))
         .args(["gateway", "run", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -160,29 +165,71 @@ async fn gateway_binary_serves_and_exits_cleanly_on_sigterm() {
             "api.openai.com:443:127.0.0.1:{}",
             origin.addr.port()
         ))
+        .args(extra)
         .env_remove("HTTPS_PROXY")
         .env_remove("HTTP_PROXY")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
     let addr: std::net::SocketAddr = loop {
-        let line = rx
+        let line = lines
             .recv_timeout(Duration::from_secs(30))
             .expect("no start-up banner");
         if let Some(a) = line.strip_prefix("kt gateway listening on ") {
             break a.trim().parse().unwrap();
         }
     };
-    let ca_pem = std::fs::read(home.path().join("certs/kt-ca.pem")).unwrap();
-    let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(&ca_pem).unwrap();
-    let (mut http, _) = through_proxy(addr, "api.openai.com", &[ca_der], &[b"h2"]).await;
+    Running {
+        child,
+        lines,
+        addr,
+        home,
+    }
+}
+
+impl Running {
+    fn ca_der(&self) -> rustls_pki_types::CertificateDer<'static> {
+        let pem = std::fs::read(self.home.path().join("certs/kt-ca.pem")).unwrap();
+        rustls_pki_types::pem::PemObject::from_pem_slice(&pem).unwrap()
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle`.
+    fn expect_line(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line containing {needle:?}"));
+            if line.contains(needle) {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn gateway_binary_serves_and_exits_cleanly_on_sigterm() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
+    let gw = spawn_gateway(&ca, &origin, &[]);
+    let (mut http, _) = through_proxy(gw.addr, "api.openai.com", &[gw.ca_der()], &[b"h2"]).await;
     let json = body_json(
         http.send("POST", "api.openai.com", "/echo", Bytes::from_static(b"{}"))
             .await,
@@ -191,16 +238,90 @@ async fn gateway_binary_serves_and_exits_cleanly_on_sigterm() {
     assert_eq!(json["len"], 2);
     drop(http);
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    gw.signal("-TERM");
+    let Running {
+        mut child, lines, ..
+    } = gw;
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0), "exit 0 after SIGTERM");
-    let rest: Vec<String> = rx.try_iter().collect();
+    let rest: Vec<String> = lines.try_iter().collect();
     assert!(rest.iter().any(|l| l.contains("drain")), "{rest:?}");
+}
+
+#[tokio::test]
+async fn gateway_binary_reloads_policies_on_file_change_and_sighup() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    let filter = |word: &str| {
+        format!("policies:\n  chain: [content-filter]\npolicy:\n  content-filter:\n    patterns: ['{word}']\n")
+    };
+    std::fs::write(&policy, filter("alpha")).unwrap();
+    let gw = spawn_gateway(
+        &ca,
+        &origin,
+        &["--policy-config".as_ref(), policy.as_os_str()],
+    );
+    let (mut http, _) =
+        through_proxy(gw.addr, "api.openai.com", &[gw.ca_der()], &[b"http/1.1"]).await;
+    let body =
+        Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"beta"}]}"#);
+    let status = |resp: http::Response<hyper::body::Incoming>| resp.status().as_u16();
+    assert_eq!(
+        status(
+            http.send(
+                "POST",
+                "api.openai.com",
+                "/v1/chat/completions",
+                body.clone()
+            )
+            .await
+        ),
+        200
+    );
+
+    // A changed file is picked up without a signal.
+    std::fs::write(&policy, filter("beta")).unwrap();
+    gw.expect_line("policy config reloaded");
+    assert_eq!(
+        status(
+            http.send(
+                "POST",
+                "api.openai.com",
+                "/v1/chat/completions",
+                body.clone()
+            )
+            .await
+        ),
+        409
+    );
+
+    // A bad config on SIGHUP is refused and the chain in force stays.
+    std::fs::write(&policy, "policies:\n  chain: [nope]\n").unwrap();
+    gw.signal("-HUP");
+    gw.expect_line("policy config rejected");
+    assert_eq!(
+        status(
+            http.send(
+                "POST",
+                "api.openai.com",
+                "/v1/chat/completions",
+                body.clone()
+            )
+            .await
+        ),
+        409
+    );
+    drop(http);
+    gw.signal("-TERM");
+    let mut child = gw.child;
+    let code = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code.code(), Some(0));
 }
