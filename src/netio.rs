@@ -5,10 +5,10 @@
 use bytes::{Buf, Bytes};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// An IO that first yields `prefix`, then reads from `inner`.
@@ -79,48 +79,43 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     }
 }
 
-/// Last time any wrapped IO moved bytes, shared by both halves of a
-/// connection so an idle watchdog can tell a quiet connection from a busy one.
-#[derive(Debug, Clone)]
+/// Whether any wrapped IO moved bytes lately, shared by both halves of a
+/// connection so an idle watchdog can tell a quiet connection from a busy
+/// one. Recording is one relaxed atomic store (no clock read on the IO
+/// path); the watchdog samples the flag a few times per idle limit.
+#[derive(Debug, Clone, Default)]
 pub struct Activity {
-    epoch: Instant,
-    last_ms: Arc<AtomicU64>,
+    moved: Arc<AtomicBool>,
 }
 
-impl Default for Activity {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// Samples per idle limit: a connection is closed after between `limit`
+/// and `limit * (1 + 1/SAMPLES)` without traffic.
+const SAMPLES: u32 = 4;
 
 impl Activity {
     pub fn new() -> Self {
-        Activity {
-            epoch: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        }
+        Self::default()
     }
 
     fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.moved.store(true, Ordering::Relaxed);
     }
 
-    /// Time since bytes last moved.
-    pub fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
-    }
-
-    /// Resolves once nothing has moved for `limit`. Wakes at most a few
-    /// times per `limit`, so it costs nothing on busy connections.
+    /// Resolves once nothing has moved for `limit`. Wakes `SAMPLES` times
+    /// per `limit`, so it costs nothing on busy connections.
     pub async fn idle_timeout(&self, limit: Duration) {
+        let tick = (limit / SAMPLES).max(Duration::from_millis(1));
+        let mut quiet = Duration::ZERO;
         loop {
-            let idle = self.idle_for();
-            if idle >= limit {
-                return;
+            tokio::time::sleep(tick).await;
+            if self.moved.swap(false, Ordering::Relaxed) {
+                quiet = Duration::ZERO;
+            } else {
+                quiet += tick;
+                if quiet >= limit {
+                    return;
+                }
             }
-            tokio::time::sleep(limit - idle + Duration::from_millis(5)).await;
         }
     }
 }

@@ -143,6 +143,16 @@ impl Exchange {
     }
 
     fn input_inner(&mut self, body: Bytes) -> Input {
+        // Model and stream flag from the body, for the record (the path's
+        // model, when it names one, wins).
+        if let Ok(meta) = crate::llm::inspect::request_meta(&body) {
+            if self.info.model.is_none() {
+                self.info.model = meta.model.map(|m| m.into_owned());
+            }
+            if meta.stream.is_some() {
+                self.info.stream = meta.stream;
+            }
+        }
         let policies = self.body_policies(true);
         if policies.is_empty() {
             return Input::Forward(body);

@@ -98,3 +98,53 @@ async fn config_intercept_hosts_are_decrypted() {
     .await;
     assert_eq!(json["version"], "HTTP/1.1");
 }
+
+/// A tunnel with traffic stays open past the idle limit; a quiet one is
+/// closed after it.
+#[tokio::test]
+async fn idle_tunnels_are_closed_and_busy_ones_kept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new("origin CA");
+    // A plain TCP echo server stands in for the tunnelled host.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let idle = std::time::Duration::from_millis(400);
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to = vec![connect_to("echo.test", 7, echo_addr)];
+        s.limits.idle = idle;
+    })
+    .await;
+
+    let (mut busy, reply) = client::connect(gw.addr, "echo.test:7").await;
+    assert_eq!(reply.status, 200);
+    let (mut quiet, reply) = client::connect(gw.addr, "echo.test:7").await;
+    assert_eq!(reply.status, 200);
+    let started = std::time::Instant::now();
+
+    // The busy tunnel exchanges a byte every 100 ms for 3 idle periods.
+    let mut buf = [0u8; 1];
+    while started.elapsed() < idle * 3 {
+        busy.write_all(b"x").await.unwrap();
+        busy.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"x");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The quiet one has been closed by then: reading gives EOF at once.
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), quiet.read(&mut buf))
+        .await
+        .expect("the quiet tunnel was not closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "quiet tunnel still open");
+    // And the busy one still works.
+    busy.write_all(b"y").await.unwrap();
+    busy.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"y");
+}
