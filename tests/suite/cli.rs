@@ -270,52 +270,29 @@ async fn gateway_binary_reloads_policies_on_file_change_and_sighup() {
         through_proxy(gw.addr, "api.openai.com", &[gw.ca_der()], &[b"http/1.1"]).await;
     let body =
         Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"beta"}]}"#);
-    let status = |resp: http::Response<hyper::body::Incoming>| resp.status().as_u16();
-    assert_eq!(
-        status(
-            http.send(
-                "POST",
-                "api.openai.com",
-                "/v1/chat/completions",
-                body.clone()
-            )
-            .await
-        ),
-        200
-    );
+    async fn chat_status(http: &mut crate::common::client::Http, body: &Bytes) -> u16 {
+        http.send(
+            "POST",
+            "api.openai.com",
+            "/v1/chat/completions",
+            body.clone(),
+        )
+        .await
+        .status()
+        .as_u16()
+    }
+    assert_eq!(chat_status(&mut http, &body).await, 200);
 
     // A changed file is picked up without a signal.
     std::fs::write(&policy, filter("beta")).unwrap();
     gw.expect_line("policy config reloaded");
-    assert_eq!(
-        status(
-            http.send(
-                "POST",
-                "api.openai.com",
-                "/v1/chat/completions",
-                body.clone()
-            )
-            .await
-        ),
-        409
-    );
+    assert_eq!(chat_status(&mut http, &body).await, 409);
 
     // A bad config on SIGHUP is refused and the chain in force stays.
     std::fs::write(&policy, "policies:\n  chain: [nope]\n").unwrap();
     gw.signal("-HUP");
     gw.expect_line("policy config rejected");
-    assert_eq!(
-        status(
-            http.send(
-                "POST",
-                "api.openai.com",
-                "/v1/chat/completions",
-                body.clone()
-            )
-            .await
-        ),
-        409
-    );
+    assert_eq!(chat_status(&mut http, &body).await, 409);
     drop(http);
     gw.signal("-TERM");
     let mut child = gw.child;

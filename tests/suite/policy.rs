@@ -50,6 +50,12 @@ fn chat(content: &str, stream: bool) -> Bytes {
     )
 }
 
+/// POSTs a non-streaming chat request with `content` as the user message.
+async fn post_chat(http: &mut Http, content: &str) -> http::Response<hyper::body::Incoming> {
+    http.send("POST", HOST, "/v1/chat/completions", chat(content, false))
+        .await
+}
+
 fn last_body(origin: &Origin) -> Option<String> {
     origin
         .last_body
@@ -68,9 +74,7 @@ async fn secrets_in_prompts_are_redacted_before_the_upstream() {
     let mut http = client(&gw, HOST).await;
     let token = github_token();
     let prompt = format!("deploy with\nexport GITHUB_TOKEN={token}\nthanks");
-    let resp = http
-        .send("POST", HOST, "/v1/chat/completions", chat(&prompt, false))
-        .await;
+    let resp = post_chat(&mut http, &prompt).await;
     assert_eq!(resp.status(), 200);
     let sent = last_body(&origin).expect("the upstream got the request");
     assert!(
@@ -109,14 +113,7 @@ const FILTER: &str = "policies:\n  chain: [content-filter]\npolicy:\n  content-f
 async fn content_filter_blocks_with_409_and_the_upstream_is_never_contacted() {
     let (_ca, origin, gw) = setup(FILTER).await;
     let mut http = client(&gw, HOST).await;
-    let resp = http
-        .send(
-            "POST",
-            HOST,
-            "/v1/chat/completions",
-            chat("summarise Internal-Project-Zeus for me", false),
-        )
-        .await;
+    let resp = post_chat(&mut http, "summarise Internal-Project-Zeus for me").await;
     assert_eq!(resp.status(), 409);
     assert_eq!(
         resp.headers()["content-type"].to_str().unwrap(),
@@ -129,9 +126,7 @@ async fn content_filter_blocks_with_409_and_the_upstream_is_never_contacted() {
     assert!(last_body(&origin).is_none(), "the upstream saw the request");
 
     // The same connection keeps working for clean requests.
-    let resp = http
-        .send("POST", HOST, "/v1/chat/completions", chat("hello", false))
-        .await;
+    let resp = post_chat(&mut http, "hello").await;
     assert_eq!(resp.status(), 200);
     assert!(last_body(&origin).is_some());
 }
@@ -180,14 +175,7 @@ async fn when_endpoints_limits_where_a_policy_applies() {
     let yaml = "policies:\n  chain: [content-filter]\npolicy:\n  content-filter:\n    patterns: ['forbidden']\n    when:\n      endpoints: [completions]\n";
     let (_ca, origin, gw) = setup(yaml).await;
     let mut http = client(&gw, HOST).await;
-    let resp = http
-        .send(
-            "POST",
-            HOST,
-            "/v1/chat/completions",
-            chat("a forbidden word", false),
-        )
-        .await;
+    let resp = post_chat(&mut http, "a forbidden word").await;
     assert_eq!(resp.status(), 200, "chat is not an autocomplete endpoint");
     assert!(last_body(&origin).unwrap().contains("forbidden"));
 }
@@ -198,9 +186,7 @@ async fn passthrough_forwards_untouched() {
     let (_ca, origin, gw) = setup(yaml).await;
     let mut http = client(&gw, HOST).await;
     let token = github_token();
-    let resp = http
-        .send("POST", HOST, "/v1/chat/completions", chat(&token, false))
-        .await;
+    let resp = post_chat(&mut http, &token).await;
     assert_eq!(resp.status(), 200);
     assert!(last_body(&origin).unwrap().contains(&token));
 }
@@ -295,14 +281,7 @@ async fn an_output_block_ends_the_stream_with_an_error_event() {
 async fn reload_swaps_the_chain_and_a_bad_config_keeps_the_old_one() {
     let (_ca, origin, gw) = setup(REDACT).await;
     let mut http = client(&gw, HOST).await;
-    let resp = http
-        .send(
-            "POST",
-            HOST,
-            "/v1/chat/completions",
-            chat("internal-project-x", false),
-        )
-        .await;
+    let resp = post_chat(&mut http, "internal-project-x").await;
     assert_eq!(resp.status(), 200);
 
     let dir = tempfile::tempdir().unwrap();
@@ -310,26 +289,12 @@ async fn reload_swaps_the_chain_and_a_bad_config_keeps_the_old_one() {
     std::fs::write(&path, FILTER).unwrap();
     let engine = gw.gateway.engine();
     assert!(keeptrusts::policy::reload::reload(&path, engine, "test"));
-    let resp = http
-        .send(
-            "POST",
-            HOST,
-            "/v1/chat/completions",
-            chat("internal-project-x", false),
-        )
-        .await;
+    let resp = post_chat(&mut http, "internal-project-x").await;
     assert_eq!(resp.status(), 409, "the new chain applies");
 
     std::fs::write(&path, "policies:\n  chain: [nope]\n").unwrap();
     assert!(!keeptrusts::policy::reload::reload(&path, engine, "test"));
-    let resp = http
-        .send(
-            "POST",
-            HOST,
-            "/v1/chat/completions",
-            chat("internal-project-x", false),
-        )
-        .await;
+    let resp = post_chat(&mut http, "internal-project-x").await;
     assert_eq!(resp.status(), 409, "the old chain stays in force");
     drop(origin);
 }
