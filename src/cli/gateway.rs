@@ -89,6 +89,10 @@ pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
             );
         }
         tracing::warn!(listen = %args.listen, "auth.required is false on a non-loopback address: anyone who can reach this port can use the proxy");
+    } else if auth_required == Some(true) {
+        tracing::warn!(
+            "auth.required is true, but access keys are not implemented yet: requests on this loopback listener are not checked"
+        );
     }
     raise_fd_limit();
 
