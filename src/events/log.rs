@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use time::Date;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Settings of the writer.
@@ -187,6 +188,16 @@ impl EventLog {
     /// where the OS may have lost more, which the chain then simply does not
     /// contain. A last complete line that is not a sealed event is refused.
     pub fn open(dir: &Path, options: LogOptions) -> Result<(EventSink, WriterHandle), EventsError> {
+        Self::open_with_clock(dir, options, utc_today)
+    }
+
+    /// [`open`](EventLog::open) with the UTC day supplied by `today`, so
+    /// tests can cross midnight.
+    pub(crate) fn open_with_clock(
+        dir: &Path,
+        options: LogOptions,
+        today: fn() -> Date,
+    ) -> Result<(EventSink, WriterHandle), EventsError> {
         std::fs::create_dir_all(dir).map_err(|e| EventsError::io(dir, e))?;
         let (prev_hash, current) = recover(dir)?;
         let (tx, rx) = mpsc::channel(options.capacity.max(1));
@@ -199,6 +210,7 @@ impl EventLog {
             prev_hash,
             stats: stats.clone(),
             feed: feed.clone(),
+            today,
         };
         let thread = std::thread::Builder::new()
             .name("kt-events".into())
@@ -320,7 +332,16 @@ struct Writer {
     prev_hash: String,
     stats: Arc<WriterStats>,
     feed: broadcast::Sender<Arc<Event>>,
+    today: fn() -> Date,
 }
+
+fn utc_today() -> Date {
+    time::OffsetDateTime::now_utc().date()
+}
+
+/// Write attempts once a close is pending: shutdown must not hang forever on
+/// a dead disk (about 1.5 s of back-off in all).
+const CLOSING_ATTEMPTS: u32 = 5;
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
@@ -345,14 +366,17 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            if !batch.is_empty() {
-                self.write_batch(batch);
-            }
+            let closing = close.is_some();
+            let written = if batch.is_empty() {
+                Ok(())
+            } else {
+                self.write_batch(batch, closing.then_some(CLOSING_ATTEMPTS))
+            };
             for reply in flushes {
                 let _ = reply.send(self.sync());
             }
             if let Some(reply) = close {
-                let _ = reply.send(self.sync());
+                let _ = reply.send(written.and_then(|()| self.sync()));
                 return;
             }
         }
@@ -372,8 +396,10 @@ impl Writer {
         }
     }
 
-    /// Seals and writes `batch`, retrying until it is on disk.
-    fn write_batch(&mut self, batch: Vec<Event>) {
+    /// Seals and writes `batch`, retrying until it is on disk, or at most
+    /// `attempts` times (when closing); what could not be written is then
+    /// reported as lost.
+    fn write_batch(&mut self, batch: Vec<Event>, attempts: Option<u32>) -> Result<(), EventsError> {
         let mut lines = Vec::with_capacity(batch.len());
         let mut sealed = Vec::with_capacity(batch.len());
         let mut prev = self.prev_hash.clone();
@@ -396,8 +422,18 @@ impl Writer {
         }
         let mut done = 0;
         let mut backoff = Duration::from_millis(50);
+        let mut tries = 0;
         while let Err(e) = self.write_lines(&lines, &mut done) {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            tries += 1;
+            if attempts.is_some_and(|max| tries >= max) {
+                tracing::error!(error = %e, lost = lines.len() - done,
+                    "audit log write failed at shutdown; giving up on the rest of the queue");
+                if let Some(last) = done.checked_sub(1).and_then(|i| sealed.get(i)) {
+                    self.prev_hash = last.hash.clone();
+                }
+                return Err(e);
+            }
             tracing::error!(error = %e, kind = e.kind(), retry_in_ms = backoff.as_millis() as u64,
                 "audit log write failed; requests wait until it succeeds");
             std::thread::sleep(backoff);
@@ -411,6 +447,7 @@ impl Writer {
             // No subscribers is fine.
             let _ = self.feed.send(event);
         }
+        Ok(())
     }
 
     /// Writes `lines[*done..]`, one `write` per segment touched (one per
@@ -457,7 +494,7 @@ impl Writer {
     /// Makes `current` a segment of today (or later, if the clock went back)
     /// with room for `incoming` bytes, rolling to a new segment if needed.
     fn ensure_room(&mut self, incoming: u64) -> Result<(), EventsError> {
-        let today = time::OffsetDateTime::now_utc().date();
+        let today = (self.today)();
         let next = match &self.current {
             Some(open)
                 if open.seg.date >= today

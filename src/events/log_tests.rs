@@ -366,3 +366,60 @@ fn lines_in_removed(segs: &[Segment]) -> u64 {
         .sum();
     10 - remaining
 }
+
+static DAY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(23);
+
+fn test_day() -> time::Date {
+    let d = DAY.load(std::sync::atomic::Ordering::SeqCst);
+    time::Date::from_calendar_date(2026, time::Month::November, d).unwrap()
+}
+
+#[tokio::test]
+async fn a_new_utc_day_starts_a_new_segment_and_the_chain_carries_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sink, handle) = EventLog::open_with_clock(tmp.path(), opts(), test_day).unwrap();
+    sink.send(ev(0)).await.unwrap();
+    sink.flush().await.unwrap();
+    DAY.store(24, std::sync::atomic::Ordering::SeqCst);
+    sink.send(ev(1)).await.unwrap();
+    handle.close().await.unwrap();
+    // A restart on a later day continues into that day's file.
+    DAY.store(26, std::sync::atomic::Ordering::SeqCst);
+    let (sink, handle) = EventLog::open_with_clock(tmp.path(), opts(), test_day).unwrap();
+    sink.send(ev(2)).await.unwrap();
+    handle.close().await.unwrap();
+    // The clock going back keeps appending to the newest segment.
+    DAY.store(25, std::sync::atomic::Ordering::SeqCst);
+    let (sink, handle) = EventLog::open_with_clock(tmp.path(), opts(), test_day).unwrap();
+    sink.send(ev(3)).await.unwrap();
+    handle.close().await.unwrap();
+    let names: Vec<_> = list(tmp.path())
+        .unwrap()
+        .iter()
+        .map(Segment::name)
+        .collect();
+    assert_eq!(
+        names,
+        ["2026-11-23.jsonl", "2026-11-24.jsonl", "2026-11-26.jsonl"]
+    );
+    let report = verify(tmp.path()).unwrap();
+    assert_eq!((report.segments, report.events), (3, 4));
+}
+
+#[tokio::test]
+async fn verify_rejects_an_incomplete_line_before_the_newest_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), tiny(), 0..6).await;
+    let segs = list(tmp.path()).unwrap();
+    let mut f = OpenOptions::new().append(true).open(&segs[0].path).unwrap();
+    f.write_all(b"{\"act").unwrap();
+    let n = std::fs::read_to_string(&segs[0].path)
+        .unwrap()
+        .lines()
+        .count();
+    let (file, line, problem) = tampered(tmp.path());
+    assert_eq!(
+        (file, line, problem),
+        (segs[0].path.clone(), n, Problem::Incomplete)
+    );
+}
