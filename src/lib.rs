@@ -15,6 +15,9 @@
 //! - [`llm`]: knowledge about LLM providers (which hosts carry LLM traffic).
 //! - [`policy`]: the policy engine applied to LLM traffic (chain, redaction,
 //!   content filter, stream output checks, hot reload).
+//! - [`events`]: the audit trail: the event type, the hash-chained JSON-lines
+//!   log (one writer fed by a bounded channel), verification, and reading it
+//!   back for `kt events tail`.
 //! - [`shutdown`]: graceful-drain signalling shared by every connection task.
 //!
 //! `proxy` knows nothing of LLMs beyond a host matcher it is handed; `tls`
@@ -22,6 +25,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod llm;
 pub mod policy;
 pub mod proxy;

@@ -1,0 +1,539 @@
+//! The audit log writer: one thread fed by a bounded channel that seals events into the hash chain and appends them to segment files.
+//!
+//! Senders never lose an event: when the channel is full, [`EventSink::send`]
+//! waits (and [`WriterStats::full_waits`] counts it). The writer drains
+//! whatever is queued as one batch, chains it, appends it with one `write`
+//! per segment touched and fsyncs according to [`Fsync`]. A failed write is
+//! rolled back (the file truncated to its length before the write) and
+//! retried with back-off; meanwhile the channel fills and requests wait,
+//! which is the point: no audit, no traffic.
+//!
+//! The writer is a dedicated OS thread, not a tokio task, because every
+//! thing it does is blocking file I/O; it talks to async code only through
+//! the channel, a broadcast of written events and one-shot replies.
+
+use super::chain::{is_hash, seal, GENESIS_HASH};
+use super::segment::{self, Segment};
+use super::{Event, EventsError};
+pub use crate::config::Fsync;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use time::Date;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Settings of the writer.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Events queued before senders wait.
+    pub capacity: usize,
+    /// A segment is rolled to `YYYY-MM-DD.N.jsonl` before it would exceed
+    /// this size (a single larger event still gets a segment of its own).
+    pub segment_max_bytes: u64,
+    /// When to fsync.
+    pub fsync: Fsync,
+    /// Most events sealed and written as one batch.
+    pub max_batch: usize,
+    /// Written events kept for slow live-feed subscribers before they lag.
+    pub feed_capacity: usize,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            capacity: 4096,
+            segment_max_bytes: 64 * 1024 * 1024,
+            fsync: Fsync::Batch,
+            max_batch: 1024,
+            feed_capacity: 1024,
+        }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    full_waits: AtomicU64,
+    written: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+impl WriterStats {
+    /// Sends that found the channel full and had to wait.
+    pub fn full_waits(&self) -> u64 {
+        self.full_waits.load(Ordering::Relaxed)
+    }
+    /// Events appended to the log.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+    /// Failed (and retried) writes.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(Ordering::Relaxed)
+    }
+}
+
+/// A send to a writer that has stopped; carries the event back.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit log writer has stopped")]
+pub struct SendError(pub Box<Event>);
+
+impl SendError {
+    /// Stable snake_case label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        "events_writer_gone"
+    }
+}
+
+enum Msg {
+    Event(Box<Event>),
+    /// Reply once everything queued before is written and fsynced.
+    Flush(oneshot::Sender<Result<(), EventsError>>),
+    /// Like `Flush`, then stop.
+    Close(oneshot::Sender<Result<(), EventsError>>),
+}
+
+/// Where request handlers send events. Cheap to clone.
+#[derive(Clone)]
+pub struct EventSink {
+    tx: mpsc::Sender<Msg>,
+    stats: Arc<WriterStats>,
+    feed: broadcast::Sender<Arc<Event>>,
+}
+
+impl EventSink {
+    /// Queues `event`; waits while the channel is full, never drops it.
+    /// `prev_hash` and `hash` are overwritten by the writer.
+    pub async fn send(&self, event: Event) -> Result<(), SendError> {
+        match self.tx.try_send(Msg::Event(Box::new(event))) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                self.stats.full_waits.fetch_add(1, Ordering::Relaxed);
+                self.tx.send(msg).await.map_err(|e| returned(e.0))
+            }
+            Err(mpsc::error::TrySendError::Closed(msg)) => Err(returned(msg)),
+        }
+    }
+
+    /// Waits until everything sent before is written and fsynced.
+    pub async fn flush(&self) -> Result<(), EventsError> {
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Flush(reply))
+            .await
+            .map_err(|_| EventsError::WriterGone)?;
+        done.await.map_err(|_| EventsError::WriterGone)?
+    }
+
+    /// A live feed of events as they are written (with their hashes).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.feed.subscribe()
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &Arc<WriterStats> {
+        &self.stats
+    }
+}
+
+fn returned(msg: Msg) -> SendError {
+    match msg {
+        Msg::Event(e) => SendError(e),
+        // Only events go through `send`.
+        Msg::Flush(_) | Msg::Close(_) => SendError(Box::new(Event::new(
+            super::Phase::Input,
+            super::Action::Error,
+        ))),
+    }
+}
+
+/// Owner of the writer thread; [`close`](WriterHandle::close) it on shutdown.
+pub struct WriterHandle {
+    tx: mpsc::Sender<Msg>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriterHandle {
+    /// Writes everything queued (including events queued after this call
+    /// started but before the writer saw it), fsyncs and stops the writer.
+    /// Later sends fail with [`SendError`].
+    pub async fn close(mut self) -> Result<(), EventsError> {
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Close(reply))
+            .await
+            .map_err(|_| EventsError::WriterGone)?;
+        let result = done.await.map_err(|_| EventsError::WriterGone)?;
+        if let Some(thread) = self.thread.take() {
+            // The thread has replied and only returns now; joining is brief.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        result
+    }
+}
+
+/// The audit log in one folder.
+pub struct EventLog;
+
+impl EventLog {
+    /// Opens (creating if needed) the log in `dir`, continuing the chain from
+    /// the last event on disk, and starts the writer.
+    ///
+    /// A torn last line (no trailing newline: a crash mid-write) is cut off
+    /// with a warning; the cut bytes were never a complete event, so no
+    /// sender was told they were written... except under `Fsync::Never`
+    /// where the OS may have lost more, which the chain then simply does not
+    /// contain. A last complete line that is not a sealed event is refused.
+    pub fn open(dir: &Path, options: LogOptions) -> Result<(EventSink, WriterHandle), EventsError> {
+        Self::open_with_clock(dir, options, utc_today)
+    }
+
+    /// [`open`](EventLog::open) with the UTC day supplied by `today`, so
+    /// tests can cross midnight.
+    pub(crate) fn open_with_clock(
+        dir: &Path,
+        options: LogOptions,
+        today: fn() -> Date,
+    ) -> Result<(EventSink, WriterHandle), EventsError> {
+        std::fs::create_dir_all(dir).map_err(|e| EventsError::io(dir, e))?;
+        let (prev_hash, current) = recover(dir)?;
+        let (tx, rx) = mpsc::channel(options.capacity.max(1));
+        let (feed, _) = broadcast::channel(options.feed_capacity.max(1));
+        let stats = Arc::new(WriterStats::default());
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            options,
+            current,
+            prev_hash,
+            stats: stats.clone(),
+            feed: feed.clone(),
+            today,
+        };
+        let thread = std::thread::Builder::new()
+            .name("kt-events".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| EventsError::io(dir, e))?;
+        Ok((
+            EventSink {
+                tx: tx.clone(),
+                stats,
+                feed,
+            },
+            WriterHandle {
+                tx,
+                thread: Some(thread),
+            },
+        ))
+    }
+}
+
+struct OpenSegment {
+    seg: Segment,
+    file: File,
+    len: u64,
+}
+
+/// Finds the hash to continue from and the newest segment (opened for append).
+fn recover(dir: &Path) -> Result<(String, Option<OpenSegment>), EventsError> {
+    let segments = segment::list(dir)?;
+    let mut prev_hash = None;
+    for (i, seg) in segments.iter().enumerate().rev() {
+        let newest = i + 1 == segments.len();
+        let mut bytes = std::fs::read(&seg.path).map_err(|e| EventsError::io(&seg.path, e))?;
+        if bytes.last().is_some_and(|&b| b != b'\n') {
+            let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+            if !newest {
+                return Err(EventsError::Corrupt {
+                    path: seg.path.clone(),
+                    line: line_count(&bytes[..keep]) + 1,
+                    problem: "incomplete last line in a segment that is not the newest".into(),
+                });
+            }
+            tracing::warn!(
+                path = %seg.path.display(),
+                cut_bytes = bytes.len() - keep,
+                "audit log ends with an incomplete line (crash mid-write?); truncating it away"
+            );
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&seg.path)
+                .map_err(|e| EventsError::io(&seg.path, e))?;
+            file.set_len(keep as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| EventsError::io(&seg.path, e))?;
+            bytes.truncate(keep);
+        }
+        if let Some(hash) = last_hash(&seg.path, &bytes)? {
+            prev_hash = Some(hash);
+            break;
+        }
+    }
+    let current = match segments.into_iter().last() {
+        Some(seg) => {
+            let file = append(&seg.path)?;
+            let len = file
+                .metadata()
+                .map_err(|e| EventsError::io(&seg.path, e))?
+                .len();
+            Some(OpenSegment { seg, file, len })
+        }
+        None => None,
+    };
+    Ok((
+        prev_hash.unwrap_or_else(|| GENESIS_HASH.to_string()),
+        current,
+    ))
+}
+
+fn line_count(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
+}
+
+/// The `hash` of the last non-empty line of a segment's complete lines.
+fn last_hash(path: &Path, bytes: &[u8]) -> Result<Option<String>, EventsError> {
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let Some((idx, line)) = lines
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, l)| !l.trim_ascii().is_empty())
+    else {
+        return Ok(None);
+    };
+    let corrupt = |problem: &str| EventsError::Corrupt {
+        path: path.to_path_buf(),
+        line: idx + 1,
+        problem: problem.into(),
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|_| corrupt("not a JSON object"))?;
+    match value.get("hash").and_then(|h| h.as_str()) {
+        Some(h) if is_hash(h) => Ok(Some(h.to_string())),
+        _ => Err(corrupt("no valid \"hash\" field")),
+    }
+}
+
+fn append(path: &Path) -> Result<File, EventsError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| EventsError::io(path, e))
+}
+
+struct Writer {
+    dir: PathBuf,
+    options: LogOptions,
+    current: Option<OpenSegment>,
+    /// Hash of the last event written (or recovered).
+    prev_hash: String,
+    stats: Arc<WriterStats>,
+    feed: broadcast::Sender<Arc<Event>>,
+    today: fn() -> Date,
+}
+
+fn utc_today() -> Date {
+    time::OffsetDateTime::now_utc().date()
+}
+
+/// Write attempts once a close is pending: shutdown must not hang forever on
+/// a dead disk (about 1.5 s of back-off in all).
+const CLOSING_ATTEMPTS: u32 = 5;
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let max_batch = self.options.max_batch.max(1);
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = Vec::new();
+            let mut flushes = Vec::new();
+            let mut close = None;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Event(e) => batch.push(*e),
+                    Msg::Flush(reply) => flushes.push(reply),
+                    Msg::Close(reply) => {
+                        // Stop new sends but drain what is already queued,
+                        // so a send that returned Ok is never lost.
+                        rx.close();
+                        close = Some(reply);
+                    }
+                }
+                if batch.len() < max_batch || close.is_some() {
+                    next = rx.try_recv().ok();
+                }
+            }
+            let closing = close.is_some();
+            let written = if batch.is_empty() {
+                Ok(())
+            } else {
+                self.write_batch(batch, closing.then_some(CLOSING_ATTEMPTS))
+            };
+            for reply in flushes {
+                let _ = reply.send(self.sync());
+            }
+            if let Some(reply) = close {
+                let _ = reply.send(written.and_then(|()| self.sync()));
+                return;
+            }
+        }
+        // Every sender is gone without a close: still make it durable.
+        if let Err(e) = self.sync() {
+            tracing::error!(error = %e, "final fsync of the audit log failed");
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), EventsError> {
+        match &self.current {
+            Some(open) => open
+                .file
+                .sync_data()
+                .map_err(|e| EventsError::io(&open.seg.path, e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Seals and writes `batch`, retrying until it is on disk, or at most
+    /// `attempts` times (when closing); what could not be written is then
+    /// reported as lost.
+    fn write_batch(&mut self, batch: Vec<Event>, attempts: Option<u32>) -> Result<(), EventsError> {
+        let mut lines = Vec::with_capacity(batch.len());
+        let mut sealed = Vec::with_capacity(batch.len());
+        let mut prev = self.prev_hash.clone();
+        for mut event in batch {
+            event.prev_hash = prev;
+            let mut line = match seal(&mut event) {
+                Ok(line) => line,
+                Err(e) => {
+                    // Cannot happen for this type (maps have string keys);
+                    // keep the chain intact by skipping loudly.
+                    tracing::error!(error = %e, id = %event.id, "cannot encode audit event");
+                    prev = event.prev_hash;
+                    continue;
+                }
+            };
+            line.push('\n');
+            prev = event.hash.clone();
+            lines.push(line);
+            sealed.push(Arc::new(event));
+        }
+        let mut done = 0;
+        let mut backoff = Duration::from_millis(50);
+        let mut tries = 0;
+        while let Err(e) = self.write_lines(&lines, &mut done) {
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            tries += 1;
+            if attempts.is_some_and(|max| tries >= max) {
+                tracing::error!(error = %e, lost = lines.len() - done,
+                    "audit log write failed at shutdown; giving up on the rest of the queue");
+                if let Some(last) = done.checked_sub(1).and_then(|i| sealed.get(i)) {
+                    self.prev_hash = last.hash.clone();
+                }
+                return Err(e);
+            }
+            tracing::error!(error = %e, kind = e.kind(), retry_in_ms = backoff.as_millis() as u64,
+                "audit log write failed; requests wait until it succeeds");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        self.prev_hash = prev;
+        self.stats
+            .written
+            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        for event in sealed {
+            // No subscribers is fine.
+            let _ = self.feed.send(event);
+        }
+        Ok(())
+    }
+
+    /// Writes `lines[*done..]`, one `write` per segment touched (one per
+    /// line under `Fsync::Always`), advancing `*done` past what is on disk.
+    /// On error the partial write is truncated away.
+    fn write_lines(&mut self, lines: &[String], done: &mut usize) -> Result<(), EventsError> {
+        let per_line = self.options.fsync == Fsync::Always;
+        while *done < lines.len() {
+            let first = lines[*done].len() as u64;
+            self.ensure_room(first)?;
+            let Some(open) = self.current.as_mut() else {
+                return Err(EventsError::WriterGone);
+            };
+            let mut end = *done + 1;
+            let mut size = first;
+            while !per_line
+                && end < lines.len()
+                && open.len + size + lines[end].len() as u64 <= self.options.segment_max_bytes
+            {
+                size += lines[end].len() as u64;
+                end += 1;
+            }
+            let mut buf = Vec::with_capacity(size as usize);
+            for line in &lines[*done..end] {
+                buf.extend_from_slice(line.as_bytes());
+            }
+            if let Err(e) = open.file.write_all(&buf) {
+                // Best effort: a torn tail would also be cut at next start.
+                let _ = open.file.set_len(open.len);
+                return Err(EventsError::io(&open.seg.path, e));
+            }
+            open.len += size;
+            *done = end;
+            let rolling = *done < lines.len();
+            if self.options.fsync != Fsync::Never && (per_line || rolling || *done == lines.len()) {
+                open.file
+                    .sync_data()
+                    .map_err(|e| EventsError::io(&open.seg.path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `current` a segment of today (or later, if the clock went back)
+    /// with room for `incoming` bytes, rolling to a new segment if needed.
+    fn ensure_room(&mut self, incoming: u64) -> Result<(), EventsError> {
+        let today = (self.today)();
+        let next = match &self.current {
+            Some(open)
+                if open.seg.date >= today
+                    && (open.len == 0 || open.len + incoming <= self.options.segment_max_bytes) =>
+            {
+                return Ok(());
+            }
+            Some(open) if open.seg.date >= today => {
+                Segment::new(&self.dir, open.seg.date, open.seg.seq + 1)
+            }
+            _ => Segment::new(&self.dir, today, 0),
+        };
+        let file = append(&next.path)?;
+        let len = file
+            .metadata()
+            .map_err(|e| EventsError::io(&next.path, e))?
+            .len();
+        if self.options.fsync != Fsync::Never {
+            sync_dir(&self.dir);
+        }
+        self.current = Some(OpenSegment {
+            seg: next,
+            file,
+            len,
+        });
+        Ok(())
+    }
+}
+
+/// Makes a new segment's directory entry durable (Unix only; best effort).
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(error = %e, dir = %dir.display(), "fsync of the events folder failed");
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+#[cfg(test)]
+#[path = "log_tests.rs"]
+mod tests;

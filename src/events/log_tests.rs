@@ -1,0 +1,425 @@
+//! Tests of the writer, recovery, segments, retention and verification together.
+
+use super::*;
+use crate::events::chain::GENESIS_HASH;
+use crate::events::segment::{list, prune, prune_before};
+use crate::events::verify::{verify, Problem, VerifyError};
+use crate::events::{Action, Phase};
+
+fn ev(n: usize) -> Event {
+    let mut e = Event::new(Phase::Input, Action::Pass);
+    e.user = Some(format!("u{n}"));
+    e.provider = Some("openai".into());
+    e.endpoint = Some("chat/completions".into());
+    e
+}
+
+fn opts() -> LogOptions {
+    LogOptions::default()
+}
+
+fn tiny() -> LogOptions {
+    LogOptions {
+        segment_max_bytes: 700,
+        ..LogOptions::default()
+    }
+}
+
+async fn write(dir: &Path, options: LogOptions, range: std::ops::Range<usize>) {
+    let (sink, handle) = EventLog::open(dir, options).unwrap();
+    for n in range {
+        sink.send(ev(n)).await.unwrap();
+    }
+    handle.close().await.unwrap();
+}
+
+/// Every stored line, with its segment path, in chain order.
+fn lines(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    for seg in list(dir).unwrap() {
+        for line in std::fs::read_to_string(&seg.path).unwrap().lines() {
+            out.push((seg.path.clone(), line.to_string()));
+        }
+    }
+    out
+}
+
+fn events(dir: &Path) -> Vec<Event> {
+    lines(dir)
+        .iter()
+        .map(|(_, l)| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn tampered(dir: &Path) -> (PathBuf, usize, Problem) {
+    match verify(dir) {
+        Err(VerifyError::Tampered {
+            file,
+            line,
+            problem,
+        }) => (file, line, problem),
+        other => panic!("expected tamper, got {other:?}"),
+    }
+}
+
+/// Rewrites one segment file's lines.
+fn edit(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut v: Vec<String> = text.lines().map(str::to_string).collect();
+    f(&mut v);
+    let mut out = v.join("\n");
+    out.push('\n');
+    std::fs::write(path, out).unwrap();
+}
+
+#[tokio::test]
+async fn chain_continues_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), opts(), 0..3).await;
+    write(tmp.path(), opts(), 3..5).await;
+    let report = verify(tmp.path()).unwrap();
+    assert_eq!(report.events, 5);
+    assert_eq!(report.segments, 1);
+    assert!(report.from_genesis());
+    let all = events(tmp.path());
+    assert_eq!(all[0].prev_hash, GENESIS_HASH);
+    assert_eq!(all[3].prev_hash, all[2].hash);
+    assert_eq!(report.last_hash.as_deref(), Some(all[4].hash.as_str()));
+    let users: Vec<_> = all.iter().map(|e| e.user.clone().unwrap()).collect();
+    assert_eq!(users, ["u0", "u1", "u2", "u3", "u4"]);
+}
+
+#[tokio::test]
+async fn chain_continues_across_segment_rolls() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), tiny(), 0..10).await;
+    write(tmp.path(), tiny(), 10..13).await;
+    let segs = list(tmp.path()).unwrap();
+    assert!(segs.len() >= 4, "{segs:?}");
+    for s in &segs {
+        let len = std::fs::metadata(&s.path).unwrap().len();
+        assert!(len <= 700, "{} is {len} bytes", s.name());
+    }
+    assert_eq!(segs[1].seq, 1);
+    let report = verify(tmp.path()).unwrap();
+    assert_eq!(report.events, 13);
+    assert_eq!(report.segments, segs.len());
+}
+
+#[tokio::test]
+async fn every_fsync_policy_writes_a_valid_chain() {
+    for fsync in [Fsync::Always, Fsync::Batch, Fsync::Never] {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            fsync,
+            segment_max_bytes: 700,
+            ..LogOptions::default()
+        };
+        write(tmp.path(), options, 0..7).await;
+        assert_eq!(verify(tmp.path()).unwrap().events, 7, "{fsync:?}");
+    }
+}
+
+#[tokio::test]
+async fn verify_detects_an_edited_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), opts(), 0..5).await;
+    let (path, _) = lines(tmp.path()).remove(0);
+    edit(&path, |v| v[2] = v[2].replace("\"u2\"", "\"u9\""));
+    let (file, line, problem) = tampered(tmp.path());
+    assert_eq!((file, line, problem), (path, 3, Problem::HashMismatch));
+}
+
+#[tokio::test]
+async fn verify_detects_a_deleted_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), opts(), 0..5).await;
+    let (path, _) = lines(tmp.path()).remove(0);
+    edit(&path, |v| {
+        v.remove(1);
+    });
+    let (file, line, problem) = tampered(tmp.path());
+    assert_eq!((file, line, problem.kind()), (path, 2, "chain_break"));
+}
+
+#[tokio::test]
+async fn verify_detects_an_inserted_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), opts(), 0..5).await;
+    let (path, _) = lines(tmp.path()).remove(0);
+    // A copy of a genuine line (its own hash is right; its link is not).
+    edit(&path, |v| {
+        let copy = v[0].clone();
+        v.insert(3, copy);
+    });
+    let (file, line, problem) = tampered(tmp.path());
+    assert_eq!(
+        (file, line, problem.kind()),
+        (path.clone(), 4, "chain_break")
+    );
+    // A fabricated line.
+    let tmp2 = tempfile::tempdir().unwrap();
+    write(tmp2.path(), opts(), 0..3).await;
+    let (path2, _) = lines(tmp2.path()).remove(0);
+    edit(&path2, |v| v.insert(1, r#"{"action":"pass"}"#.into()));
+    let (file, line, problem) = tampered(tmp2.path());
+    assert_eq!((file, line), (path2, 2));
+    assert_eq!(problem, Problem::MissingField("hash"));
+}
+
+#[tokio::test]
+async fn verify_detects_swapped_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), opts(), 0..5).await;
+    let (path, _) = lines(tmp.path()).remove(0);
+    edit(&path, |v| v.swap(2, 3));
+    let (file, line, problem) = tampered(tmp.path());
+    assert_eq!((file, line, problem.kind()), (path, 3, "chain_break"));
+}
+
+#[tokio::test]
+async fn verify_detects_a_deleted_middle_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), tiny(), 0..10).await;
+    let segs = list(tmp.path()).unwrap();
+    assert!(segs.len() >= 3);
+    std::fs::remove_file(&segs[1].path).unwrap();
+    let (file, line, problem) = tampered(tmp.path());
+    assert_eq!(
+        (file, line, problem.kind()),
+        (segs[2].path.clone(), 1, "chain_break")
+    );
+    assert!(verify(tmp.path())
+        .unwrap_err()
+        .to_string()
+        .contains(&format!("{} line 1", segs[2].path.display())));
+}
+
+#[tokio::test]
+async fn verify_of_an_empty_or_missing_log_is_ok() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = verify(&tmp.path().join("events")).unwrap();
+    assert_eq!((report.segments, report.events), (0, 0));
+    assert_eq!(report.anchor, None);
+}
+
+#[tokio::test]
+async fn torn_last_line_is_reported_then_truncated_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), opts(), 0..3).await;
+    let (path, _) = lines(tmp.path()).remove(0);
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(br#"{"action":"pass","endpo"#).unwrap();
+    drop(f);
+    let report = verify(tmp.path()).unwrap();
+    assert!(report.incomplete_tail);
+    assert_eq!(report.events, 3);
+    write(tmp.path(), opts(), 3..4).await;
+    let report = verify(tmp.path()).unwrap();
+    assert!(!report.incomplete_tail);
+    assert_eq!(report.events, 4);
+    assert!(!std::fs::read_to_string(&path).unwrap().contains("endpo\""));
+}
+
+#[tokio::test]
+async fn open_refuses_a_corrupt_complete_last_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), opts(), 0..2).await;
+    let (path, _) = lines(tmp.path()).remove(0);
+    edit(&path, |v| v.push("garbage".into()));
+    match EventLog::open(tmp.path(), opts()) {
+        Err(e @ EventsError::Corrupt { line: 3, .. }) => assert_eq!(e.kind(), "events_corrupt"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("opened a corrupt log"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_channel_waits_and_never_drops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        capacity: 1,
+        ..LogOptions::default()
+    };
+    let (sink, handle) = EventLog::open(tmp.path(), options).unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..40 {
+        let sink = sink.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                sink.send(ev(t * 100 + i)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    handle.close().await.unwrap();
+    assert_eq!(sink.stats().written(), 1000);
+    assert!(sink.stats().full_waits() > 0);
+    assert_eq!(verify(tmp.path()).unwrap().events, 1000);
+    let mut users: Vec<String> = events(tmp.path())
+        .into_iter()
+        .map(|e| e.user.unwrap())
+        .collect();
+    users.sort();
+    users.dedup();
+    assert_eq!(users.len(), 1000);
+    // Per sender, the chain keeps send order.
+    let all = events(tmp.path());
+    let task7: Vec<_> = all
+        .iter()
+        .filter_map(|e| e.user.as_deref()?.strip_prefix("u7"))
+        .filter(|s| s.len() == 2)
+        .map(|s| s.parse::<usize>().unwrap())
+        .collect();
+    assert_eq!(task7, (0..25).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn close_flushes_everything_queued_and_later_sends_fail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        fsync: Fsync::Never,
+        ..LogOptions::default()
+    };
+    let (sink, handle) = EventLog::open(tmp.path(), options).unwrap();
+    for n in 0..200 {
+        sink.send(ev(n)).await.unwrap();
+    }
+    handle.close().await.unwrap();
+    assert_eq!(lines(tmp.path()).len(), 200);
+    let err = sink.send(ev(999)).await.unwrap_err();
+    assert_eq!(err.0.user.as_deref(), Some("u999"));
+    assert_eq!(err.kind(), "events_writer_gone");
+    assert!(sink.flush().await.is_err());
+}
+
+#[tokio::test]
+async fn flush_waits_for_the_write_and_feed_sees_sealed_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sink, handle) = EventLog::open(tmp.path(), opts()).unwrap();
+    let mut feed = sink.subscribe();
+    sink.send(ev(1)).await.unwrap();
+    sink.send(ev(2)).await.unwrap();
+    sink.flush().await.unwrap();
+    assert_eq!(lines(tmp.path()).len(), 2);
+    let a = feed.recv().await.unwrap();
+    let b = feed.recv().await.unwrap();
+    assert_eq!(a.prev_hash, GENESIS_HASH);
+    assert_eq!(b.prev_hash, a.hash);
+    assert_eq!(b.user.as_deref(), Some("u2"));
+    handle.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn writer_overwrites_caller_supplied_hashes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sink, handle) = EventLog::open(tmp.path(), opts()).unwrap();
+    let mut e = ev(1);
+    e.prev_hash = "f".repeat(64);
+    e.hash = "e".repeat(64);
+    sink.send(e).await.unwrap();
+    handle.close().await.unwrap();
+    assert_eq!(events(tmp.path())[0].prev_hash, GENESIS_HASH);
+    verify(tmp.path()).unwrap();
+}
+
+#[tokio::test]
+async fn prune_keeps_the_rest_of_the_chain_verifiable() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), tiny(), 0..10).await;
+    let segs = list(tmp.path()).unwrap();
+    assert!(segs.len() >= 3);
+    // Pretend the first two segments were written on older days.
+    let day = |d| time::Date::from_calendar_date(2020, time::Month::January, d).unwrap();
+    std::fs::rename(&segs[0].path, tmp.path().join("2020-01-01.jsonl")).unwrap();
+    std::fs::rename(&segs[1].path, tmp.path().join("2020-01-02.jsonl")).unwrap();
+    assert!(verify(tmp.path()).unwrap().from_genesis());
+    let removed = prune_before(tmp.path(), day(2)).unwrap();
+    assert_eq!(removed, vec![tmp.path().join("2020-01-01.jsonl")]);
+    let report = verify(tmp.path()).unwrap();
+    assert!(!report.from_genesis());
+    assert_eq!(report.events, 10 - lines_in_removed(&segs));
+    let removed = prune(tmp.path(), 30).unwrap();
+    assert_eq!(removed, vec![tmp.path().join("2020-01-02.jsonl")]);
+    verify(tmp.path()).unwrap();
+    // And the writer continues the chain after pruning.
+    write(tmp.path(), tiny(), 10..12).await;
+    verify(tmp.path()).unwrap();
+}
+
+/// Lines that were in the first segment before it was renamed and pruned.
+fn lines_in_removed(segs: &[Segment]) -> u64 {
+    // The first segment holds what fit under the cap before the first roll;
+    // count from the remaining files instead of the removed one.
+    let remaining: u64 = segs[1..]
+        .iter()
+        .map(|s| {
+            let p = if s.seq == 1 {
+                s.path.with_file_name("2020-01-02.jsonl")
+            } else {
+                s.path.clone()
+            };
+            std::fs::read_to_string(p).unwrap().lines().count() as u64
+        })
+        .sum();
+    10 - remaining
+}
+
+static DAY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(23);
+
+fn test_day() -> time::Date {
+    let d = DAY.load(std::sync::atomic::Ordering::SeqCst);
+    time::Date::from_calendar_date(2026, time::Month::November, d).unwrap()
+}
+
+#[tokio::test]
+async fn a_new_utc_day_starts_a_new_segment_and_the_chain_carries_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sink, handle) = EventLog::open_with_clock(tmp.path(), opts(), test_day).unwrap();
+    sink.send(ev(0)).await.unwrap();
+    sink.flush().await.unwrap();
+    DAY.store(24, std::sync::atomic::Ordering::SeqCst);
+    sink.send(ev(1)).await.unwrap();
+    handle.close().await.unwrap();
+    // A restart on a later day continues into that day's file.
+    DAY.store(26, std::sync::atomic::Ordering::SeqCst);
+    let (sink, handle) = EventLog::open_with_clock(tmp.path(), opts(), test_day).unwrap();
+    sink.send(ev(2)).await.unwrap();
+    handle.close().await.unwrap();
+    // The clock going back keeps appending to the newest segment.
+    DAY.store(25, std::sync::atomic::Ordering::SeqCst);
+    let (sink, handle) = EventLog::open_with_clock(tmp.path(), opts(), test_day).unwrap();
+    sink.send(ev(3)).await.unwrap();
+    handle.close().await.unwrap();
+    let names: Vec<_> = list(tmp.path())
+        .unwrap()
+        .iter()
+        .map(Segment::name)
+        .collect();
+    assert_eq!(
+        names,
+        ["2026-11-23.jsonl", "2026-11-24.jsonl", "2026-11-26.jsonl"]
+    );
+    let report = verify(tmp.path()).unwrap();
+    assert_eq!((report.segments, report.events), (3, 4));
+}
+
+#[tokio::test]
+async fn verify_rejects_an_incomplete_line_before_the_newest_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), tiny(), 0..6).await;
+    let segs = list(tmp.path()).unwrap();
+    let mut f = OpenOptions::new().append(true).open(&segs[0].path).unwrap();
+    f.write_all(b"{\"act").unwrap();
+    let n = std::fs::read_to_string(&segs[0].path)
+        .unwrap()
+        .lines()
+        .count();
+    let (file, line, problem) = tampered(tmp.path());
+    assert_eq!(
+        (file, line, problem),
+        (segs[0].path.clone(), n, Problem::Incomplete)
+    );
+}

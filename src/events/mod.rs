@@ -1,0 +1,334 @@
+//! The audit trail: the event type, the hash-chained JSON-lines log, its verification, and reading it back for `kt events tail`.
+//!
+//! # Layout
+//!
+//! - [`Event`] (this file): one event per phase per request, with the field
+//!   names of the interface contract.
+//! - [`chain`]: canonical JSON and the SHA-256 chaining of events.
+//! - [`segment`]: segment file names (`YYYY-MM-DD.jsonl`, `YYYY-MM-DD.N.jsonl`),
+//!   listing them in order, and retention ([`prune`]).
+//! - [`log`]: the writer: [`EventLog::open`] gives an [`EventSink`] (cheap to
+//!   clone, bounded, never drops) and a [`WriterHandle`] (flush on shutdown).
+//! - [`verify`](mod@verify): walks every segment and checks the chain.
+//! - [`read`]: last N events, following the log as it grows, `--filter`
+//!   parsing and the one-line text format of `kt events tail`.
+//!
+//! # The chain
+//!
+//! Each event carries `prev_hash` (the `hash` of the event before it; 64 zeros
+//! for the first event of a brand new log) and
+//! `hash = hex(SHA-256(prev_hash || canonical_json(event without hash)))`,
+//! where canonical JSON has sorted keys and no whitespace. The chain runs
+//! across segments. After retention removed old segments, the first
+//! `prev_hash` of the oldest kept segment is trusted as the anchor.
+
+pub mod chain;
+pub mod log;
+pub mod read;
+pub mod segment;
+pub mod verify;
+
+pub use chain::GENESIS_HASH;
+pub use log::{EventLog, EventSink, LogOptions, SendError, WriterHandle, WriterStats};
+pub use read::{
+    format_line, read_last, Filter, FilterError, Filters, Follower, Position, FILTER_KEYS,
+};
+pub use segment::{prune, prune_before, Segment};
+pub use verify::{verify, Problem, VerifyError, VerifyReport};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Which side of the exchange an event describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The request on its way to the provider.
+    Input,
+    /// The response on its way back.
+    Output,
+    /// A CONNECT that was tunnelled or intercepted.
+    Connect,
+}
+
+impl Phase {
+    /// The name used in JSON and filters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Input => "input",
+            Phase::Output => "output",
+            Phase::Connect => "connect",
+        }
+    }
+}
+
+/// What the gateway did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Pass,
+    Block,
+    Redact,
+    CacheHit,
+    Error,
+    Tunnel,
+}
+
+impl Action {
+    /// The name used in JSON and filters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pass => "pass",
+            Action::Block => "block",
+            Action::Redact => "redact",
+            Action::CacheHit => "cache_hit",
+            Action::Error => "error",
+            Action::Tunnel => "tunnel",
+        }
+    }
+}
+
+/// How the client reached the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Through the forward proxy (CONNECT + interception or plain HTTP).
+    Proxy,
+    /// Directly at the OpenAI-compatible API.
+    Direct,
+}
+
+impl Mode {
+    /// The name used in JSON and filters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Proxy => "proxy",
+            Mode::Direct => "direct",
+        }
+    }
+}
+
+/// One audit event. Field names are the contract's; every optional field is
+/// absent from the JSON when unknown.
+///
+/// `prev_hash` and `hash` are filled in by the writer; leave them empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique and time-ordered: 12 hex digits of Unix milliseconds, then 20
+    /// random hex digits, so ids sort by creation time.
+    pub id: String,
+    /// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T10:32:15.123Z`.
+    pub ts: String,
+    pub phase: Phase,
+    pub action: Action,
+    /// The policy that decided `action` (block/redact/cache_hit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Why, in words a user can act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The logical operation (`chat/completions`, `completions`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The wire dialect (`openai-chat`, `anthropic-messages`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// HTTP status sent to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Whole exchange as the client saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// Time spent waiting on the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ms: Option<u64>,
+    /// Time spent in the policy chain, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_in: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_out: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_hit: Option<bool>,
+    /// Ties the input and output events of one exchange together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Extra (not in the contract's list): how many matches of each secret
+    /// kind or pattern a `redact` action replaced, e.g. `{"aws_key": 2}`.
+    /// Counts only, never the matched text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redactions: Option<BTreeMap<String, u64>>,
+    /// Hash of the event before this one; filled by the writer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prev_hash: String,
+    /// This event's hash; filled by the writer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+}
+
+impl Event {
+    /// A new event stamped with a fresh id and the current time; every other
+    /// field unknown.
+    pub fn new(phase: Phase, action: Action) -> Event {
+        let now = time::OffsetDateTime::now_utc();
+        Event {
+            id: new_id(now),
+            ts: format_ts(now),
+            phase,
+            action,
+            policy: None,
+            reason: None,
+            mode: None,
+            provider: None,
+            host: None,
+            method: None,
+            path: None,
+            endpoint: None,
+            api: None,
+            model: None,
+            user: None,
+            team: None,
+            status: None,
+            latency_ms: None,
+            upstream_ms: None,
+            policy_us: None,
+            tokens_in: None,
+            tokens_out: None,
+            cost_usd: None,
+            cache_hit: None,
+            request_id: None,
+            redactions: None,
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+}
+
+/// `2026-11-23T10:32:15.123Z`. Formatted by hand so that it does not depend on
+/// optional features of the `time` crate.
+pub fn format_ts(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// 12 hex digits of Unix milliseconds + 20 random hex digits (80 bits), so
+/// ids are unique in practice and sort by creation time.
+fn new_id(now: time::OffsetDateTime) -> String {
+    let millis = (now.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+    let random: u128 = rand::random();
+    format!(
+        "{:012x}{:020x}",
+        millis & 0xffff_ffff_ffff,
+        random & ((1u128 << 80) - 1)
+    )
+}
+
+/// Errors of the log itself: opening, recovering and writing segments.
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error("audit log {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("audit log {path} line {line}: {problem}; refusing to continue the chain from it")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
+    #[error("the audit log writer has stopped")]
+    WriterGone,
+}
+
+impl EventsError {
+    /// Stable snake_case label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventsError::Io { .. } => "events_io",
+            EventsError::Corrupt { .. } => "events_corrupt",
+            EventsError::WriterGone => "events_writer_gone",
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> EventsError {
+        EventsError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_event_has_sortable_unique_id_and_millis_ts() {
+        let a = Event::new(Phase::Input, Action::Pass);
+        let b = Event::new(Phase::Input, Action::Pass);
+        assert_eq!(a.id.len(), 32);
+        assert_ne!(a.id, b.id);
+        assert!(a.id[..12] <= b.id[..12]);
+        assert_eq!(a.ts.len(), "2026-11-23T10:32:15.123Z".len());
+        assert!(a.ts.ends_with('Z'));
+        assert_eq!(&a.ts[10..11], "T");
+    }
+
+    #[test]
+    fn format_ts_is_rfc3339_millis_utc() {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(1_795_429_935_007_000_000)
+            .unwrap()
+            .to_offset(time::UtcOffset::from_hms(2, 0, 0).unwrap());
+        assert_eq!(format_ts(t), "2026-11-23T10:32:15.007Z");
+    }
+
+    #[test]
+    fn optional_fields_are_absent_and_names_match_the_contract() {
+        let mut e = Event::new(Phase::Output, Action::CacheHit);
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains(r#""phase":"output""#));
+        assert!(json.contains(r#""action":"cache_hit""#));
+        assert!(!json.contains("policy"));
+        assert!(!json.contains("hash"));
+        e.mode = Some(Mode::Direct);
+        e.cache_hit = Some(true);
+        e.latency_ms = Some(5);
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["mode"], "direct");
+        assert_eq!(v["cache_hit"], true);
+        assert_eq!(v["latency_ms"], 5);
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+}

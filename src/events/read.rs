@@ -1,0 +1,441 @@
+//! Reading the audit log back: last N events, following it as it grows, `--filter`, and the one-line text format of `kt events tail`.
+//!
+//! Readers never lock or write the log. They only consume complete lines
+//! (ending in a newline), so a write in progress is picked up once finished.
+//! Lines that do not parse are skipped with a warning: `tail` shows what it
+//! can, and `kt events verify` is where damage is reported.
+
+use super::segment::{self, parse_name};
+use super::{Event, EventsError};
+use std::collections::VecDeque;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every field name `--filter` accepts (the contract's event fields).
+pub const FILTER_KEYS: &[&str] = &[
+    "id",
+    "ts",
+    "phase",
+    "action",
+    "policy",
+    "reason",
+    "mode",
+    "provider",
+    "host",
+    "method",
+    "path",
+    "endpoint",
+    "api",
+    "model",
+    "user",
+    "team",
+    "status",
+    "latency_ms",
+    "upstream_ms",
+    "policy_us",
+    "tokens_in",
+    "tokens_out",
+    "cost_usd",
+    "cache_hit",
+    "request_id",
+    "prev_hash",
+    "hash",
+];
+
+/// A bad `--filter`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("--filter {0:?}: expected KEY=VALUE")]
+    Syntax(String),
+    #[error("--filter {key:?}: unknown field; valid fields: {valid}")]
+    UnknownKey { key: String, valid: String },
+}
+
+impl FilterError {
+    /// Stable snake_case label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FilterError::Syntax(_) => "filter_syntax",
+            FilterError::UnknownKey { .. } => "filter_unknown_key",
+        }
+    }
+}
+
+/// One `KEY=VALUE`: the event's field `KEY`, as text, equals `VALUE`. An
+/// absent field never matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    key: &'static str,
+    value: String,
+}
+
+impl std::str::FromStr for Filter {
+    type Err = FilterError;
+
+    fn from_str(s: &str) -> Result<Filter, FilterError> {
+        let (key, value) = s
+            .split_once('=')
+            .filter(|(k, _)| !k.trim().is_empty())
+            .ok_or_else(|| FilterError::Syntax(s.to_string()))?;
+        let key = key.trim();
+        let key =
+            FILTER_KEYS
+                .iter()
+                .find(|k| **k == key)
+                .ok_or_else(|| FilterError::UnknownKey {
+                    key: key.to_string(),
+                    valid: FILTER_KEYS.join(", "),
+                })?;
+        Ok(Filter {
+            key,
+            value: value.to_string(),
+        })
+    }
+}
+
+impl Filter {
+    /// Whether `event` matches.
+    pub fn matches(&self, event: &Event) -> bool {
+        if self.key == "cost_usd" {
+            // Numeric, so `cost_usd=1` matches a stored `1.0`.
+            return match (event.cost_usd, self.value.parse::<f64>()) {
+                (Some(have), Ok(want)) => have == want,
+                _ => false,
+            };
+        }
+        field_text(event, self.key).as_deref() == Some(self.value.as_str())
+    }
+}
+
+/// Several filters, ANDed; empty matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filters(pub Vec<Filter>);
+
+impl Filters {
+    /// Parses each `KEY=VALUE`.
+    pub fn parse<I, S>(args: I) -> Result<Filters, FilterError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        args.into_iter()
+            .map(|a| a.as_ref().parse())
+            .collect::<Result<_, _>>()
+            .map(Filters)
+    }
+
+    /// Whether every filter matches.
+    pub fn matches(&self, event: &Event) -> bool {
+        self.0.iter().all(|f| f.matches(event))
+    }
+}
+
+/// The text of field `key` as a filter sees it.
+fn field_text(e: &Event, key: &str) -> Option<String> {
+    fn s(v: &Option<String>) -> Option<String> {
+        v.clone()
+    }
+    fn n<T: ToString>(v: Option<T>) -> Option<String> {
+        v.map(|v| v.to_string())
+    }
+    match key {
+        "id" => Some(e.id.clone()),
+        "ts" => Some(e.ts.clone()),
+        "phase" => Some(e.phase.as_str().into()),
+        "action" => Some(e.action.as_str().into()),
+        "policy" => s(&e.policy),
+        "reason" => s(&e.reason),
+        "mode" => e.mode.map(|m| m.as_str().into()),
+        "provider" => s(&e.provider),
+        "host" => s(&e.host),
+        "method" => s(&e.method),
+        "path" => s(&e.path),
+        "endpoint" => s(&e.endpoint),
+        "api" => s(&e.api),
+        "model" => s(&e.model),
+        "user" => s(&e.user),
+        "team" => s(&e.team),
+        "status" => n(e.status),
+        "latency_ms" => n(e.latency_ms),
+        "upstream_ms" => n(e.upstream_ms),
+        "policy_us" => n(e.policy_us),
+        "tokens_in" => n(e.tokens_in),
+        "tokens_out" => n(e.tokens_out),
+        "cost_usd" => n(e.cost_usd),
+        "cache_hit" => n(e.cache_hit),
+        "request_id" => s(&e.request_id),
+        "prev_hash" => Some(e.prev_hash.clone()).filter(|h| !h.is_empty()),
+        "hash" => Some(e.hash.clone()).filter(|h| !h.is_empty()),
+        _ => None,
+    }
+}
+
+/// The `kt events tail` line for `event`:
+///
+/// `TS PHASE TARGET [ENDPOINT] [user:NAME] ACTION [status=N] [policy=P] [reason="R"] [latency=Nms]`
+///
+/// TS is cut to seconds; PHASE is upper case, padded to 6; TARGET is the
+/// provider (for `connect` events the host, which is what was tunnelled),
+/// falling back to the other, then `-`. `status=` is shown for errors only.
+/// `reason` is quoted with JSON escapes so one event is always one line.
+/// With `colour`, ACTION is wrapped in ANSI colours.
+pub fn format_line(event: &Event, colour: bool) -> String {
+    let ts = match event.ts.get(..19) {
+        Some(secs) if event.ts.len() > 19 => format!("{secs}Z"),
+        _ => event.ts.clone(),
+    };
+    let phase = event.phase.as_str().to_ascii_uppercase();
+    let mut out = format!("{ts} {phase:<6}");
+    let (first, second) = match event.phase {
+        super::Phase::Connect => (&event.host, &event.provider),
+        _ => (&event.provider, &event.host),
+    };
+    out.push(' ');
+    out.push_str(first.as_deref().or(second.as_deref()).unwrap_or("-"));
+    if let Some(endpoint) = &event.endpoint {
+        out.push(' ');
+        out.push_str(endpoint);
+    }
+    if let Some(user) = &event.user {
+        out.push_str(" user:");
+        out.push_str(user);
+    }
+    let action = event.action.as_str().to_ascii_uppercase();
+    out.push(' ');
+    if colour {
+        let code = match event.action {
+            super::Action::Pass => "32",
+            super::Action::Block => "1;31",
+            super::Action::Redact => "33",
+            super::Action::CacheHit => "36",
+            super::Action::Error => "35",
+            super::Action::Tunnel => "2",
+        };
+        out.push_str(&format!("\x1b[{code}m{action}\x1b[0m"));
+    } else {
+        out.push_str(&action);
+    }
+    if event.action == super::Action::Error {
+        if let Some(status) = event.status {
+            out.push_str(&format!(" status={status}"));
+        }
+    }
+    if let Some(policy) = &event.policy {
+        out.push_str(" policy=");
+        out.push_str(policy);
+    }
+    if let Some(reason) = &event.reason {
+        out.push_str(" reason=");
+        out.push_str(&serde_json::Value::from(reason.as_str()).to_string());
+    }
+    if let Some(ms) = event.latency_ms {
+        out.push_str(&format!(" latency={ms}ms"));
+    }
+    out
+}
+
+/// A place in the log: just after the last complete line read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position {
+    /// `None`: the log had no segment yet; follow from its first one.
+    pub segment: Option<PathBuf>,
+    /// Byte offset in `segment`.
+    pub offset: u64,
+}
+
+impl Position {
+    /// The end of the log as it is now.
+    pub fn end(dir: &Path) -> Result<Position, EventsError> {
+        Ok(read_last(dir, 0, &Filters::default())?.1)
+    }
+}
+
+/// The last `n` events matching `filters`, oldest first, across segments,
+/// and the position just after them (to [`Follower::new`] from there without
+/// a gap or a repeat).
+pub fn read_last(
+    dir: &Path,
+    n: usize,
+    filters: &Filters,
+) -> Result<(Vec<Event>, Position), EventsError> {
+    let segments = segment::list(dir)?;
+    let mut position = Position::default();
+    let mut found: Vec<Event> = Vec::new();
+    for (i, seg) in segments.iter().enumerate().rev() {
+        let bytes = std::fs::read(&seg.path).map_err(|e| EventsError::io(&seg.path, e))?;
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+        if i + 1 == segments.len() {
+            position = Position {
+                segment: Some(seg.path.clone()),
+                offset: complete as u64,
+            };
+        }
+        if found.len() >= n {
+            break;
+        }
+        for line in bytes[..complete].rsplit(|&b| b == b'\n') {
+            if found.len() >= n {
+                break;
+            }
+            if let Some(e) = parse_line(&seg.path, line) {
+                if filters.matches(&e) {
+                    found.push(e);
+                }
+            }
+        }
+    }
+    found.reverse();
+    Ok((found, position))
+}
+
+fn parse_line(path: &Path, line: &[u8]) -> Option<Event> {
+    if line.trim_ascii().is_empty() {
+        return None;
+    }
+    match serde_json::from_slice(line) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable audit log line");
+            None
+        }
+    }
+}
+
+/// Yields events as they are appended, moving on to new segments as the
+/// writer rolls. Polls (every 200 ms by default): portable and cheap.
+pub struct Follower {
+    dir: PathBuf,
+    position: Position,
+    filters: Filters,
+    interval: Duration,
+    /// An incomplete line read so far.
+    partial: Vec<u8>,
+    ready: VecDeque<Event>,
+}
+
+impl Follower {
+    /// Follows the log in `dir` from `position`, yielding events that match.
+    pub fn new(dir: &Path, position: Position, filters: Filters) -> Follower {
+        Follower {
+            dir: dir.to_path_buf(),
+            position,
+            filters,
+            interval: Duration::from_millis(200),
+            partial: Vec::new(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// Changes how often the log is polled.
+    pub fn with_interval(mut self, interval: Duration) -> Follower {
+        self.interval = interval;
+        self
+    }
+
+    /// Where the follower has read up to (complete lines only).
+    pub fn position(&self) -> Position {
+        Position {
+            segment: self.position.segment.clone(),
+            offset: self.position.offset - self.partial.len() as u64,
+        }
+    }
+
+    /// The next matching event; waits for one to be written.
+    pub async fn next(&mut self) -> Result<Event, EventsError> {
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Ok(e);
+            }
+            self.poll()?;
+            if self.ready.is_empty() {
+                tokio::time::sleep(self.interval).await;
+            }
+        }
+    }
+
+    /// Reads whatever is new, switching segments when the current one is
+    /// finished and a newer one exists.
+    fn poll(&mut self) -> Result<(), EventsError> {
+        let Some(current) = self.position.segment.clone() else {
+            if let Some(first) = segment::list(&self.dir)?.into_iter().next() {
+                self.position = Position {
+                    segment: Some(first.path),
+                    offset: 0,
+                };
+                return self.poll();
+            }
+            return Ok(());
+        };
+        if self.read_more(&current)? {
+            return Ok(());
+        }
+        let key = current
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_name);
+        let next = segment::list(&self.dir)?
+            .into_iter()
+            .find(|s| key.is_none_or(|k| (s.date, s.seq) > k));
+        if let Some(next) = next {
+            // The writer finished this segment before it created the next
+            // one, but it may have written to it since the read above.
+            self.read_more(&current)?;
+            if !self.partial.is_empty() {
+                tracing::warn!(path = %current.display(), "audit segment ends with an incomplete line");
+                self.partial.clear();
+            }
+            self.position = Position {
+                segment: Some(next.path),
+                offset: 0,
+            };
+        }
+        Ok(())
+    }
+
+    /// Reads `path` from the current offset to its end; whether anything
+    /// new was there.
+    fn read_more(&mut self, path: &Path) -> Result<bool, EventsError> {
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            // Pruned under us: move on to whatever comes next.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(EventsError::io(path, e)),
+        };
+        let len = file.metadata().map_err(|e| EventsError::io(path, e))?.len();
+        if len < self.position.offset {
+            // Truncated (the writer cut a torn line on restart): resync.
+            self.partial.clear();
+            self.position.offset = len;
+            return Ok(false);
+        }
+        if len == self.position.offset {
+            return Ok(false);
+        }
+        file.seek(SeekFrom::Start(self.position.offset))
+            .map_err(|e| EventsError::io(path, e))?;
+        let mut fresh = Vec::new();
+        (&mut file)
+            .take(len - self.position.offset)
+            .read_to_end(&mut fresh)
+            .map_err(|e| EventsError::io(path, e))?;
+        self.position.offset += fresh.len() as u64;
+        self.partial.extend_from_slice(&fresh);
+        if let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') {
+            let rest = self.partial.split_off(end + 1);
+            let complete = std::mem::replace(&mut self.partial, rest);
+            for line in complete.split(|&b| b == b'\n') {
+                if let Some(e) = parse_line(path, line) {
+                    if self.filters.matches(&e) {
+                        self.ready.push_back(e);
+                    }
+                }
+            }
+        }
+        Ok(!fresh.is_empty())
+    }
+}
+
+#[cfg(test)]
+#[path = "read_tests.rs"]
+mod tests;

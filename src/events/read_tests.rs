@@ -1,0 +1,242 @@
+//! Tests of filters, the tail line format, last-N reading and following.
+
+use super::*;
+use crate::events::{segment::list, Action, EventLog, LogOptions, Mode, Phase};
+use std::io::Write;
+
+fn at(ts: &str, phase: Phase, action: Action, provider: &str) -> Event {
+    let mut e = Event::new(phase, action);
+    e.ts = ts.into();
+    e.provider = Some(provider.into());
+    e.endpoint = Some("chat/completions".into());
+    e.user = Some("dev1".into());
+    e
+}
+
+#[test]
+fn contract_lines_are_reproduced_exactly() {
+    let a = at(
+        "2026-11-23T10:32:15.123Z",
+        Phase::Input,
+        Action::Pass,
+        "sourcegraph",
+    );
+    let mut b = at(
+        "2026-11-23T10:32:17.000Z",
+        Phase::Output,
+        Action::Pass,
+        "sourcegraph",
+    );
+    b.latency_ms = Some(1840);
+    let mut c = at(
+        "2026-11-23T10:33:02.999Z",
+        Phase::Input,
+        Action::Block,
+        "openai",
+    );
+    c.policy = Some("content-filter".into());
+    c.reason = Some("blocked pattern detected".into());
+    assert_eq!(
+        format_line(&a, false),
+        "2026-11-23T10:32:15Z INPUT  sourcegraph chat/completions user:dev1 PASS"
+    );
+    assert_eq!(
+        format_line(&b, false),
+        "2026-11-23T10:32:17Z OUTPUT sourcegraph chat/completions user:dev1 PASS latency=1840ms"
+    );
+    assert_eq!(
+        format_line(&c, false),
+        r#"2026-11-23T10:33:02Z INPUT  openai chat/completions user:dev1 BLOCK policy=content-filter reason="blocked pattern detected""#
+    );
+}
+
+#[test]
+fn connect_error_and_sparse_events_format_sensibly() {
+    let mut t = Event::new(Phase::Connect, Action::Tunnel);
+    t.ts = "2026-11-23T10:00:00.000Z".into();
+    t.host = Some("example.com:443".into());
+    t.provider = Some("unknown".into());
+    assert_eq!(
+        format_line(&t, false),
+        "2026-11-23T10:00:00Z CONNECT example.com:443 TUNNEL"
+    );
+    let mut e = Event::new(Phase::Output, Action::Error);
+    e.ts = "2026-11-23T10:00:01.000Z".into();
+    e.status = Some(502);
+    e.reason = Some("upstream said \"no\"\nthen hung up".into());
+    assert_eq!(
+        format_line(&e, false),
+        r#"2026-11-23T10:00:01Z OUTPUT - ERROR status=502 reason="upstream said \"no\"\nthen hung up""#
+    );
+    let mut h = Event::new(Phase::Input, Action::CacheHit);
+    h.ts = "2026-11-23T10:00:02.000Z".into();
+    h.host = Some("api.openai.com".into());
+    assert_eq!(
+        format_line(&h, false),
+        "2026-11-23T10:00:02Z INPUT  api.openai.com CACHE_HIT"
+    );
+    assert_eq!(
+        format_line(&h, true),
+        "2026-11-23T10:00:02Z INPUT  api.openai.com \x1b[36mCACHE_HIT\x1b[0m"
+    );
+}
+
+#[test]
+fn filters_parse_and_match_as_text() {
+    let mut e = at(
+        "2026-11-23T10:00:00.000Z",
+        Phase::Input,
+        Action::Redact,
+        "openai",
+    );
+    e.cache_hit = Some(true);
+    e.status = Some(200);
+    e.cost_usd = Some(1.0);
+    e.mode = Some(Mode::Proxy);
+    e.reason = Some("a=b".into());
+    let ok = |args: &[&str]| Filters::parse(args).unwrap().matches(&e);
+    assert!(ok(&[]));
+    assert!(ok(&["action=redact"]));
+    assert!(ok(&["cache_hit=true", "user=dev1", "provider=openai"]));
+    assert!(ok(&[
+        "status=200",
+        "mode=proxy",
+        "phase=input",
+        "cost_usd=1"
+    ]));
+    assert!(ok(&["endpoint=chat/completions"]));
+    assert!(!ok(&["action=redact", "user=dev2"]));
+    assert!(!ok(&["cache_hit=false"]));
+    assert!(!ok(&["team=x"]), "absent never matches");
+    assert!(!ok(&["model="]), "absent is not empty");
+    // A value may itself contain '='.
+    assert!(ok(&["reason=a=b"]));
+}
+
+#[test]
+fn bad_filters_are_explained() {
+    let err = "nope".parse::<Filter>().unwrap_err();
+    assert_eq!(err.kind(), "filter_syntax");
+    assert_eq!(
+        "=x".parse::<Filter>().unwrap_err(),
+        FilterError::Syntax("=x".into())
+    );
+    let err = Filters::parse(["action=pass", "colour=red"]).unwrap_err();
+    assert_eq!(err.kind(), "filter_unknown_key");
+    let msg = err.to_string();
+    assert!(msg.contains("\"colour\""), "{msg}");
+    assert!(msg.contains("action, policy, reason"), "{msg}");
+    assert!(msg.contains("cache_hit"), "{msg}");
+}
+
+fn ev(n: usize) -> Event {
+    let mut e = Event::new(Phase::Input, Action::Pass);
+    e.user = Some(format!("u{n}"));
+    if n % 3 == 0 {
+        e.action = Action::Block;
+    }
+    e
+}
+
+fn tiny() -> LogOptions {
+    LogOptions {
+        segment_max_bytes: 600,
+        ..LogOptions::default()
+    }
+}
+
+async fn write(dir: &Path, range: std::ops::Range<usize>) {
+    let (sink, handle) = EventLog::open(dir, tiny()).unwrap();
+    for n in range {
+        sink.send(ev(n)).await.unwrap();
+    }
+    handle.close().await.unwrap();
+}
+
+fn users(events: &[Event]) -> Vec<String> {
+    events.iter().map(|e| e.user.clone().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn last_n_reads_across_segments_with_filters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let none = Filters::default();
+    let (empty, pos) = read_last(tmp.path(), 5, &none).unwrap();
+    assert!(empty.is_empty());
+    assert_eq!(pos, Position::default());
+    write(tmp.path(), 0..12).await;
+    assert!(list(tmp.path()).unwrap().len() >= 3);
+    let (last, pos) = read_last(tmp.path(), 5, &none).unwrap();
+    assert_eq!(users(&last), ["u7", "u8", "u9", "u10", "u11"]);
+    let newest = list(tmp.path()).unwrap().pop().unwrap();
+    assert_eq!(pos.segment.as_ref(), Some(&newest.path));
+    assert_eq!(pos.offset, std::fs::metadata(&newest.path).unwrap().len());
+    let (all, _) = read_last(tmp.path(), 100, &none).unwrap();
+    assert_eq!(all.len(), 12);
+    let blocks = Filters::parse(["action=block"]).unwrap();
+    let (b, _) = read_last(tmp.path(), 3, &blocks).unwrap();
+    assert_eq!(users(&b), ["u3", "u6", "u9"]);
+    let (zero, _) = read_last(tmp.path(), 0, &none).unwrap();
+    assert!(zero.is_empty());
+}
+
+async fn next(f: &mut Follower) -> Event {
+    tokio::time::timeout(Duration::from_secs(5), f.next())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn follower_sees_appended_events_and_new_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), 0..4).await;
+    let (shown, pos) = read_last(tmp.path(), 2, &Filters::default()).unwrap();
+    assert_eq!(users(&shown), ["u2", "u3"]);
+    let mut f =
+        Follower::new(tmp.path(), pos, Filters::default()).with_interval(Duration::from_millis(10));
+    let segments_before = list(tmp.path()).unwrap().len();
+    write(tmp.path(), 4..14).await;
+    assert!(list(tmp.path()).unwrap().len() > segments_before + 1);
+    let mut got = Vec::new();
+    for _ in 4..14 {
+        got.push(next(&mut f).await);
+    }
+    assert_eq!(
+        users(&got),
+        (4..14).map(|n| format!("u{n}")).collect::<Vec<_>>()
+    );
+    for pair in got.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash);
+    }
+}
+
+#[tokio::test]
+async fn follower_waits_for_complete_lines_and_a_first_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut f = Follower::new(
+        tmp.path(),
+        Position::end(tmp.path()).unwrap(),
+        Filters::parse(["action=block"]).unwrap(),
+    )
+    .with_interval(Duration::from_millis(10));
+    let pending = tokio::time::timeout(Duration::from_millis(50), f.next()).await;
+    assert!(pending.is_err(), "nothing written yet");
+    write(tmp.path(), 0..2).await;
+    assert_eq!(next(&mut f).await.user.as_deref(), Some("u0"));
+    // A line arriving in two pieces is read once complete.
+    let mut line = serde_json::to_string(&ev(3)).unwrap();
+    line.push('\n');
+    let path = list(tmp.path()).unwrap().pop().unwrap().path;
+    let (head, tail) = line.split_at(20);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(head.as_bytes()).unwrap();
+    let pending = tokio::time::timeout(Duration::from_millis(50), f.next()).await;
+    assert!(pending.is_err(), "half a line is not an event");
+    file.write_all(tail.as_bytes()).unwrap();
+    assert_eq!(next(&mut f).await.user.as_deref(), Some("u3"));
+    assert_eq!(f.position().offset, std::fs::metadata(&path).unwrap().len());
+}

@@ -1,0 +1,178 @@
+//! `kt events verify`: walks every segment in order and checks each event's hash and its link to the event before.
+//!
+//! The check works on the stored bytes (see [`chain`](super::chain)). The
+//! first `prev_hash` of the oldest segment is trusted as the anchor: 64 zeros
+//! for a log that still has its first event, otherwise the hash of the last
+//! event retention removed. So removing whole *oldest* segments is not
+//! detected (that is what retention does); any other edit, deletion,
+//! insertion or reordering, including a deleted middle segment, is.
+
+use super::chain::{hash_of, is_hash, unsealed, GENESIS_HASH};
+use super::segment;
+use std::path::PathBuf;
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub segments: usize,
+    pub events: u64,
+    /// The trusted first `prev_hash`; `None` for an empty log.
+    pub anchor: Option<String>,
+    /// The hash of the last event; `None` for an empty log.
+    pub last_hash: Option<String>,
+    /// Whether the newest segment ends in an incomplete line (a write in
+    /// progress, or a crash the writer will repair on its next start). That
+    /// line is not counted and not checked.
+    pub incomplete_tail: bool,
+}
+
+impl VerifyReport {
+    /// Whether the chain starts at the very first event ever written.
+    pub fn from_genesis(&self) -> bool {
+        self.anchor.as_deref() == Some(GENESIS_HASH)
+    }
+}
+
+/// What is wrong with a line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("not a JSON event")]
+    NotJson,
+    #[error("blank line")]
+    BlankLine,
+    #[error("missing or malformed \"{0}\"")]
+    MissingField(&'static str),
+    #[error("\"hash\" is not where the writer puts it (line re-encoded?)")]
+    NotCanonical,
+    #[error("content does not match its hash (edited?)")]
+    HashMismatch,
+    #[error("prev_hash {found} is not the hash of the event before ({expected}): events deleted, inserted or reordered")]
+    ChainBreak { expected: String, found: String },
+    #[error("incomplete last line in a segment that is not the newest")]
+    Incomplete,
+}
+
+impl Problem {
+    /// Stable snake_case label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Problem::NotJson => "not_json",
+            Problem::BlankLine => "blank_line",
+            Problem::MissingField(_) => "missing_field",
+            Problem::NotCanonical => "not_canonical",
+            Problem::HashMismatch => "hash_mismatch",
+            Problem::ChainBreak { .. } => "chain_break",
+            Problem::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// Why verification failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("audit log tampered: {file} line {line}: {problem}")]
+    Tampered {
+        /// The segment file.
+        file: PathBuf,
+        /// 1-based.
+        line: usize,
+        problem: Problem,
+    },
+}
+
+impl VerifyError {
+    /// Stable snake_case label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifyError::Io { .. } => "verify_io",
+            VerifyError::Tampered { .. } => "verify_tampered",
+        }
+    }
+}
+
+/// Checks the whole log in `dir`.
+pub fn verify(dir: &std::path::Path) -> Result<VerifyReport, VerifyError> {
+    let segments = segment::list(dir).map_err(|e| match e {
+        super::EventsError::Io { path, source } => VerifyError::Io { path, source },
+        other => VerifyError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })?;
+    let mut report = VerifyReport {
+        segments: segments.len(),
+        events: 0,
+        anchor: None,
+        last_hash: None,
+        incomplete_tail: false,
+    };
+    let count = segments.len();
+    for (si, seg) in segments.into_iter().enumerate() {
+        let bytes = std::fs::read(&seg.path).map_err(|source| VerifyError::Io {
+            path: seg.path.clone(),
+            source,
+        })?;
+        let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+        // The piece after the last newline: empty, or an incomplete line.
+        let tail = lines.pop().unwrap_or_default();
+        for (i, line) in lines.iter().enumerate() {
+            check_line(line, &mut report).map_err(|problem| VerifyError::Tampered {
+                file: seg.path.clone(),
+                line: i + 1,
+                problem,
+            })?;
+        }
+        if !tail.is_empty() {
+            if si + 1 == count {
+                report.incomplete_tail = true;
+            } else {
+                return Err(VerifyError::Tampered {
+                    file: seg.path.clone(),
+                    line: lines.len() + 1,
+                    problem: Problem::Incomplete,
+                });
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn check_line(line: &[u8], report: &mut VerifyReport) -> Result<(), Problem> {
+    if line.trim_ascii().is_empty() {
+        return Err(Problem::BlankLine);
+    }
+    let text = std::str::from_utf8(line).map_err(|_| Problem::NotJson)?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| Problem::NotJson)?;
+    if !value.is_object() {
+        return Err(Problem::NotJson);
+    }
+    let field = |name: &'static str| match value.get(name).and_then(|v| v.as_str()) {
+        Some(h) if is_hash(h) => Ok(h),
+        _ => Err(Problem::MissingField(name)),
+    };
+    let hash = field("hash")?;
+    let prev_hash = field("prev_hash")?;
+    let canonical = unsealed(text, hash).ok_or(Problem::NotCanonical)?;
+    if hash_of(prev_hash, canonical.as_bytes()) != hash {
+        return Err(Problem::HashMismatch);
+    }
+    match &report.last_hash {
+        Some(expected) if expected != prev_hash => {
+            return Err(Problem::ChainBreak {
+                expected: expected.clone(),
+                found: prev_hash.to_string(),
+            })
+        }
+        Some(_) => {}
+        None => report.anchor = Some(prev_hash.to_string()),
+    }
+    report.last_hash = Some(hash.to_string());
+    report.events += 1;
+    Ok(())
+}
