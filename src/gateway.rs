@@ -4,6 +4,7 @@
 
 use crate::config::{Config, ConfigError};
 use crate::policy::chain::ChainError;
+use crate::events::{EventLog, EventsError, LogOptions, WriterHandle};
 use crate::policy::Engine;
 use crate::proxy::{Gateway, InterceptMode, InterceptRules, Limits};
 use crate::tls::{CaError, CaPaths, CertCache, CertificateAuthority, LeafMinter, MintError};
@@ -37,6 +38,8 @@ pub struct GatewaySettings {
     pub cert_cache_ttl: Duration,
     /// The policy config; `None` runs the built-in chain (audit only).
     pub policy: Option<Arc<Config>>,
+    /// Where the audit log is written (`<home>/events`); `None` writes none.
+    pub events_dir: Option<PathBuf>,
 }
 
 impl GatewaySettings {
@@ -57,6 +60,7 @@ impl GatewaySettings {
             cert_cache_capacity: 10_000,
             cert_cache_ttl: Duration::from_secs(7 * 24 * 3600),
             policy: None,
+            events_dir: None,
         }
     }
 
@@ -93,6 +97,8 @@ pub enum BuildError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Policy(#[from] ChainError),
+    #[error("audit log: {0}")]
+    Events(#[from] EventsError),
 }
 
 /// A built gateway and what the start-up banner reports.
@@ -102,6 +108,9 @@ pub struct Built {
     pub ca_created: bool,
     pub upstream_proxy: Option<String>,
     pub warnings: Vec<String>,
+    /// The audit log writer: close it after draining so every event is on
+    /// disk before exit.
+    pub events: Option<WriterHandle>,
 }
 
 /// Builds the gateway. Must run inside a tokio runtime.
@@ -148,7 +157,18 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
         settings.upstream_timeouts.clone(),
     );
     let intercept = InterceptRules::new(settings.intercept, &settings.intercept_hosts);
-    let engine = Arc::new(Engine::new(settings.policy.as_deref())?);
+    let (sink, events) = match &settings.events_dir {
+        Some(dir) => {
+            let mut options = LogOptions::default();
+            if let Some(fsync) = audit_fsync(settings.policy.as_deref()) {
+                options.fsync = fsync;
+            }
+            let (sink, handle) = EventLog::open(dir, options)?;
+            (Some(sink), Some(handle))
+        }
+        None => (None, None),
+    };
+    let engine = Arc::new(Engine::with_sink(settings.policy.as_deref(), sink)?);
     let gateway = Gateway::new(certs, upstream, intercept, settings.limits.clone(), engine);
     Ok(Built {
         gateway,
@@ -156,5 +176,14 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
         ca_created,
         upstream_proxy,
         warnings,
+        events,
+    })
+}
+
+/// The `fsync` option of the config's audit logger, if it has one.
+fn audit_fsync(config: Option<&Config>) -> Option<crate::config::Fsync> {
+    config?.chain().find_map(|p| match &p.options {
+        crate::config::PolicyOptions::AuditLogger(o) => Some(o.fsync),
+        _ => None,
     })
 }

@@ -62,6 +62,7 @@ pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let mut settings = GatewaySettings::new(args.listen, home.ca_dir()?);
+    settings.events_dir = Some(home.home()?.join("events"));
     settings.upstream_ca = args.upstream_ca.clone();
     settings.connect_to = args.connect_to.clone();
     settings.upstream_proxy = args.upstream_proxy.clone();
@@ -148,6 +149,13 @@ async fn serve(settings: GatewaySettings, args: RunArgs) -> anyhow::Result<ExitC
     );
     let drained = trigger.drain(Duration::from_secs(args.drain_seconds)).await;
     let _ = server.await;
+    built.gateway.engine().settle().await;
+    if let Some(events) = built.events {
+        match events.close().await {
+            Ok(()) => tracing::info!("audit log flushed"),
+            Err(e) => tracing::error!("audit log: {e}"),
+        }
+    }
     if drained {
         tracing::info!("drained; bye");
     } else {

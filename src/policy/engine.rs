@@ -12,6 +12,11 @@ use std::sync::{Arc, RwLock};
 /// Shared by every connection.
 pub struct Engine {
     chain: RwLock<Arc<Chain>>,
+    /// The audit log's sender, when the gateway writes one.
+    sink: Option<crate::events::EventSink>,
+    /// Event sends in flight, so shutdown can wait for them before closing
+    /// the log.
+    sends: tokio_util::task::TaskTracker,
     /// Hosts configured in `intercept.hosts`: Sourcegraph Enterprise
     /// instances unless the built-in table knows them.
     configured_hosts: RwLock<Arc<HostSet>>,
@@ -20,8 +25,18 @@ pub struct Engine {
 impl Engine {
     /// The built-in chain (audit only) when there is no config.
     pub fn new(config: Option<&Config>) -> Result<Self, ChainError> {
+        Self::with_sink(config, None)
+    }
+
+    /// Like [`Engine::new`], recording exchanges into `sink`.
+    pub fn with_sink(
+        config: Option<&Config>,
+        sink: Option<crate::events::EventSink>,
+    ) -> Result<Self, ChainError> {
         let (chain, hosts) = Self::compile(config)?;
         Ok(Engine {
+            sink,
+            sends: tokio_util::task::TaskTracker::new(),
             chain: RwLock::new(Arc::new(chain)),
             configured_hosts: RwLock::new(Arc::new(hosts)),
         })
@@ -46,6 +61,13 @@ impl Engine {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Arc::new(hosts);
         Ok(())
+    }
+
+    /// Waits until every audit event handed over so far is queued in the log
+    /// (call after draining, before closing the log).
+    pub async fn settle(&self) {
+        self.sends.close();
+        self.sends.wait().await;
     }
 
     /// The chain new exchanges start with.
@@ -102,7 +124,8 @@ impl Engine {
             model: class.model().map(str::to_owned),
             stream: class.stream_hint(),
         };
-        Some(Exchange::new(chain, selection, info))
+        let audit = self.sink.as_ref().map(|s| (s, &self.sends));
+        Some(Exchange::new(chain, selection, info, audit))
     }
 }
 

@@ -8,6 +8,8 @@ use super::respond;
 use super::stream::{OutputStream, StreamNote};
 use crate::body::Body;
 use crate::config::{FilterAction, OnError, PolicyKind};
+use crate::events::{Action as EventAction, Event, EventSink, Mode, Phase};
+use tokio_util::task::TaskTracker;
 use crate::llm::family::Family;
 use crate::llm::json_text::{rewrite_strings, Selector};
 use crate::llm::recognize::{Api, Endpoint, Provider};
@@ -56,6 +58,11 @@ pub struct Record {
     pub redacted_out: BTreeMap<String, usize>,
     /// The policy that blocked, and the rule that matched.
     pub blocked: Option<(String, String)>,
+    /// True when the block happened on the request (the upstream never
+    /// saw it).
+    pub blocked_on_input: bool,
+    /// From sending the request upstream to its response head.
+    pub upstream_ms: Option<u64>,
     /// `action: log` matches: policy and rule.
     pub logged: Vec<(String, String)>,
     /// Bodies that could not be inspected, and why.
@@ -73,10 +80,17 @@ pub struct Exchange {
     pub record: Record,
     started: Instant,
     completed: bool,
+    /// Where the audit events go, when an `audit-logger` policy applies.
+    audit: Option<(EventSink, TaskTracker)>,
 }
 
 impl Exchange {
-    pub(crate) fn new(chain: Arc<Chain>, selection: Selection, info: ExchangeInfo) -> Self {
+    pub(crate) fn new(
+        chain: Arc<Chain>,
+        selection: Selection,
+        info: ExchangeInfo,
+        sink: Option<(&EventSink, &TaskTracker)>,
+    ) -> Self {
         // `passthrough` means forward untouched: only the audit runs.
         let mut selection = selection;
         if chain
@@ -89,6 +103,13 @@ impl Exchange {
                 }
             }
         }
+        let audit = sink
+            .filter(|_| {
+                chain
+                    .selected(selection)
+                    .any(|(_, p)| p.kind == PolicyKind::AuditLogger)
+            })
+            .map(|(s, t)| (s.clone(), t.clone()));
         Exchange {
             chain,
             selection,
@@ -96,6 +117,7 @@ impl Exchange {
             record: Record::default(),
             started: Instant::now(),
             completed: false,
+            audit,
         }
     }
 
@@ -161,6 +183,7 @@ impl Exchange {
             Ok(Applied::Same) => Input::Forward(body),
             Ok(Applied::Changed(new)) => Input::Forward(Bytes::from(new)),
             Ok(Applied::Blocked { policy, message }) => {
+                self.record.blocked_on_input = true;
                 Input::Respond(respond::blocked(self.info.api, &policy, &message))
             }
             Err(reason) => {
@@ -357,6 +380,21 @@ impl Exchange {
         }
         self.completed = true;
         self.record.status = status;
+        if let Some((sink, sends)) = self.audit.take() {
+            let events = self.events();
+            // The hook may run in a destructor, so the (bounded, never
+            // dropping) send happens on a task of its own, tracked so that
+            // shutdown waits for it.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                sends.spawn(async move {
+                    for event in events {
+                        if let Err(e) = sink.send(event).await {
+                            tracing::error!(kind = e.kind(), "audit event not written: the event log is closed");
+                        }
+                    }
+                });
+            }
+        }
         let r = &self.record;
         let action = if r.blocked.is_some() {
             "block"
@@ -384,6 +422,76 @@ impl Exchange {
             "exchange"
         );
     }
+}
+
+impl Exchange {
+    /// The audit events of this exchange: the request's, and the response's
+    /// unless the request never went upstream.
+    fn events(&self) -> Vec<Event> {
+        let r = &self.record;
+        let request_id = Some(random_id());
+        let base = |phase: Phase, action: EventAction| {
+            let mut e = Event::new(phase, action);
+            e.mode = Some(Mode::Proxy);
+            e.provider = Some(self.info.provider.as_str().to_string());
+            e.host = Some(self.info.host.clone());
+            e.method = Some(self.info.method.to_string());
+            e.path = Some(self.info.path.clone());
+            e.endpoint = Some(self.info.endpoint.as_str().to_string());
+            e.api = self.info.api.map(|a| a.as_str().to_string());
+            e.model = self.info.model.clone();
+            e.request_id = request_id.clone();
+            e
+        };
+        let counts = |m: &BTreeMap<String, usize>| {
+            (!m.is_empty()).then(|| m.iter().map(|(k, v)| (k.clone(), *v as u64)).collect())
+        };
+        let blocked = |input: bool| {
+            r.blocked
+                .as_ref()
+                .filter(|_| r.blocked_on_input == input)
+        };
+        let mut input = match blocked(true) {
+            Some(_) => base(Phase::Input, EventAction::Block),
+            None if !r.redacted_in.is_empty() => base(Phase::Input, EventAction::Redact),
+            None => base(Phase::Input, EventAction::Pass),
+        };
+        input.redactions = counts(&r.redacted_in);
+        input.policy_us = Some(r.policy_us);
+        if let Some((policy, _)) = blocked(true) {
+            input.policy = Some(policy.clone());
+            input.reason = Some("blocked pattern detected".into());
+            input.status = r.status;
+            input.latency_ms = Some(self.started.elapsed().as_millis() as u64);
+            return vec![input];
+        }
+        let status = r.status;
+        let failed = status.is_none_or(|s| s >= 500);
+        let mut output = match blocked(false) {
+            Some(_) => base(Phase::Output, EventAction::Block),
+            None if failed => base(Phase::Output, EventAction::Error),
+            None if !r.redacted_out.is_empty() => base(Phase::Output, EventAction::Redact),
+            None => base(Phase::Output, EventAction::Pass),
+        };
+        if let Some((policy, _)) = blocked(false) {
+            output.policy = Some(policy.clone());
+            output.reason = Some("blocked pattern detected".into());
+        } else if status.is_none() {
+            output.reason = Some("the client went away before the response ended".into());
+        } else if failed {
+            output.reason = Some(format!("upstream answered {}", status.unwrap_or(0)));
+        }
+        output.redactions = counts(&r.redacted_out);
+        output.status = status;
+        output.latency_ms = Some(self.started.elapsed().as_millis() as u64);
+        output.upstream_ms = r.upstream_ms;
+        vec![input, output]
+    }
+}
+
+/// 16 random hex digits tying an exchange's events together.
+fn random_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 impl Drop for Exchange {

@@ -49,13 +49,17 @@ pub(super) async fn forward(
         body::boxed(incoming)
     };
 
+    let sent = std::time::Instant::now();
     let resp = match ctx
         .gw
         .upstream
         .send(origin, Request::from_parts(parts, body))
         .await
     {
-        Ok(resp) => resp,
+        Ok(resp) => {
+            exchange.record.upstream_ms = Some(sent.elapsed().as_millis() as u64);
+            resp
+        }
         Err(e) => {
             let e = ProxyError::from(e);
             exchange.complete(Some(e.status().as_u16()));
