@@ -142,7 +142,8 @@ impl EventSink {
 fn returned(msg: Msg) -> SendError {
     match msg {
         Msg::Event(e) => SendError(e),
-        // Only events go through `send`.
+        // Unreachable: `send` only ever sends `Msg::Event`. An error event
+        // stands in rather than a panic.
         Msg::Flush(_) | Msg::Close(_) => SendError(Box::new(Event::new(
             super::Phase::Input,
             super::Action::Error,
@@ -182,11 +183,11 @@ impl EventLog {
     /// Opens (creating if needed) the log in `dir`, continuing the chain from
     /// the last event on disk, and starts the writer.
     ///
-    /// A torn last line (no trailing newline: a crash mid-write) is cut off
-    /// with a warning; the cut bytes were never a complete event, so no
-    /// sender was told they were written... except under `Fsync::Never`
-    /// where the OS may have lost more, which the chain then simply does not
-    /// contain. A last complete line that is not a sealed event is refused.
+    /// A torn last line (no trailing newline: the process died mid-write) is
+    /// cut off with a warning rather than refused: it was never a complete
+    /// event, so it is not part of the chain, and refusing would stop all
+    /// traffic after every crash. A last *complete* line that is not a sealed
+    /// event is refused ([`EventsError::Corrupt`]): that is damage, not a crash.
     pub fn open(dir: &Path, options: LogOptions) -> Result<(EventSink, WriterHandle), EventsError> {
         Self::open_with_clock(dir, options, utc_today)
     }

@@ -253,7 +253,8 @@ impl Position {
 
 /// The last `n` events matching `filters`, oldest first, across segments,
 /// and the position just after them (to [`Follower::new`] from there without
-/// a gap or a repeat).
+/// a gap or a repeat). Segments are read backwards in chunks, so the cost
+/// follows how far back the matches are, not the size of the log.
 pub fn read_last(
     dir: &Path,
     n: usize,
@@ -263,30 +264,92 @@ pub fn read_last(
     let mut position = Position::default();
     let mut found: Vec<Event> = Vec::new();
     for (i, seg) in segments.iter().enumerate().rev() {
-        let bytes = std::fs::read(&seg.path).map_err(|e| EventsError::io(&seg.path, e))?;
-        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+        let mut file = std::fs::File::open(&seg.path).map_err(|e| EventsError::io(&seg.path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| EventsError::io(&seg.path, e))?
+            .len();
+        // Only complete lines: a write in progress is the follower's job.
+        let complete = complete_len(&mut file, len).map_err(|e| EventsError::io(&seg.path, e))?;
         if i + 1 == segments.len() {
             position = Position {
                 segment: Some(seg.path.clone()),
-                offset: complete as u64,
+                offset: complete,
             };
         }
         if found.len() >= n {
             break;
         }
-        for line in bytes[..complete].rsplit(|&b| b == b'\n') {
-            if found.len() >= n {
-                break;
-            }
+        lines_backward(&mut file, complete, |line| {
             if let Some(e) = parse_line(&seg.path, line) {
                 if filters.matches(&e) {
                     found.push(e);
                 }
             }
-        }
+            found.len() < n
+        })
+        .map_err(|e| EventsError::io(&seg.path, e))?;
     }
     found.reverse();
     Ok((found, position))
+}
+
+/// Bytes read per step when scanning backwards.
+const CHUNK: u64 = 64 * 1024;
+
+fn read_range(file: &mut std::fs::File, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::with_capacity((end - start) as usize);
+    file.take(end - start).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// The length of `file` up to and including its last newline.
+fn complete_len(file: &mut std::fs::File, len: u64) -> std::io::Result<u64> {
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let buf = read_range(file, start, end)?;
+        if let Some(p) = buf.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + p as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Calls `f` with each line of `file[..end]`, last first, until it returns
+/// false.
+fn lines_backward(
+    file: &mut std::fs::File,
+    end: u64,
+    mut f: impl FnMut(&[u8]) -> bool,
+) -> std::io::Result<()> {
+    let mut pos = end;
+    // The end of a line whose start is in a chunk not read yet.
+    let mut carry: Vec<u8> = Vec::new();
+    while pos > 0 {
+        let start = pos.saturating_sub(CHUNK);
+        let mut chunk = read_range(file, start, pos)?;
+        chunk.extend_from_slice(&carry);
+        pos = start;
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(first) => {
+                for line in chunk[first + 1..].rsplit(|&b| b == b'\n') {
+                    if !f(line) {
+                        return Ok(());
+                    }
+                }
+                chunk.truncate(first);
+                carry = chunk;
+            }
+            None => carry = chunk,
+        }
+    }
+    if !carry.is_empty() {
+        f(&carry);
+    }
+    Ok(())
 }
 
 fn parse_line(path: &Path, line: &[u8]) -> Option<Event> {

@@ -240,3 +240,65 @@ async fn follower_waits_for_complete_lines_and_a_first_segment() {
     assert_eq!(next(&mut f).await.user.as_deref(), Some("u3"));
     assert_eq!(f.position().offset, std::fs::metadata(&path).unwrap().len());
 }
+
+#[test]
+fn backward_line_reading_handles_lines_across_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("x");
+    // Lines longer and shorter than a chunk, and a torn tail.
+    let long = "a".repeat(CHUNK as usize + 17);
+    let lines = [
+        "one".to_string(),
+        long.clone(),
+        String::new(),
+        "two".into(),
+        long,
+    ];
+    let mut text = lines.join("\n");
+    text.push('\n');
+    let complete = text.len() as u64;
+    text.push_str("torn");
+    std::fs::write(&path, &text).unwrap();
+    let mut file = std::fs::File::open(&path).unwrap();
+    assert_eq!(
+        complete_len(&mut file, text.len() as u64).unwrap(),
+        complete
+    );
+    let mut seen = Vec::new();
+    lines_backward(&mut file, complete, |l| {
+        seen.push(String::from_utf8(l.to_vec()).unwrap());
+        true
+    })
+    .unwrap();
+    seen.retain(|l| !l.is_empty());
+    let mut want: Vec<_> = lines.iter().filter(|l| !l.is_empty()).cloned().collect();
+    want.reverse();
+    assert_eq!(seen, want);
+    let mut first = None;
+    lines_backward(&mut file, complete, |l| {
+        first = Some(l.len());
+        false
+    })
+    .unwrap();
+    assert_eq!(
+        first,
+        Some(0),
+        "the empty piece after the last newline comes first"
+    );
+}
+
+#[tokio::test]
+async fn last_n_ignores_a_torn_tail_and_positions_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), 0..3).await;
+    let path = list(tmp.path()).unwrap().pop().unwrap().path;
+    let len = std::fs::metadata(&path).unwrap().len();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(b"{\"action\":").unwrap();
+    let (last, pos) = read_last(tmp.path(), 10, &Filters::default()).unwrap();
+    assert_eq!(users(&last).last().map(String::as_str), Some("u2"));
+    assert_eq!(pos.offset, len);
+}
