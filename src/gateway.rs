@@ -3,8 +3,8 @@
 //! by tests, which start gateways in-process on `127.0.0.1:0`.
 
 use crate::config::{Config, ConfigError};
-use crate::policy::chain::ChainError;
 use crate::events::{EventLog, EventsError, LogOptions, WriterHandle};
+use crate::policy::chain::ChainError;
 use crate::policy::Engine;
 use crate::proxy::{Gateway, InterceptMode, InterceptRules, Limits};
 use crate::tls::{CaError, CaPaths, CertCache, CertificateAuthority, LeafMinter, MintError};

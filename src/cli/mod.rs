@@ -3,6 +3,7 @@
 //! line on stderr and a non-zero exit.
 
 mod ca;
+mod events;
 mod gateway;
 mod policy;
 
@@ -69,6 +70,9 @@ pub enum Command {
     /// Check policy configs.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Read, follow and verify the audit log.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
 }
 
 /// Entry point of the binary.
@@ -79,6 +83,7 @@ pub fn main() -> ExitCode {
         Command::Gateway(cmd) => gateway::run(&cli.home, cmd),
         Command::Ca(cmd) => ca::run(&cli.home, cmd),
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Events(cmd) => events::run(&cli.home, cmd),
     };
     match result {
         Ok(code) => code,

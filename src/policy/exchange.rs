@@ -9,7 +9,6 @@ use super::stream::{OutputStream, StreamNote};
 use crate::body::Body;
 use crate::config::{FilterAction, OnError, PolicyKind};
 use crate::events::{Action as EventAction, Event, EventSink, Mode, Phase};
-use tokio_util::task::TaskTracker;
 use crate::llm::family::Family;
 use crate::llm::json_text::{rewrite_strings, Selector};
 use crate::llm::recognize::{Api, Endpoint, Provider};
@@ -19,6 +18,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio_util::task::TaskTracker;
 
 /// What the request is, as the recognizer saw it (owned: it outlives the
 /// request head).
@@ -389,7 +389,10 @@ impl Exchange {
                 sends.spawn(async move {
                     for event in events {
                         if let Err(e) = sink.send(event).await {
-                            tracing::error!(kind = e.kind(), "audit event not written: the event log is closed");
+                            tracing::error!(
+                                kind = e.kind(),
+                                "audit event not written: the event log is closed"
+                            );
                         }
                     }
                 });
@@ -446,11 +449,7 @@ impl Exchange {
         let counts = |m: &BTreeMap<String, usize>| {
             (!m.is_empty()).then(|| m.iter().map(|(k, v)| (k.clone(), *v as u64)).collect())
         };
-        let blocked = |input: bool| {
-            r.blocked
-                .as_ref()
-                .filter(|_| r.blocked_on_input == input)
-        };
+        let blocked = |input: bool| r.blocked.as_ref().filter(|_| r.blocked_on_input == input);
         let mut input = match blocked(true) {
             Some(_) => base(Phase::Input, EventAction::Block),
             None if !r.redacted_in.is_empty() => base(Phase::Input, EventAction::Redact),

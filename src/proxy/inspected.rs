@@ -196,6 +196,17 @@ impl HttpBody for Completing {
     }
 }
 
+impl Drop for Completing {
+    fn drop(&mut self) {
+        // hyper stops polling a body that says it has ended, and then drops
+        // it: that is a complete response, not a client that went away.
+        if let Some(mut ex) = self.exchange.take() {
+            let status = self.inner.is_end_stream().then_some(self.status);
+            ex.complete(status);
+        }
+    }
+}
+
 /// A streamed response going through the output-phase policies.
 struct PolicedStream {
     inner: Incoming,

@@ -67,6 +67,7 @@ pub struct TestGateway {
     pub home: TempDir,
     trigger: Option<ShutdownTrigger>,
     server: Option<tokio::task::JoinHandle<()>>,
+    events: Option<keeptrusts::events::WriterHandle>,
 }
 
 impl TestGateway {
@@ -83,6 +84,7 @@ impl TestGateway {
         settings.upstream_ca = vec![upstream_ca.pem_path.clone()];
         settings.os_roots = false;
         settings.env_proxy = false;
+        settings.events_dir = Some(home.path().join("events"));
         configure(&mut settings);
         let built = gateway::build(&settings).unwrap();
         let (trigger, sd) = shutdown::channel();
@@ -94,7 +96,18 @@ impl TestGateway {
             home,
             trigger: Some(trigger),
             server: Some(server),
+            events: built.events,
         }
+    }
+
+    /// Writes every audit event handed over so far and closes the log;
+    /// returns the log's folder.
+    pub async fn close_events(&mut self) -> PathBuf {
+        self.gateway.engine().settle().await;
+        if let Some(events) = self.events.take() {
+            events.close().await.unwrap();
+        }
+        self.home.path().join("events")
     }
 
     /// The kt CA certificate (what clients must trust).

@@ -3,6 +3,7 @@ mod chain;
 mod cli;
 mod config;
 mod errors;
+mod events;
 mod intercept;
 mod lifecycle;
 mod policy;

@@ -1,0 +1,137 @@
+//! The audit trail through the real proxy: one event per phase of each LLM
+//! exchange, blocks and redactions recorded without the secret, a chain that
+//! verifies, and the `kt events` commands on the result.
+
+use crate::common::client::{body_string, through_proxy};
+use crate::common::origin::{Alpn, Origin};
+use crate::common::{connect_to, TestCa, TestGateway};
+use bytes::Bytes;
+use keeptrusts::config::PolicyConfig;
+use keeptrusts::events::{read_last, verify, Filters};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+const HOST: &str = "api.openai.com";
+const CONFIG: &str = "policies:\n  chain: [audit-logger, secret-redaction, content-filter]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n  content-filter:\n    patterns: ['internal-project-\\w+']\n";
+
+fn chat(content: &str) -> Bytes {
+    Bytes::from(
+        serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]})
+            .to_string(),
+    )
+}
+
+#[tokio::test]
+async fn exchanges_are_recorded_hash_chained_and_without_secrets() {
+    let ca = TestCa::new("events CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let config = Arc::new(PolicyConfig::parse(CONFIG, Path::new("t.yaml")).unwrap());
+    let mut gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(HOST, 443, origin.addr));
+        s.apply_config(&config);
+    })
+    .await;
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"http/1.1"]).await;
+    let token = format!("ghp_{}", "Qw3rTy7uIo9pAs2dFg4hJk6lZx8cVb1nM5eR");
+    for content in [
+        "plain question".to_string(),
+        format!("my token is {token}"),
+        "about internal-project-zeus".to_string(),
+    ] {
+        let resp = http
+            .send("POST", HOST, "/v1/chat/completions", chat(&content))
+            .await;
+        let _ = body_string(resp).await;
+    }
+    // A non-LLM path is not an exchange.
+    let _ = body_string(http.send("GET", HOST, "/v1/models", Bytes::new()).await).await;
+    drop(http);
+
+    let dir = gw.close_events().await;
+    let report = verify(&dir).unwrap();
+    assert_eq!(report.events, 5, "pass: in+out, redact: in+out, block: in");
+    let (events, _) = read_last(&dir, 100, &Filters::default()).unwrap();
+    let actions: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.phase.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("input", "pass"),
+            ("output", "pass"),
+            ("input", "redact"),
+            ("output", "pass"),
+            ("input", "block"),
+        ]
+    );
+    let pass = &events[1];
+    assert_eq!(pass.status, Some(200));
+    assert_eq!(pass.provider.as_deref(), Some("openai"));
+    assert_eq!(pass.endpoint.as_deref(), Some("chat/completions"));
+    assert_eq!(pass.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(pass.request_id, events[0].request_id);
+    assert!(pass.upstream_ms.is_some() && pass.latency_ms.is_some());
+    let redacted = &events[2];
+    let counts = redacted.redactions.as_ref().unwrap();
+    assert_eq!(counts.values().sum::<u64>(), 1, "{counts:?}");
+    let block = &events[4];
+    assert_eq!(block.policy.as_deref(), Some("content-filter"));
+    assert_eq!(block.status, Some(409));
+
+    let raw = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect::<String>();
+    assert!(!raw.contains(&token[4..]), "a secret reached the audit log");
+
+    // The commands on the same folder.
+    let kt = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kt"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(gw.home.path())
+            .output()
+            .unwrap()
+    };
+    let out = kt(&["events", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kt(&["events", "tail", "--no-follow", "--filter", "action=block"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("INPUT  openai chat/completions BLOCK policy=content-filter"),
+        "{text}"
+    );
+    let out = kt(&["events", "tail", "--no-follow", "--json", "-n", "2"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[1]["hash"].as_str().is_some_and(|h| h.len() == 64));
+
+    // Tampering is found and named.
+    let segment = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(&segment).unwrap();
+    std::fs::write(
+        &segment,
+        text.replacen("\"status\":409", "\"status\":200", 1),
+    )
+    .unwrap();
+    let out = kt(&["events", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":5:"), "names the line: {err}");
+}
