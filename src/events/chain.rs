@@ -22,9 +22,11 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 /// from `event.prev_hash`. `event.hash` is set as a side effect.
 pub fn seal(event: &mut Event) -> Result<String, serde_json::Error> {
     event.hash.clear();
-    let canonical = serde_json::to_string(&serde_json::to_value(&*event)?)?;
+    // `Event` declares its fields in sorted order (tested below), so its own
+    // serialization is the canonical form.
+    let canonical = serde_json::to_string(&*event)?;
     event.hash = hash_of(&event.prev_hash, canonical.as_bytes());
-    serde_json::to_string(&serde_json::to_value(&*event)?)
+    serde_json::to_string(&*event)
 }
 
 /// `hex(SHA-256(prev_hash || canonical))`.
@@ -60,6 +62,38 @@ pub fn is_hash(s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::events::{Action, Phase};
+
+    #[test]
+    fn direct_serialization_is_the_sorted_value_form() {
+        let mut e = Event::new(Phase::Output, Action::Redact);
+        e.policy = Some("p".into());
+        e.reason = Some("r".into());
+        e.mode = Some(crate::events::Mode::Proxy);
+        e.provider = Some("openai".into());
+        e.host = Some("h".into());
+        e.method = Some("POST".into());
+        e.path = Some("/v1".into());
+        e.endpoint = Some("chat/completions".into());
+        e.api = Some("openai-chat".into());
+        e.model = Some("m".into());
+        e.user = Some("u".into());
+        e.team = Some("t".into());
+        e.status = Some(200);
+        e.latency_ms = Some(1);
+        e.upstream_ms = Some(1);
+        e.policy_us = Some(1);
+        e.tokens_in = Some(1);
+        e.tokens_out = Some(1);
+        e.cost_usd = Some(0.5);
+        e.cache_hit = Some(false);
+        e.request_id = Some("x".into());
+        e.redactions = Some([("b".to_string(), 1), ("a".to_string(), 2)].into());
+        e.prev_hash = GENESIS_HASH.into();
+        e.hash = GENESIS_HASH.into();
+        let direct = serde_json::to_string(&e).unwrap();
+        let sorted = serde_json::to_string(&serde_json::to_value(&e).unwrap()).unwrap();
+        assert_eq!(direct, sorted);
+    }
 
     #[test]
     fn seal_matches_the_documented_formula_and_sorts_keys() {

@@ -110,80 +110,82 @@ impl Mode {
 }
 
 /// One audit event. Field names are the contract's; every optional field is
-/// absent from the JSON when unknown.
+/// absent from the JSON when unknown. Fields are declared in alphabetical
+/// order so that serde's output is already the canonical (sorted-key) JSON
+/// the hash chain needs, without building a `Value` per event.
 ///
 /// `prev_hash` and `hash` are filled in by the writer; leave them empty.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    /// Unique and time-ordered: 12 hex digits of Unix milliseconds, then 20
-    /// random hex digits, so ids sort by creation time.
-    pub id: String,
-    /// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T10:32:15.123Z`.
-    pub ts: String,
-    pub phase: Phase,
     pub action: Action,
-    /// The policy that decided `action` (block/redact/cache_hit).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
-    /// Why, in words a user can act on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<Mode>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// The logical operation (`chat/completions`, `completions`, ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
     /// The wire dialect (`openai-chat`, `anthropic-messages`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
+    pub cache_hit: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
+    pub cost_usd: Option<f64>,
+    /// The logical operation (`chat/completions`, `completions`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub team: Option<String>,
-    /// HTTP status sent to the client.
+    pub endpoint: Option<String>,
+    /// This event's hash; filled by the writer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
+    pub host: Option<String>,
+    /// Unique and time-ordered: 12 hex digits of Unix milliseconds, then 20
+    /// random hex digits, so ids sort by creation time.
+    pub id: String,
     /// Whole exchange as the client saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
-    /// Time spent waiting on the provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_ms: Option<u64>,
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub phase: Phase,
+    /// The policy that decided `action` (block/redact/cache_hit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// Time spent in the policy chain, in microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_us: Option<u64>,
+    /// Hash of the event before this one; filled by the writer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prev_hash: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_in: Option<u64>,
+    pub provider: Option<String>,
+    /// Why, in words a user can act on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_out: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cost_usd: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_hit: Option<bool>,
-    /// Ties the input and output events of one exchange together.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
+    pub reason: Option<String>,
     /// Extra (not in the contract's list): how many matches of each secret
     /// kind or pattern a `redact` action replaced, e.g. `{"aws_key": 2}`.
     /// Counts only, never the matched text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redactions: Option<BTreeMap<String, u64>>,
-    /// Hash of the event before this one; filled by the writer.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub prev_hash: String,
-    /// This event's hash; filled by the writer.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub hash: String,
+    /// Ties the input and output events of one exchange together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// HTTP status sent to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_in: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_out: Option<u64>,
+    /// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T10:32:15.123Z`.
+    pub ts: String,
+    /// Time spent waiting on the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl Event {

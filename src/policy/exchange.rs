@@ -381,18 +381,24 @@ impl Exchange {
         self.completed = true;
         self.record.status = status;
         if let Some((sink, sends)) = self.audit.take() {
-            let events = self.events();
-            // The hook may run in a destructor, so the (bounded, never
-            // dropping) send happens on a task of its own, tracked so that
-            // shutdown waits for it.
-            if tokio::runtime::Handle::try_current().is_ok() {
+            // Queued without waiting when there is room (the common case);
+            // otherwise a tracked task waits for room, so the event is never
+            // dropped and shutdown waits for it. The hook may run in a
+            // destructor, so it cannot wait itself.
+            let mut waiting = Vec::new();
+            for event in self.events() {
+                // Once one had to wait, the rest wait behind it (in order).
+                if !waiting.is_empty() {
+                    waiting.push(event);
+                } else if let Err(event) = sink.try_send(event) {
+                    waiting.push(*event);
+                }
+            }
+            if !waiting.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
                 sends.spawn(async move {
-                    for event in events {
+                    for event in waiting {
                         if let Err(e) = sink.send(event).await {
-                            tracing::error!(
-                                kind = e.kind(),
-                                "audit event not written: the event log is closed"
-                            );
+                            tracing::error!(kind = e.kind(), "audit event not written: the event log is closed");
                         }
                     }
                 });
