@@ -129,9 +129,9 @@ impl EventSink {
     pub fn try_send(&self, event: Event) -> Result<(), Box<Event>> {
         match self.tx.try_send(Msg::Event(Box::new(event))) {
             Ok(()) => Ok(()),
-            Err(
-                mpsc::error::TrySendError::Full(msg) | mpsc::error::TrySendError::Closed(msg),
-            ) => Err(returned(msg).0),
+            Err(mpsc::error::TrySendError::Full(msg) | mpsc::error::TrySendError::Closed(msg)) => {
+                Err(returned(msg).0)
+            }
         }
     }
 

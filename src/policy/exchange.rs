@@ -398,7 +398,10 @@ impl Exchange {
                 sends.spawn(async move {
                     for event in waiting {
                         if let Err(e) = sink.send(event).await {
-                            tracing::error!(kind = e.kind(), "audit event not written: the event log is closed");
+                            tracing::error!(
+                                kind = e.kind(),
+                                "audit event not written: the event log is closed"
+                            );
                         }
                     }
                 });
