@@ -30,3 +30,25 @@ where
 {
     body.map_err(Into::into).boxed_unsync()
 }
+
+/// A body whose frames come from a channel: the writer decides when each
+/// frame goes (live feeds), and the body ends when the sender is dropped.
+pub fn channel(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Body {
+    boxed(ChannelBody(rx))
+}
+
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}

@@ -164,12 +164,23 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
                 options.fsync = fsync;
             }
             let (sink, handle) = EventLog::open(dir, options)?;
-            (Some(sink), Some(handle))
+            (Some((sink, dir.clone())), Some(handle))
         }
         None => (None, None),
     };
-    let engine = Arc::new(Engine::with_sink(settings.policy.as_deref(), sink)?);
-    let gateway = Gateway::new(certs, upstream, intercept, settings.limits.clone(), engine);
+    let engine = Arc::new(Engine::with_sink(
+        settings.policy.as_deref(),
+        sink.as_ref().map(|(s, _)| s.clone()),
+    )?);
+    let feed = sink.map(|(sink, dir)| crate::proxy::feed::EventsFeed { sink, dir });
+    let gateway = Gateway::new(
+        certs,
+        upstream,
+        intercept,
+        settings.limits.clone(),
+        engine,
+        feed,
+    );
     Ok(Built {
         gateway,
         ca: paths,

@@ -13,9 +13,18 @@ use std::process::ExitCode;
 pub enum EventsCommand {
     /// Print the audit log's events, one line each, and follow new ones.
     Tail {
-        /// Read the live feed of a running gateway instead of the local log.
+        /// Read the live feed of a running gateway (`http://host:41002`)
+        /// instead of the local log.
         #[arg(long, value_name = "URL")]
         gateway: Option<String>,
+        /// Access key for `--gateway` (default: $KEEPTRUSTS_ACCESS_KEY).
+        #[arg(
+            long,
+            value_name = "KEY",
+            env = "KEEPTRUSTS_ACCESS_KEY",
+            hide_env_values = true
+        )]
+        key: Option<String>,
         /// Only events whose field KEY equals VALUE (repeatable, ANDed),
         /// e.g. `action=redact`, `user=dev1`.
         #[arg(long = "filter", value_name = "KEY=VALUE")]
@@ -40,18 +49,17 @@ pub fn run(home: &HomeArgs, cmd: EventsCommand) -> anyhow::Result<ExitCode> {
         EventsCommand::Verify => verify_cmd(dir),
         EventsCommand::Tail {
             gateway,
+            key,
             filters,
             json,
             n,
             no_follow,
         } => {
-            if gateway.is_some() {
-                anyhow::bail!(
-                    "--gateway (the live feed of a remote gateway) is not available yet; run `kt events tail` where the gateway writes its log"
-                );
-            }
             let filters = Filters::parse(&filters)?;
-            tail(dir, filters, json, n, !no_follow)
+            match gateway {
+                Some(url) => remote::tail(&url, key.as_deref(), filters, json, n, !no_follow),
+                None => tail(dir, filters, json, n, !no_follow),
+            }
         }
     }
 }
@@ -87,6 +95,22 @@ fn verify_cmd(dir: PathBuf) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Prints one event as the contract's text line, or its JSON.
+fn print(
+    out: &mut std::io::StdoutLock<'_>,
+    e: &crate::events::Event,
+    json: bool,
+    colour: bool,
+) -> std::io::Result<()> {
+    if json {
+        let line = serde_json::to_string(e).map_err(std::io::Error::other)?;
+        writeln!(out, "{line}")?;
+    } else {
+        writeln!(out, "{}", format_line(e, colour))?;
+    }
+    out.flush()
+}
+
 fn tail(
     dir: PathBuf,
     filters: Filters,
@@ -99,15 +123,7 @@ fn tail(
         .with_context(|| format!("cannot read the audit log in {}", dir.display()))?;
     let mut out = std::io::stdout().lock();
     let print =
-        |out: &mut std::io::StdoutLock<'_>, e: &crate::events::Event| -> std::io::Result<()> {
-            if json {
-                let line = serde_json::to_string(e).map_err(std::io::Error::other)?;
-                writeln!(out, "{line}")?;
-            } else {
-                writeln!(out, "{}", format_line(e, colour))?;
-            }
-            out.flush()
-        };
+        |out: &mut std::io::StdoutLock<'_>, e: &crate::events::Event| print(out, e, json, colour);
     for e in &history {
         if let Err(err) = print(&mut out, e) {
             return broken_pipe_is_success(err);
@@ -142,5 +158,89 @@ fn broken_pipe_is_success(err: std::io::Error) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         Err(err.into())
+    }
+}
+
+/// `--gateway URL`: the gateway's `/_kt/events` feed over HTTP.
+mod remote {
+    use super::{broken_pipe_is_success, print};
+    use crate::events::{Event, Filters};
+    use crate::llm::sse::SseDecoder;
+    use anyhow::{bail, Context as _};
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    use std::io::IsTerminal;
+    use std::process::ExitCode;
+
+    pub fn tail(
+        url: &str,
+        key: Option<&str>,
+        filters: Filters,
+        json: bool,
+        n: usize,
+        follow: bool,
+    ) -> anyhow::Result<ExitCode> {
+        let uri: http::Uri = url
+            .parse()
+            .with_context(|| format!("--gateway {url:?} is not a URL"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("--gateway takes an http:// URL of the gateway's listener, e.g. http://127.0.0.1:41002");
+        }
+        let host = uri.host().context("--gateway URL has no host")?.to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(async move {
+            let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+                .await
+                .with_context(|| format!("cannot connect to the gateway at {url}"))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .context("HTTP handshake with the gateway failed")?;
+            tokio::spawn(conn);
+            let mut req = http::Request::builder()
+                .uri(format!("/_kt/events?n={n}"))
+                .header(http::header::HOST, format!("{host}:{port}"))
+                .header(http::header::ACCEPT, "text/event-stream");
+            if let Some(key) = key {
+                req = req.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
+            }
+            let resp = sender
+                .send_request(req.body(Empty::<Bytes>::new())?)
+                .await
+                .context("the gateway did not answer")?;
+            if !resp.status().is_success() {
+                bail!("the gateway answered {} for /_kt/events", resp.status());
+            }
+            let colour = std::io::stdout().is_terminal();
+            let mut body = resp.into_body();
+            let mut decoder = SseDecoder::new();
+            let mut out = std::io::stdout().lock();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.context("the gateway's feed broke off")?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                decoder.feed(&data);
+                while let Some(ev) = decoder.next_event() {
+                    let ev = ev.context("the gateway's feed is not valid SSE")?;
+                    if ev.raw().as_ref() == crate::proxy::feed::HISTORY_END && !follow {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    let Some(json_text) = ev.data() else { continue };
+                    let event: Event = serde_json::from_str(json_text)
+                        .context("the gateway's feed carried an event kt cannot read")?;
+                    if filters.matches(&event) {
+                        if let Err(err) = print(&mut out, &event, json, colour) {
+                            return broken_pipe_is_success(err);
+                        }
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        })
     }
 }

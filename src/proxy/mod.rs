@@ -4,6 +4,7 @@
 
 pub mod authority;
 pub mod error;
+pub mod feed;
 mod forward;
 mod inspected;
 mod intercept;
@@ -108,6 +109,7 @@ pub struct Gateway {
     ca_pem: Bytes,
     stats: Stats,
     engine: Arc<Engine>,
+    events_feed: Option<feed::EventsFeed>,
 }
 
 /// Counters for tests, logs and (later) metrics.
@@ -125,6 +127,7 @@ impl Gateway {
         rules: InterceptRules,
         limits: Limits,
         engine: Arc<Engine>,
+        events_feed: Option<feed::EventsFeed>,
     ) -> Arc<Self> {
         let ca_pem = Bytes::copy_from_slice(certs.minter().ca().cert_pem().as_bytes());
         Arc::new(Gateway {
@@ -135,6 +138,7 @@ impl Gateway {
             ca_pem,
             stats: Stats::default(),
             engine,
+            events_feed,
         })
     }
 
@@ -148,6 +152,11 @@ impl Gateway {
 
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
+    }
+
+    /// The audit log's live feed, when the gateway writes one.
+    pub fn events_feed(&self) -> Option<&feed::EventsFeed> {
+        self.events_feed.as_ref()
     }
 
     /// The policy engine (reload it to swap the chain).

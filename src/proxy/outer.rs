@@ -181,6 +181,9 @@ fn admin(ctx: &ConnCtx, req: &Request<Incoming>) -> Result<Response<Body>, Proxy
     match path {
         "/healthz" | "/readyz" | "/_kt/ca.pem" if !read_only => Err(ProxyError::MethodNotAllowed),
         "/healthz" => Ok(text(StatusCode::OK, "ok\n")),
+        "/_kt/events" if *req.method() == Method::GET => {
+            Ok(super::feed::serve(ctx, req.uri().query()))
+        }
         "/readyz" if ctx.shutdown.is_draining() => {
             Ok(text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"))
         }

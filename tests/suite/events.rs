@@ -135,3 +135,86 @@ async fn exchanges_are_recorded_hash_chained_and_without_secrets() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(":5:"), "names the line: {err}");
 }
+
+#[tokio::test]
+async fn the_live_feed_streams_new_events_and_tail_reads_it() {
+    use http_body_util::BodyExt;
+    let ca = TestCa::new("feed CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(HOST, 443, origin.addr));
+    })
+    .await;
+
+    // Subscribe first, then cause an exchange.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut feed = crate::common::client::Http::over(tcp, false).await;
+    let resp = feed
+        .send("GET", "kt", "/_kt/events?n=0", Bytes::new())
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"h2"]).await;
+    let _ = body_string(
+        http.send("POST", HOST, "/v1/chat/completions", chat("hi"))
+            .await,
+    )
+    .await;
+
+    let mut seen = String::new();
+    let deadline = std::time::Duration::from_secs(10);
+    while !seen.contains("\"phase\":\"output\"") {
+        let frame = tokio::time::timeout(deadline, body.frame())
+            .await
+            .expect("no event on the live feed")
+            .unwrap()
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    assert!(seen.starts_with(": end of history\n\n"), "{seen}");
+    assert!(seen.contains("\"phase\":\"input\""), "{seen}");
+    assert!(
+        seen.contains("\"hash\":\""),
+        "live events carry their hash: {seen}"
+    );
+
+    // The same events through `kt events tail --gateway`, history only.
+    let out = tokio::task::spawn_blocking({
+        let url = format!("http://{}", gw.addr);
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_kt"))
+                .args([
+                    "events",
+                    "tail",
+                    "--gateway",
+                    &url,
+                    "-n",
+                    "2",
+                    "--no-follow",
+                ])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.contains("INPUT  openai chat/completions PASS"),
+        "{text}"
+    );
+    assert!(
+        text.contains("OUTPUT openai chat/completions PASS latency="),
+        "{text}"
+    );
+}

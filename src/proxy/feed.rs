@@ -1,0 +1,107 @@
+//! `GET /_kt/events`: the audit events as Server-Sent Events — the last N
+//! from the log (`?n=N`), then each new one as it is written — for
+//! `kt events tail --gateway` and dashboards.
+
+use super::ConnCtx;
+use crate::body::{self, Body};
+use crate::events::{read_last, EventSink, Filters};
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+/// Where the feed reads history and live events.
+#[derive(Clone)]
+pub struct EventsFeed {
+    pub sink: EventSink,
+    pub dir: PathBuf,
+}
+
+/// The comment frame sent after the history, before live events.
+pub const HISTORY_END: &[u8] = b": end of history\n\n";
+
+/// Most history events sent on connect.
+const MAX_HISTORY: usize = 10_000;
+/// A comment line this often keeps proxies from timing the stream out and
+/// finds clients that went away.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
+    let Some(feed) = ctx.gw.events_feed() else {
+        let mut r = Response::new(body::full("this gateway writes no audit log\n"));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    };
+    let n = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("n="))
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(MAX_HISTORY);
+    // Subscribe before reading history, so nothing falls in between (an
+    // event may then come twice; the client can skip repeated ids).
+    let mut live = feed.sink.subscribe();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let dir = feed.dir.clone();
+    let shutdown = ctx.shutdown.clone();
+    tokio::spawn(async move {
+        if n > 0 {
+            let history =
+                tokio::task::spawn_blocking(move || read_last(&dir, n, &Filters::default())).await;
+            if let Ok(Ok((events, _))) = history {
+                for e in events {
+                    if tx.send(frame(&e)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        // Tells a client that asked for history only where it ends.
+        if tx.send(Bytes::from_static(HISTORY_END)).await.is_err() {
+            return;
+        }
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.tick().await;
+        loop {
+            let next = tokio::select! {
+                e = live.recv() => e,
+                _ = keepalive.tick() => {
+                    if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                // A live feed never ends by itself: end it so draining can.
+                _ = shutdown.draining() => return,
+            };
+            let bytes = match next {
+                Ok(e) => frame(&e),
+                Err(RecvError::Lagged(missed)) => {
+                    Bytes::from(format!(": {missed} events skipped (client too slow)\n\n"))
+                }
+                Err(RecvError::Closed) => return,
+            };
+            if tx.send(bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut r = Response::new(body::channel(rx));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+fn frame(e: &crate::events::Event) -> Bytes {
+    match serde_json::to_string(e) {
+        Ok(json) => Bytes::from(format!("data: {json}\n\n")),
+        Err(_) => Bytes::new(),
+    }
+}
