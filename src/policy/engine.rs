@@ -17,6 +17,7 @@ pub struct Engine {
     /// Event sends in flight, so shutdown can wait for them before closing
     /// the log.
     sends: tokio_util::task::TaskTracker,
+    counters: Arc<crate::policy::exchange::Counters>,
     /// Hosts configured in `intercept.hosts`: Sourcegraph Enterprise
     /// instances unless the built-in table knows them.
     configured_hosts: RwLock<Arc<HostSet>>,
@@ -37,6 +38,7 @@ impl Engine {
         Ok(Engine {
             sink,
             sends: tokio_util::task::TaskTracker::new(),
+            counters: Arc::default(),
             chain: RwLock::new(Arc::new(chain)),
             configured_hosts: RwLock::new(Arc::new(hosts)),
         })
@@ -68,6 +70,11 @@ impl Engine {
     pub async fn settle(&self) {
         self.sends.close();
         self.sends.wait().await;
+    }
+
+    /// Exchange outcomes since start.
+    pub fn counters(&self) -> &crate::policy::exchange::Counters {
+        &self.counters
     }
 
     /// The chain new exchanges start with.
@@ -125,7 +132,13 @@ impl Engine {
             stream: class.stream_hint(),
         };
         let audit = self.sink.as_ref().map(|s| (s, &self.sends));
-        Some(Exchange::new(chain, selection, info, audit))
+        Some(Exchange::new(
+            chain,
+            selection,
+            info,
+            audit,
+            self.counters.clone(),
+        ))
     }
 }
 

@@ -82,6 +82,32 @@ pub struct Exchange {
     completed: bool,
     /// Where the audit events go, when an `audit-logger` policy applies.
     audit: Option<(EventSink, TaskTracker)>,
+    counters: Arc<Counters>,
+}
+
+/// Exchange outcomes since start, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub pass: std::sync::atomic::AtomicU64,
+    pub block: std::sync::atomic::AtomicU64,
+    pub redact: std::sync::atomic::AtomicU64,
+    pub error: std::sync::atomic::AtomicU64,
+    /// Microseconds spent in policies, summed.
+    pub policy_us: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    fn count(&self, action: &str, policy_us: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counter = match action {
+            "block" => &self.block,
+            "redact" => &self.redact,
+            "error" => &self.error,
+            _ => &self.pass,
+        };
+        counter.fetch_add(1, Relaxed);
+        self.policy_us.fetch_add(policy_us, Relaxed);
+    }
 }
 
 impl Exchange {
@@ -90,6 +116,7 @@ impl Exchange {
         selection: Selection,
         info: ExchangeInfo,
         sink: Option<(&EventSink, &TaskTracker)>,
+        counters: Arc<Counters>,
     ) -> Self {
         // `passthrough` means forward untouched: only the audit runs.
         let mut selection = selection;
@@ -118,6 +145,7 @@ impl Exchange {
             started: Instant::now(),
             completed: false,
             audit,
+            counters,
         }
     }
 
@@ -410,11 +438,14 @@ impl Exchange {
         let r = &self.record;
         let action = if r.blocked.is_some() {
             "block"
+        } else if status.is_none_or(|s| s >= 500) {
+            "error"
         } else if !r.redacted_in.is_empty() || !r.redacted_out.is_empty() {
             "redact"
         } else {
             "pass"
         };
+        self.counters.count(action, r.policy_us);
         // The audit trail proper (hash-chained events) records this; the log
         // line is for debugging.
         tracing::debug!(

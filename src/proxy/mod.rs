@@ -8,6 +8,7 @@ pub mod feed;
 mod forward;
 mod inspected;
 mod intercept;
+mod metrics;
 mod outer;
 mod tunnel;
 

@@ -181,6 +181,14 @@ fn admin(ctx: &ConnCtx, req: &Request<Incoming>) -> Result<Response<Body>, Proxy
     match path {
         "/healthz" | "/readyz" | "/_kt/ca.pem" if !read_only => Err(ProxyError::MethodNotAllowed),
         "/healthz" => Ok(text(StatusCode::OK, "ok\n")),
+        "/metrics" if read_only => {
+            let mut r = Response::new(body::full(super::metrics::render(&ctx.gw)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(r)
+        }
         "/_kt/events" if *req.method() == Method::GET => {
             Ok(super::feed::serve(ctx, req.uri().query()))
         }

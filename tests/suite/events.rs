@@ -86,6 +86,22 @@ async fn exchanges_are_recorded_hash_chained_and_without_secrets() {
         .collect::<String>();
     assert!(!raw.contains(&token[4..]), "a secret reached the audit log");
 
+    // The counters agree.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut admin = crate::common::client::Http::over(tcp, false).await;
+    let metrics = body_string(admin.send("GET", "kt", "/metrics", Bytes::new()).await).await;
+    for line in [
+        "kt_exchanges_total{action=\"pass\"} 1",
+        "kt_exchanges_total{action=\"redact\"} 1",
+        "kt_exchanges_total{action=\"block\"} 1",
+        "kt_events_written_total 5",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
+
     // The commands on the same folder.
     let kt = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_kt"))
