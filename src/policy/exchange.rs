@@ -63,6 +63,9 @@ pub struct Record {
     pub blocked_on_input: bool,
     /// From sending the request upstream to its response head.
     pub upstream_ms: Option<u64>,
+    /// Why the exchange failed, when kt answered with an error of its own
+    /// (the error kind and message, e.g. an unreachable upstream).
+    pub error: Option<String>,
     /// `action: log` matches: policy and rule.
     pub logged: Vec<(String, String)>,
     /// Bodies that could not be inspected, and why.
@@ -517,6 +520,8 @@ impl Exchange {
             output.reason = Some("blocked pattern detected".into());
         } else if status.is_none() {
             output.reason = Some("the client went away before the response ended".into());
+        } else if let Some(error) = &r.error {
+            output.reason = Some(error.clone());
         } else if failed {
             output.reason = Some(format!("upstream answered {}", status.unwrap_or(0)));
         }

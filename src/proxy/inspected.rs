@@ -62,6 +62,7 @@ pub(super) async fn forward(
         }
         Err(e) => {
             let e = ProxyError::from(e);
+            exchange.record.error = Some(format!("{}: {e}", e.kind()));
             exchange.complete(Some(e.status().as_u16()));
             return Err(e);
         }

@@ -234,3 +234,31 @@ async fn the_live_feed_streams_new_events_and_tail_reads_it() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn upstream_failures_are_recorded_as_errors_with_the_cause() {
+    let trusted = TestCa::new("trusted CA");
+    let rogue = TestCa::new("rogue CA");
+    // The origin's certificate comes from a CA the gateway does not trust.
+    let origin = Origin::tls(&rogue, &[HOST], Alpn::Both).await;
+    let mut gw = TestGateway::start(&trusted, |s| {
+        s.connect_to.push(connect_to(HOST, 443, origin.addr));
+    })
+    .await;
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"http/1.1"]).await;
+    let resp = http
+        .send("POST", HOST, "/v1/chat/completions", chat("hi"))
+        .await;
+    assert_eq!(resp.status(), 502);
+    drop(http);
+    let dir = gw.close_events().await;
+    let (events, _) = read_last(&dir, 10, &Filters::default()).unwrap();
+    let output = events
+        .iter()
+        .find(|e| e.phase.as_str() == "output")
+        .unwrap();
+    assert_eq!(output.action.as_str(), "error");
+    assert_eq!(output.status, Some(502));
+    let reason = output.reason.as_deref().unwrap_or_default();
+    assert!(reason.starts_with("upstream_tls:"), "{reason}");
+}
