@@ -160,8 +160,12 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
     let (sink, events) = match &settings.events_dir {
         Some(dir) => {
             let mut options = LogOptions::default();
-            if let Some(fsync) = audit_fsync(settings.policy.as_deref()) {
-                options.fsync = fsync;
+            let audit = audit_options(settings.policy.as_deref());
+            if let Some(audit) = audit {
+                options.fsync = audit.fsync;
+            }
+            if let Some(days) = audit.and_then(|a| a.retention_days) {
+                start_pruning(dir.clone(), days);
             }
             let (sink, handle) = EventLog::open(dir, options)?;
             (Some((sink, dir.clone())), Some(handle))
@@ -191,10 +195,39 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
     })
 }
 
-/// The `fsync` option of the config's audit logger, if it has one.
-fn audit_fsync(config: Option<&Config>) -> Option<crate::config::Fsync> {
+/// The options of the config's audit logger, if it has one.
+fn audit_options(config: Option<&Config>) -> Option<&crate::config::AuditLoggerOptions> {
     config?.chain().find_map(|p| match &p.options {
-        crate::config::PolicyOptions::AuditLogger(o) => Some(o.fsync),
+        crate::config::PolicyOptions::AuditLogger(o) => Some(o),
         _ => None,
     })
+}
+
+/// How often expired segments are looked for.
+const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+/// Removes whole segments older than `days` now and every few hours
+/// (the newest segment always stays, so the chain stays verifiable).
+fn start_pruning(dir: PathBuf, days: u32) {
+    let prune = move || match crate::events::prune(&dir, days) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(
+                segments = removed.len(),
+                retention_days = days,
+                "pruned expired audit log segments"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("audit log retention: {e}"),
+    };
+    prune();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let prune = prune.clone();
+            let _ = tokio::task::spawn_blocking(prune).await;
+        }
+    });
 }

@@ -262,3 +262,27 @@ async fn upstream_failures_are_recorded_as_errors_with_the_cause() {
     let reason = output.reason.as_deref().unwrap_or_default();
     assert!(reason.starts_with("upstream_tls:"), "{reason}");
 }
+
+#[tokio::test]
+async fn retention_removes_expired_segments_at_start() {
+    let ca = TestCa::new("retention CA");
+    let yaml =
+        "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger:\n    retention_days: 30\n";
+    let config = Arc::new(PolicyConfig::parse(yaml, Path::new("t.yaml")).unwrap());
+    let mut old = Vec::new();
+    let gw = TestGateway::start(&ca, |s| {
+        let dir = s.events_dir.clone().unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        for day in ["2020-01-01", "2020-01-02"] {
+            let path = dir.join(format!("{day}.jsonl"));
+            std::fs::write(&path, "").unwrap();
+            old.push(path);
+        }
+        s.apply_config(&config);
+    })
+    .await;
+    assert!(!old[0].exists(), "an expired segment was kept");
+    // The newest segment always stays, so the chain has an anchor.
+    assert!(old[1].exists());
+    drop(gw);
+}
