@@ -72,6 +72,25 @@ impl Engine {
         self.sends.wait().await;
     }
 
+    /// Records a blind tunnel (`connect` event) when the audit logger asks
+    /// for all access (`log_all_access: true`).
+    pub fn record_tunnel(&self, target: &str) {
+        let Some(sink) = &self.sink else { return };
+        let chain = self.chain();
+        let wanted = chain.policies().iter().any(
+            |p| matches!(&p.action, crate::policy::chain::Action::Audit(o) if o.log_all_access),
+        );
+        if !wanted {
+            return;
+        }
+        let mut event =
+            crate::events::Event::new(crate::events::Phase::Connect, crate::events::Action::Tunnel);
+        event.mode = Some(crate::events::Mode::Proxy);
+        event.method = Some("CONNECT".into());
+        event.host = Some(target.to_string());
+        crate::policy::exchange::submit(sink, &self.sends, vec![event]);
+    }
+
     /// Exchange outcomes since start.
     pub fn counters(&self) -> &crate::policy::exchange::Counters {
         &self.counters

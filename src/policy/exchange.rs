@@ -412,31 +412,7 @@ impl Exchange {
         self.completed = true;
         self.record.status = status;
         if let Some((sink, sends)) = self.audit.take() {
-            // Queued without waiting when there is room (the common case);
-            // otherwise a tracked task waits for room, so the event is never
-            // dropped and shutdown waits for it. The hook may run in a
-            // destructor, so it cannot wait itself.
-            let mut waiting = Vec::new();
-            for event in self.events() {
-                // Once one had to wait, the rest wait behind it (in order).
-                if !waiting.is_empty() {
-                    waiting.push(event);
-                } else if let Err(event) = sink.try_send(event) {
-                    waiting.push(*event);
-                }
-            }
-            if !waiting.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
-                sends.spawn(async move {
-                    for event in waiting {
-                        if let Err(e) = sink.send(event).await {
-                            tracing::error!(
-                                kind = e.kind(),
-                                "audit event not written: the event log is closed"
-                            );
-                        }
-                    }
-                });
-            }
+            submit(&sink, &sends, self.events());
         }
         let r = &self.record;
         let action = if r.blocked.is_some() {
@@ -530,6 +506,35 @@ impl Exchange {
         output.latency_ms = Some(self.started.elapsed().as_millis() as u64);
         output.upstream_ms = r.upstream_ms;
         vec![input, output]
+    }
+}
+
+/// Hands `events` to the audit log in order: queued without waiting when
+/// there is room (the common case), else by a tracked task that waits for
+/// room, so no event is dropped and shutdown waits for it. Callers may be
+/// destructors, which cannot wait themselves.
+pub(crate) fn submit(sink: &EventSink, sends: &TaskTracker, events: Vec<Event>) {
+    let mut waiting = Vec::new();
+    for event in events {
+        // Once one had to wait, the rest wait behind it.
+        if !waiting.is_empty() {
+            waiting.push(event);
+        } else if let Err(event) = sink.try_send(event) {
+            waiting.push(*event);
+        }
+    }
+    if !waiting.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
+        let sink = sink.clone();
+        sends.spawn(async move {
+            for event in waiting {
+                if let Err(e) = sink.send(event).await {
+                    tracing::error!(
+                        kind = e.kind(),
+                        "audit event not written: the event log is closed"
+                    );
+                }
+            }
+        });
     }
 }
 

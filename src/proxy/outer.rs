@@ -120,6 +120,7 @@ async fn connect(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body>,
         });
     } else {
         let upstream = gw.upstream.dial(&target.host, target.port, true).await?;
+        gw.engine().record_tunnel(&target.to_string());
         let sd = ctx.shutdown.clone();
         sd.spawn(async move {
             match hyper::upgrade::on(req).await {

@@ -286,3 +286,44 @@ async fn retention_removes_expired_segments_at_start() {
     assert!(old[1].exists());
     drop(gw);
 }
+
+#[tokio::test]
+async fn log_all_access_records_blind_tunnels() {
+    let ca = TestCa::new("tunnel CA");
+    let origin = Origin::tls(&ca, &["example.org"], Alpn::Both).await;
+    let yaml =
+        "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger:\n    log_all_access: true\n";
+    let config = Arc::new(PolicyConfig::parse(yaml, Path::new("t.yaml")).unwrap());
+    let mut gw = TestGateway::start(&ca, |s| {
+        s.connect_to
+            .push(connect_to("example.org", 443, origin.addr));
+        s.apply_config(&config);
+    })
+    .await;
+    let (_tunnel, reply) = crate::common::client::connect(gw.addr, "example.org:443").await;
+    assert_eq!(reply.status, 200);
+    let dir = gw.close_events().await;
+    let (events, _) = read_last(&dir, 10, &Filters::default()).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].phase.as_str(), "connect");
+    assert_eq!(events[0].action.as_str(), "tunnel");
+    assert_eq!(events[0].host.as_deref(), Some("example.org:443"));
+    assert!(keeptrusts::events::format_line(&events[0], false)
+        .ends_with("CONNECT example.org:443 TUNNEL"));
+}
+
+#[tokio::test]
+async fn tunnels_are_not_recorded_by_default() {
+    let ca = TestCa::new("tunnel CA");
+    let origin = Origin::tls(&ca, &["example.org"], Alpn::Both).await;
+    let mut gw = TestGateway::start(&ca, |s| {
+        s.connect_to
+            .push(connect_to("example.org", 443, origin.addr));
+    })
+    .await;
+    let (_tunnel, reply) = crate::common::client::connect(gw.addr, "example.org:443").await;
+    assert_eq!(reply.status, 200);
+    let dir = gw.close_events().await;
+    let (events, _) = read_last(&dir, 10, &Filters::default()).unwrap();
+    assert!(events.is_empty(), "{events:?}");
+}
