@@ -160,21 +160,10 @@ impl Default for Config {
     /// The config of a gateway run without `--policy-config`: no
     /// providers, and the default chain, audit-logger only.
     fn default() -> Self {
-        match resolve::build(None) {
-            Ok(c) => c,
-            // Building from nothing cannot fail; keep a config without
-            // policies rather than panic if it ever did.
-            Err(_) => Config {
-                pack: None,
-                providers: Vec::new(),
-                intercept: Intercept::default(),
-                upstream: Upstream::default(),
-                auth: Auth::default(),
-                storage: None,
-                policies: Vec::new(),
-                warnings: Vec::new(),
-            },
-        }
+        // Building from nothing cannot fail; keep a config without policies
+        // rather than panic if it ever did (not `unwrap_or_default`: that
+        // would be this function).
+        resolve::build(None).unwrap_or_else(|_| Config::empty())
     }
 }
 

@@ -778,7 +778,7 @@ fn name_ok(cx: &mut Ctx, name: &Spanned<String>) -> bool {
 
 impl Config {
     /// A config with nothing set and no policies (the parts `build` fills).
-    fn empty() -> Config {
+    pub(super) fn empty() -> Config {
         Config {
             pack: None,
             providers: Vec::new(),

@@ -78,7 +78,6 @@ pub struct Record {
 /// the rules halfway through.
 pub struct Exchange {
     chain: Arc<Chain>,
-    selection: Selection,
     pub info: ExchangeInfo,
     pub record: Record,
     started: Instant,
@@ -86,6 +85,10 @@ pub struct Exchange {
     /// Where the audit events go, when an `audit-logger` policy applies.
     audit: Option<(EventSink, TaskTracker)>,
     counters: Arc<Counters>,
+    /// The selected redact and content-filter policies of each phase,
+    /// worked out once per exchange.
+    input_body: Selection,
+    output_body: Selection,
 }
 
 /// Exchange outcomes since start, for `/metrics`.
@@ -133,6 +136,21 @@ impl Exchange {
                 }
             }
         }
+        let body_phase = |input: bool| {
+            let mut phase = selection;
+            for (i, p) in chain.selected(selection) {
+                let in_phase = if input {
+                    p.phases.input
+                } else {
+                    p.phases.output
+                };
+                if !in_phase || !matches!(p.action, Action::Redact(_) | Action::Filter(_)) {
+                    phase.remove(i);
+                }
+            }
+            phase
+        };
+        let (input_body, output_body) = (body_phase(true), body_phase(false));
         let audit = sink
             .filter(|_| {
                 chain
@@ -142,29 +160,25 @@ impl Exchange {
             .map(|(s, t)| (s.clone(), t.clone()));
         Exchange {
             chain,
-            selection,
             info,
             record: Record::default(),
             started: Instant::now(),
             completed: false,
             audit,
             counters,
+            input_body,
+            output_body,
         }
     }
 
-    /// Selected policies of `phase` that read or change bodies.
-    fn body_policies(&self, input: bool) -> Vec<usize> {
-        self.chain
-            .selected(self.selection)
-            .filter(|(_, p)| {
-                (if input {
-                    p.phases.input
-                } else {
-                    p.phases.output
-                }) && matches!(p.action, Action::Redact(_) | Action::Filter(_))
-            })
-            .map(|(i, _)| i)
-            .collect()
+    /// Selected policies of the input (or output) phase that read or
+    /// change bodies.
+    fn body_policies(&self, input: bool) -> Selection {
+        if input {
+            self.input_body
+        } else {
+            self.output_body
+        }
     }
 
     /// True when the request body must be read before it goes upstream.
@@ -179,12 +193,10 @@ impl Exchange {
         !self.info.autocomplete && !self.body_policies(false).is_empty()
     }
 
-    fn fails_closed(&self, policies: &[usize]) -> bool {
-        policies.iter().any(|&i| {
-            self.chain
-                .get(i)
-                .is_some_and(|p| p.on_error == OnError::FailClosed)
-        })
+    fn fails_closed(&self, policies: Selection) -> bool {
+        self.chain
+            .selected(policies)
+            .any(|(_, p)| p.on_error == OnError::FailClosed)
     }
 
     /// The input phase on the whole request body.
@@ -210,7 +222,7 @@ impl Exchange {
         if policies.is_empty() {
             return Input::Forward(body);
         }
-        match self.apply(&body, &policies, true) {
+        match self.apply(&body, policies, true) {
             Ok(Applied::Same) => Input::Forward(body),
             Ok(Applied::Changed(new)) => Input::Forward(Bytes::from(new)),
             Ok(Applied::Blocked { policy, message }) => {
@@ -219,7 +231,7 @@ impl Exchange {
             }
             Err(reason) => {
                 self.record.uninspected.push(reason);
-                if self.fails_closed(&policies) {
+                if self.fails_closed(policies) {
                     Input::Respond(respond::gateway_error(
                         self.info.api,
                         StatusCode::BAD_REQUEST,
@@ -246,7 +258,7 @@ impl Exchange {
         if policies.is_empty() {
             return Output::Forward(body);
         }
-        match self.apply(&body, &policies, false) {
+        match self.apply(&body, policies, false) {
             Ok(Applied::Same) => Output::Forward(body),
             Ok(Applied::Changed(new)) => Output::Forward(Bytes::from(new)),
             Ok(Applied::Blocked { policy, message }) => {
@@ -254,7 +266,7 @@ impl Exchange {
             }
             Err(reason) => {
                 self.record.uninspected.push(reason);
-                if self.fails_closed(&policies) {
+                if self.fails_closed(policies) {
                     Output::Respond(respond::gateway_error(
                         self.info.api,
                         StatusCode::BAD_GATEWAY,
@@ -276,7 +288,10 @@ impl Exchange {
         let family = self.info.family?;
         Some(OutputStream::new(
             self.chain.clone(),
-            self.body_policies(false),
+            self.chain
+                .selected(self.output_body)
+                .map(|(i, _)| i)
+                .collect(),
             family,
             self.info.api,
         ))
@@ -307,14 +322,13 @@ impl Exchange {
     fn apply(
         &mut self,
         body: &[u8],
-        policies: &[usize],
+        policies: Selection,
         input: bool,
     ) -> Result<Applied, &'static str> {
         let family = self.info.family;
         let chain = self.chain.clone();
         let mut current: Cow<'_, [u8]> = Cow::Borrowed(body);
-        for &i in policies {
-            let Some(policy) = chain.get(i) else { continue };
+        for (_, policy) in chain.selected(policies) {
             match &policy.action {
                 Action::Filter(filter) => {
                     // Filters read what the user wrote (or the model
