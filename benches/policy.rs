@@ -25,13 +25,14 @@ fn main() {
     let headers = http::HeaderMap::new();
     let uri: http::Uri = "/v1/chat/completions".parse().unwrap();
     let post = http::Method::POST;
+    let anon = keeptrusts::identity::Identity::anonymous();
     let mut rows = Vec::new();
 
     let unmatched = engine(UNMATCHED);
     rows.push((
         "request no policy applies to (recognize + select)",
         per_call(200_000, || {
-            black_box(unmatched.begin("api.openai.com", &post, &uri, &headers));
+            black_box(unmatched.begin("api.openai.com", &post, &uri, &headers, &anon));
         }),
     ));
     let builtin = Engine::new(None).unwrap();
@@ -39,7 +40,7 @@ fn main() {
         "built-in chain (audit only): begin + complete",
         per_call(200_000, || {
             let mut ex = builtin
-                .begin("api.openai.com", &post, &uri, &headers)
+                .begin("api.openai.com", &post, &uri, &headers, &anon)
                 .unwrap();
             ex.complete(Some(200));
         }),
@@ -51,7 +52,7 @@ fn main() {
         "redact + content-filter input, 20 KB chat request",
         per_call(2_000, || {
             let mut ex = chain
-                .begin("api.openai.com", &post, &uri, &headers)
+                .begin("api.openai.com", &post, &uri, &headers, &anon)
                 .unwrap();
             match ex.input(body.clone()) {
                 Input::Forward(b) => {
@@ -71,7 +72,7 @@ fn main() {
         .collect();
     let per_stream = per_call(500, || {
         let ex = chain
-            .begin("api.openai.com", &post, &uri, &headers)
+            .begin("api.openai.com", &post, &uri, &headers, &anon)
             .unwrap();
         let mut stream = ex.output_stream().unwrap();
         let mut out = Vec::new();

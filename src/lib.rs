@@ -18,6 +18,7 @@
 //! - [`events`]: the audit trail: the event type, the hash-chained JSON-lines
 //!   log (one writer fed by a bounded channel), verification, and reading it
 //!   back for `kt events tail`.
+//! - [`identity`]: who is behind a request (the access key's user and team).
 //! - [`shutdown`]: graceful-drain signalling shared by every connection task.
 //!
 //! `proxy` knows nothing of LLMs beyond a host matcher it is handed; `tls`
@@ -26,6 +27,7 @@
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod identity;
 pub mod llm;
 pub mod policy;
 pub mod proxy;

@@ -5,6 +5,7 @@
 use super::chain::{Chain, ChainError};
 use super::exchange::{Exchange, ExchangeInfo};
 use crate::config::{Config, RequestFacts};
+use crate::identity::Identity;
 use crate::llm::hosts::HostSet;
 use crate::llm::recognize::{classify_with, Provider};
 use std::sync::{Arc, RwLock};
@@ -109,6 +110,7 @@ impl Engine {
         method: &http::Method,
         uri: &http::Uri,
         headers: &http::HeaderMap,
+        identity: &Identity,
     ) -> Option<Exchange> {
         let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let hint = {
@@ -130,8 +132,8 @@ impl Engine {
             path: uri.path(),
             provider: class.provider().as_str(),
             endpoint,
-            user: None,
-            team: None,
+            user: identity.user.as_deref(),
+            team: identity.team.as_deref(),
             headers,
         };
         let selection = chain.select(&facts);
@@ -149,6 +151,8 @@ impl Engine {
             method: method.clone(),
             model: class.model().map(str::to_owned),
             stream: class.stream_hint(),
+            user: identity.user.clone(),
+            team: identity.team.clone(),
         };
         let audit = self.sink.as_ref().map(|s| (s, &self.sends));
         Some(Exchange::new(
@@ -182,6 +186,7 @@ mod tests {
             &http::Method::POST,
             &uri,
             &http::HeaderMap::new(),
+            &Identity::anonymous(),
         )
     }
 

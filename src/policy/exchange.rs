@@ -34,6 +34,9 @@ pub struct ExchangeInfo {
     pub method: http::Method,
     pub model: Option<String>,
     pub stream: Option<bool>,
+    /// The caller, from the access key (absent for anonymous traffic).
+    pub user: Option<Arc<str>>,
+    pub team: Option<Arc<str>>,
 }
 
 /// The outcome of a phase on the request.
@@ -477,6 +480,8 @@ impl Exchange {
             e.api = self.info.api.map(|a| a.as_str().to_string());
             e.model = self.info.model.clone();
             e.request_id = request_id.clone();
+            e.user = self.info.user.as_deref().map(str::to_owned);
+            e.team = self.info.team.as_deref().map(str::to_owned);
             e
         };
         let counts = |m: &BTreeMap<String, usize>| {

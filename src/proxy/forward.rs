@@ -26,11 +26,13 @@ pub(super) async fn forward(
     origin: &Origin,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    if let Some(exchange) =
-        ctx.gw
-            .engine()
-            .begin(&origin.host, req.method(), req.uri(), req.headers())
-    {
+    if let Some(exchange) = ctx.gw.engine().begin(
+        &origin.host,
+        req.method(),
+        req.uri(),
+        req.headers(),
+        &ctx.identity,
+    ) {
         return super::inspected::forward(ctx, origin, req, exchange).await;
     }
     let upgrade = wants_upgrade(req.headers());

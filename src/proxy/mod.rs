@@ -224,4 +224,7 @@ pub(crate) struct ConnCtx {
     /// Held by every task serving this client connection (tunnels and
     /// intercepted sessions outlive the listener's HTTP connection).
     pub permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    /// The caller, from the access key of the request (for an intercepted
+    /// session, of its CONNECT).
+    pub identity: crate::identity::Identity,
 }

@@ -33,6 +33,7 @@ pub(super) async fn serve(
         shutdown: shutdown.clone(),
         activity: activity.clone(),
         permit,
+        identity: crate::identity::Identity::anonymous(),
     };
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
