@@ -8,3 +8,4 @@ mod intercept;
 mod lifecycle;
 mod policy;
 mod tunnel;
+mod usage;
