@@ -6,6 +6,7 @@ mod ca;
 mod events;
 mod gateway;
 mod policy;
+mod report;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -73,6 +74,9 @@ pub enum Command {
     /// Read, follow and verify the audit log.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Reports from the audit log (tokens and cost).
+    #[command(subcommand)]
+    Report(report::ReportCommand),
 }
 
 /// Entry point of the binary.
@@ -84,6 +88,7 @@ pub fn main() -> ExitCode {
         Command::Ca(cmd) => ca::run(&cli.home, cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Events(cmd) => events::run(&cli.home, cmd),
+        Command::Report(cmd) => report::run(&cli.home, cmd),
     };
     match result {
         Ok(code) => code,
