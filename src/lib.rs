@@ -19,6 +19,8 @@
 //!   log (one writer fed by a bounded channel), verification, and reading it
 //!   back for `kt events tail`.
 //! - [`identity`]: who is behind a request (the access key's user and team).
+//! - [`keys`]: access keys: generation, the hashed key file, and the check
+//!   that turns a request's credentials into an identity.
 //! - [`shutdown`]: graceful-drain signalling shared by every connection task.
 //!
 //! `proxy` knows nothing of LLMs beyond a host matcher it is handed; `tls`
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod identity;
+pub mod keys;
 pub mod llm;
 pub mod policy;
 pub mod proxy;
