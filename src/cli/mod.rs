@@ -5,6 +5,7 @@
 mod ca;
 mod events;
 mod gateway;
+mod keys;
 mod policy;
 
 use clap::{Args, Parser, Subcommand};
@@ -73,6 +74,9 @@ pub enum Command {
     /// Read, follow and verify the audit log.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Create, list and revoke access keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 /// Entry point of the binary.
@@ -84,6 +88,7 @@ pub fn main() -> ExitCode {
         Command::Ca(cmd) => ca::run(&cli.home, cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Events(cmd) => events::run(&cli.home, cmd),
+        Command::Keys(cmd) => keys::run(&cli.home, cmd),
     };
     match result {
         Ok(code) => code,
