@@ -145,6 +145,10 @@ pub struct Event {
     pub mode: Option<Mode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Extra: kt's own share of the time to the response head (request
+    /// body read, policies, connection handling), in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     pub phase: Phase,
@@ -167,9 +171,17 @@ pub struct Event {
     /// Counts only, never the matched text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redactions: Option<BTreeMap<String, u64>>,
+    /// Extra, with `log_bodies`: the request body as sent upstream (after
+    /// redaction), cut at 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
     /// Ties the input and output events of one exchange together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Extra, with `log_bodies`: the response body as the client got it
+    /// (after redaction), cut at 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
     /// HTTP status sent to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -184,6 +196,11 @@ pub struct Event {
     /// Time spent waiting on the provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_ms: Option<u64>,
+    /// Extra: where `tokens_in`/`tokens_out` come from: `provider` (the
+    /// response's usage fields) or `estimated` (from the text, when the
+    /// provider reports none, e.g. Copilot ghost text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
 }
@@ -220,6 +237,10 @@ impl Event {
             cache_hit: None,
             request_id: None,
             redactions: None,
+            overhead_us: None,
+            usage_source: None,
+            request_body: None,
+            response_body: None,
             prev_hash: String::new(),
             hash: String::new(),
         }

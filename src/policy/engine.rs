@@ -50,7 +50,10 @@ impl Engine {
             Some(c) if !c.policies.is_empty() => {
                 Ok((Chain::build(c)?, HostSet::new(c.intercept.hosts.iter())))
             }
-            Some(c) => Ok((Chain::builtin(), HostSet::new(c.intercept.hosts.iter()))),
+            Some(c) => Ok((
+                Chain::builtin().priced(c),
+                HostSet::new(c.intercept.hosts.iter()),
+            )),
             None => Ok((Chain::builtin(), HostSet::new(std::iter::empty::<&str>()))),
         }
     }

@@ -10,8 +10,10 @@ use crate::body::Body;
 use crate::config::{FilterAction, OnError, PolicyKind};
 use crate::events::{Action as EventAction, Event, EventSink, Mode, Phase};
 use crate::llm::family::Family;
+use crate::llm::inspect::Usage;
 use crate::llm::json_text::{rewrite_strings, Selector};
 use crate::llm::recognize::{Api, Endpoint, Provider};
+use crate::llm::tap::{estimate_tokens, prompt_chars, TapResult};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use std::borrow::Cow;
@@ -64,8 +66,22 @@ pub struct Record {
     /// True when the block happened on the request (the upstream never
     /// saw it).
     pub blocked_on_input: bool,
-    /// From sending the request upstream to its response head.
-    pub upstream_ms: Option<u64>,
+    /// From sending the request upstream to its response head, µs.
+    pub upstream_us: Option<u64>,
+    /// From the start of the exchange to the response head going to the
+    /// client, µs.
+    pub head_us: Option<u64>,
+    /// From the start of the exchange to the first body byte going to the
+    /// client, µs (streams: time to first token).
+    pub first_byte_us: Option<u64>,
+    /// What following the response body taught (usage, text), once it ended.
+    pub tap: Option<TapResult>,
+    /// The request body as sent upstream, when it was read: for estimating
+    /// usage the provider does not report, and for `log_bodies`. A cheap
+    /// clone of the bytes that went out.
+    pub request_body: Option<Bytes>,
+    /// With `log_bodies`: the start of the response body the client got.
+    pub response_body: Option<Bytes>,
     /// Why the exchange failed, when kt answered with an error of its own
     /// (the error kind and message, e.g. an unreachable upstream).
     pub error: Option<String>,
@@ -92,6 +108,29 @@ pub struct Exchange {
     /// worked out once per exchange.
     input_body: Selection,
     output_body: Selection,
+    /// An `audit-logger` with `log_bodies: true` applies.
+    log_bodies: bool,
+}
+
+/// Bodies logged with `log_bodies` are cut here.
+pub const LOGGED_BODY_MAX: usize = 64 << 10;
+
+/// Where an exchange's token counts came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSource {
+    /// The provider's usage fields.
+    Provider,
+    /// Counted from the text: the provider reported none.
+    Estimated,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Provider => "provider",
+            UsageSource::Estimated => "estimated",
+        }
+    }
 }
 
 /// Exchange outcomes since start, for `/metrics`.
@@ -161,6 +200,10 @@ impl Exchange {
                     .any(|(_, p)| p.kind == PolicyKind::AuditLogger)
             })
             .map(|(s, t)| (s.clone(), t.clone()));
+        let log_bodies = audit.is_some()
+            && chain
+                .selected(selection)
+                .any(|(_, p)| matches!(&p.action, Action::Audit(o) if o.log_bodies));
         Exchange {
             chain,
             info,
@@ -171,7 +214,18 @@ impl Exchange {
             counters,
             input_body,
             output_body,
+            log_bodies,
         }
+    }
+
+    /// True when bodies go into the audit log (`log_bodies`).
+    pub fn logs_bodies(&self) -> bool {
+        self.log_bodies
+    }
+
+    /// Microseconds since the exchange started.
+    pub fn elapsed_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
     }
 
     /// Selected policies of the input (or output) phase that read or
@@ -182,11 +236,6 @@ impl Exchange {
         } else {
             self.output_body
         }
-    }
-
-    /// True when the request body must be read before it goes upstream.
-    pub fn needs_request_body(&self) -> bool {
-        !self.body_policies(true).is_empty()
     }
 
     /// True when the response is checked on its way back. Autocomplete
@@ -207,6 +256,13 @@ impl Exchange {
         let t = Instant::now();
         let out = self.input_inner(body);
         self.record.policy_us += t.elapsed().as_micros() as u64;
+        if let Input::Forward(sent) = &out {
+            // Kept for the record only while small: an estimate needs the
+            // prompt, and a logged body is cut anyway.
+            if sent.len() <= REQUEST_KEEP_MAX || self.log_bodies {
+                self.record.request_body = Some(sent.clone());
+            }
+        }
         out
     }
 
@@ -421,6 +477,37 @@ impl Exchange {
         })
     }
 
+    /// The exchange's token counts: the provider's when its response
+    /// reported them, else an estimate from the text when it answered 2xx,
+    /// else unknown (never zero for want of a report).
+    pub fn usage(&self) -> Option<(Usage, UsageSource)> {
+        let r = &self.record;
+        let tap = r.tap?;
+        if !tap.usage.is_empty() {
+            return Some((tap.usage, UsageSource::Provider));
+        }
+        if !r.status.is_some_and(|s| (200..300).contains(&s)) || r.blocked.is_some() {
+            return None;
+        }
+        let tokens_out = tap.ended.then(|| estimate_tokens(tap.output_chars));
+        let tokens_in = match (self.info.family, &r.request_body) {
+            (Some(f), Some(body)) => prompt_chars(f, body).map(estimate_tokens),
+            (None, Some(body)) => Some(estimate_tokens(body.len() as u64)),
+            _ => None,
+        };
+        if tokens_in.is_none() && tokens_out.is_none() {
+            return None;
+        }
+        Some((
+            Usage {
+                tokens_in,
+                tokens_out,
+                ..Usage::default()
+            },
+            UsageSource::Estimated,
+        ))
+    }
+
     /// The completion hook: runs once per exchange, whatever happened.
     pub fn complete(&mut self, status: Option<u16>) {
         if self.completed {
@@ -464,6 +551,13 @@ impl Exchange {
 }
 
 impl Exchange {
+    /// kt's own share of the time to the response head: everything but
+    /// waiting on the provider.
+    fn overhead_us(&self) -> Option<u64> {
+        let r = &self.record;
+        Some(r.head_us?.saturating_sub(r.upstream_us?))
+    }
+
     /// The audit events of this exchange: the request's, and the response's
     /// unless the request never went upstream.
     fn events(&self) -> Vec<Event> {
@@ -495,6 +589,9 @@ impl Exchange {
         };
         input.redactions = counts(&r.redacted_in);
         input.policy_us = Some(r.policy_us);
+        if self.log_bodies {
+            input.request_body = r.request_body.as_deref().map(logged_body);
+        }
         if let Some((policy, _)) = blocked(true) {
             input.policy = Some(policy.clone());
             input.reason = Some("blocked pattern detected".into());
@@ -523,7 +620,20 @@ impl Exchange {
         output.redactions = counts(&r.redacted_out);
         output.status = status;
         output.latency_ms = Some(self.started.elapsed().as_millis() as u64);
-        output.upstream_ms = r.upstream_ms;
+        output.upstream_ms = r.upstream_us.map(|us| us / 1000);
+        output.overhead_us = self.overhead_us();
+        if let Some((usage, source)) = self.usage() {
+            output.tokens_in = usage.tokens_in;
+            output.tokens_out = usage.tokens_out;
+            output.usage_source = Some(source.as_str().to_string());
+            output.cost_usd = self
+                .chain
+                .pricing()
+                .cost(self.info.model.as_deref(), &usage);
+        }
+        if self.log_bodies {
+            output.response_body = r.response_body.as_deref().map(logged_body);
+        }
         vec![input, output]
     }
 }
@@ -555,6 +665,20 @@ pub(crate) fn submit(sink: &EventSink, sends: &TaskTracker, events: Vec<Event>) 
             }
         });
     }
+}
+
+/// Request bodies up to this size are kept for the record.
+const REQUEST_KEEP_MAX: usize = 256 << 10;
+
+/// A body as logged: UTF-8 (lossy), cut at [`LOGGED_BODY_MAX`] bytes.
+fn logged_body(body: &[u8]) -> String {
+    let cut = body.get(..LOGGED_BODY_MAX).unwrap_or(body);
+    let mut text = String::from_utf8_lossy(cut).into_owned();
+    if body.len() > LOGGED_BODY_MAX {
+        // A multi-byte char cut in half decodes as U+FFFD; say why it ends.
+        text.push_str(&format!("…[{} more bytes]", body.len() - LOGGED_BODY_MAX));
+    }
+    text
 }
 
 /// 16 random hex digits tying an exchange's events together.

@@ -9,3 +9,4 @@ mod keys;
 mod lifecycle;
 mod policy;
 mod tunnel;
+mod usage;
