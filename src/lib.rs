@@ -21,6 +21,8 @@
 //! - [`identity`]: who is behind a request (the access key's user and team).
 //! - [`keys`]: access keys: generation, the hashed key file, and the check
 //!   that turns a request's credentials into an identity.
+//! - [`metrics`]: histograms and labelled counters of exchanges, rendered
+//!   for `GET /metrics`.
 //! - [`shutdown`]: graceful-drain signalling shared by every connection task.
 //!
 //! `proxy` knows nothing of LLMs beyond a host matcher it is handed; `tls`
@@ -32,6 +34,7 @@ pub mod events;
 pub mod identity;
 pub mod keys;
 pub mod llm;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod shutdown;

@@ -18,7 +18,7 @@ pub struct Engine {
     /// Event sends in flight, so shutdown can wait for them before closing
     /// the log.
     sends: tokio_util::task::TaskTracker,
-    counters: Arc<crate::policy::exchange::Counters>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// Hosts configured in `intercept.hosts`: Sourcegraph Enterprise
     /// instances unless the built-in table knows them.
     configured_hosts: RwLock<Arc<HostSet>>,
@@ -39,7 +39,7 @@ impl Engine {
         Ok(Engine {
             sink,
             sends: tokio_util::task::TaskTracker::new(),
-            counters: Arc::default(),
+            metrics: Arc::default(),
             chain: RwLock::new(Arc::new(chain)),
             configured_hosts: RwLock::new(Arc::new(hosts)),
         })
@@ -96,8 +96,8 @@ impl Engine {
     }
 
     /// Exchange outcomes since start.
-    pub fn counters(&self) -> &crate::policy::exchange::Counters {
-        &self.counters
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// The chain new exchanges start with.
@@ -163,7 +163,7 @@ impl Engine {
             selection,
             info,
             audit,
-            self.counters.clone(),
+            self.metrics.clone(),
         ))
     }
 }

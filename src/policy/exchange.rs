@@ -14,6 +14,7 @@ use crate::llm::inspect::Usage;
 use crate::llm::json_text::{rewrite_strings, Selector};
 use crate::llm::recognize::{Api, Endpoint, Provider};
 use crate::llm::tap::{estimate_tokens, prompt_chars, TapResult};
+use crate::metrics::{ExchangeSample, Metrics};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use std::borrow::Cow;
@@ -85,6 +86,8 @@ pub struct Record {
     /// Why the exchange failed, when kt answered with an error of its own
     /// (the error kind and message, e.g. an unreachable upstream).
     pub error: Option<String>,
+    /// Policies that replaced something, with how many replacements.
+    pub redacted_by: BTreeMap<String, usize>,
     /// `action: log` matches: policy and rule.
     pub logged: Vec<(String, String)>,
     /// Bodies that could not be inspected, and why.
@@ -103,7 +106,7 @@ pub struct Exchange {
     completed: bool,
     /// Where the audit events go, when an `audit-logger` policy applies.
     audit: Option<(EventSink, TaskTracker)>,
-    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
     /// The selected redact and content-filter policies of each phase,
     /// worked out once per exchange.
     input_body: Selection,
@@ -133,38 +136,13 @@ impl UsageSource {
     }
 }
 
-/// Exchange outcomes since start, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub pass: std::sync::atomic::AtomicU64,
-    pub block: std::sync::atomic::AtomicU64,
-    pub redact: std::sync::atomic::AtomicU64,
-    pub error: std::sync::atomic::AtomicU64,
-    /// Microseconds spent in policies, summed.
-    pub policy_us: std::sync::atomic::AtomicU64,
-}
-
-impl Counters {
-    fn count(&self, action: &str, policy_us: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let counter = match action {
-            "block" => &self.block,
-            "redact" => &self.redact,
-            "error" => &self.error,
-            _ => &self.pass,
-        };
-        counter.fetch_add(1, Relaxed);
-        self.policy_us.fetch_add(policy_us, Relaxed);
-    }
-}
-
 impl Exchange {
     pub(crate) fn new(
         chain: Arc<Chain>,
         selection: Selection,
         info: ExchangeInfo,
         sink: Option<(&EventSink, &TaskTracker)>,
-        counters: Arc<Counters>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         // `passthrough` means forward untouched: only the audit runs.
         let mut selection = selection;
@@ -211,7 +189,7 @@ impl Exchange {
             started: Instant::now(),
             completed: false,
             audit,
-            counters,
+            metrics,
             input_body,
             output_body,
             log_bodies,
@@ -360,11 +338,16 @@ impl Exchange {
     pub fn absorb_stream_notes(&mut self, notes: Vec<StreamNote>) {
         for note in notes {
             match note {
-                StreamNote::Redacted { kind, .. } => {
+                StreamNote::Redacted { kind, policy } => {
                     *self
                         .record
                         .redacted_out
                         .entry(kind.to_string())
+                        .or_default() += 1;
+                    *self
+                        .record
+                        .redacted_by
+                        .entry(policy.to_string())
                         .or_default() += 1;
                 }
                 StreamNote::Blocked { policy, rule } => {
@@ -441,6 +424,11 @@ impl Exchange {
                             &mut self.record.redacted_out
                         };
                         *counts.entry(policy.name.to_string()).or_default() += count;
+                        *self
+                            .record
+                            .redacted_by
+                            .entry(policy.name.to_string())
+                            .or_default() += count;
                     }
                     if let Cow::Owned(new) = rewritten {
                         current = Cow::Owned(new);
@@ -463,6 +451,13 @@ impl Exchange {
                     };
                     for f in &found {
                         *counts.entry(f.kind.to_string()).or_default() += 1;
+                    }
+                    if !found.is_empty() {
+                        *self
+                            .record
+                            .redacted_by
+                            .entry(policy.name.to_string())
+                            .or_default() += found.len();
                     }
                     if let Cow::Owned(new) = rewritten {
                         current = Cow::Owned(new);
@@ -515,8 +510,11 @@ impl Exchange {
         }
         self.completed = true;
         self.record.status = status;
+        let usage = self.usage();
+        let cost =
+            usage.and_then(|(u, _)| self.chain.pricing().cost(self.info.model.as_deref(), &u));
         if let Some((sink, sends)) = self.audit.take() {
-            submit(&sink, &sends, self.events());
+            submit(&sink, &sends, self.events(usage, cost));
         }
         let r = &self.record;
         let action = if r.blocked.is_some() {
@@ -528,7 +526,34 @@ impl Exchange {
         } else {
             "pass"
         };
-        self.counters.count(action, r.policy_us);
+        let latency_us = self.elapsed_us();
+        self.metrics.exchange(
+            &ExchangeSample {
+                provider: self.info.provider.as_str(),
+                endpoint: self.info.endpoint.as_str(),
+                action,
+                status,
+                model: self.info.model.as_deref(),
+                latency_us,
+                upstream_us: r.upstream_us,
+                overhead_us: self.overhead_us(),
+                first_byte_us: r.first_byte_us.filter(|_| self.info.stream == Some(true)),
+                tokens_in: usage.and_then(|(u, _)| u.tokens_in),
+                tokens_out: usage.and_then(|(u, _)| u.tokens_out),
+                cost_usd: cost,
+                usage_source: usage.map(|(_, source)| source.as_str()),
+            },
+            r.policy_us,
+        );
+        for policy in r.redacted_by.keys() {
+            self.metrics.policy_action(policy, "redact");
+        }
+        if let Some((policy, _)) = &r.blocked {
+            self.metrics.policy_action(policy, "block");
+        }
+        for (policy, _) in &r.logged {
+            self.metrics.policy_action(policy, "log");
+        }
         // The audit trail proper (hash-chained events) records this; the log
         // line is for debugging.
         tracing::debug!(
@@ -544,7 +569,7 @@ impl Exchange {
             redacted_in = r.redacted_in.values().sum::<usize>(),
             redacted_out = r.redacted_out.values().sum::<usize>(),
             policy_us = r.policy_us,
-            latency_ms = self.started.elapsed().as_millis() as u64,
+            latency_ms = latency_us / 1000,
             "exchange"
         );
     }
@@ -560,7 +585,7 @@ impl Exchange {
 
     /// The audit events of this exchange: the request's, and the response's
     /// unless the request never went upstream.
-    fn events(&self) -> Vec<Event> {
+    fn events(&self, usage: Option<(Usage, UsageSource)>, cost: Option<f64>) -> Vec<Event> {
         let r = &self.record;
         let request_id = Some(random_id());
         let base = |phase: Phase, action: EventAction| {
@@ -622,14 +647,11 @@ impl Exchange {
         output.latency_ms = Some(self.started.elapsed().as_millis() as u64);
         output.upstream_ms = r.upstream_us.map(|us| us / 1000);
         output.overhead_us = self.overhead_us();
-        if let Some((usage, source)) = self.usage() {
+        if let Some((usage, source)) = usage {
             output.tokens_in = usage.tokens_in;
             output.tokens_out = usage.tokens_out;
             output.usage_source = Some(source.as_str().to_string());
-            output.cost_usd = self
-                .chain
-                .pricing()
-                .cost(self.info.model.as_deref(), &usage);
+            output.cost_usd = cost;
         }
         if self.log_bodies {
             output.response_body = r.response_body.as_deref().map(logged_body);

@@ -249,3 +249,80 @@ async fn bodies_are_not_logged_by_default() {
     assert_eq!(out[0].response_body, None);
     assert_eq!(out[0].request_body, None);
 }
+
+#[tokio::test]
+async fn metrics_parse_and_count_exchanges_latency_tokens_and_cost() {
+    let ca = TestCa::new("metrics CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let config = "policies:\n  chain: [audit-logger, secret-redaction]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n";
+    let config = Arc::new(PolicyConfig::parse(config, Path::new("t.yaml")).unwrap());
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(HOST, 443, origin.addr));
+        s.apply_config(&config);
+    })
+    .await;
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"http/1.1"]).await;
+    let token = format!("ghp_{}", "Qw3rTy7uIo9pAs2dFg4hJk6lZx8cVb1nM5eR");
+    let prompt = format!("key {token}");
+    for (stream, prompt) in [(false, "q"), (true, "q"), (false, prompt.as_str())] {
+        let c = Call {
+            path: "/v1/chat/completions",
+            model: "gpt-4o",
+            stream,
+            reply: "answer",
+            usage: Some("1000,500"),
+            prompt,
+        };
+        send(&mut http, &c).await;
+    }
+    drop(http);
+
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut admin = Http::over(tcp, false).await;
+    let text = body_string(admin.send("GET", "kt", "/metrics", Bytes::new()).await).await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(buckets) => {
+                    buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                prometheus_parse::Value::Summary(_) => f64::NAN,
+            })
+    };
+    let ok = [
+        ("provider", "openai"),
+        ("endpoint", "chat/completions"),
+        ("status", "200"),
+    ];
+    let pass = [ok.as_slice(), &[("action", "pass")]].concat();
+    let redact = [ok.as_slice(), &[("action", "redact")]].concat();
+    assert_eq!(value("kt_requests_total", &pass), Some(2.0), "{text}");
+    assert_eq!(value("kt_requests_total", &redact), Some(1.0), "{text}");
+    assert_eq!(
+        value("kt_request_duration_seconds", &[]),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(value("kt_upstream_duration_seconds", &[]), Some(3.0));
+    assert_eq!(value("kt_gateway_overhead_seconds", &[]), Some(3.0));
+    assert_eq!(value("kt_time_to_first_byte_seconds", &[]), Some(1.0));
+    let tokens_in = [("model", "gpt-4o"), ("direction", "in")];
+    assert_eq!(value("kt_tokens_total", &tokens_in), Some(3000.0));
+    let cost = value("kt_cost_usd_total", &[("model", "gpt-4o")]).unwrap();
+    assert!((cost - 3.0 * 0.0075).abs() < 1e-9, "{cost}");
+    let by_policy = [("policy", "secret-redaction"), ("action", "redact")];
+    assert_eq!(value("kt_policy_actions_total", &by_policy), Some(1.0));
+    assert_eq!(value("kt_cert_cache_hosts", &[]), Some(1.0));
+    assert_eq!(value("kt_cert_mint_duration_seconds", &[]), Some(1.0));
+    assert_eq!(
+        value("kt_cache_requests_total", &[("result", "hit")]),
+        Some(0.0)
+    );
+}
