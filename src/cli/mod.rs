@@ -7,6 +7,7 @@ mod events;
 mod gateway;
 mod keys;
 mod policy;
+mod report;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -77,6 +78,9 @@ pub enum Command {
     /// Create, list and revoke access keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Reports from the audit log (tokens and cost).
+    #[command(subcommand)]
+    Report(report::ReportCommand),
 }
 
 /// Entry point of the binary.
@@ -89,6 +93,7 @@ pub fn main() -> ExitCode {
         Command::Policy(cmd) => policy::run(cmd),
         Command::Events(cmd) => events::run(&cli.home, cmd),
         Command::Keys(cmd) => keys::run(&cli.home, cmd),
+        Command::Report(cmd) => report::run(&cli.home, cmd),
     };
     match result {
         Ok(code) => code,

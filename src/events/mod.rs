@@ -10,6 +10,7 @@
 //! - [`log`]: the writer: [`EventLog::open`] gives an [`EventSink`] (cheap to
 //!   clone, bounded, never drops) and a [`WriterHandle`] (flush on shutdown).
 //! - [`verify`](mod@verify): walks every segment and checks the chain.
+//! - [`report`]: spend per user, team, model or provider (`kt report costs`).
 //! - [`read`]: last N events, following the log as it grows, `--filter`
 //!   parsing and the one-line text format of `kt events tail`.
 //!
@@ -25,6 +26,7 @@
 pub mod chain;
 pub mod log;
 pub mod read;
+pub mod report;
 pub mod segment;
 pub mod verify;
 

@@ -326,3 +326,76 @@ async fn metrics_parse_and_count_exchanges_latency_tokens_and_cost() {
         Some(0.0)
     );
 }
+
+#[tokio::test]
+async fn report_costs_sums_what_went_through_the_proxy() {
+    let ca = TestCa::new("report CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let config = "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger: {}\n";
+    let config = Arc::new(PolicyConfig::parse(config, Path::new("t.yaml")).unwrap());
+    let mut gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(HOST, 443, origin.addr));
+        s.apply_config(&config);
+    })
+    .await;
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"http/1.1"]).await;
+    for (model, usage) in [
+        ("gpt-4o", "1000,500"),
+        ("gpt-4o", "1000,500"),
+        ("gpt-4o-mini", "2000,100"),
+    ] {
+        let c = Call {
+            path: "/v1/chat/completions",
+            model,
+            stream: false,
+            reply: "r",
+            usage: Some(usage),
+            prompt: "q",
+        };
+        send(&mut http, &c).await;
+    }
+    drop(http);
+    gw.close_events().await;
+    let kt = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kt"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(gw.home.path())
+            .output()
+            .unwrap()
+    };
+    let out = kt(&["report", "costs", "--by", "model", "--since", "1d"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("MODEL"), "{table}");
+    let cols = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(
+        cols(lines[1])[..5],
+        ["gpt-4o", "2", "2000", "1000", "0.0150"],
+        "{table}"
+    );
+    assert_eq!(
+        cols(lines[2])[..5],
+        ["gpt-4o-mini", "1", "2000", "100", "0.0004"],
+        "{table}"
+    );
+    assert_eq!(cols(lines[3])[..2], ["TOTAL", "3"], "{table}");
+
+    let out = kt(&["report", "costs", "--by", "user", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["rows"][0]["key"], "(none)", "anonymous traffic");
+    assert_eq!(json["total"]["tokens_in"], 4000);
+    let total = json["total"]["cost_usd"].as_f64().unwrap();
+    assert!((total - 0.01536).abs() < 1e-9, "{total}");
+
+    let out = kt(&["report", "costs", "--since", "yesterday"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--since"));
+    let out = kt(&["report", "costs", "--by", "colour"]);
+    assert!(!out.status.success());
+}
