@@ -5,6 +5,7 @@
 mod ca;
 mod events;
 mod gateway;
+mod keys;
 mod policy;
 mod report;
 
@@ -74,6 +75,9 @@ pub enum Command {
     /// Read, follow and verify the audit log.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Create, list and revoke access keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Reports from the audit log (tokens and cost).
     #[command(subcommand)]
     Report(report::ReportCommand),
@@ -88,6 +92,7 @@ pub fn main() -> ExitCode {
         Command::Ca(cmd) => ca::run(&cli.home, cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Events(cmd) => events::run(&cli.home, cmd),
+        Command::Keys(cmd) => keys::run(&cli.home, cmd),
         Command::Report(cmd) => report::run(&cli.home, cmd),
     };
     match result {

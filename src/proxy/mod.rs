@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-pub use error::ProxyError;
+pub use error::{AuthRoute, ProxyError};
 
 /// Which CONNECT targets are decrypted (`--intercept`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -111,6 +111,8 @@ pub struct Gateway {
     stats: Stats,
     engine: Arc<Engine>,
     events_feed: Option<feed::EventsFeed>,
+    /// Access keys and whether they are required.
+    auth: crate::keys::AuthGate,
 }
 
 /// Counters for tests, logs and (later) metrics.
@@ -129,6 +131,7 @@ impl Gateway {
         limits: Limits,
         engine: Arc<Engine>,
         events_feed: Option<feed::EventsFeed>,
+        auth: crate::keys::AuthGate,
     ) -> Arc<Self> {
         let ca_pem = Bytes::copy_from_slice(certs.minter().ca().cert_pem().as_bytes());
         Arc::new(Gateway {
@@ -140,7 +143,13 @@ impl Gateway {
             stats: Stats::default(),
             engine,
             events_feed,
+            auth,
         })
+    }
+
+    /// The access key check.
+    pub fn auth(&self) -> &crate::keys::AuthGate {
+        &self.auth
     }
 
     pub fn stats(&self) -> &Stats {
