@@ -24,7 +24,11 @@ pub fn seal(event: &mut Event) -> Result<String, serde_json::Error> {
     event.hash.clear();
     // `Event` declares its fields in sorted order (tested below), so its own
     // serialization is the canonical form.
-    let canonical = serde_json::to_string(&*event)?;
+    // Sized for a typical event, so serializing does not regrow the buffer.
+    let mut buf = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut buf, &*event)?;
+    // serde_json writes UTF-8 only.
+    let canonical = String::from_utf8(buf).map_err(serde::ser::Error::custom)?;
     event.hash = hash_of(&event.prev_hash, canonical.as_bytes());
     // The stored line is the canonical form with `"hash"` in its sorted
     // place: before `host` when there is one, else before `id` (always
@@ -54,7 +58,14 @@ pub fn hash_of(prev_hash: &str, canonical: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(canonical);
-    hex::encode(h.finalize())
+    let mut out = [0u8; 64];
+    // 32 bytes always fit 64 hex digits; `hex::encode` would go char by char.
+    if hex::encode_to_slice(h.finalize(), &mut out).is_err() {
+        return String::new();
+    }
+    std::str::from_utf8(&out)
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 /// The bytes that were hashed for a stored `line` whose `hash` field is
