@@ -154,6 +154,11 @@ impl EventSink {
     pub fn stats(&self) -> &Arc<WriterStats> {
         &self.stats
     }
+
+    /// True once the log was closed: sends fail from then on.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 fn returned(msg: Msg) -> SendError {

@@ -195,6 +195,36 @@ mod tests {
 
     const BODY: &[u8] = br#"{"model":"m","messages":[{"role":"user","content":"about zeus"}]}"#;
 
+    #[tokio::test]
+    async fn an_immutable_audit_refuses_what_it_cannot_record() {
+        let immutable = config(
+            "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger:\n    immutable: true\n",
+        );
+        let plain = config("policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger: {}\n");
+        // No log at all.
+        let engine = Engine::new(Some(&immutable)).unwrap();
+        assert!(begin(&engine, "/v1/chat/completions")
+            .unwrap()
+            .unrecordable());
+        let engine = Engine::new(Some(&plain)).unwrap();
+        assert!(!begin(&engine, "/v1/chat/completions")
+            .unwrap()
+            .unrecordable());
+        // A log that is open, then closed.
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, writer) =
+            crate::events::EventLog::open(dir.path(), crate::events::LogOptions::default())
+                .unwrap();
+        let engine = Engine::with_sink(Some(&immutable), Some(sink)).unwrap();
+        let mut open = begin(&engine, "/v1/chat/completions").unwrap();
+        assert!(!open.unrecordable());
+        open.complete(Some(200));
+        writer.close().await.unwrap();
+        assert!(begin(&engine, "/v1/chat/completions")
+            .unwrap()
+            .unrecordable());
+    }
+
     #[test]
     fn an_exchange_keeps_the_chain_it_started_with() {
         let engine = Engine::new(None).unwrap();

@@ -113,6 +113,9 @@ pub struct Exchange {
     output_body: Selection,
     /// An `audit-logger` with `log_bodies: true` applies.
     log_bodies: bool,
+    /// A fail-closed (`immutable`) audit logger applies: no record, no
+    /// request.
+    audit_required: bool,
 }
 
 /// Bodies logged with `log_bodies` are cut here.
@@ -178,6 +181,9 @@ impl Exchange {
                     .any(|(_, p)| p.kind == PolicyKind::AuditLogger)
             })
             .map(|(s, t)| (s.clone(), t.clone()));
+        let audit_required = chain
+            .selected(selection)
+            .any(|(_, p)| p.kind == PolicyKind::AuditLogger && p.on_error == OnError::FailClosed);
         let log_bodies = audit.is_some()
             && chain
                 .selected(selection)
@@ -193,7 +199,15 @@ impl Exchange {
             input_body,
             output_body,
             log_bodies,
+            audit_required,
         }
+    }
+
+    /// True when a fail-closed (`immutable`) audit logger applies but its
+    /// log cannot take events (closed, or none configured): the request must
+    /// be refused rather than pass unrecorded.
+    pub fn unrecordable(&self) -> bool {
+        self.audit_required && self.audit.as_ref().is_none_or(|(sink, _)| sink.is_closed())
     }
 
     /// True when bodies go into the audit log (`log_bodies`).

@@ -27,6 +27,16 @@ pub(super) async fn forward(
     mut exchange: Exchange,
 ) -> Result<Response<Body>, ProxyError> {
     let limits = &ctx.gw.limits;
+    if exchange.unrecordable() {
+        let resp = crate::policy::respond::gateway_error(
+            exchange.info.api,
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit log is not accepting events and the audit-logger is immutable, so kt refuses requests it cannot record",
+        );
+        exchange.complete(Some(resp.status().as_u16()));
+        return Ok(resp);
+    }
     let (mut parts, incoming) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     let inspect_response = exchange.needs_response_body();
