@@ -3,6 +3,7 @@
 //! line on stderr and a non-zero exit.
 
 mod ca;
+mod cache;
 mod events;
 mod gateway;
 mod policy;
@@ -73,6 +74,9 @@ pub enum Command {
     /// Read, follow and verify the audit log.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Report on and purge the response cache.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 /// Entry point of the binary.
@@ -84,6 +88,7 @@ pub fn main() -> ExitCode {
         Command::Ca(cmd) => ca::run(&cli.home, cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Events(cmd) => events::run(&cli.home, cmd),
+        Command::Cache(cmd) => cache::run(&cli.home, cmd),
     };
     match result {
         Ok(code) => code,

@@ -75,6 +75,9 @@ pub struct Record {
     pub uninspected: Vec<&'static str>,
     pub status: Option<u16>,
     pub policy_us: u64,
+    /// True when the cache answered (the upstream was not contacted), false
+    /// when a cache policy applied but did not; `None` without one.
+    pub cache_hit: Option<bool>,
 }
 
 /// One exchange. Holds the chain it started with, so a reload never changes
@@ -92,6 +95,8 @@ pub struct Exchange {
     /// worked out once per exchange.
     input_body: Selection,
     output_body: Selection,
+    /// The first selected `cache` policy, if any.
+    cache: Option<usize>,
 }
 
 /// Exchange outcomes since start, for `/metrics`.
@@ -101,6 +106,7 @@ pub struct Counters {
     pub block: std::sync::atomic::AtomicU64,
     pub redact: std::sync::atomic::AtomicU64,
     pub error: std::sync::atomic::AtomicU64,
+    pub cache_hit: std::sync::atomic::AtomicU64,
     /// Microseconds spent in policies, summed.
     pub policy_us: std::sync::atomic::AtomicU64,
 }
@@ -112,6 +118,7 @@ impl Counters {
             "block" => &self.block,
             "redact" => &self.redact,
             "error" => &self.error,
+            "cache_hit" => &self.cache_hit,
             _ => &self.pass,
         };
         counter.fetch_add(1, Relaxed);
@@ -154,6 +161,10 @@ impl Exchange {
             phase
         };
         let (input_body, output_body) = (body_phase(true), body_phase(false));
+        let cache = chain
+            .selected(selection)
+            .find(|(_, p)| matches!(p.action, Action::Cache(_)))
+            .map(|(i, _)| i);
         let audit = sink
             .filter(|_| {
                 chain
@@ -171,6 +182,15 @@ impl Exchange {
             counters,
             input_body,
             output_body,
+            cache,
+        }
+    }
+
+    /// The options of the cache policy that applies, if one does.
+    pub fn cache_options(&self) -> Option<&crate::config::CacheOptions> {
+        match &self.chain.get(self.cache?)?.action {
+            Action::Cache(o) => Some(o),
+            _ => None,
         }
     }
 
@@ -436,6 +456,8 @@ impl Exchange {
             "block"
         } else if status.is_none_or(|s| s >= 500) {
             "error"
+        } else if r.cache_hit == Some(true) {
+            "cache_hit"
         } else if !r.redacted_in.is_empty() || !r.redacted_out.is_empty() {
             "redact"
         } else {
@@ -507,6 +529,7 @@ impl Exchange {
         let mut output = match blocked(false) {
             Some(_) => base(Phase::Output, EventAction::Block),
             None if failed => base(Phase::Output, EventAction::Error),
+            None if r.cache_hit == Some(true) => base(Phase::Output, EventAction::CacheHit),
             None if !r.redacted_out.is_empty() => base(Phase::Output, EventAction::Redact),
             None => base(Phase::Output, EventAction::Pass),
         };
@@ -524,6 +547,7 @@ impl Exchange {
         output.status = status;
         output.latency_ms = Some(self.started.elapsed().as_millis() as u64);
         output.upstream_ms = r.upstream_ms;
+        output.cache_hit = r.cache_hit;
         vec![input, output]
     }
 }

@@ -3,6 +3,7 @@
 //! way back (a stream frame by frame, a JSON body whole and bounded), and
 //! the exchange's record closed when the response ends.
 
+use super::cached::Step;
 use super::forward::strip_hop_by_hop;
 use super::{ConnCtx, ProxyError};
 use crate::body::{self, Body, BoxError};
@@ -29,11 +30,14 @@ pub(super) async fn forward(
     let (mut parts, incoming) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     let inspect_response = exchange.needs_response_body();
-    if inspect_response {
-        // The response is read by policies: ask for it uncompressed.
+    let caching = exchange.cache_options().is_some();
+    if inspect_response || caching {
+        // The response is read by policies (or stored for clients that may
+        // not accept the same encodings): ask for it uncompressed.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
-    let body = if exchange.needs_request_body() {
+    let mut pending = None;
+    let body = if exchange.needs_request_body() || caching {
         let bytes = read_body(incoming, limits.max_inspected_body, limits.body_read).await?;
         match exchange.input(bytes) {
             Input::Respond(resp) => {
@@ -41,6 +45,12 @@ pub(super) async fn forward(
                 return Ok(resp);
             }
             Input::Forward(bytes) => {
+                // The cache keys what the upstream would see.
+                match super::cached::lookup(ctx, &mut exchange, &parts, &bytes).await {
+                    Some(Step::Answer(hit)) => return Ok(super::cached::answer(hit, exchange)),
+                    Some(Step::Forward(p)) => pending = Some(p),
+                    None => {}
+                }
                 set_length(&mut parts.headers, bytes.len());
                 body::full(bytes)
             }
@@ -48,7 +58,24 @@ pub(super) async fn forward(
     } else {
         body::boxed(incoming)
     };
+    let resp = upstream_leg(ctx, origin, parts, body, exchange, inspect_response).await?;
+    Ok(match pending {
+        Some(p) => p.finish(resp),
+        None => resp,
+    })
+}
 
+/// Sends the request upstream and runs the response through the output
+/// policies; the exchange closes when the response ends.
+async fn upstream_leg(
+    ctx: &ConnCtx,
+    origin: &Origin,
+    parts: http::request::Parts,
+    body: Body,
+    mut exchange: Exchange,
+    inspect_response: bool,
+) -> Result<Response<Body>, ProxyError> {
+    let limits = &ctx.gw.limits;
     let sent = std::time::Instant::now();
     let resp = match ctx
         .gw

@@ -42,6 +42,7 @@ pub(super) fn render(gw: &Gateway) -> String {
             ("{action=\"redact\"}", c.redact.load(Relaxed)),
             ("{action=\"block\"}", c.block.load(Relaxed)),
             ("{action=\"error\"}", c.error.load(Relaxed)),
+            ("{action=\"cache_hit\"}", c.cache_hit.load(Relaxed)),
         ],
     );
     metric(
@@ -49,6 +50,61 @@ pub(super) fn render(gw: &Gateway) -> String {
         "counter",
         "Time spent in policies, summed over exchanges.",
         &[("", c.policy_us.load(Relaxed))],
+    );
+    let caches = gw.engine().caches();
+    let k = caches.stats();
+    metric(
+        "kt_cache_requests_total",
+        "counter",
+        "Requests a cache policy applied to, by result.",
+        &[
+            ("{result=\"hit\"}", k.hits.load(Relaxed)),
+            ("{result=\"miss\"}", k.misses.load(Relaxed)),
+            ("{result=\"bypass\"}", k.bypasses.load(Relaxed)),
+        ],
+    );
+    metric(
+        "kt_cache_hits_total",
+        "counter",
+        "Cache hits by where the answer came from.",
+        &[
+            (
+                "{source=\"memory\"}",
+                k.hits
+                    .load(Relaxed)
+                    .saturating_sub(k.redis_hits.load(Relaxed) + k.followed.load(Relaxed)),
+            ),
+            ("{source=\"redis\"}", k.redis_hits.load(Relaxed)),
+            ("{source=\"flight\"}", k.followed.load(Relaxed)),
+        ],
+    );
+    metric(
+        "kt_cache_stores_total",
+        "counter",
+        "Responses after a miss, by whether they were stored.",
+        &[
+            ("{stored=\"true\"}", k.stores.load(Relaxed)),
+            ("{stored=\"false\"}", k.not_stored.load(Relaxed)),
+        ],
+    );
+    metric(
+        "kt_cache_redis_errors_total",
+        "counter",
+        "Failed or timed-out Redis calls (each served as a miss).",
+        &[("", k.redis_errors.load(Relaxed))],
+    );
+    let (entries, bytes) = caches.memory_usage();
+    metric(
+        "kt_cache_memory_entries",
+        "gauge",
+        "Entries in the in-process cache tier.",
+        &[("", entries)],
+    );
+    metric(
+        "kt_cache_memory_bytes",
+        "gauge",
+        "Bytes in the in-process cache tier.",
+        &[("", bytes)],
     );
     if let Some(feed) = gw.events_feed() {
         let s = feed.sink.stats();
