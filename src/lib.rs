@@ -21,6 +21,8 @@
 //!   log (one writer fed by a bounded channel), verification, and reading it
 //!   back for `kt events tail`.
 //! - [`identity`]: who is behind a request (the access key's user and team).
+//! - [`metrics`]: histograms and labelled counters of exchanges, rendered
+//!   for `GET /metrics`.
 //! - [`shutdown`]: graceful-drain signalling shared by every connection task.
 //!
 //! `proxy` knows nothing of LLMs beyond a host matcher it is handed; `tls`
@@ -32,6 +34,7 @@ pub mod config;
 pub mod events;
 pub mod identity;
 pub mod llm;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod shutdown;

@@ -7,6 +7,7 @@ mod cache;
 mod events;
 mod gateway;
 mod policy;
+mod report;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -77,6 +78,9 @@ pub enum Command {
     /// Report on and purge the response cache.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Reports from the audit log (tokens and cost).
+    #[command(subcommand)]
+    Report(report::ReportCommand),
 }
 
 /// Entry point of the binary.
@@ -89,6 +93,7 @@ pub fn main() -> ExitCode {
         Command::Policy(cmd) => policy::run(cmd),
         Command::Events(cmd) => events::run(&cli.home, cmd),
         Command::Cache(cmd) => cache::run(&cli.home, cmd),
+        Command::Report(cmd) => report::run(&cli.home, cmd),
     };
     match result {
         Ok(code) => code,

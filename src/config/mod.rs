@@ -46,6 +46,9 @@ pub struct Config {
     pub auth: Auth,
     /// `None`: the files under the home folder.
     pub storage: Option<Storage>,
+    /// `pricing:` entries (model, USD per million tokens), laid over the
+    /// built-in price table.
+    pub pricing: Vec<(String, crate::llm::pricing::Price)>,
     /// Every policy in chain order, disabled ones included; see
     /// [`Config::chain`] for the ones that run.
     pub policies: Vec<PolicySpec>,

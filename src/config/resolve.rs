@@ -20,6 +20,7 @@ const TOP_KEYS: &[&str] = &[
     "upstream",
     "auth",
     "storage",
+    "pricing",
     "policies",
     "policy",
 ];
@@ -70,6 +71,18 @@ struct RawAuth {
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     url: Spanned<String>,
+}
+
+/// One `pricing.MODEL` entry, USD per million tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input: Spanned<f64>,
+    output: Spanned<f64>,
+    #[serde(default)]
+    cached_input: Option<Spanned<f64>>,
+    #[serde(default)]
+    cache_write: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +192,9 @@ pub(crate) fn build(root: Option<&Node>) -> Result<Config, Vec<Problem>> {
                 Err(msg) => cx.problems.push(raw.url.problem(msg)),
             }
         }
+    }
+    if let Some(node) = get("pricing").filter(|n| !n.is_null()) {
+        read_pricing(&mut cx, node, &mut config);
     }
     config.policies = read_policies(&mut cx, get("policies"), get("policy"), &config);
     let audited = config
@@ -776,6 +792,47 @@ fn name_ok(cx: &mut Ctx, name: &Spanned<String>) -> bool {
     ok
 }
 
+/// `pricing:`: model name → prices that extend or override the built-in
+/// table.
+fn read_pricing(cx: &mut Ctx, node: &Node, config: &mut Config) {
+    let Some((raw, _)) =
+        cx.read_partial::<std::collections::BTreeMap<String, RawPrice>>(node, "pricing", &[])
+    else {
+        return;
+    };
+    for (model, p) in raw {
+        let mut ok = true;
+        let fields = [
+            Some(&p.input),
+            Some(&p.output),
+            p.cached_input.as_ref(),
+            p.cache_write.as_ref(),
+        ];
+        for v in fields.into_iter().flatten() {
+            if !(v.value.is_finite() && v.value >= 0.0) {
+                cx.problems
+                    .push(v.problem("a price is a number of USD per million tokens, 0 or more"));
+                ok = false;
+            }
+        }
+        if model.trim().is_empty() {
+            cx.problem(node.mark, "pricing", "a model name cannot be empty");
+            ok = false;
+        }
+        if ok {
+            config.pricing.push((
+                model,
+                crate::llm::pricing::Price {
+                    input: p.input.value,
+                    output: p.output.value,
+                    cached_input: p.cached_input.map(|v| v.value),
+                    cache_write: p.cache_write.map(|v| v.value),
+                },
+            ));
+        }
+    }
+}
+
 impl Config {
     /// A config with nothing set and no policies (the parts `build` fills).
     pub(super) fn empty() -> Config {
@@ -786,6 +843,7 @@ impl Config {
             upstream: Upstream::default(),
             auth: Auth::default(),
             storage: None,
+            pricing: Vec::new(),
             policies: Vec::new(),
             warnings: Vec::new(),
         }

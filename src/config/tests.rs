@@ -885,3 +885,30 @@ fn sections_are_checked_even_when_the_chain_is_unreadable() {
         ]
     );
 }
+
+#[test]
+fn pricing_entries_extend_the_table_and_bad_prices_are_named() {
+    let c = ok("pricing:\n  house-model:\n    input: 1.5\n    output: 3\n  gpt-4o: {input: 2, output: 8, cached_input: 1}\n");
+    assert_eq!(c.pricing.len(), 2);
+    let (model, price) = &c.pricing[1];
+    assert_eq!(model, "house-model");
+    assert_eq!(
+        (price.input, price.output, price.cached_input),
+        (1.5, 3.0, None)
+    );
+    assert_eq!(c.pricing[0].1.cached_input, Some(1.0));
+
+    let ps = problems(
+        "pricing:\n  m:\n    input: -1\n    output: 2\n  n:\n    input: 1\n    outptu: 2\n",
+    );
+    let w = where_(&ps);
+    assert!(
+        w.iter().any(|(l, _, p)| *l == 3 && *p == "pricing.m.input"),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .any(|(l, _, p)| *l == 7 && p.starts_with("pricing.n")),
+        "{w:?}"
+    );
+}

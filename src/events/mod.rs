@@ -10,6 +10,7 @@
 //! - [`log`]: the writer: [`EventLog::open`] gives an [`EventSink`] (cheap to
 //!   clone, bounded, never drops) and a [`WriterHandle`] (flush on shutdown).
 //! - [`verify`](mod@verify): walks every segment and checks the chain.
+//! - [`report`]: spend per user, team, model or provider (`kt report costs`).
 //! - [`read`]: last N events, following the log as it grows, `--filter`
 //!   parsing and the one-line text format of `kt events tail`.
 //!
@@ -25,6 +26,7 @@
 pub mod chain;
 pub mod log;
 pub mod read;
+pub mod report;
 pub mod segment;
 pub mod verify;
 
@@ -145,6 +147,10 @@ pub struct Event {
     pub mode: Option<Mode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Extra: kt's own share of the time to the response head (request
+    /// body read, policies, connection handling), in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     pub phase: Phase,
@@ -167,9 +173,17 @@ pub struct Event {
     /// Counts only, never the matched text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redactions: Option<BTreeMap<String, u64>>,
+    /// Extra, with `log_bodies`: the request body as sent upstream (after
+    /// redaction), cut at 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
     /// Ties the input and output events of one exchange together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Extra, with `log_bodies`: the response body as the client got it
+    /// (after redaction), cut at 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
     /// HTTP status sent to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -184,6 +198,11 @@ pub struct Event {
     /// Time spent waiting on the provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_ms: Option<u64>,
+    /// Extra: where `tokens_in`/`tokens_out` come from: `provider` (the
+    /// response's usage fields) or `estimated` (from the text, when the
+    /// provider reports none, e.g. Copilot ghost text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
 }
@@ -220,6 +239,10 @@ impl Event {
             cache_hit: None,
             request_id: None,
             redactions: None,
+            overhead_us: None,
+            usage_source: None,
+            request_body: None,
+            response_body: None,
             prev_hash: String::new(),
             hash: String::new(),
         }

@@ -7,9 +7,11 @@ pub mod family;
 pub mod hosts;
 pub mod inspect;
 pub mod json_text;
+pub mod pricing;
 pub mod recognize;
 pub mod sse;
 pub mod stream;
+pub mod tap;
 
 #[cfg(test)]
 mod fixtures;

@@ -7,6 +7,7 @@ use crate::config::{
     AuditLoggerOptions, BudgetOptions, CacheOptions, Config, OnError, Phases, PolicyKind,
     PolicyOptions, PolicySpec, RateLimitOptions, RequestFacts, When,
 };
+use crate::llm::pricing::Pricing;
 use std::sync::Arc;
 
 /// At most this many policies: a request's selection is a 64-bit set.
@@ -51,6 +52,8 @@ pub enum Action {
 #[derive(Debug, Default)]
 pub struct Chain {
     policies: Vec<Policy>,
+    /// Model prices for `cost_usd` (built-in table plus `pricing:`).
+    pricing: Arc<Pricing>,
 }
 
 /// The policies that apply to one request: bit `i` is `policies[i]`.
@@ -79,6 +82,10 @@ impl Selection {
     }
 }
 
+fn pricing_of(config: &Config) -> Pricing {
+    Pricing::with_overrides(config.pricing.iter().map(|(m, p)| (m.as_str(), *p)))
+}
+
 impl Chain {
     /// Compiles the enabled policies of `config`.
     pub fn build(config: &Config) -> Result<Chain, ChainError> {
@@ -90,7 +97,21 @@ impl Chain {
             .into_iter()
             .map(compile)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Chain { policies })
+        Ok(Chain {
+            policies,
+            pricing: Arc::new(pricing_of(config)),
+        })
+    }
+
+    /// The same chain pricing models with `config`'s `pricing:`.
+    pub fn priced(mut self, config: &Config) -> Chain {
+        self.pricing = Arc::new(pricing_of(config));
+        self
+    }
+
+    /// The model price table in force with this chain.
+    pub fn pricing(&self) -> &Pricing {
+        &self.pricing
     }
 
     /// The built-in chain used without a config: the audit logger only.
@@ -107,6 +128,7 @@ impl Chain {
                     _ => Action::Passthrough,
                 },
             }],
+            pricing: Arc::default(),
         }
     }
 

@@ -18,7 +18,7 @@ pub struct Engine {
     /// Event sends in flight, so shutdown can wait for them before closing
     /// the log.
     sends: tokio_util::task::TaskTracker,
-    counters: Arc<crate::policy::exchange::Counters>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// Hosts configured in `intercept.hosts`: Sourcegraph Enterprise
     /// instances unless the built-in table knows them.
     configured_hosts: RwLock<Arc<HostSet>>,
@@ -42,7 +42,7 @@ impl Engine {
         Ok(Engine {
             sink,
             sends: tokio_util::task::TaskTracker::new(),
-            counters: Arc::default(),
+            metrics: Arc::default(),
             chain: RwLock::new(Arc::new(chain)),
             configured_hosts: RwLock::new(Arc::new(hosts)),
             caches: Arc::default(),
@@ -54,7 +54,10 @@ impl Engine {
             Some(c) if !c.policies.is_empty() => {
                 Ok((Chain::build(c)?, HostSet::new(c.intercept.hosts.iter())))
             }
-            Some(c) => Ok((Chain::builtin(), HostSet::new(c.intercept.hosts.iter()))),
+            Some(c) => Ok((
+                Chain::builtin().priced(c),
+                HostSet::new(c.intercept.hosts.iter()),
+            )),
             None => Ok((Chain::builtin(), HostSet::new(std::iter::empty::<&str>()))),
         }
     }
@@ -97,8 +100,8 @@ impl Engine {
     }
 
     /// Exchange outcomes since start.
-    pub fn counters(&self) -> &crate::policy::exchange::Counters {
-        &self.counters
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// The cache tiers of `cache` policies.
@@ -169,7 +172,7 @@ impl Engine {
             selection,
             info,
             audit,
-            self.counters.clone(),
+            self.metrics.clone(),
         ))
     }
 }

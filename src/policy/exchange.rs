@@ -10,8 +10,11 @@ use crate::body::Body;
 use crate::config::{FilterAction, OnError, PolicyKind};
 use crate::events::{Action as EventAction, Event, EventSink, Mode, Phase};
 use crate::llm::family::Family;
+use crate::llm::inspect::Usage;
 use crate::llm::json_text::{rewrite_strings, Selector};
 use crate::llm::recognize::{Api, Endpoint, Provider};
+use crate::llm::tap::{estimate_tokens, prompt_chars, TapResult};
+use crate::metrics::{ExchangeSample, Metrics};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use std::borrow::Cow;
@@ -64,11 +67,27 @@ pub struct Record {
     /// True when the block happened on the request (the upstream never
     /// saw it).
     pub blocked_on_input: bool,
-    /// From sending the request upstream to its response head.
-    pub upstream_ms: Option<u64>,
+    /// From sending the request upstream to its response head, µs.
+    pub upstream_us: Option<u64>,
+    /// From the start of the exchange to the response head going to the
+    /// client, µs.
+    pub head_us: Option<u64>,
+    /// From the start of the exchange to the first body byte going to the
+    /// client, µs (streams: time to first token).
+    pub first_byte_us: Option<u64>,
+    /// What following the response body taught (usage, text), once it ended.
+    pub tap: Option<TapResult>,
+    /// The request body as sent upstream, when it was read: for estimating
+    /// usage the provider does not report, and for `log_bodies`. A cheap
+    /// clone of the bytes that went out.
+    pub request_body: Option<Bytes>,
+    /// With `log_bodies`: the start of the response body the client got.
+    pub response_body: Option<Bytes>,
     /// Why the exchange failed, when kt answered with an error of its own
     /// (the error kind and message, e.g. an unreachable upstream).
     pub error: Option<String>,
+    /// Policies that replaced something, with how many replacements.
+    pub redacted_by: BTreeMap<String, usize>,
     /// `action: log` matches: policy and rule.
     pub logged: Vec<(String, String)>,
     /// Bodies that could not be inspected, and why.
@@ -90,39 +109,35 @@ pub struct Exchange {
     completed: bool,
     /// Where the audit events go, when an `audit-logger` policy applies.
     audit: Option<(EventSink, TaskTracker)>,
-    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
     /// The selected redact and content-filter policies of each phase,
     /// worked out once per exchange.
     input_body: Selection,
     output_body: Selection,
     /// The first selected `cache` policy, if any.
     cache: Option<usize>,
+    /// An `audit-logger` with `log_bodies: true` applies.
+    log_bodies: bool,
 }
 
-/// Exchange outcomes since start, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub pass: std::sync::atomic::AtomicU64,
-    pub block: std::sync::atomic::AtomicU64,
-    pub redact: std::sync::atomic::AtomicU64,
-    pub error: std::sync::atomic::AtomicU64,
-    pub cache_hit: std::sync::atomic::AtomicU64,
-    /// Microseconds spent in policies, summed.
-    pub policy_us: std::sync::atomic::AtomicU64,
+/// Bodies logged with `log_bodies` are cut here.
+pub const LOGGED_BODY_MAX: usize = 64 << 10;
+
+/// Where an exchange's token counts came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSource {
+    /// The provider's usage fields.
+    Provider,
+    /// Counted from the text: the provider reported none.
+    Estimated,
 }
 
-impl Counters {
-    fn count(&self, action: &str, policy_us: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let counter = match action {
-            "block" => &self.block,
-            "redact" => &self.redact,
-            "error" => &self.error,
-            "cache_hit" => &self.cache_hit,
-            _ => &self.pass,
-        };
-        counter.fetch_add(1, Relaxed);
-        self.policy_us.fetch_add(policy_us, Relaxed);
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Provider => "provider",
+            UsageSource::Estimated => "estimated",
+        }
     }
 }
 
@@ -132,7 +147,7 @@ impl Exchange {
         selection: Selection,
         info: ExchangeInfo,
         sink: Option<(&EventSink, &TaskTracker)>,
-        counters: Arc<Counters>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         // `passthrough` means forward untouched: only the audit runs.
         let mut selection = selection;
@@ -172,6 +187,10 @@ impl Exchange {
                     .any(|(_, p)| p.kind == PolicyKind::AuditLogger)
             })
             .map(|(s, t)| (s.clone(), t.clone()));
+        let log_bodies = audit.is_some()
+            && chain
+                .selected(selection)
+                .any(|(_, p)| matches!(&p.action, Action::Audit(o) if o.log_bodies));
         Exchange {
             chain,
             info,
@@ -179,10 +198,11 @@ impl Exchange {
             started: Instant::now(),
             completed: false,
             audit,
-            counters,
+            metrics,
             input_body,
             output_body,
             cache,
+            log_bodies,
         }
     }
 
@@ -194,6 +214,16 @@ impl Exchange {
         }
     }
 
+    /// True when bodies go into the audit log (`log_bodies`).
+    pub fn logs_bodies(&self) -> bool {
+        self.log_bodies
+    }
+
+    /// Microseconds since the exchange started.
+    pub fn elapsed_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
     /// Selected policies of the input (or output) phase that read or
     /// change bodies.
     fn body_policies(&self, input: bool) -> Selection {
@@ -202,11 +232,6 @@ impl Exchange {
         } else {
             self.output_body
         }
-    }
-
-    /// True when the request body must be read before it goes upstream.
-    pub fn needs_request_body(&self) -> bool {
-        !self.body_policies(true).is_empty()
     }
 
     /// True when the response is checked on its way back. Autocomplete
@@ -227,6 +252,13 @@ impl Exchange {
         let t = Instant::now();
         let out = self.input_inner(body);
         self.record.policy_us += t.elapsed().as_micros() as u64;
+        if let Input::Forward(sent) = &out {
+            // Kept for the record only while small: an estimate needs the
+            // prompt, and a logged body is cut anyway.
+            if sent.len() <= REQUEST_KEEP_MAX || self.log_bodies {
+                self.record.request_body = Some(sent.clone());
+            }
+        }
         out
     }
 
@@ -324,11 +356,16 @@ impl Exchange {
     pub fn absorb_stream_notes(&mut self, notes: Vec<StreamNote>) {
         for note in notes {
             match note {
-                StreamNote::Redacted { kind, .. } => {
+                StreamNote::Redacted { kind, policy } => {
                     *self
                         .record
                         .redacted_out
                         .entry(kind.to_string())
+                        .or_default() += 1;
+                    *self
+                        .record
+                        .redacted_by
+                        .entry(policy.to_string())
                         .or_default() += 1;
                 }
                 StreamNote::Blocked { policy, rule } => {
@@ -405,6 +442,11 @@ impl Exchange {
                             &mut self.record.redacted_out
                         };
                         *counts.entry(policy.name.to_string()).or_default() += count;
+                        *self
+                            .record
+                            .redacted_by
+                            .entry(policy.name.to_string())
+                            .or_default() += count;
                     }
                     if let Cow::Owned(new) = rewritten {
                         current = Cow::Owned(new);
@@ -428,6 +470,13 @@ impl Exchange {
                     for f in &found {
                         *counts.entry(f.kind.to_string()).or_default() += 1;
                     }
+                    if !found.is_empty() {
+                        *self
+                            .record
+                            .redacted_by
+                            .entry(policy.name.to_string())
+                            .or_default() += found.len();
+                    }
                     if let Cow::Owned(new) = rewritten {
                         current = Cow::Owned(new);
                     }
@@ -441,6 +490,37 @@ impl Exchange {
         })
     }
 
+    /// The exchange's token counts: the provider's when its response
+    /// reported them, else an estimate from the text when it answered 2xx,
+    /// else unknown (never zero for want of a report).
+    pub fn usage(&self) -> Option<(Usage, UsageSource)> {
+        let r = &self.record;
+        let tap = r.tap?;
+        if !tap.usage.is_empty() {
+            return Some((tap.usage, UsageSource::Provider));
+        }
+        if !r.status.is_some_and(|s| (200..300).contains(&s)) || r.blocked.is_some() {
+            return None;
+        }
+        let tokens_out = tap.ended.then(|| estimate_tokens(tap.output_chars));
+        let tokens_in = match (self.info.family, &r.request_body) {
+            (Some(f), Some(body)) => prompt_chars(f, body).map(estimate_tokens),
+            (None, Some(body)) => Some(estimate_tokens(body.len() as u64)),
+            _ => None,
+        };
+        if tokens_in.is_none() && tokens_out.is_none() {
+            return None;
+        }
+        Some((
+            Usage {
+                tokens_in,
+                tokens_out,
+                ..Usage::default()
+            },
+            UsageSource::Estimated,
+        ))
+    }
+
     /// The completion hook: runs once per exchange, whatever happened.
     pub fn complete(&mut self, status: Option<u16>) {
         if self.completed {
@@ -448,8 +528,11 @@ impl Exchange {
         }
         self.completed = true;
         self.record.status = status;
+        let usage = self.usage();
+        let cost =
+            usage.and_then(|(u, _)| self.chain.pricing().cost(self.info.model.as_deref(), &u));
         if let Some((sink, sends)) = self.audit.take() {
-            submit(&sink, &sends, self.events());
+            submit(&sink, &sends, self.events(usage, cost));
         }
         let r = &self.record;
         let action = if r.blocked.is_some() {
@@ -463,7 +546,34 @@ impl Exchange {
         } else {
             "pass"
         };
-        self.counters.count(action, r.policy_us);
+        let latency_us = self.elapsed_us();
+        self.metrics.exchange(
+            &ExchangeSample {
+                provider: self.info.provider.as_str(),
+                endpoint: self.info.endpoint.as_str(),
+                action,
+                status,
+                model: self.info.model.as_deref(),
+                latency_us,
+                upstream_us: r.upstream_us,
+                overhead_us: self.overhead_us(),
+                first_byte_us: r.first_byte_us.filter(|_| self.info.stream == Some(true)),
+                tokens_in: usage.and_then(|(u, _)| u.tokens_in),
+                tokens_out: usage.and_then(|(u, _)| u.tokens_out),
+                cost_usd: cost,
+                usage_source: usage.map(|(_, source)| source.as_str()),
+            },
+            r.policy_us,
+        );
+        for policy in r.redacted_by.keys() {
+            self.metrics.policy_action(policy, "redact");
+        }
+        if let Some((policy, _)) = &r.blocked {
+            self.metrics.policy_action(policy, "block");
+        }
+        for (policy, _) in &r.logged {
+            self.metrics.policy_action(policy, "log");
+        }
         // The audit trail proper (hash-chained events) records this; the log
         // line is for debugging.
         tracing::debug!(
@@ -479,16 +589,23 @@ impl Exchange {
             redacted_in = r.redacted_in.values().sum::<usize>(),
             redacted_out = r.redacted_out.values().sum::<usize>(),
             policy_us = r.policy_us,
-            latency_ms = self.started.elapsed().as_millis() as u64,
+            latency_ms = latency_us / 1000,
             "exchange"
         );
     }
 }
 
 impl Exchange {
+    /// kt's own share of the time to the response head: everything but
+    /// waiting on the provider.
+    fn overhead_us(&self) -> Option<u64> {
+        let r = &self.record;
+        Some(r.head_us?.saturating_sub(r.upstream_us?))
+    }
+
     /// The audit events of this exchange: the request's, and the response's
     /// unless the request never went upstream.
-    fn events(&self) -> Vec<Event> {
+    fn events(&self, usage: Option<(Usage, UsageSource)>, cost: Option<f64>) -> Vec<Event> {
         let r = &self.record;
         let request_id = Some(random_id());
         let base = |phase: Phase, action: EventAction| {
@@ -517,6 +634,9 @@ impl Exchange {
         };
         input.redactions = counts(&r.redacted_in);
         input.policy_us = Some(r.policy_us);
+        if self.log_bodies {
+            input.request_body = r.request_body.as_deref().map(logged_body);
+        }
         if let Some((policy, _)) = blocked(true) {
             input.policy = Some(policy.clone());
             input.reason = Some("blocked pattern detected".into());
@@ -546,8 +666,18 @@ impl Exchange {
         output.redactions = counts(&r.redacted_out);
         output.status = status;
         output.latency_ms = Some(self.started.elapsed().as_millis() as u64);
-        output.upstream_ms = r.upstream_ms;
+        output.upstream_ms = r.upstream_us.map(|us| us / 1000);
+        output.overhead_us = self.overhead_us();
         output.cache_hit = r.cache_hit;
+        if let Some((usage, source)) = usage {
+            output.tokens_in = usage.tokens_in;
+            output.tokens_out = usage.tokens_out;
+            output.usage_source = Some(source.as_str().to_string());
+            output.cost_usd = cost;
+        }
+        if self.log_bodies {
+            output.response_body = r.response_body.as_deref().map(logged_body);
+        }
         vec![input, output]
     }
 }
@@ -579,6 +709,20 @@ pub(crate) fn submit(sink: &EventSink, sends: &TaskTracker, events: Vec<Event>) 
             }
         });
     }
+}
+
+/// Request bodies up to this size are kept for the record.
+const REQUEST_KEEP_MAX: usize = 256 << 10;
+
+/// A body as logged: UTF-8 (lossy), cut at [`LOGGED_BODY_MAX`] bytes.
+fn logged_body(body: &[u8]) -> String {
+    let cut = body.get(..LOGGED_BODY_MAX).unwrap_or(body);
+    let mut text = String::from_utf8_lossy(cut).into_owned();
+    if body.len() > LOGGED_BODY_MAX {
+        // A multi-byte char cut in half decodes as U+FFFD; say why it ends.
+        text.push_str(&format!("…[{} more bytes]", body.len() - LOGGED_BODY_MAX));
+    }
+    text
 }
 
 /// 16 random hex digits tying an exchange's events together.

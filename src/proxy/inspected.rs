@@ -7,7 +7,8 @@ use super::cached::Step;
 use super::forward::strip_hop_by_hop;
 use super::{ConnCtx, ProxyError};
 use crate::body::{self, Body, BoxError};
-use crate::policy::exchange::{Exchange, Input, Output};
+use crate::llm::tap::UsageTap;
+use crate::policy::exchange::{Exchange, Input, Output, LOGGED_BODY_MAX};
 use crate::policy::stream::{Flow, OutputStream};
 use crate::upstream::pool::Origin;
 use bytes::Bytes;
@@ -30,33 +31,29 @@ pub(super) async fn forward(
     let (mut parts, incoming) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     let inspect_response = exchange.needs_response_body();
-    let caching = exchange.cache_options().is_some();
-    if inspect_response || caching {
-        // The response is read by policies (or stored for clients that may
-        // not accept the same encodings): ask for it uncompressed.
-        parts.headers.remove(header::ACCEPT_ENCODING);
-    }
+    // The response is read (by policies, or for its usage): ask for it
+    // uncompressed. LLM answers are small text; the audit trail needs them.
+    parts.headers.remove(header::ACCEPT_ENCODING);
+    // The request is read whole (bounded) even when no policy changes it:
+    // its model prices the exchange and its prompt sizes an estimate. LLM
+    // requests are small and sent at once, so this costs no latency.
+    let bytes = read_body(incoming, limits.max_inspected_body, limits.body_read).await?;
     let mut pending = None;
-    let body = if exchange.needs_request_body() || caching {
-        let bytes = read_body(incoming, limits.max_inspected_body, limits.body_read).await?;
-        match exchange.input(bytes) {
-            Input::Respond(resp) => {
-                exchange.complete(Some(resp.status().as_u16()));
-                return Ok(resp);
-            }
-            Input::Forward(bytes) => {
-                // The cache keys what the upstream would see.
-                match super::cached::lookup(ctx, &mut exchange, &parts, &bytes).await {
-                    Some(Step::Answer(hit)) => return Ok(super::cached::answer(hit, exchange)),
-                    Some(Step::Forward(p)) => pending = Some(p),
-                    None => {}
-                }
-                set_length(&mut parts.headers, bytes.len());
-                body::full(bytes)
-            }
+    let body = match exchange.input(bytes) {
+        Input::Respond(resp) => {
+            exchange.complete(Some(resp.status().as_u16()));
+            return Ok(resp);
         }
-    } else {
-        body::boxed(incoming)
+        Input::Forward(bytes) => {
+            // The cache keys what the upstream would see.
+            match super::cached::lookup(ctx, &mut exchange, &parts, &bytes).await {
+                Some(Step::Answer(hit)) => return Ok(super::cached::answer(hit, exchange)),
+                Some(Step::Forward(p)) => pending = Some(p),
+                None => {}
+            }
+            set_length(&mut parts.headers, bytes.len());
+            body::full(bytes)
+        }
     };
     let resp = upstream_leg(ctx, origin, parts, body, exchange, inspect_response).await?;
     Ok(match pending {
@@ -84,7 +81,7 @@ async fn upstream_leg(
         .await
     {
         Ok(resp) => {
-            exchange.record.upstream_ms = Some(sent.elapsed().as_millis() as u64);
+            exchange.record.upstream_us = Some(sent.elapsed().as_micros() as u64);
             resp
         }
         Err(e) => {
@@ -97,14 +94,17 @@ async fn upstream_leg(
     let (mut parts, incoming) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     let status = parts.status.as_u16();
+    let watch = Watch::new(&exchange, &parts.headers, status);
 
     if inspect_response && is_event_stream(&parts.headers) {
         if let Some(stream) = exchange.output_stream() {
             parts.headers.remove(header::CONTENT_LENGTH);
+            exchange.record.head_us = Some(exchange.elapsed_us());
             let body = PolicedStream {
                 inner: incoming,
                 stream,
                 exchange,
+                watch,
                 status,
                 queue: VecDeque::new(),
                 done: false,
@@ -121,21 +121,30 @@ async fn upstream_leg(
                 ),
                 other => other,
             })?;
-        return Ok(match exchange.output(bytes) {
+        let mut watch = watch;
+        watch.upstream(&bytes);
+        let out = exchange.output(bytes);
+        exchange.record.head_us = Some(exchange.elapsed_us());
+        return Ok(match out {
             Output::Respond(resp) => {
+                watch.close(&mut exchange);
                 exchange.complete(Some(resp.status().as_u16()));
                 resp
             }
             Output::Forward(bytes) => {
                 set_length(&mut parts.headers, bytes.len());
+                watch.client(&mut exchange, &bytes);
+                watch.close(&mut exchange);
                 exchange.complete(Some(status));
                 Response::from_parts(parts, body::full(bytes))
             }
         });
     }
+    exchange.record.head_us = Some(exchange.elapsed_us());
     let body = Completing {
         inner: incoming,
         exchange: Some(exchange),
+        watch,
         status,
     };
     Ok(Response::from_parts(parts, body::boxed(body)))
@@ -189,11 +198,82 @@ fn is_encoded(headers: &HeaderMap) -> bool {
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
+/// What the response wrappers note as the body goes by: its usage (from the
+/// upstream's bytes), the first byte sent to the client, and the copy kept
+/// for `log_bodies`. Never delays or changes a byte.
+struct Watch {
+    tap: Option<UsageTap>,
+    log: Option<Vec<Bytes>>,
+    logged: usize,
+    first_byte: bool,
+}
+
+impl Watch {
+    fn new(exchange: &Exchange, headers: &HeaderMap, status: u16) -> Watch {
+        let family = exchange
+            .info
+            .family
+            .filter(|_| (200..300).contains(&status));
+        let tap = family.and_then(|f| {
+            if is_encoded(headers) {
+                None
+            } else if is_event_stream(headers) {
+                Some(UsageTap::stream(f))
+            } else if is_json(headers) {
+                Some(UsageTap::json(f))
+            } else {
+                None
+            }
+        });
+        Watch {
+            tap,
+            log: exchange.logs_bodies().then(Vec::new),
+            logged: 0,
+            first_byte: false,
+        }
+    }
+
+    /// Bytes as the upstream sent them.
+    fn upstream(&mut self, data: &Bytes) {
+        if let Some(tap) = &mut self.tap {
+            tap.feed(data);
+        }
+    }
+
+    /// Bytes on their way to the client.
+    fn client(&mut self, exchange: &mut Exchange, data: &Bytes) {
+        if !self.first_byte && !data.is_empty() {
+            self.first_byte = true;
+            exchange.record.first_byte_us = Some(exchange.elapsed_us());
+        }
+        if let Some(log) = &mut self.log {
+            // One byte past the cap tells the record the body was cut.
+            let room = (LOGGED_BODY_MAX + 1).saturating_sub(self.logged);
+            if room > 0 {
+                let piece = data.slice(..data.len().min(room));
+                self.logged += piece.len();
+                log.push(piece);
+            }
+        }
+    }
+
+    /// Hands what was learnt to the exchange's record.
+    fn close(&mut self, exchange: &mut Exchange) {
+        if let Some(tap) = self.tap.take() {
+            exchange.record.tap = Some(tap.finish());
+        }
+        if let Some(log) = self.log.take() {
+            exchange.record.response_body = Some(Bytes::from(log.concat()));
+        }
+    }
+}
+
 /// A response body passed through untouched that closes the exchange's
 /// record when it ends (or is dropped).
 struct Completing {
     inner: Incoming,
     exchange: Option<Exchange>,
+    watch: Watch,
     status: u16,
 }
 
@@ -205,12 +285,22 @@ impl HttpBody for Completing {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None | Some(Err(_))) = &polled {
-            let status = self.status;
-            if let Some(mut ex) = self.exchange.take() {
-                ex.complete(Some(status));
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(ex)) = (frame.data_ref(), this.exchange.as_mut()) {
+                    this.watch.upstream(data);
+                    this.watch.client(ex, data);
+                }
             }
+            Poll::Ready(None | Some(Err(_))) => {
+                if let Some(mut ex) = this.exchange.take() {
+                    this.watch.close(&mut ex);
+                    ex.complete(Some(this.status));
+                }
+            }
+            Poll::Pending => {}
         }
         polled.map(|o| o.map(|r| r.map_err(BoxError::from)))
     }
@@ -230,6 +320,7 @@ impl Drop for Completing {
         // it: that is a complete response, not a client that went away.
         if let Some(mut ex) = self.exchange.take() {
             let status = self.inner.is_end_stream().then_some(self.status);
+            self.watch.close(&mut ex);
             ex.complete(status);
         }
     }
@@ -240,6 +331,7 @@ struct PolicedStream {
     inner: Incoming,
     stream: OutputStream,
     exchange: Exchange,
+    watch: Watch,
     status: u16,
     queue: VecDeque<Bytes>,
     done: bool,
@@ -250,6 +342,7 @@ impl PolicedStream {
         self.done = true;
         let notes = std::mem::take(&mut self.stream.notes);
         self.exchange.absorb_stream_notes(notes);
+        self.watch.close(&mut self.exchange);
         self.exchange.complete(Some(self.status));
     }
 }
@@ -265,6 +358,7 @@ impl HttpBody for PolicedStream {
         let this = &mut *self;
         loop {
             if let Some(frame) = this.queue.pop_front() {
+                this.watch.client(&mut this.exchange, &frame);
                 return Poll::Ready(Some(Ok(Frame::data(frame))));
             }
             if this.done {
@@ -275,6 +369,7 @@ impl HttpBody for PolicedStream {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
+                        this.watch.upstream(&data);
                         if this.stream.push(&data, &mut out) == Flow::Stop {
                             this.close();
                         }
@@ -292,6 +387,16 @@ impl HttpBody for PolicedStream {
                 }
             }
             this.queue.extend(out);
+        }
+    }
+}
+
+impl Drop for PolicedStream {
+    fn drop(&mut self) {
+        // A client that went away mid-stream: keep what was learnt (the
+        // provider may still bill the tokens it sent).
+        if !self.done {
+            self.watch.close(&mut self.exchange);
         }
     }
 }

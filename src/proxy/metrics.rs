@@ -6,34 +6,38 @@ use std::sync::atomic::Ordering::Relaxed;
 
 pub(super) fn render(gw: &Gateway) -> String {
     let mut out = String::with_capacity(2048);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
+    let metric = |out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        crate::metrics::header(out, name, kind, help);
         for (labels, value) in samples {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
     let stats = gw.stats();
     metric(
+        &mut out,
         "kt_client_connections",
         "gauge",
         "Client connections open (tunnels and intercepted sessions included).",
         &[("", stats.connections.load(Relaxed) as u64)],
     );
     metric(
+        &mut out,
         "kt_tunnels",
         "gauge",
         "Blind tunnels open.",
         &[("", stats.tunnels.load(Relaxed) as u64)],
     );
     metric(
+        &mut out,
         "kt_intercepted_connections",
         "gauge",
         "Intercepted (decrypted) client connections open.",
         &[("", stats.intercepted.load(Relaxed) as u64)],
     );
-    let c = gw.engine().counters();
+    let metrics = gw.engine().metrics();
+    let c = &metrics.outcomes;
     metric(
+        &mut out,
         "kt_exchanges_total",
         "counter",
         "LLM exchanges that ran the policy chain, by outcome.",
@@ -41,44 +45,85 @@ pub(super) fn render(gw: &Gateway) -> String {
             ("{action=\"pass\"}", c.pass.load(Relaxed)),
             ("{action=\"redact\"}", c.redact.load(Relaxed)),
             ("{action=\"block\"}", c.block.load(Relaxed)),
-            ("{action=\"error\"}", c.error.load(Relaxed)),
             ("{action=\"cache_hit\"}", c.cache_hit.load(Relaxed)),
+            ("{action=\"error\"}", c.error.load(Relaxed)),
         ],
     );
     metric(
+        &mut out,
         "kt_policy_microseconds_total",
         "counter",
         "Time spent in policies, summed over exchanges.",
         &[("", c.policy_us.load(Relaxed))],
     );
+    metric(
+        &mut out,
+        "kt_cert_cache_hosts",
+        "gauge",
+        "Hosts with a minted leaf certificate in the cache.",
+        &[("", gw.certs().cached_hosts_now())],
+    );
+    metrics.render(&mut out);
+    cache_tiers(&mut out, gw, metric);
+    gw.certs().mint_seconds.render(
+        &mut out,
+        "kt_cert_mint_duration_seconds",
+        "Leaf certificate mints (certificate cache misses).",
+    );
+    if let Some(feed) = gw.events_feed() {
+        let s = feed.sink.stats();
+        metric(
+            &mut out,
+            "kt_events_written_total",
+            "counter",
+            "Audit events written to the log.",
+            &[("", s.written())],
+        );
+        metric(
+            &mut out,
+            "kt_events_queue_full_waits_total",
+            "counter",
+            "Times a request waited because the audit log queue was full.",
+            &[("", s.full_waits())],
+        );
+        metric(
+            &mut out,
+            "kt_events_write_errors_total",
+            "counter",
+            "Failed audit log writes (retried until they succeed).",
+            &[("", s.write_errors())],
+        );
+    }
+    out
+}
+
+/// The cache tiers beside the lookups counted by `kt_cache_requests_total`:
+/// where hits came from, what was stored, Redis failures, memory held.
+fn cache_tiers(
+    out: &mut String,
+    gw: &Gateway,
+    metric: impl Fn(&mut String, &str, &str, &str, &[(&str, u64)]),
+) {
     let caches = gw.engine().caches();
     let k = caches.stats();
-    metric(
-        "kt_cache_requests_total",
-        "counter",
-        "Requests a cache policy applied to, by result.",
-        &[
-            ("{result=\"hit\"}", k.hits.load(Relaxed)),
-            ("{result=\"miss\"}", k.misses.load(Relaxed)),
-            ("{result=\"bypass\"}", k.bypasses.load(Relaxed)),
-        ],
+    let (hits, redis, followed) = (
+        k.hits.load(Relaxed),
+        k.redis_hits.load(Relaxed),
+        k.followed.load(Relaxed),
     );
     metric(
+        out,
         "kt_cache_hits_total",
         "counter",
-        "Cache hits by where the answer came from.",
+        "Cache hits by where the answer came from (flight: a concurrent identical request).",
         &[
-            (
-                "{source=\"memory\"}",
-                k.hits
-                    .load(Relaxed)
-                    .saturating_sub(k.redis_hits.load(Relaxed) + k.followed.load(Relaxed)),
-            ),
-            ("{source=\"redis\"}", k.redis_hits.load(Relaxed)),
-            ("{source=\"flight\"}", k.followed.load(Relaxed)),
+            ("{source=\"memory\"}", hits.saturating_sub(redis + followed)),
+            ("{source=\"redis\"}", redis),
+            ("{source=\"flight\"}", followed),
         ],
     );
     metric(
+        out,
         "kt_cache_stores_total",
         "counter",
         "Responses after a miss, by whether they were stored.",
@@ -88,6 +133,7 @@ pub(super) fn render(gw: &Gateway) -> String {
         ],
     );
     metric(
+        out,
         "kt_cache_redis_errors_total",
         "counter",
         "Failed or timed-out Redis calls (each served as a miss).",
@@ -95,37 +141,17 @@ pub(super) fn render(gw: &Gateway) -> String {
     );
     let (entries, bytes) = caches.memory_usage();
     metric(
+        out,
         "kt_cache_memory_entries",
         "gauge",
         "Entries in the in-process cache tier.",
         &[("", entries)],
     );
     metric(
+        out,
         "kt_cache_memory_bytes",
         "gauge",
         "Bytes in the in-process cache tier.",
         &[("", bytes)],
     );
-    if let Some(feed) = gw.events_feed() {
-        let s = feed.sink.stats();
-        metric(
-            "kt_events_written_total",
-            "counter",
-            "Audit events written to the log.",
-            &[("", s.written())],
-        );
-        metric(
-            "kt_events_queue_full_waits_total",
-            "counter",
-            "Times a request waited because the audit log queue was full.",
-            &[("", s.full_waits())],
-        );
-        metric(
-            "kt_events_write_errors_total",
-            "counter",
-            "Failed audit log writes (retried until they succeed).",
-            &[("", s.write_errors())],
-        );
-    }
-    out
 }

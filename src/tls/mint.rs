@@ -161,6 +161,8 @@ pub const CLIENT_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 pub struct CertCache {
     minter: Arc<LeafMinter>,
     cache: moka::future::Cache<String, Arc<ServerConfig>>,
+    /// How long each mint (a cache miss) took.
+    pub mint_seconds: Arc<crate::metrics::Histogram>,
 }
 
 impl CertCache {
@@ -171,7 +173,11 @@ impl CertCache {
             .max_capacity(capacity)
             .time_to_live(ttl)
             .build();
-        CertCache { minter, cache }
+        CertCache {
+            minter,
+            cache,
+            mint_seconds: Arc::new(crate::metrics::Histogram::fine()),
+        }
     }
 
     pub fn minter(&self) -> &Arc<LeafMinter> {
@@ -187,13 +193,25 @@ impl CertCache {
         }
         let minter = self.minter.clone();
         let name = key.clone();
+        let timing = self.mint_seconds.clone();
         self.cache
             .try_get_with(key, async move {
-                tokio::task::spawn_blocking(move || minter.server_config(&name, CLIENT_ALPN))
-                    .await
-                    .map_err(|e| MintError::Join(e.to_string()))?
+                tokio::task::spawn_blocking(move || {
+                    let t = std::time::Instant::now();
+                    let minted = minter.server_config(&name, CLIENT_ALPN);
+                    timing.observe_us(t.elapsed().as_micros() as u64);
+                    minted
+                })
+                .await
+                .map_err(|e| MintError::Join(e.to_string()))?
             })
             .await
+    }
+
+    /// Number of cached hosts now, counted (no waiting on cache
+    /// maintenance, which `entry_count` would need to be exact).
+    pub fn cached_hosts_now(&self) -> u64 {
+        self.cache.iter().count() as u64
     }
 
     /// Number of cached hosts (after applying pending cache maintenance).

@@ -267,6 +267,11 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                     .map(str::to_owned)
             };
             let reply = header("x-test-reply").unwrap_or_else(|| "hello".into());
+            // `x-test-usage: IN,OUT` makes the answer report usage.
+            let usage: Option<(u64, u64)> = header("x-test-usage").and_then(|u| {
+                let (i, o) = u.split_once(',')?;
+                Some((i.trim().parse().ok()?, o.trim().parse().ok()?))
+            });
             let chunk: usize = header("x-test-chunk")
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(4);
@@ -283,13 +288,20 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 .and_then(|v| v.get("stream").and_then(|s| s.as_bool()))
                 .unwrap_or(false);
             if !stream {
-                let json = if anthropic {
+                let mut json = if anthropic {
                     serde_json::json!({"type": "message", "role": "assistant",
                         "content": [{"type": "text", "text": reply}]})
                 } else {
                     serde_json::json!({"object": "chat.completion",
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]})
                 };
+                if let Some((i, o)) = usage {
+                    json["usage"] = if anthropic {
+                        serde_json::json!({"input_tokens": i, "output_tokens": o})
+                    } else {
+                        serde_json::json!({"prompt_tokens": i, "completion_tokens": o})
+                    };
+                }
                 let mut r = Response::new(full(json.to_string()));
                 *r.status_mut() = status;
                 r.headers_mut()
@@ -303,6 +315,16 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 .collect();
             let (tx, rx) = mpsc::channel(64);
             tokio::spawn(async move {
+                if let (Some((i, _)), true) = (usage, anthropic) {
+                    let start = format!(
+                        "event: message_start\ndata: {}\n\n",
+                        serde_json::json!({"type": "message_start",
+                            "message": {"usage": {"input_tokens": i, "output_tokens": 1}}})
+                    );
+                    if tx.send(Bytes::from(start)).await.is_err() {
+                        return;
+                    }
+                }
                 for (i, p) in pieces.into_iter().enumerate() {
                     if let (Some(gate), true) = (&gate, i > 0) {
                         let Ok(p) = gate.acquire().await else { return };
@@ -319,6 +341,23 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                             "data: {}\n\n",
                             serde_json::json!({"object": "chat.completion.chunk",
                                 "choices": [{"index": 0, "delta": {"content": p}}]})
+                        )
+                    };
+                    if tx.send(Bytes::from(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                if let Some((i, o)) = usage {
+                    let ev = if anthropic {
+                        format!(
+                            "event: message_delta\ndata: {}\n\n",
+                            serde_json::json!({"type": "message_delta", "usage": {"output_tokens": o}})
+                        )
+                    } else {
+                        format!(
+                            "data: {}\n\n",
+                            serde_json::json!({"object": "chat.completion.chunk", "choices": [],
+                                "usage": {"prompt_tokens": i, "completion_tokens": o}})
                         )
                     };
                     if tx.send(Bytes::from(ev)).await.is_err() {

@@ -306,3 +306,121 @@ async fn gateway_binary_reloads_policies_on_file_change_and_sighup() {
         .unwrap();
     assert_eq!(code.code(), Some(0));
 }
+
+/// 1,000 concurrent exchanges and a SIGTERM while most are in flight: every
+/// exchange a client saw complete is in the audit log (input and output),
+/// none twice, and the chain verifies after the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_event_is_lost_under_1000_concurrent_requests_and_sigterm() {
+    use crate::common::client::Http;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const CONNS: usize = 10;
+    const PER_CONN: usize = 100;
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
+    let gw = spawn_gateway(&ca, &origin, &[]);
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..CONNS {
+        let (http, _) = through_proxy(gw.addr, "api.openai.com", &[gw.ca_der()], &[b"h2"]).await;
+        let Http::H2(send) = http else {
+            panic!("h2 expected")
+        };
+        for r in 0..PER_CONN {
+            let mut send = send.clone();
+            let done = done.clone();
+            let model = format!("m-{c}-{r}");
+            tasks.push(tokio::spawn(async move {
+                let body = serde_json::json!({"model": model, "stream": true,
+                    "messages": [{"role": "user", "content": "hi"}]});
+                let req = http::Request::post("https://api.openai.com/v1/chat/completions")
+                    .header("content-type", "application/json")
+                    .header("x-test-reply", "a reply of a few chunks")
+                    .header("x-test-chunk", "2")
+                    .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+                    .unwrap();
+                let ok = async {
+                    send.ready().await.ok()?;
+                    let resp = send.send_request(req).await.ok()?;
+                    if resp.status() != 200 {
+                        return None;
+                    }
+                    let body = http_body_util::BodyExt::collect(resp.into_body())
+                        .await
+                        .ok()?
+                        .to_bytes();
+                    body.ends_with(b"data: [DONE]\n\n").then_some(())
+                }
+                .await;
+                done.fetch_add(1, Ordering::Relaxed);
+                ok.map(|_| model)
+            }));
+        }
+    }
+    // SIGTERM once a third have finished, with the rest in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while done.load(Ordering::Relaxed) < CONNS * PER_CONN / 3 {
+        assert!(std::time::Instant::now() < deadline, "requests stalled");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    gw.signal("-TERM");
+    let mut served = Vec::new();
+    for t in tasks {
+        if let Some(model) = t.await.unwrap() {
+            served.push(model);
+        }
+    }
+    let Running {
+        mut child, home, ..
+    } = gw;
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        served.len() > CONNS * PER_CONN / 3,
+        "only {} served",
+        served.len()
+    );
+
+    eprintln!(
+        "served {} of {} (the rest refused by the drain)",
+        served.len(),
+        CONNS * PER_CONN
+    );
+    let dir = home.path().join("events");
+    let report = keeptrusts::events::verify(&dir).unwrap();
+    let (events, _) =
+        keeptrusts::events::read_last(&dir, 10_000, &keeptrusts::events::Filters::default())
+            .unwrap();
+    assert_eq!(report.events as usize, events.len());
+    let mut seen: HashMap<(String, &str), usize> = HashMap::new();
+    for e in &events {
+        if let Some(m) = &e.model {
+            *seen.entry((m.clone(), e.phase.as_str())).or_default() += 1;
+        }
+    }
+    for model in &served {
+        for phase in ["input", "output"] {
+            assert_eq!(
+                seen.get(&(model.clone(), phase)),
+                Some(&1),
+                "{phase} event of {model}: {} served, {} events",
+                served.len(),
+                events.len()
+            );
+        }
+    }
+    let out = kt(&[
+        "events",
+        "verify",
+        "--data-dir",
+        home.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

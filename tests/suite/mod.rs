@@ -9,3 +9,4 @@ mod intercept;
 mod lifecycle;
 mod policy;
 mod tunnel;
+mod usage;

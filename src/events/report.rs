@@ -1,0 +1,292 @@
+//! Spend from the audit log: output events summed per user, team, model or
+//! provider over a time window, for `kt report costs`.
+
+use super::{segment, Event, EventsError, Phase};
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
+use time::OffsetDateTime;
+
+/// What a report groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    User,
+    Team,
+    Model,
+    Provider,
+}
+
+impl GroupBy {
+    /// The field's value in `e`; `None` when the event has none.
+    fn key(self, e: &Event) -> Option<&str> {
+        match self {
+            GroupBy::User => e.user.as_deref(),
+            GroupBy::Team => e.team.as_deref(),
+            GroupBy::Model => e.model.as_deref(),
+            GroupBy::Provider => e.provider.as_deref(),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::User => "user",
+            GroupBy::Team => "team",
+            GroupBy::Model => "model",
+            GroupBy::Provider => "provider",
+        }
+    }
+}
+
+/// Sums of one group.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Row {
+    /// The user, team, model or provider; `(none)` for events without one.
+    pub key: String,
+    /// Exchanges that got an answer (output events).
+    pub requests: u64,
+    /// Of which kt or the provider failed.
+    pub errors: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// Sum over the requests whose model has a price.
+    pub cost_usd: f64,
+    /// Requests with tokens but no price (unknown model): not in `cost_usd`.
+    pub unpriced: u64,
+    /// Requests whose tokens are estimates.
+    pub estimated: u64,
+    /// Requests answered from the engineering cache.
+    pub cache_hits: u64,
+}
+
+impl Row {
+    fn add(&mut self, e: &Event) {
+        self.requests += 1;
+        if e.action == super::Action::Error {
+            self.errors += 1;
+        }
+        self.tokens_in += e.tokens_in.unwrap_or(0);
+        self.tokens_out += e.tokens_out.unwrap_or(0);
+        match e.cost_usd {
+            Some(c) => self.cost_usd += c,
+            None if e.tokens_in.is_some() || e.tokens_out.is_some() => self.unpriced += 1,
+            None => {}
+        }
+        if e.usage_source.as_deref() == Some("estimated") {
+            self.estimated += 1;
+        }
+        if e.cache_hit == Some(true) {
+            self.cache_hits += 1;
+        }
+    }
+}
+
+/// A whole report: one row per group, most expensive first, and the total.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub total: Row,
+    /// Lines that were not events (a torn last line, an edited file):
+    /// skipped, and `kt events verify` says more.
+    pub unreadable: u64,
+}
+
+/// Sums the output events at or after `since` (all of them for `None`).
+pub fn costs(
+    dir: &Path,
+    by: GroupBy,
+    since: Option<OffsetDateTime>,
+) -> Result<Report, EventsError> {
+    let cutoff = since.map(super::format_ts);
+    let first_day = since.map(|t| t.to_offset(time::UtcOffset::UTC).date());
+    let mut groups: BTreeMap<String, Row> = BTreeMap::new();
+    let mut report = Report::default();
+    for seg in segment::list(dir)? {
+        // A segment holds events from its day on; rolled segments of an
+        // earlier day may run past midnight, so only whole earlier days go.
+        if first_day.is_some_and(|d| seg.date < d.previous_day().unwrap_or(d)) {
+            continue;
+        }
+        let file = std::fs::File::open(&seg.path).map_err(|e| EventsError::io(&seg.path, e))?;
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line.map_err(|e| EventsError::io(&seg.path, e))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let Ok(event) = serde_json::from_str::<Event>(&line) else {
+                report.unreadable += 1;
+                continue;
+            };
+            if event.phase != Phase::Output {
+                continue;
+            }
+            if cutoff
+                .as_ref()
+                .is_some_and(|c| event.ts.as_str() < c.as_str())
+            {
+                continue;
+            }
+            let key = by.key(&event).unwrap_or("(none)");
+            groups
+                .entry(key.to_string())
+                .or_insert_with(|| Row {
+                    key: key.to_string(),
+                    ..Row::default()
+                })
+                .add(&event);
+            report.total.add(&event);
+        }
+    }
+    report.total.key = "TOTAL".into();
+    report.rows = groups.into_values().collect();
+    report.rows.sort_by(|a, b| {
+        b.cost_usd
+            .total_cmp(&a.cost_usd)
+            .then(b.requests.cmp(&a.requests))
+            .then(a.key.cmp(&b.key))
+    });
+    Ok(report)
+}
+
+/// Reads `--since`: a span back from `now` (`30m`, `24h`, `7d`, `2w`), a
+/// day (`2026-11-01`, from its start in UTC) or an RFC 3339 time.
+pub fn parse_since(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, String> {
+    let text = text.trim();
+    let bad = || {
+        format!(
+            "`{text}` is not a time: use a span like 30m, 24h, 7d or 2w, a day like 2026-11-01, or an RFC 3339 time"
+        )
+    };
+    if let Some(unit) = text.chars().last().filter(char::is_ascii_alphabetic) {
+        let n: i64 = text[..text.len() - 1].parse().map_err(|_| bad())?;
+        if n < 0 {
+            return Err(bad());
+        }
+        let span = match unit {
+            'm' => time::Duration::minutes(n),
+            'h' => time::Duration::hours(n),
+            'd' => time::Duration::days(n),
+            'w' => time::Duration::weeks(n),
+            _ => return Err(bad()),
+        };
+        return now.checked_sub(span).ok_or_else(bad);
+    }
+    if let Ok(t) = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+        return Ok(t);
+    }
+    let day = time::Date::parse(
+        text,
+        &time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .map_err(|_| bad())?;
+    Ok(day.midnight().assume_utc())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::events::{Action, EventLog, LogOptions};
+
+    fn output(user: Option<&str>, model: &str, tokens: (u64, u64), cost: Option<f64>) -> Event {
+        let mut e = Event::new(Phase::Output, Action::Pass);
+        e.user = user.map(str::to_owned);
+        e.model = Some(model.into());
+        e.provider = Some("openai".into());
+        e.tokens_in = Some(tokens.0);
+        e.tokens_out = Some(tokens.1);
+        e.cost_usd = cost;
+        e
+    }
+
+    async fn log(dir: &Path, events: Vec<Event>) {
+        let (sink, writer) = EventLog::open(dir, LogOptions::default()).unwrap();
+        for e in events {
+            sink.send(e).await.unwrap();
+        }
+        drop(sink);
+        writer.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sums_per_group_most_expensive_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut input = Event::new(Phase::Input, Action::Pass);
+        input.user = Some("dev1".into());
+        let mut estimated = output(Some("dev2"), "gpt-4o", (10, 10), Some(0.5));
+        estimated.usage_source = Some("estimated".into());
+        log(
+            tmp.path(),
+            vec![
+                input,
+                output(Some("dev1"), "gpt-4o", (100, 50), Some(0.25)),
+                output(Some("dev1"), "house", (7, 3), None),
+                estimated,
+                output(None, "gpt-4o", (1, 1), Some(0.125)),
+            ],
+        )
+        .await;
+        let r = costs(tmp.path(), GroupBy::User, None).unwrap();
+        let keys: Vec<&str> = r.rows.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["dev2", "dev1", "(none)"]);
+        let dev1 = &r.rows[1];
+        assert_eq!(
+            (
+                dev1.requests,
+                dev1.tokens_in,
+                dev1.tokens_out,
+                dev1.unpriced
+            ),
+            (2, 107, 53, 1)
+        );
+        assert!((dev1.cost_usd - 0.25).abs() < 1e-12);
+        assert_eq!(r.rows[0].estimated, 1);
+        assert_eq!(r.total.requests, 4, "input events are not requests");
+        assert!((r.total.cost_usd - 0.875).abs() < 1e-12);
+
+        let by_model = costs(tmp.path(), GroupBy::Model, None).unwrap();
+        assert_eq!(by_model.rows[0].key, "gpt-4o");
+        assert_eq!(by_model.rows[0].requests, 3);
+    }
+
+    #[tokio::test]
+    async fn since_leaves_out_older_events_and_bad_lines_are_counted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut old = output(Some("dev1"), "gpt-4o", (1, 1), Some(1.0));
+        old.ts = "2020-01-01T00:00:00.000Z".into();
+        log(
+            tmp.path(),
+            vec![old, output(Some("dev1"), "gpt-4o", (1, 1), Some(2.0))],
+        )
+        .await;
+        let seg = segment::list(tmp.path()).unwrap().pop().unwrap();
+        let mut text = std::fs::read_to_string(&seg.path).unwrap();
+        text.push_str("{torn\n");
+        std::fs::write(&seg.path, text).unwrap();
+
+        let all = costs(tmp.path(), GroupBy::User, None).unwrap();
+        assert!((all.total.cost_usd - 3.0).abs() < 1e-12);
+        assert_eq!(all.unreadable, 1);
+        let since = parse_since("7d", OffsetDateTime::now_utc()).unwrap();
+        let recent = costs(tmp.path(), GroupBy::User, Some(since)).unwrap();
+        assert!((recent.total.cost_usd - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn since_forms() {
+        let now = OffsetDateTime::parse(
+            "2026-11-23T10:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        let ts = |s: &str| crate::events::format_ts(parse_since(s, now).unwrap());
+        assert_eq!(ts("7d"), "2026-11-16T10:00:00.000Z");
+        assert_eq!(ts("24h"), "2026-11-22T10:00:00.000Z");
+        assert_eq!(ts("30m"), "2026-11-23T09:30:00.000Z");
+        assert_eq!(ts("2w"), "2026-11-09T10:00:00.000Z");
+        assert_eq!(ts("2026-11-01"), "2026-11-01T00:00:00.000Z");
+        assert_eq!(ts("2026-11-20T08:00:00+01:00"), "2026-11-20T07:00:00.000Z");
+        for bad in ["", "7", "7x", "-1d", "d", "yesterday", "2026-13-01"] {
+            assert!(parse_since(bad, now).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Watching a response go by, without holding it up, to learn its token
+//! usage: the provider's own counts when it reports them, else the amount of
+//! output text, from which the caller can estimate.
+//!
+//! The tap never changes or delays a byte. A JSON body is kept (as cheap
+//! `Bytes` clones) only up to a cap and parsed once at its end; a stream is
+//! decoded event by event and only the usage-bearing and text-bearing events
+//! are parsed.
+
+use super::family::Family;
+use super::inspect::{response_usage, Usage};
+use super::json_text::{visit_strings, Selector};
+use super::sse::SseDecoder;
+use super::stream::{for_each_delta, is_stream_end, stream_usage};
+use bytes::Bytes;
+
+/// Whole JSON answers larger than this are not parsed for usage (usage is
+/// then unknown, never zero).
+const MAX_JSON: usize = 4 << 20;
+
+/// What a tap learnt once the response ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TapResult {
+    /// The provider's counts; empty when it reported none.
+    pub usage: Usage,
+    /// Characters of output text seen (streams only), for estimating
+    /// `tokens_out` when the provider reports no usage.
+    pub output_chars: u64,
+    /// True when a stream's end-of-stream event was seen.
+    pub ended: bool,
+}
+
+/// Follows one response body. Feed every data chunk in order, then call
+/// [`UsageTap::finish`].
+#[derive(Debug)]
+pub struct UsageTap {
+    family: Family,
+    kind: Kind,
+    result: TapResult,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Stream {
+        decoder: SseDecoder,
+        /// Chars of the snapshot-style text (Sourcegraph sends the whole
+        /// completion so far in each event).
+        snapshot_chars: u64,
+        /// Stopped reading after a malformed frame.
+        gave_up: bool,
+    },
+    Json {
+        chunks: Vec<Bytes>,
+        len: usize,
+    },
+}
+
+impl UsageTap {
+    /// A tap for a streamed (SSE) response.
+    pub fn stream(family: Family) -> Self {
+        UsageTap {
+            family,
+            kind: Kind::Stream {
+                decoder: SseDecoder::new(),
+                snapshot_chars: 0,
+                gave_up: false,
+            },
+            result: TapResult::default(),
+        }
+    }
+
+    /// A tap for a whole JSON response.
+    pub fn json(family: Family) -> Self {
+        UsageTap {
+            family,
+            kind: Kind::Json {
+                chunks: Vec::new(),
+                len: 0,
+            },
+            result: TapResult::default(),
+        }
+    }
+
+    /// Takes in the next chunk of the body.
+    pub fn feed(&mut self, chunk: &Bytes) {
+        match &mut self.kind {
+            Kind::Json { chunks, len } => {
+                if *len <= MAX_JSON {
+                    *len += chunk.len();
+                    if *len <= MAX_JSON {
+                        chunks.push(chunk.clone());
+                    } else {
+                        chunks.clear();
+                    }
+                }
+            }
+            Kind::Stream {
+                decoder,
+                snapshot_chars,
+                gave_up,
+            } => {
+                if *gave_up {
+                    return;
+                }
+                decoder.feed(chunk);
+                drain(
+                    self.family,
+                    decoder,
+                    &mut self.result,
+                    snapshot_chars,
+                    gave_up,
+                );
+            }
+        }
+    }
+
+    /// The usage once the body ended (or was cut short).
+    pub fn finish(mut self) -> TapResult {
+        match &mut self.kind {
+            Kind::Json { chunks, len } => {
+                if *len <= MAX_JSON && !chunks.is_empty() {
+                    let body = match chunks.as_slice() {
+                        [one] => one.clone(),
+                        many => Bytes::from(many.concat()),
+                    };
+                    match response_usage(self.family, &body) {
+                        Ok(Some(u)) => self.result.usage = u,
+                        // No usage: count the answer's text for an estimate.
+                        Ok(None) => self.result.output_chars = output_chars(self.family, &body),
+                        Err(_) => return self.result,
+                    }
+                    self.result.ended = true;
+                }
+            }
+            Kind::Stream {
+                decoder,
+                snapshot_chars,
+                gave_up,
+            } => {
+                if !*gave_up {
+                    decoder.finish();
+                    drain(
+                        self.family,
+                        decoder,
+                        &mut self.result,
+                        snapshot_chars,
+                        gave_up,
+                    );
+                }
+                self.result.output_chars += *snapshot_chars;
+            }
+        }
+        self.result
+    }
+}
+
+fn drain(
+    family: Family,
+    decoder: &mut SseDecoder,
+    result: &mut TapResult,
+    snapshot_chars: &mut u64,
+    gave_up: &mut bool,
+) {
+    while let Some(next) = decoder.next_event() {
+        let Ok(ev) = next else {
+            *gave_up = true;
+            return;
+        };
+        if !ev.has_data() {
+            continue;
+        }
+        // `stream_usage` skips events without the word cheaply.
+        if let Ok(Some(u)) = stream_usage(family, &ev) {
+            result.usage.merge(u);
+        }
+        let mut chars = 0u64;
+        let mut snapshot = None;
+        let _ = for_each_delta(family, &ev, |d| {
+            let n = d.text.chars().count() as u64;
+            if d.snapshot {
+                snapshot = Some(n);
+            } else {
+                chars += n;
+            }
+        });
+        result.output_chars += chars;
+        if let Some(n) = snapshot {
+            *snapshot_chars = n;
+        }
+        if is_stream_end(family, &ev) {
+            result.ended = true;
+        }
+    }
+}
+
+/// Characters of output text in a whole JSON answer.
+fn output_chars(family: Family, body: &[u8]) -> u64 {
+    let mut n = 0u64;
+    let _ = visit_strings(
+        body,
+        Selector::Pointers(family.output_pointers()),
+        |_, s| {
+            n += s.chars().count() as u64;
+        },
+    );
+    n
+}
+
+/// Characters of prompt text in a request body (`None` when it is not the
+/// family's JSON).
+pub fn prompt_chars(family: Family, body: &[u8]) -> Option<u64> {
+    let mut n = 0u64;
+    visit_strings(
+        body,
+        Selector::Pointers(family.prompt_pointers()),
+        |_, s| {
+            n += s.chars().count() as u64;
+        },
+    )
+    .ok()?;
+    Some(n)
+}
+
+/// Tokens for `chars` characters of text, by the usual rule of thumb of four
+/// characters a token (rounded up; zero only for no text).
+pub fn estimate_tokens(chars: u64) -> u64 {
+    chars.div_ceil(4)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn run(tap: &mut UsageTap, body: &[u8], step: usize) {
+        for piece in body.chunks(step) {
+            tap.feed(&Bytes::copy_from_slice(piece));
+        }
+    }
+
+    const OPENAI_STREAM: &[u8] =
+        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"}}]}\n\n\
+data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" world\"}}]}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3}}\n\n\
+data: [DONE]\n\n";
+
+    #[test]
+    fn stream_usage_is_read_whatever_the_chunking() {
+        for step in [1, 3, 7, 40, OPENAI_STREAM.len()] {
+            let mut tap = UsageTap::stream(Family::OpenAiChat);
+            run(&mut tap, OPENAI_STREAM, step);
+            let r = tap.finish();
+            assert_eq!(r.usage.tokens_in, Some(12), "step {step}");
+            assert_eq!(r.usage.tokens_out, Some(3));
+            assert_eq!(r.output_chars, 11);
+            assert!(r.ended);
+        }
+    }
+
+    #[test]
+    fn a_stream_without_usage_reports_text_only() {
+        let body = b"data: {\"choices\":[{\"index\":0,\"text\":\"fn main\"}]}\n\ndata: [DONE]\n\n";
+        let mut tap = UsageTap::stream(Family::OpenAiCompletions);
+        run(&mut tap, body, 5);
+        let r = tap.finish();
+        assert!(r.usage.is_empty());
+        assert_eq!(r.output_chars, 7);
+        assert_eq!(estimate_tokens(r.output_chars), 2);
+    }
+
+    #[test]
+    fn anthropic_usage_is_folded_from_start_and_delta() {
+        let body = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let mut tap = UsageTap::stream(Family::AnthropicMessages);
+        run(&mut tap, body, 11);
+        let r = tap.finish();
+        assert_eq!(r.usage.tokens_in, Some(20));
+        assert_eq!(r.usage.tokens_out, Some(9));
+        assert!(r.ended);
+    }
+
+    #[test]
+    fn a_cut_stream_has_not_ended() {
+        let mut tap = UsageTap::stream(Family::OpenAiChat);
+        run(&mut tap, &OPENAI_STREAM[..60], 60);
+        assert!(!tap.finish().ended);
+    }
+
+    #[test]
+    fn json_usage_is_read_at_the_end() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":5,"completion_tokens":2}}"#;
+        let mut tap = UsageTap::json(Family::OpenAiChat);
+        run(&mut tap, body, 9);
+        let r = tap.finish();
+        assert_eq!(r.usage.tokens_in, Some(5));
+        assert_eq!(r.usage.tokens_out, Some(2));
+    }
+
+    #[test]
+    fn json_without_usage_or_malformed_is_unknown_not_zero() {
+        for body in [&br#"{"choices":[]}"#[..], b"{not json", b""] {
+            let mut tap = UsageTap::json(Family::OpenAiChat);
+            run(&mut tap, body, 4);
+            assert!(tap.finish().usage.is_empty());
+        }
+    }
+
+    #[test]
+    fn json_without_usage_counts_the_answer_text() {
+        let body =
+            br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hello there"}}]}"#;
+        let mut tap = UsageTap::json(Family::OpenAiChat);
+        run(&mut tap, body, 16);
+        let r = tap.finish();
+        assert!(r.usage.is_empty());
+        assert_eq!(r.output_chars, 11);
+        assert!(r.ended);
+        let req = br#"{"model":"m","messages":[{"role":"user","content":"four"},{"role":"user","content":"five5"}]}"#;
+        assert_eq!(prompt_chars(Family::OpenAiChat, req), Some(9));
+        assert_eq!(prompt_chars(Family::OpenAiChat, b"nope"), None);
+    }
+
+    #[test]
+    fn estimate_rounds_up() {
+        assert_eq!(estimate_tokens(0), 0);
+        assert_eq!(estimate_tokens(1), 1);
+        assert_eq!(estimate_tokens(8), 2);
+        assert_eq!(estimate_tokens(9), 3);
+    }
+}
