@@ -1,5 +1,6 @@
-//! Cache benchmark (`cargo bench --bench cache`, or `scripts/bench.sh
-//! --cache`): what a cache hit costs end to end through the `kt` binary,
+//! Cache benchmark (`scripts/bench.sh --cache`, which builds kt and pins
+//! it apart from this process, or `cargo bench --bench cache` with a
+//! release kt built): what a cache hit costs end to end through the `kt` binary,
 //! against an upstream round trip, on loopback.
 //!
 //! Scenarios, all HTTP/1.1 keep-alive through CONNECT + TLS to kt, with the
@@ -199,6 +200,7 @@ async fn start_kt(
     let policy = data.join("policy.yaml");
     std::fs::write(&policy, yaml)?;
     let extra = vec!["--policy-config".to_string(), policy.display().to_string()];
+    let cpus = std::env::var("KT_CPUS").ok();
     let gw = Gateway::start(GatewayOpts {
         bin,
         data_dir: &data,
@@ -206,7 +208,8 @@ async fn start_kt(
         connect_to: vec![format!("{ORIGIN_HOST}:443:{}", origin.addr)],
         intercept: None,
         extra_args: &extra,
-        cpus: None,
+        // `scripts/bench.sh --cache` pins kt apart from this process.
+        cpus: cpus.as_deref(),
         log: data.join("kt.log"),
     })
     .await?;
