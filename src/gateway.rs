@@ -4,6 +4,7 @@
 
 use crate::config::{Config, ConfigError};
 use crate::events::{EventLog, EventsError, LogOptions, WriterHandle};
+use crate::keys::{AuthGate, KeyStore, KeysError};
 use crate::policy::chain::ChainError;
 use crate::policy::Engine;
 use crate::proxy::{Gateway, InterceptMode, InterceptRules, Limits};
@@ -40,6 +41,10 @@ pub struct GatewaySettings {
     pub policy: Option<Arc<Config>>,
     /// Where the audit log is written (`<home>/events`); `None` writes none.
     pub events_dir: Option<PathBuf>,
+    /// The access key file (`<home>/keys.json`); `None`: no keys.
+    pub keys_file: Option<PathBuf>,
+    /// `auth.required`; `None`: required unless listening on loopback.
+    pub auth_required: Option<bool>,
 }
 
 impl GatewaySettings {
@@ -61,6 +66,8 @@ impl GatewaySettings {
             cert_cache_ttl: Duration::from_secs(7 * 24 * 3600),
             policy: None,
             events_dir: None,
+            keys_file: None,
+            auth_required: None,
         }
     }
 
@@ -76,6 +83,9 @@ impl GatewaySettings {
             .extend(config.upstream.ca_files.iter().cloned());
         if self.upstream_proxy.is_none() {
             self.upstream_proxy.clone_from(&config.upstream.proxy);
+        }
+        if self.auth_required.is_none() {
+            self.auth_required = config.auth.required;
         }
     }
 }
@@ -99,6 +109,8 @@ pub enum BuildError {
     Policy(#[from] ChainError),
     #[error("audit log: {0}")]
     Events(#[from] EventsError),
+    #[error(transparent)]
+    Keys(#[from] KeysError),
 }
 
 /// A built gateway and what the start-up banner reports.
@@ -177,6 +189,7 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
         sink.as_ref().map(|(s, _)| s.clone()),
     )?);
     let feed = sink.map(|(sink, dir)| crate::proxy::feed::EventsFeed { sink, dir });
+    let auth = auth_gate(settings, &mut warnings)?;
     let gateway = Gateway::new(
         certs,
         upstream,
@@ -184,6 +197,7 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
         settings.limits.clone(),
         engine,
         feed,
+        auth,
     );
     Ok(Built {
         gateway,
@@ -193,6 +207,34 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
         warnings,
         events,
     })
+}
+
+/// Access keys and whether they are required (contract §4): by default
+/// only on loopback may the proxy run without keys; the two risky set-ups
+/// are reported as start-up warnings.
+fn auth_gate(
+    settings: &GatewaySettings,
+    warnings: &mut Vec<String>,
+) -> Result<AuthGate, KeysError> {
+    let loopback = settings.listen.ip().is_loopback();
+    let required = settings.auth_required.unwrap_or(!loopback);
+    let store = match &settings.keys_file {
+        Some(path) => Some(Arc::new(KeyStore::open(path)?)),
+        None => None,
+    };
+    if !required && !loopback {
+        warnings.push(format!(
+            "auth.required is false on {}, a non-loopback address: anyone who can reach this port can use the proxy",
+            settings.listen
+        ));
+    }
+    if required && store.as_ref().is_none_or(|s| s.active_keys() == 0) {
+        warnings.push(
+            "access keys are required but none exist yet, so every proxy request will be refused: create one with `kt keys create --user NAME`"
+                .to_string(),
+        );
+    }
+    Ok(AuthGate::new(required, store))
 }
 
 /// The options of the config's audit logger, if it has one.

@@ -21,6 +21,8 @@
 //!   log (one writer fed by a bounded channel), verification, and reading it
 //!   back for `kt events tail`.
 //! - [`identity`]: who is behind a request (the access key's user and team).
+//! - [`keys`]: access keys: generation, the hashed key file, and the check
+//!   that turns a request's credentials into an identity.
 //! - [`metrics`]: histograms and labelled counters of exchanges, rendered
 //!   for `GET /metrics`.
 //! - [`shutdown`]: graceful-drain signalling shared by every connection task.
@@ -33,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod identity;
+pub mod keys;
 pub mod llm;
 pub mod metrics;
 pub mod policy;

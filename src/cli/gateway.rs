@@ -75,26 +75,21 @@ pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--max-connections must be at least 1");
     }
     settings.limits.max_connections = args.max_connections;
-    let auth_required = config.as_ref().and_then(|c| c.auth.required);
     if let Some(config) = &config {
         settings.apply_config(config);
     }
-    if !args.listen.ip().is_loopback() {
-        // Access keys are not implemented yet, so a non-loopback listener
-        // would be an open proxy. Only an explicit opt-in allows it.
-        if auth_required != Some(false) {
-            anyhow::bail!(
-                "refusing to listen on {} without access keys: that would be an open proxy; \
-                 listen on 127.0.0.1, or set `auth: {{required: false}}` in the policy config to opt in",
-                args.listen
-            );
-        }
-        tracing::warn!(listen = %args.listen, "auth.required is false on a non-loopback address: anyone who can reach this port can use the proxy");
-    } else if auth_required == Some(true) {
+    // Access keys: required unless listening on loopback or
+    // `auth.required: false` (then a start-up warning says the proxy is
+    // open); see `gateway::build`.
+    let home_dir = home.home()?;
+    let storage = config.as_ref().and_then(|c| c.storage.as_ref());
+    settings.keys_file = crate::keys::keys_file(&home_dir, storage).or_else(|| {
         tracing::warn!(
-            "auth.required is true, but access keys are not implemented yet: requests on this loopback listener are not checked"
+            "access keys in PostgreSQL are not supported yet; reading {} instead",
+            home_dir.join(crate::keys::KEYS_FILE).display()
         );
-    }
+        Some(home_dir.join(crate::keys::KEYS_FILE))
+    });
     raise_fd_limit();
 
     // One worker per CPU this process may use (affinity and cgroup quotas
@@ -173,11 +168,23 @@ fn banner(local: SocketAddr, built: &gateway::Built, settings: &GatewaySettings)
     eprintln!("kt gateway listening on {local}");
     eprintln!("  CA certificate : {}", built.ca.cert.display());
     eprintln!("  intercepting   : {mode}");
+    let auth = built.gateway.auth();
+    let keys = auth.store().map_or(0, |s| s.active_keys());
+    if auth.required() {
+        eprintln!("  access keys    : required ({keys} active)");
+    } else {
+        eprintln!("  access keys    : optional ({keys} active)");
+    }
     if let Some(p) = &built.upstream_proxy {
         eprintln!("  upstream proxy : {p}");
     }
     eprintln!("  point clients at it:");
-    eprintln!("    export HTTPS_PROXY=http://{local} HTTP_PROXY=http://{local} NO_PROXY=localhost,127.0.0.1");
+    let proxy = if auth.required() {
+        format!("http://USER:KEY@{local}")
+    } else {
+        format!("http://{local}")
+    };
+    eprintln!("    export HTTPS_PROXY={proxy} HTTP_PROXY={proxy} NO_PROXY=localhost,127.0.0.1");
     eprintln!("    export NODE_EXTRA_CA_CERTS={}", built.ca.cert.display());
 }
 

@@ -6,6 +6,7 @@ mod ca;
 mod cache;
 mod events;
 mod gateway;
+mod keys;
 mod policy;
 mod report;
 
@@ -78,6 +79,9 @@ pub enum Command {
     /// Report on and purge the response cache.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Create, list and revoke access keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Reports from the audit log (tokens and cost).
     #[command(subcommand)]
     Report(report::ReportCommand),
@@ -93,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Policy(cmd) => policy::run(cmd),
         Command::Events(cmd) => events::run(&cli.home, cmd),
         Command::Cache(cmd) => cache::run(&cli.home, cmd),
+        Command::Keys(cmd) => keys::run(&cli.home, cmd),
         Command::Report(cmd) => report::run(&cli.home, cmd),
     };
     match result {

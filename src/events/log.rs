@@ -364,8 +364,12 @@ const CLOSING_ATTEMPTS: u32 = 5;
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let max_batch = self.options.max_batch.max(1);
+        let mut busy = false;
         while let Some(first) = rx.blocking_recv() {
-            if matches!(first, Msg::Event(_)) && !self.options.linger.is_zero() {
+            // Lingering gathers a quiet gateway's events into one write;
+            // when the last batch was full the queue is busy and there is
+            // no need to wait for more.
+            if matches!(first, Msg::Event(_)) && !self.options.linger.is_zero() && !busy {
                 std::thread::sleep(self.options.linger);
             }
             let mut batch = Vec::new();
@@ -387,6 +391,7 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
+            busy = batch.len() >= max_batch;
             let closing = close.is_some();
             let written = if batch.is_empty() {
                 Ok(())

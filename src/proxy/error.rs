@@ -3,6 +3,7 @@
 //! kind label.
 
 use crate::body::{self, Body};
+use crate::keys::Denied;
 use crate::proxy::authority::AuthorityError;
 use crate::upstream::UpstreamError;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -28,6 +29,39 @@ pub enum ProxyError {
     BodyTimeout { secs: u64 },
     #[error("client request body failed: {0}")]
     ClientBody(String),
+    /// Access key missing, invalid or lacking admin rights.
+    #[error("{}", auth_message(*.route, *.denied))]
+    Auth { route: AuthRoute, denied: Denied },
+}
+
+/// Where a refused access key was presented: decides the status code, the
+/// challenge header and the body's dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRoute {
+    /// CONNECT or absolute-form: `407` + `Proxy-Authenticate`.
+    Proxy,
+    /// `/_kt/*`: `401` + `WWW-Authenticate: Bearer`, or `403` for a key
+    /// without admin rights.
+    Admin,
+    /// The direct API: `401` in the OpenAI error shape.
+    DirectApi,
+}
+
+fn auth_message(route: AuthRoute, denied: Denied) -> String {
+    match (route, denied) {
+        (AuthRoute::Proxy, _) => format!(
+            "{denied}: send Proxy-Authorization: Basic base64(USER:KEY), e.g. HTTPS_PROXY=http://USER:KEY@HOST:PORT (create a key with `kt keys create --user USER`)"
+        ),
+        (AuthRoute::Admin, Denied::NotAdmin) => {
+            format!("{denied}: create one with `kt keys create --user USER --admin`")
+        }
+        (AuthRoute::Admin, _) => {
+            format!("{denied}: send Authorization: Bearer KEY with an admin access key")
+        }
+        (AuthRoute::DirectApi, _) => format!(
+            "{denied}: send Authorization: Bearer KEY (or x-api-key: KEY) with a kt access key"
+        ),
+    }
 }
 
 impl ProxyError {
@@ -43,6 +77,12 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyTimeout { .. } => "body_timeout",
             ProxyError::ClientBody(_) => "client_body",
+            ProxyError::Auth { route, denied } => match (route, denied) {
+                (AuthRoute::Proxy, _) => "proxy_auth_required",
+                (_, Denied::NotAdmin) => "forbidden",
+                (AuthRoute::Admin, _) => "unauthorized",
+                (AuthRoute::DirectApi, _) => "invalid_api_key",
+            },
         }
     }
 
@@ -57,6 +97,11 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Auth { route, denied } => match (route, denied) {
+                (AuthRoute::Proxy, _) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                (_, Denied::NotAdmin) => StatusCode::FORBIDDEN,
+                _ => StatusCode::UNAUTHORIZED,
+            },
         }
     }
 
@@ -69,9 +114,32 @@ impl ProxyError {
         } else {
             tracing::debug!(kind, error = %self, "request refused");
         }
+        let error_type = match &self {
+            ProxyError::Auth {
+                denied: Denied::NotAdmin,
+                ..
+            } => "permission_error",
+            ProxyError::Auth { .. } => "authentication_error",
+            _ if status.is_server_error() => "gateway_error",
+            _ => "invalid_request",
+        };
+        let challenge = match &self {
+            ProxyError::Auth {
+                route: AuthRoute::Proxy,
+                ..
+            } => Some((
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"kt\""),
+            )),
+            ProxyError::Auth { denied, .. } if *denied != Denied::NotAdmin => Some((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"kt\""),
+            )),
+            _ => None,
+        };
         let payload = serde_json::json!({
             "error": {
-                "type": if status.is_server_error() { "gateway_error" } else { "invalid_request" },
+                "type": error_type,
                 "code": kind,
                 "message": self.to_string(),
             }
@@ -84,6 +152,9 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert("x-kt-error", HeaderValue::from_static(kind));
+        if let Some((name, value)) = challenge {
+            headers.insert(name, value);
+        }
         resp
     }
 }
@@ -110,5 +181,57 @@ mod tests {
             ProxyError::from(AuthorityError::MissingPort).status(),
             StatusCode::BAD_REQUEST
         );
+    }
+
+    fn auth(route: AuthRoute, denied: Denied) -> (StatusCode, http::HeaderMap, serde_json::Value) {
+        let (parts, body) = ProxyError::Auth { route, denied }
+            .into_response()
+            .into_parts();
+        let bytes = collect(body);
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap(),
+        )
+    }
+
+    fn collect(body: Body) -> bytes::Bytes {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(body.collect()).unwrap().to_bytes()
+    }
+
+    #[test]
+    fn proxy_auth_is_407_with_a_basic_challenge() {
+        let (status, headers, json) = auth(AuthRoute::Proxy, Denied::Missing);
+        assert_eq!(status, 407);
+        assert_eq!(headers[header::PROXY_AUTHENTICATE], "Basic realm=\"kt\"");
+        assert_eq!(json["error"]["type"], "authentication_error");
+        assert_eq!(json["error"]["code"], "proxy_auth_required");
+    }
+
+    #[test]
+    fn admin_auth_is_401_with_a_bearer_challenge_or_403() {
+        let (status, headers, json) = auth(AuthRoute::Admin, Denied::Invalid);
+        assert_eq!(status, 401);
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer realm=\"kt\"");
+        assert_eq!(json["error"]["code"], "unauthorized");
+        let (status, headers, json) = auth(AuthRoute::Admin, Denied::NotAdmin);
+        assert_eq!(status, 403);
+        assert!(!headers.contains_key(header::WWW_AUTHENTICATE));
+        assert_eq!(json["error"]["type"], "permission_error");
+    }
+
+    #[test]
+    fn direct_api_auth_is_401_in_the_openai_error_shape() {
+        let (status, headers, json) = auth(AuthRoute::DirectApi, Denied::Missing);
+        assert_eq!(status, 401);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(json["error"]["type"], "authentication_error");
+        assert_eq!(json["error"]["code"], "invalid_api_key");
+        let message = json["error"]["message"].as_str().unwrap();
+        assert!(message.contains("Authorization: Bearer"), "{message}");
     }
 }

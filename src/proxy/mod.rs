@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-pub use error::ProxyError;
+pub use error::{AuthRoute, ProxyError};
 
 /// Which CONNECT targets are decrypted (`--intercept`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,6 +112,8 @@ pub struct Gateway {
     stats: Stats,
     engine: Arc<Engine>,
     events_feed: Option<feed::EventsFeed>,
+    /// Access keys and whether they are required.
+    auth: crate::keys::AuthGate,
 }
 
 /// Counters for tests, logs and (later) metrics.
@@ -130,6 +132,7 @@ impl Gateway {
         limits: Limits,
         engine: Arc<Engine>,
         events_feed: Option<feed::EventsFeed>,
+        auth: crate::keys::AuthGate,
     ) -> Arc<Self> {
         let ca_pem = Bytes::copy_from_slice(certs.minter().ca().cert_pem().as_bytes());
         Arc::new(Gateway {
@@ -141,7 +144,13 @@ impl Gateway {
             stats: Stats::default(),
             engine,
             events_feed,
+            auth,
         })
+    }
+
+    /// The access key check.
+    pub fn auth(&self) -> &crate::keys::AuthGate {
+        &self.auth
     }
 
     pub fn stats(&self) -> &Stats {

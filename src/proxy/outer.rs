@@ -2,7 +2,7 @@
 //! their request line — CONNECT, absolute-form (forward proxy), or
 //! origin-form (admin routes).
 
-use super::{authority, forward, intercept, tunnel, ConnCtx, Gateway, ProxyError};
+use super::{authority, forward, intercept, tunnel, AuthRoute, ConnCtx, Gateway, ProxyError};
 use crate::body::{self, Body};
 use crate::netio::{Activity, Tracked};
 use crate::shutdown::Shutdown;
@@ -93,7 +93,24 @@ fn is_self(ctx: &ConnCtx, host: &str, port: u16) -> bool {
             .is_ok_and(|ip| ip == ctx.local.ip() || ip.is_loopback() || ip.is_unspecified())
 }
 
-async fn connect(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+/// The caller of a forward-proxy request, from its `Proxy-Authorization`
+/// (refused with `407` when keys are required and it has no valid one).
+fn proxy_identity(ctx: &mut ConnCtx, req: &Request<Incoming>) -> Result<(), ProxyError> {
+    ctx.identity = ctx
+        .gw
+        .auth
+        .proxy(req.headers())
+        .map_err(|denied| ProxyError::Auth {
+            route: AuthRoute::Proxy,
+            denied,
+        })?;
+    Ok(())
+}
+
+async fn connect(mut ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    // Checked first: a client without a key learns nothing about targets.
+    // The identity then holds for every request of an intercepted session.
+    proxy_identity(&mut ctx, &req)?;
     let raw = req
         .uri()
         .authority()
@@ -146,7 +163,10 @@ async fn connect(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body>,
 
 /// `GET http://host/path` sent to the proxy: forwarded as is (plain HTTP),
 /// or answered here when it names this gateway.
-async fn absolute_form(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+async fn absolute_form(
+    mut ctx: ConnCtx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
     let uri = req.uri();
     let tls = match uri.scheme_str() {
         Some("http") => false,
@@ -163,6 +183,7 @@ async fn absolute_form(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<
     if is_self(&ctx, &host, port) {
         return admin(&ctx, &req);
     }
+    proxy_identity(&mut ctx, &req)?;
     let origin = Origin::new(tls, &host, port);
     forward::forward(&ctx, &origin, req).await
 }
@@ -170,6 +191,19 @@ async fn absolute_form(ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<
 /// Origin-form requests to the gateway itself.
 fn admin(ctx: &ConnCtx, req: &Request<Incoming>) -> Result<Response<Body>, ProxyError> {
     let path = req.uri().path();
+    // `/_kt/` and everything under it but the CA certificate (the events
+    // feed, the dashboard) need an admin key when keys are required; the
+    // probes and `/metrics` (counters only, no user labels) stay open for
+    // load balancers and Prometheus.
+    if (path == "/_kt" || path.starts_with("/_kt/")) && path != "/_kt/ca.pem" {
+        ctx.gw
+            .auth
+            .admin(req.headers())
+            .map_err(|denied| ProxyError::Auth {
+                route: AuthRoute::Admin,
+                denied,
+            })?;
+    }
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
     let text = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(body::full(body));

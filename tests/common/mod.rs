@@ -85,6 +85,7 @@ impl TestGateway {
         settings.os_roots = false;
         settings.env_proxy = false;
         settings.events_dir = Some(home.path().join("events"));
+        settings.keys_file = Some(home.path().join("keys.json"));
         configure(&mut settings);
         let built = gateway::build(&settings).unwrap();
         let (trigger, sd) = shutdown::channel();

@@ -524,3 +524,62 @@ async fn kt_cache_reports_and_purges_a_running_gateway() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+/// A client whose CONNECT carries `user`'s access key.
+async fn keyed_client(gw: &TestGateway, user: &str, key: &str) -> Http {
+    use base64::Engine as _;
+    use tokio::io::AsyncWriteExt;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{key}"));
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!(
+        "CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\nProxy-Authorization: Basic {basic}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let reply = crate::common::client::read_head(&mut s).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let tls = crate::common::client::tls(s, HOST, &[gw.ca_der()], &[b"http/1.1"])
+        .await
+        .unwrap();
+    Http::over(tls, false).await
+}
+
+#[tokio::test]
+async fn scopes_keep_teams_and_users_apart() {
+    for (scope, expected) in [
+        // dev1 stores; then dev2 (same team), dev3 (other team), an
+        // anonymous client (team `default`), dev1 again.
+        ("team", ["miss", "hit", "miss", "miss", "hit"]),
+        ("user", ["miss", "miss", "miss", "miss", "hit"]),
+        ("global", ["miss", "hit", "hit", "hit", "hit"]),
+    ] {
+        let yaml = format!("{CACHE}    scope: {scope}\n");
+        let (_ca, origin, gw) = setup(&yaml).await;
+        let keys = gw.home.path().join("keys.json");
+        let key = |user: &str, team: &str| {
+            keeptrusts::keys::file::create(&keys, user, Some(team), false)
+                .unwrap()
+                .key
+        };
+        let (k1, k2, k3) = (
+            key("dev1", "platform"),
+            key("dev2", "platform"),
+            key("dev3", "web"),
+        );
+        assert!(gw.gateway.auth().store().unwrap().refresh());
+        let mut clients = [
+            keyed_client(&gw, "dev1", &k1).await,
+            keyed_client(&gw, "dev2", &k2).await,
+            keyed_client(&gw, "dev3", &k3).await,
+            client(&gw, HOST).await,
+        ];
+        let mut got = Vec::new();
+        for i in [0, 1, 2, 3, 0] {
+            let body = chat("shared?", false);
+            let r = post(&mut clients[i], HOST, "/v1/chat/completions", body, &[]).await;
+            got.push(r.cache);
+        }
+        assert_eq!(got, expected, "scope {scope}");
+        let misses = expected.iter().filter(|v| **v == "miss").count();
+        assert_eq!(origin.hits.load(SeqCst), misses, "scope {scope}");
+    }
+}

@@ -6,6 +6,7 @@ mod config;
 mod errors;
 mod events;
 mod intercept;
+mod keys;
 mod lifecycle;
 mod policy;
 mod tunnel;

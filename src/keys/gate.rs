@@ -1,0 +1,335 @@
+//! Turning the credentials of a request into an [`Identity`] — or the reason
+//! it is refused — for each place keys are presented:
+//!
+//! - forward proxy (CONNECT and absolute-form): `Proxy-Authorization: Basic
+//!   base64(user:KEY)`. The user part is informational; the key decides.
+//!   A key given as the user with an empty password (`http://KEY@host`),
+//!   or `Proxy-Authorization: Bearer KEY`, is accepted too.
+//! - admin routes: `Authorization: Bearer KEY` of a key with admin rights.
+//! - direct API: `Authorization: Bearer KEY` or `x-api-key: KEY`.
+//!
+//! With `auth.required` off, nothing is refused, but a valid key still names
+//! its user and team (so a laptop's events are attributed too); an invalid
+//! one is logged at debug level and the request is anonymous.
+
+use super::store::{KeyStore, Lookup};
+use crate::identity::Identity;
+use base64::Engine as _;
+use http::{header, HeaderMap};
+use std::sync::Arc;
+
+/// Why a request's credentials were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("an access key is required")]
+    Missing,
+    #[error("the access key is not valid (unknown, revoked or malformed)")]
+    Invalid,
+    #[error("this access key has no admin rights")]
+    NotAdmin,
+}
+
+/// The gateway's key check: whether keys are required, and which exist.
+#[derive(Clone)]
+pub struct AuthGate {
+    required: bool,
+    store: Option<Arc<KeyStore>>,
+}
+
+/// What a request carried: nothing, something unusable, or a key.
+enum Presented<'a> {
+    Nothing,
+    Malformed,
+    Key(std::borrow::Cow<'a, str>),
+}
+
+impl AuthGate {
+    /// `store` is `None` when the gateway has no key file (then no key is
+    /// valid, and with `required` every request is refused).
+    pub fn new(required: bool, store: Option<Arc<KeyStore>>) -> Self {
+        AuthGate { required, store }
+    }
+
+    /// No keys, nothing required: every request is anonymous.
+    pub fn open() -> Self {
+        AuthGate::new(false, None)
+    }
+
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    pub fn store(&self) -> Option<&Arc<KeyStore>> {
+        self.store.as_ref()
+    }
+
+    /// The caller of a forward-proxy request (CONNECT or absolute-form).
+    pub fn proxy(&self, headers: &HeaderMap) -> Result<Identity, Denied> {
+        self.check(proxy_credentials(headers), false)
+    }
+
+    /// The caller of an admin route; refused unless its key is an admin's
+    /// when keys are required.
+    pub fn admin(&self, headers: &HeaderMap) -> Result<Identity, Denied> {
+        self.check(bearer(headers), true)
+    }
+
+    /// The caller of a direct-API request (`Authorization: Bearer` first,
+    /// else `x-api-key`).
+    pub fn direct_api(&self, headers: &HeaderMap) -> Result<Identity, Denied> {
+        let presented = match bearer(headers) {
+            Presented::Nothing => match headers.get("x-api-key").map(|v| v.to_str()) {
+                None => Presented::Nothing,
+                Some(Ok(k)) => Presented::Key(k.trim().into()),
+                Some(Err(_)) => Presented::Malformed,
+            },
+            other => other,
+        };
+        self.check(presented, false)
+    }
+
+    fn check(&self, presented: Presented<'_>, need_admin: bool) -> Result<Identity, Denied> {
+        let found = match &presented {
+            Presented::Nothing => None,
+            Presented::Malformed => Some(Lookup::Unknown),
+            Presented::Key(k) => Some(self.store.as_ref().map_or(Lookup::Unknown, |s| s.lookup(k))),
+        };
+        match found {
+            Some(Lookup::Valid(id)) if need_admin && self.required && !id.admin => {
+                tracing::debug!(
+                    user = id.user.as_deref(),
+                    "admin route refused: not an admin key"
+                );
+                Err(Denied::NotAdmin)
+            }
+            Some(Lookup::Valid(id)) => Ok(id),
+            None if self.required => Err(Denied::Missing),
+            None => Ok(Identity::anonymous()),
+            Some(bad) => {
+                match &bad {
+                    Lookup::Revoked(id) => {
+                        tracing::info!(key_id = %id, "a revoked access key was presented")
+                    }
+                    _ => tracing::debug!("an unknown or malformed access key was presented"),
+                }
+                if self.required {
+                    Err(Denied::Invalid)
+                } else {
+                    Ok(Identity::anonymous())
+                }
+            }
+        }
+    }
+}
+
+/// `Proxy-Authorization: Basic base64(user:KEY)` (or `Bearer KEY`).
+fn proxy_credentials(headers: &HeaderMap) -> Presented<'_> {
+    let Some(value) = headers.get(header::PROXY_AUTHORIZATION) else {
+        return Presented::Nothing;
+    };
+    let Ok(value) = value.to_str() else {
+        return Presented::Malformed;
+    };
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Presented::Key(rest.trim().into());
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Presented::Malformed;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim()) else {
+        return Presented::Malformed;
+    };
+    let Ok(decoded) = String::from_utf8(decoded) else {
+        return Presented::Malformed;
+    };
+    let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
+    let key = if password.is_empty() { user } else { password };
+    Presented::Key(key.to_string().into())
+}
+
+/// `Authorization: Bearer KEY`.
+fn bearer(headers: &HeaderMap) -> Presented<'_> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Presented::Nothing;
+    };
+    let Ok(value) = value.to_str() else {
+        return Presented::Malformed;
+    };
+    match value.trim().split_once(' ') {
+        Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => {
+            Presented::Key(key.trim().into())
+        }
+        _ => Presented::Malformed,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::keys::file::{create, revoke};
+    use http::HeaderValue;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<KeyStore>,
+        dev: String,
+        admin: String,
+        revoked: String,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let dev = create(&path, "dev1", Some("platform"), false).unwrap().key;
+        let admin = create(&path, "ops", None, true).unwrap().key;
+        let old = create(&path, "gone", None, true).unwrap();
+        revoke(&path, &old.record.id).unwrap();
+        Fixture {
+            store: Arc::new(KeyStore::open(&path).unwrap()),
+            _dir: dir,
+            dev,
+            admin,
+            revoked: old.key,
+        }
+    }
+
+    fn headers(pairs: &[(&str, String)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn basic(user: &str, key: &str) -> (&'static str, String) {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{key}"));
+        ("proxy-authorization", format!("Basic {b64}"))
+    }
+
+    #[test]
+    fn proxy_credentials_when_required() {
+        let f = fixture();
+        let gate = AuthGate::new(true, Some(f.store.clone()));
+        let dev = Identity::user("dev1", Some("platform"));
+        assert_eq!(
+            gate.proxy(&headers(&[basic("dev1", &f.dev)])),
+            Ok(dev.clone())
+        );
+        // The user part is informational; the key decides.
+        assert_eq!(
+            gate.proxy(&headers(&[basic("someone", &f.dev)])),
+            Ok(dev.clone())
+        );
+        // Key as the user name (`http://KEY@host`), and Bearer.
+        assert_eq!(gate.proxy(&headers(&[basic(&f.dev, "")])), Ok(dev.clone()));
+        assert_eq!(
+            gate.proxy(&headers(&[(
+                "proxy-authorization",
+                format!("bearer {}", f.dev)
+            )])),
+            Ok(dev)
+        );
+        assert_eq!(gate.proxy(&HeaderMap::new()), Err(Denied::Missing));
+        assert_eq!(
+            gate.proxy(&headers(&[basic("dev1", &f.revoked)])),
+            Err(Denied::Invalid)
+        );
+        assert_eq!(
+            gate.proxy(&headers(&[basic("dev1", &crate::keys::key::generate())])),
+            Err(Denied::Invalid)
+        );
+        for junk in ["Basic !!!", "Digest abc", "Basic"] {
+            assert_eq!(
+                gate.proxy(&headers(&[("proxy-authorization", junk.to_string())])),
+                Err(Denied::Invalid),
+                "{junk}"
+            );
+        }
+        // Authorization is the upstream's business, not the proxy's.
+        assert_eq!(
+            gate.proxy(&headers(&[("authorization", format!("Bearer {}", f.dev))])),
+            Err(Denied::Missing)
+        );
+    }
+
+    #[test]
+    fn not_required_attributes_good_keys_and_ignores_bad_ones() {
+        let f = fixture();
+        let gate = AuthGate::new(false, Some(f.store.clone()));
+        assert_eq!(gate.proxy(&HeaderMap::new()), Ok(Identity::anonymous()));
+        assert_eq!(
+            gate.proxy(&headers(&[basic("x", &f.dev)])),
+            Ok(Identity::user("dev1", Some("platform")))
+        );
+        assert_eq!(
+            gate.proxy(&headers(&[basic("x", &f.revoked)])),
+            Ok(Identity::anonymous())
+        );
+        assert_eq!(gate.admin(&HeaderMap::new()), Ok(Identity::anonymous()));
+        assert!(gate
+            .admin(&headers(&[("authorization", format!("Bearer {}", f.dev))]))
+            .is_ok());
+        // No store at all: everybody is anonymous.
+        assert_eq!(
+            AuthGate::open().proxy(&headers(&[basic("x", &f.dev)])),
+            Ok(Identity::anonymous())
+        );
+    }
+
+    #[test]
+    fn admin_routes_need_an_admin_key_when_required() {
+        let f = fixture();
+        let gate = AuthGate::new(true, Some(f.store.clone()));
+        let bearer = |k: &str| headers(&[("authorization", format!("Bearer {k}"))]);
+        assert_eq!(gate.admin(&HeaderMap::new()), Err(Denied::Missing));
+        assert_eq!(gate.admin(&bearer(&f.dev)), Err(Denied::NotAdmin));
+        assert_eq!(gate.admin(&bearer(&f.revoked)), Err(Denied::Invalid));
+        assert_eq!(gate.admin(&bearer("kt_nope")), Err(Denied::Invalid));
+        let ops = gate.admin(&bearer(&f.admin)).unwrap();
+        assert!(ops.admin && ops.user.as_deref() == Some("ops"));
+        // Proxy credentials do not open admin routes.
+        assert_eq!(
+            gate.admin(&headers(&[basic("ops", &f.admin)])),
+            Err(Denied::Missing)
+        );
+        assert_eq!(
+            gate.admin(&headers(&[("authorization", format!("Basic {}", f.admin))])),
+            Err(Denied::Invalid)
+        );
+    }
+
+    #[test]
+    fn direct_api_takes_bearer_or_x_api_key() {
+        let f = fixture();
+        let gate = AuthGate::new(true, Some(f.store.clone()));
+        let dev = Identity::user("dev1", Some("platform"));
+        assert_eq!(
+            gate.direct_api(&headers(&[("authorization", format!("Bearer {}", f.dev))])),
+            Ok(dev.clone())
+        );
+        assert_eq!(
+            gate.direct_api(&headers(&[("x-api-key", f.dev.clone())])),
+            Ok(dev)
+        );
+        assert_eq!(gate.direct_api(&HeaderMap::new()), Err(Denied::Missing));
+        assert_eq!(
+            gate.direct_api(&headers(&[("x-api-key", "sk-provider-key".into())])),
+            Err(Denied::Invalid)
+        );
+    }
+
+    #[test]
+    fn required_without_a_key_file_refuses_everyone() {
+        let gate = AuthGate::new(true, None);
+        assert_eq!(gate.proxy(&HeaderMap::new()), Err(Denied::Missing));
+        assert_eq!(
+            gate.proxy(&headers(&[basic("x", &crate::keys::key::generate())])),
+            Err(Denied::Invalid)
+        );
+    }
+}
