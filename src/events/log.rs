@@ -52,7 +52,7 @@ impl Default for LogOptions {
             capacity: 4096,
             segment_max_bytes: 64 * 1024 * 1024,
             fsync: Fsync::Batch,
-            max_batch: 1024,
+            max_batch: 4096,
             linger: Duration::from_millis(5),
             feed_capacity: 1024,
         }
@@ -357,6 +357,15 @@ fn utc_today() -> Date {
     time::OffsetDateTime::now_utc().date()
 }
 
+/// The `hash` of a sealed line (the first `"hash":"` in it is the field:
+/// see [`seal`]).
+fn hash_of_line(line: &str) -> Option<String> {
+    let at = line.find(",\"hash\":\"")? + 9;
+    line.get(at..at + 64)
+        .filter(|h| is_hash(h))
+        .map(str::to_owned)
+}
+
 /// Write attempts once a close is pending: shutdown must not hang forever on
 /// a dead disk (about 1.5 s of back-off in all).
 const CLOSING_ATTEMPTS: u32 = 5;
@@ -427,7 +436,8 @@ impl Writer {
     /// reported as lost.
     fn write_batch(&mut self, batch: Vec<Event>, attempts: Option<u32>) -> Result<(), EventsError> {
         let mut lines = Vec::with_capacity(batch.len());
-        let mut sealed = Vec::with_capacity(batch.len());
+        let live = self.feed.receiver_count() > 0;
+        let mut sealed = Vec::with_capacity(if live { batch.len() } else { 0 });
         let mut prev = self.prev_hash.clone();
         for mut event in batch {
             event.prev_hash = prev;
@@ -444,7 +454,10 @@ impl Writer {
             line.push('\n');
             prev = event.hash.clone();
             lines.push(line);
-            sealed.push(Arc::new(event));
+            // The live feed costs nothing while nobody listens.
+            if live {
+                sealed.push(Arc::new(event));
+            }
         }
         let mut done = 0;
         let mut backoff = Duration::from_millis(50);
@@ -455,8 +468,10 @@ impl Writer {
             if attempts.is_some_and(|max| tries >= max) {
                 tracing::error!(error = %e, lost = lines.len() - done,
                     "audit log write failed at shutdown; giving up on the rest of the queue");
-                if let Some(last) = done.checked_sub(1).and_then(|i| sealed.get(i)) {
-                    self.prev_hash = last.hash.clone();
+                if let Some(last) = done.checked_sub(1).and_then(|i| lines.get(i)) {
+                    if let Some(hash) = hash_of_line(last) {
+                        self.prev_hash = hash;
+                    }
                 }
                 return Err(e);
             }
@@ -468,7 +483,7 @@ impl Writer {
         self.prev_hash = prev;
         self.stats
             .written
-            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+            .fetch_add(lines.len() as u64, Ordering::Relaxed);
         for event in sealed {
             // No subscribers is fine.
             let _ = self.feed.send(event);

@@ -323,6 +323,40 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(prompt_chars(Family::OpenAiChat, b"nope"), None);
     }
 
+    /// Every family's recorded stream and whole answer, at any chunking,
+    /// give the same usage as the parsers do on the whole body.
+    #[test]
+    fn fixtures_of_every_family_agree_with_the_parsers() {
+        use crate::llm::fixtures;
+        for fx in fixtures::ALL {
+            let whole = response_usage(fx.family, fx.response).unwrap();
+            let mut tap = UsageTap::json(fx.family);
+            run(&mut tap, fx.response, 13);
+            let r = tap.finish();
+            assert_eq!(
+                Some(r.usage).filter(|u| !u.is_empty()),
+                whole,
+                "{:?}",
+                fx.family
+            );
+            if let Some(stream) = fx.stream {
+                for step in [1, 5, 64] {
+                    let mut tap = UsageTap::stream(fx.family);
+                    run(&mut tap, stream, step);
+                    let r = tap.finish();
+                    // Gemini has no end event: its streams end at close.
+                    assert_eq!(r.ended, fx.family != Family::Gemini, "{:?}", fx.family);
+                    if fx.family == Family::OpenAiCompletions {
+                        // Ghost text reports no usage: text only, to estimate.
+                        assert!(r.usage.is_empty() && r.output_chars > 0);
+                    } else {
+                        assert_eq!(Some(r.usage), whole, "{:?} step {step}", fx.family);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn estimate_rounds_up() {
         assert_eq!(estimate_tokens(0), 0);
