@@ -10,6 +10,8 @@
 #   scripts/bench.sh                     # full run (about 2 minutes)
 #   scripts/bench.sh --quick             # 0.5 s warm-up + 2 s per run, fewer conns
 #   scripts/bench.sh --direct-only       # baseline only, no kt build needed
+#   scripts/bench.sh --cache             # cache hit latency and throughput (benches/cache.rs);
+#                                        # with KT_TEST_REDIS_URL also the Redis tier
 #   DURATION=10 scripts/bench.sh -- --scenarios ka_c1,ka_c32
 #   KT_BIN=/path/to/kt scripts/bench.sh --no-build
 #
@@ -32,6 +34,7 @@ kt_cpus=${KT_CPUS:-1}
 pin=${PIN:-1}
 build=1
 direct_only=0
+cache=0
 passthrough=()
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -40,6 +43,7 @@ while [ $# -gt 0 ]; do
     case $1 in
         --quick) warmup=0.5 duration=2 idle_conns=200 mint_names=50 ;;
         --direct-only) direct_only=1 ;;
+        --cache) cache=1 ;;
         --no-build) build=0 ;;
         -h | --help) usage; exit 0 ;;
         --) shift; passthrough=("$@"); break ;;
@@ -56,6 +60,17 @@ fi
 if [ "$direct_only" = 0 ] && [ "$build" = 1 ]; then
     echo "bench.sh: cargo build --release" >&2
     cargo build --release
+fi
+if [ "$cache" = 1 ]; then
+    cargo bench --bench cache --no-run
+    [ -x "$kt_bin" ] || { echo "bench.sh: KT_BIN=$kt_bin is not an executable" >&2; exit 1; }
+    export KT_BIN
+    KT_BIN=$(realpath "$kt_bin")
+    if [ "$pin" = 1 ]; then
+        export KT_CPUS=$kt_cpus
+        exec taskset -c "$client_cpus" cargo bench --bench cache -- "${passthrough[@]}"
+    fi
+    exec cargo bench --bench cache -- "${passthrough[@]}"
 fi
 # Compile the bench unpinned; the pinned run below then only executes it.
 cargo bench --bench load --no-run

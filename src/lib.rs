@@ -15,6 +15,8 @@
 //! - [`llm`]: knowledge about LLM providers (which hosts carry LLM traffic).
 //! - [`policy`]: the policy engine applied to LLM traffic (chain, redaction,
 //!   content filter, stream output checks, hot reload).
+//! - [`cache`]: the engineering cache: exact-match keys, the in-process and
+//!   Redis tiers, single flight, stream capture and replay.
 //! - [`events`]: the audit trail: the event type, the hash-chained JSON-lines
 //!   log (one writer fed by a bounded channel), verification, and reading it
 //!   back for `kt events tail`.
@@ -28,6 +30,7 @@
 //! `proxy` knows nothing of LLMs beyond a host matcher it is handed; `tls`
 //! and `upstream` never call into `proxy`.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod events;

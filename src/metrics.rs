@@ -126,7 +126,9 @@ pub struct ExchangeSample<'a> {
     pub tokens_in: Option<u64>,
     pub tokens_out: Option<u64>,
     pub cost_usd: Option<f64>,
-    /// `provider` or `estimated`.
+    /// Cache hits: the cost the replayed answer saved.
+    pub cost_saved_usd: Option<f64>,
+    /// `provider`, `estimated` or `cached`.
     pub usage_source: Option<&'static str>,
 }
 
@@ -142,6 +144,7 @@ pub struct Metrics {
     tokens: Table<(&'static str, String, &'static str, &'static str), u64>,
     /// Micro-dollars, so the table stays integral.
     cost_micro_usd: Table<(&'static str, String), u64>,
+    saved_micro_usd: Table<(&'static str, String), u64>,
     cache: Table<&'static str, u64>,
     /// Model names that have a label of their own.
     models: Mutex<std::collections::HashSet<String>>,
@@ -172,6 +175,7 @@ impl Default for Metrics {
             policy_actions: Table::default(),
             tokens: Table::default(),
             cost_micro_usd: Table::default(),
+            saved_micro_usd: Table::default(),
             cache: Table::default(),
             models: Mutex::default(),
             outcomes: Outcomes::default(),
@@ -215,9 +219,13 @@ impl Metrics {
                 self.tokens
                     .add((s.provider, model.clone(), "out", source), n);
             }
+            let micro = |c: f64| (c * 1e6).round().max(0.0) as u64;
+            if let Some(c) = s.cost_saved_usd {
+                self.saved_micro_usd
+                    .add((s.provider, model.clone()), micro(c));
+            }
             if let Some(c) = s.cost_usd {
-                let micro = (c * 1e6).round().max(0.0) as u64;
-                self.cost_micro_usd.add((s.provider, model), micro);
+                self.cost_micro_usd.add((s.provider, model), micro(c));
             }
         }
     }
@@ -326,6 +334,20 @@ impl Metrics {
         }
         header(
             out,
+            "kt_cost_saved_usd_total",
+            "counter",
+            "List-price cost of answers replayed from the engineering cache.",
+        );
+        for ((provider, model), micro) in self.saved_micro_usd.sorted() {
+            let model = escape(&model);
+            let usd = micro as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "kt_cost_saved_usd_total{{provider=\"{provider}\",model=\"{model}\"}} {usd}"
+            );
+        }
+        header(
+            out,
             "kt_cache_requests_total",
             "counter",
             "Engineering cache lookups by result.",
@@ -377,6 +399,7 @@ mod tests {
             tokens_in: Some(10),
             tokens_out: Some(5),
             cost_usd: Some(0.000075),
+            cost_saved_usd: None,
             usage_source: Some("provider"),
         }
     }

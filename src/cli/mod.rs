@@ -3,6 +3,7 @@
 //! line on stderr and a non-zero exit.
 
 mod ca;
+mod cache;
 mod events;
 mod gateway;
 mod keys;
@@ -75,6 +76,9 @@ pub enum Command {
     /// Read, follow and verify the audit log.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Report on and purge the response cache.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// Create, list and revoke access keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -92,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Ca(cmd) => ca::run(&cli.home, cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Events(cmd) => events::run(&cli.home, cmd),
+        Command::Cache(cmd) => cache::run(&cli.home, cmd),
         Command::Keys(cmd) => keys::run(&cli.home, cmd),
         Command::Report(cmd) => report::run(&cli.home, cmd),
     };

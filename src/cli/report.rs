@@ -84,6 +84,7 @@ fn table(by: GroupBy, report: &Report) -> String {
         "ESTIMATED".into(),
         "UNPRICED".into(),
         "CACHE_HITS".into(),
+        "SAVED_USD".into(),
     ];
     let cells = |r: &Row| {
         [
@@ -95,12 +96,13 @@ fn table(by: GroupBy, report: &Report) -> String {
             r.estimated.to_string(),
             r.unpriced.to_string(),
             r.cache_hits.to_string(),
+            format!("{:.4}", r.saved_usd),
         ]
     };
-    let mut rows: Vec<[String; 8]> = vec![header];
+    let mut rows: Vec<[String; 9]> = vec![header];
     rows.extend(report.rows.iter().map(cells));
     rows.push(cells(&report.total));
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for row in &rows {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());

@@ -139,6 +139,9 @@ pub struct CacheOptions {
     /// Also cache requests with sampling (temperature > 0, n > 1), whose
     /// answers differ from call to call. Off by default.
     pub allow_nondeterministic: bool,
+    /// Prefix of the Redis keys, so several deployments (or tests) can
+    /// share one Redis database; `None` = `kt:cache:`.
+    pub key_prefix: Option<String>,
 }
 
 /// `rate-limit` options: a token bucket per `per` key.
@@ -240,6 +243,8 @@ pub(crate) struct RawCache {
     max_entry_bytes: Option<Spanned<ByteSize>>,
     #[serde(default)]
     allow_nondeterministic: bool,
+    #[serde(default)]
+    key_prefix: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -525,6 +530,14 @@ impl RawCache {
                 problems.push(size.problem("must be greater than 0"));
             }
         }
+        if let Some(p) = &self.key_prefix {
+            let printable = p.value.bytes().all(|b| b.is_ascii_graphic());
+            if p.value.is_empty() || !printable {
+                problems.push(p.problem(
+                    "key_prefix must be non-empty printable ASCII without spaces, e.g. `kt:cache:`",
+                ));
+            }
+        }
         CacheOptions {
             ttl_seconds,
             scope: self.scope.unwrap_or(Scope::Team),
@@ -532,6 +545,7 @@ impl RawCache {
             max_bytes: self.max_bytes.map(|s| s.value.0),
             max_entry_bytes: self.max_entry_bytes.map(|s| s.value.0),
             allow_nondeterministic: self.allow_nondeterministic,
+            key_prefix: self.key_prefix.map(|p| p.value),
         }
     }
 }

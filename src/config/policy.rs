@@ -228,6 +228,7 @@ impl PolicyOptions {
                 max_bytes: None,
                 max_entry_bytes: None,
                 allow_nondeterministic: false,
+                key_prefix: None,
             }),
             PolicyKind::Passthrough => PolicyOptions::Passthrough,
             PolicyKind::RateLimit | PolicyKind::Budget => return None,

@@ -235,6 +235,7 @@ fn defaults_per_type() {
             max_bytes: None,
             max_entry_bytes: None,
             allow_nondeterministic: false,
+            key_prefix: None,
         }
     );
     // A content filter with nothing to match is valid but worth a warning.
@@ -274,6 +275,7 @@ policy:
     max_bytes: 64MiB
     max_entry_bytes: 1048576
     allow_nondeterministic: true
+    key_prefix: 'team-a:kt:'
   pass:
     type: passthrough
     enabled: false
@@ -333,9 +335,17 @@ policy:
             k.scope,
             k.max_bytes,
             k.max_entry_bytes,
-            k.allow_nondeterministic
+            k.allow_nondeterministic,
+            k.key_prefix.as_deref()
         ),
-        (60, Scope::User, Some(64 << 20), Some(1 << 20), true)
+        (
+            60,
+            Scope::User,
+            Some(64 << 20),
+            Some(1 << 20),
+            true,
+            Some("team-a:kt:")
+        )
     );
     assert!(matches!(o(4), PolicyOptions::Passthrough));
     let PolicyOptions::RateLimit(l) = o(5) else {
@@ -690,7 +700,7 @@ policies:
 policy:
   rl: {type: rate-limit, burst: 5}
   b: {type: budget, usd_per_day: 0}
-  c: {type: cache, backend: memcached://x, ttl_seconds: 0, max_bytes: 10, max_entry_bytes: 1KiB}
+  c: {type: cache, backend: memcached://x, ttl_seconds: 0, max_bytes: 10, max_entry_bytes: 1KiB, key_prefix: 'a b'}
   r: {type: redact, kinds: [aws, 'bad kind'], disable: [jwt], patterns: [{name: a, regex: x}, {name: a, regex: y}]}
 ");
     let msgs: Vec<String> = ps
@@ -704,6 +714,7 @@ policy:
         "6:policy.c.ttl_seconds",
         "6:policy.c.backend",
         "6:policy.c.max_entry_bytes",
+        "6:policy.c.key_prefix",
         "7:policy.r.patterns[1].name",
         "7:policy.r.disable[0]",
         "7:policy.r.kinds[1]",

@@ -125,6 +125,10 @@ pub struct Event {
     pub api: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_hit: Option<bool>,
+    /// Extra, on cache hits: what the replayed answer cost when it was
+    /// first fetched, saved this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_saved_usd: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
     /// The logical operation (`chat/completions`, `completions`, ...).
@@ -236,6 +240,7 @@ impl Event {
             tokens_in: None,
             tokens_out: None,
             cost_usd: None,
+            cost_saved_usd: None,
             cache_hit: None,
             request_id: None,
             redactions: None,

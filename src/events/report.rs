@@ -56,6 +56,8 @@ pub struct Row {
     pub estimated: u64,
     /// Requests answered from the engineering cache.
     pub cache_hits: u64,
+    /// What those answers cost when first fetched.
+    pub saved_usd: f64,
 }
 
 impl Row {
@@ -77,6 +79,7 @@ impl Row {
         if e.cache_hit == Some(true) {
             self.cache_hits += 1;
         }
+        self.saved_usd += e.cost_saved_usd.unwrap_or(0.0);
     }
 }
 

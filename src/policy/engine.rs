@@ -22,6 +22,9 @@ pub struct Engine {
     /// Hosts configured in `intercept.hosts`: Sourcegraph Enterprise
     /// instances unless the built-in table knows them.
     configured_hosts: RwLock<Arc<HostSet>>,
+    /// The cache tiers, kept across reloads (a reload that keeps a cache
+    /// policy's backend keeps its entries).
+    caches: Arc<crate::cache::Caches>,
 }
 
 impl Engine {
@@ -42,6 +45,7 @@ impl Engine {
             metrics: Arc::default(),
             chain: RwLock::new(Arc::new(chain)),
             configured_hosts: RwLock::new(Arc::new(hosts)),
+            caches: Arc::default(),
         })
     }
 
@@ -98,6 +102,11 @@ impl Engine {
     /// Exchange outcomes since start.
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
+    }
+
+    /// The cache tiers of `cache` policies.
+    pub fn caches(&self) -> &Arc<crate::cache::Caches> {
+        &self.caches
     }
 
     /// The chain new exchanges start with.

@@ -94,6 +94,9 @@ pub struct Record {
     pub uninspected: Vec<&'static str>,
     pub status: Option<u16>,
     pub policy_us: u64,
+    /// True when the cache answered (the upstream was not contacted), false
+    /// when a cache policy applied but did not; `None` without one.
+    pub cache_hit: Option<bool>,
 }
 
 /// One exchange. Holds the chain it started with, so a reload never changes
@@ -111,6 +114,8 @@ pub struct Exchange {
     /// worked out once per exchange.
     input_body: Selection,
     output_body: Selection,
+    /// The first selected `cache` policy, if any.
+    cache: Option<usize>,
     /// An `audit-logger` with `log_bodies: true` applies.
     log_bodies: bool,
     /// A fail-closed (`immutable`) audit logger applies: no record, no
@@ -128,6 +133,8 @@ pub enum UsageSource {
     Provider,
     /// Counted from the text: the provider reported none.
     Estimated,
+    /// The usage of the cached answer replayed: nothing was billed.
+    Cached,
 }
 
 impl UsageSource {
@@ -135,6 +142,7 @@ impl UsageSource {
         match self {
             UsageSource::Provider => "provider",
             UsageSource::Estimated => "estimated",
+            UsageSource::Cached => "cached",
         }
     }
 }
@@ -174,6 +182,10 @@ impl Exchange {
             phase
         };
         let (input_body, output_body) = (body_phase(true), body_phase(false));
+        let cache = chain
+            .selected(selection)
+            .find(|(_, p)| matches!(p.action, Action::Cache(_)))
+            .map(|(i, _)| i);
         let audit = sink
             .filter(|_| {
                 chain
@@ -198,6 +210,7 @@ impl Exchange {
             metrics,
             input_body,
             output_body,
+            cache,
             log_bodies,
             audit_required,
         }
@@ -208,6 +221,14 @@ impl Exchange {
     /// be refused rather than pass unrecorded.
     pub fn unrecordable(&self) -> bool {
         self.audit_required && self.audit.as_ref().is_none_or(|(sink, _)| sink.is_closed())
+    }
+
+    /// The options of the cache policy that applies, if one does.
+    pub fn cache_options(&self) -> Option<&crate::config::CacheOptions> {
+        match &self.chain.get(self.cache?)?.action {
+            Action::Cache(o) => Some(o),
+            _ => None,
+        }
     }
 
     /// True when bodies go into the audit log (`log_bodies`).
@@ -493,7 +514,12 @@ impl Exchange {
         let r = &self.record;
         let tap = r.tap?;
         if !tap.usage.is_empty() {
-            return Some((tap.usage, UsageSource::Provider));
+            let source = if r.cache_hit == Some(true) {
+                UsageSource::Cached
+            } else {
+                UsageSource::Provider
+            };
+            return Some((tap.usage, source));
         }
         if !r.status.is_some_and(|s| (200..300).contains(&s)) || r.blocked.is_some() {
             return None;
@@ -525,16 +551,23 @@ impl Exchange {
         self.completed = true;
         self.record.status = status;
         let usage = self.usage();
-        let cost =
+        let priced =
             usage.and_then(|(u, _)| self.chain.pricing().cost(self.info.model.as_deref(), &u));
+        // A cache hit costs nothing and saves what the answer cost first.
+        let (cost, saved) = match usage {
+            Some((_, UsageSource::Cached)) => (priced.map(|_| 0.0), priced),
+            _ => (priced, None),
+        };
         if let Some((sink, sends)) = self.audit.take() {
-            submit(&sink, &sends, self.events(usage, cost));
+            submit(&sink, &sends, self.events(usage, cost, saved));
         }
         let r = &self.record;
         let action = if r.blocked.is_some() {
             "block"
         } else if status.is_none_or(|s| s >= 500) {
             "error"
+        } else if r.cache_hit == Some(true) {
+            "cache_hit"
         } else if !r.redacted_in.is_empty() || !r.redacted_out.is_empty() {
             "redact"
         } else {
@@ -555,6 +588,7 @@ impl Exchange {
                 tokens_in: usage.and_then(|(u, _)| u.tokens_in),
                 tokens_out: usage.and_then(|(u, _)| u.tokens_out),
                 cost_usd: cost,
+                cost_saved_usd: saved,
                 usage_source: usage.map(|(_, source)| source.as_str()),
             },
             r.policy_us,
@@ -599,7 +633,12 @@ impl Exchange {
 
     /// The audit events of this exchange: the request's, and the response's
     /// unless the request never went upstream.
-    fn events(&self, usage: Option<(Usage, UsageSource)>, cost: Option<f64>) -> Vec<Event> {
+    fn events(
+        &self,
+        usage: Option<(Usage, UsageSource)>,
+        cost: Option<f64>,
+        saved: Option<f64>,
+    ) -> Vec<Event> {
         let r = &self.record;
         let request_id = Some(random_id());
         let base = |phase: Phase, action: EventAction| {
@@ -643,6 +682,7 @@ impl Exchange {
         let mut output = match blocked(false) {
             Some(_) => base(Phase::Output, EventAction::Block),
             None if failed => base(Phase::Output, EventAction::Error),
+            None if r.cache_hit == Some(true) => base(Phase::Output, EventAction::CacheHit),
             None if !r.redacted_out.is_empty() => base(Phase::Output, EventAction::Redact),
             None => base(Phase::Output, EventAction::Pass),
         };
@@ -661,11 +701,13 @@ impl Exchange {
         output.latency_ms = Some(self.started.elapsed().as_millis() as u64);
         output.upstream_ms = r.upstream_us.map(|us| us / 1000);
         output.overhead_us = self.overhead_us();
+        output.cache_hit = r.cache_hit;
         if let Some((usage, source)) = usage {
             output.tokens_in = usage.tokens_in;
             output.tokens_out = usage.tokens_out;
             output.usage_source = Some(source.as_str().to_string());
             output.cost_usd = cost;
+            output.cost_saved_usd = saved;
         }
         if self.log_bodies {
             output.response_body = r.response_body.as_deref().map(logged_body);

@@ -3,6 +3,7 @@
 //! way back (a stream frame by frame, a JSON body whole and bounded), and
 //! the exchange's record closed when the response ends.
 
+use super::cached::Step;
 use super::forward::strip_hop_by_hop;
 use super::{ConnCtx, ProxyError};
 use crate::body::{self, Body, BoxError};
@@ -47,17 +48,41 @@ pub(super) async fn forward(
     // its model prices the exchange and its prompt sizes an estimate. LLM
     // requests are small and sent at once, so this costs no latency.
     let bytes = read_body(incoming, limits.max_inspected_body, limits.body_read).await?;
+    let mut pending = None;
     let body = match exchange.input(bytes) {
         Input::Respond(resp) => {
             exchange.complete(Some(resp.status().as_u16()));
             return Ok(resp);
         }
         Input::Forward(bytes) => {
+            // The cache keys what the upstream would see.
+            match super::cached::lookup(ctx, &mut exchange, &parts, &bytes).await {
+                Some(Step::Answer(hit)) => return Ok(super::cached::answer(hit, exchange)),
+                Some(Step::Forward(p)) => pending = Some(p),
+                None => {}
+            }
             set_length(&mut parts.headers, bytes.len());
             body::full(bytes)
         }
     };
+    let resp = upstream_leg(ctx, origin, parts, body, exchange, inspect_response).await?;
+    Ok(match pending {
+        Some(p) => p.finish(resp),
+        None => resp,
+    })
+}
 
+/// Sends the request upstream and runs the response through the output
+/// policies; the exchange closes when the response ends.
+async fn upstream_leg(
+    ctx: &ConnCtx,
+    origin: &Origin,
+    parts: http::request::Parts,
+    body: Body,
+    mut exchange: Exchange,
+    inspect_response: bool,
+) -> Result<Response<Body>, ProxyError> {
+    let limits = &ctx.gw.limits;
     let sent = std::time::Instant::now();
     let resp = match ctx
         .gw

@@ -64,6 +64,7 @@ pub(super) fn render(gw: &Gateway) -> String {
         &[("", gw.certs().cached_hosts_now())],
     );
     metrics.render(&mut out);
+    cache_tiers(&mut out, gw, metric);
     gw.certs().mint_seconds.render(
         &mut out,
         "kt_cert_mint_duration_seconds",
@@ -94,4 +95,63 @@ pub(super) fn render(gw: &Gateway) -> String {
         );
     }
     out
+}
+
+/// The cache tiers beside the lookups counted by `kt_cache_requests_total`:
+/// where hits came from, what was stored, Redis failures, memory held.
+fn cache_tiers(
+    out: &mut String,
+    gw: &Gateway,
+    metric: impl Fn(&mut String, &str, &str, &str, &[(&str, u64)]),
+) {
+    let caches = gw.engine().caches();
+    let k = caches.stats();
+    let (hits, redis, followed) = (
+        k.hits.load(Relaxed),
+        k.redis_hits.load(Relaxed),
+        k.followed.load(Relaxed),
+    );
+    metric(
+        out,
+        "kt_cache_hits_total",
+        "counter",
+        "Cache hits by where the answer came from (flight: a concurrent identical request).",
+        &[
+            ("{source=\"memory\"}", hits.saturating_sub(redis + followed)),
+            ("{source=\"redis\"}", redis),
+            ("{source=\"flight\"}", followed),
+        ],
+    );
+    metric(
+        out,
+        "kt_cache_stores_total",
+        "counter",
+        "Responses after a miss, by whether they were stored.",
+        &[
+            ("{stored=\"true\"}", k.stores.load(Relaxed)),
+            ("{stored=\"false\"}", k.not_stored.load(Relaxed)),
+        ],
+    );
+    metric(
+        out,
+        "kt_cache_redis_errors_total",
+        "counter",
+        "Failed or timed-out Redis calls (each served as a miss).",
+        &[("", k.redis_errors.load(Relaxed))],
+    );
+    let (entries, bytes) = caches.memory_usage();
+    metric(
+        out,
+        "kt_cache_memory_entries",
+        "gauge",
+        "Entries in the in-process cache tier.",
+        &[("", entries)],
+    );
+    metric(
+        out,
+        "kt_cache_memory_bytes",
+        "gauge",
+        "Bytes in the in-process cache tier.",
+        &[("", bytes)],
+    );
 }

@@ -3,6 +3,7 @@
 //! connections under a connection limit and drains them on shutdown.
 
 pub mod authority;
+mod cached;
 pub mod error;
 pub mod feed;
 mod forward;

@@ -225,6 +225,7 @@ fn admin(ctx: &ConnCtx, req: &Request<Incoming>) -> Result<Response<Body>, Proxy
             );
             Ok(r)
         }
+        "/_kt/cache" | "/_kt/cache/purge" => super::cached::admin(ctx, req),
         "/_kt/events" if *req.method() == Method::GET => {
             Ok(super::feed::serve(ctx, req.uri().query()))
         }

@@ -254,7 +254,10 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
         }
         // LLM-shaped routes. The reply text comes from the `x-test-reply`
         // header (never inspected by policies); with `"stream":true` it is
-        // sent as SSE chunks of `x-test-chunk` characters.
+        // sent as SSE chunks of `x-test-chunk` characters. `x-test-status`
+        // sets the status, `x-test-no-end` leaves out the stream's terminal
+        // event, and `x-test-gated` holds each event after the first until
+        // `sse_gate` gives a permit.
         "/v1/chat/completions" | "/v1/messages" => {
             let anthropic = path == "/v1/messages";
             let header = |name: &str| {
@@ -272,6 +275,12 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
             let chunk: usize = header("x-test-chunk")
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(4);
+            let status = header("x-test-status")
+                .and_then(|c| c.parse::<u16>().ok())
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::OK);
+            let no_end = header("x-test-no-end").is_some();
+            let gate = header("x-test-gated").map(|_| state.sse_gate.clone());
             let body = req.into_body().collect().await.unwrap().to_bytes();
             *state.last_body.lock().unwrap() = Some(body.clone());
             let stream = serde_json::from_slice::<serde_json::Value>(&body)
@@ -294,6 +303,7 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                     };
                 }
                 let mut r = Response::new(full(json.to_string()));
+                *r.status_mut() = status;
                 r.headers_mut()
                     .insert("content-type", "application/json".parse().unwrap());
                 return r;
@@ -315,7 +325,11 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                         return;
                     }
                 }
-                for p in pieces {
+                for (i, p) in pieces.into_iter().enumerate() {
+                    if let (Some(gate), true) = (&gate, i > 0) {
+                        let Ok(p) = gate.acquire().await else { return };
+                        p.forget();
+                    }
                     let ev = if anthropic {
                         format!(
                             "event: content_block_delta\ndata: {}\n\n",
@@ -355,9 +369,12 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 } else {
                     b"data: [DONE]\n\n"
                 };
-                let _ = tx.send(Bytes::from_static(end)).await;
+                if !no_end {
+                    let _ = tx.send(Bytes::from_static(end)).await;
+                }
             });
             let mut r = Response::new(ChannelBody(rx).boxed_unsync());
+            *r.status_mut() = status;
             r.headers_mut()
                 .insert("content-type", "text/event-stream".parse().unwrap());
             r

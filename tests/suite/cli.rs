@@ -158,14 +158,14 @@ fn bad_input_fails_with_one_clear_line() {
 }
 
 /// A `kt gateway run` child process on a free port, with its stderr lines.
-struct Running {
+pub(crate) struct Running {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
-    addr: std::net::SocketAddr,
+    pub(crate) addr: std::net::SocketAddr,
     home: tempfile::TempDir,
 }
 
-fn spawn_gateway(ca: &TestCa, origin: &Origin, extra: &[&std::ffi::OsStr]) -> Running {
+pub(crate) fn spawn_gateway(ca: &TestCa, origin: &Origin, extra: &[&std::ffi::OsStr]) -> Running {
     let home = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kt"))
         .args(["gateway", "run", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -207,7 +207,11 @@ fn spawn_gateway(ca: &TestCa, origin: &Origin, extra: &[&std::ffi::OsStr]) -> Ru
 }
 
 impl Running {
-    fn ca_der(&self) -> rustls_pki_types::CertificateDer<'static> {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn ca_der(&self) -> rustls_pki_types::CertificateDer<'static> {
         let pem = std::fs::read(self.home.path().join("certs/kt-ca.pem")).unwrap();
         rustls_pki_types::pem::PemObject::from_pem_slice(&pem).unwrap()
     }

@@ -1,3 +1,4 @@
+mod cache;
 mod certs;
 mod chain;
 mod cli;

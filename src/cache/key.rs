@@ -1,0 +1,470 @@
+//! The cache key: what makes two LLM requests "the same", hashed with
+//! SHA-256 over a canonical form that does not depend on key order, on
+//! insignificant whitespace or on how strings were escaped, so it is stable
+//! across processes, restarts and replicas.
+//!
+//! Numbers are hashed as sent (`1` and `1.0` are different requests: a
+//! provider may treat them differently, and re-printing floats is where
+//! other gateways lost determinism). Top-level fields that differ on every
+//! call without changing the answer (request ids, the `user` tag,
+//! `stream_options`, `metadata`) are left out.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Top-level request fields that never change the answer.
+const VOLATILE: &[&str] = &[
+    "user",
+    "stream_options",
+    "metadata",
+    "request_id",
+    "requestId",
+];
+
+/// Query parameters that carry credentials, not request meaning (Gemini's
+/// `?key=`): tenancy is the scope's job, and a key must never be hashed
+/// into something that could be logged.
+const CREDENTIAL_PARAMS: &[&str] = &["key"];
+
+/// Request headers that select an API version or behaviour, so they are
+/// part of the key.
+const VERSION_HEADERS: &[&str] = &["anthropic-version", "anthropic-beta"];
+
+/// A 32-byte SHA-256 cache key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key(pub [u8; 32]);
+
+impl Key {
+    /// Lower-case hex, 64 characters.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The first 16 hex digits: enough to tell entries apart in headers and
+    /// logs.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..8])
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({})", self.short())
+    }
+}
+
+/// The body could not be canonicalised (it is not JSON).
+#[derive(Debug, thiserror::Error)]
+#[error("request body is not JSON: {0}")]
+pub struct KeyError(#[from] serde_json::Error);
+
+/// Everything about a request that goes into its key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyParts<'a> {
+    pub provider: &'a str,
+    pub host: &'a str,
+    pub method: &'a str,
+    /// Path and query as sent (normalised here).
+    pub path_and_query: &'a str,
+    pub headers: &'a http::HeaderMap,
+    pub stream: bool,
+    pub scope: &'a str,
+    pub body: &'a [u8],
+}
+
+/// Computes the key of a request.
+pub fn key(parts: &KeyParts<'_>) -> Result<Key, KeyError> {
+    let mut h = Sha256::new();
+    // Versioned, so a change of the canonical form never reads old entries.
+    h.update(b"kt-cache-key-v1");
+    field(&mut h, parts.provider.as_bytes());
+    field(&mut h, normalise_host(parts.host).as_bytes());
+    field(&mut h, parts.method.as_bytes());
+    let (path, query) = parts
+        .path_and_query
+        .split_once('?')
+        .unwrap_or((parts.path_and_query, ""));
+    field(&mut h, normalise_path(path).as_bytes());
+    field(&mut h, normalise_query(query).as_bytes());
+    for name in VERSION_HEADERS {
+        let value = parts.headers.get(*name).map_or(&b""[..], |v| v.as_bytes());
+        field(&mut h, value.trim_ascii());
+    }
+    field(&mut h, if parts.stream { b"1" } else { b"0" });
+    field(&mut h, parts.scope.as_bytes());
+    let mut body = Vec::with_capacity(parts.body.len());
+    canonical(parts.body, &mut body, true)?;
+    field(&mut h, &body);
+    Ok(Key(h.finalize().into()))
+}
+
+/// A length-prefixed field, so no two field lists hash alike.
+fn field(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+/// Lower case, without the default HTTPS port or a trailing dot.
+fn normalise_host(host: &str) -> Cow<'_, str> {
+    let host = host.strip_suffix(":443").unwrap_or(host);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+/// Repeated slashes collapsed and a trailing slash dropped; the model
+/// segment of paths that carry one (Gemini, Azure, Copilot) stays.
+fn normalise_path(path: &str) -> Cow<'_, str> {
+    let trimmed = match path.strip_suffix('/') {
+        Some(p) if !p.is_empty() => p,
+        _ => path,
+    };
+    if !trimmed.contains("//") {
+        return Cow::Borrowed(trimmed);
+    }
+    let mut out = String::with_capacity(trimmed.len());
+    for c in trimmed.chars() {
+        if c == '/' && out.ends_with('/') {
+            continue;
+        }
+        out.push(c);
+    }
+    Cow::Owned(out)
+}
+
+/// Parameters sorted (so their order does not matter), credentials left
+/// out. `api-version` (Azure, Sourcegraph) and `alt=sse` (Gemini) stay:
+/// they change the answer's shape.
+fn normalise_query(query: &str) -> String {
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let name = p.split_once('=').map_or(*p, |(n, _)| n);
+            !CREDENTIAL_PARAMS.contains(&name)
+        })
+        .collect();
+    params.sort_unstable();
+    params.join("&")
+}
+
+#[derive(Deserialize)]
+struct BorrowedKey<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// Writes the canonical form of the JSON value in `raw` to `out`: objects
+/// with keys sorted by their decoded text (duplicates: the last wins, as in
+/// most parsers), strings re-escaped minimally, numbers and literals as
+/// sent, no whitespace. `top` drops the volatile fields of the request
+/// object.
+pub(crate) fn canonical(raw: &[u8], out: &mut Vec<u8>, top: bool) -> Result<(), KeyError> {
+    let text = raw.trim_ascii();
+    match text.first() {
+        Some(b'{') => {
+            let map: BTreeMap<BorrowedKey<'_>, &RawValue> = serde_json::from_slice(text)?;
+            out.push(b'{');
+            let mut first = true;
+            for (k, v) in &map {
+                if top && VOLATILE.contains(&k.0.as_ref()) {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                serde_json::to_writer(&mut *out, k.0.as_ref())?;
+                out.push(b':');
+                canonical(v.get().as_bytes(), out, false)?;
+            }
+            out.push(b'}');
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_slice(text)?;
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical(v.get().as_bytes(), out, false)?;
+            }
+            out.push(b']');
+        }
+        Some(b'"') => {
+            let s: BorrowedKey<'_> = serde_json::from_slice(text)?;
+            serde_json::to_writer(&mut *out, s.0.as_ref())?;
+        }
+        _ => {
+            // A number or literal: validated, then kept exactly as sent.
+            let _: &RawValue = serde_json::from_slice(text)?;
+            out.extend_from_slice(text);
+        }
+    }
+    Ok(())
+}
+
+impl PartialEq for BorrowedKey<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for BorrowedKey<'_> {}
+impl PartialOrd for BorrowedKey<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for BorrowedKey<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+/// Why a request is never cached, from its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uncacheable {
+    /// `n` > 1 or `temperature` > 0: the caller asked for varied answers.
+    Sampling,
+    /// `previous_response_id` or `store: true`: the answer depends on (or
+    /// creates) state at the provider.
+    Stateful,
+}
+
+impl Uncacheable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Uncacheable::Sampling => "nondeterministic",
+            Uncacheable::Stateful => "stateful",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Knobs<'a> {
+    #[serde(default)]
+    n: Option<f64>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(borrow, default)]
+    previous_response_id: Option<&'a RawValue>,
+    #[serde(default)]
+    store: Option<bool>,
+}
+
+/// Checks the request fields that rule caching out. A temperature that is
+/// absent counts as not stated: clients that want determinism say 0, and
+/// treating every chat without one as random would cache nothing.
+pub fn uncacheable(body: &[u8], allow_nondeterministic: bool) -> Result<(), Uncacheable> {
+    // Bodies that do not parse this way (e.g. `store` not a bool) were
+    // already canonicalised as JSON; a field of an unexpected type is left
+    // to the provider.
+    let Ok(k) = serde_json::from_slice::<Knobs<'_>>(body) else {
+        return Ok(());
+    };
+    let stateful = k
+        .previous_response_id
+        .is_some_and(|v| v.get().trim() != "null")
+        || k.store == Some(true);
+    if stateful {
+        return Err(Uncacheable::Stateful);
+    }
+    let sampling = k.n.is_some_and(|n| n > 1.0) || k.temperature.is_some_and(|t| t > 0.0);
+    if sampling && !allow_nondeterministic {
+        return Err(Uncacheable::Sampling);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn canon(s: &str) -> String {
+        let mut out = Vec::new();
+        canonical(s.as_bytes(), &mut out, true).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn parts<'a>(body: &'a [u8], headers: &'a http::HeaderMap) -> KeyParts<'a> {
+        KeyParts {
+            provider: "openai",
+            host: "api.openai.com",
+            method: "POST",
+            path_and_query: "/v1/chat/completions",
+            headers,
+            stream: false,
+            scope: "team:default",
+            body,
+        }
+    }
+
+    #[test]
+    fn canonical_form_sorts_keys_and_keeps_numbers_as_sent() {
+        assert_eq!(
+            canon(r#" { "b" : [1, 2.50, {"z":null,"a":true}], "a" : "x" } "#),
+            r#"{"a":"x","b":[1,2.50,{"a":true,"z":null}]}"#
+        );
+        assert_ne!(canon(r#"{"t":1}"#), canon(r#"{"t":1.0}"#));
+        // Escapes that spell the same string are the same string.
+        assert_eq!(canon(r#"{"k":"\u0041\/"}"#), canon(r#"{"k":"A/"}"#));
+        assert_eq!(canon(r#"{"\u0062":1,"a":2}"#), r#"{"a":2,"b":1}"#);
+    }
+
+    #[test]
+    fn volatile_fields_are_dropped_only_at_the_top() {
+        assert_eq!(
+            canon(
+                r#"{"user":"u1","stream_options":{"include_usage":true},"metadata":{"user_id":"x"},"request_id":"r","m":{"user":"kept"}}"#
+            ),
+            r#"{"m":{"user":"kept"}}"#
+        );
+    }
+
+    #[test]
+    fn invalid_json_is_an_error() {
+        let mut out = Vec::new();
+        assert!(canonical(b"{\"a\":", &mut out, true).is_err());
+        assert!(canonical(b"nope", &mut out, true).is_err());
+        assert!(canonical(b"", &mut out, true).is_err());
+    }
+
+    #[test]
+    fn the_key_is_stable_across_processes() {
+        // A fixed vector, computed independently (Python hashlib over the
+        // same length-prefixed fields): if this changes, every stored entry
+        // (Redis shared by replicas of different versions) silently stops
+        // matching, so the change must bump the version prefix on purpose.
+        let h = http::HeaderMap::new();
+        let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+        let k = key(&parts(body, &h)).unwrap();
+        assert_eq!(
+            k.hex(),
+            "6d59b1c09b7dc8034cbaff208befe95f89ebab2f9762fb640e0d6ec036c8c69e"
+        );
+    }
+
+    #[test]
+    fn key_ignores_order_whitespace_and_volatile_fields() {
+        let h = http::HeaderMap::new();
+        let a = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"user":"a"}"#;
+        let b = br#"{ "messages" : [ {"content":"hi","role":"user"} ] , "model":"gpt-4o", "user":"b", "stream_options":{"include_usage":true}}"#;
+        assert_eq!(key(&parts(a, &h)).unwrap(), key(&parts(b, &h)).unwrap());
+    }
+
+    #[test]
+    fn every_part_changes_the_key() {
+        let h = http::HeaderMap::new();
+        let body = br#"{"model":"gpt-4o","messages":[]}"#;
+        let base = key(&parts(body, &h)).unwrap();
+        let mut versioned = http::HeaderMap::new();
+        versioned.insert("anthropic-version", "2023-06-01".parse().unwrap());
+        let variants = [
+            KeyParts {
+                provider: "azure-openai",
+                ..parts(body, &h)
+            },
+            KeyParts {
+                host: "other.example",
+                ..parts(body, &h)
+            },
+            KeyParts {
+                method: "PUT",
+                ..parts(body, &h)
+            },
+            KeyParts {
+                path_and_query: "/v1/completions",
+                ..parts(body, &h)
+            },
+            KeyParts {
+                path_and_query: "/v1/chat/completions?api-version=2024-10-21",
+                ..parts(body, &h)
+            },
+            KeyParts {
+                stream: true,
+                ..parts(body, &h)
+            },
+            KeyParts {
+                scope: "team:other",
+                ..parts(body, &h)
+            },
+            KeyParts {
+                body: br#"{"model":"gpt-4o-mini","messages":[]}"#,
+                ..parts(body, &h)
+            },
+            KeyParts {
+                headers: &versioned,
+                ..parts(body, &h)
+            },
+        ];
+        for v in variants {
+            assert_ne!(key(&v).unwrap(), base, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn path_and_query_are_normalised() {
+        let h = http::HeaderMap::new();
+        let body = br#"{}"#;
+        let k = |p: &'static str, host: &'static str| {
+            key(&KeyParts {
+                path_and_query: p,
+                host,
+                ..parts(body, &h)
+            })
+            .unwrap()
+        };
+        let base = k(
+            "/v1beta/models/gemini-2.0:generateContent?alt=sse&x=1",
+            "api.openai.com",
+        );
+        assert_eq!(
+            base,
+            k(
+                "/v1beta//models/gemini-2.0:generateContent/?x=1&alt=sse&key=SECRET",
+                "API.openai.com:443"
+            )
+        );
+        assert_ne!(
+            base,
+            k(
+                "/v1beta/models/gemini-2.5:generateContent?alt=sse&x=1",
+                "api.openai.com"
+            )
+        );
+    }
+
+    #[test]
+    fn sampling_and_stateful_requests_are_not_cacheable() {
+        assert_eq!(uncacheable(br#"{"temperature":0}"#, false), Ok(()));
+        assert_eq!(uncacheable(br#"{"messages":[]}"#, false), Ok(()));
+        assert_eq!(uncacheable(br#"{"n":1,"temperature":0.0}"#, false), Ok(()));
+        assert_eq!(
+            uncacheable(br#"{"temperature":0.7}"#, false),
+            Err(Uncacheable::Sampling)
+        );
+        assert_eq!(
+            uncacheable(br#"{"n":2}"#, false),
+            Err(Uncacheable::Sampling)
+        );
+        assert_eq!(uncacheable(br#"{"n":2,"temperature":1}"#, true), Ok(()));
+        assert_eq!(
+            uncacheable(br#"{"previous_response_id":"resp_1"}"#, true),
+            Err(Uncacheable::Stateful)
+        );
+        assert_eq!(
+            uncacheable(br#"{"previous_response_id":null}"#, false),
+            Ok(())
+        );
+        assert_eq!(
+            uncacheable(br#"{"store":true}"#, true),
+            Err(Uncacheable::Stateful)
+        );
+        assert_eq!(uncacheable(br#"{"store":false}"#, false), Ok(()));
+    }
+}
