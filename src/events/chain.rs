@@ -21,36 +21,48 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 /// (canonical JSON with `hash`, no trailing newline), with `hash` computed
 /// from `event.prev_hash`. `event.hash` is set as a side effect.
 pub fn seal(event: &mut Event) -> Result<String, serde_json::Error> {
+    let mut line = Vec::with_capacity(1024);
+    seal_into(event, &mut Vec::with_capacity(1024), &mut line)?;
+    // serde_json writes UTF-8 only, and the splice adds ASCII.
+    String::from_utf8(line).map_err(serde::ser::Error::custom)
+}
+
+/// [`seal`], appending the stored line to `out` and using `scratch` for the
+/// canonical form: the writer reuses both buffers across a batch, so
+/// sealing allocates only the hash.
+pub fn seal_into(
+    event: &mut Event,
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), serde_json::Error> {
     event.hash.clear();
     // `Event` declares its fields in sorted order (tested below), so its own
     // serialization is the canonical form.
-    // Sized for a typical event, so serializing does not regrow the buffer.
-    let mut buf = Vec::with_capacity(1024);
-    serde_json::to_writer(&mut buf, &*event)?;
-    // serde_json writes UTF-8 only.
-    let canonical = String::from_utf8(buf).map_err(serde::ser::Error::custom)?;
-    event.hash = hash_of(&event.prev_hash, canonical.as_bytes());
+    scratch.clear();
+    serde_json::to_writer(&mut *scratch, &*event)?;
+    event.hash = hash_of(&event.prev_hash, scratch);
     // The stored line is the canonical form with `"hash"` in its sorted
     // place: before `host` when there is one, else before `id` (always
     // present). Every field sorted before them (`action`, `api`,
-    // `cache_hit`, `cost_usd`, `endpoint`) holds kt's own names or numbers,
-    // never client text, so the first match is the field itself. Splicing
-    // saves serializing the event twice on the writer's hot path.
-    let next = if event.host.is_some() {
-        ",\"host\":"
+    // `cache_hit`, `cost_saved_usd`, `cost_usd`, `endpoint`) holds kt's own
+    // names or numbers, never client text, so the first match is the field
+    // itself. Splicing saves serializing the event twice.
+    let next: &[u8] = if event.host.is_some() {
+        b",\"host\":"
     } else {
-        ",\"id\":"
+        b",\"id\":"
     };
-    let Some(at) = canonical.find(next) else {
-        return serde_json::to_string(&*event);
-    };
-    let mut line = String::with_capacity(canonical.len() + 76);
-    line.push_str(&canonical[..at]);
-    line.push_str(",\"hash\":\"");
-    line.push_str(&event.hash);
-    line.push('"');
-    line.push_str(&canonical[at..]);
-    Ok(line)
+    match memchr::memmem::find(scratch, next) {
+        Some(at) => {
+            out.extend_from_slice(&scratch[..at]);
+            out.extend_from_slice(b",\"hash\":\"");
+            out.extend_from_slice(event.hash.as_bytes());
+            out.push(b'"');
+            out.extend_from_slice(&scratch[at..]);
+        }
+        None => serde_json::to_writer(&mut *out, &*event)?,
+    }
+    Ok(())
 }
 
 /// `hex(SHA-256(prev_hash || canonical))`.

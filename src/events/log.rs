@@ -12,7 +12,7 @@
 //! thing it does is blocking file I/O; it talks to async code only through
 //! the channel, a broadcast of written events and one-shot replies.
 
-use super::chain::{is_hash, seal, GENESIS_HASH};
+use super::chain::{is_hash, seal_into, GENESIS_HASH};
 use super::segment::{self, Segment};
 use super::{Event, EventsError};
 pub use crate::config::Fsync;
@@ -362,6 +362,38 @@ fn utc_today() -> Date {
     time::OffsetDateTime::now_utc().date()
 }
 
+/// The sealed lines of one batch, back to back in one buffer.
+struct Lines<'a> {
+    buf: &'a [u8],
+    /// End offset (after the newline) of each line.
+    ends: &'a [usize],
+}
+
+impl Lines<'_> {
+    fn start(&self, i: usize) -> usize {
+        i.checked_sub(1)
+            .and_then(|p| self.ends.get(p))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Line `i`, newline included.
+    fn get(&self, i: usize) -> &[u8] {
+        let end = self.ends.get(i).copied().unwrap_or(self.buf.len());
+        self.buf.get(self.start(i)..end).unwrap_or_default()
+    }
+
+    /// Lines `from..to`, back to back.
+    fn span(&self, from: usize, to: usize) -> &[u8] {
+        let end = to
+            .checked_sub(1)
+            .and_then(|l| self.ends.get(l))
+            .copied()
+            .unwrap_or(0);
+        self.buf.get(self.start(from)..end).unwrap_or_default()
+    }
+}
+
 /// The `hash` of a sealed line (the first `"hash":"` in it is the field:
 /// see [`seal`]).
 fn hash_of_line(line: &str) -> Option<String> {
@@ -440,30 +472,37 @@ impl Writer {
     /// `attempts` times (when closing); what could not be written is then
     /// reported as lost.
     fn write_batch(&mut self, batch: Vec<Event>, attempts: Option<u32>) -> Result<(), EventsError> {
-        let mut lines = Vec::with_capacity(batch.len());
+        // All lines of the batch in one buffer; `ends[i]` is where line i
+        // ends (after its newline).
+        let mut buf = Vec::with_capacity(batch.len() * 700);
+        let mut ends = Vec::with_capacity(batch.len());
+        let mut scratch = Vec::with_capacity(1024);
         let live = self.feed.receiver_count() > 0;
         let mut sealed = Vec::with_capacity(if live { batch.len() } else { 0 });
         let mut prev = self.prev_hash.clone();
         for mut event in batch {
             event.prev_hash = prev;
-            let mut line = match seal(&mut event) {
-                Ok(line) => line,
-                Err(e) => {
-                    // Cannot happen for this type (maps have string keys);
-                    // keep the chain intact by skipping loudly.
-                    tracing::error!(error = %e, id = %event.id, "cannot encode audit event");
-                    prev = event.prev_hash;
-                    continue;
-                }
-            };
-            line.push('\n');
+            let mark = buf.len();
+            if let Err(e) = seal_into(&mut event, &mut scratch, &mut buf) {
+                // Cannot happen for this type (maps have string keys);
+                // keep the chain intact by skipping loudly.
+                tracing::error!(error = %e, id = %event.id, "cannot encode audit event");
+                buf.truncate(mark);
+                prev = event.prev_hash;
+                continue;
+            }
+            buf.push(b'\n');
+            ends.push(buf.len());
             prev = event.hash.clone();
-            lines.push(line);
             // The live feed costs nothing while nobody listens.
             if live {
                 sealed.push(Arc::new(event));
             }
         }
+        let lines = Lines {
+            buf: &buf,
+            ends: &ends,
+        };
         let mut done = 0;
         let mut backoff = Duration::from_millis(50);
         let mut tries = 0;
@@ -471,12 +510,12 @@ impl Writer {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             tries += 1;
             if attempts.is_some_and(|max| tries >= max) {
-                tracing::error!(error = %e, lost = lines.len() - done,
+                tracing::error!(error = %e, lost = ends.len() - done,
                     "audit log write failed at shutdown; giving up on the rest of the queue");
-                if let Some(last) = done.checked_sub(1).and_then(|i| lines.get(i)) {
-                    if let Some(hash) = hash_of_line(last) {
-                        self.prev_hash = hash;
-                    }
+                // The chain continues from the last line on disk.
+                let last = done.checked_sub(1).map(|i| lines.get(i));
+                if let Some(hash) = last.and_then(|l| hash_of_line(&String::from_utf8_lossy(l))) {
+                    self.prev_hash = hash;
                 }
                 return Err(e);
             }
@@ -488,7 +527,7 @@ impl Writer {
         self.prev_hash = prev;
         self.stats
             .written
-            .fetch_add(lines.len() as u64, Ordering::Relaxed);
+            .fetch_add(ends.len() as u64, Ordering::Relaxed);
         for event in sealed {
             // No subscribers is fine.
             let _ = self.feed.send(event);
@@ -499,10 +538,11 @@ impl Writer {
     /// Writes `lines[*done..]`, one `write` per segment touched (one per
     /// line under `Fsync::Always`), advancing `*done` past what is on disk.
     /// On error the partial write is truncated away.
-    fn write_lines(&mut self, lines: &[String], done: &mut usize) -> Result<(), EventsError> {
+    fn write_lines(&mut self, lines: &Lines<'_>, done: &mut usize) -> Result<(), EventsError> {
         let per_line = self.options.fsync == Fsync::Always;
-        while *done < lines.len() {
-            let first = lines[*done].len() as u64;
+        let count = lines.ends.len();
+        while *done < count {
+            let first = lines.get(*done).len() as u64;
             self.ensure_room(first)?;
             let Some(open) = self.current.as_mut() else {
                 return Err(EventsError::WriterGone);
@@ -510,25 +550,21 @@ impl Writer {
             let mut end = *done + 1;
             let mut size = first;
             while !per_line
-                && end < lines.len()
-                && open.len + size + lines[end].len() as u64 <= self.options.segment_max_bytes
+                && end < count
+                && open.len + size + lines.get(end).len() as u64 <= self.options.segment_max_bytes
             {
-                size += lines[end].len() as u64;
+                size += lines.get(end).len() as u64;
                 end += 1;
             }
-            let mut buf = Vec::with_capacity(size as usize);
-            for line in &lines[*done..end] {
-                buf.extend_from_slice(line.as_bytes());
-            }
-            if let Err(e) = open.file.write_all(&buf) {
+            if let Err(e) = open.file.write_all(lines.span(*done, end)) {
                 // Best effort: a torn tail would also be cut at next start.
                 let _ = open.file.set_len(open.len);
                 return Err(EventsError::io(&open.seg.path, e));
             }
             open.len += size;
             *done = end;
-            let rolling = *done < lines.len();
-            if self.options.fsync != Fsync::Never && (per_line || rolling || *done == lines.len()) {
+            let rolling = *done < count;
+            if self.options.fsync != Fsync::Never && (per_line || rolling || *done == count) {
                 open.file
                     .sync_data()
                     .map_err(|e| EventsError::io(&open.seg.path, e))?;
