@@ -16,6 +16,7 @@ use super::memory::Item;
 use super::{scope_id, Stats, Store};
 use crate::body::{self, Body, BoxError};
 use crate::config::{CacheOptions, Scope};
+use crate::llm::content::{is_encoded, is_event_stream};
 use crate::llm::family::{Family, StreamEnd};
 use crate::llm::sse::{SseDecoder, SseEvent};
 use bytes::{Bytes, BytesMut};
@@ -401,7 +402,7 @@ impl Ticket {
     pub fn capture(self, resp: Response<Body>) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
         let key = self.leader.key();
-        let stream = content_type_is(&parts.headers, "text/event-stream");
+        let stream = is_event_stream(&parts.headers);
         let storable = parts.status.is_success()
             && !is_encoded(&parts.headers)
             && (!stream || self.family.is_some_and(has_terminal_event));
@@ -654,22 +655,6 @@ impl Drop for Capture {
         let ended = self.inner.is_end_stream();
         self.end(ended);
     }
-}
-
-fn content_type_is(headers: &HeaderMap, prefix: &str) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.get(..prefix.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
-        })
-}
-
-fn is_encoded(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
 #[cfg(test)]

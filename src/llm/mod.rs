@@ -3,6 +3,7 @@
 //! family keeps its text and usage, and the parsers that read LLM bodies
 //! without disturbing them (JSON string rewriting, incremental SSE).
 
+pub mod content;
 pub mod family;
 pub mod hosts;
 pub mod inspect;

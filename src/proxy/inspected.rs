@@ -7,6 +7,7 @@ use super::cached::Step;
 use super::forward::strip_hop_by_hop;
 use super::{ConnCtx, ProxyError};
 use crate::body::{self, Body, BoxError};
+use crate::llm::content::{is_encoded, is_event_stream, is_json};
 use crate::llm::tap::UsageTap;
 use crate::policy::exchange::{Exchange, Input, Output, LOGGED_BODY_MAX};
 use crate::policy::stream::{Flow, OutputStream};
@@ -182,30 +183,6 @@ async fn read_body(
 fn set_length(headers: &mut HeaderMap, len: usize) {
     headers.remove(header::TRANSFER_ENCODING);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-}
-
-fn content_type_is(headers: &HeaderMap, prefix: &str) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.get(..prefix.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
-        })
-}
-
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    content_type_is(headers, "text/event-stream")
-}
-
-fn is_json(headers: &HeaderMap) -> bool {
-    content_type_is(headers, "application/json")
-}
-
-fn is_encoded(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
 /// What the response wrappers note as the body goes by: its usage (from the
