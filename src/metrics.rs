@@ -145,22 +145,9 @@ pub struct Metrics {
     /// Micro-dollars, so the table stays integral.
     cost_micro_usd: Table<(&'static str, String), u64>,
     saved_micro_usd: Table<(&'static str, String), u64>,
-    cache: Table<&'static str, u64>,
     /// Model names that have a label of their own.
     models: Mutex<std::collections::HashSet<String>>,
-    /// Exchanges by outcome and policy time, for `kt_exchanges_total`.
-    pub outcomes: Outcomes,
-}
-
-/// Exchange outcomes since start.
-#[derive(Debug, Default)]
-pub struct Outcomes {
-    pub pass: AtomicU64,
-    pub block: AtomicU64,
-    pub redact: AtomicU64,
-    pub cache_hit: AtomicU64,
-    pub error: AtomicU64,
-    /// Microseconds spent in policies, summed.
+    /// Microseconds spent in policies, summed over exchanges.
     pub policy_us: AtomicU64,
 }
 
@@ -176,9 +163,8 @@ impl Default for Metrics {
             tokens: Table::default(),
             cost_micro_usd: Table::default(),
             saved_micro_usd: Table::default(),
-            cache: Table::default(),
             models: Mutex::default(),
-            outcomes: Outcomes::default(),
+            policy_us: AtomicU64::new(0),
         }
     }
 }
@@ -186,16 +172,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Records a finished exchange.
     pub fn exchange(&self, s: &ExchangeSample<'_>, policy_us: u64) {
-        let o = &self.outcomes;
-        let outcome = match s.action {
-            "block" => &o.block,
-            "redact" => &o.redact,
-            "cache_hit" => &o.cache_hit,
-            "error" => &o.error,
-            _ => &o.pass,
-        };
-        outcome.fetch_add(1, Relaxed);
-        o.policy_us.fetch_add(policy_us, Relaxed);
+        self.policy_us.fetch_add(policy_us, Relaxed);
         self.exchanges
             .add((s.provider, s.endpoint, s.action, s.status.unwrap_or(0)), 1);
         self.latency.observe_us(s.latency_us);
@@ -230,14 +207,27 @@ impl Metrics {
         }
     }
 
+    /// Exchanges by action (`pass`, `redact`, `block`, `cache_hit`,
+    /// `error`), summed over providers, endpoints and statuses.
+    pub fn by_action(&self) -> [(&'static str, u64); 5] {
+        let mut out = [
+            ("pass", 0),
+            ("redact", 0),
+            ("block", 0),
+            ("cache_hit", 0),
+            ("error", 0),
+        ];
+        for ((_, _, action, _), n) in self.exchanges.sorted() {
+            if let Some(slot) = out.iter_mut().find(|(a, _)| *a == action) {
+                slot.1 += n;
+            }
+        }
+        out
+    }
+
     /// Records that `policy` redacted, blocked or logged.
     pub fn policy_action(&self, policy: &str, action: &'static str) {
         self.policy_actions.add((policy.to_string(), action), 1);
-    }
-
-    /// Records a cache lookup: `hit`, `miss` or `bypass`.
-    pub fn cache(&self, result: &'static str) {
-        self.cache.add(result, 1);
     }
 
     fn model_label(&self, model: Option<&str>) -> String {
@@ -346,17 +336,6 @@ impl Metrics {
                 "kt_cost_saved_usd_total{{provider=\"{provider}\",model=\"{model}\"}} {usd}"
             );
         }
-        header(
-            out,
-            "kt_cache_requests_total",
-            "counter",
-            "Engineering cache lookups by result.",
-        );
-        let cache: HashMap<&str, u64> = self.cache.sorted().into_iter().collect();
-        for result in ["hit", "miss", "bypass"] {
-            let n = cache.get(result).copied().unwrap_or(0);
-            let _ = writeln!(out, "kt_cache_requests_total{{result=\"{result}\"}} {n}");
-        }
     }
 }
 
@@ -427,7 +406,6 @@ mod tests {
         m.exchange(&sample("gpt-4o"), 1);
         m.exchange(&sample("we\"ird"), 1);
         m.policy_action("secret-redaction", "redact");
-        m.cache("hit");
         let mut out = String::new();
         m.render(&mut out);
         assert!(out.contains("kt_requests_total{provider=\"openai\",endpoint=\"chat/completions\",action=\"pass\",status=\"200\"} 3\n"), "{out}");
@@ -440,11 +418,9 @@ mod tests {
         assert!(out.contains(
             "kt_policy_actions_total{policy=\"secret-redaction\",action=\"redact\"} 1\n"
         ));
-        assert!(out.contains("kt_cache_requests_total{result=\"hit\"} 1\n"));
-        assert!(out.contains("kt_cache_requests_total{result=\"miss\"} 0\n"));
         assert!(out.contains("kt_gateway_overhead_seconds_count 3\n"));
-        assert_eq!(m.outcomes.pass.load(Relaxed), 3);
-        assert_eq!(m.outcomes.policy_us.load(Relaxed), 3);
+        assert_eq!(m.by_action()[0], ("pass", 3));
+        assert_eq!(m.policy_us.load(Relaxed), 3);
     }
 
     #[test]

@@ -52,7 +52,10 @@ pub(super) async fn lookup(
         Err(e) => {
             tracing::warn!(kind = e.kind(), error = %e, "cache unavailable; forwarding");
             exchange.record.cache_hit = Some(false);
-            ctx.gw.engine().metrics().cache("bypass");
+            let stats = ctx.gw.engine().caches().stats();
+            stats
+                .bypasses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Some(Step::Forward(Pending {
                 ticket: None,
                 bypass: Some("unavailable"),
@@ -75,11 +78,6 @@ pub(super) async fn lookup(
     let found = serve::lookup(&store, options, &req).await;
     let hit = matches!(found, Lookup::Hit(_));
     exchange.record.cache_hit = Some(hit);
-    ctx.gw.engine().metrics().cache(match found {
-        Lookup::Hit(_) => "hit",
-        Lookup::Miss(_) => "miss",
-        Lookup::Bypass(..) => "bypass",
-    });
     Some(match found {
         Lookup::Hit(h) => Step::Answer(h),
         Lookup::Miss(t) => Step::Forward(Pending {

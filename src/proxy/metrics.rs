@@ -35,26 +35,23 @@ pub(super) fn render(gw: &Gateway) -> String {
         &[("", stats.intercepted.load(Relaxed) as u64)],
     );
     let metrics = gw.engine().metrics();
-    let c = &metrics.outcomes;
+    let by_action = metrics
+        .by_action()
+        .map(|(a, n)| (format!("{{action=\"{a}\"}}"), n));
+    let by_action: Vec<(&str, u64)> = by_action.iter().map(|(l, n)| (l.as_str(), *n)).collect();
     metric(
         &mut out,
         "kt_exchanges_total",
         "counter",
         "LLM exchanges that ran the policy chain, by outcome.",
-        &[
-            ("{action=\"pass\"}", c.pass.load(Relaxed)),
-            ("{action=\"redact\"}", c.redact.load(Relaxed)),
-            ("{action=\"block\"}", c.block.load(Relaxed)),
-            ("{action=\"cache_hit\"}", c.cache_hit.load(Relaxed)),
-            ("{action=\"error\"}", c.error.load(Relaxed)),
-        ],
+        &by_action,
     );
     metric(
         &mut out,
         "kt_policy_microseconds_total",
         "counter",
         "Time spent in policies, summed over exchanges.",
-        &[("", c.policy_us.load(Relaxed))],
+        &[("", metrics.policy_us.load(Relaxed))],
     );
     metric(
         &mut out,
@@ -97,8 +94,8 @@ pub(super) fn render(gw: &Gateway) -> String {
     out
 }
 
-/// The cache tiers beside the lookups counted by `kt_cache_requests_total`:
-/// where hits came from, what was stored, Redis failures, memory held.
+/// The engineering cache: lookups by result, where hits came from, what
+/// was stored, Redis failures, memory held.
 fn cache_tiers(
     out: &mut String,
     gw: &Gateway,
@@ -110,6 +107,17 @@ fn cache_tiers(
         k.hits.load(Relaxed),
         k.redis_hits.load(Relaxed),
         k.followed.load(Relaxed),
+    );
+    metric(
+        out,
+        "kt_cache_requests_total",
+        "counter",
+        "Engineering cache lookups by result.",
+        &[
+            ("{result=\"hit\"}", hits),
+            ("{result=\"miss\"}", k.misses.load(Relaxed)),
+            ("{result=\"bypass\"}", k.bypasses.load(Relaxed)),
+        ],
     );
     metric(
         out,
