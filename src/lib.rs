@@ -12,6 +12,8 @@
 //! - [`proxy`]: the listener: accept loop, CONNECT handling, blind tunnels,
 //!   TLS interception, request forwarding, admin routes, and the one place
 //!   that turns errors into HTTP responses.
+//! - [`direct`]: the direct API's routing table: provider targets, model
+//!   to target, upstream paths and the provider keys kt injects.
 //! - [`llm`]: knowledge about LLM providers (which hosts carry LLM traffic).
 //! - [`policy`]: the policy engine applied to LLM traffic (chain, redaction,
 //!   content filter, stream output checks, hot reload).
@@ -33,6 +35,7 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod direct;
 pub mod events;
 pub mod identity;
 pub mod keys;

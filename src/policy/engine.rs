@@ -5,9 +5,10 @@
 use super::chain::{Chain, ChainError};
 use super::exchange::{Exchange, ExchangeInfo};
 use crate::config::{Config, RequestFacts};
+use crate::direct::{Routes, Target};
 use crate::identity::Identity;
 use crate::llm::hosts::HostSet;
-use crate::llm::recognize::{classify_with, Provider};
+use crate::llm::recognize::{classify_with, Classification, Provider};
 use std::sync::{Arc, RwLock};
 
 /// Shared by every connection.
@@ -25,6 +26,8 @@ pub struct Engine {
     /// The cache tiers, kept across reloads (a reload that keeps a cache
     /// policy's backend keeps its entries).
     caches: Arc<crate::cache::Caches>,
+    /// The direct API's provider targets, swapped with the chain on reload.
+    routes: RwLock<Arc<Routes>>,
 }
 
 impl Engine {
@@ -46,6 +49,7 @@ impl Engine {
             chain: RwLock::new(Arc::new(chain)),
             configured_hosts: RwLock::new(Arc::new(hosts)),
             caches: Arc::default(),
+            routes: RwLock::new(Arc::new(routes_of(config))),
         })
     }
 
@@ -70,6 +74,7 @@ impl Engine {
             .configured_hosts
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Arc::new(hosts);
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes_of(Some(config)));
         Ok(())
     }
 
@@ -114,6 +119,50 @@ impl Engine {
         self.chain.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The direct API's routes in force.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// An exchange for a direct-API request routed to `target`: classified
+    /// by the client's path (`/v1/...`, which names the dialect), recorded
+    /// with the upstream host and path. `None` when no policy applies.
+    pub fn begin_direct(
+        &self,
+        target: &Target,
+        method: &http::Method,
+        client_path: &str,
+        upstream_path: &str,
+        headers: &http::HeaderMap,
+        identity: &Identity,
+    ) -> Option<Exchange> {
+        let class = classify_with(
+            Some(target.provider),
+            &target.origin.host,
+            method,
+            client_path,
+            headers,
+        );
+        if !class.inspect() {
+            return None;
+        }
+        let path = upstream_path
+            .split_once('?')
+            .map_or(upstream_path, |(p, _)| p);
+        self.start(
+            &class,
+            &target.origin.host,
+            path,
+            method,
+            identity,
+            headers,
+            Some(target.id.clone()),
+        )
+    }
+
     /// An exchange for this request if it is an LLM call some policy
     /// applies to; `None` means forward untouched (the common, free path).
     pub fn begin(
@@ -137,12 +186,26 @@ impl Engine {
         if !class.inspect() {
             return None;
         }
+        self.start(&class, host, uri.path(), method, identity, headers, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        class: &Classification<'_>,
+        host: &str,
+        path: &str,
+        method: &http::Method,
+        identity: &Identity,
+        headers: &http::HeaderMap,
+        target: Option<Arc<str>>,
+    ) -> Option<Exchange> {
         let chain = self.chain();
         let endpoint = class.endpoint();
         let facts = RequestFacts {
             host,
-            path: uri.path(),
-            provider: class.provider().as_str(),
+            path,
+            provider: target.as_deref().unwrap_or(class.provider().as_str()),
             endpoint,
             user: identity.user.as_deref(),
             team: identity.team.as_deref(),
@@ -159,12 +222,18 @@ impl Engine {
             family: class.family(),
             autocomplete: class.autocomplete(),
             host: host.to_string(),
-            path: uri.path().to_string(),
+            path: path.to_string(),
             method: method.clone(),
             model: class.model().map(str::to_owned),
             stream: class.stream_hint(),
             user: identity.user.clone(),
             team: identity.team.clone(),
+            mode: if target.is_some() {
+                crate::events::Mode::Direct
+            } else {
+                crate::events::Mode::Proxy
+            },
+            target,
         };
         let audit = self.sink.as_ref().map(|s| (s, &self.sends));
         Some(Exchange::new(
@@ -175,6 +244,15 @@ impl Engine {
             self.metrics.clone(),
         ))
     }
+}
+
+/// The direct API's routes of `config`, with what is wrong with them logged.
+fn routes_of(config: Option<&Config>) -> Routes {
+    let routes = Routes::from_config(config);
+    for warning in routes.warnings() {
+        tracing::warn!("{warning}");
+    }
+    routes
 }
 
 #[cfg(test)]

@@ -40,6 +40,18 @@ pub struct ExchangeInfo {
     /// The caller, from the access key (absent for anonymous traffic).
     pub user: Option<Arc<str>>,
     pub team: Option<Arc<str>>,
+    /// How the client came: the forward proxy or the direct API.
+    pub mode: Mode,
+    /// The configured provider target a direct-API request was routed to;
+    /// events name it as `provider`.
+    pub target: Option<Arc<str>>,
+}
+
+impl ExchangeInfo {
+    /// The `provider` of events: the target id, else the provider's name.
+    pub fn provider_name(&self) -> &str {
+        self.target.as_deref().unwrap_or(self.provider.as_str())
+    }
 }
 
 /// The outcome of a phase on the request.
@@ -606,7 +618,7 @@ impl Exchange {
         // line is for debugging.
         tracing::debug!(
             target: "kt::exchange",
-            provider = self.info.provider.as_str(),
+            provider = self.info.provider_name(),
             endpoint = self.info.endpoint.as_str(),
             host = %self.info.host,
             path = %self.info.path,
@@ -643,8 +655,8 @@ impl Exchange {
         let request_id = Some(random_id());
         let base = |phase: Phase, action: EventAction| {
             let mut e = Event::new(phase, action);
-            e.mode = Some(Mode::Proxy);
-            e.provider = Some(self.info.provider.as_str().to_string());
+            e.mode = Some(self.info.mode);
+            e.provider = Some(self.info.provider_name().to_string());
             e.host = Some(self.info.host.clone());
             e.method = Some(self.info.method.to_string());
             e.path = Some(self.info.path.clone());

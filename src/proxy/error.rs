@@ -3,7 +3,9 @@
 //! kind label.
 
 use crate::body::{self, Body};
+use crate::direct::RouteError;
 use crate::keys::Denied;
+use crate::llm::recognize::Api;
 use crate::proxy::authority::AuthorityError;
 use crate::upstream::UpstreamError;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -32,6 +34,9 @@ pub enum ProxyError {
     /// Access key missing, invalid or lacking admin rights.
     #[error("{}", auth_message(*.route, *.denied))]
     Auth { route: AuthRoute, denied: Denied },
+    /// A direct-API request no provider target can serve.
+    #[error(transparent)]
+    Route(#[from] RouteError),
 }
 
 /// Where a refused access key was presented: decides the status code, the
@@ -83,6 +88,8 @@ impl ProxyError {
                 (AuthRoute::Admin, _) => "unauthorized",
                 (AuthRoute::DirectApi, _) => "invalid_api_key",
             },
+            ProxyError::Route(RouteError::NoTarget { .. }) => "model_not_found",
+            ProxyError::Route(RouteError::WrongShape { .. }) => "wrong_api_for_model",
         }
     }
 
@@ -102,11 +109,19 @@ impl ProxyError {
                 (_, Denied::NotAdmin) => StatusCode::FORBIDDEN,
                 _ => StatusCode::UNAUTHORIZED,
             },
+            ProxyError::Route(RouteError::NoTarget { .. }) => StatusCode::NOT_FOUND,
+            ProxyError::Route(RouteError::WrongShape { .. }) => StatusCode::BAD_REQUEST,
         }
     }
 
     /// The response sent to the client.
     pub fn into_response(self) -> Response<Body> {
+        self.into_response_in(None)
+    }
+
+    /// The response in the client's API dialect: Anthropic's error
+    /// envelope for `/v1/messages`, OpenAI's for everything else.
+    pub fn into_response_in(self, api: Option<Api>) -> Response<Body> {
         let status = self.status();
         let kind = self.kind();
         if status.is_server_error() {
@@ -137,13 +152,27 @@ impl ProxyError {
             )),
             _ => None,
         };
-        let payload = serde_json::json!({
-            "error": {
-                "type": error_type,
-                "code": kind,
-                "message": self.to_string(),
-            }
-        });
+        let payload = if api == Some(Api::AnthropicMessages) {
+            // Anthropic's SDKs map these `type`s to their exception classes.
+            let error_type = match error_type {
+                "invalid_request" if status == StatusCode::NOT_FOUND => "not_found_error",
+                "invalid_request" => "invalid_request_error",
+                "gateway_error" => "api_error",
+                other => other,
+            };
+            serde_json::json!({
+                "type": "error",
+                "error": { "type": error_type, "message": self.to_string() }
+            })
+        } else {
+            serde_json::json!({
+                "error": {
+                    "type": error_type,
+                    "code": kind,
+                    "message": self.to_string(),
+                }
+            })
+        };
         let mut resp = Response::new(body::full(payload.to_string()));
         *resp.status_mut() = status;
         let headers = resp.headers_mut();

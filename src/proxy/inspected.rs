@@ -26,9 +26,27 @@ pub(super) async fn forward(
     ctx: &ConnCtx,
     origin: &Origin,
     req: Request<Incoming>,
-    mut exchange: Exchange,
+    exchange: Exchange,
 ) -> Result<Response<Body>, ProxyError> {
     let limits = &ctx.gw.limits;
+    let (mut parts, incoming) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    // The request is read whole (bounded) even when no policy changes it:
+    // its model prices the exchange and its prompt sizes an estimate. LLM
+    // requests are small and sent at once, so this costs no latency.
+    let bytes = read_body(incoming, limits.max_inspected_body, limits.body_read).await?;
+    forward_read(ctx, origin, parts, bytes, exchange).await
+}
+
+/// [`forward`] once the request body is in hand (the direct API reads it
+/// first, to route by its model).
+pub(super) async fn forward_read(
+    ctx: &ConnCtx,
+    origin: &Origin,
+    mut parts: http::request::Parts,
+    bytes: Bytes,
+    mut exchange: Exchange,
+) -> Result<Response<Body>, ProxyError> {
     if exchange.unrecordable() {
         let resp = crate::policy::respond::gateway_error(
             exchange.info.api,
@@ -39,16 +57,10 @@ pub(super) async fn forward(
         exchange.complete(Some(resp.status().as_u16()));
         return Ok(resp);
     }
-    let (mut parts, incoming) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
     let inspect_response = exchange.needs_response_body();
     // The response is read (by policies, or for its usage): ask for it
     // uncompressed. LLM answers are small text; the audit trail needs them.
     parts.headers.remove(header::ACCEPT_ENCODING);
-    // The request is read whole (bounded) even when no policy changes it:
-    // its model prices the exchange and its prompt sizes an estimate. LLM
-    // requests are small and sent at once, so this costs no latency.
-    let bytes = read_body(incoming, limits.max_inspected_body, limits.body_read).await?;
     let mut pending = None;
     let body = match exchange.input(bytes) {
         Input::Respond(resp) => {
@@ -162,7 +174,7 @@ async fn upstream_leg(
 }
 
 /// Reads a whole body, at most `limit` bytes, within `timeout`.
-async fn read_body(
+pub(super) async fn read_body(
     incoming: Incoming,
     limit: usize,
     timeout: std::time::Duration,

@@ -1,9 +1,10 @@
 //! The listener: one port for the forward proxy (CONNECT and absolute-form
-//! requests), the admin routes, and (later) the direct API. Accepts
+//! requests), the direct API and the admin routes. Accepts
 //! connections under a connection limit and drains them on shutdown.
 
 pub mod authority;
 mod cached;
+mod direct;
 pub mod error;
 pub mod feed;
 mod forward;

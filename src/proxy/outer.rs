@@ -1,8 +1,10 @@
 //! A client connection on the listener: HTTP/1.1 requests told apart by
 //! their request line — CONNECT, absolute-form (forward proxy), or
-//! origin-form (admin routes).
+//! origin-form (the direct API under `/v1/`, and the admin routes).
 
-use super::{authority, forward, intercept, tunnel, AuthRoute, ConnCtx, Gateway, ProxyError};
+use super::{
+    authority, direct, forward, intercept, tunnel, AuthRoute, ConnCtx, Gateway, ProxyError,
+};
 use crate::body::{self, Body};
 use crate::netio::{Activity, Tracked};
 use crate::shutdown::Shutdown;
@@ -69,6 +71,8 @@ async fn route(ctx: ConnCtx, req: Request<Incoming>) -> Response<Body> {
         connect(ctx, req).await.map_err(|e| (e, true))
     } else if req.uri().scheme().is_some() {
         absolute_form(ctx, req).await.map_err(|e| (e, false))
+    } else if direct::owns(req.uri().path()) {
+        return direct::serve(ctx, req).await;
     } else {
         admin(&ctx, &req).map_err(|e| (e, false))
     };
@@ -180,7 +184,11 @@ async fn absolute_form(
         .trim_end_matches(']')
         .to_string();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let to_direct = direct::owns(uri.path());
     if is_self(&ctx, &host, port) {
+        if to_direct {
+            return Ok(direct::serve(ctx, req).await);
+        }
         return admin(&ctx, &req);
     }
     proxy_identity(&mut ctx, &req)?;

@@ -34,6 +34,8 @@ pub struct Origin {
     pub sse_gate: Arc<Semaphore>,
     /// The body of the last LLM-shaped request (`/v1/...`), as received.
     pub last_body: Arc<std::sync::Mutex<Option<Bytes>>>,
+    /// The path and headers of the last LLM-shaped request.
+    pub last_request: Arc<std::sync::Mutex<Option<(String, http::HeaderMap)>>>,
     pub cert_der: Option<rustls_pki_types::CertificateDer<'static>>,
 }
 
@@ -41,6 +43,7 @@ struct State {
     hits: Arc<AtomicUsize>,
     sse_gate: Arc<Semaphore>,
     last_body: Arc<std::sync::Mutex<Option<Bytes>>>,
+    last_request: Arc<std::sync::Mutex<Option<(String, http::HeaderMap)>>>,
 }
 
 /// A body fed from a channel, so the origin controls when each frame goes.
@@ -109,10 +112,12 @@ impl Origin {
         let conns = Arc::new(AtomicUsize::new(0));
         let sse_gate = Arc::new(Semaphore::new(0));
         let last_body = Arc::new(std::sync::Mutex::new(None));
+        let last_request = Arc::new(std::sync::Mutex::new(None));
         let state = Arc::new(State {
             hits: hits.clone(),
             sse_gate: sse_gate.clone(),
             last_body: last_body.clone(),
+            last_request: last_request.clone(),
         });
         let conns2 = conns.clone();
         tokio::spawn(async move {
@@ -130,6 +135,7 @@ impl Origin {
             conns,
             sse_gate,
             last_body,
+            last_request,
             cert_der: None,
         }
     }
@@ -258,8 +264,27 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
         // sets the status, `x-test-no-end` leaves out the stream's terminal
         // event, and `x-test-gated` holds each event after the first until
         // `sse_gate` gives a permit.
-        "/v1/chat/completions" | "/v1/messages" => {
+        // Other OpenAI-shaped operations (under any base path): a small
+        // answer naming the path, with usage.
+        p if ["/completions", "/embeddings", "/responses"]
+            .iter()
+            .any(|s| p.ends_with(s))
+            && !p.ends_with("/chat/completions") =>
+        {
+            *state.last_request.lock().unwrap() = Some((p.to_string(), req.headers().clone()));
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            *state.last_body.lock().unwrap() = Some(body);
+            let json = serde_json::json!({"object": "test", "path": p,
+                "choices": [{"index": 0, "text": "ok"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}});
+            let mut r = Response::new(full(json.to_string()));
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r
+        }
+        p if p.ends_with("/chat/completions") || p == "/v1/messages" => {
             let anthropic = path == "/v1/messages";
+            *state.last_request.lock().unwrap() = Some((p.to_string(), req.headers().clone()));
             let header = |name: &str| {
                 req.headers()
                     .get(name)

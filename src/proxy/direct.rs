@@ -1,0 +1,276 @@
+//! The direct API (`http://HOST:41002/v1`): an OpenAI- and
+//! Anthropic-compatible base URL. A request is checked for its access key,
+//! routed by its `model` to a provider target, given the target's provider
+//! key in place of the caller's credential, and run through the same policy
+//! chain, cache and audit trail as intercepted traffic. Errors come back in
+//! the client's API dialect.
+
+use super::forward::strip_hop_by_hop;
+use super::inspected::{forward_read, read_body};
+use super::{AuthRoute, ConnCtx, ProxyError};
+use crate::body::{self, Body};
+use crate::direct::{Routes, Shape, Target};
+use crate::llm::content::is_event_stream;
+use crate::llm::recognize::Api;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+/// Client headers that carry its credentials to kt, never forwarded: the
+/// access key goes no further than the gateway.
+const CLIENT_CREDENTIALS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
+
+/// The Anthropic API version sent when the client names none.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// True for the paths the direct API owns.
+pub(super) fn owns(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// Serves one origin-form request under `/v1/`.
+pub(super) async fn serve(ctx: ConnCtx, req: Request<Incoming>) -> Response<Body> {
+    let shape = Shape::of_path(req.uri().path());
+    let dialect = match shape {
+        Some(Shape::Anthropic) => Some(Api::AnthropicMessages),
+        _ => None,
+    };
+    match handle(ctx, req, shape).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response_in(dialect),
+    }
+}
+
+async fn handle(
+    mut ctx: ConnCtx,
+    req: Request<Incoming>,
+    shape: Option<Shape>,
+) -> Result<Response<Body>, ProxyError> {
+    ctx.identity = ctx
+        .gw
+        .auth
+        .direct_api(req.headers())
+        .map_err(|denied| ProxyError::Auth {
+            route: AuthRoute::DirectApi,
+            denied,
+        })?;
+    let routes = ctx.gw.engine().routes();
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix("/v1/models") {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+        return models(&routes, rest.trim_matches('/'));
+    }
+    let Some(shape) = shape else {
+        return Err(ProxyError::NotFound(path.to_string()));
+    };
+    if req.method() != Method::POST {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+
+    let limits = &ctx.gw.limits;
+    let (mut parts, incoming) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let bytes = read_body(incoming, limits.max_inspected_body, limits.body_read).await?;
+    let meta = crate::llm::inspect::request_meta(&bytes)
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let target = routes.route(shape, meta.model.as_deref())?;
+
+    let client_path = parts.uri.path().to_string();
+    let upstream_pq =
+        target.upstream_path(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));
+    parts.uri = upstream_pq
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("request path is not a valid URI".into()))?;
+    upstream_headers(&mut parts.headers, target, ctx.gw.auth.required());
+
+    let engine = ctx.gw.engine();
+    let exchange = engine.begin_direct(
+        target,
+        &parts.method,
+        &client_path,
+        &upstream_pq,
+        &parts.headers,
+        &ctx.identity,
+    );
+    let mut resp = match exchange {
+        Some(exchange) => forward_read(&ctx, &target.origin, parts, bytes, exchange).await?,
+        None => {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            let resp = ctx
+                .gw
+                .upstream
+                .send(
+                    &target.origin,
+                    Request::from_parts(parts, body::full(bytes)),
+                )
+                .await?;
+            let (mut parts, incoming) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers, false);
+            Response::from_parts(parts, body::boxed(incoming))
+        }
+    };
+    if is_event_stream(resp.headers()) {
+        // nginx and friends in front of a hosted gateway must not hold
+        // frames back.
+        resp.headers_mut()
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    }
+    Ok(resp)
+}
+
+/// Replaces the client's credentials with the target's provider key. The
+/// client's own provider key (one that is not a kt access key) is passed on
+/// only when the target has none and access keys are not required: the
+/// "bring your own key" use on a laptop.
+fn upstream_headers(headers: &mut HeaderMap, target: &Target, auth_required: bool) {
+    let mut own: Option<(HeaderName, HeaderValue)> = None;
+    for name in CLIENT_CREDENTIALS {
+        if let Some(value) = headers.remove(name) {
+            if own.is_none() && !is_access_key(&value) {
+                own = Some((HeaderName::from_static(name), value));
+            }
+        }
+    }
+    headers.remove(header::HOST);
+    headers.remove(header::COOKIE);
+    match &target.credential {
+        Some(credential) => {
+            let (name, value) = credential.header();
+            headers.insert(name, value.clone());
+        }
+        None if !auth_required => {
+            if let Some((name, mut value)) = own {
+                value.set_sensitive(true);
+                headers.insert(name, value);
+            }
+        }
+        None => {}
+    }
+    if target.shape == Shape::Anthropic && !headers.contains_key("anthropic-version") {
+        headers.insert(
+            "anthropic-version",
+            HeaderValue::from_static(ANTHROPIC_VERSION),
+        );
+    }
+}
+
+/// A kt access key, bare or after `Bearer `.
+fn is_access_key(value: &HeaderValue) -> bool {
+    let v = value.as_bytes();
+    let v = v
+        .strip_prefix(b"Bearer ")
+        .or_else(|| v.strip_prefix(b"bearer "))
+        .unwrap_or(v);
+    v.trim_ascii_start().starts_with(b"kt_")
+}
+
+/// `GET /v1/models` (the list) and `GET /v1/models/ID` (one).
+fn models(routes: &Routes, id: &str) -> Result<Response<Body>, ProxyError> {
+    let json = if id.is_empty() {
+        routes.models_json()
+    } else {
+        let owner = routes
+            .targets()
+            .iter()
+            .find(|t| t.listed_models().any(|m| m == id))
+            .ok_or_else(|| ProxyError::NotFound(format!("model `{id}`")))?;
+        serde_json::json!({ "id": id, "object": "model", "created": 0, "owned_by": &*owner.id })
+            .to_string()
+    };
+    let mut resp = Response::new(body::full(json));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn routes(yaml: &str, key: Option<&str>) -> Routes {
+        let config = Config::parse(yaml, Path::new("t.yaml")).unwrap();
+        Routes::build(Some(&config), |_| key.map(str::to_string))
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    HeaderName::try_from(*k).unwrap(),
+                    HeaderValue::try_from(*v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_access_key_is_replaced_by_the_provider_key() {
+        let r = routes(
+            "providers:\n  targets:\n    - id: openai\n",
+            Some("sk-prov"),
+        );
+        let t = r.route(Shape::OpenAi, None).unwrap();
+        let mut h = headers(&[
+            ("authorization", "Bearer kt_abc"),
+            ("x-api-key", "kt_abc"),
+            ("host", "localhost:41002"),
+            ("cookie", "a=b"),
+            ("openai-beta", "x"),
+        ]);
+        upstream_headers(&mut h, t, true);
+        assert_eq!(h["authorization"], "Bearer sk-prov");
+        assert!(
+            !h.contains_key("x-api-key") && !h.contains_key("host") && !h.contains_key("cookie")
+        );
+        assert_eq!(h["openai-beta"], "x");
+    }
+
+    #[test]
+    fn anthropic_gets_x_api_key_and_a_version() {
+        let r = routes(
+            "providers:\n  targets:\n    - id: anthropic\n",
+            Some("sk-ant"),
+        );
+        let t = r.route(Shape::Anthropic, None).unwrap();
+        let mut h = headers(&[("x-api-key", "kt_abc")]);
+        upstream_headers(&mut h, t, false);
+        assert_eq!(h["x-api-key"], "sk-ant");
+        assert_eq!(h["anthropic-version"], ANTHROPIC_VERSION);
+        assert!(!h.contains_key("authorization"));
+        let mut h = headers(&[("anthropic-version", "2024-01-01")]);
+        upstream_headers(&mut h, t, false);
+        assert_eq!(h["anthropic-version"], "2024-01-01");
+    }
+
+    #[test]
+    fn an_own_provider_key_passes_only_without_a_target_key_or_required_auth() {
+        let r = routes("providers:\n  targets:\n    - id: openai\n", None);
+        let t = r.route(Shape::OpenAi, None).unwrap();
+        let mut h = headers(&[("authorization", "Bearer sk-mine")]);
+        upstream_headers(&mut h, t, false);
+        assert_eq!(h["authorization"], "Bearer sk-mine");
+        let mut h = headers(&[("authorization", "Bearer sk-mine")]);
+        upstream_headers(&mut h, t, true);
+        assert!(!h.contains_key("authorization"));
+        // A kt key is never passed on, required or not.
+        let mut h = headers(&[("authorization", "Bearer kt_abc")]);
+        upstream_headers(&mut h, t, false);
+        assert!(!h.contains_key("authorization"));
+    }
+
+    #[test]
+    fn paths_of_the_direct_api() {
+        assert!(owns("/v1/chat/completions") && owns("/v1") && owns("/v1/models"));
+        assert!(!owns("/v10/x") && !owns("/healthz") && !owns("/_kt/events"));
+    }
+}
