@@ -87,9 +87,20 @@ pub enum Command {
     Report(report::ReportCommand),
 }
 
+/// The arguments clap parses: the process's, with a repeated program name
+/// dropped, so a container whose entrypoint is `kt` also runs a command
+/// written `kt gateway run ...` (as Compose files often say).
+pub fn arguments<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = args.into_iter().collect();
+    if args.len() > 1 && args[1] == "kt" {
+        args.remove(1);
+    }
+    args
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(arguments(std::env::args_os()));
     init_logging();
     let result = match cli.command {
         Command::Gateway(cmd) => gateway::run(&cli.home, cmd),

@@ -3,6 +3,7 @@ mod certs;
 mod chain;
 mod cli;
 mod config;
+mod deploy;
 mod direct;
 mod errors;
 mod events;
