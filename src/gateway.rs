@@ -45,6 +45,8 @@ pub struct GatewaySettings {
     pub keys_file: Option<PathBuf>,
     /// `auth.required`; `None`: required unless listening on loopback.
     pub auth_required: Option<bool>,
+    /// `auth.trusted_proxies`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl GatewaySettings {
@@ -68,6 +70,7 @@ impl GatewaySettings {
             events_dir: None,
             keys_file: None,
             auth_required: None,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -87,6 +90,8 @@ impl GatewaySettings {
         if self.auth_required.is_none() {
             self.auth_required = config.auth.required;
         }
+        self.trusted_proxies
+            .extend(config.auth.trusted_proxies.iter().copied());
     }
 }
 
@@ -234,7 +239,7 @@ fn auth_gate(
                 .to_string(),
         );
     }
-    Ok(AuthGate::new(required, store))
+    Ok(AuthGate::new(required, store).trusting(&settings.trusted_proxies))
 }
 
 /// The options of the config's audit logger, if it has one.

@@ -1,6 +1,10 @@
 //! Who is behind a request: the user and team of the access key it carried
-//! (anonymous when keys are not in use), for policies, events and costs.
+//! (anonymous when keys are not in use), for policies, events and costs,
+//! and the client's address (through trusted reverse proxies).
 
+use http::HeaderMap;
+use ipnet::IpNet;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The caller of one request. Cheap to clone.
@@ -12,6 +16,9 @@ pub struct Identity {
     pub team: Option<Arc<str>>,
     /// May read the admin routes (`/_kt/events`, `/_kt/`).
     pub admin: bool,
+    /// The client's address: the TCP peer, or what a trusted proxy says in
+    /// `X-Forwarded-For`.
+    pub client: Option<IpAddr>,
 }
 
 impl Identity {
@@ -26,6 +33,121 @@ impl Identity {
             user: Some(Arc::from(user)),
             team: team.map(Arc::from),
             admin: false,
+            client: None,
         }
+    }
+}
+
+/// The client behind a connection from `peer`. When `peer` is one of the
+/// `trusted` proxies, `X-Forwarded-For` is read from the right (each proxy
+/// appends the address it saw) past every trusted hop, and the first other
+/// address is the client. From an untrusted peer the header is ignored: it
+/// is whatever the client wrote.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer = peer.to_canonical();
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(value) = value.to_str() else {
+            return peer;
+        };
+        for item in value.split(',') {
+            match parse_hop(item) {
+                Some(ip) => hops.push(ip),
+                // A garbled chain cannot be trusted past this point.
+                None => return peer,
+            }
+        }
+    }
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        client = hop;
+        if !is_trusted(&hop) {
+            break;
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: an address, maybe with a port or brackets.
+fn parse_hop(item: &str) -> Option<IpAddr> {
+    let item = item.trim();
+    if let Ok(ip) = item.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(sock) = item.parse::<std::net::SocketAddr>() {
+        return Some(sock.ip().to_canonical());
+    }
+    item.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|r| r.parse::<IpAddr>().ok())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_claims() {
+        let h = xff(&["1.2.3.4"]);
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &h, &nets(&["10.0.0.0/8"])),
+            ip("203.0.113.9")
+        );
+        assert_eq!(client_ip(ip("10.0.0.5"), &h, &[]), ip("10.0.0.5"));
+    }
+
+    #[test]
+    fn trusted_hops_are_skipped_from_the_right() {
+        let trusted = nets(&["10.0.0.0/8", "fd00::/8"]);
+        // client, then a trusted inner proxy; the peer is the outer one.
+        let h = xff(&["198.51.100.7, 10.1.2.3"]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("198.51.100.7"));
+        // A spoofed left-most entry is not believed past the real client.
+        let h = xff(&["6.6.6.6, 198.51.100.7"]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("198.51.100.7"));
+        // Split over two headers, with ports and IPv6.
+        let h = xff(&["[2001:db8::1]:4711", "fd00::2"]);
+        assert_eq!(client_ip(ip("fd00::1"), &h, &trusted), ip("2001:db8::1"));
+        // No header: the proxy itself.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.1")
+        );
+        // Every hop trusted: the left-most.
+        let h = xff(&["10.9.9.9, 10.1.1.1"]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("10.9.9.9"));
+    }
+
+    #[test]
+    fn garbage_is_not_trusted() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let h = xff(&["198.51.100.7, not-an-ip"]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("10.0.0.1"));
+        // IPv4-mapped IPv6 peers match IPv4 blocks.
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.1"), &xff(&["198.51.100.7"]), &trusted),
+            ip("198.51.100.7")
+        );
     }
 }

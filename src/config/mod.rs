@@ -84,10 +84,14 @@ pub struct Upstream {
     pub proxy: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Auth {
     /// `None`: decided by the listen address (contract §4).
     pub required: Option<bool>,
+    /// `auth.trusted_proxies`: the load balancers and reverse proxies whose
+    /// `X-Forwarded-For` names the real client. From anywhere else the
+    /// header is ignored (a client could write anything in it).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Where events and access keys are stored (`storage.url`).

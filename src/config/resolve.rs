@@ -65,6 +65,8 @@ struct RawUpstream {
 struct RawAuth {
     #[serde(default)]
     required: Option<bool>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,8 +182,19 @@ pub(crate) fn build(root: Option<&Node>) -> Result<Config, Vec<Problem>> {
     }
     if let Some(node) = get("auth") {
         if let Some(raw) = cx.read::<RawAuth>(node, "auth", &[]) {
+            let mut trusted_proxies = Vec::new();
+            for entry in raw.trusted_proxies {
+                match parse_net(&entry.value) {
+                    Some(net) => trusted_proxies.push(net),
+                    None => cx.problems.push(entry.problem(format!(
+                        "`{}` is not an IP address or CIDR block (e.g. 10.0.0.0/8, 192.168.1.10, fd00::/8)",
+                        entry.value
+                    ))),
+                }
+            }
             config.auth = Auth {
                 required: raw.required,
+                trusted_proxies,
             };
         }
     }
@@ -848,4 +861,14 @@ impl Config {
             warnings: Vec::new(),
         }
     }
+}
+
+/// A CIDR block, or a single address (a /32 or /128).
+fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }

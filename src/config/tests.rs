@@ -912,3 +912,26 @@ fn pricing_entries_extend_the_table_and_bad_prices_are_named() {
         "{w:?}"
     );
 }
+
+#[test]
+fn trusted_proxies_take_cidrs_and_addresses() {
+    let c = Config::parse(
+        "auth:\n  trusted_proxies: [10.0.0.0/8, 192.168.1.10, 'fd00::/8']\n",
+        Path::new("t.yaml"),
+    )
+    .unwrap();
+    let nets: Vec<String> = c
+        .auth
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.168.1.10/32", "fd00::/8"]);
+    let err = Config::parse(
+        "auth:\n  trusted_proxies: [10.0.0.0/8, lb.internal]\n",
+        Path::new("t.yaml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("2:") && err.contains("lb.internal"), "{err}");
+}

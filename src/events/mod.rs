@@ -125,6 +125,9 @@ pub struct Event {
     pub api: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_hit: Option<bool>,
+    /// Extra: the client's address (through `auth.trusted_proxies`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
     /// Extra, on cache hits: what the replayed answer cost when it was
     /// first fetched, saved this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,6 +245,7 @@ impl Event {
             cost_usd: None,
             cost_saved_usd: None,
             cache_hit: None,
+            client_ip: None,
             request_id: None,
             redactions: None,
             overhead_us: None,

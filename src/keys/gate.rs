@@ -34,6 +34,8 @@ pub enum Denied {
 pub struct AuthGate {
     required: bool,
     store: Option<Arc<KeyStore>>,
+    /// `auth.trusted_proxies`: whose `X-Forwarded-For` names the client.
+    trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 /// What a request carried: nothing, something unusable, or a key.
@@ -47,7 +49,23 @@ impl AuthGate {
     /// `store` is `None` when the gateway has no key file (then no key is
     /// valid, and with `required` every request is refused).
     pub fn new(required: bool, store: Option<Arc<KeyStore>>) -> Self {
-        AuthGate { required, store }
+        AuthGate {
+            required,
+            store,
+            trusted_proxies: Arc::from([]),
+        }
+    }
+
+    /// The same gate believing `X-Forwarded-For` from `proxies`.
+    pub fn trusting(mut self, proxies: &[ipnet::IpNet]) -> Self {
+        self.trusted_proxies = Arc::from(proxies);
+        self
+    }
+
+    /// The client behind a request that came from `peer`
+    /// ([`crate::identity::client_ip`]).
+    pub fn client_ip(&self, peer: std::net::IpAddr, headers: &HeaderMap) -> std::net::IpAddr {
+        crate::identity::client_ip(peer, headers, &self.trusted_proxies)
     }
 
     /// No keys, nothing required: every request is anonymous.

@@ -52,6 +52,7 @@ impl Index {
                     user: Some(Arc::from(r.user.as_str())),
                     team: r.team.as_deref().map(Arc::from),
                     admin: r.admin,
+                    client: None,
                 },
                 revoked: !r.is_active(),
             };

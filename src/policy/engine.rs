@@ -87,7 +87,7 @@ impl Engine {
 
     /// Records a blind tunnel (`connect` event) when the audit logger asks
     /// for all access (`log_all_access: true`).
-    pub fn record_tunnel(&self, target: &str) {
+    pub fn record_tunnel(&self, target: &str, client: Option<std::net::IpAddr>) {
         let Some(sink) = &self.sink else { return };
         let chain = self.chain();
         let wanted = chain.policies().iter().any(
@@ -101,6 +101,7 @@ impl Engine {
         event.mode = Some(crate::events::Mode::Proxy);
         event.method = Some("CONNECT".into());
         event.host = Some(target.to_string());
+        event.client_ip = client.map(|ip| ip.to_string());
         crate::policy::exchange::submit(sink, &self.sends, vec![event]);
     }
 
@@ -228,6 +229,7 @@ impl Engine {
             stream: class.stream_hint(),
             user: identity.user.clone(),
             team: identity.team.clone(),
+            client: identity.client,
             mode: if target.is_some() {
                 crate::events::Mode::Direct
             } else {

@@ -40,6 +40,8 @@ pub struct ExchangeInfo {
     /// The caller, from the access key (absent for anonymous traffic).
     pub user: Option<Arc<str>>,
     pub team: Option<Arc<str>>,
+    /// The client's address.
+    pub client: Option<std::net::IpAddr>,
     /// How the client came: the forward proxy or the direct API.
     pub mode: Mode,
     /// The configured provider target a direct-API request was routed to;
@@ -666,6 +668,7 @@ impl Exchange {
             e.request_id = request_id.clone();
             e.user = self.info.user.as_deref().map(str::to_owned);
             e.team = self.info.team.as_deref().map(str::to_owned);
+            e.client_ip = self.info.client.map(|ip| ip.to_string());
             e
         };
         let counts = |m: &BTreeMap<String, usize>| {

@@ -230,6 +230,8 @@ impl Gateway {
 pub(crate) struct ConnCtx {
     pub gw: Arc<Gateway>,
     pub local: SocketAddr,
+    /// The TCP peer of the client connection.
+    pub peer: SocketAddr,
     pub shutdown: Shutdown,
     pub activity: crate::netio::Activity,
     /// Held by every task serving this client connection (tunnels and

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 pub(super) async fn serve(
     gw: Arc<Gateway>,
     stream: TcpStream,
-    _peer: SocketAddr,
+    peer: SocketAddr,
     local: SocketAddr,
     shutdown: Shutdown,
     permit: Arc<tokio::sync::OwnedSemaphorePermit>,
@@ -32,6 +32,7 @@ pub(super) async fn serve(
     let ctx = ConnCtx {
         gw: gw.clone(),
         local,
+        peer,
         shutdown: shutdown.clone(),
         activity: activity.clone(),
         permit,
@@ -108,6 +109,7 @@ fn proxy_identity(ctx: &mut ConnCtx, req: &Request<Incoming>) -> Result<(), Prox
             route: AuthRoute::Proxy,
             denied,
         })?;
+    ctx.identity.client = Some(ctx.gw.auth.client_ip(ctx.peer.ip(), req.headers()));
     Ok(())
 }
 
@@ -142,7 +144,8 @@ async fn connect(mut ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Bo
         });
     } else {
         let upstream = gw.upstream.dial(&target.host, target.port, true).await?;
-        gw.engine().record_tunnel(&target.to_string());
+        gw.engine()
+            .record_tunnel(&target.to_string(), ctx.identity.client);
         let sd = ctx.shutdown.clone();
         sd.spawn(async move {
             match hyper::upgrade::on(req).await {

@@ -591,3 +591,34 @@ async fn without_a_provider_key_the_callers_own_key_passes_on_loopback() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn x_forwarded_for_names_the_client_only_through_trusted_proxies() {
+    let mut events_of = Vec::new();
+    for trusted in ["", "auth:\n  trusted_proxies: [127.0.0.0/8]\n"] {
+        let mut s = setup(&format!("{TARGETS}{trusted}"), None).await;
+        let resp = call(
+            s.gw.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("x-forwarded-for", "198.51.100.7, 127.0.0.9")],
+            &chat("gpt-4o", false, "x"),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        let ips: Vec<Option<String>> = events(&mut s.gw)
+            .await
+            .into_iter()
+            .map(|e| e.client_ip)
+            .collect();
+        events_of.push(ips);
+    }
+    let peer = Some("127.0.0.1".to_string());
+    let client = Some("198.51.100.7".to_string());
+    assert_eq!(
+        events_of[0],
+        [peer.clone(), peer],
+        "an untrusted peer's header is ignored"
+    );
+    assert_eq!(events_of[1], [client.clone(), client]);
+}
