@@ -8,6 +8,9 @@ use crate::keys::{AuthGate, KeyStore, KeysError};
 use crate::policy::chain::ChainError;
 use crate::policy::Engine;
 use crate::proxy::{Gateway, InterceptMode, InterceptRules, Limits};
+use crate::storage::hosted::Hosted;
+use crate::storage::keys::KeyWatcher;
+use crate::storage::{Db, StorageError};
 use crate::tls::{CaError, CaPaths, CertCache, CertificateAuthority, LeafMinter, MintError};
 use crate::upstream::chain::{NoProxy, ProxyRules, ProxyUrl, ProxyUrlError};
 use crate::upstream::connect_to::{ConnectTo, ConnectToError, ConnectToRules};
@@ -47,6 +50,10 @@ pub struct GatewaySettings {
     pub auth_required: Option<bool>,
     /// `auth.trusted_proxies`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Hosted mode: the shared PostgreSQL store (`postgres://…`). Events are
+    /// still written to `events_dir` first and shipped from there; access
+    /// keys come from the database, with `keys_file` as their local copy.
+    pub shared_store: Option<String>,
 }
 
 impl GatewaySettings {
@@ -71,6 +78,7 @@ impl GatewaySettings {
             keys_file: None,
             auth_required: None,
             trusted_proxies: Vec::new(),
+            shared_store: None,
         }
     }
 
@@ -116,6 +124,14 @@ pub enum BuildError {
     Events(#[from] EventsError),
     #[error(transparent)]
     Keys(#[from] KeysError),
+    #[error("shared store: {0}")]
+    Storage(#[from] StorageError),
+    #[error("cannot keep the replica name in {path}: {source}")]
+    Replica {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A built gateway and what the start-up banner reports.
@@ -128,6 +144,8 @@ pub struct Built {
     /// The audit log writer: close it after draining so every event is on
     /// disk before exit.
     pub events: Option<WriterHandle>,
+    /// Hosted mode's link to the shared store: finish it after `events`.
+    pub hosted: Option<Hosted>,
 }
 
 /// Builds the gateway. Must run inside a tokio runtime.
@@ -193,8 +211,38 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
         settings.policy.as_deref(),
         sink.as_ref().map(|(s, _)| s.clone()),
     )?);
-    let feed = sink.map(|(sink, dir)| crate::proxy::feed::EventsFeed { sink, dir });
-    let auth = auth_gate(settings, &mut warnings)?;
+    let (store, hosted, shared) = match (&settings.shared_store, &sink) {
+        (Some(url), Some((sink, dir))) => {
+            let db = Db::new(url)?;
+            let replica =
+                crate::storage::replica::id(dir).map_err(|source| BuildError::Replica {
+                    path: dir.join(crate::storage::replica::FILE),
+                    source,
+                })?;
+            let cache = settings
+                .keys_file
+                .clone()
+                .unwrap_or_else(|| dir.join(crate::keys::KEYS_FILE));
+            let watcher = KeyWatcher::new(db.clone(), cache)?;
+            let store = watcher.store().clone();
+            tracing::info!(database = %db.shown(), %replica, "hosted mode: events and access keys in the shared store");
+            let hosted = Hosted::start(
+                db.clone(),
+                dir.clone(),
+                replica,
+                Some(sink.subscribe()),
+                watcher,
+            );
+            (Some(store), Some(hosted), Some(db))
+        }
+        (Some(_), None) => {
+            warnings.push("a shared store needs the audit log (its local spool); events are not shipped and keys are read from the local file".into());
+            (open_key_file(settings)?, None, None)
+        }
+        (None, _) => (open_key_file(settings)?, None, None),
+    };
+    let feed = sink.map(|(sink, dir)| crate::proxy::feed::EventsFeed { sink, dir, shared });
+    let auth = auth_gate(settings, store, hosted.is_some(), &mut warnings);
     let gateway = Gateway::new(
         certs,
         upstream,
@@ -211,7 +259,15 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
         upstream_proxy,
         warnings,
         events,
+        hosted,
     })
+}
+
+fn open_key_file(settings: &GatewaySettings) -> Result<Option<Arc<KeyStore>>, KeysError> {
+    match &settings.keys_file {
+        Some(path) => Ok(Some(Arc::new(KeyStore::open(path)?))),
+        None => Ok(None),
+    }
 }
 
 /// Access keys and whether they are required (contract §4): by default
@@ -219,27 +275,26 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
 /// are reported as start-up warnings.
 fn auth_gate(
     settings: &GatewaySettings,
+    store: Option<Arc<KeyStore>>,
+    shared: bool,
     warnings: &mut Vec<String>,
-) -> Result<AuthGate, KeysError> {
+) -> AuthGate {
     let loopback = settings.listen.ip().is_loopback();
     let required = settings.auth_required.unwrap_or(!loopback);
-    let store = match &settings.keys_file {
-        Some(path) => Some(Arc::new(KeyStore::open(path)?)),
-        None => None,
-    };
     if !required && !loopback {
         warnings.push(format!(
             "auth.required is false on {}, a non-loopback address: anyone who can reach this port can use the proxy",
             settings.listen
         ));
     }
-    if required && store.as_ref().is_none_or(|s| s.active_keys() == 0) {
+    // A shared store's keys arrive after start; only a local file is known now.
+    if required && !shared && store.as_ref().is_none_or(|s| s.active_keys() == 0) {
         warnings.push(
             "access keys are required but none exist yet, so every proxy request will be refused: create one with `kt keys create --user NAME`"
                 .to_string(),
         );
     }
-    Ok(AuthGate::new(required, store).trusting(&settings.trusted_proxies))
+    AuthGate::new(required, store).trusting(&settings.trusted_proxies)
 }
 
 /// The options of the config's audit logger, if it has one.

@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod shutdown;
+pub mod storage;
 pub mod tls;
 pub mod upstream;
 

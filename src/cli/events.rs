@@ -1,6 +1,8 @@
 //! `kt events tail` and `kt events verify`: read, follow and check the
-//! audit log under `<home>/events`.
+//! audit log under `<home>/events`, or the shared table of a hosted
+//! gateway.
 
+use super::store::{Store, StoreArgs};
 use super::HomeArgs;
 use crate::events::{format_line, read_last, verify, Filters, Follower, VerifyError};
 use anyhow::Context as _;
@@ -38,15 +40,22 @@ pub enum EventsCommand {
         /// Exit after the history instead of following.
         #[arg(long)]
         no_follow: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Check the audit log's hash chain; exit 1 naming the first bad line.
-    Verify,
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 pub fn run(home: &HomeArgs, cmd: EventsCommand) -> anyhow::Result<ExitCode> {
-    let dir = home.home()?.join("events");
     match cmd {
-        EventsCommand::Verify => verify_cmd(dir),
+        EventsCommand::Verify { store } => match store.resolve(home)? {
+            Store::Files(dir) => verify_cmd(dir.join("events")),
+            Store::Postgres(url) => shared::verify(&url),
+        },
         EventsCommand::Tail {
             gateway,
             key,
@@ -54,11 +63,15 @@ pub fn run(home: &HomeArgs, cmd: EventsCommand) -> anyhow::Result<ExitCode> {
             json,
             n,
             no_follow,
+            store,
         } => {
             let filters = Filters::parse(&filters)?;
-            match gateway {
-                Some(url) => remote::tail(&url, key.as_deref(), filters, json, n, !no_follow),
-                None => tail(dir, filters, json, n, !no_follow),
+            if let Some(url) = gateway {
+                return remote::tail(&url, key.as_deref(), filters, json, n, !no_follow);
+            }
+            match store.resolve(home)? {
+                Store::Files(dir) => tail(dir.join("events"), filters, json, n, !no_follow),
+                Store::Postgres(url) => shared::tail(&url, filters, json, n, !no_follow),
             }
         }
     }
@@ -240,6 +253,88 @@ mod remote {
                     }
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        })
+    }
+}
+
+/// `--storage postgres://…`: the shared table of a hosted gateway.
+mod shared {
+    use super::{broken_pipe_is_success, print};
+    use crate::cli::store::{runtime, Store};
+    use crate::events::Filters;
+    use crate::storage::{audit, feed::TeamFeed};
+    use anyhow::Context as _;
+    use std::io::IsTerminal;
+    use std::process::ExitCode;
+
+    pub fn tail(
+        url: &str,
+        filters: Filters,
+        json: bool,
+        n: usize,
+        follow: bool,
+    ) -> anyhow::Result<ExitCode> {
+        runtime()?.block_on(async move {
+            let db = Store::db(url).await?;
+            let (history, mut feed) = TeamFeed::start(&db, n, filters)
+                .await
+                .context("cannot read the shared audit trail")?;
+            let colour = std::io::stdout().is_terminal();
+            let mut out = std::io::stdout().lock();
+            for e in &history {
+                if let Err(err) = print(&mut out, e, json, colour) {
+                    return broken_pipe_is_success(err);
+                }
+            }
+            if !follow {
+                return Ok(ExitCode::SUCCESS);
+            }
+            loop {
+                tokio::select! {
+                    e = feed.next() => {
+                        if let Err(err) = print(&mut out, &e, json, colour) {
+                            return broken_pipe_is_success(err);
+                        }
+                    }
+                    _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                }
+            }
+        })
+    }
+
+    pub fn verify(url: &str) -> anyhow::Result<ExitCode> {
+        runtime()?.block_on(async move {
+            let db = Store::db(url).await?;
+            let report = audit::verify(&db)
+                .await
+                .context("cannot check the shared audit trail")?;
+            for c in &report.chains {
+                println!(
+                    "replica {}: ok: {} events (seq {}..{}){}",
+                    c.replica,
+                    c.events,
+                    c.first_seq,
+                    c.last_seq,
+                    if c.from_genesis {
+                        ""
+                    } else {
+                        " from a retained anchor"
+                    }
+                );
+            }
+            for b in &report.broken {
+                eprintln!("kt: audit trail check FAILED: {b}");
+            }
+            if !report.broken.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+            let total: u64 = report.chains.iter().map(|c| c.events).sum();
+            println!(
+                "{}: ok: {total} events in {} replica chains",
+                db.shown(),
+                report.chains.len()
+            );
             Ok(ExitCode::SUCCESS)
         })
     }

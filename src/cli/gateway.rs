@@ -1,5 +1,6 @@
 //! `kt gateway run`: resolve flags and config, bind, serve, drain on signal.
 
+use super::store::Store;
 use super::HomeArgs;
 use crate::config::Config;
 use crate::gateway::{self, GatewaySettings};
@@ -43,7 +44,18 @@ pub struct RunArgs {
     /// How long SIGTERM/SIGINT waits for in-flight requests and streams.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub drain_seconds: u64,
+    /// Shared store for events and access keys (`postgres://USER@HOST/DB`)
+    /// or a folder; overrides the policy config's `storage:`.
+    #[arg(long, value_name = "URL", env = "KEEPTRUSTS_STORAGE")]
+    pub storage: Option<String>,
 }
+
+/// In hosted mode, the local copy of the shared store's access keys.
+const SHARED_KEYS_COPY: &str = "keys.shared.json";
+/// How long start-up waits for the shared store before serving anyway.
+const SHARED_STORE_WAIT: Duration = Duration::from_secs(10);
+/// How long exit waits to ship the last events.
+const SHIP_ON_EXIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum InterceptArg {
@@ -62,7 +74,20 @@ pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let mut settings = GatewaySettings::new(args.listen, home.ca_dir()?);
-    settings.events_dir = Some(home.home()?.join("events"));
+    // The local log is always written (in hosted mode it is the spool the
+    // shipper reads); keys come from a file or from the shared store.
+    match super::store::resolve(args.storage.as_deref(), config.as_deref(), home)? {
+        Store::Files(dir) => {
+            settings.events_dir = Some(dir.join("events"));
+            settings.keys_file = Some(dir.join(crate::keys::KEYS_FILE));
+        }
+        Store::Postgres(url) => {
+            let home_dir = home.home()?;
+            settings.events_dir = Some(home_dir.join("events"));
+            settings.keys_file = Some(home_dir.join(SHARED_KEYS_COPY));
+            settings.shared_store = Some(url);
+        }
+    }
     settings.upstream_ca = args.upstream_ca.clone();
     settings.connect_to = args.connect_to.clone();
     settings.upstream_proxy = args.upstream_proxy.clone();
@@ -81,15 +106,6 @@ pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
     // Access keys: required unless listening on loopback or
     // `auth.required: false` (then a start-up warning says the proxy is
     // open); see `gateway::build`.
-    let home_dir = home.home()?;
-    let storage = config.as_ref().and_then(|c| c.storage.as_ref());
-    settings.keys_file = crate::keys::keys_file(&home_dir, storage).or_else(|| {
-        tracing::warn!(
-            "access keys in PostgreSQL are not supported yet; reading {} instead",
-            home_dir.join(crate::keys::KEYS_FILE).display()
-        );
-        Some(home_dir.join(crate::keys::KEYS_FILE))
-    });
     raise_fd_limit();
 
     // One worker per CPU this process may use (affinity and cgroup quotas
@@ -122,6 +138,17 @@ async fn serve(settings: GatewaySettings, args: RunArgs) -> anyhow::Result<ExitC
     if built.ca_created {
         tracing::info!(path = %built.ca.cert.display(), "created a new local CA; trust it with `kt ca install`");
     }
+    if let Some(hosted) = &built.hosted {
+        // Valid keys must work from the first request; a database that is
+        // down does not keep the gateway from serving, with the last keys
+        // it saw.
+        if !hosted.ready(SHARED_STORE_WAIT).await {
+            tracing::warn!(
+                database = %hosted.db().shown(),
+                "shared store not reachable yet; serving with the access keys known before"
+            );
+        }
+    }
     banner(local, &built, &settings);
 
     let (trigger, shutdown) = crate::shutdown::channel();
@@ -150,6 +177,9 @@ async fn serve(settings: GatewaySettings, args: RunArgs) -> anyhow::Result<ExitC
             Ok(()) => tracing::info!("audit log flushed"),
             Err(e) => tracing::error!("audit log: {e}"),
         }
+    }
+    if let Some(hosted) = built.hosted {
+        hosted.finish(SHIP_ON_EXIT).await;
     }
     if drained {
         tracing::info!("drained; bye");

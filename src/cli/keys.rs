@@ -1,12 +1,14 @@
 //! `kt keys create | list | revoke`: manage the access keys in the
-//! configured store (`<home>/keys.json` by default).
+//! configured store (`<home>/keys.json` by default, or the shared
+//! database of a hosted gateway).
 
+use super::store::{runtime, Store, StoreArgs};
 use super::HomeArgs;
-use crate::config::{Config, Storage};
 use crate::keys::file::{self, KeyRecord, Revoked};
-use anyhow::{bail, Context as _};
+use crate::storage::keys as pg;
+use anyhow::Context as _;
 use clap::Subcommand;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
@@ -42,36 +44,9 @@ pub enum KeysCommand {
     },
 }
 
-/// Where the keys are stored (contract §2).
-#[derive(Debug, clap::Args)]
-pub struct StoreArgs {
-    /// Policy config whose `storage:` names the store.
-    #[arg(long, value_name = "FILE")]
-    pub policy_config: Option<PathBuf>,
-    /// Storage URL or folder (overrides the policy config's).
-    #[arg(long, value_name = "URL", env = "KEEPTRUSTS_STORAGE")]
-    pub storage: Option<String>,
-}
-
-impl StoreArgs {
-    /// The key file: `--storage`, else the config's `storage:`, else
-    /// `<home>/keys.json`.
-    fn keys_file(&self, home: &HomeArgs) -> anyhow::Result<PathBuf> {
-        let storage = match (&self.storage, &self.policy_config) {
-            (Some(url), _) => {
-                Some(Storage::parse(url).map_err(|e| anyhow::anyhow!("--storage {url:?}: {e}"))?)
-            }
-            (None, Some(path)) => Config::load(path)?.storage,
-            (None, None) => None,
-        };
-        match crate::keys::keys_file(&home.home()?, storage.as_ref()) {
-            Some(path) => Ok(path),
-            None => bail!(
-                "access keys in PostgreSQL ({}) are not supported yet; use the files under the home folder (no --storage)",
-                storage.map(|s| s.to_string()).unwrap_or_default()
-            ),
-        }
-    }
+/// The key file of a folder store.
+fn keys_file(dir: &Path) -> PathBuf {
+    dir.join(crate::keys::KEYS_FILE)
 }
 
 pub fn run(home: &HomeArgs, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
@@ -82,13 +57,25 @@ pub fn run(home: &HomeArgs, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             admin,
             store,
         } => {
-            let path = store.keys_file(home)?;
-            let created = file::create(&path, &user, team.as_deref(), admin)
-                .context("cannot create the access key")?;
+            let (created, place) = match store.resolve(home)? {
+                Store::Files(dir) => {
+                    let path = keys_file(&dir);
+                    let created = file::create(&path, &user, team.as_deref(), admin)
+                        .context("cannot create the access key")?;
+                    (created, path.display().to_string())
+                }
+                Store::Postgres(url) => runtime()?.block_on(async {
+                    let db = Store::db(&url).await?;
+                    let created = pg::create(&db, &user, team.as_deref(), admin)
+                        .await
+                        .context("cannot create the access key")?;
+                    anyhow::Ok((created, db.shown().to_string()))
+                })?,
+            };
             println!("{}", created.key);
             let r = &created.record;
             eprintln!(
-                "created access key {} for user {}{}{} in {}",
+                "created access key {} for user {}{}{} in {place}",
                 r.id,
                 r.user,
                 r.team
@@ -96,7 +83,6 @@ pub fn run(home: &HomeArgs, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                     .map(|t| format!(" (team {t})"))
                     .unwrap_or_default(),
                 if r.admin { ", with admin rights" } else { "" },
-                path.display()
             );
             eprintln!("it is shown only this once: store it now (kt keeps only a salted hash)");
             eprintln!(
@@ -107,15 +93,22 @@ pub fn run(home: &HomeArgs, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::List { json, store } => {
-            let path = store.keys_file(home)?;
-            let keys = file::load(&path)?.keys;
+            let (keys, place) = match store.resolve(home)? {
+                Store::Files(dir) => {
+                    let path = keys_file(&dir);
+                    (file::load(&path)?.keys, path.display().to_string())
+                }
+                Store::Postgres(url) => runtime()?.block_on(async {
+                    let db = Store::db(&url).await?;
+                    anyhow::Ok((pg::list(&db).await?.keys, db.shown().to_string()))
+                })?,
+            };
             if json {
                 let rows: Vec<_> = keys.iter().map(json_row).collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if keys.is_empty() {
                 eprintln!(
-                    "no access keys in {}; create one with `kt keys create --user NAME`",
-                    path.display()
+                    "no access keys in {place}; create one with `kt keys create --user NAME`"
                 );
             } else {
                 print!("{}", table(&keys));
@@ -123,10 +116,16 @@ pub fn run(home: &HomeArgs, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Revoke { id, store } => {
-            let path = store.keys_file(home)?;
-            match file::revoke(&path, &id)? {
+            let revoked = match store.resolve(home)? {
+                Store::Files(dir) => file::revoke(&keys_file(&dir), &id)?,
+                Store::Postgres(url) => runtime()?.block_on(async {
+                    let db = Store::db(&url).await?;
+                    anyhow::Ok(pg::revoke(&db, &id).await?)
+                })?,
+            };
+            match revoked {
                 Revoked::Now(r) => eprintln!(
-                    "revoked {} (user {}); running gateways refuse it from now on",
+                    "revoked {} (user {}); running gateways refuse it within a second",
                     r.id, r.user
                 ),
                 Revoked::Already(r) => eprintln!(

@@ -9,6 +9,7 @@ mod gateway;
 mod keys;
 mod policy;
 mod report;
+mod store;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

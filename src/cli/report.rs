@@ -1,6 +1,7 @@
 //! `kt report costs`: spend from the audit log, per user, team, model or
 //! provider, as a table or JSON.
 
+use super::store::{runtime, Store, StoreArgs};
 use super::HomeArgs;
 use crate::events::report::{costs, parse_since, GroupBy, Report, Row};
 use clap::{Subcommand, ValueEnum};
@@ -21,6 +22,8 @@ pub enum ReportCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -44,14 +47,24 @@ impl From<By> for GroupBy {
 }
 
 pub fn run(home: &HomeArgs, cmd: ReportCommand) -> anyhow::Result<ExitCode> {
-    let ReportCommand::Costs { by, since, json } = cmd;
+    let ReportCommand::Costs {
+        by,
+        since,
+        json,
+        store,
+    } = cmd;
     let since = since
         .map(|s| parse_since(&s, time::OffsetDateTime::now_utc()))
         .transpose()
         .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
-    let dir = home.home()?.join("events");
     let by = GroupBy::from(by);
-    let report = costs(&dir, by, since)?;
+    let report = match store.resolve(home)? {
+        Store::Files(dir) => costs(&dir.join("events"), by, since)?,
+        Store::Postgres(url) => runtime()?.block_on(async {
+            let db = Store::db(&url).await?;
+            anyhow::Ok(crate::storage::audit::costs(&db, by, since).await?)
+        })?,
+    };
     let text = if json {
         let mut s = serde_json::to_string_pretty(&report)?;
         s.push('\n');

@@ -33,7 +33,8 @@ pub mod verify;
 pub use chain::GENESIS_HASH;
 pub use log::{EventLog, EventSink, LogOptions, SendError, WriterHandle, WriterStats};
 pub use read::{
-    format_line, read_last, Filter, FilterError, Filters, Follower, Position, FILTER_KEYS,
+    format_line, position_after, read_last, Filter, FilterError, Filters, Follower, LineTail,
+    Position, FILTER_KEYS,
 };
 pub use segment::{prune, prune_before, Segment};
 pub use verify::{verify, Problem, VerifyError, VerifyReport};

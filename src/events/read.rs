@@ -370,12 +370,9 @@ fn parse_line(path: &Path, line: &[u8]) -> Option<Event> {
 /// Yields events as they are appended, moving on to new segments as the
 /// writer rolls. Polls (every 200 ms by default): portable and cheap.
 pub struct Follower {
-    dir: PathBuf,
-    position: Position,
+    tail: LineTail,
     filters: Filters,
     interval: Duration,
-    /// An incomplete line read so far.
-    partial: Vec<u8>,
     ready: VecDeque<Event>,
 }
 
@@ -383,11 +380,9 @@ impl Follower {
     /// Follows the log in `dir` from `position`, yielding events that match.
     pub fn new(dir: &Path, position: Position, filters: Filters) -> Follower {
         Follower {
-            dir: dir.to_path_buf(),
-            position,
+            tail: LineTail::new(dir, position),
             filters,
             interval: Duration::from_millis(200),
-            partial: Vec::new(),
             ready: VecDeque::new(),
         }
     }
@@ -400,10 +395,7 @@ impl Follower {
 
     /// Where the follower has read up to (complete lines only).
     pub fn position(&self) -> Position {
-        Position {
-            segment: self.position.segment.clone(),
-            offset: self.position.offset - self.partial.len() as u64,
-        }
+        self.tail.position()
     }
 
     /// The next matching event; waits for one to be written.
@@ -412,27 +404,74 @@ impl Follower {
             if let Some(e) = self.ready.pop_front() {
                 return Ok(e);
             }
-            self.poll()?;
+            let (filters, ready) = (&self.filters, &mut self.ready);
+            self.tail.read(|path, line| {
+                if let Some(e) = parse_line(path, line) {
+                    if filters.matches(&e) {
+                        ready.push_back(e);
+                    }
+                }
+            })?;
             if self.ready.is_empty() {
                 tokio::time::sleep(self.interval).await;
             }
         }
     }
+}
 
-    /// Reads whatever is new, switching segments when the current one is
+/// The complete lines appended to the log after a [`Position`], across
+/// segment rolls: what [`Follower`] parses, and what the hosted-mode
+/// shipper copies byte for byte.
+pub struct LineTail {
+    dir: PathBuf,
+    position: Position,
+    /// An incomplete line read so far.
+    partial: Vec<u8>,
+    /// Most bytes read from the file per call.
+    limit: u64,
+}
+
+impl LineTail {
+    /// Reads the log in `dir` from `position`.
+    pub fn new(dir: &Path, position: Position) -> LineTail {
+        LineTail {
+            dir: dir.to_path_buf(),
+            position,
+            partial: Vec::new(),
+            limit: u64::MAX,
+        }
+    }
+
+    /// Reads at most `bytes` per [`read`](LineTail::read), so a long
+    /// backlog is taken in steps.
+    pub fn with_read_limit(mut self, bytes: u64) -> LineTail {
+        self.limit = bytes.max(1);
+        self
+    }
+
+    /// Just after the last complete line handed out.
+    pub fn position(&self) -> Position {
+        Position {
+            segment: self.position.segment.clone(),
+            offset: self.position.offset - self.partial.len() as u64,
+        }
+    }
+
+    /// Calls `f` with each complete line written since the last call (and
+    /// the segment it is in), switching segments when the current one is
     /// finished and a newer one exists.
-    fn poll(&mut self) -> Result<(), EventsError> {
+    pub fn read(&mut self, mut f: impl FnMut(&Path, &[u8])) -> Result<(), EventsError> {
         let Some(current) = self.position.segment.clone() else {
             if let Some(first) = segment::list(&self.dir)?.into_iter().next() {
                 self.position = Position {
                     segment: Some(first.path),
                     offset: 0,
                 };
-                return self.poll();
+                return self.read(f);
             }
             return Ok(());
         };
-        if self.read_more(&current)? {
+        if self.read_more(&current, &mut f)? {
             return Ok(());
         }
         let key = current
@@ -445,7 +484,7 @@ impl Follower {
         if let Some(next) = next {
             // The writer finished this segment before it created the next
             // one, but it may have written to it since the read above.
-            self.read_more(&current)?;
+            self.read_more(&current, &mut f)?;
             if !self.partial.is_empty() {
                 tracing::warn!(path = %current.display(), "audit segment ends with an incomplete line");
                 self.partial.clear();
@@ -460,7 +499,11 @@ impl Follower {
 
     /// Reads `path` from the current offset to its end; whether anything
     /// new was there.
-    fn read_more(&mut self, path: &Path) -> Result<bool, EventsError> {
+    fn read_more(
+        &mut self,
+        path: &Path,
+        f: &mut impl FnMut(&Path, &[u8]),
+    ) -> Result<bool, EventsError> {
         let mut file = match std::fs::File::open(path) {
             Ok(f) => f,
             // Pruned under us: move on to whatever comes next.
@@ -481,7 +524,7 @@ impl Follower {
             .map_err(|e| EventsError::io(path, e))?;
         let mut fresh = Vec::new();
         (&mut file)
-            .take(len - self.position.offset)
+            .take((len - self.position.offset).min(self.limit))
             .read_to_end(&mut fresh)
             .map_err(|e| EventsError::io(path, e))?;
         self.position.offset += fresh.len() as u64;
@@ -489,16 +532,33 @@ impl Follower {
         if let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') {
             let rest = self.partial.split_off(end + 1);
             let complete = std::mem::replace(&mut self.partial, rest);
-            for line in complete.split(|&b| b == b'\n') {
-                if let Some(e) = parse_line(path, line) {
-                    if self.filters.matches(&e) {
-                        self.ready.push_back(e);
-                    }
-                }
+            for line in complete[..end].split(|&b| b == b'\n') {
+                f(path, line);
             }
         }
         Ok(!fresh.is_empty())
     }
+}
+
+/// The position just after the line whose `hash` is `hash`, newest
+/// segment first; `None` when no kept segment has it. Finds where to resume
+/// shipping from the last hash the shared store has.
+pub fn position_after(dir: &Path, hash: &str) -> Result<Option<Position>, EventsError> {
+    let needle = format!(",\"hash\":\"{hash}\"");
+    for seg in segment::list(dir)?.into_iter().rev() {
+        let bytes = std::fs::read(&seg.path).map_err(|e| EventsError::io(&seg.path, e))?;
+        let finder = memchr::memmem::Finder::new(needle.as_bytes());
+        if let Some(at) = finder.find(&bytes) {
+            let end = memchr::memchr(b'\n', &bytes[at..]).map(|p| at + p + 1);
+            if let Some(end) = end {
+                return Ok(Some(Position {
+                    segment: Some(seg.path),
+                    offset: end as u64,
+                }));
+            }
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -99,10 +99,8 @@ pub fn costs(
     by: GroupBy,
     since: Option<OffsetDateTime>,
 ) -> Result<Report, EventsError> {
-    let cutoff = since.map(super::format_ts);
     let first_day = since.map(|t| t.to_offset(time::UtcOffset::UTC).date());
-    let mut groups: BTreeMap<String, Row> = BTreeMap::new();
-    let mut report = Report::default();
+    let mut tally = Tally::new(by, since);
     for seg in segment::list(dir)? {
         // A segment holds events from its day on; rolled segments of an
         // earlier day may run past midnight, so only whole earlier days go.
@@ -111,43 +109,76 @@ pub fn costs(
         }
         let file = std::fs::File::open(&seg.path).map_err(|e| EventsError::io(&seg.path, e))?;
         for line in std::io::BufReader::new(file).lines() {
-            let line = line.map_err(|e| EventsError::io(&seg.path, e))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let Ok(event) = serde_json::from_str::<Event>(&line) else {
-                report.unreadable += 1;
-                continue;
-            };
-            if event.phase != Phase::Output {
-                continue;
-            }
-            if cutoff
-                .as_ref()
-                .is_some_and(|c| event.ts.as_str() < c.as_str())
-            {
-                continue;
-            }
-            let key = by.key(&event).unwrap_or("(none)");
-            groups
-                .entry(key.to_string())
-                .or_insert_with(|| Row {
-                    key: key.to_string(),
-                    ..Row::default()
-                })
-                .add(&event);
-            report.total.add(&event);
+            tally.add_line(&line.map_err(|e| EventsError::io(&seg.path, e))?);
         }
     }
-    report.total.key = "TOTAL".into();
-    report.rows = groups.into_values().collect();
-    report.rows.sort_by(|a, b| {
-        b.cost_usd
-            .total_cmp(&a.cost_usd)
-            .then(b.requests.cmp(&a.requests))
-            .then(a.key.cmp(&b.key))
-    });
-    Ok(report)
+    Ok(tally.finish())
+}
+
+/// A report being summed, line by line, from whatever holds the events
+/// (the local log, or the shared table in hosted mode).
+pub struct Tally {
+    by: GroupBy,
+    cutoff: Option<String>,
+    groups: BTreeMap<String, Row>,
+    report: Report,
+}
+
+impl Tally {
+    /// Sums output events at or after `since`, grouped `by`.
+    pub fn new(by: GroupBy, since: Option<OffsetDateTime>) -> Tally {
+        Tally {
+            by,
+            cutoff: since.map(super::format_ts),
+            groups: BTreeMap::new(),
+            report: Report::default(),
+        }
+    }
+
+    /// Adds one stored event line (blank lines are skipped, unreadable
+    /// ones counted).
+    pub fn add_line(&mut self, line: &str) {
+        if line.trim().is_empty() {
+            return;
+        }
+        let Ok(event) = serde_json::from_str::<Event>(line) else {
+            self.report.unreadable += 1;
+            return;
+        };
+        if event.phase != Phase::Output {
+            return;
+        }
+        if self
+            .cutoff
+            .as_ref()
+            .is_some_and(|c| event.ts.as_str() < c.as_str())
+        {
+            return;
+        }
+        let key = self.by.key(&event).unwrap_or("(none)");
+        self.groups
+            .entry(key.to_string())
+            .or_insert_with(|| Row {
+                key: key.to_string(),
+                ..Row::default()
+            })
+            .add(&event);
+        self.report.total.add(&event);
+    }
+
+    /// The rows, most expensive first, and the total.
+    pub fn finish(self) -> Report {
+        let mut report = self.report;
+        report.total.key = "TOTAL".into();
+        report.rows = self.groups.into_values().collect();
+        report.rows.sort_by(|a, b| {
+            b.cost_usd
+                .total_cmp(&a.cost_usd)
+                .then(b.requests.cmp(&a.requests))
+                .then(a.key.cmp(&b.key))
+        });
+        report
+    }
 }
 
 /// Reads `--since`: a span back from `now` (`30m`, `24h`, `7d`, `2w`), a

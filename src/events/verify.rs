@@ -143,7 +143,9 @@ pub fn verify(dir: &std::path::Path) -> Result<VerifyReport, VerifyError> {
     Ok(report)
 }
 
-fn check_line(line: &[u8], report: &mut VerifyReport) -> Result<(), Problem> {
+/// Checks one stored line against the chain so far in `report` (the first
+/// line checked sets the anchor), and counts it.
+pub fn check_line(line: &[u8], report: &mut VerifyReport) -> Result<(), Problem> {
     if line.trim_ascii().is_empty() {
         return Err(Problem::BlankLine);
     }

@@ -139,35 +139,39 @@ pub fn create(
     team: Option<&str>,
     admin: bool,
 ) -> Result<Created, KeysError> {
-    check_name("user", user)?;
-    if let Some(team) = team {
-        check_name("team", team)?;
-    }
+    check_names(user, team)?;
     update(path, |file| {
-        let secret = key::generate();
-        let salt = key::new_salt();
-        let id = loop {
-            let id = key::new_id();
-            if !file.keys.iter().any(|r| r.id == id) {
-                break id;
+        let created = loop {
+            let c = new_key(user, team, admin)?;
+            if !file.keys.iter().any(|r| r.id == c.record.id) {
+                break c;
             }
         };
-        let record = KeyRecord {
-            id,
-            user: user.to_string(),
-            team: team.map(str::to_string),
-            admin,
-            created: now(),
-            revoked_at: None,
-            lookup: hex::encode(key::lookup_tag(&secret)),
-            salt: hex::encode(salt),
-            hash: hex::encode(key::salted_hash(&salt, &secret)),
-        };
-        file.keys.push(record.clone());
-        Ok(Created {
-            key: secret,
-            record,
-        })
+        file.keys.push(created.record.clone());
+        Ok(created)
+    })
+}
+
+/// A new key and its record (not stored anywhere yet), after checking the
+/// names.
+pub fn new_key(user: &str, team: Option<&str>, admin: bool) -> Result<Created, KeysError> {
+    check_names(user, team)?;
+    let secret = key::generate();
+    let salt = key::new_salt();
+    let record = KeyRecord {
+        id: key::new_id(),
+        user: user.to_string(),
+        team: team.map(str::to_string),
+        admin,
+        created: now(),
+        revoked_at: None,
+        lookup: hex::encode(key::lookup_tag(&secret)),
+        salt: hex::encode(salt),
+        hash: hex::encode(key::salted_hash(&salt, &secret)),
+    };
+    Ok(Created {
+        key: secret,
+        record,
     })
 }
 
@@ -197,6 +201,11 @@ pub fn revoke(path: &Path, id: &str) -> Result<Revoked, KeysError> {
     })
 }
 
+fn check_names(user: &str, team: Option<&str>) -> Result<(), KeysError> {
+    check_name("user", user)?;
+    team.map_or(Ok(()), |t| check_name("team", t))
+}
+
 /// Names end up in events, filters and table output: printable, no spaces
 /// or commas, and short.
 fn check_name(what: &'static str, value: &str) -> Result<(), KeysError> {
@@ -222,7 +231,8 @@ fn check_name(what: &'static str, value: &str) -> Result<(), KeysError> {
     Ok(())
 }
 
-fn now() -> String {
+/// The current time as stored in records.
+pub fn now() -> String {
     crate::events::format_ts(time::OffsetDateTime::now_utc())
 }
 

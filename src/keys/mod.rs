@@ -20,22 +20,10 @@ pub use file::{KeyFile, KeyRecord};
 pub use gate::{AuthGate, Denied};
 pub use store::{KeyStore, Lookup};
 
-use crate::config::Storage;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The name of the key file in the home folder.
 pub const KEYS_FILE: &str = "keys.json";
-
-/// The key file for a `storage:` setting: `<home>/keys.json` by default,
-/// `<dir>/keys.json` for a folder. `None` for PostgreSQL, whose key table
-/// this build does not read yet.
-pub fn keys_file(home: &Path, storage: Option<&Storage>) -> Option<PathBuf> {
-    match storage {
-        None => Some(home.join(KEYS_FILE)),
-        Some(Storage::Files { dir }) => Some(dir.join(KEYS_FILE)),
-        Some(Storage::Postgres { .. }) => None,
-    }
-}
 
 /// Why reading or changing the stored keys failed.
 #[derive(Debug, thiserror::Error)]

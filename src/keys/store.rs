@@ -111,7 +111,9 @@ fn inode(_: &std::fs::Metadata) -> u64 {
 
 /// The access keys a gateway accepts. Shared by every connection.
 pub struct KeyStore {
-    path: PathBuf,
+    /// The file followed; `None` when the keys are fed in with
+    /// [`replace`](KeyStore::replace) (hosted mode's key table).
+    path: Option<PathBuf>,
     index: RwLock<Arc<Index>>,
     /// The version of the file `index` was built from (or that failed to
     /// load, so that it is reported once, not every second).
@@ -140,7 +142,7 @@ impl KeyStore {
         let file = file::load(path)?;
         let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         Ok(KeyStore {
-            path: path.to_path_buf(),
+            path: Some(path.to_path_buf()),
             index: RwLock::new(Arc::new(Index::build(&file))),
             stamp: Mutex::new(stamp),
             epoch: Instant::now(),
@@ -149,9 +151,28 @@ impl KeyStore {
         })
     }
 
-    /// The key file this store follows.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// A store that follows no file: its keys come from
+    /// [`replace`](KeyStore::replace).
+    pub fn detached(file: &KeyFile) -> KeyStore {
+        KeyStore {
+            path: None,
+            index: RwLock::new(Arc::new(Index::build(file))),
+            stamp: Mutex::new(Stamp::Missing),
+            epoch: Instant::now(),
+            next_check: AtomicU64::new(u64::MAX),
+            interval: Duration::MAX,
+        }
+    }
+
+    /// Puts `file`'s keys in force.
+    pub fn replace(&self, file: &KeyFile) {
+        let index = Arc::new(Index::build(file));
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+    }
+
+    /// The key file this store follows, if it follows one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// Keys that are not revoked.
@@ -204,12 +225,15 @@ impl KeyStore {
     /// whether the keys in force were replaced. Failures are logged and
     /// leave the last good keys in force.
     pub fn refresh(&self) -> bool {
+        let Some(path) = &self.path else {
+            return false;
+        };
         // The stamp is taken before reading, so a change racing with the
         // read shows as a new stamp next time and is read again then.
-        let stamp = match Stamp::of(&self.path) {
+        let stamp = match Stamp::of(path) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot look at the access key file");
+                tracing::warn!(path = %path.display(), error = %e, "cannot look at the access key file");
                 return false;
             }
         };
@@ -218,11 +242,11 @@ impl KeyStore {
             return false;
         }
         *last = stamp;
-        match file::load(&self.path) {
+        match file::load(path) {
             Ok(file) => {
                 let index = Arc::new(Index::build(&file));
                 tracing::info!(
-                    path = %self.path.display(),
+                    path = %path.display(),
                     active = index.active,
                     "access keys reloaded"
                 );

@@ -5,6 +5,8 @@
 use super::ConnCtx;
 use crate::body::{self, Body};
 use crate::events::{read_last, EventSink, Filters};
+use crate::storage::feed::TeamFeed;
+use crate::storage::Db;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use std::path::PathBuf;
@@ -16,6 +18,8 @@ use tokio::sync::broadcast::error::RecvError;
 pub struct EventsFeed {
     pub sink: EventSink,
     pub dir: PathBuf,
+    /// Hosted mode: the whole team's events come from the shared store.
+    pub shared: Option<Db>,
 }
 
 /// The comment frame sent after the history, before live events.
@@ -40,13 +44,83 @@ pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0)
         .min(MAX_HISTORY);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let shutdown = ctx.shutdown.clone();
+    match feed.shared.clone() {
+        Some(db) => {
+            let local = feed.clone();
+            tokio::spawn(async move {
+                match TeamFeed::start(&db, n, Filters::default()).await {
+                    Ok((history, team)) => shared(history, team, tx, shutdown).await,
+                    Err(e) => {
+                        tracing::warn!("events feed: {e}; serving this replica's events only");
+                        let note = format!(
+                            ": shared store unavailable ({}); this replica's events only\n\n",
+                            e.kind()
+                        );
+                        if tx.send(Bytes::from(note)).await.is_ok() {
+                            local_feed(local, n, tx, shutdown).await;
+                        }
+                    }
+                }
+            });
+        }
+        None => {
+            tokio::spawn(local_feed(feed.clone(), n, tx, shutdown));
+        }
+    }
+    let mut r = Response::new(body::channel(rx));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+/// The whole team's events from the shared store.
+async fn shared(
+    history: Vec<crate::events::Event>,
+    mut team: TeamFeed,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    shutdown: crate::shutdown::Shutdown,
+) {
+    for e in history {
+        if tx.send(frame(&e)).await.is_err() {
+            return;
+        }
+    }
+    if tx.send(Bytes::from_static(HISTORY_END)).await.is_err() {
+        return;
+    }
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    keepalive.tick().await;
+    loop {
+        let bytes = tokio::select! {
+            e = team.next() => frame(&e),
+            _ = keepalive.tick() => Bytes::from_static(b": keep-alive\n\n"),
+            _ = shutdown.draining() => return,
+        };
+        if tx.send(bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// This gateway's own log: history from the files, then the writer's feed.
+async fn local_feed(
+    feed: EventsFeed,
+    n: usize,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    shutdown: crate::shutdown::Shutdown,
+) {
     // Subscribe before reading history, so nothing falls in between (an
     // event may then come twice; the client can skip repeated ids).
     let mut live = feed.sink.subscribe();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let dir = feed.dir.clone();
-    let shutdown = ctx.shutdown.clone();
-    tokio::spawn(async move {
+    {
         if n > 0 {
             let history =
                 tokio::task::spawn_blocking(move || read_last(&dir, n, &Filters::default())).await;
@@ -87,16 +161,7 @@ pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
                 return;
             }
         }
-    });
-    let mut r = Response::new(body::channel(rx));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r
+    }
 }
 
 fn frame(e: &crate::events::Event) -> Bytes {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 const HOST: &str = "api.openai.com";
 const ANTHROPIC: &str = "api.anthropic.com";
-const CACHE: &str = "policies:\n  chain: [audit-logger, ide-cache]\npolicy:\n  audit-logger: {}\n  ide-cache:\n    type: cache\n    ttl_seconds: 600\n";
+pub(crate) const CACHE: &str = "policies:\n  chain: [audit-logger, ide-cache]\npolicy:\n  audit-logger: {}\n  ide-cache:\n    type: cache\n    ttl_seconds: 600\n";
 
 async fn setup(yaml: &str) -> (TestCa, Origin, TestGateway) {
     let ca = TestCa::new("cache upstream CA");
@@ -42,7 +42,7 @@ async fn client(gw: &TestGateway, host: &str) -> Http {
         .0
 }
 
-fn chat(content: &str, stream: bool) -> Bytes {
+pub(crate) fn chat(content: &str, stream: bool) -> Bytes {
     Bytes::from(
         serde_json::json!({
             "model": "gpt-4o",
@@ -55,13 +55,13 @@ fn chat(content: &str, stream: bool) -> Bytes {
 }
 
 /// What a response was: status, `x-kt-cache`, and the body bytes.
-struct Got {
-    status: u16,
-    cache: String,
-    body: Bytes,
+pub(crate) struct Got {
+    pub(crate) status: u16,
+    pub(crate) cache: String,
+    pub(crate) body: Bytes,
 }
 
-async fn post(
+pub(crate) async fn post(
     http: &mut Http,
     host: &str,
     path: &str,
@@ -328,7 +328,7 @@ async fn an_unreachable_redis_costs_a_miss_never_a_request() {
 }
 
 /// The Redis URL tests use, or `None` (with the skip notice) without one.
-fn redis_url(test: &str) -> Option<String> {
+pub(crate) fn redis_url(test: &str) -> Option<String> {
     match std::env::var("KT_TEST_REDIS_URL") {
         Ok(u) if !u.is_empty() => Some(u),
         _ => {
@@ -339,7 +339,7 @@ fn redis_url(test: &str) -> Option<String> {
 }
 
 /// A key prefix no other test (or run) uses.
-fn unique_prefix(test: &str) -> String {
+pub(crate) fn unique_prefix(test: &str) -> String {
     format!("kt-test:{test}:{:016x}:", rand_u64())
 }
 
@@ -355,11 +355,11 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-fn redis_config(url: &str, prefix: &str) -> String {
+pub(crate) fn redis_config(url: &str, prefix: &str) -> String {
     format!("{CACHE}    backend: {url}\n    key_prefix: '{prefix}'\n")
 }
 
-async fn redis_entries(url: &str, prefix: &str) -> u64 {
+pub(crate) async fn redis_entries(url: &str, prefix: &str) -> u64 {
     let tier = keeptrusts::cache::redis::RedisTier::new(url, prefix, Arc::default()).unwrap();
     tier.usage().await.unwrap().0
 }
@@ -485,7 +485,7 @@ async fn two_gateway_processes_serve_each_others_entries_and_kt_cache_manages_th
 }
 
 /// Kills the gateway process when the test ends, passed or not.
-struct Killed(crate::suite::cli::Running);
+pub(crate) struct Killed(pub(crate) crate::suite::cli::Running);
 
 impl Drop for Killed {
     fn drop(&mut self) {

@@ -178,6 +178,7 @@ pub(crate) fn spawn_gateway(ca: &TestCa, origin: &Origin, extra: &[&std::ffi::Os
             origin.addr.port()
         ))
         .args(extra)
+        .env_remove("KEEPTRUSTS_STORAGE")
         .env_remove("HTTPS_PROXY")
         .env_remove("HTTP_PROXY")
         .stderr(Stdio::piped())

@@ -170,7 +170,8 @@ fn keys_commands_create_list_and_revoke_without_storing_keys() {
     let raw = text(&json.stdout);
     assert!(!raw.contains("hash") && !raw.contains("salt") && !raw.contains(&ops[3..]));
 
-    // --storage: a folder holds its own keys.json; PostgreSQL is not there yet.
+    // --storage: a folder holds its own keys.json; an unreachable database
+    // is a clear error.
     let other = tempfile::tempdir().unwrap();
     let out = kt(
         h,
@@ -187,11 +188,12 @@ fn keys_commands_create_list_and_revoke_without_storing_keys() {
     assert!(other.path().join("keys.json").is_file());
     let pg = kt(
         h,
-        &["keys", "list", "--storage", "postgres://kt@db:5432/kt"],
+        &["keys", "list", "--storage", "postgres://kt@127.0.0.1:1/kt"],
     );
     assert_eq!(pg.status.code(), Some(1));
     assert!(
-        text(&pg.stderr).contains("not supported yet"),
+        text(&pg.stderr).contains("cannot open the shared store")
+            && text(&pg.stderr).contains("127.0.0.1:1"),
         "{}",
         text(&pg.stderr)
     );

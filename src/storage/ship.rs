@@ -1,0 +1,389 @@
+//! Shipping the local audit log into the shared table.
+//!
+//! The local log is the spool: every event is sealed into this replica's
+//! chain on local disk first, and the shipper copies the sealed lines, byte
+//! for byte and in order, into `kt_events` under this replica's name, with
+//! a sequence number. Each batch is one transaction that also moves the
+//! replica's head in `kt_replicas`, after checking that the head is where
+//! this shipper left it; so a batch lands whole or not at all, never twice,
+//! and two processes can never interleave one chain.
+//!
+//! When the database is unreachable the batch is kept and retried with
+//! back-off while the local log keeps growing; when it answers again
+//! everything written meanwhile follows. On a restart, shipping resumes
+//! after the line whose hash is the stored head.
+
+use super::{Db, StorageError};
+use crate::events::{position_after, LineTail, Position};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+/// Most events per transaction.
+const MAX_BATCH: usize = 1000;
+/// Most bytes of events per transaction.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Most bytes read from the log at a time, so a long backlog is read a
+/// batch at a time, not whole.
+const READ_LIMIT: u64 = 1 << 20;
+/// Longest wait between retries while the database is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the log is looked at when no write woke the shipper.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Counters, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct ShipStats {
+    shipped: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl ShipStats {
+    /// Events stored in the shared table by this process.
+    pub fn shipped(&self) -> u64 {
+        self.shipped.load(Ordering::Relaxed)
+    }
+    /// Failed attempts (each retried).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+}
+
+/// One sealed line and the fields stored beside it.
+struct Line {
+    ts: String,
+    hash: String,
+    prev_hash: String,
+    text: String,
+}
+
+impl Line {
+    fn parse(bytes: &[u8]) -> Option<Line> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            ts: String,
+            hash: String,
+            prev_hash: String,
+        }
+        let text = std::str::from_utf8(bytes).ok()?;
+        let head: Head = serde_json::from_str(text).ok()?;
+        Some(Line {
+            ts: head.ts,
+            hash: head.hash,
+            prev_hash: head.prev_hash,
+            text: text.to_string(),
+        })
+    }
+}
+
+/// Where this replica's chain stands in the table, and the local log
+/// position just after that event.
+struct Cursor {
+    tail: LineTail,
+    seq: i64,
+    hash: Option<String>,
+}
+
+/// Why a batch did not land.
+enum Failed {
+    /// The stored head is not where this shipper left it (another process
+    /// shipped, or a commit whose answer was lost went through): resume
+    /// from the stored head.
+    Moved,
+    Db(StorageError),
+}
+
+/// Runs the shipper; stop it with [`finish`](ShipperHandle::finish).
+pub struct ShipperHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    stats: Arc<ShipStats>,
+}
+
+impl ShipperHandle {
+    /// The shipper's counters.
+    pub fn stats(&self) -> &Arc<ShipStats> {
+        &self.stats
+    }
+
+    /// Ships what is left (the log must be flushed first), waiting at most
+    /// `grace`; whatever could not be shipped stays in the local log and
+    /// goes on the next start.
+    pub async fn finish(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+            tracing::warn!(
+                "audit events not yet in the shared store stay in the local log; they are shipped on the next start"
+            );
+        }
+    }
+}
+
+/// Starts shipping the log in `dir` as replica `replica` once `ready`
+/// (the schema is in place). `wake` (the writer's feed of written events)
+/// makes shipping prompt; without it the log is polled.
+pub fn start(
+    db: Db,
+    dir: PathBuf,
+    replica: String,
+    wake: Option<broadcast::Receiver<Arc<crate::events::Event>>>,
+    ready: watch::Receiver<bool>,
+) -> ShipperHandle {
+    let (stop, stopping) = watch::channel(false);
+    let stats = Arc::new(ShipStats::default());
+    let shipper = Shipper {
+        db,
+        dir,
+        replica,
+        stats: stats.clone(),
+    };
+    let task = tokio::spawn(async move {
+        // Nothing to do before the schema exists.
+        let mut ready = ready;
+        let mut until_stop = stopping.clone();
+        tokio::select! {
+            r = ready.wait_for(|r| *r) => if r.is_err() { return },
+            _ = until_stop.wait_for(|s| *s) => return,
+        }
+        shipper.run(wake, stopping).await
+    });
+    ShipperHandle { stop, task, stats }
+}
+
+struct Shipper {
+    db: Db,
+    dir: PathBuf,
+    replica: String,
+    stats: Arc<ShipStats>,
+}
+
+impl Shipper {
+    async fn run(
+        self,
+        mut wake: Option<broadcast::Receiver<Arc<crate::events::Event>>>,
+        mut stopping: watch::Receiver<bool>,
+    ) {
+        let mut cursor: Option<Cursor> = None;
+        let mut pending: Vec<Line> = Vec::new();
+        let mut backoff = Duration::from_millis(100);
+        let mut down_since: Option<u64> = None;
+        loop {
+            let stop = *stopping.borrow();
+            let step = self.step(&mut cursor, &mut pending).await;
+            match step {
+                Ok(0) if stop => return,
+                Ok(0) => {
+                    // Caught up: sleep until a write, a tick or the stop.
+                    tokio::select! {
+                        _ = recv(&mut wake) => {}
+                        _ = tokio::time::sleep(IDLE_POLL) => {}
+                        _ = stopping.changed() => {}
+                    }
+                }
+                Ok(n) => {
+                    if let Some(failures) = down_since.take() {
+                        tracing::info!(
+                            database = %self.db.shown(),
+                            failed_attempts = self.stats.failures() - failures,
+                            "audit events: shared store reachable again; shipping the backlog"
+                        );
+                    }
+                    backoff = Duration::from_millis(100);
+                    tracing::trace!(events = n, "shipped audit events");
+                }
+                Err(e) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if down_since.is_none() {
+                        down_since = Some(self.stats.failures() - 1);
+                        tracing::warn!(
+                            "audit events: {e}; they stay in the local log and are shipped when the shared store answers"
+                        );
+                    }
+                    if stop {
+                        return; // `finish` keeps them for the next start
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopping.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Ships one batch; how many events landed (0: nothing to ship).
+    async fn step(
+        &self,
+        cursor: &mut Option<Cursor>,
+        pending: &mut Vec<Line>,
+    ) -> Result<usize, StorageError> {
+        let c = match cursor {
+            Some(c) => c,
+            None => cursor.insert(self.resume().await?),
+        };
+        if pending.is_empty() {
+            let placeholder = LineTail::new(&self.dir, Position::default());
+            let (tail, lines) = read_batch(std::mem::replace(&mut c.tail, placeholder)).await?;
+            c.tail = tail;
+            *pending = lines;
+        }
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        match self.insert(c, pending).await {
+            Ok(()) => {
+                let n = pending.len();
+                c.seq += n as i64;
+                c.hash = pending.last().map(|l| l.hash.clone());
+                pending.clear();
+                self.stats.shipped.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(n)
+            }
+            Err(Failed::Moved) => {
+                tracing::info!(replica = %self.replica, "audit events: the shared chain head moved; resuming from it");
+                *cursor = None;
+                pending.clear();
+                Ok(0)
+            }
+            Err(Failed::Db(e)) => Err(e),
+        }
+    }
+
+    /// Where to continue: after the stored head, found in the local log.
+    async fn resume(&self) -> Result<Cursor, StorageError> {
+        let conn = self.db.conn().await?;
+        let head = conn
+            .query_opt(
+                "SELECT last_seq, last_hash FROM kt_replicas WHERE replica = $1",
+                &[&self.replica],
+            )
+            .await
+            .map_err(|e| self.db.err(e))?;
+        drop(conn);
+        let Some(head) = head else {
+            return Ok(Cursor {
+                tail: LineTail::new(&self.dir, Position::default()).with_read_limit(READ_LIMIT),
+                seq: 0,
+                hash: None,
+            });
+        };
+        let (seq, hash): (i64, String) = (head.get(0), head.get(1));
+        let dir = self.dir.clone();
+        let wanted = hash.clone();
+        let found = tokio::task::spawn_blocking(move || position_after(&dir, &wanted))
+            .await
+            .map_err(StorageError::task)??;
+        match found {
+            Some(position) => Ok(Cursor {
+                tail: LineTail::new(&self.dir, position).with_read_limit(READ_LIMIT),
+                seq,
+                hash: Some(hash),
+            }),
+            None => Err(StorageError::Spool(crate::events::EventsError::Corrupt {
+                path: self.dir.clone(),
+                line: 0,
+                problem: format!(
+                    "the shared store's last event of replica {} ({hash}) is not in the local log; remove {} to start a new chain",
+                    self.replica,
+                    self.dir.join(super::replica::FILE).display()
+                ),
+            })),
+        }
+    }
+
+    async fn insert(&self, c: &Cursor, lines: &[Line]) -> Result<(), Failed> {
+        let db = |e| Failed::Db(self.db.err(e));
+        let mut conn = self.db.conn().await.map_err(Failed::Db)?;
+        let tx = conn.transaction().await.map_err(db)?;
+        let head = tx
+            .query_opt(
+                "SELECT last_seq, last_hash FROM kt_replicas WHERE replica = $1 FOR UPDATE",
+                &[&self.replica],
+            )
+            .await
+            .map_err(db)?;
+        let stored = head.map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)));
+        let expected = c.hash.clone().map(|h| (c.seq, h));
+        if stored != expected {
+            return Err(Failed::Moved);
+        }
+        let seqs: Vec<i64> = (1..=lines.len() as i64).map(|i| c.seq + i).collect();
+        let ts: Vec<&str> = lines.iter().map(|l| l.ts.as_str()).collect();
+        let hashes: Vec<&str> = lines.iter().map(|l| l.hash.as_str()).collect();
+        let prevs: Vec<&str> = lines.iter().map(|l| l.prev_hash.as_str()).collect();
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        tx.execute(
+            "INSERT INTO kt_events (replica, seq, ts, hash, prev_hash, line)
+             SELECT $1, s, t::timestamptz, h, p, l
+             FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(s, t, h, p, l)",
+            &[&self.replica, &seqs, &ts, &hashes, &prevs, &texts],
+        )
+        .await
+        .map_err(db)?;
+        let last_seq = c.seq + lines.len() as i64;
+        let last_hash = hashes.last().copied().unwrap_or_default();
+        tx.execute(
+            "INSERT INTO kt_replicas (replica, last_seq, last_hash) VALUES ($1, $2, $3)
+             ON CONFLICT (replica) DO UPDATE
+             SET last_seq = EXCLUDED.last_seq, last_hash = EXCLUDED.last_hash, updated_at = now()",
+            &[&self.replica, &last_seq, &last_hash],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute("SELECT pg_notify('kt_events', $1)", &[&self.replica])
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+}
+
+/// Reads up to one batch of new complete lines (file I/O, off the async
+/// workers).
+async fn read_batch(mut tail: LineTail) -> Result<(LineTail, Vec<Line>), StorageError> {
+    tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        let mut bytes = 0;
+        while lines.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            let before = lines.len();
+            tail.read(|path, raw| {
+                if raw.trim_ascii().is_empty() {
+                    return;
+                }
+                match Line::parse(raw) {
+                    Some(line) => {
+                        bytes += line.text.len();
+                        lines.push(line);
+                    }
+                    None => tracing::error!(
+                        path = %path.display(),
+                        "audit log line is not a sealed event; not shipped (run `kt events verify`)"
+                    ),
+                }
+            })?;
+            if lines.len() == before {
+                break;
+            }
+        }
+        Ok((tail, lines))
+    })
+    .await
+    .map_err(StorageError::task)?
+}
+
+async fn recv(wake: &mut Option<broadcast::Receiver<Arc<crate::events::Event>>>) {
+    match wake {
+        // A lag is still news that something was written.
+        Some(rx) => {
+            if let Err(broadcast::error::RecvError::Closed) = rx.recv().await {
+                *wake = None;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}

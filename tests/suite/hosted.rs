@@ -1,0 +1,592 @@
+//! Hosted mode against a real PostgreSQL (and Redis): gateway processes
+//! that share one audit trail, one key table and one cache; shipping that
+//! resumes after a restart; a database outage in the middle of traffic
+//! that loses no event.
+//!
+//! Each test gets a database of its own, dropped at the end. Without
+//! `KT_TEST_POSTGRES_URL` the tests print a skip notice and pass.
+
+use crate::common::client::{read_head, tls, Http};
+use crate::common::origin::{Alpn, Origin};
+use crate::common::TestCa;
+use crate::suite::cache::{chat, post, redis_config, redis_url, unique_prefix, Killed};
+use crate::suite::cli::spawn_gateway;
+use base64::Engine as _;
+use keeptrusts::events::{Action, Event, EventLog, LogOptions, Phase};
+use keeptrusts::storage::{audit, ship, Db};
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+const HOST: &str = "api.openai.com";
+const PATH: &str = "/v1/chat/completions";
+
+/// A database of its own for one test; dropped with it.
+struct TestDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn create(test: &str) -> Option<TestDb> {
+        let admin = match std::env::var("KT_TEST_POSTGRES_URL") {
+            Ok(u) if !u.is_empty() => u,
+            _ => {
+                println!("KT-TEST-SKIPPED {test}: KT_TEST_POSTGRES_URL is not set");
+                return None;
+            }
+        };
+        let name = format!("kt_test_{:016x}", rand::random::<u64>());
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("KT_TEST_POSTGRES_URL {admin}: {e}"));
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let url = with_database(&admin, &name);
+        Some(TestDb { admin, name, url })
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Rows in the shared events table (0 before the schema exists).
+    async fn events(&self) -> i64 {
+        let c = self.client().await;
+        c.query_one("SELECT count(*) FROM kt_events", &[])
+            .await
+            .map_or(0, |r| r.get(0))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: use a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((c, conn)) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// `postgres://u@h:p/db?x` with `db` replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    format!("{}/{name}{query}", &base[..host_end])
+}
+
+fn kt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kt"))
+        .args(args)
+        .env_remove("KEEPTRUSTS_STORAGE")
+        .env_remove("KEEPTRUSTS_ACCESS_KEY")
+        .env(
+            "KEEPTRUSTS_HOME",
+            std::env::temp_dir().join("kt-hosted-test-home"),
+        )
+        .output()
+        .unwrap()
+}
+
+async fn kt_ok(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        kt(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "kt failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// CONNECT with a key, then TLS and HTTP; `None` with the refusal status.
+async fn connect_with_key(
+    gw: SocketAddr,
+    roots: &[rustls_pki_types::CertificateDer<'static>],
+    user: &str,
+    key: &str,
+) -> Result<Http, u16> {
+    let mut s = TcpStream::connect(gw).await.unwrap();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{key}"));
+    let req = format!(
+        "CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\nProxy-Authorization: Basic {basic}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let reply = read_head(&mut s).await;
+    if reply.status != 200 {
+        return Err(reply.status);
+    }
+    let t = tls(s, HOST, roots, &[b"h2"]).await.unwrap();
+    Ok(Http::over(t, true).await)
+}
+
+/// Polls `check` every 50 ms until it holds, failing after `limit`.
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_share_keys_cache_and_one_verifiable_audit_trail() {
+    let test = "two_replicas_share_keys_cache_and_one_verifiable_audit_trail";
+    let Some(db) = TestDb::create(test).await else {
+        return;
+    };
+    let Some(redis) = redis_url(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    let prefix = unique_prefix("hosted");
+    std::fs::write(
+        &policy,
+        format!("auth:\n  required: true\n{}", redis_config(&redis, &prefix)),
+    )
+    .unwrap();
+    // The key is created before any gateway runs: the table is made on demand.
+    let created = kt_ok(&[
+        "keys",
+        "create",
+        "--user",
+        "alice",
+        "--team",
+        "red",
+        "--storage",
+        &db.url,
+    ])
+    .await;
+    let key = created.trim().to_string();
+    let list = kt_ok(&["keys", "list", "--json", "--storage", &db.url]).await;
+    assert!(list.contains("\"alice\"") && !list.contains(&key), "{list}");
+
+    let ca = TestCa::new("hosted CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let args = [
+        "--policy-config".as_ref(),
+        policy.as_os_str(),
+        "--storage".as_ref(),
+        db.url.as_ref(),
+    ];
+    let a = Killed(spawn_gateway(&ca, &origin, &args));
+    let b = Killed(spawn_gateway(&ca, &origin, &args));
+
+    // A key from the shared table works on both replicas.
+    let mut ha = connect_with_key(a.0.addr, &[a.0.ca_der()], "alice", &key)
+        .await
+        .expect("replica A refused a key from the shared table");
+    let first = post(&mut ha, HOST, PATH, chat("shared", false), &[]).await;
+    assert_eq!((first.status, first.cache.as_str()), (200, "miss"));
+    // Replica B answers from the entry A stored in Redis.
+    let mut hb = connect_with_key(b.0.addr, &[b.0.ca_der()], "alice", &key)
+        .await
+        .expect("replica B refused a key from the shared table");
+    let mut second = post(&mut hb, HOST, PATH, chat("shared", false), &[]).await;
+    for _ in 0..100 {
+        if second.cache == "hit" {
+            break;
+        }
+        // A's write to Redis may not have landed yet: ask again.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        second = post(&mut hb, HOST, PATH, chat("shared", false), &[]).await;
+    }
+    assert_eq!((second.cache.as_str(), &second.body), ("hit", &first.body));
+    assert_eq!(origin.hits.load(SeqCst), 1);
+
+    // B's live feed shows A's events: the whole team's trail.
+    eventually(
+        "both replicas' events in the table",
+        Duration::from_secs(20),
+        || async { db.events().await >= 4 },
+    )
+    .await;
+    let gw_b = format!("http://{}", b.0.addr);
+    let admin = kt_ok(&[
+        "keys",
+        "create",
+        "--user",
+        "ops",
+        "--admin",
+        "--storage",
+        &db.url,
+    ])
+    .await;
+    let admin = admin.trim().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // The new admin key reaches B's key index within a second.
+        let args = [
+            "events",
+            "tail",
+            "--gateway",
+            &gw_b,
+            "--key",
+            &admin,
+            "--json",
+            "-n",
+            "50",
+            "--no-follow",
+        ]
+        .map(String::from);
+        let out = tokio::task::spawn_blocking(move || kt(&args.each_ref().map(String::as_str)))
+            .await
+            .unwrap();
+        let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+        let events: Vec<Event> = seen
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let a_miss = events.iter().any(|e| {
+            e.phase == Phase::Output
+                && e.cache_hit != Some(true)
+                && e.user.as_deref() == Some("alice")
+        });
+        if a_miss && events.iter().any(|e| e.action == Action::CacheHit) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's feed never showed A's miss and B's hit:\n{seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The table holds two chains, both intact.
+    let verified = kt_ok(&["events", "verify", "--storage", &db.url]).await;
+    assert!(verified.contains("in 2 replica chains"), "{verified}");
+    let tail = kt_ok(&[
+        "events",
+        "tail",
+        "--storage",
+        &db.url,
+        "--json",
+        "-n",
+        "100",
+        "--no-follow",
+        "--filter",
+        "user=alice",
+    ])
+    .await;
+    assert!(tail.lines().count() >= 4, "{tail}");
+    let costs = kt_ok(&[
+        "report",
+        "costs",
+        "--by",
+        "user",
+        "--json",
+        "--storage",
+        &db.url,
+    ])
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&costs).unwrap();
+    let alice = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "alice")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(alice["requests"], 2, "{v}");
+
+    // A revocation in the table reaches both replicas within seconds.
+    let id = serde_json::from_str::<serde_json::Value>(&list).unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    kt_ok(&["keys", "revoke", &id, "--storage", &db.url]).await;
+    for gw in [&a.0, &b.0] {
+        eventually(
+            "the revoked key is refused",
+            Duration::from_secs(10),
+            || async {
+                connect_with_key(gw.addr, &[gw.ca_der()], "alice", &key)
+                    .await
+                    .err()
+                    == Some(407)
+            },
+        )
+        .await;
+    }
+
+    // Tampering with the table is found.
+    let c = db.client().await;
+    c.batch_execute("ALTER TABLE kt_events DISABLE TRIGGER kt_events_no_update")
+        .await
+        .unwrap();
+    c.batch_execute(
+        "UPDATE kt_events SET line = replace(line, '\"alice\"', '\"mallory\"') WHERE id = (SELECT min(id) FROM kt_events WHERE line LIKE '%alice%')",
+    )
+    .await
+    .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let url = db.url.clone();
+        move || kt(&["events", "verify", "--storage", &url])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not match its hash"), "{err}");
+}
+
+/// A TCP relay in front of the database that can be cut and restored on
+/// the same port, to stage an outage.
+struct Relay {
+    port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+    target: SocketAddr,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut relay = Relay {
+            port,
+            task: None,
+            target,
+        };
+        relay.serve(listener);
+        relay
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Closes the listener and every relayed connection.
+    async fn cut(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    async fn restore(&mut self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.serve(listener);
+    }
+}
+
+/// The host:port of a postgres URL.
+fn pg_addr(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").unwrap().1;
+    let hostport = rest.split(['/', '?']).next().unwrap();
+    let hostport = hostport.rsplit_once('@').map_or(hostport, |(_, h)| h);
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:5432")
+    };
+    use std::net::ToSocketAddrs;
+    hostport.to_socket_addrs().unwrap().next().unwrap()
+}
+
+/// The URL with its host:port replaced by the relay's.
+fn via(url: &str, port: u16) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (auth_host, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let user = auth_host.rsplit_once('@').map(|(u, _)| format!("{u}@"));
+    format!(
+        "{scheme}://{}127.0.0.1:{port}{path}",
+        user.unwrap_or_default()
+    )
+}
+
+#[tokio::test]
+async fn a_database_outage_mid_traffic_loses_no_event() {
+    let Some(db) = TestDb::create("a_database_outage_mid_traffic_loses_no_event").await else {
+        return;
+    };
+    let mut relay = Relay::start(pg_addr(&db.url)).await;
+    let through_relay = via(&db.url, relay.port);
+    let ca = TestCa::new("outage CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let gw = Killed(spawn_gateway(
+        &ca,
+        &origin,
+        &["--storage".as_ref(), through_relay.as_ref()],
+    ));
+    let mut http =
+        crate::common::client::through_proxy(gw.0.addr, HOST, &[gw.0.ca_der()], &[b"h2"])
+            .await
+            .0;
+    for i in 0..5 {
+        let r = post(
+            &mut http,
+            HOST,
+            PATH,
+            chat(&format!("before {i}"), false),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    eventually(
+        "the first events shipped",
+        Duration::from_secs(20),
+        || async { db.events().await == 10 },
+    )
+    .await;
+
+    relay.cut().await;
+    for i in 0..5 {
+        let r = post(
+            &mut http,
+            HOST,
+            PATH,
+            chat(&format!("during {i}"), true),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            r.status, 200,
+            "requests are served while the database is down"
+        );
+    }
+    assert_eq!(
+        db.events().await,
+        10,
+        "nothing can have arrived through a cut relay"
+    );
+
+    relay.restore().await;
+    eventually(
+        "the backlog shipped after the outage",
+        Duration::from_secs(30),
+        || async { db.events().await == 20 },
+    )
+    .await;
+    let c = db.client().await;
+    let row = c
+        .query_one(
+            "SELECT count(DISTINCT hash), count(DISTINCT replica), min(seq), max(seq) FROM kt_events",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (hashes, replicas, min, max): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((hashes, replicas, min, max), (20, 1, 1, 20));
+    let during = c
+        .query_one(
+            "SELECT count(*) FROM kt_events WHERE line LIKE '%\"phase\":\"output\"%' AND event->>'status' = '200'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(during.get::<_, i64>(0), 10);
+    let verified = kt_ok(&["events", "verify", "--storage", &db.url]).await;
+    assert!(
+        verified.contains("ok: 20 events in 1 replica chains"),
+        "{verified}"
+    );
+}
+
+fn event(i: usize) -> Event {
+    Event {
+        user: Some(format!("u{i}")),
+        ..Event::new(Phase::Input, Action::Pass)
+    }
+}
+
+#[tokio::test]
+async fn shipping_resumes_after_a_restart_without_gaps_or_repeats() {
+    let Some(tdb) =
+        TestDb::create("shipping_resumes_after_a_restart_without_gaps_or_repeats").await
+    else {
+        return;
+    };
+    let db = Db::open(&tdb.url).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    // Small segments: the resume point is in an older segment than the end.
+    let options = || LogOptions {
+        segment_max_bytes: 600,
+        ..LogOptions::default()
+    };
+    let ready = tokio::sync::watch::channel(true).1;
+    for round in 0..3usize {
+        let (sink, writer) = EventLog::open(&events, options()).unwrap();
+        let shipper = ship::start(
+            db.clone(),
+            events.clone(),
+            "r1.test".into(),
+            Some(sink.subscribe()),
+            ready.clone(),
+        );
+        for i in 0..7 {
+            sink.send(event(round * 10 + i)).await.unwrap();
+        }
+        writer.close().await.unwrap();
+        let stats = Arc::clone(shipper.stats());
+        shipper.finish(Duration::from_secs(10)).await;
+        assert_eq!(
+            stats.shipped(),
+            7,
+            "round {round} ships only its own events"
+        );
+    }
+    assert_eq!(tdb.events().await, 21);
+    let report = audit::verify(&db).await.unwrap();
+    assert!(report.broken.is_empty(), "{:?}", report.broken);
+    assert_eq!(report.chains.len(), 1);
+    let chain = &report.chains[0];
+    assert_eq!((chain.events, chain.first_seq, chain.last_seq), (21, 1, 21));
+    assert!(chain.from_genesis);
+    assert!(
+        std::fs::read_dir(&events).unwrap().count() > 3,
+        "the log rolled into several segments"
+    );
+}
