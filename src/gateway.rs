@@ -100,6 +100,11 @@ impl GatewaySettings {
         }
         self.trusted_proxies
             .extend(config.auth.trusted_proxies.iter().copied());
+        for &port in &config.upstream.allowed_connect_ports {
+            if !self.limits.allowed_connect_ports.contains(&port) {
+                self.limits.allowed_connect_ports.push(port);
+            }
+        }
     }
 }
 

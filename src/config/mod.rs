@@ -82,6 +82,8 @@ pub struct Upstream {
     pub ca_files: Vec<PathBuf>,
     /// Corporate proxy to chain through, as `--upstream-proxy`.
     pub proxy: Option<String>,
+    /// Ports a CONNECT may name besides 443.
+    pub allowed_connect_ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

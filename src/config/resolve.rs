@@ -58,6 +58,8 @@ struct RawUpstream {
     ca_files: Vec<Spanned<String>>,
     #[serde(default)]
     proxy: Option<Spanned<String>>,
+    #[serde(default)]
+    allowed_connect_ports: Vec<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,6 +339,14 @@ fn read_providers(cx: &mut Ctx, node: &Node, config: &mut Config) {
 
 fn upstream(cx: &mut Ctx, raw: RawUpstream) -> Upstream {
     let mut out = Upstream::default();
+    for port in raw.allowed_connect_ports {
+        match u16::try_from(port.value) {
+            Ok(p) if p > 0 => out.allowed_connect_ports.push(p),
+            _ => cx
+                .problems
+                .push(port.problem(format!("{} is not a TCP port (1-65535)", port.value))),
+        }
+    }
     for rule in raw.connect_to {
         match crate::upstream::connect_to::ConnectTo::parse(&rule.value) {
             Ok(_) => out.connect_to.push(rule.value),

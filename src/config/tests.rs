@@ -935,3 +935,23 @@ fn trusted_proxies_take_cidrs_and_addresses() {
     .to_string();
     assert!(err.contains("2:") && err.contains("lb.internal"), "{err}");
 }
+
+#[test]
+fn allowed_connect_ports_take_ports_and_refuse_the_rest() {
+    let c = Config::parse(
+        "upstream:\n  allowed_connect_ports: [8443, 7080]\n",
+        Path::new("t.yaml"),
+    )
+    .unwrap();
+    assert_eq!(c.upstream.allowed_connect_ports, [8443, 7080]);
+    let err = Config::parse(
+        "upstream:\n  allowed_connect_ports: [0, 70000]\n",
+        Path::new("t.yaml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("0 is not a TCP port") && err.contains("70000 is not a TCP port"),
+        "{err}"
+    );
+}

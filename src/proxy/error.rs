@@ -37,6 +37,9 @@ pub enum ProxyError {
     /// A direct-API request no provider target can serve.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// CONNECT to a port outside `upstream.allowed_connect_ports`.
+    #[error("CONNECT to port {port} is not allowed (allowed: {allowed}); add it to upstream.allowed_connect_ports in the policy config")]
+    PortNotAllowed { port: u16, allowed: String },
 }
 
 /// Where a refused access key was presented: decides the status code, the
@@ -90,6 +93,7 @@ impl ProxyError {
             },
             ProxyError::Route(RouteError::NoTarget { .. }) => "model_not_found",
             ProxyError::Route(RouteError::WrongShape { .. }) => "wrong_api_for_model",
+            ProxyError::PortNotAllowed { .. } => "port_not_allowed",
         }
     }
 
@@ -97,6 +101,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BadTarget(_) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamError::Forbidden { .. }) => StatusCode::FORBIDDEN,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
             ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -111,6 +116,7 @@ impl ProxyError {
             },
             ProxyError::Route(RouteError::NoTarget { .. }) => StatusCode::NOT_FOUND,
             ProxyError::Route(RouteError::WrongShape { .. }) => StatusCode::BAD_REQUEST,
+            ProxyError::PortNotAllowed { .. } => StatusCode::FORBIDDEN,
         }
     }
 

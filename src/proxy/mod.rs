@@ -87,6 +87,9 @@ pub struct Limits {
     pub max_inspected_body: usize,
     /// Time to receive such a body.
     pub body_read: Duration,
+    /// Ports a CONNECT may name (443 plus `upstream.allowed_connect_ports`):
+    /// a CONNECT to port 22 or 25 is a way through the network, not an IDE.
+    pub allowed_connect_ports: Vec<u16>,
 }
 
 impl Default for Limits {
@@ -99,6 +102,7 @@ impl Default for Limits {
             max_connections: 16 * 1024,
             max_inspected_body: 32 * 1024 * 1024,
             body_read: Duration::from_secs(120),
+            allowed_connect_ports: vec![443],
         }
     }
 }

@@ -126,6 +126,17 @@ async fn connect(mut ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Bo
     if is_self(&ctx, &target.host, target.port) {
         return Err(ProxyError::Loop);
     }
+    let allowed = &ctx.gw.limits.allowed_connect_ports;
+    if !allowed.contains(&target.port) {
+        return Err(ProxyError::PortNotAllowed {
+            port: target.port,
+            allowed: allowed
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
     let gw = ctx.gw.clone();
     if gw.rules.should_intercept(&target.host) {
         let origin = Origin::new(true, &target.host, target.port);

@@ -3,6 +3,7 @@
 
 pub mod chain;
 pub mod connect_to;
+pub mod guard;
 pub mod pool;
 pub mod tls;
 
@@ -56,6 +57,13 @@ pub enum UpstreamError {
     ResponseTimeout { origin: String, secs: u64 },
     #[error("invalid upstream host name {0:?}")]
     BadName(String),
+    #[error(
+        "{target} resolves to {addr}, a link-local or cloud metadata address kt never connects to"
+    )]
+    Forbidden {
+        target: String,
+        addr: std::net::IpAddr,
+    },
 }
 
 impl UpstreamError {
@@ -70,6 +78,7 @@ impl UpstreamError {
             UpstreamError::Http { .. } => "upstream_http",
             UpstreamError::ResponseTimeout { .. } => "upstream_timeout",
             UpstreamError::BadName(_) => "upstream_bad_name",
+            UpstreamError::Forbidden { .. } => "forbidden_address",
         }
     }
 
@@ -153,6 +162,16 @@ impl Upstream {
     /// Opens a TCP path to `host:port` for a blind tunnel or a TLS
     /// connection: through `--connect-to` and the upstream proxy if any.
     pub async fn dial(&self, host: &str, port: u16, tls: bool) -> Result<Dialed, UpstreamError> {
+        // An address literal is refused even when an upstream proxy would
+        // be the one to dial it.
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            if guard::is_forbidden(ip) {
+                return Err(UpstreamError::Forbidden {
+                    target: format!("{host}:{port}"),
+                    addr: ip,
+                });
+            }
+        }
         let (addr, addr_port) = self.connect_to.resolve(host, port);
         let proxy = if tls {
             self.proxies.for_tunnel(host)
@@ -191,13 +210,45 @@ impl Upstream {
                 format!("{addr}:{port}")
             }
         };
-        let stream = tokio::time::timeout(self.timeouts.connect, TcpStream::connect((addr, port)))
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout { target: target() })?
-            .map_err(|source| UpstreamError::Connect {
+        let connect = async {
+            // Resolved here rather than by `TcpStream::connect` so that every
+            // address is checked before it is dialed.
+            let resolved = tokio::net::lookup_host((addr, port))
+                .await
+                .map_err(|source| UpstreamError::Connect {
+                    target: target(),
+                    source,
+                })?;
+            let mut last = None;
+            for sa in resolved {
+                if guard::is_forbidden(sa.ip()) {
+                    last = Some(UpstreamError::Forbidden {
+                        target: target(),
+                        addr: sa.ip(),
+                    });
+                    continue;
+                }
+                match TcpStream::connect(sa).await {
+                    Ok(s) => return Ok(s),
+                    Err(source) => {
+                        last = Some(UpstreamError::Connect {
+                            target: target(),
+                            source,
+                        })
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| UpstreamError::Connect {
                 target: target(),
-                source,
-            })?;
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the name has no addresses",
+                ),
+            }))
+        };
+        let stream = tokio::time::timeout(self.timeouts.connect, connect)
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout { target: target() })??;
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }

@@ -179,8 +179,13 @@ async fn burst_to_a_new_host_mints_once_and_chain_verifies() {
 async fn ip_target_without_sni_gets_an_ip_san() {
     let ca = TestCa::new("origin CA");
     let origin = Origin::tls(&ca, &["127.0.0.1"], Alpn::H1).await;
-    let gw = TestGateway::start(&ca, |s| s.intercept = InterceptMode::All).await;
-    let target = format!("127.0.0.1:{}", origin.addr.port());
+    let port = origin.addr.port();
+    let gw = TestGateway::start(&ca, |s| {
+        s.intercept = InterceptMode::All;
+        s.limits.allowed_connect_ports.push(port);
+    })
+    .await;
+    let target = format!("127.0.0.1:{port}");
     let (s, reply) = client::connect(gw.addr, &target).await;
     assert_eq!(reply.status, 200);
     // rustls sends no SNI for IP names, so kt mints for the CONNECT host.

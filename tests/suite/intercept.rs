@@ -211,7 +211,11 @@ async fn plain_bytes_after_connect_to_an_intercepted_host_are_tunnelled() {
     let ca = TestCa::new("ca");
     let origin = Origin::plain().await;
     let addr = origin.addr;
-    let gw = TestGateway::start(&ca, |s| s.connect_to = vec![connect_to(HOST, 80, addr)]).await;
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to = vec![connect_to(HOST, 80, addr)];
+        s.limits.allowed_connect_ports.push(80);
+    })
+    .await;
     let (s, reply) = client::connect(gw.addr, &format!("{HOST}:80")).await;
     assert_eq!(reply.status, 200);
     let mut http = client::Http::over(s, false).await;

@@ -118,14 +118,14 @@ async fn idle_tunnels_are_closed_and_busy_ones_kept() {
     });
     let idle = std::time::Duration::from_millis(400);
     let gw = TestGateway::start(&ca, |s| {
-        s.connect_to = vec![connect_to("echo.test", 7, echo_addr)];
+        s.connect_to = vec![connect_to("echo.test", 443, echo_addr)];
         s.limits.idle = idle;
     })
     .await;
 
-    let (mut busy, reply) = client::connect(gw.addr, "echo.test:7").await;
+    let (mut busy, reply) = client::connect(gw.addr, "echo.test:443").await;
     assert_eq!(reply.status, 200);
-    let (mut quiet, reply) = client::connect(gw.addr, "echo.test:7").await;
+    let (mut quiet, reply) = client::connect(gw.addr, "echo.test:443").await;
     assert_eq!(reply.status, 200);
     let started = std::time::Instant::now();
 
