@@ -143,6 +143,8 @@ fn bad_input_fails_with_one_clear_line() {
         "run",
         "--data-dir",
         d,
+        "--listen",
+        "127.0.0.1:0",
         "--connect-to",
         "nonsense",
     ]);
