@@ -2,12 +2,14 @@
 //! dispatched. The only module that uses `anyhow`; every error ends as one
 //! line on stderr and a non-zero exit.
 
+mod banner;
 mod ca;
 mod cache;
 mod events;
 mod gateway;
 mod keys;
 mod policy;
+pub mod progress;
 mod report;
 
 use clap::{Args, Parser, Subcommand};
