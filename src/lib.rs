@@ -27,6 +27,8 @@
 //!   that turns a request's credentials into an identity.
 //! - [`metrics`]: histograms and labelled counters of exchanges, rendered
 //!   for `GET /metrics`.
+//! - [`setup`]: client settings for `kt setup` (VS Code, Cody, Copilot,
+//!   Continue, Zed, gptel, shell) and the careful merge into their files.
 //! - [`shutdown`]: graceful-drain signalling shared by every connection task.
 //!
 //! `proxy` knows nothing of LLMs beyond a host matcher it is handed; `tls`
@@ -43,6 +45,7 @@ pub mod llm;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod setup;
 pub mod shutdown;
 pub mod tls;
 pub mod upstream;

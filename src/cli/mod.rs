@@ -11,6 +11,7 @@ mod keys;
 mod policy;
 pub mod progress;
 mod report;
+mod setup;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -87,6 +88,9 @@ pub enum Command {
     /// Reports from the audit log (tokens and cost).
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// Print (or merge into the right file) the settings that point a
+    /// client at the gateway.
+    Setup(setup::SetupArgs),
 }
 
 /// The arguments clap parses: the process's, with a repeated program name
@@ -112,6 +116,7 @@ pub fn main() -> ExitCode {
         Command::Cache(cmd) => cache::run(&cli.home, cmd),
         Command::Keys(cmd) => keys::run(&cli.home, cmd),
         Command::Report(cmd) => report::run(&cli.home, cmd),
+        Command::Setup(args) => setup::run(&cli.home, args),
     };
     match result {
         Ok(code) => code,

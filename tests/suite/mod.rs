@@ -10,6 +10,7 @@ mod events;
 mod intercept;
 mod keys;
 mod lifecycle;
+mod onboarding;
 mod policy;
 mod tunnel;
 mod usage;
