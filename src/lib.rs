@@ -14,6 +14,8 @@
 //!   that turns errors into HTTP responses.
 //! - [`direct`]: the direct API's routing table: provider targets, model
 //!   to target, upstream paths and the provider keys kt injects.
+//! - [`doctor`]: the diagnostic checklist of `kt doctor` (gateway, CA
+//!   trust, proxy variables, an end-to-end probe, keys, events, config).
 //! - [`llm`]: knowledge about LLM providers (which hosts carry LLM traffic).
 //! - [`policy`]: the policy engine applied to LLM traffic (chain, redaction,
 //!   content filter, stream output checks, hot reload).
@@ -38,6 +40,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod direct;
+pub mod doctor;
 pub mod events;
 pub mod identity;
 pub mod keys;

@@ -5,6 +5,7 @@
 mod banner;
 mod ca;
 mod cache;
+mod doctor;
 mod events;
 mod gateway;
 mod keys;
@@ -91,6 +92,8 @@ pub enum Command {
     /// Print (or merge into the right file) the settings that point a
     /// client at the gateway.
     Setup(setup::SetupArgs),
+    /// Run the diagnostic checklist: each line ok/warn/FAIL and its fix.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// The arguments clap parses: the process's, with a repeated program name
@@ -117,6 +120,7 @@ pub fn main() -> ExitCode {
         Command::Keys(cmd) => keys::run(&cli.home, cmd),
         Command::Report(cmd) => report::run(&cli.home, cmd),
         Command::Setup(args) => setup::run(&cli.home, args),
+        Command::Doctor(args) => doctor::run(&cli.home, args),
     };
     match result {
         Ok(code) => code,
