@@ -1,6 +1,6 @@
 //! `GET /_kt/events`: the audit events as Server-Sent Events — the last N
-//! from the log (`?n=N`), then each new one as it is written — for
-//! `kt events tail --gateway` and dashboards.
+//! from the log (`?n=N`), then each new one as it is written (unless
+//! `follow=0`) — for `kt events tail --gateway` and dashboards.
 
 use super::ConnCtx;
 use crate::body::{self, Body};
@@ -40,6 +40,11 @@ pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0)
         .min(MAX_HISTORY);
+    // `follow=0`: the history only, then the stream ends (for snapshots).
+    let follow = !query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .any(|kv| kv == "follow=0" || kv == "follow=false");
     // Subscribe before reading history, so nothing falls in between (an
     // event may then come twice; the client can skip repeated ids).
     let mut live = feed.sink.subscribe();
@@ -59,7 +64,7 @@ pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
             }
         }
         // Tells a client that asked for history only where it ends.
-        if tx.send(Bytes::from_static(HISTORY_END)).await.is_err() {
+        if tx.send(Bytes::from_static(HISTORY_END)).await.is_err() || !follow {
             return;
         }
         let mut keepalive = tokio::time::interval(KEEPALIVE);
