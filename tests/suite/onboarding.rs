@@ -353,3 +353,246 @@ pub(crate) fn has_program(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
+
+mod dashboard {
+    use crate::common::client::{body_string, read_head, tls, Http};
+    use crate::common::origin::{Alpn, Origin};
+    use crate::common::{connect_to, TestCa, TestGateway};
+    use base64::Engine as _;
+    use bytes::Bytes;
+    use keeptrusts::config::PolicyConfig;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const HOST: &str = "api.openai.com";
+    const CONFIG: &str = "auth:\n  required: true\npolicies:\n  chain: [audit-logger, content-filter]\npolicy:\n  audit-logger: {}\n  content-filter:\n    patterns: ['internal-project-\\w+']\n";
+
+    /// One chat request through the proxy as the holder of `key`.
+    async fn chat_as(
+        gw: &TestGateway,
+        key: &str,
+        content: &str,
+        roots: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> u16 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("dev:{key}"));
+        let req = format!("CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        assert_eq!(read_head(&mut s).await.status, 200);
+        let tls = tls(s, HOST, roots, &[b"http/1.1"]).await.unwrap();
+        let mut http = Http::over(tls, false).await;
+        let body = serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]});
+        let resp = http
+            .send(
+                "POST",
+                HOST,
+                "/v1/chat/completions",
+                Bytes::from(body.to_string()),
+            )
+            .await;
+        let status = resp.status().as_u16();
+        let _ = body_string(resp).await;
+        status
+    }
+
+    /// A raw HTTP/1.1 GET to the gateway; returns the whole response text.
+    async fn get(gw: &TestGateway, path: &str, headers: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{headers}\r\n",
+            gw.addr
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("response did not end")
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Runs headless Chromium on `url` with `args`, bounded in time.
+    async fn chromium(args: Vec<String>, url: String) -> String {
+        tokio::task::spawn_blocking(move || {
+            let profile = tempfile::tempdir().unwrap();
+            let mut child = Command::new("chromium")
+                .args([
+                    "--headless=new",
+                    "--disable-gpu",
+                    "--no-sandbox",
+                    "--no-first-run",
+                    "--disable-dev-shm-usage",
+                    "--virtual-time-budget=5000",
+                ])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .args(&args)
+                .arg(&url)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let started = Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                if started.elapsed() > Duration::from_secs(90) {
+                    let _ = child.kill();
+                    panic!("chromium did not finish within 90 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let out = child.wait_with_output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .await
+        .unwrap()
+    }
+
+    fn events_tbody(dom: &str) -> &str {
+        let start = dom.find("<tbody>").expect("no events table body");
+        let end = dom[start..].find("</tbody>").unwrap() + start;
+        &dom[start..end]
+    }
+
+    fn artifacts() -> PathBuf {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+        let dir = target.join("test-artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn the_dashboard_shows_events_and_filters_them_in_a_real_browser() {
+        let ca = TestCa::new("dashboard CA");
+        let origin = Origin::tls(&ca, &[HOST], Alpn::H1).await;
+        let config = Arc::new(PolicyConfig::parse(CONFIG, Path::new("t.yaml")).unwrap());
+        let mut keys = Vec::new();
+        let gw = TestGateway::start(&ca, |s| {
+            s.connect_to.push(connect_to(HOST, 443, origin.addr));
+            s.apply_config(&config);
+            let file = s.keys_file.clone().unwrap();
+            for (user, team, admin) in [
+                ("alice", "red", false),
+                ("bob", "blue", false),
+                ("ops", "sre", true),
+            ] {
+                keys.push(
+                    keeptrusts::keys::file::create(&file, user, Some(team), admin)
+                        .unwrap()
+                        .key,
+                );
+            }
+        })
+        .await;
+        let roots = [gw.ca_der()];
+        assert_eq!(
+            chat_as(&gw, &keys[0], "hello from alice", &roots).await,
+            200
+        );
+        assert_eq!(
+            chat_as(&gw, &keys[1], "about internal-project-zeus", &roots).await,
+            409
+        );
+
+        // The page and the feed need an admin key; a wrong one is refused.
+        assert!(get(&gw, "/_kt/", "").await.starts_with("HTTP/1.1 401"));
+        assert!(get(&gw, &format!("/_kt/?key={}", keys[0]), "")
+            .await
+            .starts_with("HTTP/1.1 403"));
+        let login = get(&gw, &format!("/_kt/?key={}", keys[2]), "").await;
+        assert!(login.starts_with("HTTP/1.1 303"), "{login}");
+        let cookie_line = login
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+            .expect("the login sets a cookie");
+        for attr in ["HttpOnly", "SameSite=Strict", "Path=/_kt"] {
+            assert!(cookie_line.contains(attr), "{cookie_line}");
+        }
+        let cookie = format!("Cookie: kt_admin={}\r\n", keys[2]);
+        let page = get(&gw, "/_kt/", &cookie).await;
+        assert!(
+            page.starts_with("HTTP/1.1 200"),
+            "{}",
+            &page[..200.min(page.len())]
+        );
+        let csp = page
+            .lines()
+            .find(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("content-security-policy:")
+            })
+            .unwrap();
+        assert!(
+            csp.contains("script-src 'sha256-") && csp.contains("connect-src 'self'"),
+            "{csp}"
+        );
+        // The cookie opens /_kt/* only: never the direct API.
+        assert!(get(&gw, "/v1/models", &cookie)
+            .await
+            .starts_with("HTTP/1.1 401"));
+
+        // Wait (bounded) until the three events are readable from the log.
+        let started = Instant::now();
+        loop {
+            let feed = get(&gw, "/_kt/events?n=10&follow=0", &cookie).await;
+            if feed.matches("\ndata: ").count() >= 3 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "events never arrived:\n{feed}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        if !super::has_program("chromium") {
+            println!("KT-TEST-SKIPPED: chromium is not installed; scripts/test.sh installs it");
+            return;
+        }
+        let base = format!("http://{}/_kt/?key={}", gw.addr, keys[2]);
+        let dom = chromium(vec!["--dump-dom".into()], format!("{base}#once=1")).await;
+        assert!(dom.contains("data-events=\"3\""), "{dom}");
+        let rows = events_tbody(&dom);
+        assert!(rows.contains(">alice<") && rows.contains(">bob<"), "{rows}");
+        assert!(
+            rows.contains(">block<") && rows.contains(">content-filter<"),
+            "{rows}"
+        );
+        assert!(dom.contains("id=\"total-blocks\">1<"), "block counted");
+        let policies = &dom[dom.find("id=\"policies\"").unwrap()..];
+        assert!(policies[..policies.find("</table>").unwrap()].contains(">content-filter<"));
+
+        let filtered = chromium(
+            vec!["--dump-dom".into()],
+            format!("{base}#filter=user:alice&once=1"),
+        )
+        .await;
+        assert!(filtered.contains("data-shown=\"2\""), "{filtered}");
+        let rows = events_tbody(&filtered);
+        assert!(rows.contains(">alice<"), "{rows}");
+        assert!(
+            !rows.contains(">bob<") && !rows.contains(">block<"),
+            "the filter hides bob's block:\n{rows}"
+        );
+
+        let shot = artifacts().join("dashboard.png");
+        let _ = std::fs::remove_file(&shot);
+        chromium(
+            vec![
+                format!("--screenshot={}", shot.display()),
+                "--window-size=1280,900".into(),
+            ],
+            format!("{base}#once=1"),
+        )
+        .await;
+        let png = std::fs::read(&shot).expect("no screenshot written");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{} bytes",
+            png.len()
+        );
+    }
+}
