@@ -51,7 +51,8 @@ pub fn run(home: &HomeArgs, cmd: ReportCommand) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
     let dir = home.home()?.join("events");
     let by = GroupBy::from(by);
-    let report = costs(&dir, by, since)?;
+    let report =
+        super::progress::Progress::during("reading the audit log", || costs(&dir, by, since))?;
     let text = if json {
         let mut s = serde_json::to_string_pretty(&report)?;
         s.push('\n');
