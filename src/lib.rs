@@ -14,6 +14,8 @@
 //!   that turns errors into HTTP responses.
 //! - [`direct`]: the direct API's routing table: provider targets, model
 //!   to target, upstream paths and the provider keys kt injects.
+//! - [`doctor`]: the diagnostic checklist of `kt doctor` (gateway, CA
+//!   trust, proxy variables, an end-to-end probe, keys, events, config).
 //! - [`llm`]: knowledge about LLM providers (which hosts carry LLM traffic).
 //! - [`policy`]: the policy engine applied to LLM traffic (chain, redaction,
 //!   content filter, stream output checks, hot reload).
@@ -27,6 +29,8 @@
 //!   that turns a request's credentials into an identity.
 //! - [`metrics`]: histograms and labelled counters of exchanges, rendered
 //!   for `GET /metrics`.
+//! - [`setup`]: client settings for `kt setup` (VS Code, Cody, Copilot,
+//!   Continue, Zed, gptel, shell) and the careful merge into their files.
 //! - [`shutdown`]: graceful-drain signalling shared by every connection task.
 //!
 //! `proxy` knows nothing of LLMs beyond a host matcher it is handed; `tls`
@@ -36,6 +40,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod direct;
+pub mod doctor;
 pub mod events;
 pub mod identity;
 pub mod keys;
@@ -43,6 +48,7 @@ pub mod llm;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod setup;
 pub mod shutdown;
 pub mod storage;
 pub mod tls;

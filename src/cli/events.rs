@@ -78,7 +78,7 @@ pub fn run(home: &HomeArgs, cmd: EventsCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn verify_cmd(dir: PathBuf) -> anyhow::Result<ExitCode> {
-    match verify(&dir) {
+    match super::progress::Progress::during("verifying the audit log", || verify(&dir)) {
         Ok(report) => {
             println!(
                 "{}: ok: {} events in {} segments{}",

@@ -149,7 +149,7 @@ async fn serve(settings: GatewaySettings, args: RunArgs) -> anyhow::Result<ExitC
             );
         }
     }
-    banner(local, &built, &settings);
+    eprint!("{}", super::banner::for_gateway(local, &built, &settings));
 
     let (trigger, shutdown) = crate::shutdown::channel();
     let server = tokio::spawn(built.gateway.clone().serve(listener, shutdown));
@@ -187,35 +187,6 @@ async fn serve(settings: GatewaySettings, args: RunArgs) -> anyhow::Result<ExitC
         tracing::warn!("drain period over; closing the remaining connections");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn banner(local: SocketAddr, built: &gateway::Built, settings: &GatewaySettings) {
-    let mode = match settings.intercept {
-        InterceptMode::Llm => "LLM hosts",
-        InterceptMode::All => "all hosts",
-        InterceptMode::None => "none (blind tunnels only)",
-    };
-    eprintln!("kt gateway listening on {local}");
-    eprintln!("  CA certificate : {}", built.ca.cert.display());
-    eprintln!("  intercepting   : {mode}");
-    let auth = built.gateway.auth();
-    let keys = auth.store().map_or(0, |s| s.active_keys());
-    if auth.required() {
-        eprintln!("  access keys    : required ({keys} active)");
-    } else {
-        eprintln!("  access keys    : optional ({keys} active)");
-    }
-    if let Some(p) = &built.upstream_proxy {
-        eprintln!("  upstream proxy : {p}");
-    }
-    eprintln!("  point clients at it:");
-    let proxy = if auth.required() {
-        format!("http://USER:KEY@{local}")
-    } else {
-        format!("http://{local}")
-    };
-    eprintln!("    export HTTPS_PROXY={proxy} HTTP_PROXY={proxy} NO_PROXY=localhost,127.0.0.1");
-    eprintln!("    export NODE_EXTRA_CA_CERTS={}", built.ca.cert.display());
 }
 
 #[cfg(unix)]

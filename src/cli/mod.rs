@@ -2,13 +2,17 @@
 //! dispatched. The only module that uses `anyhow`; every error ends as one
 //! line on stderr and a non-zero exit.
 
+mod banner;
 mod ca;
 mod cache;
+mod doctor;
 mod events;
 mod gateway;
 mod keys;
 mod policy;
+pub mod progress;
 mod report;
+mod setup;
 mod store;
 
 use clap::{Args, Parser, Subcommand};
@@ -86,6 +90,11 @@ pub enum Command {
     /// Reports from the audit log (tokens and cost).
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// Print (or merge into the right file) the settings that point a
+    /// client at the gateway.
+    Setup(setup::SetupArgs),
+    /// Run the diagnostic checklist: each line ok/warn/FAIL and its fix.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// The arguments clap parses: the process's, with a repeated program name
@@ -111,6 +120,8 @@ pub fn main() -> ExitCode {
         Command::Cache(cmd) => cache::run(&cli.home, cmd),
         Command::Keys(cmd) => keys::run(&cli.home, cmd),
         Command::Report(cmd) => report::run(&cli.home, cmd),
+        Command::Setup(args) => setup::run(&cli.home, args),
+        Command::Doctor(args) => doctor::run(&cli.home, args),
     };
     match result {
         Ok(code) => code,

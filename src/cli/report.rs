@@ -59,7 +59,9 @@ pub fn run(home: &HomeArgs, cmd: ReportCommand) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
     let by = GroupBy::from(by);
     let report = match store.resolve(home)? {
-        Store::Files(dir) => costs(&dir.join("events"), by, since)?,
+        Store::Files(dir) => super::progress::Progress::during("reading the audit log", || {
+            costs(&dir.join("events"), by, since)
+        })?,
         Store::Postgres(url) => runtime()?.block_on(async {
             let db = Store::db(&url).await?;
             anyhow::Ok(crate::storage::audit::costs(&db, by, since).await?)

@@ -1,6 +1,6 @@
 //! `GET /_kt/events`: the audit events as Server-Sent Events — the last N
-//! from the log (`?n=N`), then each new one as it is written — for
-//! `kt events tail --gateway` and dashboards.
+//! from the log (`?n=N`), then each new one as it is written (unless
+//! `follow=0`) — for `kt events tail --gateway` and dashboards.
 
 use super::ConnCtx;
 use crate::body::{self, Body};
@@ -44,6 +44,11 @@ pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0)
         .min(MAX_HISTORY);
+    // `follow=0`: the history only, then the stream ends (for snapshots).
+    let follow = !query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .any(|kv| kv == "follow=0" || kv == "follow=false");
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let shutdown = ctx.shutdown.clone();
     match feed.shared.clone() {
@@ -51,7 +56,7 @@ pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
             let local = feed.clone();
             tokio::spawn(async move {
                 match TeamFeed::start(&db, n, Filters::default()).await {
-                    Ok((history, team)) => shared(history, team, tx, shutdown).await,
+                    Ok((history, team)) => shared(history, team, follow, tx, shutdown).await,
                     Err(e) => {
                         tracing::warn!("events feed: {e}; serving this replica's events only");
                         let note = format!(
@@ -59,14 +64,14 @@ pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
                             e.kind()
                         );
                         if tx.send(Bytes::from(note)).await.is_ok() {
-                            local_feed(local, n, tx, shutdown).await;
+                            local_feed(local, n, follow, tx, shutdown).await;
                         }
                     }
                 }
             });
         }
         None => {
-            tokio::spawn(local_feed(feed.clone(), n, tx, shutdown));
+            tokio::spawn(local_feed(feed.clone(), n, follow, tx, shutdown));
         }
     }
     let mut r = Response::new(body::channel(rx));
@@ -84,6 +89,7 @@ pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
 async fn shared(
     history: Vec<crate::events::Event>,
     mut team: TeamFeed,
+    follow: bool,
     tx: tokio::sync::mpsc::Sender<Bytes>,
     shutdown: crate::shutdown::Shutdown,
 ) {
@@ -92,7 +98,7 @@ async fn shared(
             return;
         }
     }
-    if tx.send(Bytes::from_static(HISTORY_END)).await.is_err() {
+    if tx.send(Bytes::from_static(HISTORY_END)).await.is_err() || !follow {
         return;
     }
     let mut keepalive = tokio::time::interval(KEEPALIVE);
@@ -113,6 +119,7 @@ async fn shared(
 async fn local_feed(
     feed: EventsFeed,
     n: usize,
+    follow: bool,
     tx: tokio::sync::mpsc::Sender<Bytes>,
     shutdown: crate::shutdown::Shutdown,
 ) {
@@ -133,7 +140,7 @@ async fn local_feed(
             }
         }
         // Tells a client that asked for history only where it ends.
-        if tx.send(Bytes::from_static(HISTORY_END)).await.is_err() {
+        if tx.send(Bytes::from_static(HISTORY_END)).await.is_err() || !follow {
             return;
         }
         let mut keepalive = tokio::time::interval(KEEPALIVE);

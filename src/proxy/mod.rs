@@ -4,6 +4,7 @@
 
 pub mod authority;
 mod cached;
+mod dashboard;
 mod direct;
 pub mod error;
 pub mod feed;

@@ -218,9 +218,12 @@ fn admin(ctx: &ConnCtx, req: &Request<Incoming>) -> Result<Response<Body>, Proxy
     // probes and `/metrics` (counters only, no user labels) stay open for
     // load balancers and Prometheus.
     if (path == "/_kt" || path.starts_with("/_kt/")) && path != "/_kt/ca.pem" {
+        if let Some(login) = super::dashboard::key_login(ctx, req) {
+            return login;
+        }
         ctx.gw
             .auth
-            .admin(req.headers())
+            .admin(&super::dashboard::admin_credentials(req.headers()))
             .map_err(|denied| ProxyError::Auth {
                 route: AuthRoute::Admin,
                 denied,
@@ -247,6 +250,7 @@ fn admin(ctx: &ConnCtx, req: &Request<Incoming>) -> Result<Response<Body>, Proxy
             );
             Ok(r)
         }
+        "/_kt" | "/_kt/" if read_only => Ok(super::dashboard::page()),
         "/_kt/cache" | "/_kt/cache/purge" => super::cached::admin(ctx, req),
         "/_kt/events" if *req.method() == Method::GET => {
             Ok(super::feed::serve(ctx, req.uri().query()))

@@ -12,6 +12,7 @@ mod hosted;
 mod intercept;
 mod keys;
 mod lifecycle;
+mod onboarding;
 mod policy;
 mod tunnel;
 mod usage;

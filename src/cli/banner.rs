@@ -1,0 +1,198 @@
+//! The start-up banner of `kt gateway run`: where it listens, which CA
+//! clients must trust, the lines to paste into a shell, and the policy
+//! chain in force.
+
+use crate::gateway::{Built, GatewaySettings};
+use crate::proxy::InterceptMode;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Hosts that must reach the gateway directly rather than through it:
+/// the direct API on localhost would otherwise be sent to the proxy.
+pub const NO_PROXY_LOCAL: &str = "localhost,127.0.0.1,::1";
+
+/// What the banner says, gathered from the running gateway.
+#[derive(Debug, Clone)]
+pub struct BannerInfo {
+    pub listen: SocketAddr,
+    pub ca_cert: PathBuf,
+    pub intercept: InterceptMode,
+    pub auth_required: bool,
+    pub active_keys: usize,
+    pub upstream_proxy: Option<String>,
+    /// Hosted mode: the shared store (password hidden) and this replica's
+    /// chain name.
+    pub shared_store: Option<(String, String)>,
+    /// `name (type)` of each policy, in chain order.
+    pub chain: Vec<String>,
+}
+
+impl BannerInfo {
+    /// The facts of a gateway just built and bound to `listen`.
+    pub fn of(listen: SocketAddr, built: &Built, settings: &GatewaySettings) -> BannerInfo {
+        let auth = built.gateway.auth();
+        let chain = built
+            .gateway
+            .engine()
+            .chain()
+            .policies()
+            .iter()
+            .map(|p| {
+                if *p.name == *p.kind.as_str() {
+                    p.name.to_string()
+                } else {
+                    format!("{} ({})", p.name, p.kind)
+                }
+            })
+            .collect();
+        BannerInfo {
+            listen,
+            ca_cert: built.ca.cert.clone(),
+            intercept: settings.intercept,
+            auth_required: auth.required(),
+            active_keys: auth.store().map_or(0, |s| s.active_keys()),
+            upstream_proxy: built.upstream_proxy.clone(),
+            shared_store: built
+                .hosted
+                .as_ref()
+                .map(|h| (h.db().shown().to_string(), h.replica().to_string())),
+            chain,
+        }
+    }
+}
+
+/// The banner for the gateway in `built`, listening on `listen`.
+pub fn for_gateway(listen: SocketAddr, built: &Built, settings: &GatewaySettings) -> String {
+    render(&BannerInfo::of(listen, built, settings))
+}
+
+/// The address clients on this machine use for `listen`: a wildcard bind
+/// is reached on loopback.
+pub fn client_address(listen: SocketAddr) -> SocketAddr {
+    match listen {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        other => other,
+    }
+}
+
+/// The banner text (several lines, each ending in a newline).
+pub fn render(info: &BannerInfo) -> String {
+    let mut s = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(s, "kt gateway listening on {}", info.listen);
+    let _ = writeln!(s, "  CA certificate : {}", info.ca_cert.display());
+    let mode = match info.intercept {
+        InterceptMode::Llm => "LLM hosts",
+        InterceptMode::All => "all hosts",
+        InterceptMode::None => "none (blind tunnels only)",
+    };
+    let _ = writeln!(s, "  intercepting   : {mode}");
+    let keys = info.active_keys;
+    let need = if info.auth_required {
+        "required"
+    } else {
+        "optional"
+    };
+    let _ = writeln!(s, "  access keys    : {need} ({keys} active)");
+    if let Some(p) = &info.upstream_proxy {
+        let _ = writeln!(s, "  upstream proxy : {p}");
+    }
+    if let Some((db, replica)) = &info.shared_store {
+        let _ = writeln!(s, "  shared store   : {db} (replica {replica})");
+    }
+    let chain = if info.chain.is_empty() {
+        "(none: the pack is disabled)".to_string()
+    } else {
+        info.chain.join(" -> ")
+    };
+    let _ = writeln!(s, "  policy chain   : {chain}");
+    if info.listen.ip().is_unspecified() {
+        let _ = writeln!(
+            s,
+            "  reachable from other machines and containers on port {}; they use this host's address",
+            info.listen.port()
+        );
+    }
+    let client = client_address(info.listen);
+    let proxy = if info.auth_required {
+        format!("http://USER:KEY@{client}")
+    } else {
+        format!("http://{client}")
+    };
+    let _ = writeln!(
+        s,
+        "  point clients at it (`kt setup shell` prints these too):"
+    );
+    let _ = writeln!(s, "    export HTTPS_PROXY={proxy} HTTP_PROXY={proxy}");
+    let _ = writeln!(s, "    export NO_PROXY={NO_PROXY_LOCAL}");
+    let _ = writeln!(
+        s,
+        "    export NODE_EXTRA_CA_CERTS={}",
+        info.ca_cert.display()
+    );
+    let _ = writeln!(s, "  direct API     : http://{client}/v1");
+    let _ = writeln!(s, "  dashboard      : http://{client}/_kt/");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> BannerInfo {
+        BannerInfo {
+            listen: "127.0.0.1:41002".parse().unwrap(),
+            ca_cert: PathBuf::from("/home/u/.keeptrusts/certs/kt-ca.pem"),
+            intercept: InterceptMode::Llm,
+            auth_required: false,
+            active_keys: 0,
+            upstream_proxy: None,
+            shared_store: None,
+            chain: vec!["audit-logger".into(), "no-secrets (redact)".into()],
+        }
+    }
+
+    #[test]
+    fn names_address_ca_env_lines_and_chain() {
+        let text = render(&info());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "kt gateway listening on 127.0.0.1:41002");
+        assert!(text.contains("  CA certificate : /home/u/.keeptrusts/certs/kt-ca.pem\n"));
+        assert!(text.contains(
+            "    export HTTPS_PROXY=http://127.0.0.1:41002 HTTP_PROXY=http://127.0.0.1:41002\n"
+        ));
+        assert!(text.contains("    export NO_PROXY=localhost,127.0.0.1,::1\n"));
+        assert!(
+            text.contains("    export NODE_EXTRA_CA_CERTS=/home/u/.keeptrusts/certs/kt-ca.pem\n")
+        );
+        assert!(text.contains("  policy chain   : audit-logger -> no-secrets (redact)\n"));
+        assert!(!text.contains("upstream proxy"));
+        assert!(!text.contains("other machines"));
+    }
+
+    #[test]
+    fn a_wildcard_listener_is_pasted_as_loopback_and_keys_go_in_the_url() {
+        let mut i = info();
+        i.listen = "0.0.0.0:41002".parse().unwrap();
+        i.auth_required = true;
+        i.active_keys = 2;
+        i.chain.clear();
+        i.upstream_proxy = Some("http://corp:3128".into());
+        let text = render(&i);
+        assert!(text.contains("HTTPS_PROXY=http://USER:KEY@127.0.0.1:41002"));
+        assert!(text.contains("access keys    : required (2 active)"));
+        assert!(text.contains("upstream proxy : http://corp:3128"));
+        assert!(text.contains("policy chain   : (none"));
+        assert!(text.contains("other machines"));
+        assert_eq!(
+            client_address("[::]:9".parse().unwrap()),
+            "[::1]:9".parse().unwrap()
+        );
+    }
+}

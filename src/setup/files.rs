@@ -1,0 +1,174 @@
+//! Writing a settings file safely: a timestamped backup of the old one
+//! first, then the new text through a temporary file and a rename, and
+//! marked blocks that a later run replaces instead of appending again.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Why a settings file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot back up {path} to {backup}: {source}")]
+    Backup {
+        path: PathBuf,
+        backup: PathBuf,
+        source: io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// The file's text, or `None` when it does not exist.
+pub fn read_optional(path: &Path) -> Result<Option<String>, FileError> {
+    match fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(FileError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Replaces `path` with `text`, copying an existing file to
+/// `PATH.bak-YYYYMMDD-HHMMSS` first; returns the backup's path.
+pub fn replace_with_backup(path: &Path, text: &str) -> Result<Option<PathBuf>, FileError> {
+    let write_err = |source| FileError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let backup = if path.exists() {
+        let backup = backup_path(path);
+        fs::copy(path, &backup).map_err(|source| FileError::Backup {
+            path: path.to_path_buf(),
+            backup: backup.clone(),
+            source,
+        })?;
+        Some(backup)
+    } else {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(write_err)?;
+        }
+        None
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".kt-tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, text).map_err(write_err)?;
+    // Keep the mode of the file being replaced (a shell profile may be 0600).
+    if let Ok(meta) = fs::metadata(path) {
+        let _ = fs::set_permissions(&tmp, meta.permissions());
+    }
+    fs::rename(&tmp, path).map_err(write_err)?;
+    Ok(backup)
+}
+
+/// `PATH.bak-YYYYMMDD-HHMMSS` (UTC), with `-N` added if that exists.
+fn backup_path(path: &Path) -> PathBuf {
+    let t = time::OffsetDateTime::now_utc();
+    let stamp = format!(
+        "{:04}{:02}{:02}-{:02}{:02}{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    let base = format!("{}.bak-{stamp}", path.display());
+    let mut candidate = PathBuf::from(&base);
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = PathBuf::from(format!("{base}-{n}"));
+        n += 1;
+    }
+    candidate
+}
+
+/// The start and end marker lines of kt's block, in a language whose line
+/// comments start with `comment`.
+fn markers(comment: &str) -> (String, String) {
+    (
+        format!("{comment} >>> kt setup >>>"),
+        format!("{comment} <<< kt setup <<<"),
+    )
+}
+
+/// `text` with kt's marked block set to `body`: an existing block is
+/// replaced in place, otherwise the block is appended. `None` when the
+/// block already says exactly that.
+pub fn set_block(text: &str, comment: &str, body: &str) -> Option<String> {
+    let (start, end) = markers(comment);
+    let mut block = format!("{start}\n{body}");
+    if !block.ends_with('\n') {
+        block.push('\n');
+    }
+    block.push_str(&end);
+    block.push('\n');
+    if let Some(a) = text.find(&format!("{start}\n")) {
+        if let Some(len) = text[a..].find(&end) {
+            let mut b = a + len + end.len();
+            if text[b..].starts_with('\n') {
+                b += 1;
+            }
+            if text[a..b] == block {
+                return None;
+            }
+            return Some(format!("{}{block}{}", &text[..a], &text[b..]));
+        }
+    }
+    let mut out = text.to_string();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(&block);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_appended_once_then_replaced_in_place() {
+        let profile = "alias ll='ls -l'\n";
+        let once = set_block(profile, "#", "export A=1").unwrap();
+        assert_eq!(
+            once,
+            "alias ll='ls -l'\n\n# >>> kt setup >>>\nexport A=1\n# <<< kt setup <<<\n"
+        );
+        assert_eq!(set_block(&once, "#", "export A=1"), None);
+        let mut edited = once.clone();
+        edited.push_str("export PATH=$PATH:~/bin\n");
+        let changed = set_block(&edited, "#", "export A=2\n").unwrap();
+        assert_eq!(
+            changed,
+            "alias ll='ls -l'\n\n# >>> kt setup >>>\nexport A=2\n# <<< kt setup <<<\nexport PATH=$PATH:~/bin\n"
+        );
+        assert_eq!(
+            set_block("", ";;", "(x)").unwrap(),
+            ";; >>> kt setup >>>\n(x)\n;; <<< kt setup <<<\n"
+        );
+    }
+
+    #[test]
+    fn replacing_keeps_a_timestamped_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sub/settings.json");
+        assert_eq!(replace_with_backup(&f, "{}\n").unwrap(), None);
+        let b1 = replace_with_backup(&f, "{\"a\": 1}\n").unwrap().unwrap();
+        let b2 = replace_with_backup(&f, "{\"a\": 2}\n").unwrap().unwrap();
+        assert_ne!(b1, b2);
+        assert!(b1.to_string_lossy().contains("settings.json.bak-"));
+        assert_eq!(fs::read_to_string(&b1).unwrap(), "{}\n");
+        assert_eq!(fs::read_to_string(&b2).unwrap(), "{\"a\": 1}\n");
+        assert_eq!(read_optional(&f).unwrap().as_deref(), Some("{\"a\": 2}\n"));
+        assert_eq!(read_optional(&dir.path().join("none")).unwrap(), None);
+    }
+}

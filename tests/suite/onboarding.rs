@@ -1,0 +1,598 @@
+//! Onboarding: `kt setup` merging into real settings files, `kt doctor`
+//! against broken and working set-ups, and the dashboard in a real
+//! headless browser.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn kt_in(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kt"))
+        .arg("--data-dir")
+        .arg(home)
+        .args(args)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("http_proxy")
+        .env_remove("KEEPTRUSTS_GATEWAY")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into()
+}
+
+fn backups(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{name}.bak-"))
+        })
+        .collect()
+}
+
+/// Writes `original`, runs `kt setup CLIENT --write --file` twice, and
+/// checks that everything in `kept` survived, that a backup holds the
+/// original, and that the second run changed nothing.
+fn round_trip(client: &str, original: &str, kept: &[&str], added: &[&str]) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("settings.json");
+    std::fs::write(&file, original).unwrap();
+    let f = file.to_str().unwrap();
+    let first = kt_in(home.path(), &["setup", client, "--write", "--file", f]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stdout).contains("backup:"),
+        "{}",
+        text(&first.stdout)
+    );
+    let merged = std::fs::read_to_string(&file).unwrap();
+    for k in kept.iter().chain(added) {
+        assert!(merged.contains(k), "{k:?} missing after merge:\n{merged}");
+    }
+    let saved = backups(dir.path(), "settings.json");
+    assert_eq!(saved.len(), 1, "one backup: {saved:?}");
+    assert_eq!(std::fs::read_to_string(&saved[0]).unwrap(), original);
+
+    let second = kt_in(home.path(), &["setup", client, "--write", "--file", f]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert!(
+        text(&second.stdout).contains("already up to date"),
+        "{}",
+        text(&second.stdout)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), merged);
+    assert_eq!(
+        backups(dir.path(), "settings.json").len(),
+        1,
+        "no new backup"
+    );
+    merged
+}
+
+#[test]
+fn setup_vscode_merges_into_jsonc_keeping_comments_and_keys() {
+    let original = r#"// User settings
+{
+    "editor.fontSize": 13, // small screens
+    /* proxy set by IT, replaced by kt */
+    "http.proxy": "http://it-proxy.example:3128",
+    "files.exclude": {
+        "**/node_modules": true,
+    },
+    "workbench.colorTheme": "Default Dark+",
+}
+"#;
+    let merged = round_trip(
+        "vscode",
+        original,
+        &[
+            "// User settings",
+            "\"editor.fontSize\": 13, // small screens",
+            "/* proxy set by IT, replaced by kt */",
+            "\"**/node_modules\": true,",
+            "\"workbench.colorTheme\": \"Default Dark+\",",
+        ],
+        &[
+            "\"http.proxy\": \"http://127.0.0.1:41002\"",
+            "\"http.proxyStrictSSL\": true",
+        ],
+    );
+    assert!(!merged.contains("it-proxy.example"));
+}
+
+#[test]
+fn setup_zed_merges_the_openai_api_url() {
+    let original = r#"// Zed settings
+{
+  "theme": "One Dark",
+  "language_models": {
+    "openai": {
+      "available_models": [{ "name": "gpt-4o", "max_tokens": 128000 }],
+    },
+  },
+}
+"#;
+    round_trip(
+        "zed",
+        original,
+        &[
+            "// Zed settings",
+            "\"theme\": \"One Dark\"",
+            "\"available_models\": [{ \"name\": \"gpt-4o\", \"max_tokens\": 128000 }]",
+        ],
+        &["\"api_url\": \"http://127.0.0.1:41002/v1\""],
+    );
+}
+
+#[test]
+fn setup_without_write_prints_and_touches_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("never.json");
+    let out = kt_in(
+        home.path(),
+        &["setup", "continue", "--file", file.to_str().unwrap()],
+    );
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("provider: openai"));
+    assert!(text(&out.stdout).contains("apiBase: http://127.0.0.1:41002/v1"));
+    assert!(!file.exists());
+}
+
+mod doctor {
+    use super::text;
+    use crate::common::origin::{Alpn, Origin};
+    use crate::common::{connect_to, TestCa, TestGateway};
+    use std::path::Path;
+    use std::process::{Command, Output};
+
+    /// Runs `kt doctor` with exactly the proxy variables given (and a home
+    /// folder without NSS databases), off the test's runtime so an
+    /// in-process gateway keeps serving.
+    async fn doctor(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let user_home = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kt"));
+        cmd.arg("--data-dir").arg(home).arg("doctor").args(args);
+        for v in [
+            "HTTPS_PROXY",
+            "HTTP_PROXY",
+            "https_proxy",
+            "http_proxy",
+            "NO_PROXY",
+            "no_proxy",
+            "KEEPTRUSTS_ACCESS_KEY",
+            "KEEPTRUSTS_GATEWAY",
+            "NODE_EXTRA_CA_CERTS",
+        ] {
+            cmd.env_remove(v);
+        }
+        cmd.env("HOME", user_home.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .unwrap();
+        drop(user_home);
+        out
+    }
+
+    fn free_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    fn check<'a>(json: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name} in {json:#}"))
+    }
+
+    #[tokio::test]
+    async fn a_broken_setup_fails_each_check_with_its_fix() {
+        let home = tempfile::tempdir().unwrap();
+        let init = super::kt_in(home.path(), &["ca", "init"]);
+        assert!(init.status.success(), "{}", text(&init.stderr));
+        // A bundle without the kt CA stands for an OS that does not trust it.
+        let bundle = home.path().join("os-bundle.crt");
+        let other = TestCa::new("someone else");
+        std::fs::copy(&other.pem_path, &bundle).unwrap();
+        let port = free_port();
+        let gw = format!("http://127.0.0.1:{port}");
+        let args = [
+            "--gateway",
+            &gw,
+            "--ca-bundle",
+            bundle.to_str().unwrap(),
+            "--no-node",
+        ];
+        let env = [
+            ("HTTPS_PROXY", gw.as_str()),
+            ("NO_PROXY", "github.com,*.npmjs.org"),
+        ];
+
+        let out = doctor(home.path(), &args, &env).await;
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        for (line, fix) in [
+            ("FAIL  gateway", "fix: start it: kt gateway run"),
+            ("FAIL  ca_os_trust", "fix: sudo kt ca install"),
+            (
+                "FAIL  no_proxy",
+                "fix: export NO_PROXY=localhost,127.0.0.1,::1",
+            ),
+        ] {
+            let at = stdout
+                .find(line)
+                .unwrap_or_else(|| panic!("no {line:?} in\n{stdout}"));
+            let next = stdout[at..].lines().nth(1).unwrap();
+            assert!(next.trim_start().starts_with(fix), "{line}: fix {next:?}");
+        }
+        assert!(stdout.contains(&format!("nothing listens on 127.0.0.1:{port}")));
+
+        let mut json_args = args.to_vec();
+        json_args.push("--json");
+        let out = doctor(home.path(), &json_args, &env).await;
+        assert_eq!(out.status.code(), Some(1));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for name in ["gateway", "ca_os_trust", "no_proxy"] {
+            let c = check(&json, name);
+            assert_eq!(c["status"], "fail", "{c}");
+            assert!(c["fix"].as_str().is_some_and(|f| !f.is_empty()), "{c}");
+            assert!(c["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        }
+        assert_eq!(check(&json, "ca_file")["status"], "ok");
+    }
+
+    #[tokio::test]
+    async fn a_port_held_by_another_program_is_named() {
+        let home = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut s, _)) = listener.accept().await {
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+                    )
+                    .await;
+            }
+        });
+        let gw = format!("http://127.0.0.1:{port}");
+        let out = doctor(home.path(), &["--gateway", &gw, "--no-node", "--json"], &[]).await;
+        assert_eq!(out.status.code(), Some(1));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let c = check(&json, "gateway");
+        assert_eq!(c["status"], "fail");
+        let detail = c["detail"].as_str().unwrap();
+        assert!(detail.contains("is not kt"), "{detail}");
+        if Path::new("/proc/net/tcp").exists() {
+            // This test process holds the port; the doctor finds it in /proc.
+            assert!(
+                detail.contains(&format!("pid {}", std::process::id())),
+                "{detail}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_working_setup_passes_end_to_end() {
+        let test_ca = TestCa::new("public roots stand-in");
+        let origin = Origin::tls(&test_ca, &["api.githubcopilot.com"], Alpn::H1).await;
+        let gateway = TestGateway::start(&test_ca, |s| {
+            s.connect_to = vec![connect_to("api.githubcopilot.com", 443, origin.addr)];
+        })
+        .await;
+        let home = gateway.home.path();
+        let policy = home.join("policy.yaml");
+        std::fs::write(&policy, "policies:\n  chain: [audit-logger]\n").unwrap();
+        let gw = format!("http://127.0.0.1:{}", gateway.addr.port());
+        let ca = gateway.ca_pem.to_str().unwrap().to_string();
+        let args = [
+            "--gateway",
+            &gw,
+            // The trusted bundle here is the kt CA itself.
+            "--ca-bundle",
+            &ca,
+            "--policy-config",
+            policy.to_str().unwrap(),
+        ];
+        let env = [
+            ("HTTPS_PROXY", gw.as_str()),
+            ("http_proxy", gw.as_str()),
+            ("NO_PROXY", "localhost,127.0.0.1,::1"),
+        ];
+        let out = doctor(home, &args, &env).await;
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+        assert!(!stdout.contains("FAIL  "), "{stdout}");
+        for line in [
+            "ok    gateway ",
+            "ok    ca_file ",
+            "ok    gateway_ca ",
+            "ok    ca_os_trust ",
+            "ok    proxy_env ",
+            "ok    no_proxy ",
+            "ok    probe ",
+            "ok    access_key ",
+            "ok    events ",
+            "ok    policy_config ",
+        ] {
+            assert!(stdout.contains(line), "no {line:?} in\n{stdout}");
+        }
+        assert!(
+            stdout.contains("certificate chains to the kt CA"),
+            "{stdout}"
+        );
+        assert!(
+            origin.hits.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+            "the probe reached the origin"
+        );
+        let node = super::has_program("node");
+        assert_eq!(
+            stdout.contains("ok    node_extra_ca "),
+            node,
+            "node present: {node}\n{stdout}"
+        );
+    }
+}
+
+/// True when `program` is on PATH.
+pub(crate) fn has_program(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+mod dashboard {
+    use crate::common::client::{body_string, read_head, tls, Http};
+    use crate::common::origin::{Alpn, Origin};
+    use crate::common::{connect_to, TestCa, TestGateway};
+    use base64::Engine as _;
+    use bytes::Bytes;
+    use keeptrusts::config::PolicyConfig;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const HOST: &str = "api.openai.com";
+    const CONFIG: &str = "auth:\n  required: true\npolicies:\n  chain: [audit-logger, content-filter]\npolicy:\n  audit-logger: {}\n  content-filter:\n    patterns: ['internal-project-\\w+']\n";
+
+    /// One chat request through the proxy as the holder of `key`.
+    async fn chat_as(
+        gw: &TestGateway,
+        key: &str,
+        content: &str,
+        roots: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> u16 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("dev:{key}"));
+        let req = format!("CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        assert_eq!(read_head(&mut s).await.status, 200);
+        let tls = tls(s, HOST, roots, &[b"http/1.1"]).await.unwrap();
+        let mut http = Http::over(tls, false).await;
+        let body = serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]});
+        let resp = http
+            .send(
+                "POST",
+                HOST,
+                "/v1/chat/completions",
+                Bytes::from(body.to_string()),
+            )
+            .await;
+        let status = resp.status().as_u16();
+        let _ = body_string(resp).await;
+        status
+    }
+
+    /// A raw HTTP/1.1 GET to the gateway; returns the whole response text.
+    async fn get(gw: &TestGateway, path: &str, headers: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{headers}\r\n",
+            gw.addr
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("response did not end")
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Runs headless Chromium on `url` with `args`, bounded in time.
+    async fn chromium(args: Vec<String>, url: String) -> String {
+        tokio::task::spawn_blocking(move || {
+            let profile = tempfile::tempdir().unwrap();
+            let mut child = Command::new("chromium")
+                .args([
+                    "--headless=new",
+                    "--disable-gpu",
+                    "--no-sandbox",
+                    "--no-first-run",
+                    "--disable-dev-shm-usage",
+                    "--virtual-time-budget=5000",
+                ])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .args(&args)
+                .arg(&url)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let started = Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                if started.elapsed() > Duration::from_secs(90) {
+                    let _ = child.kill();
+                    panic!("chromium did not finish within 90 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let out = child.wait_with_output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .await
+        .unwrap()
+    }
+
+    fn events_tbody(dom: &str) -> &str {
+        let start = dom.find("<tbody>").expect("no events table body");
+        let end = dom[start..].find("</tbody>").unwrap() + start;
+        &dom[start..end]
+    }
+
+    fn artifacts() -> PathBuf {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+        let dir = target.join("test-artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn the_dashboard_shows_events_and_filters_them_in_a_real_browser() {
+        let ca = TestCa::new("dashboard CA");
+        let origin = Origin::tls(&ca, &[HOST], Alpn::H1).await;
+        let config = Arc::new(PolicyConfig::parse(CONFIG, Path::new("t.yaml")).unwrap());
+        let mut keys = Vec::new();
+        let gw = TestGateway::start(&ca, |s| {
+            s.connect_to.push(connect_to(HOST, 443, origin.addr));
+            s.apply_config(&config);
+            let file = s.keys_file.clone().unwrap();
+            for (user, team, admin) in [
+                ("alice", "red", false),
+                ("bob", "blue", false),
+                ("ops", "sre", true),
+            ] {
+                keys.push(
+                    keeptrusts::keys::file::create(&file, user, Some(team), admin)
+                        .unwrap()
+                        .key,
+                );
+            }
+        })
+        .await;
+        let roots = [gw.ca_der()];
+        assert_eq!(
+            chat_as(&gw, &keys[0], "hello from alice", &roots).await,
+            200
+        );
+        assert_eq!(
+            chat_as(&gw, &keys[1], "about internal-project-zeus", &roots).await,
+            409
+        );
+
+        // The page and the feed need an admin key; a wrong one is refused.
+        assert!(get(&gw, "/_kt/", "").await.starts_with("HTTP/1.1 401"));
+        assert!(get(&gw, &format!("/_kt/?key={}", keys[0]), "")
+            .await
+            .starts_with("HTTP/1.1 403"));
+        let login = get(&gw, &format!("/_kt/?key={}", keys[2]), "").await;
+        assert!(login.starts_with("HTTP/1.1 303"), "{login}");
+        let cookie_line = login
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+            .expect("the login sets a cookie");
+        for attr in ["HttpOnly", "SameSite=Strict", "Path=/_kt"] {
+            assert!(cookie_line.contains(attr), "{cookie_line}");
+        }
+        let cookie = format!("Cookie: kt_admin={}\r\n", keys[2]);
+        let page = get(&gw, "/_kt/", &cookie).await;
+        assert!(
+            page.starts_with("HTTP/1.1 200"),
+            "{}",
+            &page[..200.min(page.len())]
+        );
+        let csp = page
+            .lines()
+            .find(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("content-security-policy:")
+            })
+            .unwrap();
+        assert!(
+            csp.contains("script-src 'sha256-") && csp.contains("connect-src 'self'"),
+            "{csp}"
+        );
+        // The cookie opens /_kt/* only: never the direct API.
+        assert!(get(&gw, "/v1/models", &cookie)
+            .await
+            .starts_with("HTTP/1.1 401"));
+
+        // Wait (bounded) until the three events are readable from the log.
+        let started = Instant::now();
+        loop {
+            let feed = get(&gw, "/_kt/events?n=10&follow=0", &cookie).await;
+            if feed.matches("\ndata: ").count() >= 3 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "events never arrived:\n{feed}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        if !super::has_program("chromium") {
+            println!("KT-TEST-SKIPPED: chromium is not installed; scripts/test.sh installs it");
+            return;
+        }
+        let base = format!("http://{}/_kt/?key={}", gw.addr, keys[2]);
+        let dom = chromium(vec!["--dump-dom".into()], format!("{base}#once=1")).await;
+        assert!(dom.contains("data-events=\"3\""), "{dom}");
+        let rows = events_tbody(&dom);
+        assert!(rows.contains(">alice<") && rows.contains(">bob<"), "{rows}");
+        assert!(
+            rows.contains(">block<") && rows.contains(">content-filter<"),
+            "{rows}"
+        );
+        assert!(dom.contains("id=\"total-blocks\">1<"), "block counted");
+        let policies = &dom[dom.find("id=\"policies\"").unwrap()..];
+        assert!(policies[..policies.find("</table>").unwrap()].contains(">content-filter<"));
+
+        let filtered = chromium(
+            vec!["--dump-dom".into()],
+            format!("{base}#filter=user:alice&once=1"),
+        )
+        .await;
+        assert!(filtered.contains("data-shown=\"2\""), "{filtered}");
+        let rows = events_tbody(&filtered);
+        assert!(rows.contains(">alice<"), "{rows}");
+        assert!(
+            !rows.contains(">bob<") && !rows.contains(">block<"),
+            "the filter hides bob's block:\n{rows}"
+        );
+
+        let shot = artifacts().join("dashboard.png");
+        let _ = std::fs::remove_file(&shot);
+        chromium(
+            vec![
+                format!("--screenshot={}", shot.display()),
+                "--window-size=1280,900".into(),
+            ],
+            format!("{base}#once=1"),
+        )
+        .await;
+        let png = std::fs::read(&shot).expect("no screenshot written");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{} bytes",
+            png.len()
+        );
+    }
+}
