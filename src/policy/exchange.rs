@@ -578,7 +578,7 @@ impl Exchange {
         let r = &self.record;
         let action = if r.blocked.is_some() {
             "block"
-        } else if status.is_none_or(|s| s >= 500) {
+        } else if status.is_none_or(|s| s >= 500) || r.error.is_some() {
             "error"
         } else if r.cache_hit == Some(true) {
             "cache_hit"
@@ -693,7 +693,9 @@ impl Exchange {
             return vec![input];
         }
         let status = r.status;
-        let failed = status.is_none_or(|s| s >= 500);
+        // An exchange kt cut short (a body timeout, a stream the upstream
+        // broke after a 200 head) failed whatever its status says.
+        let failed = status.is_none_or(|s| s >= 500) || r.error.is_some();
         let mut output = match blocked(false) {
             Some(_) => base(Phase::Output, EventAction::Block),
             None if failed => base(Phase::Output, EventAction::Error),
@@ -704,10 +706,10 @@ impl Exchange {
         if let Some((policy, _)) = blocked(false) {
             output.policy = Some(policy.clone());
             output.reason = Some("blocked pattern detected".into());
-        } else if status.is_none() {
-            output.reason = Some("the client went away before the response ended".into());
         } else if let Some(error) = &r.error {
             output.reason = Some(error.clone());
+        } else if status.is_none() {
+            output.reason = Some("the client went away before the response ended".into());
         } else if failed {
             output.reason = Some(format!("upstream answered {}", status.unwrap_or(0)));
         }
@@ -792,4 +794,67 @@ enum Applied {
     Same,
     Changed(Vec<u8>),
     Blocked { policy: String, message: String },
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::Exchange;
+    use crate::config::Config;
+    use crate::identity::Identity;
+    use crate::policy::Engine;
+
+    fn exchange() -> Exchange {
+        let yaml = "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger: {}\n";
+        let config = Config::parse(yaml, std::path::Path::new("t.yaml")).unwrap();
+        let engine = Engine::new(Some(&config)).unwrap();
+        engine
+            .begin(
+                "api.openai.com",
+                &http::Method::POST,
+                &"/v1/chat/completions".parse().unwrap(),
+                &http::HeaderMap::new(),
+                &Identity::anonymous(),
+            )
+            .unwrap()
+    }
+
+    fn output(status: Option<u16>, error: Option<&str>) -> (String, Option<String>) {
+        let mut ex = exchange();
+        ex.record.status = status;
+        ex.record.error = error.map(str::to_owned);
+        let events = ex.events(None, None, None);
+        let out = events.last().unwrap();
+        assert_eq!(out.phase.as_str(), "output");
+        (out.action.as_str().to_owned(), out.reason.clone())
+    }
+
+    #[test]
+    fn a_stream_broken_after_a_200_head_is_an_error() {
+        let (action, reason) = output(Some(200), Some("upstream_stream: reset"));
+        assert_eq!(action, "error");
+        assert_eq!(reason.as_deref(), Some("upstream_stream: reset"));
+        assert_eq!(output(Some(200), None), ("pass".into(), None));
+    }
+
+    #[test]
+    fn a_client_that_went_away_is_an_error_saying_so() {
+        let (action, reason) = output(None, None);
+        assert_eq!(action, "error");
+        assert!(reason.unwrap().contains("client went away"));
+        // A more precise note wins.
+        let (action, reason) = output(None, Some("client_body: the client went away mid-body"));
+        assert_eq!(action, "error");
+        assert_eq!(
+            reason.as_deref(),
+            Some("client_body: the client went away mid-body")
+        );
+    }
+
+    #[test]
+    fn a_refused_body_is_an_error_with_its_status() {
+        let (action, reason) = output(Some(408), Some("body_timeout: too slow"));
+        assert_eq!(action, "error");
+        assert_eq!(reason.as_deref(), Some("body_timeout: too slow"));
+    }
 }

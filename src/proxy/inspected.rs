@@ -34,8 +34,39 @@ pub(super) async fn forward(
     // The request is read whole (bounded) even when no policy changes it:
     // its model prices the exchange and its prompt sizes an estimate. LLM
     // requests are small and sent at once, so this costs no latency.
-    let bytes = read_body(incoming, limits.max_inspected_body, limits.body_read).await?;
+    let bytes = match read_body(incoming, limits.max_inspected_body, limits.body_read).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            record_body_failure(exchange, &e);
+            return Err(e);
+        }
+    };
     forward_read(ctx, origin, parts, bytes, exchange).await
+}
+
+/// Closes the record of an exchange whose request body never arrived whole:
+/// left to the drop, it would read as a client that went away after its
+/// request, with no status.
+fn record_body_failure(mut exchange: Exchange, e: &ProxyError) {
+    match e {
+        // The connection failed mid-body: nobody gets the status.
+        ProxyError::ClientBody(_) => {
+            exchange.record.error = Some(format!(
+                "{}: the client went away before the request body ended ({e})",
+                e.kind()
+            ));
+            exchange.complete(None);
+        }
+        _ => {
+            exchange.record.error = Some(format!("{}: {e}", e.kind()));
+            exchange.complete(Some(e.status().as_u16()));
+        }
+    }
+}
+
+/// The record's note for a response stream the upstream broke off.
+fn stream_failure(e: &dyn std::fmt::Display) -> String {
+    format!("upstream_stream: the upstream response ended with an error ({e})")
 }
 
 /// [`forward`] once the request body is in hand (the direct API reads it
@@ -295,6 +326,9 @@ impl HttpBody for Completing {
             }
             Poll::Ready(None | Some(Err(_))) => {
                 if let Some(mut ex) = this.exchange.take() {
+                    if let Poll::Ready(Some(Err(e))) = &polled {
+                        ex.record.error = Some(stream_failure(e));
+                    }
                     this.watch.close(&mut ex);
                     ex.complete(Some(this.status));
                 }
@@ -381,6 +415,7 @@ impl HttpBody for PolicedStream {
                     this.close();
                 }
                 Poll::Ready(Some(Err(e))) => {
+                    this.exchange.record.error = Some(stream_failure(&e));
                     this.close();
                     return Poll::Ready(Some(Err(e.into())));
                 }

@@ -82,6 +82,33 @@ impl UpstreamError {
         }
     }
 
+    /// Names the host the client asked for when `--connect-to` sent the
+    /// dial elsewhere: an error naming only `127.0.0.1:8443` leaves the user
+    /// guessing which of their hosts failed.
+    fn dialed_for(self, host: &str, port: u16) -> Self {
+        let asked = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        match self {
+            UpstreamError::Connect { target, source } => UpstreamError::Connect {
+                target: format!("{asked} (via {target})"),
+                source,
+            },
+            UpstreamError::ConnectTimeout { target } => UpstreamError::ConnectTimeout {
+                target: format!("{asked} (via {target})"),
+            },
+            UpstreamError::Forbidden { target, addr } if target != asked => {
+                UpstreamError::Forbidden {
+                    target: format!("{asked} (via {target})"),
+                    addr,
+                }
+            }
+            other => other,
+        }
+    }
+
     /// True for failures that mean "took too long" (HTTP 504).
     pub fn is_timeout(&self) -> bool {
         matches!(
@@ -180,7 +207,14 @@ impl Upstream {
         };
         match proxy {
             None => {
-                let stream = self.tcp(addr, addr_port).await?;
+                let rewritten = addr != host || addr_port != port;
+                let stream = self.tcp(addr, addr_port).await.map_err(|e| {
+                    if rewritten {
+                        e.dialed_for(host, port)
+                    } else {
+                        e
+                    }
+                })?;
                 Ok(Prefixed::new(Bytes::new(), stream))
             }
             Some(proxy) => {
@@ -621,4 +655,29 @@ fn tls_reason(err: &std::io::Error) -> String {
         }
     }
     err.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dial_errors_name_the_host_asked_for() {
+        let refused = UpstreamError::Connect {
+            target: "127.0.0.1:9".into(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        let named = refused.dialed_for("api.openai.com", 443).to_string();
+        assert!(
+            named.starts_with("cannot connect to api.openai.com:443 (via 127.0.0.1:9)"),
+            "{named}"
+        );
+        let timeout = UpstreamError::ConnectTimeout {
+            target: "[::1]:9".into(),
+        };
+        assert_eq!(
+            timeout.dialed_for("::1", 443).to_string(),
+            "timed out connecting to [::1]:443 (via [::1]:9)"
+        );
+    }
 }

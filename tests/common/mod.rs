@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod origin;
+pub mod probe;
 
 use keeptrusts::gateway::{self, GatewaySettings};
 use keeptrusts::proxy::Gateway;
@@ -48,9 +49,30 @@ impl TestCa {
         &self,
         names: &[&str],
     ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        self.server_cert_with(names, |_| {})
+    }
+
+    /// An expired server certificate (valid in 2019 only) for `names`.
+    pub fn expired_cert(
+        &self,
+        names: &[&str],
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        self.server_cert_with(names, |p| {
+            p.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2019, 12, 31);
+        })
+    }
+
+    /// A server certificate for `names`, with `adjust` changing its fields.
+    pub fn server_cert_with(
+        &self,
+        names: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let params = CertificateParams::new(names).unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        adjust(&mut params);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (
             vec![cert.der().clone(), self.cert_der.clone()],

@@ -30,6 +30,12 @@ pub struct Origin {
     pub hits: Arc<AtomicUsize>,
     /// TCP connections accepted.
     pub conns: Arc<AtomicUsize>,
+    /// Requests whose client (the gateway) went away early: a request body
+    /// that failed mid-way, or a streamed response nobody reads any more.
+    pub aborted: Arc<AtomicUsize>,
+    /// Bytes `/large/N` has handed to hyper so far (backpressure shows as
+    /// this number stalling).
+    pub large_sent: Arc<AtomicUsize>,
     /// Each permit releases one more SSE event after the first.
     pub sse_gate: Arc<Semaphore>,
     /// The body of the last LLM-shaped request (`/v1/...`), as received.
@@ -41,6 +47,8 @@ pub struct Origin {
 
 struct State {
     hits: Arc<AtomicUsize>,
+    aborted: Arc<AtomicUsize>,
+    large_sent: Arc<AtomicUsize>,
     sse_gate: Arc<Semaphore>,
     last_body: Arc<std::sync::Mutex<Option<Bytes>>>,
     last_request: Arc<std::sync::Mutex<Option<(String, http::HeaderMap)>>>,
@@ -70,6 +78,16 @@ impl Origin {
     /// HTTPS origin with a certificate for `names` from `ca`.
     pub async fn tls(ca: &TestCa, names: &[&str], alpn: Alpn) -> Origin {
         let (chain, key) = ca.server_cert(names);
+        Self::tls_with(chain, key, alpn).await
+    }
+
+    /// HTTPS origin presenting `chain` (e.g. an expired or wrong-name
+    /// certificate).
+    pub async fn tls_with(
+        chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+        key: rustls_pki_types::PrivateKeyDer<'static>,
+        alpn: Alpn,
+    ) -> Origin {
         let cert_der = chain[0].clone();
         let mut cfg = rustls::ServerConfig::builder()
             .with_no_client_auth()
@@ -110,11 +128,15 @@ impl Origin {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let conns = Arc::new(AtomicUsize::new(0));
+        let aborted = Arc::new(AtomicUsize::new(0));
+        let large_sent = Arc::new(AtomicUsize::new(0));
         let sse_gate = Arc::new(Semaphore::new(0));
         let last_body = Arc::new(std::sync::Mutex::new(None));
         let last_request = Arc::new(std::sync::Mutex::new(None));
         let state = Arc::new(State {
             hits: hits.clone(),
+            aborted: aborted.clone(),
+            large_sent: large_sent.clone(),
             sse_gate: sse_gate.clone(),
             last_body: last_body.clone(),
             last_request: last_request.clone(),
@@ -133,6 +155,8 @@ impl Origin {
             addr,
             hits,
             conns,
+            aborted,
+            large_sent,
             sse_gate,
             last_body,
             last_request,
@@ -179,7 +203,13 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                     )
                 })
                 .collect();
-            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    state.aborted.fetch_add(1, Ordering::SeqCst);
+                    return Response::new(full(Bytes::new()));
+                }
+            };
             let sum: u64 = body.iter().map(|b| *b as u64).sum();
             let json = serde_json::json!({
                 "method": method, "uri": uri, "version": version, "headers": headers,
@@ -193,6 +223,7 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
         p if p.starts_with("/large/") => {
             let n: usize = p["/large/".len()..].parse().unwrap_or(0);
             let (tx, rx) = mpsc::channel(4);
+            let (sent, aborted) = (state.large_sent.clone(), state.aborted.clone());
             tokio::spawn(async move {
                 let mut left = n;
                 let mut i = 0u8;
@@ -201,8 +232,10 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                     let chunk: Vec<u8> = (0..take).map(|j| i.wrapping_add(j as u8)).collect();
                     i = i.wrapping_add(1);
                     if tx.send(Bytes::from(chunk)).await.is_err() {
+                        aborted.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
+                    sent.fetch_add(take, Ordering::SeqCst);
                     left -= take;
                 }
             });
@@ -306,7 +339,21 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 .unwrap_or(StatusCode::OK);
             let no_end = header("x-test-no-end").is_some();
             let gate = header("x-test-gated").map(|_| state.sse_gate.clone());
-            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let raw = header("x-test-raw");
+            // `x-test-hang`: never answer (a provider that thinks forever).
+            if header("x-test-hang").is_some() {
+                std::future::pending::<()>().await;
+            }
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    state.aborted.fetch_add(1, Ordering::SeqCst);
+                    return Response::new(full(Bytes::new()));
+                }
+            };
+            if let Some(kind) = raw {
+                return raw_stream(&kind);
+            }
             *state.last_body.lock().unwrap() = Some(body.clone());
             let stream = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
@@ -339,6 +386,7 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 .map(|c| c.iter().collect())
                 .collect();
             let (tx, rx) = mpsc::channel(64);
+            let aborted = state.aborted.clone();
             tokio::spawn(async move {
                 if let (Some((i, _)), true) = (usage, anthropic) {
                     let start = format!(
@@ -352,8 +400,18 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 }
                 for (i, p) in pieces.into_iter().enumerate() {
                     if let (Some(gate), true) = (&gate, i > 0) {
-                        let Ok(p) = gate.acquire().await else { return };
-                        p.forget();
+                        // A reader that goes away while the stream waits
+                        // is noticed at once, not at the next send.
+                        tokio::select! {
+                            p = gate.acquire() => match p {
+                                Ok(p) => p.forget(),
+                                Err(_) => return,
+                            },
+                            _ = tx.closed() => {
+                                aborted.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                        }
                     }
                     let ev = if anthropic {
                         format!(
@@ -414,4 +472,31 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
             r
         }
     }
+}
+
+/// The hostile event streams of `x-test-raw` (see the chat route): what a
+/// broken or malicious provider might send, as `text/event-stream`.
+fn raw_stream(kind: &str) -> Response<OriginBody> {
+    let body: Vec<u8> = match kind {
+        // Events, then EOF inside an unterminated event.
+        "no-terminator" => b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"ind".to_vec(),
+        // One 10 MB event.
+        "huge-event" => {
+            let mut v = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"".to_vec();
+            v.extend(std::iter::repeat_n(b'x', 10 << 20));
+            v.extend_from_slice(b"\"}}]}\n\ndata: [DONE]\n\n");
+            v
+        }
+        // Bytes that are neither UTF-8 nor SSE.
+        "binary" => (0..=255u8).cycle().take(64 * 1024).collect(),
+        // `data:` lines with no blank line between events.
+        "no-separators" => (0..1000)
+            .flat_map(|i| format!("data: {{\"n\":{i}}}\n").into_bytes())
+            .collect(),
+        _ => b"unknown raw kind".to_vec(),
+    };
+    let mut r = Response::new(full(body));
+    r.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    r
 }
