@@ -168,6 +168,16 @@ pub(crate) struct Running {
 }
 
 pub(crate) fn spawn_gateway(ca: &TestCa, origin: &Origin, extra: &[&std::ffi::OsStr]) -> Running {
+    spawn_gateway_with(ca, origin, extra, &[])
+}
+
+/// As [`spawn_gateway`], with extra environment variables.
+pub(crate) fn spawn_gateway_with(
+    ca: &TestCa,
+    origin: &Origin,
+    extra: &[&std::ffi::OsStr],
+    envs: &[(&str, &str)],
+) -> Running {
     let home = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kt"))
         .args(["gateway", "run", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -180,6 +190,7 @@ pub(crate) fn spawn_gateway(ca: &TestCa, origin: &Origin, extra: &[&std::ffi::Os
             origin.addr.port()
         ))
         .args(extra)
+        .envs(envs.iter().copied())
         .env_remove("KEEPTRUSTS_STORAGE")
         .env_remove("HTTPS_PROXY")
         .env_remove("HTTP_PROXY")
@@ -212,6 +223,15 @@ pub(crate) fn spawn_gateway(ca: &TestCa, origin: &Origin, extra: &[&std::ffi::Os
 impl Running {
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops the gateway (SIGTERM) and returns every stderr line it wrote,
+    /// and its home folder (kept until the caller drops it).
+    pub(crate) fn stop_and_collect(mut self) -> (Vec<String>, tempfile::TempDir) {
+        self.signal("-TERM");
+        let _ = self.child.wait();
+        let lines = self.lines.iter().collect();
+        (lines, self.home)
     }
 
     pub(crate) fn ca_der(&self) -> rustls_pki_types::CertificateDer<'static> {

@@ -97,3 +97,86 @@ async fn connect_ports_other_than_443_need_the_config() {
         .await;
     assert_eq!(resp.status(), 200);
 }
+
+/// A run at the most verbose log level that carried a secret in a prompt
+/// and an access key on the CONNECT: neither appears in the gateway's log
+/// output or its audit log.
+#[tokio::test]
+async fn secrets_and_keys_never_reach_the_logs() {
+    use base64::Engine as _;
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "policies:\n  chain: [audit-logger, secret-redaction]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n",
+    )
+    .unwrap();
+    let gw = crate::suite::cli::spawn_gateway_with(
+        &ca,
+        &origin,
+        &[
+            "--policy-config".as_ref(),
+            policy.as_os_str(),
+            "--drain-seconds".as_ref(),
+            "2".as_ref(),
+        ],
+        &[("KT_LOG", "trace")],
+    );
+    let token = format!("ghp_{}", "aZ3kQ9mX".repeat(5).get(..36).unwrap());
+    let access_key = format!("kt_{}", "Q7wErT9yUiOp".repeat(4).get(..40).unwrap());
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("dev1:{access_key}"));
+    s.write_all(
+        format!("CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\nProxy-Authorization: Basic {basic}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let reply = client::read_head(&mut s).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let tls = client::tls(s, HOST, &[gw.ca_der()], &[b"h2"])
+        .await
+        .unwrap();
+    let mut http = client::Http::over(tls, true).await;
+    let body = serde_json::json!({
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": format!("export GITHUB_TOKEN={token}")}],
+    })
+    .to_string();
+    let resp = http
+        .send(
+            "POST",
+            HOST,
+            "/v1/chat/completions",
+            bytes::Bytes::from(body),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    drop(http);
+    let (lines, home) = gw.stop_and_collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("TRACE") || l.contains("DEBUG")),
+        "the run logged at trace level ({} lines)",
+        lines.len()
+    );
+    for line in &lines {
+        assert!(!line.contains(&token), "secret in the log: {line}");
+        assert!(!line.contains(&access_key), "access key in the log: {line}");
+        assert!(!line.contains(&basic), "credentials in the log: {line}");
+    }
+    let mut audit = String::new();
+    for entry in std::fs::read_dir(home.path().join("events")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            audit.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+    assert!(
+        audit.contains("redact"),
+        "the redaction was recorded: {audit}"
+    );
+    assert!(!audit.contains(&token) && !audit.contains(&access_key));
+}
