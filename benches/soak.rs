@@ -115,7 +115,7 @@ fn open_fds(pid: u32) -> Result<usize> {
 
 fn run(args: &Args) -> Result<bool> {
     // Each tunnel costs the bench two descriptors (client and origin side).
-    let want = (args.tunnels as u64) * 2 + 4096;
+    let want = (args.tunnels as u64) * 2 + 512;
     let got = rlimit::increase_nofile_limit(want).unwrap_or(0);
     if got < want {
         bail!(

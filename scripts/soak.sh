@@ -26,7 +26,7 @@ if [ "$build" = 1 ]; then
 fi
 # Every tunnel is two descriptors in kt and two in the bench (client and
 # origin side): raise the limit as far as this shell may.
-want=$(( ${TUNNELS:-10000} * 2 + 4096 ))
+want=$(( ${TUNNELS:-10000} * 2 + 512 ))
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$want" ]; then
   ulimit -n "$want" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 fi
