@@ -41,6 +41,10 @@ pub struct RunArgs {
     /// Most concurrent client connections (tunnels included).
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub max_connections: usize,
+    /// Most concurrent connections from one client address (0: no limit;
+    /// `auth.trusted_proxies` are exempt).
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections_per_client: usize,
     /// How long SIGTERM/SIGINT waits for in-flight requests and streams.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub drain_seconds: u64,
@@ -100,6 +104,7 @@ pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--max-connections must be at least 1");
     }
     settings.limits.max_connections = args.max_connections;
+    settings.limits.max_connections_per_client = args.max_connections_per_client;
     if let Some(config) = &config {
         settings.apply_config(config);
     }

@@ -56,6 +56,11 @@ impl AuthGate {
         }
     }
 
+    /// `auth.trusted_proxies`.
+    pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {
+        &self.trusted_proxies
+    }
+
     /// The same gate believing `X-Forwarded-For` from `proxies`.
     pub fn trusting(mut self, proxies: &[ipnet::IpNet]) -> Self {
         self.trusted_proxies = Arc::from(proxies);

@@ -13,6 +13,7 @@ mod inspected;
 mod intercept;
 mod metrics;
 mod outer;
+pub mod per_client;
 mod tunnel;
 
 use crate::llm::hosts::HostSet;
@@ -83,6 +84,9 @@ pub struct Limits {
     /// Concurrent client connections (tunnels included); more wait in the
     /// kernel's accept backlog.
     pub max_connections: usize,
+    /// Concurrent connections from one client address (0: no limit); more
+    /// are answered `429` and closed. `auth.trusted_proxies` are exempt.
+    pub max_connections_per_client: usize,
     /// Largest request (or response) body read whole for the policies of
     /// an LLM exchange; bigger requests get `413`.
     pub max_inspected_body: usize,
@@ -101,6 +105,7 @@ impl Default for Limits {
             client_tls_handshake: Duration::from_secs(10),
             idle: Duration::from_secs(600),
             max_connections: 16 * 1024,
+            max_connections_per_client: 4096,
             max_inspected_body: 32 * 1024 * 1024,
             body_read: Duration::from_secs(120),
             allowed_connect_ports: vec![443],
@@ -120,6 +125,8 @@ pub struct Gateway {
     events_feed: Option<feed::EventsFeed>,
     /// Access keys and whether they are required.
     auth: crate::keys::AuthGate,
+    /// Open connections per client address.
+    per_client: Arc<per_client::PerClient>,
 }
 
 /// Counters for tests, logs and (later) metrics.
@@ -141,6 +148,8 @@ impl Gateway {
         auth: crate::keys::AuthGate,
     ) -> Arc<Self> {
         let ca_pem = Bytes::copy_from_slice(certs.minter().ca().cert_pem().as_bytes());
+        let per_client =
+            per_client::PerClient::new(limits.max_connections_per_client, auth.trusted_proxies());
         Arc::new(Gateway {
             certs,
             upstream,
@@ -151,7 +160,13 @@ impl Gateway {
             engine,
             events_feed,
             auth,
+            per_client,
         })
+    }
+
+    /// Open connections per client address.
+    pub fn per_client(&self) -> &per_client::PerClient {
+        &self.per_client
     }
 
     /// The access key check.
@@ -218,16 +233,41 @@ impl Gateway {
                     continue;
                 }
             };
+            let Some(slot) = self.per_client.admit(peer.ip()) else {
+                drop(permit);
+                tracing::debug!(client = %peer.ip(), limit = self.per_client.limit(), "connection refused: too many from this client");
+                tokio::spawn(refuse_busy_client(stream, self.per_client.limit()));
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let gw = self.clone();
             let sd = shutdown.clone();
             shutdown.spawn(async move {
+                let _slot = slot;
                 gw.stats.connections.fetch_add(1, Ordering::Relaxed);
                 outer::serve(gw.clone(), stream, peer, local, sd, Arc::new(permit)).await;
                 gw.stats.connections.fetch_sub(1, Ordering::Relaxed);
             });
         }
     }
+}
+
+/// A client over its connection limit gets a plain `429` (it has sent
+/// nothing yet, so this is all HTTP it can be told) and the close.
+async fn refuse_busy_client(mut stream: tokio::net::TcpStream, limit: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = format!(
+        "{{\"error\":{{\"type\":\"rate_limit_exceeded\",\"code\":\"too_many_connections\",\"message\":\"more than {limit} open connections from this address\"}}}}"
+    );
+    let reply = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\nx-kt-error: too_many_connections\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let write = async {
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
 }
 
 /// Per-connection facts handed to request handlers and spawned tasks.

@@ -180,3 +180,53 @@ async fn secrets_and_keys_never_reach_the_logs() {
     );
     assert!(!audit.contains(&token) && !audit.contains(&access_key));
 }
+
+#[tokio::test]
+async fn one_client_cannot_take_every_connection() {
+    let ca = TestCa::new("ca");
+    let gw = TestGateway::start(&ca, |s| s.limits.max_connections_per_client = 3).await;
+    // Three keep-alive connections from 127.0.0.1, held open.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(s);
+    }
+    let wait = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gw.gateway.per_client().open("127.0.0.1".parse().unwrap()) != 3 {
+        assert!(tokio::time::Instant::now() < wait, "slots never settled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 429"), "{out}");
+    assert!(out.contains("too_many_connections") && out.contains("retry-after: 1"));
+    // A freed slot is usable again.
+    held.pop();
+    let wait = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        if out.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < wait,
+            "the slot never came back: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
