@@ -2,10 +2,11 @@
 //! matchers), in order, shared by every exchange until a reload replaces it.
 
 use super::filter::{ContentFilter, FilterError};
+use super::limits::{BudgetTracker, RateLimiter};
 use super::redact::{RedactError, Redactor};
 use crate::config::{
-    AuditLoggerOptions, BudgetOptions, CacheOptions, Config, OnError, Phases, PolicyKind,
-    PolicyOptions, PolicySpec, RateLimitOptions, RequestFacts, When,
+    AuditLoggerOptions, CacheOptions, Config, OnError, Phases, PolicyKind, PolicyOptions,
+    PolicySpec, RequestFacts, When,
 };
 use crate::llm::pricing::Pricing;
 use std::sync::Arc;
@@ -44,8 +45,10 @@ pub enum Action {
     Filter(ContentFilter),
     Cache(CacheOptions),
     Passthrough,
-    RateLimit(RateLimitOptions),
-    Budget(BudgetOptions),
+    /// Shared with the chain a reload replaces when the policy is unchanged,
+    /// so its counters carry over.
+    RateLimit(Arc<RateLimiter>),
+    Budget(Arc<BudgetTracker>),
 }
 
 /// The policies of one config, in chain order.
@@ -89,13 +92,19 @@ fn pricing_of(config: &Config) -> Pricing {
 impl Chain {
     /// Compiles the enabled policies of `config`.
     pub fn build(config: &Config) -> Result<Chain, ChainError> {
+        Self::build_after(config, None)
+    }
+
+    /// Compiles `config` to replace `previous`: a `rate-limit` or `budget`
+    /// policy with the same name and options keeps its counters.
+    pub fn build_after(config: &Config, previous: Option<&Chain>) -> Result<Chain, ChainError> {
         let specs: Vec<&PolicySpec> = config.chain().collect();
         if specs.len() > MAX_POLICIES {
             return Err(ChainError::TooMany(specs.len()));
         }
         let policies = specs
             .into_iter()
-            .map(compile)
+            .map(|spec| compile(spec, previous))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Chain {
             policies,
@@ -160,7 +169,17 @@ impl Chain {
     }
 }
 
-fn compile(spec: &PolicySpec) -> Result<Policy, ChainError> {
+/// The action of the policy named `name` in `previous`, if any.
+fn previous_action<'a>(previous: Option<&'a Chain>, name: &str) -> Option<&'a Action> {
+    previous?
+        .policies
+        .iter()
+        .find(|p| &*p.name == name)
+        .map(|p| &p.action)
+}
+
+fn compile(spec: &PolicySpec, previous: Option<&Chain>) -> Result<Policy, ChainError> {
+    let before = previous_action(previous, &spec.name);
     let action = match &spec.options {
         PolicyOptions::AuditLogger(o) => Action::Audit(o.clone()),
         PolicyOptions::Redact(o) => {
@@ -177,8 +196,14 @@ fn compile(spec: &PolicySpec) -> Result<Policy, ChainError> {
         }
         PolicyOptions::Cache(o) => Action::Cache(o.clone()),
         PolicyOptions::Passthrough => Action::Passthrough,
-        PolicyOptions::RateLimit(o) => Action::RateLimit(o.clone()),
-        PolicyOptions::Budget(o) => Action::Budget(o.clone()),
+        PolicyOptions::RateLimit(o) => Action::RateLimit(match before {
+            Some(Action::RateLimit(l)) if l.options() == o => l.clone(),
+            _ => Arc::new(RateLimiter::new(o)),
+        }),
+        PolicyOptions::Budget(o) => Action::Budget(match before {
+            Some(Action::Budget(b)) if b.options() == o => b.clone(),
+            _ => Arc::new(BudgetTracker::new(o)),
+        }),
     };
     Ok(Policy {
         name: spec.name.as_str().into(),

@@ -41,7 +41,7 @@ impl Engine {
         config: Option<&Config>,
         sink: Option<crate::events::EventSink>,
     ) -> Result<Self, ChainError> {
-        let (chain, hosts) = Self::compile(config)?;
+        let (chain, hosts) = Self::compile(config, None)?;
         Ok(Engine {
             sink,
             sends: tokio_util::task::TaskTracker::new(),
@@ -53,11 +53,15 @@ impl Engine {
         })
     }
 
-    fn compile(config: Option<&Config>) -> Result<(Chain, HostSet), ChainError> {
+    fn compile(
+        config: Option<&Config>,
+        previous: Option<&Chain>,
+    ) -> Result<(Chain, HostSet), ChainError> {
         match config {
-            Some(c) if !c.policies.is_empty() => {
-                Ok((Chain::build(c)?, HostSet::new(c.intercept.hosts.iter())))
-            }
+            Some(c) if !c.policies.is_empty() => Ok((
+                Chain::build_after(c, previous)?,
+                HostSet::new(c.intercept.hosts.iter()),
+            )),
             Some(c) => Ok((
                 Chain::builtin().priced(c),
                 HostSet::new(c.intercept.hosts.iter()),
@@ -66,9 +70,10 @@ impl Engine {
         }
     }
 
-    /// Replaces the chain; on error the old one stays in force.
+    /// Replaces the chain; on error the old one stays in force. Rate limits
+    /// and budgets whose policy kept its name and options keep counting.
     pub fn reload(&self, config: &Config) -> Result<(), ChainError> {
-        let (chain, hosts) = Self::compile(Some(config))?;
+        let (chain, hosts) = Self::compile(Some(config), Some(&self.chain()))?;
         *self.chain.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(chain);
         *self
             .configured_hosts

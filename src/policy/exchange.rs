@@ -3,6 +3,7 @@
 //! and a record of what the policies did, closed exactly once.
 
 use super::chain::{Action, Chain, Selection};
+use super::limits::{Key, Now};
 use super::redact::placeholder;
 use super::respond;
 use super::stream::{OutputStream, StreamNote};
@@ -104,6 +105,12 @@ pub struct Record {
     pub redacted_by: BTreeMap<String, usize>,
     /// `action: log` matches: policy and rule.
     pub logged: Vec<(String, String)>,
+    /// Why a `rate-limit` or `budget` policy refused the request (the
+    /// input event's `reason`; `blocked` names the policy).
+    pub limit_reason: Option<String>,
+    /// A `budget` with `action: log` found its budget spent: the policy and
+    /// why. The request went ahead; the input event says so.
+    pub over_budget: Option<(String, String)>,
     /// Bodies that could not be inspected, and why.
     pub uninspected: Vec<&'static str>,
     pub status: Option<u16>,
@@ -130,6 +137,9 @@ pub struct Exchange {
     output_body: Selection,
     /// The first selected `cache` policy, if any.
     cache: Option<usize>,
+    /// The selected `rate-limit` and `budget` policies: checked on input,
+    /// charged on completion.
+    limits: Selection,
     /// An `audit-logger` with `log_bodies: true` applies.
     log_bodies: bool,
     /// A fail-closed (`immutable`) audit logger applies: no record, no
@@ -200,6 +210,12 @@ impl Exchange {
             .selected(selection)
             .find(|(_, p)| matches!(p.action, Action::Cache(_)))
             .map(|(i, _)| i);
+        let mut limits = selection;
+        for (i, p) in chain.selected(selection) {
+            if !matches!(p.action, Action::RateLimit(_) | Action::Budget(_)) {
+                limits.remove(i);
+            }
+        }
         let audit = sink
             .filter(|_| {
                 chain
@@ -225,6 +241,7 @@ impl Exchange {
             input_body,
             output_body,
             cache,
+            limits,
             log_bodies,
             audit_required,
         }
@@ -304,6 +321,9 @@ impl Exchange {
                 self.info.stream = meta.stream;
             }
         }
+        if let Some(resp) = self.admit() {
+            return Input::Respond(resp);
+        }
         let policies = self.body_policies(true);
         if policies.is_empty() {
             return Input::Forward(body);
@@ -327,6 +347,80 @@ impl Exchange {
                 } else {
                     Input::Forward(body)
                 }
+            }
+        }
+    }
+
+    /// The key of this exchange's caller for a policy keyed `per` `scope`.
+    fn limit_key(&self, scope: crate::config::Scope) -> Key {
+        Key::of(scope, self.info.user.as_ref(), self.info.team.as_ref())
+    }
+
+    /// The `rate-limit` and `budget` checks, in chain order: the `429` of
+    /// the first that refuses. Requests taken by the policies before it are
+    /// given back, so a refused request counts nowhere.
+    fn admit(&mut self) -> Option<Response<Body>> {
+        if self.limits.is_empty() {
+            return None;
+        }
+        let now = Now::current();
+        let chain = self.chain.clone();
+        for (i, policy) in chain.selected(self.limits) {
+            let refused = match &policy.action {
+                Action::RateLimit(l) => l.admit(&self.limit_key(l.options().per), now.mono),
+                Action::Budget(b) => match b.check(&self.limit_key(b.options().per), now.utc) {
+                    Err(r) if !b.blocks() => {
+                        self.record
+                            .logged
+                            .push((policy.name.to_string(), r.limit.as_str().to_string()));
+                        self.record.over_budget = Some((policy.name.to_string(), r.message));
+                        Ok(())
+                    }
+                    other => other,
+                },
+                _ => Ok(()),
+            };
+            let Err(refusal) = refused else { continue };
+            for (_, before) in chain.selected(self.limits).take_while(|(j, _)| *j < i) {
+                if let Action::RateLimit(l) = &before.action {
+                    l.refund(&self.limit_key(l.options().per), now.mono);
+                }
+            }
+            self.record.blocked =
+                Some((policy.name.to_string(), refusal.limit.as_str().to_string()));
+            self.record.blocked_on_input = true;
+            let resp = respond::limited(self.info.api, &policy.name, &refusal);
+            self.record.limit_reason = Some(refusal.message);
+            return Some(resp);
+        }
+        None
+    }
+
+    /// Charges what the exchange used to the `rate-limit` and `budget`
+    /// policies that admitted it: tokens the provider processed (a cache
+    /// hit's were not) and dollars (a cache hit's are 0).
+    fn charge(&self, usage: Option<(Usage, UsageSource)>, cost: Option<f64>) {
+        if self.limits.is_empty() || self.record.blocked_on_input {
+            return;
+        }
+        let tokens = match usage {
+            Some((u, UsageSource::Provider | UsageSource::Estimated)) => {
+                u.tokens_in.unwrap_or(0) + u.tokens_out.unwrap_or(0)
+            }
+            _ => 0,
+        };
+        let usd = cost.unwrap_or(0.0);
+        if tokens == 0 && usd <= 0.0 {
+            return;
+        }
+        let now = Now::current();
+        for (_, policy) in self.chain.selected(self.limits) {
+            match &policy.action {
+                Action::RateLimit(l) if l.counts_tokens() => {
+                    l.charge_tokens(&self.limit_key(l.options().per), tokens, now.mono);
+                }
+                Action::Budget(b) => b.spend(&self.limit_key(b.options().per), usd, now.utc),
+                _ => {}
             }
         }
     }
@@ -572,6 +666,7 @@ impl Exchange {
             Some((_, UsageSource::Cached)) => (priced.map(|_| 0.0), priced),
             _ => (priced, None),
         };
+        self.charge(usage, cost);
         if let Some((sink, sends)) = self.audit.take() {
             submit(&sink, &sends, self.events(usage, cost, saved));
         }
@@ -685,9 +780,17 @@ impl Exchange {
         if self.log_bodies {
             input.request_body = r.request_body.as_deref().map(logged_body);
         }
+        if let Some((policy, reason)) = &r.over_budget {
+            input.policy = Some(policy.clone());
+            input.reason = Some(format!("over budget, let through (action: log): {reason}"));
+        }
         if let Some((policy, _)) = blocked(true) {
             input.policy = Some(policy.clone());
-            input.reason = Some("blocked pattern detected".into());
+            input.reason = Some(
+                r.limit_reason
+                    .clone()
+                    .unwrap_or_else(|| "blocked pattern detected".into()),
+            );
             input.status = r.status;
             input.latency_ms = Some(self.started.elapsed().as_millis() as u64);
             return vec![input];

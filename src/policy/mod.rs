@@ -8,13 +8,15 @@
 //! - [`stream`]: output policies on SSE streams with a bounded hold-back.
 //! - [`redact`], [`filter`], [`secrets`]: the `redact` and `content-filter`
 //!   policies and the secret scanner behind them.
-//! - [`respond`]: block responses in the client's API dialect.
+//! - [`limits`]: the counters of the `rate-limit` and `budget` policies.
+//! - [`respond`]: block and `429` responses in the client's API dialect.
 //! - [`reload`]: SIGHUP and file-change reloads.
 
 pub mod chain;
 pub mod engine;
 pub mod exchange;
 pub mod filter;
+pub mod limits;
 pub mod redact;
 pub mod reload;
 pub mod respond;

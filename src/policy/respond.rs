@@ -1,6 +1,8 @@
 //! Policy outcomes on the wire, in the client's API dialect: the `409`
-//! block response and the final SSE event that ends a blocked stream.
+//! block response, the `429` of a rate limit or budget, and the final SSE
+//! event that ends a blocked stream.
 
+use super::limits::Refusal;
 use crate::body::{self, Body};
 use crate::llm::recognize::Api;
 use bytes::Bytes;
@@ -32,6 +34,46 @@ pub fn block_body(api: Option<Api>, policy: &str, message: &str) -> Bytes {
 /// `409 Conflict` with the block body.
 pub fn blocked(api: Option<Api>, policy: &str, message: &str) -> Response<Body> {
     json_response(StatusCode::CONFLICT, block_body(api, policy, message))
+}
+
+/// `429 Too Many Requests` with `retry-after` (whole seconds): a
+/// `rate-limit` or `budget` policy refused the request. Anthropic clients
+/// get their own error type, `rate_limit_error`, so SDKs back off as they
+/// do for the provider's own 429s.
+pub fn limited(api: Option<Api>, policy: &str, refusal: &Refusal) -> Response<Body> {
+    let (kind, code) = if refusal.limit.is_budget() {
+        ("budget_exceeded", "budget_exceeded")
+    } else {
+        ("rate_limit_exceeded", "rate_limited")
+    };
+    let value = match api {
+        Some(Api::AnthropicMessages) => json!({
+            "type": "error",
+            "error": {
+                "type": "rate_limit_error",
+                "code": code,
+                "policy": policy,
+                "message": refusal.message,
+            },
+        }),
+        _ => json!({
+            "error": {
+                "type": kind,
+                "code": code,
+                "policy": policy,
+                "message": refusal.message,
+            },
+        }),
+    };
+    let mut resp = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        Bytes::from(value.to_string()),
+    );
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(refusal.retry_after_secs),
+    );
+    resp
 }
 
 /// A JSON error response from the gateway itself (bad request body, ...),
@@ -104,6 +146,47 @@ mod tests {
             serde_json::from_slice(&block_body(Some(Api::AnthropicMessages), "p", "m")).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["code"], "blocked");
+    }
+
+    #[test]
+    fn limits_answer_429_with_retry_after_in_each_dialect() {
+        use crate::policy::limits::Limit;
+        let refusal = |limit| Refusal {
+            limit,
+            retry_after_secs: 17,
+            message: "slow down".into(),
+        };
+        let resp = limited(
+            Some(Api::OpenAiChat),
+            "rl",
+            &refusal(Limit::RequestsPerMinute),
+        );
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "17");
+        let resp = limited(None, "b", &refusal(Limit::UsdPerDay));
+        assert_eq!(resp.headers()["retry-after"], "17");
+        let body = |api, limit| -> serde_json::Value {
+            let resp = limited(api, "p", &refusal(limit));
+            let bytes = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(
+                resp.into_body(),
+            ))
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let v = body(Some(Api::OpenAiChat), Limit::TokensPerMinute);
+        assert_eq!(v["error"]["type"], "rate_limit_exceeded");
+        assert_eq!(v["error"]["code"], "rate_limited");
+        assert_eq!(v["error"]["policy"], "p");
+        assert_eq!(v["error"]["message"], "slow down");
+        let v = body(None, Limit::UsdPerMonth);
+        assert_eq!(v["error"]["type"], "budget_exceeded");
+        assert_eq!(v["error"]["code"], "budget_exceeded");
+        let v = body(Some(Api::AnthropicMessages), Limit::UsdPerDay);
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(v["error"]["code"], "budget_exceeded");
     }
 
     #[test]

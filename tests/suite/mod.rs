@@ -14,6 +14,7 @@ mod hostile;
 mod intercept;
 mod keys;
 mod lifecycle;
+mod limits;
 mod onboarding;
 mod policy;
 mod tunnel;

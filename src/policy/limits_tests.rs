@@ -1,0 +1,251 @@
+//! Bucket and budget arithmetic with the time passed in: no sleeps.
+
+use super::*;
+use std::time::Duration;
+use time::macros::datetime;
+
+fn limiter(rpm: Option<u32>, burst: Option<u32>, tpm: Option<u64>) -> RateLimiter {
+    RateLimiter::new(&RateLimitOptions {
+        requests_per_minute: rpm,
+        tokens_per_minute: tpm,
+        per: Scope::User,
+        burst: burst.or(rpm),
+    })
+}
+
+fn user(name: &str) -> Key {
+    Key::User(Arc::from(name))
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+#[test]
+fn keys_read_like_the_cache_scope_ids() {
+    let (a, core, default) = (Arc::from("a"), Arc::from("core"), Arc::from("default"));
+    for scope in [Scope::User, Scope::Team, Scope::Global] {
+        for (u, t) in [
+            (Some(&a), Some(&core)),
+            (Some(&a), None),
+            (None, None),
+            (None, Some(&default)),
+        ] {
+            assert_eq!(
+                Key::of(scope, u, t).to_string(),
+                crate::cache::scope_id(scope, u.map(|x| &**x), t.map(|x| &**x)),
+            );
+        }
+    }
+    // No team and the team named `default` are one key.
+    assert_eq!(
+        Key::of(Scope::Team, None, None),
+        Key::of(Scope::Team, Some(&a), Some(&default))
+    );
+}
+
+#[test]
+fn retry_after_rounds_up_to_whole_seconds_of_at_least_one() {
+    assert_eq!(retry_after_secs(0.0), 1);
+    assert_eq!(retry_after_secs(0.2), 1);
+    assert_eq!(retry_after_secs(1.0), 1);
+    assert_eq!(retry_after_secs(1.01), 2);
+    assert_eq!(retry_after_secs(29.999_999_9), 30);
+    assert_eq!(retry_after_secs(30.000_000_1), 30);
+    assert_eq!(retry_after_secs(-3.0), 1);
+    assert_eq!(retry_after_secs(f64::INFINITY), 1);
+}
+
+#[test]
+fn the_burst_is_available_at_once_then_the_rate_refills_it() {
+    // 2 per minute, burst 2: one request every 30 s once the burst is used.
+    let l = limiter(Some(2), Some(2), None);
+    let (k, t0) = (user("a"), Instant::now());
+    assert!(l.admit(&k, t0).is_ok());
+    assert!(l.admit(&k, t0).is_ok());
+    let refused = l.admit(&k, t0).unwrap_err();
+    assert_eq!(refused.limit, Limit::RequestsPerMinute);
+    assert_eq!(refused.retry_after_secs, 30);
+    assert!(
+        refused.message.contains("requests_per_minute limit of 2")
+            && refused.message.contains("user:a")
+            && refused.message.contains("30s"),
+        "{}",
+        refused.message
+    );
+    // 10 s later: 20 s to go.
+    assert_eq!(
+        l.admit(&k, t0 + secs(10.0)).unwrap_err().retry_after_secs,
+        20
+    );
+    // 20.5 s: 9.5 s rounds up to 10.
+    assert_eq!(
+        l.admit(&k, t0 + secs(20.5)).unwrap_err().retry_after_secs,
+        10
+    );
+    // A refused request took nothing: one is back at 30 s.
+    assert!(l.admit(&k, t0 + secs(30.0)).is_ok());
+    assert!(l.admit(&k, t0 + secs(30.0)).is_err());
+    // A long pause refills to the burst, not beyond.
+    let later = t0 + secs(3600.0);
+    assert!(l.admit(&k, later).is_ok());
+    assert!(l.admit(&k, later).is_ok());
+    assert!(l.admit(&k, later).is_err());
+}
+
+#[test]
+fn burst_above_the_rate_and_keys_apart() {
+    let l = limiter(Some(60), Some(5), None);
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        assert!(l.admit(&user("a"), t0).is_ok());
+    }
+    assert_eq!(l.admit(&user("a"), t0).unwrap_err().retry_after_secs, 1);
+    // Another key has its own bucket.
+    assert!(l.admit(&user("b"), t0).is_ok());
+    // One per second at 60/min.
+    assert!(l.admit(&user("a"), t0 + secs(1.0)).is_ok());
+    assert!(l.admit(&user("a"), t0 + secs(1.0)).is_err());
+}
+
+#[test]
+fn a_refund_returns_the_request_without_overfilling() {
+    let l = limiter(Some(1), Some(1), None);
+    let (k, t0) = (user("a"), Instant::now());
+    assert!(l.admit(&k, t0).is_ok());
+    l.refund(&k, t0);
+    assert!(l.admit(&k, t0).is_ok());
+    assert!(l.admit(&k, t0).is_err());
+    l.refund(&k, t0);
+    l.refund(&k, t0);
+    assert!(l.admit(&k, t0).is_ok());
+    assert!(l.admit(&k, t0).is_err(), "capacity stays at the burst");
+}
+
+#[test]
+fn tokens_are_charged_after_the_fact_and_the_next_request_waits_for_the_debt() {
+    // 600 tokens per minute = 10 per second.
+    let l = limiter(None, None, Some(600));
+    let (k, t0) = (user("a"), Instant::now());
+    assert!(l.admit(&k, t0).is_ok());
+    // The exchange used more than the whole minute's allowance.
+    l.charge_tokens(&k, 650, t0);
+    let refused = l.admit(&k, t0).unwrap_err();
+    assert_eq!(refused.limit, Limit::TokensPerMinute);
+    // 50 tokens of debt at 10/s.
+    assert_eq!(refused.retry_after_secs, 5);
+    assert!(refused.message.contains("tokens_per_minute limit of 600"));
+    assert_eq!(l.admit(&k, t0 + secs(4.5)).unwrap_err().retry_after_secs, 1);
+    assert!(l.admit(&k, t0 + secs(5.1)).is_ok());
+    // Under the allowance, requests keep going.
+    l.charge_tokens(&k, 1, t0 + secs(5.1));
+    assert!(l.admit(&k, t0 + secs(60.0)).is_ok());
+}
+
+#[test]
+fn both_limits_in_one_policy() {
+    let l = limiter(Some(10), Some(10), Some(100));
+    let (k, t0) = (user("a"), Instant::now());
+    assert!(l.admit(&k, t0).is_ok());
+    l.charge_tokens(&k, 100, t0);
+    // Tokens refuse first; the request bucket is untouched.
+    assert_eq!(l.admit(&k, t0).unwrap_err().limit, Limit::TokensPerMinute);
+    assert!(l.admit(&k, t0 + secs(1.0)).is_ok());
+}
+
+#[test]
+fn keys_at_rest_are_swept_and_active_ones_kept() {
+    let l = limiter(Some(60), Some(1), None);
+    let t0 = Instant::now();
+    for i in 0..SWEEP_FROM {
+        assert!(l.admit(&user(&format!("u{i}")), t0).is_ok());
+    }
+    assert_eq!(l.keys.len(), SWEEP_FROM);
+    // The first two minutes later: everyone refilled except u0, used again.
+    let t1 = t0 + secs(120.0);
+    assert!(l.admit(&user("u0"), t1).is_ok());
+    assert!(l.admit(&user("new"), t1).is_ok());
+    assert_eq!(l.keys.len(), 2, "u0 (empty bucket) and the new key");
+    assert!(l.admit(&user("u0"), t1).is_err(), "u0 kept its state");
+}
+
+fn budget(day: Option<f64>, month: Option<f64>, action: BudgetAction) -> BudgetTracker {
+    BudgetTracker::new(&BudgetOptions {
+        usd_per_day: day,
+        usd_per_month: month,
+        per: Scope::Team,
+        action,
+    })
+}
+
+#[test]
+fn a_day_budget_refuses_until_utc_midnight() {
+    let b = budget(Some(1.0), None, BudgetAction::Block);
+    let k = Key::Team(Some(Arc::from("core")));
+    let t = datetime!(2026-11-23 22:00:00 UTC);
+    assert!(b.check(&k, t).is_ok());
+    b.spend(&k, 0.6, t);
+    assert!(b.check(&k, t).is_ok());
+    b.spend(&k, 0.6, t);
+    let refused = b.check(&k, t).unwrap_err();
+    assert_eq!(refused.limit, Limit::UsdPerDay);
+    assert_eq!(refused.retry_after_secs, 2 * 3600);
+    assert!(
+        refused.message.contains("2026-11-24T00:00:00Z") && refused.message.contains("team:core"),
+        "{}",
+        refused.message
+    );
+    let t = datetime!(2026-11-23 23:59:59.5 UTC);
+    assert_eq!(b.check(&k, t).unwrap_err().retry_after_secs, 1);
+    // Another team is not affected.
+    assert!(b.check(&Key::Team(None), t).is_ok());
+    // The next UTC day starts from zero.
+    assert!(b.check(&k, datetime!(2026-11-24 00:00:00 UTC)).is_ok());
+}
+
+#[test]
+fn a_month_budget_refuses_until_the_first_of_next_month() {
+    let b = budget(Some(100.0), Some(2.0), BudgetAction::Block);
+    let k = Key::Global;
+    // Spend across days of one month adds up.
+    b.spend(&k, 1.5, datetime!(2026-12-30 12:00:00 UTC));
+    b.spend(&k, 1.0, datetime!(2026-12-31 12:00:00 UTC));
+    let refused = b.check(&k, datetime!(2026-12-31 12:00:00 UTC)).unwrap_err();
+    assert_eq!(refused.limit, Limit::UsdPerMonth);
+    // December rolls into January of the next year.
+    assert_eq!(refused.retry_after_secs, 12 * 3600);
+    assert!(refused.message.contains("2027-01-01T00:00:00Z"));
+    assert!(b.check(&k, datetime!(2027-01-01 00:00:00 UTC)).is_ok());
+    // A 30-day month.
+    b.spend(&k, 5.0, datetime!(2027-04-30 23:00:00 UTC));
+    let refused = b.check(&k, datetime!(2027-04-30 23:00:00 UTC)).unwrap_err();
+    assert!(refused.message.contains("2027-05-01T00:00:00Z"));
+    assert_eq!(refused.retry_after_secs, 3600);
+}
+
+#[test]
+fn when_both_budgets_are_spent_the_month_is_the_later_reset() {
+    let b = budget(Some(1.0), Some(1.0), BudgetAction::Block);
+    let t = datetime!(2026-02-10 00:00:00 UTC);
+    b.spend(&Key::Global, 1.0, t);
+    let refused = b.check(&Key::Global, t).unwrap_err();
+    assert_eq!(refused.limit, Limit::UsdPerMonth);
+    assert_eq!(refused.retry_after_secs, 19 * 86_400);
+}
+
+#[test]
+fn nothing_spent_costs_nothing_and_budgets_at_rest_are_fresh() {
+    let b = budget(Some(1.0), None, BudgetAction::Log);
+    assert!(!b.blocks());
+    let t = datetime!(2026-02-10 00:00:00 UTC);
+    b.spend(&Key::Global, 0.0, t);
+    b.spend(&Key::Global, f64::NAN, t);
+    assert!(b.check(&Key::Global, t).is_ok());
+    let mut s = Spend::fresh(t.date());
+    assert!(s.at_rest(t.date()));
+    s.day_usd = 1.0;
+    s.month_usd = 1.0;
+    assert!(!s.at_rest(t.date()));
+    assert!(!s.at_rest(datetime!(2026-02-11 00:00:00 UTC).date()));
+    assert!(s.at_rest(datetime!(2026-03-01 00:00:00 UTC).date()));
+}

@@ -1,0 +1,391 @@
+//! `rate-limit` and `budget` through the real gateway: `429` with
+//! `retry-after` in the client's dialect before the upstream is contacted,
+//! per-user and per-team keys from access keys, tokens and dollars charged
+//! after a response so the next request is refused, `action: log` budgets,
+//! and the audit events of each.
+
+use crate::common::client::{body_string, through_proxy, Http};
+use crate::common::origin::{Alpn, Origin};
+use crate::common::probe::wait_until;
+use crate::common::{connect_to, TestCa, TestGateway};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use keeptrusts::config::PolicyConfig;
+use keeptrusts::events::{read_last, Event, Filters, Phase};
+use keeptrusts::keys::file;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+const OPENAI: &str = "api.openai.com";
+const ANTHROPIC: &str = "api.anthropic.com";
+
+/// Provider keys in variables only this module reads, set once.
+fn provider_keys() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("KT_LIMITS_TEST_OPENAI", "sk-test-openai");
+        std::env::set_var("KT_LIMITS_TEST_ANTHROPIC", "sk-ant-test");
+    });
+}
+
+const TARGETS: &str = "providers:
+  targets:
+    - id: openai
+      provider:
+        api_key_env: KT_LIMITS_TEST_OPENAI
+        models: [gpt-4o]
+    - id: anthropic
+      provider:
+        api_key_env: KT_LIMITS_TEST_ANTHROPIC
+        models: ['claude-*']
+";
+
+struct Setup {
+    _ca: TestCa,
+    origin: Origin,
+    gw: TestGateway,
+}
+
+/// A gateway with `policies` (YAML after the provider targets), access
+/// keys required, and one origin for both providers.
+async fn setup(policies: &str) -> Setup {
+    provider_keys();
+    let ca = TestCa::new("limits CA");
+    let origin = Origin::tls(&ca, &[OPENAI, ANTHROPIC], Alpn::Both).await;
+    let yaml = format!("{TARGETS}{policies}");
+    let config = Arc::new(PolicyConfig::parse(&yaml, Path::new("t.yaml")).unwrap());
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(OPENAI, 443, origin.addr));
+        s.connect_to.push(connect_to(ANTHROPIC, 443, origin.addr));
+        s.auth_required = Some(true);
+        s.apply_config(&config);
+    })
+    .await;
+    Setup {
+        _ca: ca,
+        origin,
+        gw,
+    }
+}
+
+/// An access key for `user` in `team`, known to the running gateway.
+fn key(s: &Setup, user: &str, team: Option<&str>) -> String {
+    let keys = s.gw.home.path().join("keys.json");
+    let k = file::create(&keys, user, team, false).unwrap().key;
+    assert!(s.gw.gateway.auth().store().unwrap().refresh());
+    k
+}
+
+/// A direct-API call with `key`; `usage` makes the origin report usage.
+async fn call(
+    gw: SocketAddr,
+    path: &str,
+    key: &str,
+    usage: Option<&str>,
+    body: &str,
+) -> Response<Incoming> {
+    let tcp = tokio::net::TcpStream::connect(gw).await.unwrap();
+    let mut http = Http::over(tcp, false).await;
+    let mut req = Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", gw.to_string())
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {key}"));
+    if let Some(u) = usage {
+        req = req.header("x-test-usage", u);
+    }
+    http.request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await
+}
+
+fn chat() -> String {
+    serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+        .to_string()
+}
+
+fn message() -> String {
+    serde_json::json!({"model": "claude-3-5-haiku", "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string()
+}
+
+/// A chat completion by `key`, its body read whole; returns the status
+/// and the response.
+async fn chat_as(s: &Setup, key: &str, usage: Option<&str>) -> (u16, Option<u64>, String) {
+    let resp = call(s.gw.addr, "/v1/chat/completions", key, usage, &chat()).await;
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+    (status, retry, body_string(resp).await)
+}
+
+/// Waits until `n` exchanges have closed (and so been charged): the client
+/// can have the last byte a moment before the gateway closes the record.
+async fn settled(s: &Setup, n: u64) {
+    let metrics = s.gw.gateway.engine().metrics().clone();
+    let done = wait_until(Duration::from_secs(5), || {
+        let m = metrics.clone();
+        async move { m.by_action().iter().map(|(_, c)| c).sum::<u64>() >= n }
+    })
+    .await;
+    assert!(done, "{n} exchanges did not complete");
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+async fn events(gw: &mut TestGateway) -> Vec<Event> {
+    let dir = gw.close_events().await;
+    read_last(&dir, 1000, &Filters::default()).unwrap().0
+}
+
+const AUDIT: &str = "  audit-logger: {}\n";
+
+#[tokio::test]
+async fn requests_per_minute_with_burst_refuses_the_third_before_the_upstream() {
+    let policies = format!(
+        "policies:\n  chain: [audit-logger, rl]\npolicy:\n{AUDIT}  rl:\n    type: rate-limit\n    requests_per_minute: 2\n    burst: 2\n"
+    );
+    let ca = TestCa::new("limits proxy CA");
+    let origin = Origin::tls(&ca, &[OPENAI], Alpn::Both).await;
+    let config = Arc::new(PolicyConfig::parse(&policies, Path::new("t.yaml")).unwrap());
+    let mut gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(OPENAI, 443, origin.addr));
+        s.apply_config(&config);
+    })
+    .await;
+    // Through the forward proxy, as an IDE sends it (anonymous).
+    let (mut http, _) = through_proxy(gw.addr, OPENAI, &[gw.ca_der()], &[b"http/1.1"]).await;
+    let hits = origin.hits.load(Ordering::SeqCst);
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let resp = http
+            .send("POST", OPENAI, "/v1/chat/completions", Bytes::from(chat()))
+            .await;
+        let status = resp.status().as_u16();
+        let retry = resp.headers().get("retry-after").cloned();
+        let ctype = resp.headers().get("content-type").cloned();
+        answers.push((status, retry, ctype, body_string(resp).await));
+    }
+    assert_eq!(answers[0].0, 200);
+    assert_eq!(answers[1].0, 200);
+    let (status, retry, ctype, body) = &answers[2];
+    assert_eq!(*status, 429, "{body}");
+    let retry: u64 = retry.as_ref().unwrap().to_str().unwrap().parse().unwrap();
+    assert!(
+        (29..=30).contains(&retry),
+        "one request every 30 s: {retry}"
+    );
+    assert_eq!(ctype.as_ref().unwrap(), "application/json");
+    let err = json(body);
+    assert_eq!(err["error"]["type"], "rate_limit_exceeded");
+    assert_eq!(err["error"]["code"], "rate_limited");
+    assert_eq!(err["error"]["policy"], "rl");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("requests_per_minute"),
+        "{err}"
+    );
+    assert_eq!(
+        origin.hits.load(Ordering::SeqCst) - hits,
+        2,
+        "the refused request never reached the upstream"
+    );
+    drop(http);
+    let evs = events(&mut gw).await;
+    // Two exchanges with input and output, then the refused one: input only.
+    assert_eq!(evs.len(), 5, "{evs:#?}");
+    let refused = &evs[4];
+    assert_eq!(refused.phase, Phase::Input);
+    assert_eq!(refused.action.as_str(), "block");
+    assert_eq!(refused.policy.as_deref(), Some("rl"));
+    assert_eq!(refused.status, Some(429));
+    let reason = refused.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("requests_per_minute") && reason.contains("anonymous"),
+        "{reason}"
+    );
+    assert!(reason.contains("allowed in"), "says when: {reason}");
+}
+
+#[tokio::test]
+async fn per_user_keys_apart_and_per_team_keys_shared() {
+    for (per, dev2_allowed) in [("user", true), ("team", false)] {
+        let s = setup(&format!(
+            "policies:\n  chain: [rl]\npolicy:\n  rl:\n    type: rate-limit\n    requests_per_minute: 1\n    per: {per}\n"
+        ))
+        .await;
+        let dev1 = key(&s, "dev1", Some("platform"));
+        let dev2 = key(&s, "dev2", Some("platform"));
+        let ops = key(&s, "ops", Some("infra"));
+        assert_eq!(chat_as(&s, &dev1, None).await.0, 200, "{per}");
+        let (status, retry, body) = chat_as(&s, &dev1, None).await;
+        assert_eq!(status, 429, "{per}: {body}");
+        assert!((59..=60).contains(&retry.unwrap()), "{per}: {retry:?}");
+        let expected = if dev2_allowed { 200 } else { 429 };
+        assert_eq!(chat_as(&s, &dev2, None).await.0, expected, "{per}");
+        assert_eq!(chat_as(&s, &ops, None).await.0, 200, "{per}");
+        let hits = s.origin.hits.load(Ordering::SeqCst);
+        assert_eq!(hits, if dev2_allowed { 3 } else { 2 }, "{per}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_per_minute_charged_after_a_response_refuse_the_next_request() {
+    let s = setup(
+        "policies:\n  chain: [tpm]\npolicy:\n  tpm:\n    type: rate-limit\n    tokens_per_minute: 1000\n",
+    )
+    .await;
+    let dev = key(&s, "dev1", None);
+    // 1,500 tokens: the response finishes, over the limit.
+    let (status, _, body) = chat_as(&s, &dev, Some("1000,500")).await;
+    assert_eq!(status, 200, "{body}");
+    settled(&s, 1).await;
+    let (status, retry, body) = chat_as(&s, &dev, Some("1,1")).await;
+    assert_eq!(status, 429, "{body}");
+    // 500 tokens of debt at 1,000 a minute.
+    assert!((29..=30).contains(&retry.unwrap()), "{retry:?}");
+    let err = json(&body);
+    assert_eq!(err["error"]["code"], "rate_limited");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokens_per_minute limit of 1000"),
+        "{err}"
+    );
+    assert_eq!(s.origin.hits.load(Ordering::SeqCst), 1);
+    // Another user has tokens left.
+    let other = key(&s, "dev2", None);
+    assert_eq!(chat_as(&s, &other, None).await.0, 200);
+}
+
+const BUDGET: &str = "policies:\n  chain: [audit-logger, spend]\npolicy:\n  audit-logger: {}\n  spend:\n    type: budget\n    usd_per_day: 0.001\n";
+
+#[tokio::test]
+async fn a_spent_day_budget_refuses_the_next_request_until_utc_midnight() {
+    let mut s = setup(BUDGET).await;
+    let dev = key(&s, "dev1", Some("platform"));
+    let teammate = key(&s, "dev2", Some("platform"));
+    // gpt-4o: 1,000 in + 500 out = $0.0075, over the $0.001 a day.
+    assert_eq!(chat_as(&s, &dev, Some("1000,500")).await.0, 200);
+    settled(&s, 1).await;
+    // The team shares the budget (per: team is the default).
+    let (status, retry, body) = chat_as(&s, &teammate, Some("1,1")).await;
+    assert_eq!(status, 429, "{body}");
+    let retry = retry.unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    let err = json(&body);
+    assert_eq!(err["error"]["type"], "budget_exceeded");
+    assert_eq!(err["error"]["code"], "budget_exceeded");
+    assert_eq!(err["error"]["policy"], "spend");
+    assert_eq!(s.origin.hits.load(Ordering::SeqCst), 1);
+    // A user of another team is not affected.
+    let other = key(&s, "ops", Some("infra"));
+    assert_eq!(chat_as(&s, &other, None).await.0, 200);
+
+    let evs = events(&mut s.gw).await;
+    let costed = evs
+        .iter()
+        .find(|e| e.phase == Phase::Output && e.user.as_deref() == Some("dev1"))
+        .unwrap();
+    assert!(costed.cost_usd.unwrap() > 0.001, "{costed:?}");
+    let refused = evs
+        .iter()
+        .find(|e| e.user.as_deref() == Some("dev2"))
+        .unwrap();
+    assert_eq!(
+        (refused.phase, refused.action.as_str(), refused.status),
+        (Phase::Input, "block", Some(429))
+    );
+    assert_eq!(refused.policy.as_deref(), Some("spend"));
+    let reason = refused.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("usd_per_day") && reason.contains("team:platform"),
+        "{reason}"
+    );
+    assert!(reason.contains("T00:00:00Z"), "says when: {reason}");
+    assert_eq!(
+        evs.iter()
+            .filter(|e| e.user.as_deref() == Some("dev2"))
+            .count(),
+        1,
+        "a refused request has no output event"
+    );
+}
+
+#[tokio::test]
+async fn a_budget_with_action_log_lets_requests_through_and_says_so() {
+    let mut s = setup(&format!("{BUDGET}    action: log\n")).await;
+    let dev = key(&s, "dev1", None);
+    assert_eq!(chat_as(&s, &dev, Some("1000,500")).await.0, 200);
+    settled(&s, 1).await;
+    assert_eq!(chat_as(&s, &dev, Some("1,1")).await.0, 200);
+    assert_eq!(s.origin.hits.load(Ordering::SeqCst), 2);
+    let evs = events(&mut s.gw).await;
+    let inputs: Vec<&Event> = evs.iter().filter(|e| e.phase == Phase::Input).collect();
+    assert_eq!(inputs.len(), 2);
+    assert_eq!(inputs[0].policy, None, "{:?}", inputs[0]);
+    let over = inputs[1];
+    assert_eq!(over.action.as_str(), "pass");
+    assert_eq!(over.policy.as_deref(), Some("spend"));
+    let reason = over.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("over budget") && reason.contains("usd_per_day"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn anthropic_clients_get_the_anthropic_shaped_429() {
+    let s = setup(
+        "policies:\n  chain: [rl]\npolicy:\n  rl:\n    type: rate-limit\n    requests_per_minute: 1\n",
+    )
+    .await;
+    let dev = key(&s, "dev1", None);
+    let resp = call(s.gw.addr, "/v1/messages", &dev, None, &message()).await;
+    assert_eq!(resp.status(), 200);
+    body_string(resp).await;
+    let resp = call(s.gw.addr, "/v1/messages", &dev, None, &message()).await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let err = json(&body_string(resp).await);
+    assert_eq!(err["type"], "error");
+    assert_eq!(err["error"]["type"], "rate_limit_error");
+    assert_eq!(err["error"]["code"], "rate_limited");
+    assert_eq!(err["error"]["policy"], "rl");
+    // The OpenAI dialect on the same key: the OpenAI envelope.
+    let (status, _, body) = chat_as(&s, &dev, None).await;
+    assert_eq!(status, 429);
+    assert_eq!(json(&body)["error"]["type"], "rate_limit_exceeded");
+    assert_eq!(s.origin.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_reload_with_the_policy_unchanged_keeps_its_counters() {
+    let yaml = "policies:\n  chain: [rl]\npolicy:\n  rl:\n    type: rate-limit\n    requests_per_minute: 1\n";
+    let s = setup(yaml).await;
+    let dev = key(&s, "dev1", None);
+    assert_eq!(chat_as(&s, &dev, None).await.0, 200);
+    let reload = |y: &str| {
+        let c = keeptrusts::config::Config::parse(&format!("{TARGETS}{y}"), Path::new("t.yaml"))
+            .unwrap();
+        s.gw.gateway.engine().reload(&c).unwrap();
+    };
+    reload(yaml);
+    assert_eq!(chat_as(&s, &dev, None).await.0, 429, "counters kept");
+    // Changed options start afresh.
+    reload(&yaml.replace(": 1\n", ": 5\n"));
+    assert_eq!(chat_as(&s, &dev, None).await.0, 200, "counters reset");
+}
