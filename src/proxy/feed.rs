@@ -88,30 +88,13 @@ pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
 /// The whole team's events from the shared store.
 async fn shared(
     history: Vec<crate::events::Event>,
-    mut team: TeamFeed,
+    team: TeamFeed,
     follow: bool,
     tx: tokio::sync::mpsc::Sender<Bytes>,
     shutdown: crate::shutdown::Shutdown,
 ) {
-    for e in history {
-        if tx.send(frame(&e)).await.is_err() {
-            return;
-        }
-    }
-    if tx.send(Bytes::from_static(HISTORY_END)).await.is_err() || !follow {
-        return;
-    }
-    let mut keepalive = tokio::time::interval(KEEPALIVE);
-    keepalive.tick().await;
-    loop {
-        let bytes = tokio::select! {
-            e = team.next() => frame(&e),
-            _ = keepalive.tick() => Bytes::from_static(b": keep-alive\n\n"),
-            _ = shutdown.draining() => return,
-        };
-        if tx.send(bytes).await.is_err() {
-            return;
-        }
+    if send_history(&tx, history, follow).await {
+        stream(&tx, &shutdown, Live::Team(team)).await;
     }
 }
 
@@ -125,48 +108,82 @@ async fn local_feed(
 ) {
     // Subscribe before reading history, so nothing falls in between (an
     // event may then come twice; the client can skip repeated ids).
-    let mut live = feed.sink.subscribe();
+    let live = feed.sink.subscribe();
     let dir = feed.dir.clone();
-    {
-        if n > 0 {
-            let history =
-                tokio::task::spawn_blocking(move || read_last(&dir, n, &Filters::default())).await;
-            if let Ok(Ok((events, _))) = history {
-                for e in events {
-                    if tx.send(frame(&e)).await.is_err() {
-                        return;
-                    }
-                }
-            }
+    let mut history = Vec::new();
+    if n > 0 {
+        let read =
+            tokio::task::spawn_blocking(move || read_last(&dir, n, &Filters::default())).await;
+        if let Ok(Ok((events, _))) = read {
+            history = events;
         }
-        // Tells a client that asked for history only where it ends.
-        if tx.send(Bytes::from_static(HISTORY_END)).await.is_err() || !follow {
+    }
+    if send_history(&tx, history, follow).await {
+        stream(&tx, &shutdown, Live::Local(live)).await;
+    }
+}
+
+/// Where live events come from.
+enum Live {
+    /// The shared store: every replica's events.
+    Team(TeamFeed),
+    /// This gateway's writer.
+    Local(tokio::sync::broadcast::Receiver<std::sync::Arc<crate::events::Event>>),
+}
+
+impl Live {
+    /// The next frame to send; `None` when the source ended.
+    async fn next(&mut self) -> Option<Bytes> {
+        match self {
+            Live::Team(team) => Some(frame(&team.next().await)),
+            Live::Local(rx) => match rx.recv().await {
+                Ok(e) => Some(frame(&e)),
+                Err(RecvError::Lagged(missed)) => Some(Bytes::from(format!(
+                    ": {missed} events skipped (client too slow)\n\n"
+                ))),
+                Err(RecvError::Closed) => None,
+            },
+        }
+    }
+}
+
+/// Sends the history and the end-of-history mark; whether to go on with
+/// live events (the client is there and asked to follow).
+async fn send_history(
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+    history: Vec<crate::events::Event>,
+    follow: bool,
+) -> bool {
+    for e in history {
+        if tx.send(frame(&e)).await.is_err() {
+            return false;
+        }
+    }
+    // Tells a client that asked for history only where it ends.
+    tx.send(Bytes::from_static(HISTORY_END)).await.is_ok() && follow
+}
+
+/// Sends what `live` yields, with keep-alive comments between, until the
+/// client leaves, `live` ends or the gateway drains (a live feed never ends
+/// by itself, so it must end for draining to finish).
+async fn stream(
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+    shutdown: &crate::shutdown::Shutdown,
+    mut live: Live,
+) {
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    keepalive.tick().await;
+    loop {
+        let bytes = tokio::select! {
+            b = live.next() => match b {
+                Some(b) => b,
+                None => return,
+            },
+            _ = keepalive.tick() => Bytes::from_static(b": keep-alive\n\n"),
+            _ = shutdown.draining() => return,
+        };
+        if tx.send(bytes).await.is_err() {
             return;
-        }
-        let mut keepalive = tokio::time::interval(KEEPALIVE);
-        keepalive.tick().await;
-        loop {
-            let next = tokio::select! {
-                e = live.recv() => e,
-                _ = keepalive.tick() => {
-                    if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                // A live feed never ends by itself: end it so draining can.
-                _ = shutdown.draining() => return,
-            };
-            let bytes = match next {
-                Ok(e) => frame(&e),
-                Err(RecvError::Lagged(missed)) => {
-                    Bytes::from(format!(": {missed} events skipped (client too slow)\n\n"))
-                }
-                Err(RecvError::Closed) => return,
-            };
-            if tx.send(bytes).await.is_err() {
-                return;
-            }
         }
     }
 }
