@@ -7,6 +7,7 @@ mod deploy;
 mod direct;
 mod errors;
 mod events;
+mod fuzz_regressions;
 mod hardening;
 mod hosted;
 mod intercept;
