@@ -8,6 +8,7 @@ mod direct;
 mod errors;
 mod events;
 mod faults;
+mod fuzz_regressions;
 mod hardening;
 mod hosted;
 mod hostile;
