@@ -40,6 +40,14 @@ pub struct HomeArgs {
     pub ca_dir: Option<PathBuf>,
 }
 
+/// The user's own home folder (`$HOME`, or `%USERPROFILE%` on Windows).
+pub fn user_home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .or_else(|| std::env::var_os("USERPROFILE"))
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
 impl HomeArgs {
     /// The home folder: `--data-dir`, else `$KEEPTRUSTS_HOME`, else `~/.keeptrusts`.
     pub fn home(&self) -> anyhow::Result<PathBuf> {
@@ -49,13 +57,10 @@ impl HomeArgs {
         if let Some(h) = std::env::var_os("KEEPTRUSTS_HOME").filter(|h| !h.is_empty()) {
             return Ok(PathBuf::from(h));
         }
-        let home = std::env::var_os("HOME")
-            .or_else(|| std::env::var_os("USERPROFILE"))
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| {
-                anyhow::anyhow!("cannot find a home folder: set KEEPTRUSTS_HOME or pass --data-dir")
-            })?;
-        Ok(PathBuf::from(home).join(".keeptrusts"))
+        let home = user_home().ok_or_else(|| {
+            anyhow::anyhow!("cannot find a home folder: set KEEPTRUSTS_HOME or pass --data-dir")
+        })?;
+        Ok(home.join(".keeptrusts"))
     }
 
     /// The CA folder: `--ca-dir`, else `<home>/certs`.

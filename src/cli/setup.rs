@@ -35,10 +35,7 @@ pub fn run(home: &HomeArgs, args: SetupArgs) -> anyhow::Result<ExitCode> {
         gateway: args.gateway.trim_end_matches('/').to_string(),
         ca_cert: crate::tls::CaPaths::in_dir(home.ca_dir()?).cert,
         model: args.model,
-        home: std::env::var_os("HOME")
-            .or_else(|| std::env::var_os("USERPROFILE"))
-            .filter(|h| !h.is_empty())
-            .map(PathBuf::from),
+        home: super::user_home(),
     };
     let plan = plan(args.client, &ctx);
     if !ctx.ca_cert.is_file() {

@@ -55,12 +55,16 @@ impl Hosted {
                     }
                 }
             }
-            if let Err(e) = watcher.load_now().await {
-                tracing::warn!("access keys: {e}");
-            }
+            let seen = match watcher.load_now().await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!("access keys: {e}");
+                    None
+                }
+            };
             tracing::info!(database = %link.shown(), "shared store ready");
             let _ = set_ready.send(true);
-            watcher.run().await;
+            watcher.run(seen).await;
         });
         let shipper = ship::start(db.clone(), events_dir, replica.clone(), wake, ready.clone());
         Hosted {

@@ -172,13 +172,17 @@ impl KeyWatcher {
         Ok(now)
     }
 
-    /// Loads the keys now (if the database answers), then follows the
-    /// table until the task is dropped.
-    pub async fn run(self) {
-        let mut seen = None;
+    /// Follows the table until the task is dropped; `seen` is the version
+    /// [`load_now`](KeyWatcher::load_now) read, if it did.
+    pub async fn run(self, seen: Option<(i64, i64)>) {
+        let mut seen = seen;
         let mut failing = false;
         let mut tick = tokio::time::interval(crate::keys::store::RELOAD_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if seen.is_some() {
+            // The first tick is immediate; the keys were just read.
+            tick.tick().await;
+        }
         loop {
             tick.tick().await;
             match self.refresh(seen).await {
@@ -199,8 +203,8 @@ impl KeyWatcher {
     }
 
     /// Reads the table once (start-up): the keys in force before the
-    /// first request when the database answers.
-    pub async fn load_now(&self) -> Result<(), StorageError> {
-        self.refresh(None).await.map(|_| ())
+    /// first request when the database answers. Returns the version read.
+    pub async fn load_now(&self) -> Result<(i64, i64), StorageError> {
+        self.refresh(None).await
     }
 }
