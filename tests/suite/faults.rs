@@ -8,10 +8,10 @@ use crate::common::client::{self, body_string, through_proxy, Http};
 use crate::common::origin::{Alpn, Origin};
 use crate::common::probe::{self, assert_healthy, wait_until, BOUND};
 use crate::common::{connect_to, TestCa, TestGateway};
+use crate::suite::hostile::{events, outputs};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use keeptrusts::config::PolicyConfig;
-use keeptrusts::events::{read_last, Event, Filters};
 use keeptrusts::gateway::GatewaySettings;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -172,18 +172,6 @@ async fn post_chat(
         b = b.header(*k, *v);
     }
     http.request(b.body(Full::new(chat(stream))).unwrap()).await
-}
-
-async fn events(gw: &mut TestGateway) -> Vec<Event> {
-    let dir = gw.close_events().await;
-    read_last(&dir, 1000, &Filters::default()).unwrap().0
-}
-
-fn outputs(events: &[Event]) -> Vec<&Event> {
-    events
-        .iter()
-        .filter(|e| e.phase.as_str() == "output")
-        .collect()
 }
 
 #[tokio::test]

@@ -86,12 +86,14 @@ async fn serving(gw: &TestGateway) {
     assert!(body_string(resp).await.contains("hello"));
 }
 
-async fn events(gw: &mut TestGateway) -> Vec<Event> {
+/// Every event the gateway wrote (its log closed first).
+pub(crate) async fn events(gw: &mut TestGateway) -> Vec<Event> {
     let dir = gw.close_events().await;
     read_last(&dir, 1000, &Filters::default()).unwrap().0
 }
 
-fn outputs(events: &[Event]) -> Vec<&Event> {
+/// The output-phase events of `events`.
+pub(crate) fn outputs(events: &[Event]) -> Vec<&Event> {
     events
         .iter()
         .filter(|e| e.phase.as_str() == "output")
