@@ -60,11 +60,11 @@ pub fn install_crypto_provider() {
 }
 
 /// The TLS crypto provider for both legs of an intercepted connection:
-/// aws-lc-rs with AES-128-GCM/SHA-256 preferred. Servers (kt's leg towards
-/// the client) choose by their own order, and the SHA-256 key schedule and
-/// the 10-round cipher cost markedly less per handshake and per byte than
-/// AES-256-GCM/SHA-384, which is aws-lc-rs's default first choice; both
-/// remain offered.
+/// aws-lc-rs with AES-128-GCM/SHA-256 preferred. kt's server leg picks by
+/// this order, not the client's (`ignore_client_order`): the SHA-256 key
+/// schedule and the 10-round cipher cost markedly less per handshake and
+/// per byte than AES-256-GCM/SHA-384, which aws-lc-rs, OpenSSL and Node
+/// list first; both remain offered.
 pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
     use rustls::crypto::aws_lc_rs::cipher_suite;
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();

@@ -199,3 +199,53 @@ async fn ip_target_without_sni_gets_an_ip_san() {
         matches!(san.value.general_names[..], [GeneralName::IPAddress(ip)] if ip == [127, 0, 0, 1])
     );
 }
+
+/// kt's leg towards the client picks AES-128-GCM/SHA-256 even when the
+/// client lists AES-256-GCM/SHA-384 first (as OpenSSL, Node and rustls
+/// do), and still serves a client that offers nothing else.
+#[tokio::test]
+async fn the_client_leg_prefers_aes_128_whatever_the_clients_order() {
+    use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
+    let ca = TestCa::new("origin CA");
+    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::H1).await;
+    let addr = origin.addr;
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to = vec![connect_to("api.openai.com", 443, addr)];
+    })
+    .await;
+    let negotiated = |suites: Vec<rustls::SupportedCipherSuite>| {
+        let proxy = gw.addr;
+        let root = gw.ca_der();
+        async move {
+            let mut provider = default_provider();
+            provider.cipher_suites = suites;
+            let mut store = rustls::RootCertStore::empty();
+            store.add(root).unwrap();
+            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(store)
+                .with_no_client_auth();
+            let (s, reply) = client::connect(proxy, "api.openai.com:443").await;
+            assert_eq!(reply.status, 200);
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect("api.openai.com".try_into().unwrap(), s)
+                .await
+                .unwrap();
+            tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+        }
+    };
+    let aes256_first = vec![
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    assert_eq!(
+        negotiated(aes256_first).await,
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+    );
+    assert_eq!(
+        negotiated(vec![cipher_suite::TLS13_AES_256_GCM_SHA384]).await,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+}
