@@ -259,32 +259,56 @@ impl Event {
     }
 }
 
-/// `2026-11-23T10:32:15.123Z`. Formatted by hand so that it does not depend on
-/// optional features of the `time` crate.
+/// `2026-11-23T10:32:15.123Z`. Formatted by hand, digit by digit: every
+/// event carries one and `format!` was a measurable part of an exchange.
 pub fn format_ts(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+    let mut out = [0u8; 24];
+    // Years outside 0..=9999 are not representable in this form; clamp
+    // rather than emit a malformed stamp.
+    put_digits(&mut out[0..4], t.year().clamp(0, 9999) as u32);
+    out[4] = b'-';
+    put_digits(&mut out[5..7], u8::from(t.month()).into());
+    out[7] = b'-';
+    put_digits(&mut out[8..10], t.day().into());
+    out[10] = b'T';
+    put_digits(&mut out[11..13], t.hour().into());
+    out[13] = b':';
+    put_digits(&mut out[14..16], t.minute().into());
+    out[16] = b':';
+    put_digits(&mut out[17..19], t.second().into());
+    out[19] = b'.';
+    put_digits(&mut out[20..23], t.millisecond().into());
+    out[23] = b'Z';
+    ascii(&out)
+}
+
+/// A `String` from bytes this module wrote, all ASCII.
+fn ascii(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap_or_default()
+}
+
+/// Writes `n` in decimal, zero-padded to the width of `out`.
+fn put_digits(out: &mut [u8], mut n: u32) {
+    for slot in out.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 /// 12 hex digits of Unix milliseconds + 20 random hex digits (80 bits), so
 /// ids are unique in practice and sort by creation time.
 fn new_id(now: time::OffsetDateTime) -> String {
-    let millis = (now.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
-    let random: u128 = rand::random();
-    format!(
-        "{:012x}{:020x}",
-        millis & 0xffff_ffff_ffff,
-        random & ((1u128 << 80) - 1)
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let millis = (now.unix_timestamp_nanos() / 1_000_000).max(0) as u128 & 0xffff_ffff_ffff;
+    let random: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
+    let mut value = (millis << 80) | random;
+    let mut out = [0u8; 32];
+    for slot in out.iter_mut().rev() {
+        *slot = HEX[(value & 0xf) as usize];
+        value >>= 4;
+    }
+    ascii(&out)
 }
 
 /// Errors of the log itself: opening, recovering and writing segments.
@@ -346,6 +370,21 @@ mod tests {
             .unwrap()
             .to_offset(time::UtcOffset::from_hms(2, 0, 0).unwrap());
         assert_eq!(format_ts(t), "2026-11-23T10:32:15.007Z");
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(946_684_799_999_000_000).unwrap();
+        assert_eq!(format_ts(t), "1999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn ids_are_32_hex_digits_led_by_the_millisecond_clock() {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(1_795_429_935_007_000_000).unwrap();
+        let (a, b) = (new_id(t), new_id(t));
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_eq!(&a[..12], &format!("{:012x}", 1_795_429_935_007u64));
+        assert_eq!(&a[..12], &b[..12]);
+        assert_ne!(a, b, "80 random bits differ");
     }
 
     #[test]
