@@ -18,9 +18,9 @@
 #
 # Environment: KT_BIN (default: ${CARGO_TARGET_DIR:-target}/release/kt),
 # SCENARIOS (ka_c32,newconn_c8), LOW (500), HIGH (2000), TOP (0),
-# OUT (target/bench/instructions). Needs valgrind and python3. Note: valgrind reports no SHA
-# extensions, so SHA-256 (the audit chain) runs the portable code here and
-# counts more than it costs natively.
+# OUT (target/bench/instructions). Needs valgrind and python3.
+# Note: valgrind reports no SHA extensions, so SHA-256 (the audit chain)
+# runs the portable code here and counts more than it costs natively.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -73,6 +73,7 @@ total_ir() { awk '/^summary:/ { print $2; exit }' "$1"; }
 
 printf '| scenario | instructions per request | requests (low, high) |\n|---|---:|---|\n' >"$out/results.md"
 IFS=, read -ra list <<<"$scenarios"
+declare -A served
 for scenario in "${list[@]}"; do
     for n in "$low" "$high"; do
         file="$out/$scenario.$n.callgrind"
@@ -93,13 +94,12 @@ print(s["requests_ok_incl_warmup"], s["errors"])' "$work/load/results.json")
             echo "instructions.sh: $scenario through kt had $errors errors; see $work/load.log" >&2
             exit 1
         fi
-        echo "$ok" >"$file.requests"
+        served[$n]=$ok
         [ -s "$file" ] || { echo "instructions.sh: callgrind wrote no profile for $scenario" >&2; exit 1; }
     done
     a=$(total_ir "$out/$scenario.$low.callgrind")
     b=$(total_ir "$out/$scenario.$high.callgrind")
-    na=$(cat "$out/$scenario.$low.callgrind.requests")
-    nb=$(cat "$out/$scenario.$high.callgrind.requests")
+    na=${served[$low]} nb=${served[$high]}
     [ "$nb" -gt "$na" ] || { echo "instructions.sh: $scenario served $na then $nb requests" >&2; exit 1; }
     per=$(( (b - a) / (nb - na) ))
     printf '| %s | %s | %s, %s |\n' "$scenario" "$per" "$na" "$nb" >>"$out/results.md"

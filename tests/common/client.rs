@@ -66,16 +66,21 @@ pub async fn read_head(s: &mut TcpStream) -> ConnectReply {
     }
 }
 
-pub fn client_config(
-    roots: &[CertificateDer<'static>],
-    alpn: &[&[u8]],
-) -> Arc<rustls::ClientConfig> {
+/// A root store holding only `roots`.
+pub fn root_store(roots: &[CertificateDer<'static>]) -> rustls::RootCertStore {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store.add(r.clone()).unwrap();
     }
+    store
+}
+
+pub fn client_config(
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
     let mut cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(store)
+        .with_root_certificates(root_store(roots))
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(cfg)
@@ -88,8 +93,16 @@ pub async fn tls(
     roots: &[CertificateDer<'static>],
     alpn: &[&[u8]],
 ) -> Result<TlsStream<TcpStream>, std::io::Error> {
-    let connector = tokio_rustls::TlsConnector::from(client_config(roots, alpn));
-    connector
+    tls_with(s, name, client_config(roots, alpn)).await
+}
+
+/// TLS over `s` for `name` with a client config of the caller's making.
+pub async fn tls_with(
+    s: TcpStream,
+    name: &str,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream<TcpStream>, std::io::Error> {
+    tokio_rustls::TlsConnector::from(cfg)
         .connect(ServerName::try_from(name.to_string()).unwrap(), s)
         .await
 }

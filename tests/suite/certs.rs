@@ -219,17 +219,14 @@ async fn the_client_leg_prefers_aes_128_whatever_the_clients_order() {
         async move {
             let mut provider = default_provider();
             provider.cipher_suites = suites;
-            let mut store = rustls::RootCertStore::empty();
-            store.add(root).unwrap();
             let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
                 .with_safe_default_protocol_versions()
                 .unwrap()
-                .with_root_certificates(store)
+                .with_root_certificates(client::root_store(&[root]))
                 .with_no_client_auth();
             let (s, reply) = client::connect(proxy, "api.openai.com:443").await;
             assert_eq!(reply.status, 200);
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-                .connect("api.openai.com".try_into().unwrap(), s)
+            let tls = client::tls_with(s, "api.openai.com", Arc::new(cfg))
                 .await
                 .unwrap();
             tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
