@@ -107,7 +107,7 @@ pub fn render(info: &BannerInfo) -> String {
         let _ = writeln!(s, "  shared store   : {db} (replica {replica})");
     }
     let chain = if info.chain.is_empty() {
-        "(none: the pack is disabled)".to_string()
+        "(none: no policy runs, nothing is audited)".to_string()
     } else {
         info.chain.join(" -> ")
     };

@@ -112,12 +112,6 @@ impl Chain {
         })
     }
 
-    /// The same chain pricing models with `config`'s `pricing:`.
-    pub fn priced(mut self, config: &Config) -> Chain {
-        self.pricing = Arc::new(pricing_of(config));
-        self
-    }
-
     /// The model price table in force with this chain.
     pub fn pricing(&self) -> &Pricing {
         &self.pricing

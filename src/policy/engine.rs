@@ -58,12 +58,10 @@ impl Engine {
         previous: Option<&Chain>,
     ) -> Result<(Chain, HostSet), ChainError> {
         match config {
-            Some(c) if !c.policies.is_empty() => Ok((
-                Chain::build_after(c, previous)?,
-                HostSet::new(c.intercept.hosts.iter()),
-            )),
+            // A config without `policies:` already lists the default
+            // audit-logger; an empty list is an explicit `chain: []`.
             Some(c) => Ok((
-                Chain::builtin().priced(c),
+                Chain::build_after(c, previous)?,
                 HostSet::new(c.intercept.hosts.iter()),
             )),
             None => Ok((Chain::builtin(), HostSet::new(std::iter::empty::<&str>()))),
@@ -344,5 +342,26 @@ mod tests {
         let engine = Engine::new(Some(&config(scoped))).unwrap();
         assert!(begin(&engine, "/v1/chat/completions").is_none());
         assert!(begin(&engine, "/v1/embeddings").is_some());
+    }
+
+    #[test]
+    fn an_empty_chain_runs_nothing_and_a_config_without_one_keeps_the_audit() {
+        let names = |yaml: &str| -> Vec<String> {
+            let engine = Engine::new(Some(&config(yaml))).unwrap();
+            let chain = engine.chain();
+            chain
+                .policies()
+                .iter()
+                .map(|p| p.name.to_string())
+                .collect()
+        };
+        assert!(names("policies:\n  chain: []\n").is_empty());
+        assert!(names("policies: []\n").is_empty());
+        assert_eq!(
+            names("intercept:\n  hosts: [llm.internal]\n"),
+            ["audit-logger"]
+        );
+        let engine = Engine::new(Some(&config("policies:\n  chain: []\n"))).unwrap();
+        assert!(begin(&engine, "/v1/chat/completions").is_none());
     }
 }
