@@ -36,32 +36,16 @@ pub fn seal_into(
     out: &mut Vec<u8>,
 ) -> Result<(), serde_json::Error> {
     event.hash.clear();
-    // `Event` declares its fields in sorted order (tested below), so its own
-    // serialization is the canonical form.
     scratch.clear();
-    serde_json::to_writer(&mut *scratch, &*event)?;
+    let hash_at = super::json::write_event(event, scratch)?;
     event.hash = hash_of(&event.prev_hash, scratch);
     // The stored line is the canonical form with `"hash"` in its sorted
-    // place: before `host` when there is one, else before `id` (always
-    // present). Every field sorted before them (`action`, `api`,
-    // `cache_hit`, `cost_saved_usd`, `cost_usd`, `endpoint`) holds kt's own
-    // names or numbers, never client text, so the first match is the field
-    // itself. Splicing saves serializing the event twice.
-    let next: &[u8] = if event.host.is_some() {
-        b",\"host\":"
-    } else {
-        b",\"id\":"
-    };
-    match memchr::memmem::find(scratch, next) {
-        Some(at) => {
-            out.extend_from_slice(&scratch[..at]);
-            out.extend_from_slice(b",\"hash\":\"");
-            out.extend_from_slice(event.hash.as_bytes());
-            out.push(b'"');
-            out.extend_from_slice(&scratch[at..]);
-        }
-        None => serde_json::to_writer(&mut *out, &*event)?,
-    }
+    // place, which the writer reported: splicing saves writing it twice.
+    out.extend_from_slice(&scratch[..hash_at]);
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(event.hash.as_bytes());
+    out.push(b'"');
+    out.extend_from_slice(&scratch[hash_at..]);
     Ok(())
 }
 

@@ -24,6 +24,7 @@
 //! `prev_hash` of the oldest kept segment is trusted as the anchor.
 
 pub mod chain;
+mod json;
 pub mod log;
 pub mod read;
 pub mod report;

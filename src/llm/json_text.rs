@@ -372,6 +372,10 @@ where
 /// including non-ASCII text and `/`, is written as UTF-8.
 pub fn encode_str_into(s: &str, out: &mut Vec<u8>) {
     let bytes = s.as_bytes();
+    if !needs_escape(bytes) {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: &[u8] = match b {
@@ -397,6 +401,16 @@ pub fn encode_str_into(s: &str, out: &mut Vec<u8>) {
         start = i + 1;
     }
     out.extend_from_slice(bytes.get(start..).unwrap_or_default());
+}
+
+/// Whether any byte of `bytes` must be escaped in a JSON string. Checked in
+/// blocks without early exit so the compiler vectorizes it: most strings
+/// (ids, names, paths) need nothing, and this makes them one copy.
+fn needs_escape(bytes: &[u8]) -> bool {
+    let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    bytes
+        .chunks(32)
+        .any(|block| block.iter().fold(false, |any, &b| any | special(b)))
 }
 
 /// Decodes the inside of a JSON string literal (`raw`, without quotes) into
