@@ -2,11 +2,13 @@
 //! JSON tree: a request's `model` and `stream`, and a response's token usage
 //! normalised across families.
 //!
-//! serde_json with borrowed `Cow<str>` fields and no catch-all field parses
-//! the body once, skips everything else without allocating, and borrows the
-//! model name unless it contains escapes.
+//! [`json_scan`](super::json_scan) finds the top-level members by jumping
+//! over everything else (prompts and answers are mostly one long string);
+//! serde_json reads only the wanted values, borrowing the model name unless
+//! it contains escapes.
 
 use crate::llm::family::Family;
+use crate::llm::json_scan::{self, ScanError};
 use crate::llm::recognize::Classification;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -16,26 +18,31 @@ use std::borrow::Cow;
 pub enum InspectError {
     #[error("invalid JSON body: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("invalid JSON body: {0}")]
+    Structure(#[from] ScanError),
 }
 
 impl InspectError {
     /// Stable snake_case label for events and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            InspectError::Json(_) => "invalid_json",
+            InspectError::Json(_) | InspectError::Structure(_) => "invalid_json",
         }
     }
 }
 
+/// Reads one `T` from the start of `rest` (what follows it is not looked at).
+fn value<'d, T: Deserialize<'d>>(rest: &'d [u8]) -> Result<T, serde_json::Error> {
+    T::deserialize(&mut serde_json::Deserializer::from_slice(rest))
+}
+
 /// The request fields that routing, caching and audit need.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestMeta<'a> {
     /// `/model`; absent in Gemini bodies and Copilot ghost text (the path
     /// names the model there, see `Classification::model`).
-    #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub model: Option<Cow<'a, str>>,
     /// `/stream`; `None` when the body does not say.
-    #[serde(default)]
     pub stream: Option<bool>,
 }
 
@@ -66,10 +73,23 @@ where
     Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
 }
 
-/// Parses `model` and `stream` from a request body of any family; every
-/// other field is skipped (but the body must be valid JSON).
+/// Reads `model` and `stream` from a request body of any family; every
+/// other member is skipped (the body must be a well-formed object). A
+/// member given twice counts the first time.
 pub fn request_meta(body: &[u8]) -> Result<RequestMeta<'_>, InspectError> {
-    Ok(serde_json::from_slice(body)?)
+    let mut meta = RequestMeta::default();
+    let (mut model, mut stream) = (None, None);
+    json_scan::members(body, &["model", "stream"], |i, rest| match i {
+        0 => model = model.take().or(Some(rest)),
+        _ => stream = stream.take().or(Some(rest)),
+    })?;
+    if let Some(rest) = model {
+        meta.model = opt_cow(&mut serde_json::Deserializer::from_slice(rest))?;
+    }
+    if let Some(rest) = stream {
+        meta.stream = value(rest)?;
+    }
+    Ok(meta)
 }
 
 /// Token counts as the provider reported them. A field the provider did not
@@ -181,21 +201,18 @@ impl UsageWire {
     }
 }
 
-/// The top-level fields under which whole responses carry usage.
-#[derive(Debug, Default, Deserialize)]
-struct ResponseUsage {
-    usage: Option<UsageWire>,
-    #[serde(rename = "usageMetadata")]
-    usage_metadata: Option<UsageWire>,
-}
-
-/// Usage of a whole (non-streamed) response body; `Ok(None)` when the body
-/// reports none.
+/// Usage of a whole (non-streamed) response body: the top-level `usage`
+/// (`usageMetadata` for Gemini); `Ok(None)` when the body reports none.
 pub fn response_usage(family: Family, body: &[u8]) -> Result<Option<Usage>, InspectError> {
-    let r: ResponseUsage = serde_json::from_slice(body)?;
-    let wire = match family {
-        Family::Gemini => r.usage_metadata,
-        _ => r.usage,
+    let key = match family {
+        Family::Gemini => "usageMetadata",
+        _ => "usage",
+    };
+    let mut at = None;
+    json_scan::members(body, &[key], |_, rest| at = at.take().or(Some(rest)))?;
+    let wire: Option<UsageWire> = match at {
+        Some(rest) => value(rest)?,
+        None => None,
     };
     Ok(wire.map(|w| w.normalise(family)).filter(|u| !u.is_empty()))
 }

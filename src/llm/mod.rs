@@ -7,6 +7,7 @@ pub mod content;
 pub mod family;
 pub mod hosts;
 pub mod inspect;
+pub mod json_scan;
 pub mod json_text;
 pub mod pricing;
 pub mod recognize;

@@ -1,0 +1,291 @@
+//! Finds the top-level members of a JSON object without parsing the rest.
+//!
+//! Audit and routing read a handful of top-level fields (`model`, `stream`,
+//! `usage`) from bodies that are mostly one long string: a prompt with whole
+//! files folded in, or an answer's text. A full parse walks every byte of
+//! that text through a tokenizer; this scanner jumps from quote to quote
+//! with `memchr`, counts brackets outside strings, and hands the value of a
+//! wanted member to serde, which reads just that value.
+//!
+//! What it checks: the document is one object; its members are
+//! `"key": value` separated by commas; strings end; brackets nest and match.
+//! What it does not: the spelling of numbers and literals inside values it
+//! skips. A body it accepts but a full parser would not is still forwarded
+//! and judged by the provider, as before.
+
+use memchr::memchr;
+
+/// Containers nested deeper than this are refused.
+pub const MAX_DEPTH: u32 = 128;
+
+/// Why a body is not a JSON object this scanner can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    #[error("JSON body ends unexpectedly")]
+    UnexpectedEnd,
+    #[error("invalid JSON at byte {offset}: expected {expected}")]
+    Syntax {
+        offset: usize,
+        expected: &'static str,
+    },
+    #[error("JSON nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+}
+
+type Result<T> = std::result::Result<T, ScanError>;
+
+/// Calls `found(i, rest)` for each top-level member of the object `doc`
+/// whose key is `keys[i]`, with `rest` starting at the member's value (read
+/// one value from it). Members are visited in document order; a key that
+/// is not plain text (it has escapes) never matches.
+pub fn members<'d>(
+    doc: &'d [u8],
+    keys: &[&str],
+    mut found: impl FnMut(usize, &'d [u8]),
+) -> Result<()> {
+    let mut s = Scanner { doc, at: 0 };
+    s.expect(b'{', "'{'")?;
+    if s.peek_after_ws()? == b'}' {
+        s.at += 1;
+        return s.end();
+    }
+    loop {
+        s.expect(b'"', "a member name")?;
+        let start = s.at;
+        s.skip_string_body()?;
+        let key = &doc[start..s.at - 1];
+        s.expect(b':', "':'")?;
+        s.peek_after_ws()?;
+        if let Some(i) = keys.iter().position(|k| k.as_bytes() == key) {
+            found(i, &doc[s.at..]);
+        }
+        s.skip_value()?;
+        match s.peek_after_ws()? {
+            b',' => s.at += 1,
+            b'}' => {
+                s.at += 1;
+                return s.end();
+            }
+            _ => return Err(s.syntax("',' or '}'")),
+        }
+    }
+}
+
+/// The index of the next `"` at or after `from`.
+fn find_quote(doc: &[u8], from: usize) -> Option<usize> {
+    memchr(b'"', doc.get(from..)?).map(|i| from + i)
+}
+
+struct Scanner<'d> {
+    doc: &'d [u8],
+    at: usize,
+}
+
+impl Scanner<'_> {
+    fn syntax(&self, expected: &'static str) -> ScanError {
+        ScanError::Syntax {
+            offset: self.at,
+            expected,
+        }
+    }
+
+    /// The next byte that is not JSON whitespace, not consumed.
+    fn peek_after_ws(&mut self) -> Result<u8> {
+        while let Some(&b) = self.doc.get(self.at) {
+            if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+                return Ok(b);
+            }
+            self.at += 1;
+        }
+        Err(ScanError::UnexpectedEnd)
+    }
+
+    fn expect(&mut self, byte: u8, expected: &'static str) -> Result<()> {
+        if self.peek_after_ws()? == byte {
+            self.at += 1;
+            Ok(())
+        } else {
+            Err(self.syntax(expected))
+        }
+    }
+
+    /// Only whitespace may follow the object.
+    fn end(&mut self) -> Result<()> {
+        match self.peek_after_ws() {
+            Err(ScanError::UnexpectedEnd) => Ok(()),
+            _ => Err(self.syntax("the end of the body")),
+        }
+    }
+
+    /// From just after an opening quote to just after the closing one. A
+    /// quote preceded by an odd run of backslashes is escaped; the scan
+    /// jumps from quote to quote and never looks at escapes otherwise.
+    fn skip_string_body(&mut self) -> Result<()> {
+        let mut from = self.at;
+        loop {
+            let Some(q) = find_quote(self.doc, from) else {
+                self.at = self.doc.len();
+                return Err(ScanError::UnexpectedEnd);
+            };
+            // The opening quote bounds the run: it is not a backslash.
+            let backslashes = self.doc[..q]
+                .iter()
+                .rev()
+                .take_while(|&&b| b == b'\\')
+                .count();
+            if backslashes % 2 == 0 {
+                self.at = q + 1;
+                return Ok(());
+            }
+            from = q + 1;
+        }
+    }
+
+    /// Skips one value starting at `self.at` (whitespace already skipped).
+    fn skip_value(&mut self) -> Result<()> {
+        match self.doc.get(self.at) {
+            None => Err(ScanError::UnexpectedEnd),
+            Some(b'"') => {
+                self.at += 1;
+                self.skip_string_body()
+            }
+            Some(b'{' | b'[') => self.skip_container(),
+            Some(b',' | b'}' | b']' | b':') => Err(self.syntax("a value")),
+            Some(_) => {
+                // A number or literal: up to the next delimiter.
+                while let Some(&b) = self.doc.get(self.at) {
+                    if matches!(b, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t') {
+                        break;
+                    }
+                    self.at += 1;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Skips a whole object or array, checking that brackets match. Open
+    /// brackets are kept as bits (1 = object) of a 128-bit stack.
+    fn skip_container(&mut self) -> Result<()> {
+        let mut stack: u128 = 0;
+        let mut depth = 0u32;
+        while let Some(&b) = self.doc.get(self.at) {
+            match b {
+                b'{' | b'[' => {
+                    if depth == MAX_DEPTH {
+                        return Err(ScanError::TooDeep);
+                    }
+                    stack = (stack << 1) | u128::from(b == b'{');
+                    depth += 1;
+                    self.at += 1;
+                }
+                b'}' | b']' => {
+                    if depth == 0 || (stack & 1 == 1) != (b == b'}') {
+                        return Err(self.syntax("a matching bracket"));
+                    }
+                    stack >>= 1;
+                    depth -= 1;
+                    self.at += 1;
+                    if depth == 0 {
+                        return Ok(());
+                    }
+                }
+                b'"' => {
+                    self.at += 1;
+                    self.skip_string_body()?;
+                }
+                _ => {
+                    // Runs of plain bytes between structure: jump to the
+                    // next byte that matters.
+                    let rest = &self.doc[self.at..];
+                    let next = rest
+                        .iter()
+                        .position(|&c| matches!(c, b'{' | b'[' | b'}' | b']' | b'"'));
+                    match next {
+                        Some(i) => self.at += i,
+                        None => self.at = self.doc.len(),
+                    }
+                }
+            }
+        }
+        Err(ScanError::UnexpectedEnd)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn found(doc: &str, keys: &[&str]) -> Result<Vec<(usize, String)>> {
+        let mut out = Vec::new();
+        members(doc.as_bytes(), keys, |i, rest| {
+            let mut de = serde_json::Deserializer::from_slice(rest);
+            let v: serde_json::Value = serde::Deserialize::deserialize(&mut de).unwrap();
+            out.push((i, v.to_string()));
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn finds_top_level_members_only() {
+        let doc = r#" { "messages": [{"role":"user","content":"say \"model\": 1 {[ and \\"}],
+            "meta": {"model": "inner", "usage": {"x": [1, {"y": "}"}]}},
+            "model" : "gpt-4o", "stream":true, "usage":{"prompt_tokens":3} } "#;
+        assert_eq!(
+            found(doc, &["model", "stream", "usage"]).unwrap(),
+            [
+                (0, "\"gpt-4o\"".to_string()),
+                (1, "true".to_string()),
+                (2, r#"{"prompt_tokens":3}"#.to_string())
+            ]
+        );
+        assert_eq!(found("{}", &["model"]).unwrap(), []);
+        assert_eq!(found(r#"{"a":{"usage":1}}"#, &["usage"]).unwrap(), []);
+    }
+
+    #[test]
+    fn numbers_literals_and_escapes_are_skipped() {
+        let doc = r#"{"a":-1.5e3,"b":null,"c":false,"d":"\u0022\\","e":[],"model":"m"}"#;
+        assert_eq!(found(doc, &["model"]).unwrap(), [(0, "\"m\"".to_string())]);
+    }
+
+    #[test]
+    fn broken_structure_is_an_error() {
+        for bad in [
+            "",
+            "[]",
+            "\"model\"",
+            r#"{"model":"x""#,
+            r#"{"model":"x"}}"#,
+            r#"{"model":"x" "stream":true}"#,
+            r#"{"a":[1,2}"#,
+            r#"{"a":{"b":1]}"#,
+            r#"{"a":"unterminated}"#,
+            r#"{"a":}"#,
+            r#"{model:1}"#,
+            r#"{"a":1,}"#,
+        ] {
+            assert!(found(bad, &["model"]).is_err(), "{bad:?}");
+        }
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(found(&deep, &["b"]), Err(ScanError::TooDeep));
+    }
+
+    #[test]
+    fn agrees_with_serde_on_real_bodies() {
+        for body in [
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"stream":false}"#,
+            r#"{"id":"x","choices":[{"message":{"content":"a \"usage\": {}"}}],"usage":{"prompt_tokens":5,"completion_tokens":7}}"#,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            for key in ["model", "stream", "usage", "choices"] {
+                let got = found(body, &[key]).unwrap();
+                match v.get(key) {
+                    Some(want) => assert_eq!(got, [(0, want.to_string())]),
+                    None => assert!(got.is_empty()),
+                }
+            }
+        }
+    }
+}
