@@ -36,6 +36,10 @@ fn main() {
             ),
             format!("{:.0} events/s ({:.0} B/event)", rate, bytes),
         ));
+        rows.push((
+            "seal one output event (canonical JSON, SHA-256, stored line)".into(),
+            format!("{:.2} µs", seal_cost()),
+        ));
         let (with, without) = audit_cost().await;
         rows.push((
             "exchange on the request path, audit off (begin + input + complete)".into(),
@@ -79,6 +83,24 @@ fn sample_event(i: usize) -> Event {
     e.cost_usd = Some(0.006);
     e.request_id = Some(format!("{i:016x}"));
     e
+}
+
+/// Mean µs to seal one event as the writer does (buffers reused).
+fn seal_cost() -> f64 {
+    const N: usize = 200_000;
+    let events: Vec<Event> = (0..1000).map(sample_event).collect();
+    let (mut scratch, mut out) = (Vec::with_capacity(1024), Vec::with_capacity(1024));
+    let mut prev = keeptrusts::events::GENESIS_HASH.to_string();
+    let t = Instant::now();
+    for i in 0..N {
+        let mut e = events[i % events.len()].clone();
+        e.prev_hash = std::mem::take(&mut prev);
+        out.clear();
+        keeptrusts::events::chain::seal_into(&mut e, &mut scratch, &mut out).unwrap();
+        prev = std::mem::take(&mut e.hash);
+        black_box(&out);
+    }
+    t.elapsed().as_secs_f64() * 1e6 / N as f64
 }
 
 /// Events per second through the sink to disk, and bytes per event.

@@ -63,6 +63,27 @@ fn main() {
         }),
     ));
 
+    let big = chat_body(100 * 1024);
+    rows.push((
+        "request model + stream read, 100 KB chat request",
+        per_call(2_000, || {
+            black_box(keeptrusts::llm::inspect::request_meta(&big).unwrap());
+        }),
+    ));
+    let answer = chat_answer();
+    rows.push((
+        "usage read, 1 KB chat completion",
+        per_call(200_000, || {
+            black_box(
+                keeptrusts::llm::inspect::response_usage(
+                    keeptrusts::llm::family::Family::OpenAiChat,
+                    &answer,
+                )
+                .unwrap(),
+            );
+        }),
+    ));
+
     let events: Vec<Bytes> = (0..200)
         .map(|i| {
             Bytes::from(format!(
@@ -117,6 +138,15 @@ fn chat_body(size: usize) -> Bytes {
         })
         .to_string(),
     )
+}
+
+/// A non-streamed chat completion of about 1 KB, usage last (as OpenAI
+/// sends it).
+fn chat_answer() -> Bytes {
+    let text = "Benchmarks measure what a system does under a stated load. ".repeat(12);
+    Bytes::from(format!(
+        r#"{{"id":"chatcmpl-1","object":"chat.completion","created":1764806400,"model":"gpt-4o-mini-2024-07-18","choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}","refusal":null,"annotations":[]}},"logprobs":null,"finish_reason":"stop"}}],"usage":{{"prompt_tokens":25,"completion_tokens":120,"total_tokens":145,"prompt_tokens_details":{{"cached_tokens":0,"audio_tokens":0}},"completion_tokens_details":{{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}},"service_tier":"default","system_fingerprint":"fp_0"}}"#
+    ))
 }
 
 /// Mean microseconds per call over `n` calls, after a short warm-up.

@@ -15,9 +15,10 @@
 #   TOP=25 scripts/instructions.sh                # also the functions whose
 #                                                 # counts grew the most per request
 #   KT_BIN=/path/to/kt scripts/instructions.sh --no-build
+#   KT_ARGS='--policy-config my.yaml' scripts/instructions.sh   # another chain
 #
 # Environment: KT_BIN (default: ${CARGO_TARGET_DIR:-target}/release/kt),
-# SCENARIOS (ka_c32,newconn_c8), LOW (500), HIGH (2000), TOP (0),
+# KT_ARGS (extra words for `kt gateway run`), SCENARIOS (ka_c32,newconn_c8), LOW (500), HIGH (2000), TOP (0),
 # OUT (target/bench/instructions). Needs valgrind and python3.
 # Note: valgrind reports no SHA extensions, so SHA-256 (the audit chain)
 # runs the portable code here and counts more than it costs natively.
@@ -74,6 +75,8 @@ total_ir() { awk '/^summary:/ { print $2; exit }' "$1"; }
 printf '| scenario | instructions per request | requests (low, high) |\n|---|---:|---|\n' >"$out/results.md"
 IFS=, read -ra list <<<"$scenarios"
 declare -A served
+kt_args=()
+for word in ${KT_ARGS:-}; do kt_args+=("--kt-arg=$word"); done
 for scenario in "${list[@]}"; do
     for n in "$low" "$high"; do
         file="$out/$scenario.$n.callgrind"
@@ -81,7 +84,7 @@ for scenario in "${list[@]}"; do
         echo "instructions.sh: $scenario, $n requests under callgrind" >&2
         KT_CALLGRIND_OUT=$file cargo bench --bench load -- --kt-bin "$work/kt" \
             --kt-cpus none --scenarios "$scenario" --warmup 0 --duration 600 \
-            --max-requests "$n" --out "$work/load" >"$work/load.log" 2>&1 || {
+            --max-requests "$n" --out "$work/load" "${kt_args[@]}" >"$work/load.log" 2>&1 || {
             echo "instructions.sh: the load bench failed; its log:" >&2
             tail -20 "$work/load.log" >&2
             exit 1
