@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Bucket bounds, in seconds, for whole-request and upstream latency.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -21,6 +21,9 @@ const FINE_BUCKETS: &[f64] = &[
 /// At most this many distinct models get their own label; the rest are
 /// counted as `other` (the model name comes from clients).
 const MAX_MODELS: usize = 200;
+
+/// Longer model names are cut to this many characters in labels.
+const MAX_MODEL_CHARS: usize = 100;
 
 /// A histogram with fixed buckets, observed in microseconds.
 #[derive(Debug)]
@@ -141,12 +144,12 @@ pub struct Metrics {
     overhead: Histogram,
     first_byte: Histogram,
     policy_actions: Table<(String, &'static str), u64>,
-    tokens: Table<(&'static str, String, &'static str, &'static str), u64>,
+    tokens: Table<(&'static str, Arc<str>, &'static str, &'static str), u64>,
     /// Micro-dollars, so the table stays integral.
-    cost_micro_usd: Table<(&'static str, String), u64>,
-    saved_micro_usd: Table<(&'static str, String), u64>,
+    cost_micro_usd: Table<(&'static str, Arc<str>), u64>,
+    saved_micro_usd: Table<(&'static str, Arc<str>), u64>,
     /// Model names that have a label of their own.
-    models: Mutex<std::collections::HashSet<String>>,
+    models: Mutex<std::collections::HashSet<Arc<str>>>,
     /// Microseconds spent in policies, summed over exchanges.
     pub policy_us: AtomicU64,
 }
@@ -230,22 +233,27 @@ impl Metrics {
         self.policy_actions.add((policy.to_string(), action), 1);
     }
 
-    fn model_label(&self, model: Option<&str>) -> String {
+    /// The model's label, shared by every row that names it.
+    fn model_label(&self, model: Option<&str>) -> Arc<str> {
         let Some(model) = model else {
-            return "unknown".into();
+            return Arc::from("unknown");
         };
-        let model: String = model.chars().take(100).collect();
+        let model = match model.char_indices().nth(MAX_MODEL_CHARS) {
+            Some((cut, _)) => &model[..cut],
+            None => model,
+        };
         // The model comes from the client: a bounded label set keeps a
         // scraper's memory bounded too.
         let mut models = self.models.lock().unwrap_or_else(|p| p.into_inner());
-        if models.contains(&model) {
-            return model;
+        if let Some(known) = models.get(model) {
+            return known.clone();
         }
         if models.len() < MAX_MODELS {
-            models.insert(model.clone());
-            return model;
+            let label: Arc<str> = Arc::from(model);
+            models.insert(label.clone());
+            return label;
         }
-        "other".into()
+        Arc::from("other")
     }
 
     /// Appends the exchange metrics in Prometheus text format.

@@ -44,6 +44,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// A field's text: most values are kt's own names (`openai`, `POST`,
+/// `chat/completions`), borrowed rather than copied into every event.
+pub type Text = std::borrow::Cow<'static, str>;
+
 /// Which side of the exchange an event describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -124,7 +128,7 @@ pub struct Event {
     pub action: Action,
     /// The wire dialect (`openai-chat`, `anthropic-messages`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api: Option<String>,
+    pub api: Option<Text>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_hit: Option<bool>,
     /// Extra: the client's address (through `auth.trusted_proxies`).
@@ -138,7 +142,7 @@ pub struct Event {
     pub cost_usd: Option<f64>,
     /// The logical operation (`chat/completions`, `completions`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Text>,
     /// This event's hash; filled by the writer.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
@@ -151,7 +155,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
+    pub method: Option<Text>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,7 +177,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prev_hash: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<String>,
+    pub provider: Option<Text>,
     /// Why, in words a user can act on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -211,7 +215,7 @@ pub struct Event {
     /// response's usage fields) or `estimated` (from the text, when the
     /// provider reports none, e.g. Copilot ghost text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage_source: Option<String>,
+    pub usage_source: Option<Text>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
 }

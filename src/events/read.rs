@@ -134,8 +134,8 @@ impl Filters {
 
 /// The text of field `key` as a filter sees it.
 fn field_text(e: &Event, key: &str) -> Option<String> {
-    fn s(v: &Option<String>) -> Option<String> {
-        v.clone()
+    fn s(v: &Option<impl AsRef<str>>) -> Option<String> {
+        v.as_ref().map(|v| v.as_ref().to_owned())
     }
     fn n<T: ToString>(v: Option<T>) -> Option<String> {
         v.map(|v| v.to_string())
@@ -190,11 +190,11 @@ pub fn format_line(event: &Event, colour: bool) -> String {
     let phase = event.phase.as_str().to_ascii_uppercase();
     let mut out = format!("{ts} {phase:<6}");
     let (first, second) = match event.phase {
-        super::Phase::Connect => (&event.host, &event.provider),
-        _ => (&event.provider, &event.host),
+        super::Phase::Connect => (event.host.as_deref(), event.provider.as_deref()),
+        _ => (event.provider.as_deref(), event.host.as_deref()),
     };
     out.push(' ');
-    out.push_str(first.as_deref().or(second.as_deref()).unwrap_or("-"));
+    out.push_str(first.or(second).unwrap_or("-"));
     if let Some(endpoint) = &event.endpoint {
         out.push(' ');
         out.push_str(endpoint);

@@ -7,7 +7,7 @@ use std::io::Write;
 fn at(ts: &str, phase: Phase, action: Action, provider: &str) -> Event {
     let mut e = Event::new(phase, action);
     e.ts = ts.into();
-    e.provider = Some(provider.into());
+    e.provider = Some(provider.to_owned().into());
     e.endpoint = Some("chat/completions".into());
     e.user = Some("dev1".into());
     e

@@ -9,7 +9,7 @@ use super::respond;
 use super::stream::{OutputStream, StreamNote};
 use crate::body::Body;
 use crate::config::{FilterAction, OnError, PolicyKind};
-use crate::events::{Action as EventAction, Event, EventSink, Mode, Phase};
+use crate::events::{Action as EventAction, Event, EventSink, Mode, Phase, Text};
 use crate::llm::family::Family;
 use crate::llm::inspect::Usage;
 use crate::llm::json_text::{rewrite_strings, Selector};
@@ -753,12 +753,15 @@ impl Exchange {
         let base = |phase: Phase, action: EventAction| {
             let mut e = Event::new(phase, action);
             e.mode = Some(self.info.mode);
-            e.provider = Some(self.info.provider_name().to_string());
+            e.provider = Some(match &self.info.target {
+                Some(target) => Text::Owned(target.to_string()),
+                None => Text::Borrowed(self.info.provider.as_str()),
+            });
             e.host = Some(self.info.host.clone());
-            e.method = Some(self.info.method.to_string());
+            e.method = Some(method_text(&self.info.method));
             e.path = Some(self.info.path.clone());
-            e.endpoint = Some(self.info.endpoint.as_str().to_string());
-            e.api = self.info.api.map(|a| a.as_str().to_string());
+            e.endpoint = Some(Text::Borrowed(self.info.endpoint.as_str()));
+            e.api = self.info.api.map(|a| Text::Borrowed(a.as_str()));
             e.model = self.info.model.clone();
             e.request_id = request_id.clone();
             e.user = self.info.user.as_deref().map(str::to_owned);
@@ -825,7 +828,7 @@ impl Exchange {
         if let Some((usage, source)) = usage {
             output.tokens_in = usage.tokens_in;
             output.tokens_out = usage.tokens_out;
-            output.usage_source = Some(source.as_str().to_string());
+            output.usage_source = Some(Text::Borrowed(source.as_str()));
             output.cost_usd = cost;
             output.cost_saved_usd = saved;
         }
@@ -880,6 +883,15 @@ fn logged_body(body: &[u8]) -> String {
 }
 
 /// 16 random hex digits tying an exchange's events together.
+/// The method as event text, borrowed for the methods LLM calls use.
+fn method_text(m: &http::Method) -> Text {
+    match *m {
+        http::Method::POST => Text::Borrowed("POST"),
+        http::Method::GET => Text::Borrowed("GET"),
+        _ => Text::Owned(m.as_str().to_owned()),
+    }
+}
+
 fn random_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
