@@ -36,8 +36,8 @@ type Result<T> = std::result::Result<T, ScanError>;
 
 /// Calls `found(i, rest)` for each top-level member of the object `doc`
 /// whose key is `keys[i]`, with `rest` starting at the member's value (read
-/// one value from it). Members are visited in document order; a key that
-/// is not plain text (it has escapes) never matches.
+/// one value from it). Members are visited in document order; a name
+/// spelled with escapes is decoded before it is compared.
 pub fn members<'d>(
     doc: &'d [u8],
     keys: &[&str],
@@ -53,10 +53,21 @@ pub fn members<'d>(
         s.expect(b'"', "a member name")?;
         let start = s.at;
         s.skip_string_body()?;
-        let key = &doc[start..s.at - 1];
+        let raw = &doc[start..s.at - 1];
+        let wanted = if memchr(b'\\', raw).is_none() {
+            keys.iter().position(|k| k.as_bytes() == raw)
+        } else {
+            // A name spelled with escapes (rare): decode it, quotes included.
+            let name: String =
+                serde_json::from_slice(&doc[start - 1..s.at]).map_err(|_| ScanError::Syntax {
+                    offset: start,
+                    expected: "a valid member name",
+                })?;
+            keys.iter().position(|k| *k == name)
+        };
         s.expect(b':', "':'")?;
         s.peek_after_ws()?;
-        if let Some(i) = keys.iter().position(|k| k.as_bytes() == key) {
+        if let Some(i) = wanted {
             found(i, &doc[s.at..]);
         }
         s.skip_value()?;
@@ -248,6 +259,12 @@ mod tests {
     fn numbers_literals_and_escapes_are_skipped() {
         let doc = r#"{"a":-1.5e3,"b":null,"c":false,"d":"\u0022\\","e":[],"model":"m"}"#;
         assert_eq!(found(doc, &["model"]).unwrap(), [(0, "\"m\"".to_string())]);
+        let escaped = r#"{"mod\u0065l":"n","\"model\"":"q"}"#;
+        assert_eq!(
+            found(escaped, &["model"]).unwrap(),
+            [(0, "\"n\"".to_string())]
+        );
+        assert!(found(r#"{"a\x":1}"#, &["model"]).is_err());
     }
 
     #[test]
