@@ -99,8 +99,16 @@ pub(super) async fn forward_read(
             return Ok(resp);
         }
         Input::Forward(bytes) => {
-            // The cache keys what the upstream would see.
-            match super::cached::lookup(ctx, &mut exchange, &parts, &bytes).await {
+            // The cache keys what the upstream would see. Boxed, and only
+            // when a cache policy applies: its lookup (a shared-store round
+            // trip) would otherwise enlarge every request's future, which
+            // hyper moves per request.
+            let step = if exchange.cache_options().is_some() {
+                Box::pin(super::cached::lookup(ctx, &mut exchange, &parts, &bytes)).await
+            } else {
+                None
+            };
+            match step {
                 Some(Step::Answer(hit)) => return Ok(super::cached::answer(hit, exchange)),
                 Some(Step::Forward(p)) => pending = Some(p),
                 None => {}

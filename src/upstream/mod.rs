@@ -467,7 +467,8 @@ impl Upstream {
             source,
         };
         if is_upgrade(&req) {
-            let dialed = self.dial(&origin.host, origin.port, origin.tls).await?;
+            // Boxed like `open` below: upgrades are rare.
+            let dialed = Box::pin(self.dial(&origin.host, origin.port, origin.tls)).await?;
             let Sender::H1(mut sender) = Box::pin(self.handshake(origin, dialed, Offer::H1))
                 .await
                 .map_err(|e| match e {
