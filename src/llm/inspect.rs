@@ -8,7 +8,8 @@
 //! it contains escapes.
 
 use crate::llm::family::Family;
-use crate::llm::json_scan::{self, ScanError};
+use crate::llm::json_scan;
+use crate::llm::json_text::JsonTextError;
 use crate::llm::recognize::Classification;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -19,7 +20,7 @@ pub enum InspectError {
     #[error("invalid JSON body: {0}")]
     Json(#[from] serde_json::Error),
     #[error("invalid JSON body: {0}")]
-    Structure(#[from] ScanError),
+    Structure(#[from] JsonTextError),
 }
 
 impl InspectError {
@@ -80,8 +81,12 @@ pub fn request_meta(body: &[u8]) -> Result<RequestMeta<'_>, InspectError> {
     let mut meta = RequestMeta::default();
     let (mut model, mut stream) = (None, None);
     json_scan::members(body, &["model", "stream"], |i, rest| match i {
-        0 => model = model.take().or(Some(rest)),
-        _ => stream = stream.take().or(Some(rest)),
+        0 => {
+            model.get_or_insert(rest);
+        }
+        _ => {
+            stream.get_or_insert(rest);
+        }
     })?;
     if let Some(rest) = model {
         meta.model = opt_cow(&mut serde_json::Deserializer::from_slice(rest))?;
@@ -209,7 +214,9 @@ pub fn response_usage(family: Family, body: &[u8]) -> Result<Option<Usage>, Insp
         _ => "usage",
     };
     let mut at = None;
-    json_scan::members(body, &[key], |_, rest| at = at.take().or(Some(rest)))?;
+    json_scan::members(body, &[key], |_, rest| {
+        at.get_or_insert(rest);
+    })?;
     let wire: Option<UsageWire> = match at {
         Some(rest) => value(rest)?,
         None => None,

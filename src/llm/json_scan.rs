@@ -13,26 +13,10 @@
 //! skips. A body it accepts but a full parser would not is still forwarded
 //! and judged by the provider, as before.
 
+use super::json_text::{JsonTextError, MAX_DEPTH};
 use memchr::memchr;
 
-/// Containers nested deeper than this are refused.
-pub const MAX_DEPTH: u32 = 128;
-
-/// Why a body is not a JSON object this scanner can read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScanError {
-    #[error("JSON body ends unexpectedly")]
-    UnexpectedEnd,
-    #[error("invalid JSON at byte {offset}: expected {expected}")]
-    Syntax {
-        offset: usize,
-        expected: &'static str,
-    },
-    #[error("JSON nested deeper than {MAX_DEPTH} levels")]
-    TooDeep,
-}
-
-type Result<T> = std::result::Result<T, ScanError>;
+type Result<T> = std::result::Result<T, JsonTextError>;
 
 /// Calls `found(i, rest)` for each top-level member of the object `doc`
 /// whose key is `keys[i]`, with `rest` starting at the member's value (read
@@ -58,11 +42,12 @@ pub fn members<'d>(
             keys.iter().position(|k| k.as_bytes() == raw)
         } else {
             // A name spelled with escapes (rare): decode it, quotes included.
-            let name: String =
-                serde_json::from_slice(&doc[start - 1..s.at]).map_err(|_| ScanError::Syntax {
+            let name: String = serde_json::from_slice(&doc[start - 1..s.at]).map_err(|_| {
+                JsonTextError::Syntax {
                     offset: start,
                     expected: "a valid member name",
-                })?;
+                }
+            })?;
             keys.iter().position(|k| *k == name)
         };
         s.expect(b':', "':'")?;
@@ -93,8 +78,8 @@ struct Scanner<'d> {
 }
 
 impl Scanner<'_> {
-    fn syntax(&self, expected: &'static str) -> ScanError {
-        ScanError::Syntax {
+    fn syntax(&self, expected: &'static str) -> JsonTextError {
+        JsonTextError::Syntax {
             offset: self.at,
             expected,
         }
@@ -108,7 +93,7 @@ impl Scanner<'_> {
             }
             self.at += 1;
         }
-        Err(ScanError::UnexpectedEnd)
+        Err(JsonTextError::UnexpectedEnd)
     }
 
     fn expect(&mut self, byte: u8, expected: &'static str) -> Result<()> {
@@ -123,7 +108,7 @@ impl Scanner<'_> {
     /// Only whitespace may follow the object.
     fn end(&mut self) -> Result<()> {
         match self.peek_after_ws() {
-            Err(ScanError::UnexpectedEnd) => Ok(()),
+            Err(JsonTextError::UnexpectedEnd) => Ok(()),
             _ => Err(self.syntax("the end of the body")),
         }
     }
@@ -136,7 +121,7 @@ impl Scanner<'_> {
         loop {
             let Some(q) = find_quote(self.doc, from) else {
                 self.at = self.doc.len();
-                return Err(ScanError::UnexpectedEnd);
+                return Err(JsonTextError::UnexpectedEnd);
             };
             // The opening quote bounds the run: it is not a backslash.
             let backslashes = self.doc[..q]
@@ -155,7 +140,7 @@ impl Scanner<'_> {
     /// Skips one value starting at `self.at` (whitespace already skipped).
     fn skip_value(&mut self) -> Result<()> {
         match self.doc.get(self.at) {
-            None => Err(ScanError::UnexpectedEnd),
+            None => Err(JsonTextError::UnexpectedEnd),
             Some(b'"') => {
                 self.at += 1;
                 self.skip_string_body()
@@ -179,12 +164,12 @@ impl Scanner<'_> {
     /// brackets are kept as bits (1 = object) of a 128-bit stack.
     fn skip_container(&mut self) -> Result<()> {
         let mut stack: u128 = 0;
-        let mut depth = 0u32;
+        let mut depth = 0usize;
         while let Some(&b) = self.doc.get(self.at) {
             match b {
                 b'{' | b'[' => {
                     if depth == MAX_DEPTH {
-                        return Err(ScanError::TooDeep);
+                        return Err(JsonTextError::TooDeep { max: MAX_DEPTH });
                     }
                     stack = (stack << 1) | u128::from(b == b'{');
                     depth += 1;
@@ -219,7 +204,7 @@ impl Scanner<'_> {
                 }
             }
         }
-        Err(ScanError::UnexpectedEnd)
+        Err(JsonTextError::UnexpectedEnd)
     }
 }
 
@@ -286,7 +271,10 @@ mod tests {
             assert!(found(bad, &["model"]).is_err(), "{bad:?}");
         }
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
-        assert_eq!(found(&deep, &["b"]), Err(ScanError::TooDeep));
+        assert_eq!(
+            found(&deep, &["b"]),
+            Err(JsonTextError::TooDeep { max: MAX_DEPTH })
+        );
     }
 
     #[test]

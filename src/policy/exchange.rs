@@ -55,6 +55,15 @@ impl ExchangeInfo {
     pub fn provider_name(&self) -> &str {
         self.target.as_deref().unwrap_or(self.provider.as_str())
     }
+
+    /// [`provider_name`](Self::provider_name) as event text, borrowed
+    /// unless it is a configured target.
+    pub fn provider_text(&self) -> Text {
+        match &self.target {
+            Some(target) => Text::Owned(target.to_string()),
+            None => Text::Borrowed(self.provider.as_str()),
+        }
+    }
 }
 
 /// The outcome of a phase on the request.
@@ -753,10 +762,7 @@ impl Exchange {
         let base = |phase: Phase, action: EventAction| {
             let mut e = Event::new(phase, action);
             e.mode = Some(self.info.mode);
-            e.provider = Some(match &self.info.target {
-                Some(target) => Text::Owned(target.to_string()),
-                None => Text::Borrowed(self.info.provider.as_str()),
-            });
+            e.provider = Some(self.info.provider_text());
             e.host = Some(self.info.host.clone());
             e.method = Some(method_text(&self.info.method));
             e.path = Some(self.info.path.clone());
@@ -882,7 +888,6 @@ fn logged_body(body: &[u8]) -> String {
     text
 }
 
-/// 16 random hex digits tying an exchange's events together.
 /// The method as event text, borrowed for the methods LLM calls use.
 fn method_text(m: &http::Method) -> Text {
     match *m {
@@ -892,6 +897,7 @@ fn method_text(m: &http::Method) -> Text {
     }
 }
 
+/// 16 random hex digits tying an exchange's events together.
 fn random_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
