@@ -33,7 +33,10 @@ pub(super) async fn forward(
         req.headers(),
         &ctx.identity,
     ) {
-        return super::inspected::forward(ctx, origin, req, exchange).await;
+        // Boxed: the inspected exchange's future is kilobytes (the record,
+        // the policy chain's state, the upstream send), and hyper moves the
+        // per-request future several times; a pointer moves for free.
+        return Box::pin(super::inspected::forward(ctx, origin, req, exchange)).await;
     }
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
