@@ -99,8 +99,10 @@ impl Engine {
         if !wanted {
             return;
         }
-        let mut event =
-            crate::events::Event::new(crate::events::Phase::Connect, crate::events::Action::Tunnel);
+        let mut event = Box::new(crate::events::Event::new(
+            crate::events::Phase::Connect,
+            crate::events::Action::Tunnel,
+        ));
         event.mode = Some(crate::events::Mode::Proxy);
         event.method = Some("CONNECT".into());
         event.host = Some(target.to_string());
