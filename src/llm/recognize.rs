@@ -10,7 +10,14 @@
 //! inputs; nothing allocates.
 
 use crate::llm::family::Family;
+use http::header::HeaderName;
 use http::{HeaderMap, Method};
+use std::sync::LazyLock;
+
+/// Header names looked up on every LLM request, parsed once rather than
+/// from a `&str` per lookup.
+const OPENAI_INTENT: HeaderName = HeaderName::from_static("openai-intent");
+const SOURCEGRAPH_FEATURE: HeaderName = HeaderName::from_static("x-sourcegraph-feature");
 
 /// Who serves the request (contract §7 `provider`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -289,8 +296,8 @@ pub fn classify_with<'a>(
     let inspect = route.llm && method == Method::POST;
     let autocomplete = route.llm
         && (route.endpoint == Endpoint::Completions
-            || header_is(headers, "openai-intent", "copilot-ghost")
-            || header_is(headers, "x-sourcegraph-feature", "code_completions"));
+            || header_is(headers, &OPENAI_INTENT, "copilot-ghost")
+            || header_is(headers, &SOURCEGRAPH_FEATURE, "code_completions"));
     Classification {
         provider,
         endpoint: route.endpoint,
@@ -404,7 +411,7 @@ fn copilot_non_llm(path: &str) -> bool {
 /// own shape.
 fn cody_gateway_route<'a>(path: &'a str, headers: &HeaderMap) -> Route<'a> {
     let upstream = path.trim_start_matches("/v1/completions/");
-    let code = header_is(headers, "x-sourcegraph-feature", "code_completions");
+    let code = header_is(headers, &SOURCEGRAPH_FEATURE, "code_completions");
     let chat_or_code = if code {
         Endpoint::Completions
     } else {
@@ -440,10 +447,15 @@ fn generic_route(path: &str) -> Route<'_> {
         }
     }
 
-    // Azure: `/openai/deployments/{deployment}/...`: the deployment is the model.
-    let azure_model = path
-        .find("/openai/deployments/")
-        .and_then(|i| path.get(i + "/openai/deployments/".len()..))
+    // Azure: `/openai/deployments/{deployment}/...`: the deployment is the
+    // model. The searcher is built once: building one costs more than
+    // searching a path.
+    const AZURE: &str = "/openai/deployments/";
+    static FINDER: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(AZURE));
+    let azure_model = FINDER
+        .find(path.as_bytes())
+        .and_then(|i| path.get(i + AZURE.len()..))
         .and_then(|rest| rest.split('/').next());
 
     let route = match (prev2, prev, last) {
@@ -519,7 +531,7 @@ fn gemini_route<'a>(model: &'a str, method: &str) -> Route<'a> {
 }
 
 /// True when header `name` equals `value` (ASCII case-insensitive).
-fn header_is(headers: &HeaderMap, name: &str, value: &str) -> bool {
+fn header_is(headers: &HeaderMap, name: &HeaderName, value: &str) -> bool {
     headers.get(name).is_some_and(|v| {
         v.as_bytes()
             .trim_ascii()

@@ -96,6 +96,11 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers and every header the Connection header names.
 /// With `keep_upgrade`, `Upgrade` survives (the caller restores Connection).
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names (cheap enum
+    // compares for standard headers) saves a hashed removal per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -110,13 +115,21 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    for name in HOP_BY_HOP {
+    for name in HOP_BY_HOP.iter().chain([&PROXY_CONNECTION, &KEEP_ALIVE]) {
         if !(keep_upgrade && *name == header::UPGRADE) {
             headers.remove(name);
         }
     }
-    headers.remove("proxy-connection");
-    headers.remove("keep-alive");
+}
+
+/// Not standard names, but hop-by-hop in practice (RFC 9110 §7.6.1).
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// A header [`strip_hop_by_hop`] would remove on its own (not counting the
+/// ones `Connection` names: that needs a `Connection` header, which is one).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || *name == PROXY_CONNECTION || *name == KEEP_ALIVE
 }
 
 fn restore_upgrade_headers(headers: &mut HeaderMap) {
@@ -147,6 +160,30 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed_and_others_are_left() {
+        for name in [
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, "x".parse().unwrap());
+            h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+            strip_hop_by_hop(&mut h, false);
+            assert!(!h.contains_key(name), "{name} survived");
+            assert!(h.contains_key(header::CONTENT_TYPE));
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer k".parse().unwrap());
+        h.insert("x-custom", "1".parse().unwrap());
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
     }
 
     #[test]
