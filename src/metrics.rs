@@ -2,7 +2,7 @@
 //! exchange, small labelled tables (low-cardinality labels only: no user),
 //! and their rendering in the Prometheus text exposition format.
 
-use std::collections::HashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::fmt::Write as _;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -83,13 +83,13 @@ impl Histogram {
 /// A counter per label set, for tables a handful of keys long.
 #[derive(Debug)]
 struct Table<K, V> {
-    cells: Mutex<HashMap<K, V>>,
+    cells: Mutex<FxHashMap<K, V>>,
 }
 
 impl<K, V> Default for Table<K, V> {
     fn default() -> Self {
         Table {
-            cells: Mutex::new(HashMap::new()),
+            cells: Mutex::new(FxHashMap::default()),
         }
     }
 }
@@ -149,7 +149,7 @@ pub struct Metrics {
     cost_micro_usd: Table<(&'static str, Arc<str>), u64>,
     saved_micro_usd: Table<(&'static str, Arc<str>), u64>,
     /// Model names that have a label of their own.
-    models: Mutex<std::collections::HashSet<Arc<str>>>,
+    models: Mutex<FxHashSet<Arc<str>>>,
     /// Microseconds spent in policies, summed over exchanges.
     pub policy_us: AtomicU64,
 }

@@ -11,7 +11,8 @@
 //! never zero).
 
 use super::inspect::Usage;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
+use std::borrow::Cow;
 
 /// Prices of one model, USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -120,7 +121,7 @@ const BUILT_IN: &[(&str, Price)] = &[
 #[derive(Debug, Clone)]
 pub struct Pricing {
     /// Normalised model name → price.
-    prices: HashMap<String, Price>,
+    prices: FxHashMap<String, Price>,
 }
 
 impl Default for Pricing {
@@ -132,10 +133,12 @@ impl Default for Pricing {
 impl Pricing {
     /// The built-in table with `overrides` (model name, price) laid over it.
     pub fn with_overrides<'a>(overrides: impl IntoIterator<Item = (&'a str, Price)>) -> Self {
-        let mut prices: HashMap<String, Price> =
-            BUILT_IN.iter().map(|(m, p)| (normalise(m), *p)).collect();
+        let mut prices: FxHashMap<String, Price> = BUILT_IN
+            .iter()
+            .map(|(m, p)| (normalise(m).into_owned(), *p))
+            .collect();
         for (model, price) in overrides {
-            prices.insert(normalise(model), price);
+            prices.insert(normalise(model).into_owned(), price);
         }
         Pricing { prices }
     }
@@ -161,15 +164,23 @@ impl Pricing {
     }
 }
 
-fn normalise(model: &str) -> String {
-    let base = model.rsplit('/').next().unwrap_or(model);
-    base.trim()
-        .chars()
-        .map(|c| match c {
-            '.' | '_' => '-',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect()
+fn normalise(model: &str) -> Cow<'_, str> {
+    let base = model.rsplit('/').next().unwrap_or(model).trim();
+    // Most names a client sends are already in this form: no copy.
+    if !base
+        .bytes()
+        .any(|b| matches!(b, b'.' | b'_') || b.is_ascii_uppercase())
+    {
+        return Cow::Borrowed(base);
+    }
+    Cow::Owned(
+        base.chars()
+            .map(|c| match c {
+                '.' | '_' => '-',
+                c => c.to_ascii_lowercase(),
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
