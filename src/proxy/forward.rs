@@ -10,14 +10,17 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-/// Headers that describe one hop, never forwarded.
-const HOP_BY_HOP: &[HeaderName] = &[
+/// Headers that describe one hop, never forwarded. The last two are not
+/// standard names, but hop-by-hop in practice (RFC 9110 §7.6.1).
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
 ];
 
 /// Sends `req` to `origin` and returns the response to give the client.
@@ -97,8 +100,9 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// With `keep_upgrade`, `Upgrade` survives (the caller restores Connection).
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none: one pass over the names (cheap enum
-    // compares for standard headers) saves a hashed removal per name.
-    if !headers.keys().any(is_hop_by_hop) {
+    // compares for standard headers) saves a hashed removal per name. A
+    // header named by `Connection` needs a `Connection` header, one of them.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
@@ -115,21 +119,11 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    for name in HOP_BY_HOP.iter().chain([&PROXY_CONNECTION, &KEEP_ALIVE]) {
+    for name in &HOP_BY_HOP {
         if !(keep_upgrade && *name == header::UPGRADE) {
             headers.remove(name);
         }
     }
-}
-
-/// Not standard names, but hop-by-hop in practice (RFC 9110 §7.6.1).
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-
-/// A header [`strip_hop_by_hop`] would remove on its own (not counting the
-/// ones `Connection` names: that needs a `Connection` header, which is one).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || *name == PROXY_CONNECTION || *name == KEEP_ALIVE
 }
 
 fn restore_upgrade_headers(headers: &mut HeaderMap) {
