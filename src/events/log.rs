@@ -68,7 +68,8 @@ pub struct WriterStats {
 }
 
 impl WriterStats {
-    /// Sends that found the channel full and had to wait.
+    /// Sends, and exchanges about to start, that found the channel full and
+    /// had to wait.
     pub fn full_waits(&self) -> u64 {
         self.full_waits.load(Ordering::Relaxed)
     }
@@ -135,6 +136,27 @@ impl EventSink {
                 Err(returned(msg).0)
             }
         }
+    }
+
+    /// Returns once the queue has room, waiting behind the events already
+    /// waiting for it. Callers about to produce events (an exchange that
+    /// starts) wait here, so traffic slows to the writer's pace instead of
+    /// piling events up in memory: an event that finds the queue full waits
+    /// in a task, and nothing else would bound how many do. At once when
+    /// there is room or the log is closed.
+    pub async fn room(&self) {
+        if self.tx.capacity() == 0 {
+            self.stats.full_waits.fetch_add(1, Ordering::Relaxed);
+            // The permit comes in the channel's FIFO order and goes back
+            // unused.
+            let _ = self.tx.reserve().await;
+        }
+    }
+
+    /// Events in the queue, not yet taken by the writer.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Waits until everything sent before is written and fsynced.
@@ -405,13 +427,23 @@ fn hash_of_line(line: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Most events taken as one batch with `fsync: always`.
+const ALWAYS_MAX_BATCH: usize = 32;
+
 /// Write attempts once a close is pending: shutdown must not hang forever on
 /// a dead disk (about 1.5 s of back-off in all).
 const CLOSING_ATTEMPTS: u32 = 5;
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let max_batch = self.options.max_batch.max(1);
+        let mut max_batch = self.options.max_batch.max(1);
+        if self.options.fsync == Fsync::Always {
+            // Syncing every event, a large batch saves nothing, and taking
+            // the whole queue at once would free all its room in one go and
+            // then leave it full while the batch syncs: new exchanges would
+            // stop and go. Small batches free room at the disk's pace.
+            max_batch = max_batch.min(ALWAYS_MAX_BATCH);
+        }
         let mut busy = false;
         while let Some(first) = rx.blocking_recv() {
             // Lingering gathers a quiet gateway's events into one write;

@@ -234,6 +234,49 @@ async fn open_refuses_a_corrupt_complete_last_line() {
     }
 }
 
+/// True if `fut` is not ready on its first poll (the poll registers the
+/// waker, so awaiting it afterwards still works).
+async fn pending_at_first<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> bool {
+    let mut fut = Some(fut);
+    std::future::poll_fn(|cx| {
+        let f = fut.as_mut().expect("polled once");
+        std::task::Poll::Ready(f.as_mut().poll(cx).is_pending())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn room_waits_while_the_queue_is_full_and_not_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        capacity: 1,
+        // The writer holds its first event this long before writing, so
+        // the queue stays full for the test's checks.
+        linger: Duration::from_secs(2),
+        ..LogOptions::default()
+    };
+    let (sink, handle) = EventLog::open(tmp.path(), options).unwrap();
+    assert!(!pending_at_first(std::pin::pin!(sink.room())).await);
+
+    sink.send(ev(0)).await.unwrap();
+    // The writer took event 0 and lingers; event 1 takes the only slot.
+    while sink.queued() > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sink.try_send(ev(1)).unwrap();
+    let waits = sink.stats().full_waits();
+    let mut room = std::pin::pin!(sink.room());
+    assert!(
+        pending_at_first(room.as_mut()).await,
+        "room while the queue is full"
+    );
+    assert_eq!(sink.stats().full_waits(), waits + 1);
+    room.await;
+    assert_eq!(sink.queued(), 0);
+    handle.close().await.unwrap();
+    assert_eq!(verify(tmp.path()).unwrap().events, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_channel_waits_and_never_drops() {
     let tmp = tempfile::tempdir().unwrap();

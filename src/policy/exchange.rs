@@ -263,6 +263,16 @@ impl Exchange {
         self.audit_required && self.audit.as_ref().is_none_or(|(sink, _)| sink.is_closed())
     }
 
+    /// Waits while the audit log's queue is full: an exchange's events are
+    /// queued when it ends, and those that find no room wait in memory, so
+    /// starting exchanges faster than the log is written would grow that
+    /// without bound. At once when the exchange is not audited.
+    pub async fn audit_room(&self) {
+        if let Some((sink, _)) = &self.audit {
+            sink.room().await;
+        }
+    }
+
     /// The options of the cache policy that applies, if one does.
     pub fn cache_options(&self) -> Option<&crate::config::CacheOptions> {
         match &self.chain.get(self.cache?)?.action {

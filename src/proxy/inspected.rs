@@ -78,6 +78,8 @@ pub(super) async fn forward_read(
     bytes: Bytes,
     mut exchange: Exchange,
 ) -> Result<Response<Body>, ProxyError> {
+    // No audit, no traffic: a writer that falls behind slows new exchanges.
+    exchange.audit_room().await;
     if exchange.unrecordable() {
         let resp = crate::policy::respond::gateway_error(
             exchange.info.api,
