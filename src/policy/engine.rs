@@ -319,6 +319,53 @@ mod tests {
             .unrecordable());
     }
 
+    #[tokio::test]
+    async fn an_exchange_waits_for_room_while_the_audit_queue_is_full() {
+        use crate::events::{Action, Event, EventLog, LogOptions, Phase};
+        let plain = config("policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger: {}\n");
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            capacity: 1,
+            // The writer holds its first event this long before writing.
+            linger: std::time::Duration::from_secs(2),
+            ..LogOptions::default()
+        };
+        let (sink, writer) = EventLog::open(dir.path(), options).unwrap();
+        let engine = Engine::with_sink(Some(&plain), Some(sink.clone())).unwrap();
+        let exchange = begin(&engine, "/v1/chat/completions").unwrap();
+        assert!(
+            ready_at_first_poll(std::pin::pin!(exchange.audit_room())).await,
+            "room in an empty queue"
+        );
+
+        sink.send(Event::new(Phase::Input, Action::Pass))
+            .await
+            .unwrap();
+        while sink.queued() > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // The writer lingers over the first event; this one fills the queue.
+        sink.try_send(Event::new(Phase::Input, Action::Pass))
+            .unwrap();
+        {
+            let mut room = std::pin::pin!(exchange.audit_room());
+            assert!(
+                !ready_at_first_poll(room.as_mut()).await,
+                "room in a full queue"
+            );
+            // Once the writer takes the queued event.
+            room.await;
+        }
+        drop(exchange);
+        writer.close().await.unwrap();
+    }
+
+    /// Polls `fut` once; true if it was ready. The poll registers the waker,
+    /// so awaiting `fut` afterwards still works.
+    async fn ready_at_first_poll<F: std::future::Future>(mut fut: std::pin::Pin<&mut F>) -> bool {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx).is_ready())).await
+    }
+
     #[test]
     fn an_exchange_keeps_the_chain_it_started_with() {
         let engine = Engine::new(None).unwrap();
