@@ -138,19 +138,22 @@ impl EventSink {
         }
     }
 
-    /// Returns once the queue has room, waiting behind the events already
-    /// waiting for it. Callers about to produce events (an exchange that
-    /// starts) wait here, so traffic slows to the writer's pace instead of
-    /// piling events up in memory: an event that finds the queue full waits
-    /// in a task, and nothing else would bound how many do. At once when
-    /// there is room or the log is closed.
-    pub async fn room(&self) {
-        if self.tx.capacity() == 0 {
-            self.stats.full_waits.fetch_add(1, Ordering::Relaxed);
-            // The permit comes in the channel's FIFO order and goes back
-            // unused.
-            let _ = self.tx.reserve().await;
+    /// Waits, at most `max_wait`, for room in the queue, behind the events
+    /// already waiting for it; false if none came. Callers about to
+    /// produce events (an exchange that starts) wait here, so traffic slows
+    /// to the writer's pace instead of piling events up in memory: an event
+    /// that finds the queue full waits in a task, and nothing else would
+    /// bound how many do. True at once when there is room or the log is
+    /// closed.
+    pub async fn room(&self, max_wait: Duration) -> bool {
+        if self.tx.capacity() > 0 {
+            return true;
         }
+        self.stats.full_waits.fetch_add(1, Ordering::Relaxed);
+        // The permit comes in the channel's FIFO order and goes back unused.
+        tokio::time::timeout(max_wait, self.tx.reserve())
+            .await
+            .is_ok()
     }
 
     /// Events in the queue, not yet taken by the writer.

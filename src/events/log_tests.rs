@@ -251,7 +251,8 @@ async fn room_waits_while_the_queue_is_full_and_not_after() {
         ..LogOptions::default()
     };
     let (sink, handle) = EventLog::open(tmp.path(), options).unwrap();
-    assert!(ready_at_first_poll(std::pin::pin!(sink.room())).await);
+    let long = Duration::from_secs(30);
+    assert!(ready_at_first_poll(std::pin::pin!(sink.room(long))).await);
 
     sink.send(ev(0)).await.unwrap();
     // The writer took event 0 and lingers; event 1 takes the only slot.
@@ -260,13 +261,14 @@ async fn room_waits_while_the_queue_is_full_and_not_after() {
     }
     sink.try_send(ev(1)).unwrap();
     let waits = sink.stats().full_waits();
-    let mut room = std::pin::pin!(sink.room());
+    assert!(!sink.room(Duration::from_millis(20)).await, "no room came");
+    let mut room = std::pin::pin!(sink.room(long));
     assert!(
         !ready_at_first_poll(room.as_mut()).await,
         "room while the queue is full"
     );
-    assert_eq!(sink.stats().full_waits(), waits + 1);
-    room.await;
+    assert_eq!(sink.stats().full_waits(), waits + 2);
+    assert!(room.await);
     assert_eq!(sink.queued(), 0);
     handle.close().await.unwrap();
     assert_eq!(verify(tmp.path()).unwrap().events, 2);

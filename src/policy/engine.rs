@@ -333,8 +333,9 @@ mod tests {
         let (sink, writer) = EventLog::open(dir.path(), options).unwrap();
         let engine = Engine::with_sink(Some(&plain), Some(sink.clone())).unwrap();
         let exchange = begin(&engine, "/v1/chat/completions").unwrap();
+        let long = std::time::Duration::from_secs(30);
         assert!(
-            ready_at_first_poll(std::pin::pin!(exchange.audit_room())).await,
+            ready_at_first_poll(std::pin::pin!(exchange.audit_room(long))).await,
             "room in an empty queue"
         );
 
@@ -347,14 +348,20 @@ mod tests {
         // The writer lingers over the first event; this one fills the queue.
         sink.try_send(Event::new(Phase::Input, Action::Pass))
             .unwrap();
+        assert!(
+            !exchange
+                .audit_room(std::time::Duration::from_millis(20))
+                .await,
+            "no room came"
+        );
         {
-            let mut room = std::pin::pin!(exchange.audit_room());
+            let mut room = std::pin::pin!(exchange.audit_room(long));
             assert!(
                 !ready_at_first_poll(room.as_mut()).await,
                 "room in a full queue"
             );
             // Once the writer takes the queued event.
-            room.await;
+            assert!(room.await);
         }
         drop(exchange);
         writer.close().await.unwrap();

@@ -263,13 +263,15 @@ impl Exchange {
         self.audit_required && self.audit.as_ref().is_none_or(|(sink, _)| sink.is_closed())
     }
 
-    /// Waits while the audit log's queue is full: an exchange's events are
-    /// queued when it ends, and those that find no room wait in memory, so
-    /// starting exchanges faster than the log is written would grow that
-    /// without bound. At once when the exchange is not audited.
-    pub async fn audit_room(&self) {
-        if let Some((sink, _)) = &self.audit {
-            sink.room().await;
+    /// Waits, at most `max_wait`, while the audit log's queue is full;
+    /// false if it stayed full. An exchange's events are queued when it
+    /// ends, and those that find no room wait in memory, so starting
+    /// exchanges faster than the log is written would grow that without
+    /// bound. True at once when the exchange is not audited.
+    pub async fn audit_room(&self, max_wait: std::time::Duration) -> bool {
+        match &self.audit {
+            Some((sink, _)) => sink.room(max_wait).await,
+            None => true,
         }
     }
 

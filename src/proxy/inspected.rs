@@ -22,6 +22,10 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+/// Longest an exchange waits for room in a full audit queue before it is
+/// refused: a queue full this long means the log is not being written.
+const AUDIT_ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub(super) async fn forward(
     ctx: &ConnCtx,
     origin: &Origin,
@@ -78,8 +82,22 @@ pub(super) async fn forward_read(
     bytes: Bytes,
     mut exchange: Exchange,
 ) -> Result<Response<Body>, ProxyError> {
-    // No audit, no traffic: a writer that falls behind slows new exchanges.
-    exchange.audit_room().await;
+    // No audit, no traffic: a writer that falls behind slows new
+    // exchanges, and one that stopped (a failing disk) turns them away.
+    if !exchange.audit_room(AUDIT_ROOM_WAIT).await {
+        let resp = crate::policy::respond::gateway_error(
+            exchange.info.api,
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            &format!(
+                "the audit log's queue has been full for {} s (see kt_events_write_errors_total), so kt refuses requests it cannot record",
+                AUDIT_ROOM_WAIT.as_secs()
+            ),
+        );
+        exchange.record.error = Some("audit_unavailable: the audit log's queue stayed full".into());
+        exchange.complete(Some(resp.status().as_u16()));
+        return Ok(resp);
+    }
     if exchange.unrecordable() {
         let resp = crate::policy::respond::gateway_error(
             exchange.info.api,
