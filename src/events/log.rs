@@ -156,9 +156,8 @@ impl EventSink {
             .is_ok()
     }
 
-    /// Events in the queue, not yet taken by the writer.
-    #[cfg(test)]
-    pub(crate) fn queued(&self) -> usize {
+    /// Events in the queue, not yet taken by the writer (a gauge for metrics).
+    pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
 

@@ -78,6 +78,13 @@ pub(super) fn render(gw: &Gateway) -> String {
         );
         metric(
             &mut out,
+            "kt_events_queued",
+            "gauge",
+            "Audit events in the queue, not yet taken by the log writer.",
+            &[("", feed.sink.queued() as u64)],
+        );
+        metric(
+            &mut out,
             "kt_events_queue_full_waits_total",
             "counter",
             "Times a request waited because the audit log queue was full.",

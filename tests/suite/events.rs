@@ -95,6 +95,7 @@ async fn exchanges_are_recorded_hash_chained_and_without_secrets() {
         "kt_exchanges_total{action=\"redact\"} 1",
         "kt_exchanges_total{action=\"block\"} 1",
         "kt_events_written_total 5",
+        "kt_events_queued 0",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
