@@ -48,6 +48,18 @@ pub(super) async fn forward(
     forward_read(ctx, origin, parts, bytes, exchange).await
 }
 
+/// The `503` for an exchange the audit log cannot record, with `why`.
+fn refuse_unrecorded(mut exchange: Exchange, why: &str) -> Response<Body> {
+    let resp = crate::policy::respond::gateway_error(
+        exchange.info.api,
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+        &format!("{why}, so kt refuses requests it cannot record"),
+    );
+    exchange.complete(Some(resp.status().as_u16()));
+    resp
+}
+
 /// Closes the record of an exchange whose request body never arrived whole:
 /// left to the drop, it would read as a client that went away after its
 /// request, with no status.
@@ -85,28 +97,18 @@ pub(super) async fn forward_read(
     // No audit, no traffic: a writer that falls behind slows new
     // exchanges, and one that stopped (a failing disk) turns them away.
     if !exchange.audit_room(AUDIT_ROOM_WAIT).await {
-        let resp = crate::policy::respond::gateway_error(
-            exchange.info.api,
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            &format!(
-                "the audit log's queue has been full for {} s (see kt_events_write_errors_total), so kt refuses requests it cannot record",
-                AUDIT_ROOM_WAIT.as_secs()
-            ),
-        );
         exchange.record.error = Some("audit_unavailable: the audit log's queue stayed full".into());
-        exchange.complete(Some(resp.status().as_u16()));
-        return Ok(resp);
+        let why = format!(
+            "the audit log's queue has been full for {} s (see kt_events_write_errors_total)",
+            AUDIT_ROOM_WAIT.as_secs()
+        );
+        return Ok(refuse_unrecorded(exchange, &why));
     }
     if exchange.unrecordable() {
-        let resp = crate::policy::respond::gateway_error(
-            exchange.info.api,
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            "the audit log is not accepting events and the audit-logger is immutable, so kt refuses requests it cannot record",
-        );
-        exchange.complete(Some(resp.status().as_u16()));
-        return Ok(resp);
+        return Ok(refuse_unrecorded(
+            exchange,
+            "the audit log is not accepting events and the audit-logger is immutable",
+        ));
     }
     let inspect_response = exchange.needs_response_body();
     // The response is read (by policies, or for its usage): ask for it
