@@ -32,8 +32,9 @@ impl fmt::Display for Scope {
 pub enum Fsync {
     /// After every event: nothing is lost on power failure; slowest.
     Always,
-    /// Once per batch the writer drains (the default): at most one batch
-    /// is at risk on power failure; a process crash loses nothing.
+    /// Group commit (the default): the batches written within the writer's
+    /// sync interval (50 ms) share one fsync, so at most that much is at
+    /// risk on power failure; a process crash loses nothing written.
     #[default]
     Batch,
     /// Leave it to the OS.

@@ -3,7 +3,8 @@
 //! Senders never lose an event: when the channel is full, [`EventSink::send`]
 //! waits (and [`WriterStats::full_waits`] counts it). The writer drains
 //! whatever is queued as one batch, chains it, appends it with one `write`
-//! per segment touched and fsyncs according to [`Fsync`]. A failed write is
+//! per segment touched and fsyncs according to [`Fsync`] (with `batch`, one
+//! fsync per [`LogOptions::sync_interval`], due even when no more events come). A failed write is
 //! rolled back (the file truncated to its length before the write) and
 //! retried with back-off; meanwhile the channel fills and requests wait,
 //! which is the point: no audit, no traffic.
@@ -21,7 +22,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use time::Date;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -38,10 +39,15 @@ pub struct LogOptions {
     /// Most events sealed and written as one batch.
     pub max_batch: usize,
     /// After the first event of a batch, how long the writer lets more
-    /// arrive before writing (group commit): one write and at most one
-    /// fsync per batch instead of per event, and far fewer writer wake-ups
-    /// on a busy gateway. Flushes and closes do not wait.
+    /// arrive before writing (group commit): one write per batch instead
+    /// of per event, and far fewer writer wake-ups on a busy gateway.
+    /// Flushes and closes do not wait.
     pub linger: Duration,
+    /// With `fsync: batch`, the longest a written event waits for its
+    /// fsync: the batches written within it share one. An fsync costs far
+    /// more CPU than a batch's write (the journal commit and the disk's
+    /// round trip), and on the gateway's own core each one is a pause.
+    pub sync_interval: Duration,
     /// Written events kept for slow live-feed subscribers before they lag.
     pub feed_capacity: usize,
 }
@@ -54,6 +60,7 @@ impl Default for LogOptions {
             fsync: Fsync::Batch,
             max_batch: 4096,
             linger: Duration::from_millis(5),
+            sync_interval: Duration::from_millis(50),
             feed_capacity: 1024,
         }
     }
@@ -65,6 +72,7 @@ pub struct WriterStats {
     full_waits: AtomicU64,
     written: AtomicU64,
     write_errors: AtomicU64,
+    syncs: AtomicU64,
 }
 
 impl WriterStats {
@@ -80,6 +88,10 @@ impl WriterStats {
     /// Failed (and retried) writes.
     pub fn write_errors(&self) -> u64 {
         self.write_errors.load(Ordering::Relaxed)
+    }
+    /// fsyncs of the log's segments.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 }
 
@@ -260,6 +272,8 @@ impl EventLog {
             stats: stats.clone(),
             feed: feed.clone(),
             today,
+            dirty: false,
+            last_sync: Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name("kt-events".into())
@@ -382,6 +396,9 @@ struct Writer {
     stats: Arc<WriterStats>,
     feed: broadcast::Sender<Arc<Event>>,
     today: fn() -> Date,
+    /// Written to the current segment and not yet fsynced (`fsync: batch`).
+    dirty: bool,
+    last_sync: Instant,
 }
 
 fn utc_today() -> Date {
@@ -447,11 +464,12 @@ impl Writer {
             max_batch = max_batch.min(ALWAYS_MAX_BATCH);
         }
         let mut busy = false;
-        while let Some(first) = rx.blocking_recv() {
+        while let Some((first, waited)) = self.next_msg(&mut rx) {
             // Lingering gathers a quiet gateway's events into one write;
             // when the last batch was full the queue is busy and there is
             // no need to wait for more.
-            if matches!(first, Msg::Event(_)) && !self.options.linger.is_zero() && !busy {
+            if matches!(first, Msg::Event(_)) && !self.options.linger.is_zero() && !busy && !waited
+            {
                 std::thread::sleep(self.options.linger);
             }
             let mut batch = Vec::new();
@@ -480,6 +498,9 @@ impl Writer {
             } else {
                 self.write_batch(batch, closing.then_some(CLOSING_ATTEMPTS))
             };
+            if self.dirty && self.last_sync.elapsed() >= self.options.sync_interval {
+                self.sync_logged();
+            }
             for reply in flushes {
                 let _ = reply.send(self.sync());
             }
@@ -494,13 +515,54 @@ impl Writer {
         }
     }
 
+    /// The next message; while a written batch awaits its fsync, the wait
+    /// is cut short to sync it on time, as nothing else may come to do it.
+    /// `true` with a message that arrived during such a wait: it has
+    /// already lingered.
+    fn next_msg(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Option<(Msg, bool)> {
+        let mut waited = false;
+        while self.dirty {
+            match rx.try_recv() {
+                Ok(msg) => return Some((msg, waited)),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            let due = self
+                .options
+                .sync_interval
+                .saturating_sub(self.last_sync.elapsed());
+            if due.is_zero() {
+                // On failure still dirty: retried an interval later.
+                self.sync_logged();
+                continue;
+            }
+            // In linger-sized naps, so an event arriving meanwhile is
+            // written about as soon as it would have been.
+            std::thread::sleep(due.min(self.options.linger.max(Duration::from_millis(1))));
+            waited = true;
+        }
+        rx.blocking_recv().map(|msg| (msg, false))
+    }
+
     fn sync(&mut self) -> Result<(), EventsError> {
-        match &self.current {
-            Some(open) => open
-                .file
-                .sync_data()
-                .map_err(|e| EventsError::io(&open.seg.path, e)),
-            None => Ok(()),
+        self.last_sync = Instant::now();
+        let Some(open) = &self.current else {
+            return Ok(());
+        };
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        open.file
+            .sync_data()
+            .map_err(|e| EventsError::io(&open.seg.path, e))?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// The deferred fsync of `fsync: batch`; a failure is retried at the
+    /// next interval (the lines are written: only their durability waits).
+    fn sync_logged(&mut self) {
+        if let Err(e) = self.sync() {
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "fsync of the audit log failed; retrying");
         }
     }
 
@@ -579,8 +641,10 @@ impl Writer {
     }
 
     /// Writes `lines[*done..]`, one `write` per segment touched (one per
-    /// line under `Fsync::Always`), advancing `*done` past what is on disk.
-    /// On error the partial write is truncated away.
+    /// line, each synced, under `Fsync::Always`; under `Fsync::Batch` the
+    /// segment is left dirty for [`Writer::run`] to sync), advancing
+    /// `*done` past what is written. On error the partial write is
+    /// truncated away.
     fn write_lines(&mut self, lines: &Lines<'_>, done: &mut usize) -> Result<(), EventsError> {
         let per_line = self.options.fsync == Fsync::Always;
         let count = lines.ends.len();
@@ -606,11 +670,15 @@ impl Writer {
             }
             open.len += size;
             *done = end;
-            let rolling = *done < count;
-            if self.options.fsync != Fsync::Never && (per_line || rolling || *done == count) {
-                open.file
-                    .sync_data()
-                    .map_err(|e| EventsError::io(&open.seg.path, e))?;
+            match self.options.fsync {
+                Fsync::Always => {
+                    self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    open.file
+                        .sync_data()
+                        .map_err(|e| EventsError::io(&open.seg.path, e))?;
+                }
+                Fsync::Batch => self.dirty = true,
+                Fsync::Never => {}
             }
         }
         Ok(())
@@ -632,6 +700,10 @@ impl Writer {
             }
             _ => Segment::new(&self.dir, today, 0),
         };
+        // The segment left behind gets no later fsync.
+        if self.dirty {
+            self.sync()?;
+        }
         let file = append(&next.path)?;
         let len = file
             .metadata()

@@ -120,6 +120,98 @@ async fn every_fsync_policy_writes_a_valid_chain() {
     }
 }
 
+/// `fsync: batch` options whose deferred fsync never comes due in a test.
+fn unsynced() -> LogOptions {
+    LogOptions {
+        linger: Duration::ZERO,
+        sync_interval: Duration::from_secs(600),
+        ..LogOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn batches_written_within_the_sync_interval_share_one_fsync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sink, handle) = EventLog::open(tmp.path(), unsynced()).unwrap();
+    let mut feed = sink.subscribe();
+    // One batch each: the feed hears of an event once it is written.
+    for n in 0..3 {
+        sink.send(ev(n)).await.unwrap();
+        assert_eq!(feed.recv().await.unwrap().user, Some(format!("u{n}")));
+    }
+    assert_eq!(lines(tmp.path()).len(), 3, "written before any fsync");
+    assert_eq!(sink.stats().syncs(), 0);
+    sink.flush().await.unwrap();
+    assert_eq!(sink.stats().syncs(), 1, "a flush syncs what is pending");
+    handle.close().await.unwrap();
+    assert_eq!(verify(tmp.path()).unwrap().events, 3);
+}
+
+#[tokio::test]
+async fn a_written_batch_is_synced_by_its_deadline_without_further_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        sync_interval: Duration::from_millis(50),
+        ..unsynced()
+    };
+    let (sink, handle) = EventLog::open(tmp.path(), options).unwrap();
+    let mut feed = sink.subscribe();
+    sink.send(ev(0)).await.unwrap();
+    feed.recv().await.unwrap();
+    // Nothing else is sent: only the writer's own deadline can sync it.
+    let synced = async {
+        while sink.stats().syncs() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), synced)
+        .await
+        .expect("the pending fsync never came");
+    assert_eq!(sink.stats().syncs(), 1);
+    handle.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dirty_segment_is_synced_before_the_next_one_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        segment_max_bytes: 700,
+        ..unsynced()
+    };
+    let (sink, handle) = EventLog::open(tmp.path(), options).unwrap();
+    let mut feed = sink.subscribe();
+    for n in 0..3 {
+        sink.send(ev(n)).await.unwrap();
+        feed.recv().await.unwrap();
+    }
+    let segments = list(tmp.path()).unwrap().len();
+    assert!(segments >= 2, "{segments} segments");
+    // Every segment but the newest was synced when it was left.
+    assert_eq!(sink.stats().syncs(), segments as u64 - 1);
+    handle.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn fsync_always_syncs_every_event_and_never_syncs_none() {
+    for (fsync, expected) in [(Fsync::Always, 4), (Fsync::Never, 0)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            fsync,
+            ..unsynced()
+        };
+        let (sink, handle) = EventLog::open(tmp.path(), options).unwrap();
+        let mut feed = sink.subscribe();
+        for n in 0..4 {
+            sink.send(ev(n)).await.unwrap();
+        }
+        for _ in 0..4 {
+            feed.recv().await.unwrap();
+        }
+        assert_eq!(sink.stats().syncs(), expected, "{fsync:?}");
+        handle.close().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn verify_detects_an_edited_field() {
     let tmp = tempfile::tempdir().unwrap();

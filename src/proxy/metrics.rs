@@ -94,8 +94,15 @@ pub(super) fn render(gw: &Gateway) -> String {
             &mut out,
             "kt_events_write_errors_total",
             "counter",
-            "Failed audit log writes (retried until they succeed).",
+            "Failed audit log writes and fsyncs (retried until they succeed).",
             &[("", s.write_errors())],
+        );
+        metric(
+            &mut out,
+            "kt_events_fsyncs_total",
+            "counter",
+            "fsyncs of the audit log (fsync: batch shares one per sync interval).",
+            &[("", s.syncs())],
         );
     }
     out

@@ -102,6 +102,12 @@ async fn exchanges_are_recorded_hash_chained_and_without_secrets() {
             "{line} missing:\n{metrics}"
         );
     }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kt_events_fsyncs_total ")),
+        "kt_events_fsyncs_total missing:\n{metrics}"
+    );
 
     // The commands on the same folder.
     let kt = |args: &[&str]| {
