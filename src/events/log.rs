@@ -498,9 +498,6 @@ impl Writer {
             } else {
                 self.write_batch(batch, closing.then_some(CLOSING_ATTEMPTS))
             };
-            if self.dirty && self.last_sync.elapsed() >= self.options.sync_interval {
-                self.sync_logged();
-            }
             for reply in flushes {
                 let _ = reply.send(self.sync());
             }
@@ -515,18 +512,13 @@ impl Writer {
         }
     }
 
-    /// The next message; while a written batch awaits its fsync, the wait
-    /// is cut short to sync it on time, as nothing else may come to do it.
-    /// `true` with a message that arrived during such a wait: it has
-    /// already lingered.
+    /// The next message, after the deferred fsync of `fsync: batch` once it
+    /// is due; while a written batch awaits it, the wait is cut short to
+    /// sync on time, as nothing else may come to do it. `true` with a
+    /// message that arrived during such a wait: it has already lingered.
     fn next_msg(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Option<(Msg, bool)> {
         let mut waited = false;
         while self.dirty {
-            match rx.try_recv() {
-                Ok(msg) => return Some((msg, waited)),
-                Err(mpsc::error::TryRecvError::Disconnected) => return None,
-                Err(mpsc::error::TryRecvError::Empty) => {}
-            }
             let due = self
                 .options
                 .sync_interval
@@ -535,6 +527,11 @@ impl Writer {
                 // On failure still dirty: retried an interval later.
                 self.sync_logged();
                 continue;
+            }
+            match rx.try_recv() {
+                Ok(msg) => return Some((msg, waited)),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {}
             }
             // In linger-sized naps, so an event arriving meanwhile is
             // written about as soon as it would have been.
@@ -671,12 +668,7 @@ impl Writer {
             open.len += size;
             *done = end;
             match self.options.fsync {
-                Fsync::Always => {
-                    self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-                    open.file
-                        .sync_data()
-                        .map_err(|e| EventsError::io(&open.seg.path, e))?;
-                }
+                Fsync::Always => self.sync()?,
                 Fsync::Batch => self.dirty = true,
                 Fsync::Never => {}
             }
