@@ -41,7 +41,11 @@ pub struct LogOptions {
     /// After the first event of a batch, how long the writer lets more
     /// arrive before writing (group commit): one write per batch instead
     /// of per event, and far fewer writer wake-ups on a busy gateway.
-    /// Flushes and closes do not wait.
+    /// Flushes and closes do not wait. Kept short because the writer
+    /// shares the gateway's core: what gathers in one linger is sealed in
+    /// one burst, and requests arriving meanwhile wait for it (2 ms rather
+    /// than 5 took about 14% off the 32-connection p99 in two runs, with
+    /// throughput the same within the rounds' spread).
     pub linger: Duration,
     /// With `fsync: batch`, the longest a written event waits for its
     /// fsync: the batches written within it share one. An fsync costs far
@@ -59,7 +63,7 @@ impl Default for LogOptions {
             segment_max_bytes: 64 * 1024 * 1024,
             fsync: Fsync::Batch,
             max_batch: 4096,
-            linger: Duration::from_millis(5),
+            linger: Duration::from_millis(2),
             sync_interval: Duration::from_millis(50),
             feed_capacity: 1024,
         }
