@@ -53,6 +53,36 @@ impl Shutdown {
     }
 }
 
+/// An executor for hyper's HTTP/2 server that spawns each stream's task on
+/// the drain's tracker. hyper runs an h2 stream (and the response body it
+/// drives) in a task of its own, which can outlive the connection's task:
+/// untracked, a stream finishing during the drain could close its exchange
+/// (and queue its audit events) after the gateway had closed the audit log.
+#[derive(Clone)]
+pub struct TrackedExecutor {
+    tracker: TaskTracker,
+}
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.tracker.spawn(fut);
+    }
+}
+
+impl Shutdown {
+    /// The executor for server connections whose tasks the drain must
+    /// wait for (see [`TrackedExecutor`]).
+    pub fn executor(&self) -> TrackedExecutor {
+        TrackedExecutor {
+            tracker: self.tracker.clone(),
+        }
+    }
+}
+
 impl ShutdownTrigger {
     /// Starts the drain, then waits up to `grace` for tracked tasks to end.
     /// Returns false when the grace period ran out with tasks still running.
@@ -62,5 +92,30 @@ impl ShutdownTrigger {
         tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::Executor;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn the_drain_waits_for_tasks_of_the_tracked_executor() {
+        let (trigger, shutdown) = channel();
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = finished.clone();
+        // Handed to hyper, this is an h2 stream still closing its exchange.
+        shutdown.executor().execute(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        assert!(trigger.drain(Duration::from_secs(10)).await);
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "the drain ended before the executor's task"
+        );
     }
 }

@@ -10,7 +10,7 @@ use crate::upstream::pool::{Origin, Prefer};
 use crate::upstream::Dialed;
 use bytes::BytesMut;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -128,7 +128,7 @@ pub(super) async fn serve<IO>(
     });
     let io = TokioIo::new(tls);
     if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let conn = hyper::server::conn::http2::Builder::new(ctx.shutdown.executor())
             .timer(TokioTimer::new())
             .max_header_list_size(64 * 1024)
             .keep_alive_interval(Duration::from_secs(60))
