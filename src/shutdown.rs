@@ -51,6 +51,14 @@ impl Shutdown {
     {
         self.tracker.spawn(fut);
     }
+
+    /// The executor for server connections whose tasks the drain must
+    /// wait for (see [`TrackedExecutor`]).
+    pub fn executor(&self) -> TrackedExecutor {
+        TrackedExecutor {
+            tracker: self.tracker.clone(),
+        }
+    }
 }
 
 /// An executor for hyper's HTTP/2 server that spawns each stream's task on
@@ -70,16 +78,6 @@ where
 {
     fn execute(&self, fut: F) {
         self.tracker.spawn(fut);
-    }
-}
-
-impl Shutdown {
-    /// The executor for server connections whose tasks the drain must
-    /// wait for (see [`TrackedExecutor`]).
-    pub fn executor(&self) -> TrackedExecutor {
-        TrackedExecutor {
-            tracker: self.tracker.clone(),
-        }
     }
 }
 
