@@ -91,6 +91,18 @@ impl Engine {
     /// Records a blind tunnel (`connect` event) when the audit logger asks
     /// for all access (`log_all_access: true`).
     pub fn record_tunnel(&self, target: &str, client: Option<std::net::IpAddr>) {
+        self.record_connect(target, client, crate::events::Action::Tunnel, None);
+    }
+
+    /// Records a CONNECT (`connect` event with `action` and `reason`) when
+    /// the audit logger asks for all access (`log_all_access: true`).
+    pub fn record_connect(
+        &self,
+        target: &str,
+        client: Option<std::net::IpAddr>,
+        action: crate::events::Action,
+        reason: Option<String>,
+    ) {
         let Some(sink) = &self.sink else { return };
         let chain = self.chain();
         let wanted = chain.policies().iter().any(
@@ -101,12 +113,13 @@ impl Engine {
         }
         let mut event = Box::new(crate::events::Event::new(
             crate::events::Phase::Connect,
-            crate::events::Action::Tunnel,
+            action,
         ));
         event.mode = Some(crate::events::Mode::Proxy);
         event.method = Some("CONNECT".into());
         event.host = Some(target.to_string());
         event.client_ip = client.map(|ip| ip.to_string());
+        event.reason = reason;
         crate::policy::exchange::submit(sink, &self.sends, vec![event]);
     }
 

@@ -4,6 +4,7 @@
 //! anything that is not TLS is tunnelled untouched.
 
 use super::authority::Target;
+use super::client_tls::ClientTlsFailure;
 use super::{forward, tunnel, ConnCtx};
 use crate::netio::Prefixed;
 use crate::upstream::pool::{Origin, Prefer};
@@ -14,6 +15,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
@@ -55,61 +58,15 @@ pub(super) async fn serve<IO>(
         return;
     }
 
-    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-    let handshake = async {
-        let start = acceptor.await?;
-        let hello = start.client_hello();
-        let prefer = match hello.alpn().and_then(|mut offers| offers.next()) {
-            Some(b"h2") => Prefer::H2,
-            _ => Prefer::H1,
-        };
-        let sni = hello.server_name().map(str::to_owned);
-        let name = sni.as_deref().unwrap_or(&target.host);
-        if sni
-            .as_deref()
-            .is_some_and(|s| !s.eq_ignore_ascii_case(&target.host))
-        {
-            tracing::debug!(connect = %target, sni = ?sni, "SNI differs from the CONNECT host");
-        }
-        // The upstream handshake runs beside the client's: the first
-        // request waits for it (see `attached`) instead of the handshake.
-        let attached = predialed.map(|dialed| {
-            let (done, attached) = tokio::sync::watch::channel(false);
-            let upstream = ctx.gw.upstream.clone();
-            let origin = origin.clone();
-            tokio::spawn(async move {
-                if let Err(e) = upstream.attach(&origin, dialed, prefer).await {
-                    // The client still gets its session, and a readable 502
-                    // naming the cause on each request.
-                    tracing::info!(%origin, error = %e, "upstream connection failed");
-                }
-                let _ = done.send(true);
-            });
-            attached
-        });
-        let config = ctx
-            .gw
-            .certs
-            .server_config(name)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok::<_, std::io::Error>((start.into_stream(config).await?, attached))
-    };
-    let (tls, attached) = match tokio::time::timeout(limits.client_tls_handshake, handshake).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => {
-            // Typically a client that does not trust the kt CA yet.
-            tracing::info!(target = %target, error = %e, "client TLS handshake failed (is the kt CA trusted? see `kt ca install`)");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(target = %target, "client TLS handshake timed out");
-            return;
-        }
+    let Some((tls, attached)) = accept_tls(&ctx, io, &target, &origin, predialed).await else {
+        return;
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let svc_ctx = ctx.clone();
+    let served = Arc::new(AtomicBool::new(false));
+    let svc_served = served.clone();
     let svc = service_fn(move |req| {
+        svc_served.store(true, Ordering::Relaxed);
         let ctx = svc_ctx.clone();
         let origin = origin.clone();
         let mut attached = attached.clone();
@@ -143,6 +100,140 @@ pub(super) async fn serve<IO>(
             .serve_connection(io, svc)
             .with_upgrades();
         drive(&ctx, conn, |c| c.graceful_shutdown()).await;
+    }
+    if !served.load(Ordering::Relaxed) && !ctx.shutdown.is_draining() {
+        ctx.gw.stats().client_tls.count_unused();
+        tracing::debug!(target = %target, "intercepted connection closed without a request (Node.js over TLS 1.2 does this when it refuses kt's certificate)");
+    }
+}
+
+/// A client handshake that failed: why, and the client's socket, kept open
+/// until the failure is counted.
+struct Refused<IO> {
+    cause: ClientTlsFailure,
+    detail: String,
+    _io: Option<IO>,
+}
+
+impl<IO> Refused<IO> {
+    fn new(cause: ClientTlsFailure, error: &dyn std::fmt::Display, io: Option<IO>) -> Self {
+        Refused {
+            cause,
+            detail: error.to_string(),
+            _io: io,
+        }
+    }
+
+    /// Counts the failure, logs it with what to do, and records a `connect`
+    /// event when the audit logger logs all access; then closes the socket.
+    fn report(self, ctx: &ConnCtx, target: &Target) {
+        let cause = self.cause;
+        ctx.gw.stats().client_tls.count(cause);
+        // A stalled client is its own business; the others need a fix.
+        if cause == ClientTlsFailure::Timeout {
+            tracing::debug!(target = %target, reason = cause.as_str(), "client TLS handshake timed out");
+        } else {
+            tracing::info!(target = %target, reason = cause.as_str(), error = %self.detail, "client TLS handshake failed: {}", cause.hint());
+        }
+        ctx.gw.engine().record_connect(
+            &target.to_string(),
+            ctx.identity.client,
+            crate::events::Action::Error,
+            Some(format!(
+                "client_tls_{}: {} ({})",
+                cause.as_str(),
+                cause.hint(),
+                self.detail
+            )),
+        );
+    }
+}
+
+/// The client's TLS handshake, with a leaf minted for its SNI, while the
+/// upstream's runs beside it (the receiver says when that one is over).
+/// `None` when the client's failed: counted, logged and recorded.
+async fn accept_tls<IO>(
+    ctx: &ConnCtx,
+    io: Prefixed<IO>,
+    target: &Target,
+    origin: &Origin,
+    predialed: Option<Dialed>,
+) -> Option<(
+    tokio_rustls::server::TlsStream<Prefixed<IO>>,
+    Option<tokio::sync::watch::Receiver<bool>>,
+)>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &ctx.gw.limits;
+    let mut acceptor =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let handshake = async {
+        let start = match (&mut acceptor).await {
+            Ok(start) => start,
+            Err(e) => {
+                return Err(Refused::new(
+                    ClientTlsFailure::of(&e),
+                    &e,
+                    acceptor.take_io(),
+                ))
+            }
+        };
+        let hello = start.client_hello();
+        let prefer = match hello.alpn().and_then(|mut offers| offers.next()) {
+            Some(b"h2") => Prefer::H2,
+            _ => Prefer::H1,
+        };
+        let sni = hello.server_name().map(str::to_owned);
+        let name = sni.as_deref().unwrap_or(&target.host);
+        if sni
+            .as_deref()
+            .is_some_and(|s| !s.eq_ignore_ascii_case(&target.host))
+        {
+            tracing::debug!(connect = %target, sni = ?sni, "SNI differs from the CONNECT host");
+        }
+        // The upstream handshake runs beside the client's: the first
+        // request waits for it (see `attached`) instead of the handshake.
+        let attached = predialed.map(|dialed| {
+            let (done, attached) = tokio::sync::watch::channel(false);
+            let upstream = ctx.gw.upstream.clone();
+            let origin = origin.clone();
+            tokio::spawn(async move {
+                if let Err(e) = upstream.attach(&origin, dialed, prefer).await {
+                    // The client still gets its session, and a readable 502
+                    // naming the cause on each request.
+                    tracing::info!(%origin, error = %e, "upstream connection failed");
+                }
+                let _ = done.send(true);
+            });
+            attached
+        });
+        let config = match ctx.gw.certs.server_config(name).await {
+            Ok(config) => config,
+            Err(e) => return Err(Refused::new(ClientTlsFailure::NoCertificate, &e, None)),
+        };
+        match start.into_stream(config).into_fallible().await {
+            Ok(tls) => Ok((tls, attached)),
+            Err((e, io)) => Err(Refused::new(ClientTlsFailure::of(&e), &e, Some(io))),
+        }
+    };
+    // Pinned here so that on a timeout the client's socket stays open until
+    // the failure is counted (a client reading its EOF then sees the count).
+    let mut handshake = std::pin::pin!(handshake);
+    match tokio::time::timeout(limits.client_tls_handshake, handshake.as_mut()).await {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(refused)) => {
+            refused.report(ctx, target);
+            None
+        }
+        Err(_) => {
+            let e = format!(
+                "no handshake within {} s",
+                limits.client_tls_handshake.as_secs()
+            );
+            Refused::<()>::new(ClientTlsFailure::Timeout, &e, None).report(ctx, target);
+            None
+        }
     }
 }
 

@@ -34,6 +34,26 @@ pub(super) fn render(gw: &Gateway) -> String {
         "Intercepted (decrypted) client connections open.",
         &[("", stats.intercepted.load(Relaxed) as u64)],
     );
+    let failures: Vec<(String, u64)> = stats
+        .client_tls
+        .failures()
+        .map(|(f, n)| (format!("{{reason=\"{}\"}}", f.as_str()), n))
+        .collect();
+    let failures: Vec<(&str, u64)> = failures.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    metric(
+        &mut out,
+        "kt_client_tls_failures_total",
+        "counter",
+        "Intercepted connections whose client TLS handshake failed, by reason (untrusted_ca, certificate_rejected, and closed for Node.js clients: the client does not trust the kt CA).",
+        &failures,
+    );
+    metric(
+        &mut out,
+        "kt_intercepted_unused_total",
+        "counter",
+        "Intercepted connections closed after a good TLS handshake without a request (Node.js refusing kt's certificate over TLS 1.2; unused pre-connections).",
+        &[("", stats.client_tls.unused())],
+    );
     let metrics = gw.engine().metrics();
     let by_action = metrics
         .by_action()

@@ -4,6 +4,7 @@
 
 pub mod authority;
 mod cached;
+pub mod client_tls;
 mod dashboard;
 mod direct;
 pub mod error;
@@ -135,6 +136,8 @@ pub struct Stats {
     pub connections: AtomicUsize,
     pub tunnels: AtomicUsize,
     pub intercepted: AtomicUsize,
+    /// Intercepted connections whose client refused or dropped kt's TLS.
+    pub client_tls: client_tls::ClientTlsStats,
 }
 
 impl Gateway {

@@ -257,3 +257,142 @@ async fn absolute_form_http_is_forwarded() {
     );
     assert!(json["headers"].get("proxy-connection").is_none(), "{json}");
 }
+
+/// `/metrics` text from the gateway's own route.
+async fn metrics_text(gw: &TestGateway) -> String {
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut admin = client::Http::over(tcp, false).await;
+    body_string(admin.send("GET", "kt", "/metrics", Bytes::new()).await).await
+}
+
+/// Reads until kt closes its side (EOF or a reset).
+async fn until_closed(s: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("kt kept the failed connection open");
+}
+
+/// A client that refuses kt's certificate never sends a request, so the
+/// handshake is the only place it shows: counted by cause in `/metrics`,
+/// and a `connect` event with the cause when the audit logs all access.
+#[tokio::test]
+async fn clients_that_refuse_the_kt_certificate_are_counted_and_recorded() {
+    use keeptrusts::config::PolicyConfig;
+    use keeptrusts::events::{read_last, Filters};
+    use tokio::io::AsyncWriteExt;
+
+    let ca = TestCa::new("upstream test CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let yaml =
+        "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger:\n    log_all_access: true\n";
+    let config =
+        std::sync::Arc::new(PolicyConfig::parse(yaml, std::path::Path::new("t.yaml")).unwrap());
+    let mut gw = TestGateway::start(&ca, |s| {
+        s.connect_to = vec![connect_to(HOST, 443, origin.addr)];
+        s.apply_config(&config);
+    })
+    .await;
+    let target = format!("{HOST}:443");
+    let before = metrics_text(&gw).await;
+    for reason in ["untrusted_ca", "closed", "timeout", "protocol"] {
+        let zero = format!("kt_client_tls_failures_total{{reason=\"{reason}\"}} 0");
+        assert!(before.lines().any(|l| l == zero), "{zero}:\n{before}");
+    }
+
+    // A client that trusts another CA only (rustls answers `unknown_ca`,
+    // as OpenSSL-based clients do).
+    let (tcp, reply) = client::connect(gw.addr, &target).await;
+    assert_eq!(reply.status, 200);
+    let failed = tokio_rustls::TlsConnector::from(client::client_config(
+        std::slice::from_ref(&ca.cert_der),
+        &[],
+    ))
+    .connect(rustls_pki_types::ServerName::try_from(HOST).unwrap(), tcp)
+    .into_fallible()
+    .await;
+    let Err((e, mut tcp)) = failed else {
+        panic!("a client without the kt CA completed the handshake")
+    };
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    until_closed(&mut tcp).await;
+
+    // A client that hangs up in the middle of its ClientHello.
+    let (mut tcp, _) = client::connect(gw.addr, &target).await;
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01])
+        .await
+        .unwrap();
+    tcp.shutdown().await.unwrap();
+    until_closed(&mut tcp).await;
+
+    let metrics = metrics_text(&gw).await;
+    for line in [
+        "kt_client_tls_failures_total{reason=\"untrusted_ca\"} 1",
+        "kt_client_tls_failures_total{reason=\"closed\"} 1",
+        "kt_client_tls_failures_total{reason=\"protocol\"} 0",
+        "kt_intercepted_unused_total 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
+
+    // A client that completes the handshake and leaves without a request:
+    // how Node.js refuses a certificate. kt notices once the connection has
+    // ended on its side, so the counter is read until it moves (bounded).
+    let (tcp, _) = client::connect(gw.addr, &target).await;
+    let mut tls = client::tls(tcp, HOST, &[gw.ca_der()], &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls.shutdown().await.unwrap();
+    let mut tcp = tls.into_inner().0;
+    until_closed(&mut tcp).await;
+    let mut metrics = String::new();
+    for _ in 0..500 {
+        metrics = metrics_text(&gw).await;
+        if metrics
+            .lines()
+            .any(|l| l == "kt_intercepted_unused_total 1")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "kt_intercepted_unused_total 1"),
+        "{metrics}"
+    );
+
+    // The audit trail has both failures, each naming its cause.
+    let dir = gw.close_events().await;
+    let (events, _) = read_last(&dir, 10, &Filters::default()).unwrap();
+    let failures: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.phase.as_str(),
+                e.action.as_str(),
+                e.host.as_deref().unwrap_or(""),
+                e.reason.as_deref().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    for (phase, action, host, _) in &failures {
+        assert_eq!(
+            (*phase, *action, *host),
+            ("connect", "error", target.as_str())
+        );
+    }
+    assert!(
+        failures[0]
+            .3
+            .starts_with("client_tls_untrusted_ca: the client does not trust the kt CA"),
+        "{failures:?}"
+    );
+    assert!(
+        failures[1].3.starts_with("client_tls_closed: "),
+        "{failures:?}"
+    );
+}
