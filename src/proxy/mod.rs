@@ -3,6 +3,7 @@
 //! connections under a connection limit and drains them on shutdown.
 
 pub mod authority;
+mod by_ip;
 mod cached;
 pub mod client_tls;
 mod dashboard;
@@ -59,6 +60,10 @@ impl InterceptRules {
             hosts.insert(h);
         }
         InterceptRules { mode, hosts }
+    }
+
+    pub fn mode(&self) -> InterceptMode {
+        self.mode
     }
 
     pub fn should_intercept(&self, host: &str) -> bool {

@@ -3,7 +3,8 @@
 //! origin-form (the direct API under `/v1/`, and the admin routes).
 
 use super::{
-    authority, direct, forward, intercept, tunnel, AuthRoute, ConnCtx, Gateway, ProxyError,
+    authority, by_ip, direct, forward, intercept, tunnel, AuthRoute, ConnCtx, Gateway,
+    InterceptMode, ProxyError,
 };
 use crate::body::{self, Body};
 use crate::netio::{Activity, Tracked};
@@ -155,6 +156,22 @@ async fn connect(mut ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Bo
         });
     } else {
         let upstream = gw.upstream.dial(&target.host, target.port, true).await?;
+        // An address names no service: the ClientHello may (see `by_ip`).
+        // With `--intercept all` addresses are intercepted already, with
+        // `none` never.
+        if target.is_ip() && gw.rules.mode() == InterceptMode::Llm {
+            let sd = ctx.shutdown.clone();
+            sd.spawn(async move {
+                match hyper::upgrade::on(req).await {
+                    Ok(upgraded) => {
+                        let _permit = ctx.permit.clone();
+                        by_ip::serve(ctx, TokioIo::new(upgraded), target, upstream).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+                }
+            });
+            return Ok(Response::new(body::empty()));
+        }
         gw.engine()
             .record_tunnel(&target.to_string(), ctx.identity.client);
         let sd = ctx.shutdown.clone();

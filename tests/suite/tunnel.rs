@@ -148,3 +148,111 @@ async fn idle_tunnels_are_closed_and_busy_ones_kept() {
     busy.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"y");
 }
+
+/// A CONNECT to an address names no service, so the ClientHello decides:
+/// an LLM host is intercepted (kt's certificate, the exchange on the
+/// record, under the name), any other name is tunnelled untouched.
+#[tokio::test]
+async fn a_connect_to_an_address_is_intercepted_when_its_client_hello_names_an_llm_host() {
+    let ca = TestCa::new("origin CA");
+    let origin = Origin::tls(&ca, &["api.openai.com", "example.org"], Alpn::Both).await;
+    let port = origin.addr.port();
+    let mut gw = TestGateway::start(&ca, |s| s.limits.allowed_connect_ports.push(port)).await;
+    let target = format!("127.0.0.1:{port}");
+
+    let (s, reply) = client::connect(gw.addr, &target).await;
+    assert_eq!(reply.status, 200);
+    // Trusting only the kt CA works: kt terminated the TLS.
+    let tls = client::tls(s, "api.openai.com", &[gw.ca_der()], &[b"h2"])
+        .await
+        .unwrap();
+    let mut http = Http::over(tls, true).await;
+    let body =
+        serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+    let resp = http
+        .send(
+            "POST",
+            "api.openai.com",
+            "/v1/chat/completions",
+            Bytes::from(body.to_string()),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+
+    let (s, reply) = client::connect(gw.addr, &target).await;
+    assert_eq!(reply.status, 200);
+    let tls = client::tls(
+        s,
+        "example.org",
+        std::slice::from_ref(&ca.cert_der),
+        &[b"http/1.1"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tls.get_ref().1.peer_certificates().unwrap()[0],
+        origin.cert_der.clone().unwrap(),
+        "a name kt does not intercept got kt's certificate"
+    );
+    drop(tls);
+
+    let dir = gw.close_events().await;
+    let (events, _) =
+        keeptrusts::events::read_last(&dir, 10, &keeptrusts::events::Filters::default()).unwrap();
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.phase.as_str(),
+                e.host.as_deref().unwrap_or(""),
+                e.model.as_deref().unwrap_or(""),
+                e.status,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("input", "api.openai.com", "gpt-4o", None),
+            ("output", "api.openai.com", "gpt-4o", Some(200)),
+        ]
+    );
+}
+
+/// A server that speaks first (SSH, SMTP) behind a CONNECT to an address
+/// is not kept waiting for a ClientHello that will never come.
+#[tokio::test]
+async fn a_server_that_speaks_first_behind_an_address_is_tunnelled_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"SSH-2.0-test\r\n").await.unwrap();
+        let mut echo = [0u8; 5];
+        s.read_exact(&mut echo).await.unwrap();
+        s.write_all(&echo).await.unwrap();
+    });
+    let ca = TestCa::new("unused");
+    let gw = TestGateway::start(&ca, |s| {
+        s.limits.allowed_connect_ports.push(port);
+        // Far longer than the test waits: the banner must not wait for it.
+        s.limits.client_tls_handshake = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let (mut s, reply) = client::connect(gw.addr, &format!("127.0.0.1:{port}")).await;
+    assert_eq!(reply.status, 200);
+    let mut banner = [0u8; 14];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.read_exact(&mut banner),
+    )
+    .await
+    .expect("the server's banner waited for the client")
+    .unwrap();
+    assert_eq!(&banner, b"SSH-2.0-test\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let mut echo = [0u8; 5];
+    s.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"hello");
+}
