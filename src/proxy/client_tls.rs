@@ -3,6 +3,7 @@
 //! the kt CA fails here, before any request, so nothing else records it.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 /// The cause of a failed client handshake, from what the client said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,17 +98,43 @@ impl ClientTlsFailure {
     }
 }
 
+/// A client that does not trust the CA retries without end: its cause is
+/// logged at most this often (the counters see every one).
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// Failed client handshakes by cause, and the intercepted connections a
 /// client closed after a good handshake without sending a request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ClientTlsStats {
     failures: [AtomicU64; ClientTlsFailure::ALL.len()],
     unused: AtomicU64,
+    /// Per cause: when it was last logged, in ms after `start` (+1; 0 =
+    /// never).
+    logged_at: [AtomicU64; ClientTlsFailure::ALL.len()],
+    start: Instant,
+}
+
+impl Default for ClientTlsStats {
+    fn default() -> Self {
+        ClientTlsStats {
+            failures: Default::default(),
+            unused: AtomicU64::new(0),
+            logged_at: Default::default(),
+            start: Instant::now(),
+        }
+    }
 }
 
 impl ClientTlsStats {
-    pub fn count(&self, failure: ClientTlsFailure) {
+    /// Counts `failure`; true when it should be logged (the first of its
+    /// cause in [`LOG_EVERY`]).
+    pub fn count(&self, failure: ClientTlsFailure) -> bool {
         self.failures[failure as usize].fetch_add(1, Relaxed);
+        let now = self.start.elapsed().as_millis() as u64 + 1;
+        let slot = &self.logged_at[failure as usize];
+        let last = slot.load(Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64;
+        due && slot.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
     }
 
     /// Over TLS 1.2, Node.js finishes the handshake before it checks the
@@ -180,9 +207,10 @@ mod tests {
     #[test]
     fn counts_are_kept_per_cause() {
         let stats = ClientTlsStats::default();
-        stats.count(ClientTlsFailure::UntrustedCa);
-        stats.count(ClientTlsFailure::UntrustedCa);
-        stats.count(ClientTlsFailure::NoCertificate);
+        // The first of a cause is logged, its repeats within a minute not.
+        assert!(stats.count(ClientTlsFailure::UntrustedCa));
+        assert!(!stats.count(ClientTlsFailure::UntrustedCa));
+        assert!(stats.count(ClientTlsFailure::NoCertificate));
         stats.count_unused();
         let got: Vec<_> = stats.failures().map(|(f, n)| (f.as_str(), n)).collect();
         assert_eq!(

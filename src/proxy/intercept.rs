@@ -128,12 +128,13 @@ impl<IO> Refused<IO> {
     /// event when the audit logger logs all access; then closes the socket.
     fn report(self, ctx: &ConnCtx, target: &Target) {
         let cause = self.cause;
-        ctx.gw.stats().client_tls.count(cause);
-        // A stalled client is its own business; the others need a fix.
-        if cause == ClientTlsFailure::Timeout {
-            tracing::debug!(target = %target, reason = cause.as_str(), "client TLS handshake timed out");
+        let log = ctx.gw.stats().client_tls.count(cause);
+        // A stalled client is its own business; the others need a fix, said
+        // once a minute per cause (the counter and events have each one).
+        if log && cause != ClientTlsFailure::Timeout {
+            tracing::info!(target = %target, reason = cause.as_str(), error = %self.detail, "client TLS handshake failed: {} (repeats are logged at debug for a minute; kt_client_tls_failures_total counts them)", cause.hint());
         } else {
-            tracing::info!(target = %target, reason = cause.as_str(), error = %self.detail, "client TLS handshake failed: {}", cause.hint());
+            tracing::debug!(target = %target, reason = cause.as_str(), error = %self.detail, "client TLS handshake failed");
         }
         ctx.gw.engine().record_connect(
             &target.to_string(),
