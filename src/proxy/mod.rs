@@ -135,7 +135,7 @@ pub struct Gateway {
     per_client: Arc<per_client::PerClient>,
 }
 
-/// Counters for tests, logs and (later) metrics.
+/// The listener's counters, for `/metrics` and tests.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub connections: AtomicUsize,
