@@ -487,6 +487,71 @@ const EVENTS_STALE: Duration = Duration::from_secs(24 * 3600);
 
 /// Are events being written: the newest file under `dir`, or the
 /// gateway's `/_kt/events` feed when the log is elsewhere.
+/// What the gateway's counters say of clients that refused its certificate
+/// since it started. Read before the doctor's own probes: its Node check
+/// without `NODE_EXTRA_CA_CERTS` is such a client (it hangs up, counted as
+/// `closed`), so only the alerts, which Node never sends, make a warning.
+/// `None` when the gateway does not publish the counter.
+pub async fn refusals_check(gw: &GatewayTarget, dialer: &Dialer) -> Option<Check> {
+    let (head, body) = dialer
+        .get(&gw.host, gw.port, "/metrics", &[], 1 << 20)
+        .await
+        .ok()?;
+    if head.status != 200 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&body);
+    let counts: Vec<(&str, u64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("kt_client_tls_failures_total{reason=\""))
+        .filter_map(|rest| {
+            let (reason, value) = rest.split_once("\"} ")?;
+            Some((reason, value.trim().parse().ok()?))
+        })
+        .collect();
+    if counts.is_empty() {
+        return None;
+    }
+    let count = |reason: &str| {
+        counts
+            .iter()
+            .filter(|(r, _)| *r == reason)
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    let (untrusted, rejected, closed) = (
+        count("untrusted_ca"),
+        count("certificate_rejected"),
+        count("closed"),
+    );
+    let hung_up = if closed > 0 {
+        format!("; {closed} hung up mid-handshake (Node.js without the kt CA does that)")
+    } else {
+        String::new()
+    };
+    Some(if untrusted + rejected == 0 {
+        Check::new(
+            "client_tls",
+            Status::Ok,
+            format!("no client has refused kt's certificate since the gateway started{hung_up}"),
+            None,
+        )
+    } else {
+        Check::new(
+            "client_tls",
+            Status::Warn,
+            format!(
+                "since it started, the gateway saw {} refused by clients that do not trust the kt CA (untrusted_ca {untrusted}, certificate_rejected {rejected}){hung_up}",
+                match untrusted + rejected {
+                    1 => "1 handshake".to_string(),
+                    n => format!("{n} handshakes"),
+                }
+            ),
+            Some("trust the CA where those clients run: sudo kt ca install (and NODE_EXTRA_CA_CERTS for Node/VS Code); to see which hosts, set log_all_access on the audit-logger, then: kt events tail --filter action=error".into()),
+        )
+    })
+}
+
 pub async fn events_check(
     dir: &Path,
     gw: &GatewayTarget,

@@ -130,6 +130,11 @@ pub async fn run(inputs: &Inputs) -> Vec<Check> {
     if reached.is_some() {
         checks.extend(gateway::listen_check(gw, &inputs.proc_dir));
     }
+    // Before the probes below: the Node one adds to these counters.
+    let refusals = match &reached {
+        Some(_) => gateway::refusals_check(gw, &inputs.dialer).await,
+        None => None,
+    };
     let (ca_file, ca) = ca::file_check(&inputs.ca_cert);
     checks.push(ca_file);
     if let (Some(ca), Some(r)) = (&ca, &reached) {
@@ -144,6 +149,7 @@ pub async fn run(inputs: &Inputs) -> Vec<Check> {
         checks.push(ca::os_trust_check(ca, inputs.ca_bundle.as_deref()));
     }
     checks.extend(ca::nss_check(inputs.user_home.as_deref()));
+    checks.extend(refusals);
     checks.extend(proxy_env::checks(
         &inputs.proxy_env,
         &proxy_env::GatewayAddr {

@@ -107,6 +107,35 @@ pub async fn tls_with(
         .await
 }
 
+/// CONNECTs to `target` through `proxy` and attempts TLS for `name`
+/// trusting only `roots`, expecting the handshake to fail (kt's certificate
+/// is not among them); returns the client's error once kt has closed its
+/// side of the connection.
+pub async fn refused_tls(
+    proxy: SocketAddr,
+    target: &str,
+    name: &str,
+    roots: &[CertificateDer<'static>],
+) -> std::io::Error {
+    let (tcp, reply) = connect(proxy, target).await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    let failed = tokio_rustls::TlsConnector::from(client_config(roots, &[]))
+        .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
+        .into_fallible()
+        .await;
+    let Err((e, mut tcp)) = failed else {
+        panic!("a client without the kt CA completed the handshake")
+    };
+    // EOF or a reset: either way kt is done with it.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_end(&mut Vec::new()),
+    )
+    .await
+    .expect("kt kept the refused connection open");
+    e
+}
+
 /// An HTTP connection (either version).
 pub enum Http {
     H1(http1::SendRequest<Full<Bytes>>),

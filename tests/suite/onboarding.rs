@@ -328,6 +328,7 @@ mod doctor {
             "ok    access_key ",
             "ok    events ",
             "ok    policy_config ",
+            "ok    client_tls ",
         ] {
             assert!(stdout.contains(line), "no {line:?} in\n{stdout}");
         }
@@ -345,6 +346,35 @@ mod doctor {
             node,
             "node present: {node}\n{stdout}"
         );
+    }
+
+    /// A client without the kt CA shows in the doctor's report, with the
+    /// count the gateway kept.
+    #[tokio::test]
+    async fn clients_that_refused_the_certificate_are_reported() {
+        let test_ca = TestCa::new("public roots stand-in");
+        let origin = Origin::tls(&test_ca, &["api.githubcopilot.com"], Alpn::H1).await;
+        let gateway = TestGateway::start(&test_ca, |s| {
+            s.connect_to = vec![connect_to("api.githubcopilot.com", 443, origin.addr)];
+        })
+        .await;
+        crate::common::client::refused_tls(
+            gateway.addr,
+            "api.githubcopilot.com:443",
+            "api.githubcopilot.com",
+            std::slice::from_ref(&test_ca.cert_der),
+        )
+        .await;
+
+        let gw = format!("http://127.0.0.1:{}", gateway.addr.port());
+        let home = gateway.home.path();
+        let out = doctor(home, &["--gateway", &gw, "--no-node", "--json"], &[]).await;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let c = check(&json, "client_tls");
+        assert_eq!(c["status"], "warn", "{c}");
+        let detail = c["detail"].as_str().unwrap();
+        assert!(detail.contains("untrusted_ca 1"), "{detail}");
+        assert!(c["fix"].as_str().unwrap().contains("kt ca install"), "{c}");
     }
 }
 
