@@ -228,10 +228,7 @@ where
             None
         }
         Err(_) => {
-            let e = format!(
-                "no handshake within {} s",
-                limits.client_tls_handshake.as_secs()
-            );
+            let e = format!("no handshake within {:?}", limits.client_tls_handshake);
             Refused::<()>::new(ClientTlsFailure::Timeout, &e, None).report(ctx, target);
             None
         }

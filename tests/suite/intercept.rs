@@ -292,6 +292,8 @@ async fn clients_that_refuse_the_kt_certificate_are_counted_and_recorded() {
     let mut gw = TestGateway::start(&ca, |s| {
         s.connect_to = vec![connect_to(HOST, 443, origin.addr)];
         s.apply_config(&config);
+        // Short, for the stalled client below; the others finish at once.
+        s.limits.client_tls_handshake = Duration::from_millis(300);
     })
     .await;
     let target = format!("{HOST}:443");
@@ -314,10 +316,19 @@ async fn clients_that_refuse_the_kt_certificate_are_counted_and_recorded() {
     tcp.shutdown().await.unwrap();
     until_closed(&mut tcp).await;
 
+    // A client that stalls in the middle of its ClientHello: kt gives up
+    // at the handshake limit, counts it, then closes.
+    let (mut tcp, _) = client::connect(gw.addr, &target).await;
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01])
+        .await
+        .unwrap();
+    until_closed(&mut tcp).await;
+
     let metrics = metrics_text(&gw).await;
     for line in [
         "kt_client_tls_failures_total{reason=\"untrusted_ca\"} 1",
         "kt_client_tls_failures_total{reason=\"closed\"} 1",
+        "kt_client_tls_failures_total{reason=\"timeout\"} 1",
         "kt_client_tls_failures_total{reason=\"protocol\"} 0",
         "kt_intercepted_unused_total 0",
     ] {
@@ -352,7 +363,7 @@ async fn clients_that_refuse_the_kt_certificate_are_counted_and_recorded() {
         "{metrics}"
     );
 
-    // The audit trail has both failures, each naming its cause.
+    // The audit trail has the three failures, each naming its cause.
     let dir = gw.close_events().await;
     let (events, _) = read_last(&dir, 10, &Filters::default()).unwrap();
     let failures: Vec<_> = events
@@ -366,7 +377,7 @@ async fn clients_that_refuse_the_kt_certificate_are_counted_and_recorded() {
             )
         })
         .collect();
-    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert_eq!(failures.len(), 3, "{failures:?}");
     for (phase, action, host, _) in &failures {
         assert_eq!(
             (*phase, *action, *host),
@@ -381,6 +392,11 @@ async fn clients_that_refuse_the_kt_certificate_are_counted_and_recorded() {
     );
     assert!(
         failures[1].3.starts_with("client_tls_closed: "),
+        "{failures:?}"
+    );
+    assert!(
+        failures[2].3.starts_with("client_tls_timeout: ")
+            && failures[2].3.contains("no handshake within 300ms"),
         "{failures:?}"
     );
 }
