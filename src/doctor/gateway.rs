@@ -485,8 +485,6 @@ pub async fn key_check(gw: &GatewayTarget, dialer: &Dialer, key: Option<&str>) -
 /// How old the newest event segment may be before the log looks idle.
 const EVENTS_STALE: Duration = Duration::from_secs(24 * 3600);
 
-/// Are events being written: the newest file under `dir`, or the
-/// gateway's `/_kt/events` feed when the log is elsewhere.
 /// What the gateway's counters say of clients that refused its certificate
 /// since it started. Read before the doctor's own probes: its Node check
 /// without `NODE_EXTRA_CA_CERTS` is such a client (it hangs up, counted as
@@ -552,6 +550,8 @@ pub async fn refusals_check(gw: &GatewayTarget, dialer: &Dialer) -> Option<Check
     })
 }
 
+/// Are events being written: the newest file under `dir`, or the
+/// gateway's `/_kt/events` feed when the log is elsewhere.
 pub async fn events_check(
     dir: &Path,
     gw: &GatewayTarget,

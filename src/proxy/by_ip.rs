@@ -6,16 +6,14 @@
 //! never kept waiting.
 
 use super::authority::Target;
-use super::{intercept, tunnel, ConnCtx};
+use super::intercept::{self, TLS_HANDSHAKE};
+use super::{tunnel, ConnCtx};
 use crate::netio::Prefixed;
 use crate::upstream::pool::Origin;
 use crate::upstream::Dialed;
 use bytes::BytesMut;
-use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-/// First byte of a TLS handshake record.
-const TLS_HANDSHAKE: u8 = 0x16;
 /// A TLS record header, then at most 2^14 bytes of payload.
 const MAX_RECORD: usize = 5 + (1 << 14);
 
@@ -48,16 +46,12 @@ where
                 host: name,
                 port: target.port,
             };
-            gw.stats.intercepted.fetch_add(1, Ordering::Relaxed);
             intercept::serve(ctx, client, named, origin, Some(upstream)).await;
-            gw.stats.intercepted.fetch_sub(1, Ordering::Relaxed);
         }
         None => {
             gw.engine()
                 .record_tunnel(&target.to_string(), ctx.identity.client);
-            gw.stats.tunnels.fetch_add(1, Ordering::Relaxed);
-            tunnel::run(client, upstream, ctx.activity.clone(), gw.limits.idle).await;
-            gw.stats.tunnels.fetch_sub(1, Ordering::Relaxed);
+            tunnel::blind(&ctx, client, upstream).await;
         }
     }
 }

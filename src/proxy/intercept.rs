@@ -21,12 +21,28 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 /// First byte of a TLS handshake record.
-const TLS_HANDSHAKE: u8 = 0x16;
+pub(super) const TLS_HANDSHAKE: u8 = 0x16;
 
-/// Serves one intercepted CONNECT. `predialed` is the upstream TCP path
-/// opened before the client got its `200` (none when a pooled connection
-/// was live); its TLS handshake offers the ALPN the client offered us.
+/// Serves one intercepted CONNECT, counted in `kt_intercepted_connections`
+/// while it lasts. `predialed` is the upstream TCP path opened before the
+/// client got its `200` (none when a pooled connection was live); its TLS
+/// handshake offers the ALPN the client offered us.
 pub(super) async fn serve<IO>(
+    ctx: ConnCtx,
+    io: IO,
+    target: Target,
+    origin: Origin,
+    predialed: Option<Dialed>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let gw = ctx.gw.clone();
+    gw.stats.intercepted.fetch_add(1, Ordering::Relaxed);
+    serve_session(ctx, io, target, origin, predialed).await;
+    gw.stats.intercepted.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn serve_session<IO>(
     ctx: ConnCtx,
     mut io: IO,
     target: Target,

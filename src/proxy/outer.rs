@@ -16,7 +16,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
@@ -146,48 +145,32 @@ async fn connect(mut ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Bo
         sd.spawn(async move {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
-                    gw.stats.intercepted.fetch_add(1, Ordering::Relaxed);
                     let io = TokioIo::new(upgraded);
-                    intercept::serve(ctx.clone(), io, target, origin, predialed).await;
-                    gw.stats.intercepted.fetch_sub(1, Ordering::Relaxed);
+                    intercept::serve(ctx, io, target, origin, predialed).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
             }
         });
     } else {
         let upstream = gw.upstream.dial(&target.host, target.port, true).await?;
-        // An address names no service: the ClientHello may (see `by_ip`).
-        // With `--intercept all` addresses are intercepted already, with
-        // `none` never.
-        if target.is_ip() && gw.rules.mode() == InterceptMode::Llm {
-            let sd = ctx.shutdown.clone();
-            sd.spawn(async move {
-                match hyper::upgrade::on(req).await {
-                    Ok(upgraded) => {
-                        let _permit = ctx.permit.clone();
-                        by_ip::serve(ctx, TokioIo::new(upgraded), target, upstream).await;
-                    }
-                    Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
-                }
-            });
-            return Ok(Response::new(body::empty()));
+        // An address names no service: the ClientHello may (see `by_ip`),
+        // which records the tunnel once it is one. With `--intercept all`
+        // addresses are intercepted already, with `none` never.
+        let by_address = target.is_ip() && gw.rules.mode() == InterceptMode::Llm;
+        if !by_address {
+            gw.engine()
+                .record_tunnel(&target.to_string(), ctx.identity.client);
         }
-        gw.engine()
-            .record_tunnel(&target.to_string(), ctx.identity.client);
         let sd = ctx.shutdown.clone();
         sd.spawn(async move {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
-                    gw.stats.tunnels.fetch_add(1, Ordering::Relaxed);
-                    let _permit = ctx.permit.clone();
-                    tunnel::run(
-                        TokioIo::new(upgraded),
-                        upstream,
-                        ctx.activity.clone(),
-                        gw.limits.idle,
-                    )
-                    .await;
-                    gw.stats.tunnels.fetch_sub(1, Ordering::Relaxed);
+                    let client = TokioIo::new(upgraded);
+                    if by_address {
+                        by_ip::serve(ctx, client, target, upstream).await;
+                    } else {
+                        tunnel::blind(&ctx, client, upstream).await;
+                    }
                 }
                 Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
             }

@@ -5,7 +5,9 @@
 //! common case (IDEs keep many open), and two fixed 8 KiB buffers each would
 //! dominate their memory.
 
+use super::ConnCtx;
 use crate::netio::{Activity, Tracked};
+use crate::upstream::Dialed;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -15,6 +17,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Per-direction copy buffer while the direction is busy.
 const BUF: usize = 16 * 1024;
+
+/// A client's blind tunnel to `upstream`, counted in `kt_tunnels` while it
+/// lasts.
+pub(super) async fn blind<C>(ctx: &ConnCtx, client: C, upstream: Dialed)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let stats = ctx.gw.stats();
+    stats
+        .tunnels
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    run(client, upstream, ctx.activity.clone(), ctx.gw.limits.idle).await;
+    stats
+        .tunnels
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Copies until both sides close, or nothing moves for `idle`.
 /// `client` must already record into `activity`.
