@@ -72,7 +72,7 @@ fn sample_event(i: usize) -> Event {
     e.endpoint = Some("chat/completions".into());
     e.api = Some("openai-chat".into());
     e.model = Some("gpt-4o".into());
-    e.user = Some(format!("dev{}", i % 50));
+    e.user = Some(format!("dev{}", i % 50).into());
     e.team = Some("platform".into());
     e.status = Some(200);
     e.latency_ms = Some(840);
@@ -81,7 +81,7 @@ fn sample_event(i: usize) -> Event {
     e.tokens_in = Some(1200);
     e.tokens_out = Some(300);
     e.cost_usd = Some(0.006);
-    e.request_id = Some(format!("{i:016x}"));
+    e.request_id = Some(format!("{i:016x}").into());
     e
 }
 

@@ -222,7 +222,7 @@ mod tests {
                 .collect();
             let mut e = full();
             e.reason = Some(text.clone());
-            e.user = Some(text.clone());
+            e.user = Some(text.as_str().into());
             e.redactions = Some([(text, 3)].into());
             assert_eq!(hand(&e), serde_json::to_string(&e).unwrap());
         }

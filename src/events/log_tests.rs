@@ -8,7 +8,7 @@ use crate::events::{Action, Phase};
 
 fn ev(n: usize) -> Event {
     let mut e = Event::new(Phase::Input, Action::Pass);
-    e.user = Some(format!("u{n}"));
+    e.user = Some(format!("u{n}").into());
     e.provider = Some("openai".into());
     e.endpoint = Some("chat/completions".into());
     e
@@ -85,7 +85,10 @@ async fn chain_continues_across_restarts() {
     assert_eq!(all[0].prev_hash, GENESIS_HASH);
     assert_eq!(all[3].prev_hash, all[2].hash);
     assert_eq!(report.last_hash.as_deref(), Some(all[4].hash.as_str()));
-    let users: Vec<_> = all.iter().map(|e| e.user.clone().unwrap()).collect();
+    let users: Vec<String> = all
+        .iter()
+        .map(|e| e.user.as_deref().unwrap().to_owned())
+        .collect();
     assert_eq!(users, ["u0", "u1", "u2", "u3", "u4"]);
 }
 
@@ -137,7 +140,10 @@ async fn batches_written_within_the_sync_interval_share_one_fsync() {
     // One batch each: the feed hears of an event once it is written.
     for n in 0..3 {
         sink.send(ev(n)).await.unwrap();
-        assert_eq!(feed.recv().await.unwrap().user, Some(format!("u{n}")));
+        assert_eq!(
+            feed.recv().await.unwrap().user.as_deref(),
+            Some(format!("u{n}").as_str())
+        );
     }
     assert_eq!(lines(tmp.path()).len(), 3, "written before any fsync");
     assert_eq!(sink.stats().syncs(), 0);
@@ -392,7 +398,7 @@ async fn full_channel_waits_and_never_drops() {
     assert_eq!(verify(tmp.path()).unwrap().events, 1000);
     let mut users: Vec<String> = events(tmp.path())
         .into_iter()
-        .map(|e| e.user.unwrap())
+        .map(|e| e.user.as_deref().unwrap_or_default().to_owned())
         .collect();
     users.sort();
     users.dedup();

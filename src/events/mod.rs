@@ -43,6 +43,7 @@ pub use verify::{verify, Problem, VerifyError, VerifyReport};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// A field's text: most values are kt's own names (`openai`, `POST`,
 /// `chat/completions`), borrowed rather than copied into every event.
@@ -133,7 +134,7 @@ pub struct Event {
     pub cache_hit: Option<bool>,
     /// Extra: the client's address (through `auth.trusted_proxies`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_ip: Option<String>,
+    pub client_ip: Option<Arc<str>>,
     /// Extra, on cache hits: what the replayed answer cost when it was
     /// first fetched, saved this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,7 +148,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
+    pub host: Option<Arc<str>>,
     /// Unique and time-ordered: 12 hex digits of Unix milliseconds, then 20
     /// random hex digits, so ids sort by creation time.
     pub id: String,
@@ -159,13 +160,13 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
+    pub model: Option<Arc<str>>,
     /// Extra: kt's own share of the time to the response head (request
     /// body read, policies, connection handling), in microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overhead_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub path: Option<Arc<str>>,
     pub phase: Phase,
     /// The policy that decided `action` (block/redact/cache_hit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,7 +193,7 @@ pub struct Event {
     pub request_body: Option<String>,
     /// Ties the input and output events of one exchange together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
+    pub request_id: Option<Arc<str>>,
     /// Extra, with `log_bodies`: the response body as the client got it
     /// (after redaction), cut at 64 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,7 +202,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub team: Option<String>,
+    pub team: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_in: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,7 +218,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_source: Option<Text>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
+    pub user: Option<Arc<str>>,
 }
 
 impl Event {

@@ -131,7 +131,7 @@ fn bad_filters_are_explained() {
 
 fn ev(n: usize) -> Event {
     let mut e = Event::new(Phase::Input, Action::Pass);
-    e.user = Some(format!("u{n}"));
+    e.user = Some(format!("u{n}").into());
     if n % 3 == 0 {
         e.action = Action::Block;
     }
@@ -154,7 +154,10 @@ async fn write(dir: &Path, range: std::ops::Range<usize>) {
 }
 
 fn users(events: &[Event]) -> Vec<String> {
-    events.iter().map(|e| e.user.clone().unwrap()).collect()
+    events
+        .iter()
+        .map(|e| e.user.as_deref().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]

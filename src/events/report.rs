@@ -223,7 +223,7 @@ mod tests {
 
     fn output(user: Option<&str>, model: &str, tokens: (u64, u64), cost: Option<f64>) -> Event {
         let mut e = Event::new(Phase::Output, Action::Pass);
-        e.user = user.map(str::to_owned);
+        e.user = user.map(Into::into);
         e.model = Some(model.into());
         e.provider = Some("openai".into());
         e.tokens_in = Some(tokens.0);

@@ -117,8 +117,8 @@ impl Engine {
         ));
         event.mode = Some(crate::events::Mode::Proxy);
         event.method = Some("CONNECT".into());
-        event.host = Some(target.to_string());
-        event.client_ip = client.map(|ip| ip.to_string());
+        event.host = Some(target.into());
+        event.client_ip = client.map(|ip| ip.to_string().into());
         event.reason = reason;
         crate::policy::exchange::submit(sink, &self.sends, vec![event]);
     }
@@ -240,10 +240,10 @@ impl Engine {
             api: class.api(),
             family: class.family(),
             autocomplete: class.autocomplete(),
-            host: host.to_string(),
-            path: path.to_string(),
+            host: host.into(),
+            path: path.into(),
             method: method.clone(),
-            model: class.model().map(str::to_owned),
+            model: class.model().map(Arc::from),
             stream: class.stream_hint(),
             user: identity.user.clone(),
             team: identity.team.clone(),

@@ -33,10 +33,11 @@ pub struct ExchangeInfo {
     pub api: Option<Api>,
     pub family: Option<Family>,
     pub autocomplete: bool,
-    pub host: String,
-    pub path: String,
+    // Shared with the exchange's events rather than copied into each.
+    pub host: Arc<str>,
+    pub path: Arc<str>,
     pub method: http::Method,
-    pub model: Option<String>,
+    pub model: Option<Arc<str>>,
     pub stream: Option<bool>,
     /// The caller, from the access key (absent for anonymous traffic).
     pub user: Option<Arc<str>>,
@@ -336,7 +337,7 @@ impl Exchange {
         // model, when it names one, wins).
         if let Ok(meta) = crate::llm::inspect::request_meta(&body) {
             if self.info.model.is_none() {
-                self.info.model = meta.model.map(|m| m.into_owned());
+                self.info.model = meta.model.map(|m| Arc::from(m.as_ref()));
             }
             if meta.stream.is_some() {
                 self.info.stream = meta.stream;
@@ -772,9 +773,9 @@ impl Exchange {
         saved: Option<f64>,
     ) -> Vec<Box<Event>> {
         let r = &self.record;
-        let request_id = Some(random_id());
+        let request_id: Option<Arc<str>> = Some(random_id().into());
         // Formatted once for both events.
-        let client_ip = self.info.client.map(|ip| ip.to_string());
+        let client_ip: Option<Arc<str>> = self.info.client.map(|ip| ip.to_string().into());
         // Built in their boxes: the writer takes them as they are.
         let base = |phase: Phase, action: EventAction| {
             let mut e = Box::new(Event::new(phase, action));
@@ -787,8 +788,8 @@ impl Exchange {
             e.api = self.info.api.map(|a| Text::Borrowed(a.as_str()));
             e.model = self.info.model.clone();
             e.request_id = request_id.clone();
-            e.user = self.info.user.as_deref().map(str::to_owned);
-            e.team = self.info.team.as_deref().map(str::to_owned);
+            e.user = self.info.user.clone();
+            e.team = self.info.team.clone();
             e.client_ip = client_ip.clone();
             e
         };

@@ -437,7 +437,7 @@ async fn no_event_is_lost_under_1000_concurrent_requests_and_sigterm() {
     let mut seen: HashMap<(String, &str), usize> = HashMap::new();
     for e in &events {
         if let Some(m) = &e.model {
-            *seen.entry((m.clone(), e.phase.as_str())).or_default() += 1;
+            *seen.entry((m.to_string(), e.phase.as_str())).or_default() += 1;
         }
     }
     for model in &served {

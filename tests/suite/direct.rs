@@ -609,7 +609,7 @@ async fn x_forwarded_for_names_the_client_only_through_trusted_proxies() {
         let ips: Vec<Option<String>> = events(&mut s.gw)
             .await
             .into_iter()
-            .map(|e| e.client_ip)
+            .map(|e| e.client_ip.as_deref().map(str::to_owned))
             .collect();
         events_of.push(ips);
     }
