@@ -278,6 +278,7 @@ impl EventLog {
             today,
             dirty: false,
             last_sync: Instant::now(),
+            buffers: BatchBuffers::default(),
         };
         let thread = std::thread::Builder::new()
             .name("kt-events".into())
@@ -403,6 +404,43 @@ struct Writer {
     /// Written to the current segment and not yet fsynced (`fsync: batch`).
     dirty: bool,
     last_sync: Instant,
+    /// A batch's buffers, kept between batches so that sealing and writing
+    /// an event allocates nothing but its hash.
+    buffers: BatchBuffers,
+}
+
+/// See [`Writer::buffers`].
+#[derive(Default)]
+struct BatchBuffers {
+    /// The batch's lines back to back.
+    lines: Vec<u8>,
+    /// Where each line ends (after its newline).
+    ends: Vec<usize>,
+    /// The canonical form of the event being sealed.
+    scratch: Vec<u8>,
+}
+
+impl BatchBuffers {
+    /// Kept capacity above which a batch's buffers are given back: a burst
+    /// of events with logged bodies should not pin megabytes.
+    const KEEP: usize = 256 << 10;
+
+    fn take(&mut self) -> BatchBuffers {
+        let mut b = std::mem::take(self);
+        b.lines.clear();
+        b.ends.clear();
+        b
+    }
+
+    fn put_back(&mut self, mut b: BatchBuffers) {
+        if b.lines.capacity() > Self::KEEP {
+            b.lines = Vec::new();
+        }
+        if b.scratch.capacity() > Self::KEEP {
+            b.scratch = Vec::new();
+        }
+        *self = b;
+    }
 }
 
 fn utc_today() -> Date {
@@ -578,18 +616,31 @@ impl Writer {
         batch: Vec<Box<Event>>,
         attempts: Option<u32>,
     ) -> Result<(), EventsError> {
-        // All lines of the batch in one buffer; `ends[i]` is where line i
-        // ends (after its newline).
-        let mut buf = Vec::with_capacity(batch.len() * 700);
-        let mut ends = Vec::with_capacity(batch.len());
-        let mut scratch = Vec::with_capacity(1024);
+        let mut buffers = self.buffers.take();
+        let result = self.seal_and_write(batch, attempts, &mut buffers);
+        self.buffers.put_back(buffers);
+        result
+    }
+
+    #[allow(clippy::vec_box)]
+    fn seal_and_write(
+        &mut self,
+        batch: Vec<Box<Event>>,
+        attempts: Option<u32>,
+        buffers: &mut BatchBuffers,
+    ) -> Result<(), EventsError> {
+        let BatchBuffers {
+            lines: buf,
+            ends,
+            scratch,
+        } = buffers;
         let live = self.feed.receiver_count() > 0;
         let mut sealed = Vec::with_capacity(if live { batch.len() } else { 0 });
         let mut prev = self.prev_hash.clone();
         for mut event in batch {
             event.prev_hash = prev;
             let mark = buf.len();
-            if let Err(e) = seal_into(&mut event, &mut scratch, &mut buf) {
+            if let Err(e) = seal_into(&mut event, scratch, buf) {
                 // Cannot happen for this type (maps have string keys);
                 // keep the chain intact by skipping loudly.
                 tracing::error!(error = %e, id = %event.id, "cannot encode audit event");
@@ -599,16 +650,15 @@ impl Writer {
             }
             buf.push(b'\n');
             ends.push(buf.len());
-            prev = event.hash.clone();
             // The live feed costs nothing while nobody listens.
             if live {
+                prev = event.hash.clone();
                 sealed.push(Arc::<Event>::from(event));
+            } else {
+                prev = std::mem::take(&mut event.hash);
             }
         }
-        let lines = Lines {
-            buf: &buf,
-            ends: &ends,
-        };
+        let lines = Lines { buf, ends };
         let mut done = 0;
         let mut backoff = Duration::from_millis(50);
         let mut tries = 0;
