@@ -255,6 +255,14 @@ pub(super) async fn read_body(
 
 fn set_length(headers: &mut HeaderMap, len: usize) {
     headers.remove(header::TRANSFER_ENCODING);
+    // An unchanged body keeps its one header: a new value is an allocation
+    // per request for nothing.
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(len).as_bytes();
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if lengths.next().is_some_and(|v| v.as_bytes() == digits) && lengths.next().is_none() {
+        return;
+    }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 
@@ -462,5 +470,42 @@ impl Drop for PolicedStream {
         if !self.done {
             self.watch.close(&mut self.exchange);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::set_length;
+    use http::{header, HeaderMap, HeaderValue};
+
+    fn lengths(h: &HeaderMap) -> Vec<&str> {
+        h.get_all(header::CONTENT_LENGTH)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn set_length_keeps_a_matching_header_and_replaces_any_other() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        set_length(&mut h, 12);
+        assert_eq!(lengths(&h), ["12"]);
+        set_length(&mut h, 7);
+        assert_eq!(lengths(&h), ["7"]);
+
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+        set_length(&mut h, 7);
+        assert_eq!(lengths(&h), ["7"], "duplicates collapse to one");
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        set_length(&mut h, 0);
+        assert_eq!(lengths(&h), ["0"]);
+        assert!(h.get(header::TRANSFER_ENCODING).is_none());
     }
 }
