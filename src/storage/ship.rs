@@ -143,10 +143,13 @@ pub fn start(
         stats: stats.clone(),
     };
     let task = tokio::spawn(async move {
-        // Nothing to do before the schema exists.
+        // Nothing to do before the schema exists. Ready wins over a stop
+        // that came first: a shipper started just before shutdown still
+        // ships what was written.
         let mut ready = ready;
         let mut until_stop = stopping.clone();
         tokio::select! {
+            biased;
             r = ready.wait_for(|r| *r) => if r.is_err() { return },
             _ = until_stop.wait_for(|s| *s) => return,
         }

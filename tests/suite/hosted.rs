@@ -536,7 +536,7 @@ async fn a_database_outage_mid_traffic_loses_no_event() {
 
 fn event(i: usize) -> Event {
     Event {
-        user: Some(format!("u{i}")),
+        user: Some(format!("u{i}").into()),
         ..Event::new(Phase::Input, Action::Pass)
     }
 }
@@ -575,7 +575,8 @@ async fn shipping_resumes_after_a_restart_without_gaps_or_repeats() {
         assert_eq!(
             stats.shipped(),
             7,
-            "round {round} ships only its own events"
+            "round {round} ships only its own events ({} failed attempts)",
+            stats.failures()
         );
     }
     assert_eq!(tdb.events().await, 21);
