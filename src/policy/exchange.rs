@@ -773,9 +773,9 @@ impl Exchange {
         saved: Option<f64>,
     ) -> Vec<Box<Event>> {
         let r = &self.record;
-        let request_id: Option<Arc<str>> = Some(random_id().into());
+        let request_id: Option<Arc<str>> = Some(random_id());
         // Formatted once for both events.
-        let client_ip: Option<Arc<str>> = self.info.client.map(|ip| ip.to_string().into());
+        let client_ip = self.info.client.map(ip_text);
         // Built in their boxes: the writer takes them as they are.
         let base = |phase: Phase, action: EventAction| {
             let mut e = Box::new(Event::new(phase, action));
@@ -917,10 +917,28 @@ fn method_text(m: &http::Method) -> Text {
 }
 
 /// 16 random hex digits tying an exchange's events together.
-fn random_id() -> String {
-    // Not `format!`: its machinery costs a few hundred instructions, paid
-    // per exchange.
-    hex::encode(rand::random::<[u8; 8]>())
+fn random_id() -> Arc<str> {
+    // On the stack, then one allocation: `hex::encode` and `format!` grow a
+    // `String` char by char, paid per exchange.
+    let mut out = [0u8; 16];
+    match hex::encode_to_slice(rand::random::<[u8; 8]>(), &mut out) {
+        Ok(()) => Arc::from(std::str::from_utf8(&out).unwrap_or_default()),
+        Err(_) => Arc::from(""),
+    }
+}
+
+/// An address as event text, formatted on the stack (`to_string` grows a
+/// `String` piece by piece) and shared by both events.
+fn ip_text(ip: std::net::IpAddr) -> Arc<str> {
+    use std::io::Write;
+    // The longest form, an IPv4-mapped IPv6 address, is 45 characters.
+    let mut buf = [0u8; 48];
+    let mut rest = &mut buf[..];
+    if write!(rest, "{ip}").is_err() {
+        return Arc::from(ip.to_string());
+    }
+    let len = 48 - rest.len();
+    Arc::from(std::str::from_utf8(&buf[..len]).unwrap_or_default())
 }
 
 impl Drop for Exchange {
@@ -1015,7 +1033,23 @@ mod tests {
         assert!(ids[0]
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
-        let ids: std::collections::HashSet<String> = (0..64).map(|_| super::random_id()).collect();
+        let ids: std::collections::HashSet<std::sync::Arc<str>> =
+            (0..64).map(|_| super::random_id()).collect();
         assert_eq!(ids.len(), 64, "random ids repeat");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "fe80::1:2:3:4",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(&*super::ip_text(ip), ip.to_string());
+        }
     }
 }
