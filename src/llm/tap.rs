@@ -50,7 +50,9 @@ enum Kind {
         gave_up: bool,
     },
     Json {
-        chunks: Vec<Bytes>,
+        /// Most answers come in one chunk, kept without a `Vec`.
+        first: Option<Bytes>,
+        more: Vec<Bytes>,
         len: usize,
     },
 }
@@ -74,7 +76,8 @@ impl UsageTap {
         UsageTap {
             family,
             kind: Kind::Json {
-                chunks: Vec::new(),
+                first: None,
+                more: Vec::new(),
                 len: 0,
             },
             result: TapResult::default(),
@@ -84,13 +87,16 @@ impl UsageTap {
     /// Takes in the next chunk of the body.
     pub fn feed(&mut self, chunk: &Bytes) {
         match &mut self.kind {
-            Kind::Json { chunks, len } => {
+            Kind::Json { first, more, len } => {
                 if *len <= MAX_JSON {
                     *len += chunk.len();
-                    if *len <= MAX_JSON {
-                        chunks.push(chunk.clone());
+                    if *len > MAX_JSON {
+                        *first = None;
+                        *more = Vec::new();
+                    } else if first.is_none() {
+                        *first = Some(chunk.clone());
                     } else {
-                        chunks.clear();
+                        more.push(chunk.clone());
                     }
                 }
             }
@@ -117,11 +123,17 @@ impl UsageTap {
     /// The usage once the body ended (or was cut short).
     pub fn finish(mut self) -> TapResult {
         match &mut self.kind {
-            Kind::Json { chunks, len } => {
-                if *len <= MAX_JSON && !chunks.is_empty() {
-                    let body = match chunks.as_slice() {
-                        [one] => one.clone(),
-                        many => Bytes::from(many.concat()),
+            Kind::Json { first, more, len } => {
+                if let Some(first) = first.take().filter(|_| *len <= MAX_JSON) {
+                    let body = if more.is_empty() {
+                        first
+                    } else {
+                        let mut all = Vec::with_capacity(*len);
+                        all.extend_from_slice(&first);
+                        for chunk in more.iter() {
+                            all.extend_from_slice(chunk);
+                        }
+                        Bytes::from(all)
                     };
                     match response_usage(self.family, &body) {
                         Ok(Some(u)) => self.result.usage = u,
@@ -292,11 +304,26 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
     #[test]
     fn json_usage_is_read_at_the_end() {
         let body = br#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":5,"completion_tokens":2}}"#;
+        for step in [1, 9, body.len()] {
+            let mut tap = UsageTap::json(Family::OpenAiChat);
+            run(&mut tap, body, step);
+            let r = tap.finish();
+            assert_eq!(r.usage.tokens_in, Some(5), "step {step}");
+            assert_eq!(r.usage.tokens_out, Some(2));
+        }
+    }
+
+    #[test]
+    fn json_over_the_cap_is_not_parsed() {
+        let body = br#"{"usage":{"prompt_tokens":5,"completion_tokens":2},"pad":""#;
         let mut tap = UsageTap::json(Family::OpenAiChat);
-        run(&mut tap, body, 9);
+        tap.feed(&Bytes::from_static(body));
+        let pad = Bytes::from(vec![b'x'; MAX_JSON]);
+        tap.feed(&pad);
+        tap.feed(&Bytes::from_static(b"\"}"));
         let r = tap.finish();
-        assert_eq!(r.usage.tokens_in, Some(5));
-        assert_eq!(r.usage.tokens_out, Some(2));
+        assert!(r.usage.is_empty());
+        assert!(!r.ended);
     }
 
     #[test]
