@@ -506,6 +506,8 @@ impl Writer {
             max_batch = max_batch.min(ALWAYS_MAX_BATCH);
         }
         let mut busy = false;
+        // Emptied by each write and kept: no allocation per batch.
+        let mut batch = Vec::new();
         while let Some((first, waited)) = self.next_msg(&mut rx) {
             // Lingering gathers a quiet gateway's events into one write;
             // when the last batch was full the queue is busy and there is
@@ -514,7 +516,6 @@ impl Writer {
             {
                 std::thread::sleep(self.options.linger);
             }
-            let mut batch = Vec::new();
             let mut flushes = Vec::new();
             let mut close = None;
             let mut next = Some(first);
@@ -538,7 +539,7 @@ impl Writer {
             let written = if batch.is_empty() {
                 Ok(())
             } else {
-                self.write_batch(batch, closing.then_some(CLOSING_ATTEMPTS))
+                self.write_batch(&mut batch, closing.then_some(CLOSING_ATTEMPTS))
             };
             for reply in flushes {
                 let _ = reply.send(self.sync());
@@ -605,7 +606,7 @@ impl Writer {
         }
     }
 
-    /// Seals and writes `batch`, retrying until it is on disk, or at most
+    /// Seals and writes `batch` (leaving it empty), retrying until it is on disk, or at most
     /// `attempts` times (when closing); what could not be written is then
     /// reported as lost.
     // Boxed events stay in their boxes: moving ~800 bytes per event into the
@@ -613,7 +614,7 @@ impl Writer {
     #[allow(clippy::vec_box)]
     fn write_batch(
         &mut self,
-        batch: Vec<Box<Event>>,
+        batch: &mut Vec<Box<Event>>,
         attempts: Option<u32>,
     ) -> Result<(), EventsError> {
         let mut buffers = self.buffers.take();
@@ -625,7 +626,7 @@ impl Writer {
     #[allow(clippy::vec_box)]
     fn seal_and_write(
         &mut self,
-        batch: Vec<Box<Event>>,
+        batch: &mut Vec<Box<Event>>,
         attempts: Option<u32>,
         buffers: &mut BatchBuffers,
     ) -> Result<(), EventsError> {
@@ -637,7 +638,7 @@ impl Writer {
         let live = self.feed.receiver_count() > 0;
         let mut sealed = Vec::with_capacity(if live { batch.len() } else { 0 });
         let mut prev = self.prev_hash.clone();
-        for mut event in batch {
+        for mut event in batch.drain(..) {
             event.prev_hash = prev;
             let mark = buf.len();
             if let Err(e) = seal_into(&mut event, scratch, buf) {
