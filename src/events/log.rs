@@ -606,9 +606,9 @@ impl Writer {
         }
     }
 
-    /// Seals and writes `batch` (leaving it empty), retrying until it is on disk, or at most
-    /// `attempts` times (when closing); what could not be written is then
-    /// reported as lost.
+    /// Seals and writes `batch` (leaving it empty), retrying until it is
+    /// on disk, or at most `attempts` times (when closing); what could not
+    /// be written is then reported as lost.
     // Boxed events stay in their boxes: moving ~800 bytes per event into the
     // batch, and again out of it, was a measurable copy per event.
     #[allow(clippy::vec_box)]
