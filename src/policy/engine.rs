@@ -157,7 +157,7 @@ impl Engine {
         upstream_path: &str,
         headers: &http::HeaderMap,
         identity: &Identity,
-    ) -> Option<Exchange> {
+    ) -> Option<Box<Exchange>> {
         let class = classify_with(
             Some(target.provider),
             &target.origin.host,
@@ -191,7 +191,7 @@ impl Engine {
         uri: &http::Uri,
         headers: &http::HeaderMap,
         identity: &Identity,
-    ) -> Option<Exchange> {
+    ) -> Option<Box<Exchange>> {
         let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let hint = {
             let hosts = self
@@ -218,7 +218,7 @@ impl Engine {
         identity: &Identity,
         headers: &http::HeaderMap,
         target: Option<Arc<str>>,
-    ) -> Option<Exchange> {
+    ) -> Option<Box<Exchange>> {
         let chain = self.chain();
         let endpoint = class.endpoint();
         let facts = RequestFacts {
@@ -256,13 +256,16 @@ impl Engine {
             target,
         };
         let audit = self.sink.as_ref().map(|s| (s, &self.sends));
-        Some(Exchange::new(
+        // Boxed: the exchange (about 700 bytes) travels by value through
+        // several futures and into the response body; a pointer moves for
+        // free where the struct was copied at every step.
+        Some(Box::new(Exchange::new(
             chain,
             selection,
             info,
             audit,
             self.metrics.clone(),
-        ))
+        )))
     }
 }
 
@@ -289,7 +292,7 @@ mod tests {
         Config::parse(yaml, Path::new("t.yaml")).unwrap()
     }
 
-    fn begin(engine: &Engine, path: &str) -> Option<Exchange> {
+    fn begin(engine: &Engine, path: &str) -> Option<Box<Exchange>> {
         let uri: http::Uri = path.parse().unwrap();
         engine.begin(
             "api.openai.com",

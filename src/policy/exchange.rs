@@ -964,7 +964,7 @@ mod tests {
     use crate::identity::Identity;
     use crate::policy::Engine;
 
-    fn exchange() -> Exchange {
+    fn exchange() -> Box<Exchange> {
         let yaml = "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger: {}\n";
         let config = Config::parse(yaml, std::path::Path::new("t.yaml")).unwrap();
         let engine = Engine::new(Some(&config)).unwrap();

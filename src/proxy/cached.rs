@@ -92,7 +92,7 @@ pub(super) async fn lookup(
 }
 
 /// The cached response; the exchange closes when it has been sent.
-pub(super) fn answer(hit: Hit, exchange: Exchange) -> Response<Body> {
+pub(super) fn answer(hit: Hit, exchange: Box<Exchange>) -> Response<Body> {
     let mut exchange = exchange;
     // What the provider would have billed again: recorded as saved.
     if let Some(family) = exchange.info.family {

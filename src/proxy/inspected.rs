@@ -30,7 +30,7 @@ pub(super) async fn forward(
     ctx: &ConnCtx,
     origin: &Origin,
     req: Request<Incoming>,
-    exchange: Exchange,
+    exchange: Box<Exchange>,
 ) -> Result<Response<Body>, ProxyError> {
     let limits = &ctx.gw.limits;
     let (mut parts, incoming) = req.into_parts();
@@ -49,7 +49,7 @@ pub(super) async fn forward(
 }
 
 /// The `503` for an exchange the audit log cannot record, with `why`.
-fn refuse_unrecorded(mut exchange: Exchange, why: &str) -> Response<Body> {
+fn refuse_unrecorded(mut exchange: Box<Exchange>, why: &str) -> Response<Body> {
     let resp = crate::policy::respond::gateway_error(
         exchange.info.api,
         http::StatusCode::SERVICE_UNAVAILABLE,
@@ -63,7 +63,7 @@ fn refuse_unrecorded(mut exchange: Exchange, why: &str) -> Response<Body> {
 /// Closes the record of an exchange whose request body never arrived whole:
 /// left to the drop, it would read as a client that went away after its
 /// request, with no status.
-fn record_body_failure(mut exchange: Exchange, e: &ProxyError) {
+fn record_body_failure(mut exchange: Box<Exchange>, e: &ProxyError) {
     match e {
         // The connection failed mid-body: nobody gets the status.
         ProxyError::ClientBody(_) => {
@@ -92,7 +92,7 @@ pub(super) async fn forward_read(
     origin: &Origin,
     mut parts: http::request::Parts,
     bytes: Bytes,
-    mut exchange: Exchange,
+    mut exchange: Box<Exchange>,
 ) -> Result<Response<Body>, ProxyError> {
     // No audit, no traffic: a writer that falls behind slows new
     // exchanges, and one that stopped (a failing disk) turns them away.
@@ -153,7 +153,7 @@ async fn upstream_leg(
     origin: &Origin,
     parts: http::request::Parts,
     body: Body,
-    mut exchange: Exchange,
+    mut exchange: Box<Exchange>,
     inspect_response: bool,
 ) -> Result<Response<Body>, ProxyError> {
     let limits = &ctx.gw.limits;
@@ -340,7 +340,7 @@ impl Watch {
 /// record when it ends (or is dropped).
 struct Completing {
     inner: Incoming,
-    exchange: Option<Exchange>,
+    exchange: Option<Box<Exchange>>,
     watch: Watch,
     status: u16,
 }
@@ -401,7 +401,7 @@ impl Drop for Completing {
 struct PolicedStream {
     inner: Incoming,
     stream: OutputStream,
-    exchange: Exchange,
+    exchange: Box<Exchange>,
     watch: Watch,
     status: u16,
     queue: VecDeque<Bytes>,
