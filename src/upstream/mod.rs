@@ -358,8 +358,8 @@ impl Upstream {
         if !origin.tls {
             return Ok(self.handshake_h1(origin, dialed).await?);
         }
-        let name = ServerName::try_from(origin.host.clone())
-            .map_err(|_| UpstreamError::BadName(origin.host.clone()))?;
+        let name = ServerName::try_from(origin.host.to_string())
+            .map_err(|_| UpstreamError::BadName(origin.host.to_string()))?;
         let config = match offer {
             Offer::H1 => self.tls.h1_only.clone(),
             Offer::Any => self.tls.any.clone(),
@@ -368,7 +368,7 @@ impl Upstream {
         let stream = match tokio::time::timeout(self.timeouts.tls_handshake, handshake).await {
             Err(_) => {
                 return Err(UpstreamError::TlsTimeout {
-                    host: origin.host.clone(),
+                    host: origin.host.to_string(),
                 }
                 .into())
             }
@@ -377,7 +377,7 @@ impl Upstream {
             }
             Ok(Err(e)) => {
                 return Err(UpstreamError::Tls {
-                    host: origin.host.clone(),
+                    host: origin.host.to_string(),
                     reason: tls_reason(&e),
                 }
                 .into())
@@ -473,14 +473,14 @@ impl Upstream {
                 .await
                 .map_err(|e| match e {
                     Handshake::NoCommonAlpn => UpstreamError::Tls {
-                        host: origin.host.clone(),
+                        host: origin.host.to_string(),
                         reason: "upstream refuses HTTP/1.1, which an upgrade needs".into(),
                     },
                     Handshake::Failed(e) => e,
                 })?
             else {
                 return Err(UpstreamError::Tls {
-                    host: origin.host.clone(),
+                    host: origin.host.to_string(),
                     reason: "upstream insisted on HTTP/2 for an upgrade".into(),
                 });
             };
@@ -520,7 +520,7 @@ impl Upstream {
             }
         }
         Err(UpstreamError::Tls {
-            host: origin.host.clone(),
+            host: origin.host.to_string(),
             reason: "no usable connection".into(),
         })
     }

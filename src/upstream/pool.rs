@@ -5,15 +5,17 @@
 use crate::body::Body;
 use hyper::client::conn::{http1, http2};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where a pooled connection goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {
     pub tls: bool,
-    /// Lower-case host, no IPv6 brackets.
-    pub host: String,
+    /// Lower-case host, no IPv6 brackets. Shared: every request clones
+    /// its origin (to return its connection to the pool), and a count
+    /// costs less than a copy.
+    pub host: Arc<str>,
     pub port: u16,
 }
 
@@ -24,7 +26,8 @@ impl Origin {
             host: host
                 .trim_start_matches('[')
                 .trim_end_matches(']')
-                .to_ascii_lowercase(),
+                .to_ascii_lowercase()
+                .into(),
             port,
         }
     }
@@ -35,7 +38,7 @@ impl Origin {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
-            self.host.clone()
+            self.host.to_string()
         };
         if self.port == default {
             host
@@ -187,15 +190,30 @@ impl Pool {
             return;
         }
         let mut hosts = self.lock();
-        let conns = hosts.entry(origin.clone()).or_default();
-        conns
-            .h1
-            .retain(|i| i.since.elapsed() < self.idle_timeout && !i.sender.is_closed());
-        if conns.h1.len() < self.max_idle_per_host {
-            conns.h1.push(Idle {
-                sender,
-                since: Instant::now(),
+        // Found first, inserted only when new: `entry` takes an owned key,
+        // a copy of the origin per returned connection.
+        if let Some(conns) = hosts.get_mut(origin) {
+            self.keep_h1(conns, sender);
+        } else {
+            let mut conns = HostConns::default();
+            self.keep_h1(&mut conns, sender);
+            hosts.insert(origin.clone(), conns);
+        }
+    }
+
+    fn keep_h1(&self, conns: &mut HostConns, sender: http1::SendRequest<Body>) {
+        let now = Instant::now();
+        // Expired and closed connections go when the pool is full (and at
+        // each sweep): checking them on every return costs a clock read
+        // per idle connection per request.
+        if conns.h1.len() >= self.max_idle_per_host {
+            let timeout = self.idle_timeout;
+            conns.h1.retain(|i| {
+                now.saturating_duration_since(i.since) < timeout && !i.sender.is_closed()
             });
+        }
+        if conns.h1.len() < self.max_idle_per_host {
+            conns.h1.push(Idle { sender, since: now });
         }
     }
 
