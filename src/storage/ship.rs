@@ -109,8 +109,8 @@ impl ShipperHandle {
         &self.stats
     }
 
-    /// Ships what is left (the log must be flushed first), waiting at most
-    /// `grace`; whatever could not be shipped stays in the local log and
+    /// Ships what is left (the log must be flushed first), retrying while
+    /// the database fails, waiting at most `grace`; whatever could not be shipped stays in the local log and
     /// goes on the next start.
     pub async fn finish(self, grace: Duration) {
         let _ = self.stop.send(true);
@@ -176,7 +176,8 @@ impl Shipper {
         let mut backoff = Duration::from_millis(100);
         let mut down_since: Option<u64> = None;
         loop {
-            let stop = *stopping.borrow();
+            // A handle dropped without `finish` stops the shipper the same way.
+            let stop = *stopping.borrow() || stopping.has_changed().is_err();
             let step = self.step(&mut cursor, &mut pending).await;
             match step {
                 Ok(0) if stop => return,
@@ -208,11 +209,19 @@ impl Shipper {
                         );
                     }
                     if stop {
-                        return; // `finish` keeps them for the next start
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stopping.changed() => {}
+                        // Finishing: a blip at shutdown is retried for as
+                        // long as `finish` waits (it then ends the task; what
+                        // is left goes on the next start). With no handle
+                        // left nobody waits.
+                        if stopping.has_changed().is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(backoff).await;
+                    } else {
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stopping.changed() => {}
+                        }
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }

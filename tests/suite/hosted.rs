@@ -534,6 +534,51 @@ async fn a_database_outage_mid_traffic_loses_no_event() {
     );
 }
 
+#[tokio::test]
+async fn a_shipper_finishing_during_a_database_outage_retries_within_its_grace() {
+    let Some(tdb) =
+        TestDb::create("a_shipper_finishing_during_a_database_outage_retries_within_its_grace")
+            .await
+    else {
+        return;
+    };
+    let mut relay = Relay::start(pg_addr(&tdb.url)).await;
+    let db = Db::open(&via(&tdb.url, relay.port)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    relay.cut().await;
+    let (sink, writer) = EventLog::open(&events, LogOptions::default()).unwrap();
+    let shipper = ship::start(
+        db,
+        events.clone(),
+        "r1.test".into(),
+        Some(sink.subscribe()),
+        tokio::sync::watch::channel(true).1,
+    );
+    for i in 0..7 {
+        sink.send(event(i)).await.unwrap();
+    }
+    writer.close().await.unwrap();
+    let stats = Arc::clone(shipper.stats());
+    let before = stats.failures();
+    let finishing = tokio::spawn(shipper.finish(Duration::from_secs(60)));
+    // At most one attempt can fall between `before` and the stop; a
+    // shipper that gave up at its first failure once stopping never
+    // reaches three more.
+    eventually(
+        "the finishing shipper retried",
+        Duration::from_secs(30),
+        || async { stats.failures() >= before + 3 },
+    )
+    .await;
+    assert!(!finishing.is_finished(), "finish waits while it retries");
+    assert_eq!(stats.shipped(), 0);
+    relay.restore().await;
+    finishing.await.unwrap();
+    assert_eq!(stats.shipped(), 7, "shipped once the database answered");
+    assert_eq!(tdb.events().await, 7);
+}
+
 fn event(i: usize) -> Event {
     Event {
         user: Some(format!("u{i}").into()),
