@@ -237,3 +237,72 @@ impl Pool {
             .sum()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use hyper_util::rt::TokioIo;
+
+    /// A ready HTTP/1.1 sender over a real loopback connection to a server
+    /// that holds the connection open.
+    async fn sender(listener: &tokio::net::TcpListener) -> http1::SendRequest<Body> {
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (server, _) = accepted.unwrap();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(crate::body::empty()))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server), svc)
+                .await;
+        });
+        let (mut sender, conn) = http1::handshake(TokioIo::new(client.unwrap()))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender.ready().await.unwrap();
+        sender
+    }
+
+    #[tokio::test]
+    async fn returned_connections_are_reused_last_in_first_out_up_to_the_cap() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = Origin::new(true, "API.example.test", 443);
+        let pool = Pool::new(2, Duration::from_secs(60));
+        for _ in 0..3 {
+            pool.put_h1(&origin, sender(&listener).await);
+        }
+        assert_eq!(pool.idle_count(), 2, "the third is over the cap");
+        let same = Origin::new(true, "api.example.test", 443);
+        assert!(matches!(
+            pool.checkout(&same, Prefer::H1),
+            Some(Sender::H1(_))
+        ));
+        assert!(matches!(
+            pool.checkout(&same, Prefer::H1),
+            Some(Sender::H1(_))
+        ));
+        assert!(pool.checkout(&same, Prefer::H1).is_none());
+    }
+
+    #[tokio::test]
+    async fn expired_connections_make_room_when_the_host_is_full_and_are_never_handed_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = Origin::new(true, "api.example.test", 443);
+        // Every connection is expired as soon as it is returned.
+        let pool = Pool::new(2, Duration::ZERO);
+        pool.put_h1(&origin, sender(&listener).await);
+        pool.put_h1(&origin, sender(&listener).await);
+        assert_eq!(pool.idle_count(), 2, "below the cap nothing is checked");
+        pool.put_h1(&origin, sender(&listener).await);
+        assert_eq!(pool.idle_count(), 1, "a full host drops its expired ones");
+        assert!(pool.checkout(&origin, Prefer::H1).is_none());
+        assert_eq!(pool.idle_count(), 0);
+        pool.put_h1(&origin, sender(&listener).await);
+        pool.sweep();
+        assert_eq!(pool.idle_count(), 0, "the sweep drops them too");
+    }
+}
