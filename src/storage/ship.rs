@@ -110,8 +110,8 @@ impl ShipperHandle {
     }
 
     /// Ships what is left (the log must be flushed first), retrying while
-    /// the database fails, waiting at most `grace`; whatever could not be shipped stays in the local log and
-    /// goes on the next start.
+    /// the database fails, waiting at most `grace`; whatever could not be
+    /// shipped stays in the local log and goes on the next start.
     pub async fn finish(self, grace: Duration) {
         let _ = self.stop.send(true);
         let mut task = self.task;
