@@ -118,7 +118,7 @@ impl Engine {
         event.mode = Some(crate::events::Mode::Proxy);
         event.method = Some("CONNECT".into());
         event.host = Some(target.into());
-        event.client_ip = client.map(|ip| ip.to_string().into());
+        event.client_ip = client.map(crate::policy::exchange::ip_text);
         event.reason = reason;
         crate::policy::exchange::submit(sink, &self.sends, vec![event]);
     }

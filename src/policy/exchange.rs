@@ -928,8 +928,8 @@ fn random_id() -> Arc<str> {
 }
 
 /// An address as event text, formatted on the stack (`to_string` grows a
-/// `String` piece by piece) and shared by both events.
-fn ip_text(ip: std::net::IpAddr) -> Arc<str> {
+/// `String` piece by piece); an exchange shares it between its events.
+pub(crate) fn ip_text(ip: std::net::IpAddr) -> Arc<str> {
     use std::io::Write;
     // The longest form, an IPv4-mapped IPv6 address, is 45 characters.
     let mut buf = [0u8; 48];

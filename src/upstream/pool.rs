@@ -79,6 +79,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Within the idle timeout at `now` and not closed by the upstream.
+    fn alive(&self, now: Instant, timeout: Duration) -> bool {
+        now.saturating_duration_since(self.since) < timeout && !self.sender.is_closed()
+    }
+}
+
 #[derive(Default)]
 struct HostConns {
     h2: Option<http2::SendRequest<Body>>,
@@ -167,11 +174,10 @@ impl Pool {
     /// True when a request to `origin` would not need a new connection.
     pub fn has_live(&self, origin: &Origin) -> bool {
         let hosts = self.lock();
+        let now = Instant::now();
         hosts.get(origin).is_some_and(|c| {
             c.h2.as_ref().is_some_and(|h| !h.is_closed())
-                || c.h1
-                    .iter()
-                    .any(|i| i.since.elapsed() < self.idle_timeout && !i.sender.is_closed())
+                || c.h1.iter().any(|i| i.alive(now, self.idle_timeout))
         })
     }
 
@@ -207,10 +213,7 @@ impl Pool {
         // each sweep): checking them on every return costs a clock read
         // per idle connection per request.
         if conns.h1.len() >= self.max_idle_per_host {
-            let timeout = self.idle_timeout;
-            conns.h1.retain(|i| {
-                now.saturating_duration_since(i.since) < timeout && !i.sender.is_closed()
-            });
+            conns.h1.retain(|i| i.alive(now, self.idle_timeout));
         }
         if conns.h1.len() < self.max_idle_per_host {
             conns.h1.push(Idle { sender, since: now });
@@ -220,11 +223,12 @@ impl Pool {
     /// Drops expired and closed connections; called periodically.
     pub fn sweep(&self) {
         let mut hosts = self.lock();
+        let now = Instant::now();
         hosts.retain(|_, c| {
             if c.h2.as_ref().is_some_and(|h| h.is_closed()) {
                 c.h2 = None;
             }
-            c.h1.retain(|i| i.since.elapsed() < self.idle_timeout && !i.sender.is_closed());
+            c.h1.retain(|i| i.alive(now, self.idle_timeout));
             c.h2.is_some() || !c.h1.is_empty() || c.h2_only || c.h1_only
         });
     }
