@@ -236,11 +236,31 @@ async fn upstream_leg(
 
 /// Reads a whole body, at most `limit` bytes, within `timeout`.
 pub(super) async fn read_body(
-    incoming: Incoming,
+    mut incoming: Incoming,
     limit: usize,
     timeout: std::time::Duration,
 ) -> Result<Bytes, ProxyError> {
-    let collect = Limited::new(incoming, limit).collect();
+    // Most LLM requests (and JSON answers) arrive whole, in the reads that
+    // brought their head: such a body is taken as its one frame, without
+    // arming a timer or gathering frames. The rest of a body still on its
+    // way is read below, bounded and timed.
+    if incoming.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let ready = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut incoming).poll_frame(cx)));
+    let head = match ready.await {
+        Poll::Pending => Bytes::new(),
+        Poll::Ready(None) => return Ok(Bytes::new()),
+        Poll::Ready(Some(Err(e))) => return Err(ProxyError::ClientBody(e.to_string())),
+        Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+            Ok(data) if data.len() > limit => return Err(ProxyError::BodyTooLarge { limit }),
+            Ok(data) if incoming.is_end_stream() => return Ok(data),
+            Ok(data) => data,
+            // Trailers end a body: there was no data.
+            Err(_) => return Ok(Bytes::new()),
+        },
+    };
+    let collect = Limited::new(incoming, limit - head.len()).collect();
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(ProxyError::BodyTimeout {
             secs: timeout.as_secs(),
@@ -249,7 +269,14 @@ pub(super) async fn read_body(
             Err(ProxyError::BodyTooLarge { limit })
         }
         Ok(Err(e)) => Err(ProxyError::ClientBody(e.to_string())),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Ok(collected)) if head.is_empty() => Ok(collected.to_bytes()),
+        Ok(Ok(collected)) => {
+            let rest = collected.to_bytes();
+            let mut whole = bytes::BytesMut::with_capacity(head.len() + rest.len());
+            whole.extend_from_slice(&head);
+            whole.extend_from_slice(&rest);
+            Ok(whole.freeze())
+        }
     }
 }
 

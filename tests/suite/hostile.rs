@@ -682,6 +682,80 @@ async fn a_trickling_llm_body_times_out_with_408() {
     );
 }
 
+/// A body that arrives in pieces (its head and first part, then the rest
+/// once the gateway has answered nothing) is read whole before the
+/// policies run: the secret in its second part is redacted, the upstream
+/// gets every other byte, and the record names the body's model.
+#[tokio::test]
+async fn an_llm_body_arriving_in_pieces_is_read_whole() {
+    let mut e = env(|_| {}).await;
+    let (s, reply) = client::connect(e.gw.addr, &format!("{HOST}:443")).await;
+    assert_eq!(reply.status, 200);
+    let mut tls = client::tls(s, HOST, &[e.gw.ca_der()], &[b"http/1.1"])
+        .await
+        .unwrap();
+    let token = format!("ghp_{}", "Qw3rTy7uIo9pAs2dFg4hJk6lZx8cVb1nM5eR");
+    let body = chat(&format!("{} {token} done", "filler ".repeat(400)), false);
+    let (first, rest) = body.split_at(body.len() / 2);
+    tls.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tls.write_all(first).await.unwrap();
+    tls.flush().await.unwrap();
+    // Nothing can come back before the rest is sent: the gateway is
+    // waiting for it (a reply now would be an error).
+    let mut buf = [0u8; 4096];
+    let early = tokio::time::timeout(Duration::from_millis(100), tls.read(&mut buf)).await;
+    assert!(early.is_err(), "an answer to half a body: {early:?}");
+    tls.write_all(rest).await.unwrap();
+    tls.flush().await.unwrap();
+    // The whole answer, so the exchange has ended before its events are read.
+    let mut reply = Vec::new();
+    let whole = |r: &[u8]| {
+        let text = String::from_utf8_lossy(r);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let length = head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })?;
+        (body.len() >= length.trim().parse::<usize>().ok()?).then_some(())
+    };
+    while whole(&reply).is_none() {
+        let n = tokio::time::timeout(BOUND, tls.read(&mut buf))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&reply));
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let sent = e
+        .tls
+        .last_body
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("no body upstream");
+    let sent = String::from_utf8_lossy(&sent);
+    let want = String::from_utf8_lossy(&body).replace(&token, "[REDACTED:github_pat]");
+    assert_eq!(sent, want, "the upstream got other bytes");
+    let events = events(&mut e.gw).await;
+    let input = events
+        .iter()
+        .find(|ev| ev.phase == keeptrusts::events::Phase::Input)
+        .unwrap_or_else(|| panic!("no input event: {events:?}"));
+    assert_eq!(input.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(input.action.as_str(), "redact");
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_holds_bounded_memory() {
     let _serial = MEMORY.lock().await;
