@@ -18,7 +18,39 @@ pub struct Identity {
     pub admin: bool,
     /// The client's address: the TCP peer, or what a trusted proxy says in
     /// `X-Forwarded-For`.
-    pub client: Option<IpAddr>,
+    pub client: Option<ClientAddr>,
+}
+
+/// A client's address with its text, made once where the address is
+/// learnt: every exchange of an intercepted session names it in its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAddr {
+    pub ip: IpAddr,
+    /// As `Display` writes it.
+    pub text: Arc<str>,
+}
+
+impl From<IpAddr> for ClientAddr {
+    fn from(ip: IpAddr) -> Self {
+        ClientAddr {
+            ip,
+            text: ip_text(ip),
+        }
+    }
+}
+
+/// An address as text, formatted on the stack: `to_string` grows a `String`
+/// piece by piece.
+fn ip_text(ip: IpAddr) -> Arc<str> {
+    use std::io::Write;
+    // The longest form, an IPv4-mapped IPv6 address, is 45 characters.
+    let mut buf = [0u8; 48];
+    let mut rest = &mut buf[..];
+    if write!(rest, "{ip}").is_err() {
+        return Arc::from(ip.to_string());
+    }
+    let len = 48 - rest.len();
+    Arc::from(std::str::from_utf8(&buf[..len]).unwrap_or_default())
 }
 
 impl Identity {
@@ -90,6 +122,22 @@ fn parse_hop(item: &str) -> Option<IpAddr> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "fe80::1:2:3:4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let addr = ClientAddr::from(ip);
+            assert_eq!((addr.ip, &*addr.text), (ip, ip.to_string().as_str()));
+        }
+    }
 
     fn xff(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();

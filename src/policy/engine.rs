@@ -90,7 +90,7 @@ impl Engine {
 
     /// Records a blind tunnel (`connect` event) when the audit logger asks
     /// for all access (`log_all_access: true`).
-    pub fn record_tunnel(&self, target: &str, client: Option<std::net::IpAddr>) {
+    pub fn record_tunnel(&self, target: &str, client: Option<&crate::identity::ClientAddr>) {
         self.record_connect(target, client, crate::events::Action::Tunnel, None);
     }
 
@@ -99,7 +99,7 @@ impl Engine {
     pub fn record_connect(
         &self,
         target: &str,
-        client: Option<std::net::IpAddr>,
+        client: Option<&crate::identity::ClientAddr>,
         action: crate::events::Action,
         reason: Option<String>,
     ) {
@@ -118,7 +118,7 @@ impl Engine {
         event.mode = Some(crate::events::Mode::Proxy);
         event.method = Some("CONNECT".into());
         event.host = Some(target.into());
-        event.client_ip = client.map(crate::policy::exchange::ip_text);
+        event.client_ip = client.map(|c| c.text.clone());
         event.reason = reason;
         crate::policy::exchange::submit(sink, &self.sends, vec![event]);
     }
@@ -247,7 +247,7 @@ impl Engine {
             stream: class.stream_hint(),
             user: identity.user.clone(),
             team: identity.team.clone(),
-            client: identity.client,
+            client: identity.client.clone(),
             mode: if target.is_some() {
                 crate::events::Mode::Direct
             } else {

@@ -50,7 +50,7 @@ where
         }
         None => {
             gw.engine()
-                .record_tunnel(&target.to_string(), ctx.identity.client);
+                .record_tunnel(&target.to_string(), ctx.identity.client.as_ref());
             tunnel::blind(&ctx, client, upstream).await;
         }
     }

@@ -54,7 +54,7 @@ async fn handle(
             route: AuthRoute::DirectApi,
             denied,
         })?;
-    ctx.identity.client = Some(ctx.gw.auth.client_ip(ctx.peer.ip(), req.headers()));
+    ctx.identity.client = Some(ctx.gw.auth.client_ip(ctx.peer.ip(), req.headers()).into());
     let routes = ctx.gw.engine().routes();
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/v1/models") {

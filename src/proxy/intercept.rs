@@ -154,7 +154,7 @@ impl<IO> Refused<IO> {
         }
         ctx.gw.engine().record_connect(
             &target.to_string(),
-            ctx.identity.client,
+            ctx.identity.client.as_ref(),
             crate::events::Action::Error,
             Some(format!(
                 "client_tls_{}: {} ({})",

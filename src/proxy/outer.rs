@@ -109,7 +109,7 @@ fn proxy_identity(ctx: &mut ConnCtx, req: &Request<Incoming>) -> Result<(), Prox
             route: AuthRoute::Proxy,
             denied,
         })?;
-    ctx.identity.client = Some(ctx.gw.auth.client_ip(ctx.peer.ip(), req.headers()));
+    ctx.identity.client = Some(ctx.gw.auth.client_ip(ctx.peer.ip(), req.headers()).into());
     Ok(())
 }
 
@@ -159,7 +159,7 @@ async fn connect(mut ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Bo
         let by_address = target.is_ip() && gw.rules.mode() == InterceptMode::Llm;
         if !by_address {
             gw.engine()
-                .record_tunnel(&target.to_string(), ctx.identity.client);
+                .record_tunnel(&target.to_string(), ctx.identity.client.as_ref());
         }
         let sd = ctx.shutdown.clone();
         sd.spawn(async move {
