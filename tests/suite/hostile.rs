@@ -621,24 +621,33 @@ async fn odd_client_hellos_after_an_intercepted_connect() {
     serving(&e.gw).await;
 }
 
-#[tokio::test]
-async fn a_trickling_llm_body_times_out_with_408() {
-    let mut e = env(|s| s.limits.body_read = Duration::from_millis(400)).await;
-    let (s, reply) = client::connect(e.gw.addr, &format!("{HOST}:443")).await;
+/// An intercepted HTTP/1.1 session to the LLM host with the head of a
+/// chat request (`length` body bytes announced) written, its body not.
+async fn post_head(
+    gw: &TestGateway,
+    length: usize,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let (s, reply) = client::connect(gw.addr, &format!("{HOST}:443")).await;
     assert_eq!(reply.status, 200);
-    let mut tls = client::tls(s, HOST, &[e.gw.ca_der()], &[b"http/1.1"])
+    let mut tls = client::tls(s, HOST, &[gw.ca_der()], &[b"http/1.1"])
         .await
         .unwrap();
-    let body = chat("slow", false);
     tls.write_all(
         format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
         )
         .as_bytes(),
     )
     .await
     .unwrap();
+    tls
+}
+
+#[tokio::test]
+async fn a_trickling_llm_body_times_out_with_408() {
+    let mut e = env(|s| s.limits.body_read = Duration::from_millis(400)).await;
+    let body = chat("slow", false);
+    let mut tls = post_head(&e.gw, body.len()).await;
     // One byte every 50 ms: never idle, never done in time.
     let started = std::time::Instant::now();
     let mut reply = Vec::new();
@@ -689,23 +698,10 @@ async fn a_trickling_llm_body_times_out_with_408() {
 #[tokio::test]
 async fn an_llm_body_arriving_in_pieces_is_read_whole() {
     let mut e = env(|_| {}).await;
-    let (s, reply) = client::connect(e.gw.addr, &format!("{HOST}:443")).await;
-    assert_eq!(reply.status, 200);
-    let mut tls = client::tls(s, HOST, &[e.gw.ca_der()], &[b"http/1.1"])
-        .await
-        .unwrap();
     let token = format!("ghp_{}", "Qw3rTy7uIo9pAs2dFg4hJk6lZx8cVb1nM5eR");
     let body = chat(&format!("{} {token} done", "filler ".repeat(400)), false);
     let (first, rest) = body.split_at(body.len() / 2);
-    tls.write_all(
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    let mut tls = post_head(&e.gw, body.len()).await;
     tls.write_all(first).await.unwrap();
     tls.flush().await.unwrap();
     // Nothing can come back before the rest is sent: the gateway is
