@@ -25,6 +25,8 @@
 //!   log (one writer fed by a bounded channel), verification, and reading it
 //!   back for `kt events tail`.
 //! - [`identity`]: who is behind a request (the access key's user and team).
+//! - [`idle_poll`]: polling through the short gaps between requests on the
+//!   single-threaded runtime, so a VM's slow wake-ups stay off the path.
 //! - [`keys`]: access keys: generation, the hashed key file, and the check
 //!   that turns a request's credentials into an identity.
 //! - [`metrics`]: histograms and labelled counters of exchanges, rendered
@@ -43,6 +45,7 @@ pub mod direct;
 pub mod doctor;
 pub mod events;
 pub mod identity;
+pub mod idle_poll;
 pub mod keys;
 pub mod llm;
 pub mod metrics;

@@ -4,12 +4,14 @@ use super::store::Store;
 use super::HomeArgs;
 use crate::config::Config;
 use crate::gateway::{self, GatewaySettings};
+use crate::idle_poll::IdlePoll;
 use crate::proxy::InterceptMode;
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Subcommand)]
@@ -48,6 +50,11 @@ pub struct RunArgs {
     /// How long SIGTERM/SIGINT waits for in-flight requests and streams.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub drain_seconds: u64,
+    /// Longest time the gateway keeps polling for I/O after a request
+    /// before its thread sleeps, adapted to the traffic (0: never). Applies
+    /// with one CPU, where the single-threaded runtime serves everything.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 200)]
+    pub idle_poll_us: u64,
     /// Shared store for events and access keys (`postgres://USER@HOST/DB`)
     /// or a folder; overrides the policy config's `storage:`.
     #[arg(long, value_name = "URL", env = "KEEPTRUSTS_STORAGE")]
@@ -60,6 +67,8 @@ const SHARED_KEYS_COPY: &str = "keys.shared.json";
 const SHARED_STORE_WAIT: Duration = Duration::from_secs(10);
 /// How long exit waits to ship the last events.
 const SHIP_ON_EXIT: Duration = Duration::from_secs(5);
+/// Longest `--idle-poll-us`: past a few wake-up costs, sleeping is cheaper.
+const MAX_IDLE_POLL_US: u64 = 10_000;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum InterceptArg {
@@ -117,6 +126,12 @@ pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
     // count). With a single CPU the single-threaded scheduler does the same
     // work without cross-thread queues and wake-ups (a few µs per request
     // on the load benchmark); the test suite runs the gateway that way too.
+    if args.idle_poll_us > MAX_IDLE_POLL_US {
+        anyhow::bail!(
+            "--idle-poll-us {} is more than the {MAX_IDLE_POLL_US} µs that can pay off: a longer gap is cheaper to sleep through",
+            args.idle_poll_us
+        );
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut builder = if cpus <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -128,6 +143,14 @@ pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
         .thread_name("kt-worker")
         .build()
         .context("cannot start the async runtime")?;
+    // Polling from one task keeps one thread awake: that is the whole
+    // runtime only when it is single-threaded.
+    if cpus <= 1 && args.idle_poll_us > 0 {
+        let poller = Arc::new(IdlePoll::new(Duration::from_micros(args.idle_poll_us)));
+        if crate::idle_poll::install(poller.clone()) {
+            runtime.spawn(async move { poller.run().await });
+        }
+    }
     runtime.block_on(serve(settings, args))
 }
 

@@ -46,6 +46,7 @@ async fn handle(
     req: Request<Incoming>,
     shape: Option<Shape>,
 ) -> Result<Response<Body>, ProxyError> {
+    crate::idle_poll::activity();
     ctx.identity = ctx
         .gw
         .auth

@@ -29,6 +29,7 @@ pub(super) async fn forward(
     origin: &Origin,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
+    crate::idle_poll::activity();
     if let Some(exchange) = ctx.gw.engine().begin(
         &origin.host,
         req.method(),
