@@ -159,6 +159,8 @@ async fn serve(settings: GatewaySettings, args: RunArgs) -> anyhow::Result<ExitC
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let local = listener.local_addr()?;
+    // Before anything serves (or says it does): see `stop_signal`.
+    let stop = stop_signal(args.policy_config.is_some());
     let built = gateway::build(&settings)?;
     for w in &built.warnings {
         tracing::warn!("{w}");
@@ -189,7 +191,7 @@ async fn serve(settings: GatewaySettings, args: RunArgs) -> anyhow::Result<ExitC
             crate::policy::reload::POLL,
         ))
     });
-    wait_for_stop_signal(reloader.is_some()).await;
+    stop.await;
     if let Some(reloader) = reloader {
         reloader.abort();
     }
@@ -217,33 +219,41 @@ async fn serve(settings: GatewaySettings, args: RunArgs) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+/// Waits for SIGTERM or SIGINT (SIGHUP is handled too: its default action
+/// would kill the gateway). The handlers are installed when this is called,
+/// not when the future is first polled: a signal that arrives as soon as
+/// the gateway serves must find them in place, or it kills the process.
 #[cfg(unix)]
-async fn wait_for_stop_signal(reloading: bool) {
+fn stop_signal(reloading: bool) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    // SIGHUP is always handled: its default action would kill the gateway.
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => if !reloading {
-                tracing::info!("SIGHUP: no --policy-config to reload");
-            },
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => if !reloading {
+                    tracing::info!("SIGHUP: no --policy-config to reload");
+                },
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_stop_signal(_reloading: bool) {
-    let _ = tokio::signal::ctrl_c().await;
+fn stop_signal(_reloading: bool) -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Tunnels hold two descriptors each; the usual soft limit of 1024 would

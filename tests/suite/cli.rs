@@ -290,6 +290,25 @@ async fn gateway_binary_serves_and_exits_cleanly_on_sigterm() {
     assert!(rest.iter().any(|l| l.contains("drain")), "{rest:?}");
 }
 
+/// The stop signals are handled from the moment the gateway says it
+/// listens: a SIGTERM right after the banner drains and exits 0 rather than
+/// killing the process (several starts, as the old window was narrow).
+#[tokio::test]
+async fn gateway_binary_handles_sigterm_as_soon_as_it_listens() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
+    for round in 0..5 {
+        let gw = spawn_gateway(&ca, &origin, &[]);
+        gw.signal("-TERM");
+        let Running { mut child, .. } = gw;
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "round {round}: {status:?}");
+    }
+}
+
 #[tokio::test]
 async fn gateway_binary_reloads_policies_on_file_change_and_sighup() {
     let ca = TestCa::new("ca");
