@@ -52,6 +52,14 @@ impl Shutdown {
         self.tracker.spawn(fut);
     }
 
+    /// A handle that runs work after the current task yields, in a task
+    /// the drain waits for (see [`Deferrer`]).
+    pub fn deferrer(&self) -> Deferrer {
+        Deferrer {
+            tracker: self.tracker.clone(),
+        }
+    }
+
     /// The executor for server connections whose tasks the drain must
     /// wait for (see [`TrackedExecutor`]).
     pub fn executor(&self) -> TrackedExecutor {
@@ -81,6 +89,41 @@ where
     }
 }
 
+/// Runs bookkeeping off the path of the bytes a peer waits for: a response
+/// body's end is seen before hyper writes its last bytes, so what closes
+/// the exchange there would delay them. The work runs in a task of its own,
+/// which the scheduler polls once the connection's task has written and
+/// yielded; the drain waits for it like for a connection.
+#[derive(Clone)]
+pub struct Deferrer {
+    tracker: TaskTracker,
+}
+
+impl Deferrer {
+    /// Runs `work` soon, after the current task yields. Outside a runtime's
+    /// task, or if the runtime drops the task unpolled (it is shutting
+    /// down), the work runs then and there: it is never lost.
+    pub fn run<F: FnOnce() + Send + 'static>(&self, work: F) {
+        let work = RunOnDrop(Some(work));
+        // Inside a task there is a runtime to spawn on (and no handle to
+        // clone to find out).
+        if tokio::task::try_id().is_some() {
+            self.tracker.spawn(async move { drop(work) });
+        }
+    }
+}
+
+/// Work done when dropped, whether or not its task was ever polled.
+struct RunOnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for RunOnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(work) = self.0.take() {
+            work();
+        }
+    }
+}
+
 impl ShutdownTrigger {
     /// Starts the drain, then waits up to `grace` for tracked tasks to end.
     /// Returns false when the grace period ran out with tasks still running.
@@ -94,6 +137,7 @@ impl ShutdownTrigger {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use hyper::rt::Executor;
@@ -114,6 +158,79 @@ mod tests {
         assert!(
             finished.load(Ordering::SeqCst),
             "the drain ended before the executor's task"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn deferred_work_runs_once_the_task_yields_and_the_drain_waits_for_it() {
+        let (trigger, shutdown) = channel();
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let deferrer = shutdown.deferrer();
+        let tracker = shutdown.tracker.clone();
+        // A connection's task, as the exchanges close in.
+        tokio::spawn(async move {
+            deferrer.run(move || flag.store(true, Ordering::SeqCst));
+            assert_eq!(tracker.len(), 1, "the drain would not wait for the work");
+            assert!(
+                !done.load(Ordering::SeqCst),
+                "the work ran inside the caller's poll"
+            );
+            tokio::task::yield_now().await;
+            assert!(
+                done.load(Ordering::SeqCst),
+                "the work did not run after a yield"
+            );
+        })
+        .await
+        .unwrap();
+
+        let late = Arc::new(AtomicBool::new(false));
+        let flag = late.clone();
+        let deferrer = shutdown.deferrer();
+        // A tracked connection task, closing an exchange as it ends.
+        shutdown.spawn(async move { deferrer.run(move || flag.store(true, Ordering::SeqCst)) });
+        assert!(trigger.drain(Duration::from_secs(10)).await);
+        assert!(
+            late.load(Ordering::SeqCst),
+            "the drain ended before the work"
+        );
+    }
+
+    #[test]
+    fn deferred_work_is_never_lost_without_a_runtime_or_with_a_dropped_one() {
+        let (_trigger, shutdown) = channel();
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = runs.clone();
+        shutdown.deferrer().run(move || {
+            count.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "outside a runtime it runs at once"
+        );
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let count = runs.clone();
+        let deferrer = shutdown.deferrer();
+        // The deferred task is never polled: block_on returns first.
+        rt.block_on(async move {
+            tokio::spawn(async move {
+                deferrer.run(move || {
+                    count.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .await
+            .unwrap()
+        });
+        drop(rt);
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "a dropped task still does its work, once"
         );
     }
 }

@@ -228,8 +228,9 @@ async fn upstream_leg(
     let body = Completing {
         inner: incoming,
         exchange: Some(exchange),
-        watch,
+        watch: Some(watch),
         status,
+        later: ctx.shutdown.deferrer(),
     };
     Ok(Response::from_parts(parts, body::boxed(body)))
 }
@@ -364,12 +365,28 @@ impl Watch {
 }
 
 /// A response body passed through untouched that closes the exchange's
-/// record when it ends (or is dropped).
+/// record when it ends (or is dropped). The closing (usage, events, metrics)
+/// is deferred: hyper sees the end before it writes the last bytes.
 struct Completing {
     inner: Incoming,
     exchange: Option<Box<Exchange>>,
-    watch: Watch,
+    watch: Option<Watch>,
     status: u16,
+    later: crate::shutdown::Deferrer,
+}
+
+impl Completing {
+    fn close(&mut self, status: Option<u16>, error: Option<String>) {
+        if let (Some(mut ex), Some(mut watch)) = (self.exchange.take(), self.watch.take()) {
+            self.later.run(move || {
+                if error.is_some() {
+                    ex.record.error = error;
+                }
+                watch.close(&mut ex);
+                ex.complete(status);
+            });
+        }
+    }
 }
 
 impl HttpBody for Completing {
@@ -384,20 +401,17 @@ impl HttpBody for Completing {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(ex)) = (frame.data_ref(), this.exchange.as_mut()) {
-                    this.watch.upstream(data);
-                    this.watch.client(ex, data);
+                if let (Some(data), Some(ex), Some(watch)) = (
+                    frame.data_ref(),
+                    this.exchange.as_mut(),
+                    this.watch.as_mut(),
+                ) {
+                    watch.upstream(data);
+                    watch.client(ex, data);
                 }
             }
-            Poll::Ready(None | Some(Err(_))) => {
-                if let Some(mut ex) = this.exchange.take() {
-                    if let Poll::Ready(Some(Err(e))) = &polled {
-                        ex.record.error = Some(stream_failure(e));
-                    }
-                    this.watch.close(&mut ex);
-                    ex.complete(Some(this.status));
-                }
-            }
+            Poll::Ready(None) => this.close(Some(this.status), None),
+            Poll::Ready(Some(Err(e))) => this.close(Some(this.status), Some(stream_failure(e))),
             Poll::Pending => {}
         }
         polled.map(|o| o.map(|r| r.map_err(BoxError::from)))
@@ -416,11 +430,8 @@ impl Drop for Completing {
     fn drop(&mut self) {
         // hyper stops polling a body that says it has ended, and then drops
         // it: that is a complete response, not a client that went away.
-        if let Some(mut ex) = self.exchange.take() {
-            let status = self.inner.is_end_stream().then_some(self.status);
-            self.watch.close(&mut ex);
-            ex.complete(status);
-        }
+        let status = self.inner.is_end_stream().then_some(self.status);
+        self.close(status, None);
     }
 }
 
