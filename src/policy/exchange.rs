@@ -138,6 +138,9 @@ pub struct Exchange {
     pub record: Record,
     started: Instant,
     completed: bool,
+    /// The request's model and stream flag are still to be read from the
+    /// kept request body (see [`Exchange::input`]).
+    meta_pending: bool,
     /// Where the audit events go, when an `audit-logger` policy applies.
     audit: Option<(EventSink, TaskTracker)>,
     metrics: Arc<Metrics>,
@@ -246,6 +249,7 @@ impl Exchange {
             record: Record::default(),
             started: Instant::now(),
             completed: false,
+            meta_pending: false,
             audit,
             metrics,
             input_body,
@@ -319,6 +323,20 @@ impl Exchange {
 
     /// The input phase on the whole request body.
     pub fn input(&mut self, body: Bytes) -> Input {
+        // Nothing can refuse, change or answer this request (the built-in
+        // chain, an audit-only one): it goes upstream at once, and its model and
+        // stream flag, which only the record needs, are read from the kept
+        // body when the exchange closes. A proxy's turnaround is the
+        // latency it adds; bookkeeping stays off it.
+        if self.limits.is_empty()
+            && self.input_body.is_empty()
+            && self.cache.is_none()
+            && (body.len() <= REQUEST_KEEP_MAX || self.log_bodies)
+        {
+            self.meta_pending = true;
+            self.record.request_body = Some(body.clone());
+            return Input::Forward(body);
+        }
         let t = Instant::now();
         let out = self.input_inner(body);
         self.record.policy_us += t.elapsed().as_micros() as u64;
@@ -332,10 +350,10 @@ impl Exchange {
         out
     }
 
-    fn input_inner(&mut self, body: Bytes) -> Input {
-        // Model and stream flag from the body, for the record (the path's
-        // model, when it names one, wins).
-        if let Ok(meta) = crate::llm::inspect::request_meta(&body) {
+    /// Model and stream flag from the request body, for the record (the
+    /// path's model, when it names one, wins).
+    fn read_meta(&mut self, body: &[u8]) {
+        if let Ok(meta) = crate::llm::inspect::request_meta(body) {
             if self.info.model.is_none() {
                 self.info.model = meta.model.map(|m| Arc::from(m.as_ref()));
             }
@@ -343,6 +361,10 @@ impl Exchange {
                 self.info.stream = meta.stream;
             }
         }
+    }
+
+    fn input_inner(&mut self, body: Bytes) -> Input {
+        self.read_meta(&body);
         if let Some(resp) = self.admit() {
             return Input::Respond(resp);
         }
@@ -679,6 +701,11 @@ impl Exchange {
             return;
         }
         self.completed = true;
+        if std::mem::take(&mut self.meta_pending) {
+            if let Some(body) = self.record.request_body.clone() {
+                self.read_meta(&body);
+            }
+        }
         self.record.status = status;
         let usage = self.usage();
         let priced =
@@ -1021,5 +1048,31 @@ mod tests {
         let ids: std::collections::HashSet<std::sync::Arc<str>> =
             (0..64).map(|_| super::random_id()).collect();
         assert_eq!(ids.len(), 64, "random ids repeat");
+    }
+
+    #[test]
+    fn an_audit_only_exchange_reads_the_model_at_close_and_forwards_the_body_as_is() {
+        let body = bytes::Bytes::from_static(
+            br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        let mut ex = exchange();
+        let super::Input::Forward(sent) = ex.input(body.clone()) else {
+            panic!("an audit-only chain answered the request");
+        };
+        assert_eq!(sent.as_ptr(), body.as_ptr(), "the body was copied");
+        assert_eq!(ex.record.request_body.as_ref(), Some(&body));
+        ex.complete(Some(200));
+        assert_eq!(ex.info.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(ex.info.stream, Some(true));
+
+        // A body too large to keep is read on the way, as it is not kept.
+        let pad = "x".repeat(super::REQUEST_KEEP_MAX);
+        let big = format!(
+            r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{pad}"}}]}}"#
+        );
+        let mut ex = exchange();
+        assert!(matches!(ex.input(big.into()), super::Input::Forward(_)));
+        assert!(ex.record.request_body.is_none());
+        assert_eq!(ex.info.model.as_deref(), Some("gpt-4o-mini"));
     }
 }
