@@ -324,10 +324,10 @@ impl Exchange {
     /// The input phase on the whole request body.
     pub fn input(&mut self, body: Bytes) -> Input {
         // Nothing can refuse, change or answer this request (the built-in
-        // chain, an audit-only one): it goes upstream at once, and its model and
-        // stream flag, which only the record needs, are read from the kept
-        // body when the exchange closes. A proxy's turnaround is the
-        // latency it adds; bookkeeping stays off it.
+        // chain, an audit-only one): it goes upstream at once, and its
+        // model and stream flag, which only the record needs, are read from
+        // the kept body when the exchange closes. A proxy's turnaround is
+        // the latency it adds; bookkeeping stays off it.
         if self.limits.is_empty()
             && self.input_body.is_empty()
             && self.cache.is_none()
