@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(
             runs.load(Ordering::SeqCst),
             1,
-            "outside a runtime it runs at once"
+            "outside a task it runs at once"
         );
 
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -232,5 +232,43 @@ mod tests {
             2,
             "a dropped task still does its work, once"
         );
+
+        // A connection still open when the runtime shuts down: its task is
+        // dropped, and the body it held defers its closing from that drop.
+        struct ClosesOnDrop(Deferrer, Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for ClosesOnDrop {
+            fn drop(&mut self) {
+                let count = self.1.clone();
+                self.0.run(move || {
+                    count.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        }
+        let runtimes = [
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap(),
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .build()
+                .unwrap(),
+        ];
+        for (i, rt) in runtimes.into_iter().enumerate() {
+            let open = ClosesOnDrop(shutdown.deferrer(), runs.clone());
+            rt.block_on(async move {
+                tokio::spawn(async move {
+                    let _open = open;
+                    std::future::pending::<()>().await;
+                });
+                // The connection's task gets to run before the shutdown.
+                tokio::task::yield_now().await;
+            });
+            drop(rt);
+            assert_eq!(
+                runs.load(Ordering::SeqCst),
+                3 + i,
+                "work deferred while the runtime shuts down is lost"
+            );
+        }
     }
 }
