@@ -31,6 +31,7 @@ for a in "$@"; do
 done
 
 die() { echo "turnaround.sh: $*" >&2; exit 1; }
+[ "$(uname -m)" = x86_64 ] || die "the trace uses x86_64 syscall numbers"
 [ "$(id -u)" = 0 ] || die "bpftrace needs root"
 command -v bpftrace >/dev/null || die "bpftrace not found (apt-get install bpftrace)"
 if [ ! -e /sys/kernel/tracing/events ]; then
