@@ -331,7 +331,7 @@ impl Exchange {
         if self.limits.is_empty()
             && self.input_body.is_empty()
             && self.cache.is_none()
-            && (body.len() <= REQUEST_KEEP_MAX || self.log_bodies)
+            && self.keeps_request(&body)
         {
             self.meta_pending = true;
             self.record.request_body = Some(body.clone());
@@ -341,13 +341,17 @@ impl Exchange {
         let out = self.input_inner(body);
         self.record.policy_us += t.elapsed().as_micros() as u64;
         if let Input::Forward(sent) = &out {
-            // Kept for the record only while small: an estimate needs the
-            // prompt, and a logged body is cut anyway.
-            if sent.len() <= REQUEST_KEEP_MAX || self.log_bodies {
+            if self.keeps_request(sent) {
                 self.record.request_body = Some(sent.clone());
             }
         }
         out
+    }
+
+    /// Whether the record keeps the request body sent: only while small (an
+    /// estimate needs the prompt, and a logged body is cut anyway).
+    fn keeps_request(&self, sent: &[u8]) -> bool {
+        sent.len() <= REQUEST_KEEP_MAX || self.log_bodies
     }
 
     /// Model and stream flag from the request body, for the record (the

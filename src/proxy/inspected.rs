@@ -227,8 +227,7 @@ async fn upstream_leg(
     exchange.record.head_us = Some(exchange.elapsed_us());
     let body = Completing {
         inner: incoming,
-        exchange: Some(exchange),
-        watch: Some(watch),
+        open: Some((exchange, watch)),
         status,
         later: ctx.shutdown.deferrer(),
     };
@@ -369,15 +368,15 @@ impl Watch {
 /// is deferred: hyper sees the end before it writes the last bytes.
 struct Completing {
     inner: Incoming,
-    exchange: Option<Box<Exchange>>,
-    watch: Option<Watch>,
+    /// The exchange and what is noted for it, until it is closed.
+    open: Option<(Box<Exchange>, Watch)>,
     status: u16,
     later: crate::shutdown::Deferrer,
 }
 
 impl Completing {
     fn close(&mut self, status: Option<u16>, error: Option<String>) {
-        if let (Some(mut ex), Some(mut watch)) = (self.exchange.take(), self.watch.take()) {
+        if let Some((mut ex, mut watch)) = self.open.take() {
             self.later.run(move || {
                 if error.is_some() {
                     ex.record.error = error;
@@ -401,11 +400,7 @@ impl HttpBody for Completing {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(ex), Some(watch)) = (
-                    frame.data_ref(),
-                    this.exchange.as_mut(),
-                    this.watch.as_mut(),
-                ) {
+                if let (Some(data), Some((ex, watch))) = (frame.data_ref(), this.open.as_mut()) {
                     watch.upstream(data);
                     watch.client(ex, data);
                 }
