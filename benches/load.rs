@@ -470,7 +470,7 @@ async fn bench(
         let watch = CpuWatch::start(None)?;
         let mut d =
             Stats::from_tally(client::run_load(&direct, ORIGIN_HOST, &sc.job, &sc.spec).await);
-        d.foreign_cores = Some(watch.finish()?.foreign_cores);
+        d.set_cpu(&watch.finish()?);
         log(&summary_line(&d));
         let mut result = ScenarioResult {
             name: sc.name,
@@ -488,7 +488,7 @@ async fn bench(
             let mut k =
                 Stats::from_tally(client::run_load(route, ORIGIN_HOST, &sc.job, &sc.spec).await);
             let cpu = watch.finish()?;
-            k.foreign_cores = Some(cpu.foreign_cores);
+            k.set_cpu(&cpu);
             result.kt_cpu_us_per_req = cpu
                 .kt
                 .filter(|_| k.ok_all > 0)

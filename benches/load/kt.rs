@@ -383,6 +383,10 @@ pub struct CpuWatch {
 /// What a [`CpuWatch`] saw.
 pub struct CpuUse {
     pub kt: Option<Duration>,
+    /// CPU time of this process: the load client and the origin.
+    pub bench: Duration,
+    /// Average number of cores the load client and the origin kept busy.
+    pub bench_cores: f64,
     /// Average number of cores busy with foreign work.
     pub foreign_cores: f64,
 }
@@ -410,6 +414,8 @@ impl CpuWatch {
             .saturating_sub(kt.unwrap_or_default());
         Ok(CpuUse {
             kt,
+            bench: own,
+            bench_cores: own.as_secs_f64() / wall,
             foreign_cores: foreign.as_secs_f64() / wall,
         })
     }

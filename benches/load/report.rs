@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use crate::client::{percentile_ms, Tally};
 use crate::conns::{Handshakes, IdleResult};
+use crate::kt::CpuUse;
 
 /// Latency percentiles, milliseconds.
 #[derive(Debug, Clone, Copy, Default)]
@@ -48,6 +49,12 @@ pub struct Stats {
     pub connect: Pcts,
     /// Cores busy with work that was neither the bench nor kt, on average.
     pub foreign_cores: Option<f64>,
+    /// CPU of the load client and the origin (this process) per successful
+    /// request incl. warm-up. Pinned to their own core, this is what caps
+    /// a run when that core is saturated, whatever the proxy costs.
+    pub bench_cpu_us_per_req: Option<f64>,
+    /// Cores the load client and the origin kept busy, on average.
+    pub bench_cores: Option<f64>,
 }
 
 impl Stats {
@@ -63,7 +70,17 @@ impl Stats {
             ttfb: Pcts::of(t.ttfb),
             connect: Pcts::of(t.connect),
             foreign_cores: None,
+            bench_cpu_us_per_req: None,
+            bench_cores: None,
         }
+    }
+
+    /// Records what a [`CpuWatch`](crate::kt::CpuWatch) saw over this run.
+    pub fn set_cpu(&mut self, cpu: &CpuUse) {
+        self.foreign_cores = Some(cpu.foreign_cores);
+        self.bench_cores = Some(cpu.bench_cores);
+        self.bench_cpu_us_per_req =
+            (self.ok_all > 0).then(|| cpu.bench.as_secs_f64() * 1e6 / self.ok_all as f64);
     }
 
     fn json(&self) -> Value {
@@ -72,6 +89,7 @@ impl Stats {
             "first_error": self.first_error, "rps": self.rps, "mbytes_per_s": self.mb_per_s,
             "latency_ms": self.latency.json(), "ttfb_ms": self.ttfb.json(), "connect_ms": self.connect.json(),
             "foreign_cpu_cores": self.foreign_cores,
+            "bench_cpu_us_per_req": self.bench_cpu_us_per_req, "bench_cpu_cores": self.bench_cores,
         })
     }
 }
@@ -285,6 +303,17 @@ impl Report {
                 );
             }
         }
+        // The other side of the bill: through a proxy, the client and the
+        // origin pay for wake-ups across cores that direct never has.
+        for s in &self.scenarios {
+            let bench = |st: &Option<Stats>| st.as_ref().and_then(|st| st.bench_cpu_us_per_req);
+            add(
+                format!("{} load client + origin CPU per request (µs)", s.name),
+                bench(&s.direct),
+                bench(&s.kt),
+                Cmp::Ratio,
+            );
+        }
         if self.hs_cached.direct.is_some() || self.hs_cached.kt.is_some() {
             let p = |h: &Option<HsStats>| h.as_ref().and_then(|h| h.p50);
             add(
@@ -360,7 +389,8 @@ impl Report {
         md.push_str("\n### Per run\n\n");
         md.push_str(
             "| scenario | via | req/s | MB/s | p50 ms | p90 ms | p99 ms | max ms | TTFB p50 ms | TTFB p99 ms | \
-             kt CPU µs/req | errors | foreign CPU (cores) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             kt CPU µs/req | client + origin CPU µs/req (cores) | errors | foreign CPU (cores) |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for s in &self.scenarios {
             for (via, st) in [("direct", &s.direct), ("kt", &s.kt)] {
@@ -371,7 +401,7 @@ impl Report {
                     "–".into()
                 };
                 md.push_str(&format!(
-                    "| {} | {via} | {} | {} | {} | {} | {} | {} | {} | {} | {cpu} | {} | {} |\n",
+                    "| {} | {via} | {} | {} | {} | {} | {} | {} | {} | {} | {cpu} | {} | {} | {} |\n",
                     s.name,
                     num(st.rps),
                     num(st.mb_per_s),
@@ -381,6 +411,10 @@ impl Report {
                     opt(st.latency.max),
                     opt(st.ttfb.p50),
                     opt(st.ttfb.p99),
+                    match (st.bench_cpu_us_per_req, st.bench_cores) {
+                        (Some(us), Some(cores)) => format!("{} ({cores:.2})", num(us)),
+                        _ => "–".into(),
+                    },
                     st.errors,
                     st.foreign_cores
                         .map_or_else(|| "–".into(), |c| format!("{c:.2}")),
