@@ -16,7 +16,9 @@
 //!   connection, each on a freshly started kt.
 //!
 //! kt's CPU per request (utime + stime over a run / successful requests) and
-//! its peak RSS are read from `/proc`. The results are printed as markdown and
+//! its peak RSS are read from `/proc`, and so is this process's own CPU per
+//! request (the load client and the origin), which bounds any proxy's
+//! figures once their core is saturated. The results are printed as markdown and
 //! written to `target/bench/results.md` (+ `results.json`).
 //!
 //! Meant to be started by `scripts/bench.sh`, which builds kt and pins this
