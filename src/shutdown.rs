@@ -109,6 +109,8 @@ impl Deferrer {
         // clone to find out).
         if tokio::task::try_id().is_some() {
             self.tracker.spawn(async move { drop(work) });
+        } else {
+            drop(work);
         }
     }
 }
