@@ -34,6 +34,8 @@
 //! - [`setup`]: client settings for `kt setup` (VS Code, Cody, Copilot,
 //!   Continue, Zed, gptel, shell) and the careful merge into their files.
 //! - [`shutdown`]: graceful-drain signalling shared by every connection task.
+//! - [`redis_link`]: one Redis server as the cache and the shared limits
+//!   use it: lazy connection, bounded calls, a cool-down after a failure.
 //!
 //! `proxy` knows nothing of LLMs beyond a host matcher it is handed; `tls`
 //! and `upstream` never call into `proxy`.
@@ -51,6 +53,7 @@ pub mod llm;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod redis_link;
 pub mod setup;
 pub mod shutdown;
 pub mod storage;

@@ -23,6 +23,7 @@ pub mod redis;
 pub mod serve;
 
 use crate::config::{CacheBackend, CacheOptions, Scope};
+use crate::redis_link::LinkError;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,20 +43,26 @@ pub const REPLICA_COPY_TTL: Duration = Duration::from_secs(60);
 /// counted, never returned to a client.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
-    #[error("redis did not answer in time")]
-    Timeout,
+    #[error(transparent)]
+    Redis(#[from] LinkError),
+}
+
+impl From<::redis::RedisError> for CacheError {
+    fn from(e: ::redis::RedisError) -> Self {
+        CacheError::Redis(LinkError::Redis(e))
+    }
 }
 
 impl CacheError {
     /// Stable snake_case label for logs and metrics.
     pub fn kind(&self) -> &'static str {
+        self.as_link().kind()
+    }
+
+    /// The Redis failure behind it.
+    pub fn as_link(&self) -> &LinkError {
         match self {
-            CacheError::Redis(e) if e.is_connection_refusal() => "redis_refused",
-            CacheError::Redis(e) if e.is_timeout() => "redis_timeout",
-            CacheError::Redis(_) => "redis_error",
-            CacheError::Timeout => "redis_timeout",
+            CacheError::Redis(e) => e,
         }
     }
 }

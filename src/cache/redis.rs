@@ -3,109 +3,57 @@
 //!
 //! Redis is a speed-up, never a dependency: every call is bounded by a
 //! timeout, a failure counts as a miss (with a warning and a metric), and
-//! after one the tier is skipped for a short cool-down so a dead Redis does
-//! not add a timeout to every request.
+//! after one the tier is skipped for a short cool-down
+//! ([`RedisLink`](crate::redis_link::RedisLink)).
 
 use super::entry::Entry;
 use super::key::Key;
 use super::{CacheError, Stats};
+use crate::redis_link::RedisLink;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
-/// Bound on one Redis call as the gateway makes it.
-const OP_TIMEOUT: Duration = Duration::from_millis(250);
-/// Bound on (re)connecting.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long the tier is skipped after a failure.
-const COOL_DOWN: Duration = Duration::from_secs(2);
 /// Keys asked for per SCAN step by purge and stats.
 const SCAN_COUNT: u64 = 500;
 
 /// One Redis server (or the proxy in front of it).
 pub struct RedisTier {
-    client: redis::Client,
-    /// Created on first use (it needs the runtime), then reconnects itself.
-    conn: OnceLock<ConnectionManager>,
-    /// Skip Redis until then, after a failure.
-    down_until: Mutex<Option<Instant>>,
+    link: RedisLink,
     prefix: String,
-    /// The URL without credentials, for logs.
-    shown: String,
     stats: Arc<Stats>,
 }
 
 impl RedisTier {
     /// A tier for `url` (`redis://` or `rediss://`); no connection yet.
     pub fn new(url: &str, prefix: &str, stats: Arc<Stats>) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url)?;
         Ok(RedisTier {
-            client,
-            conn: OnceLock::new(),
-            down_until: Mutex::new(None),
+            link: RedisLink::new(url, "cache")?,
             prefix: prefix.to_string(),
-            shown: crate::config::redact_userinfo(url),
             stats,
         })
-    }
-
-    fn conn(&self) -> Result<ConnectionManager, CacheError> {
-        if let Some(c) = self.conn.get() {
-            return Ok(c.clone());
-        }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(100));
-        let made = ConnectionManager::new_lazy_with_config(self.client.clone(), config)?;
-        Ok(self.conn.get_or_init(|| made).clone())
     }
 
     fn key_name(&self, scope: &str, key: &Key) -> String {
         format!("{}{}:{}", self.prefix, scope, key.hex())
     }
 
-    /// True while the tier is cooling down after a failure.
     fn resting(&self) -> bool {
-        let guard = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
-        guard.is_some_and(|t| Instant::now() < t)
+        self.link.resting()
     }
 
     fn failed(&self, op: &str, e: &CacheError) {
         self.stats.redis_errors.fetch_add(1, Relaxed);
-        let mut guard = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
-        // One warning per outage, not one per request.
-        if guard.is_none_or(|t| Instant::now() >= t) {
-            tracing::warn!(
-                redis = %self.shown,
-                op,
-                kind = e.kind(),
-                error = %e,
-                "cache: Redis unavailable, serving without it for {}s",
-                COOL_DOWN.as_secs()
-            );
-        }
-        *guard = Some(Instant::now() + COOL_DOWN);
+        self.link.failed(op, e.as_link(), "serving without it");
     }
 
     fn recovered(&self) {
-        let mut guard = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.take().is_some() {
-            tracing::info!(redis = %self.shown, "cache: Redis reachable again");
-        }
+        self.link.recovered();
     }
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CacheError> {
-        let mut conn = self.conn()?;
-        match tokio::time::timeout(OP_TIMEOUT, cmd.query_async(&mut conn)).await {
-            Err(_) => Err(CacheError::Timeout),
-            Ok(r) => Ok(r?),
-        }
+        Ok(self.link.run(cmd).await?)
     }
 
     /// The entry of `scope` under `key`; `None` on a miss, on any failure,
@@ -206,7 +154,7 @@ impl RedisTier {
 
     /// The URL without credentials.
     pub fn shown(&self) -> &str {
-        &self.shown
+        self.link.shown()
     }
 }
 
@@ -243,12 +191,7 @@ impl AsyncBatch for Sizer {
         for k in &keys {
             pipe.cmd("STRLEN").arg(k.as_slice());
         }
-        let mut conn = tier.conn()?;
-        let lens: Vec<u64> =
-            match tokio::time::timeout(OP_TIMEOUT, pipe.query_async(&mut conn)).await {
-                Err(_) => return Err(CacheError::Timeout),
-                Ok(r) => r?,
-            };
+        let lens: Vec<u64> = tier.link.run_pipe(&pipe).await?;
         // A key may expire between SCAN and STRLEN (length 0).
         self.0 += lens.iter().filter(|l| **l > 0).count() as u64;
         self.1 += lens.iter().sum::<u64>();

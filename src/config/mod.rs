@@ -25,8 +25,8 @@ mod yaml;
 pub use error::{ConfigError, Mark, Problem};
 pub use options::{
     AuditLoggerOptions, BudgetAction, BudgetOptions, CacheBackend, CacheOptions,
-    ContentFilterOptions, FilterAction, Fsync, NamedPattern, RateLimitOptions, RedactOptions,
-    Scope,
+    ContentFilterOptions, CounterBackend, FilterAction, Fsync, NamedPattern, RateLimitOptions,
+    RedactOptions, Scope, DEFAULT_LIMITS_PREFIX,
 };
 pub use policy::{OnError, Phases, PolicyKind, PolicyOptions, PolicySpec};
 pub use provider::{ProviderTarget, ProviderType};

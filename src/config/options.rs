@@ -145,6 +145,19 @@ pub struct CacheOptions {
     pub key_prefix: Option<String>,
 }
 
+/// Where `rate-limit` and `budget` keep their counters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CounterBackend {
+    /// In-process memory (the default): per replica, lost on restart.
+    #[default]
+    Memory,
+    /// A Redis server shared by replicas, keys under `key_prefix`.
+    Redis { url: String, key_prefix: String },
+}
+
+/// The key prefix of shared counters when `key_prefix` is not set.
+pub const DEFAULT_LIMITS_PREFIX: &str = "kt:limits:";
+
 /// `rate-limit` options: a token bucket per `per` key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitOptions {
@@ -156,6 +169,7 @@ pub struct RateLimitOptions {
     /// Requests allowed at once above the steady rate; set exactly when
     /// `requests_per_minute` is, defaulting to it.
     pub burst: Option<u32>,
+    pub backend: CounterBackend,
 }
 
 /// What `budget` does when spending reaches the limit.
@@ -177,6 +191,7 @@ pub struct BudgetOptions {
     /// Default `team`.
     pub per: Scope,
     pub action: BudgetAction,
+    pub backend: CounterBackend,
 }
 
 pub(crate) const DEFAULT_CACHE_TTL: u64 = 3600;
@@ -259,6 +274,10 @@ pub(crate) struct RawRateLimit {
     per: Option<Scope>,
     #[serde(default)]
     burst: Option<Spanned<u32>>,
+    #[serde(default)]
+    backend: Option<Spanned<String>>,
+    #[serde(default)]
+    key_prefix: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +291,10 @@ pub(crate) struct RawBudget {
     per: Option<Scope>,
     #[serde(default)]
     action: BudgetAction,
+    #[serde(default)]
+    backend: Option<Spanned<String>>,
+    #[serde(default)]
+    key_prefix: Option<Spanned<String>>,
 }
 
 /// `passthrough` takes no options.
@@ -499,21 +522,9 @@ impl RawCache {
             Some(t) if positive(t, problems) => t.value,
             _ => DEFAULT_CACHE_TTL,
         };
-        let backend = match self.backend {
+        let backend = match redis_url(self.backend, "cache", problems) {
             None => CacheBackend::Memory,
-            Some(b) if b.value == "memory" => CacheBackend::Memory,
-            Some(b) => {
-                let scheme_ok = ["redis://", "rediss://"]
-                    .iter()
-                    .any(|s| b.value.starts_with(s) && b.value.len() > s.len());
-                if !scheme_ok {
-                    problems.push(b.problem(format!(
-                        "cache backend `{}` is not supported: use `memory` (the default) or a redis://HOST:PORT/DB (rediss:// for TLS) URL",
-                        super::redact_userinfo(&b.value)
-                    )));
-                }
-                CacheBackend::Redis(b.value)
-            }
+            Some(url) => CacheBackend::Redis(url),
         };
         if let (Some(total), Some(entry)) = (&self.max_bytes, &self.max_entry_bytes) {
             if entry.value.0 > total.value.0 {
@@ -531,14 +542,7 @@ impl RawCache {
                 problems.push(size.problem("must be greater than 0"));
             }
         }
-        if let Some(p) = &self.key_prefix {
-            let printable = p.value.bytes().all(|b| b.is_ascii_graphic());
-            if p.value.is_empty() || !printable {
-                problems.push(p.problem(
-                    "key_prefix must be non-empty printable ASCII without spaces, e.g. `kt:cache:`",
-                ));
-            }
-        }
+        check_prefix(self.key_prefix.as_ref(), "kt:cache:", problems);
         CacheOptions {
             ttl_seconds,
             scope: self.scope.unwrap_or(Scope::Team),
@@ -547,6 +551,62 @@ impl RawCache {
             max_entry_bytes: self.max_entry_bytes.map(|s| s.value.0),
             allow_nondeterministic: self.allow_nondeterministic,
             key_prefix: self.key_prefix.map(|p| p.value),
+        }
+    }
+}
+
+/// The Redis URL of a `backend` option; `None` for `memory` (the default).
+fn redis_url(
+    backend: Option<Spanned<String>>,
+    what: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    let b = backend.filter(|b| b.value != "memory")?;
+    let scheme_ok = ["redis://", "rediss://"]
+        .iter()
+        .any(|s| b.value.starts_with(s) && b.value.len() > s.len());
+    if !scheme_ok {
+        problems.push(b.problem(format!(
+            "{what} backend `{}` is not supported: use `memory` (the default) or a redis://HOST:PORT/DB (rediss:// for TLS) URL",
+            super::redact_userinfo(&b.value)
+        )));
+    }
+    Some(b.value)
+}
+
+/// A `key_prefix` must be usable in Redis key names as written.
+fn check_prefix(prefix: Option<&Spanned<String>>, example: &str, problems: &mut Vec<Problem>) {
+    if let Some(p) = prefix {
+        let printable = p.value.bytes().all(|b| b.is_ascii_graphic());
+        if p.value.is_empty() || !printable {
+            problems.push(p.problem(format!(
+                "key_prefix must be non-empty printable ASCII without spaces, e.g. `{example}`"
+            )));
+        }
+    }
+}
+
+/// Where a `rate-limit` or `budget` policy counts: in process, or in the
+/// Redis of `backend` (a `key_prefix` without a Redis backend is an error).
+fn counter_backend(
+    backend: Option<Spanned<String>>,
+    key_prefix: Option<Spanned<String>>,
+    what: &str,
+    problems: &mut Vec<Problem>,
+) -> CounterBackend {
+    check_prefix(key_prefix.as_ref(), DEFAULT_LIMITS_PREFIX, problems);
+    match redis_url(backend, what, problems) {
+        Some(url) => CounterBackend::Redis {
+            url,
+            key_prefix: key_prefix.map_or_else(|| DEFAULT_LIMITS_PREFIX.to_string(), |p| p.value),
+        },
+        None => {
+            if let Some(p) = key_prefix {
+                problems.push(p.problem(
+                    "key_prefix applies to a Redis backend, and this policy counts in memory",
+                ));
+            }
+            CounterBackend::Memory
         }
     }
 }
@@ -586,6 +646,7 @@ impl RawRateLimit {
             tokens_per_minute: tpm,
             per: self.per.unwrap_or(Scope::User),
             burst,
+            backend: counter_backend(self.backend, self.key_prefix, "rate-limit", problems),
         }
     }
 }
@@ -618,6 +679,7 @@ impl RawBudget {
             usd_per_month: check(self.usd_per_month, problems),
             per: self.per.unwrap_or(Scope::Team),
             action: self.action,
+            backend: counter_backend(self.backend, self.key_prefix, "budget", problems),
         }
     }
 }

@@ -24,7 +24,8 @@ use super::de::Spanned;
 use super::error::Problem;
 use super::options::{
     AuditLoggerOptions, BudgetAction, BudgetOptions, CacheBackend, CacheOptions,
-    ContentFilterOptions, Fsync, RateLimitOptions, RedactOptions, Scope, DEFAULT_CACHE_TTL,
+    ContentFilterOptions, CounterBackend, Fsync, RateLimitOptions, RedactOptions, Scope,
+    DEFAULT_CACHE_TTL,
 };
 use super::when::When;
 use serde::Deserialize;
@@ -295,6 +296,9 @@ impl PolicyOptions {
                     w.push(format!("{t} tokens/min"));
                 }
                 w.push(format!("per {}", o.per));
+                if let CounterBackend::Redis { url, .. } = &o.backend {
+                    w.push(format!("shared in {}", super::redact_userinfo(url)));
+                }
                 w.join(" ")
             }
             PolicyOptions::Budget(o) => {
@@ -313,6 +317,9 @@ impl PolicyOptions {
                         BudgetAction::Log => "log",
                     }
                 ));
+                if let CounterBackend::Redis { url, .. } = &o.backend {
+                    w.push(format!("shared in {}", super::redact_userinfo(url)));
+                }
                 w.join(" ")
             }
         }

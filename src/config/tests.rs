@@ -357,7 +357,8 @@ policy:
             requests_per_minute: None,
             tokens_per_minute: Some(100_000),
             per: Scope::Team,
-            burst: None
+            burst: None,
+            backend: CounterBackend::Memory,
         }
     );
     let PolicyOptions::Budget(b) = o(6) else {
@@ -369,7 +370,8 @@ policy:
             usd_per_day: Some(25.0),
             usd_per_month: Some(400.5),
             per: Scope::Global,
-            action: BudgetAction::Log
+            action: BudgetAction::Log,
+            backend: CounterBackend::Memory,
         }
     );
     assert_eq!(c.policies[6].on_error, OnError::FailClosed);
@@ -728,6 +730,55 @@ policy:
         );
     }
     assert_eq!(ps.len(), want.len(), "{msgs:#?}");
+}
+
+#[test]
+fn limit_backends_are_memory_or_redis_with_a_prefix() {
+    let c = ok("\
+policies:
+  chain: [rl, b]
+policy:
+  rl: {type: rate-limit, requests_per_minute: 5, backend: 'redis://kt:pw@r:6379/2', key_prefix: 'team-a:'}
+  b: {type: budget, usd_per_day: 1, backend: 'redis://r:6379/2'}
+");
+    let PolicyOptions::RateLimit(l) = &c.policies[0].options else {
+        panic!()
+    };
+    assert_eq!(
+        l.backend,
+        CounterBackend::Redis {
+            url: "redis://kt:pw@r:6379/2".into(),
+            key_prefix: "team-a:".into()
+        }
+    );
+    let PolicyOptions::Budget(b) = &c.policies[1].options else {
+        panic!()
+    };
+    assert!(
+        matches!(&b.backend, CounterBackend::Redis { key_prefix, .. } if key_prefix == DEFAULT_LIMITS_PREFIX)
+    );
+    let ps = problems(
+        "\
+policies:
+  chain: [rl, b]
+policy:
+  rl: {type: rate-limit, requests_per_minute: 5, backend: 'http://r:6379'}
+  b: {type: budget, usd_per_day: 1, key_prefix: 'x:'}
+",
+    );
+    let msgs: Vec<String> = ps
+        .iter()
+        .map(|p| format!("{}:{} {}", p.mark.line, p.path, p.message))
+        .collect();
+    assert_eq!(ps.len(), 2, "{msgs:#?}");
+    assert!(
+        msgs[0].starts_with("4:policy.rl.backend rate-limit backend"),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs[1].starts_with("5:policy.b.key_prefix key_prefix applies to a Redis backend"),
+        "{msgs:#?}"
+    );
 }
 
 #[test]

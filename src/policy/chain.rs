@@ -24,6 +24,11 @@ pub enum ChainError {
     Filter { policy: String, source: FilterError },
     #[error("the chain has {0} policies; at most {MAX_POLICIES} are supported")]
     TooMany(usize),
+    #[error("policy {policy}: its backend cannot be used: {source}")]
+    LimitBackend {
+        policy: String,
+        source: crate::redis_link::LinkError,
+    },
 }
 
 /// One compiled policy.
@@ -192,11 +197,21 @@ fn compile(spec: &PolicySpec, previous: Option<&Chain>) -> Result<Policy, ChainE
         PolicyOptions::Passthrough => Action::Passthrough,
         PolicyOptions::RateLimit(o) => Action::RateLimit(match before {
             Some(Action::RateLimit(l)) if l.options() == o => l.clone(),
-            _ => Arc::new(RateLimiter::new(o)),
+            _ => Arc::new(RateLimiter::new(&spec.name, o).map_err(|source| {
+                ChainError::LimitBackend {
+                    policy: spec.name.clone(),
+                    source,
+                }
+            })?),
         }),
         PolicyOptions::Budget(o) => Action::Budget(match before {
             Some(Action::Budget(b)) if b.options() == o => b.clone(),
-            _ => Arc::new(BudgetTracker::new(o)),
+            _ => Arc::new(BudgetTracker::new(&spec.name, o).map_err(|source| {
+                ChainError::LimitBackend {
+                    policy: spec.name.clone(),
+                    source,
+                }
+            })?),
         }),
     };
     Ok(Policy {

@@ -3,7 +3,7 @@
 //! and a record of what the policies did, closed exactly once.
 
 use super::chain::{Action, Chain, Selection};
-use super::limits::{Key, Now};
+use super::limits::{BudgetTracker, Key, Now, Refusal};
 use super::redact::placeholder;
 use super::respond;
 use super::stream::{OutputStream, StreamNote};
@@ -280,6 +280,12 @@ impl Exchange {
         }
     }
 
+    /// True when a `rate-limit` or `budget` policy applies: the caller
+    /// awaits [`Self::admit`] before the input phase.
+    pub fn is_limited(&self) -> bool {
+        !self.limits.is_empty()
+    }
+
     /// The options of the cache policy that applies, if one does.
     pub fn cache_options(&self) -> Option<&crate::config::CacheOptions> {
         match &self.chain.get(self.cache?)?.action {
@@ -369,9 +375,6 @@ impl Exchange {
 
     fn input_inner(&mut self, body: Bytes) -> Input {
         self.read_meta(&body);
-        if let Some(resp) = self.admit() {
-            return Input::Respond(resp);
-        }
         let policies = self.body_policies(true);
         if policies.is_empty() {
             return Input::Forward(body);
@@ -407,16 +410,35 @@ impl Exchange {
     /// The `rate-limit` and `budget` checks, in chain order: the `429` of
     /// the first that refuses. Requests taken by the policies before it are
     /// given back, so a refused request counts nowhere.
-    fn admit(&mut self) -> Option<Response<Body>> {
+    ///
+    /// Runs before the input phase's body policies: the caller awaits it
+    /// (a shared backend is a Redis round trip), then calls [`Self::input`].
+    pub async fn admit(&mut self, body: &[u8]) -> Option<Response<Body>> {
         if self.limits.is_empty() {
             return None;
         }
+        let t = Instant::now();
         let now = Now::current();
         let chain = self.chain.clone();
+        let refused = self.admit_in(&chain, now).await;
+        if refused.is_some() {
+            // The input phase will not run: the record still names the model.
+            self.read_meta(body);
+        }
+        self.record.policy_us += t.elapsed().as_micros() as u64;
+        refused
+    }
+
+    async fn admit_in(&mut self, chain: &Chain, now: Now) -> Option<Response<Body>> {
+        let tasks = self.audit.as_ref().map(|(_, t)| t.clone());
         for (i, policy) in chain.selected(self.limits) {
             let refused = match &policy.action {
+                Action::RateLimit(l) if l.is_shared() => {
+                    l.admit_shared(&self.limit_key(l.options().per), now.mono)
+                        .await
+                }
                 Action::RateLimit(l) => l.admit(&self.limit_key(l.options().per), now.mono),
-                Action::Budget(b) => match b.check(&self.limit_key(b.options().per), now.utc) {
+                Action::Budget(b) => match self.budget_check(b, now).await {
                     Err(r) if !b.blocks() => {
                         self.record
                             .logged
@@ -431,7 +453,7 @@ impl Exchange {
             let Err(refusal) = refused else { continue };
             for (_, before) in chain.selected(self.limits).take_while(|(j, _)| *j < i) {
                 if let Action::RateLimit(l) = &before.action {
-                    l.refund(&self.limit_key(l.options().per), now.mono);
+                    l.refund(&self.limit_key(l.options().per), now.mono, tasks.as_ref());
                 }
             }
             self.record.blocked =
@@ -442,6 +464,16 @@ impl Exchange {
             return Some(resp);
         }
         None
+    }
+
+    /// One budget's check: in Redis when it is shared, else in process.
+    async fn budget_check(&self, b: &BudgetTracker, now: Now) -> Result<(), Refusal> {
+        let key = self.limit_key(b.options().per);
+        if b.is_shared() {
+            b.check_shared(&key, now.utc).await
+        } else {
+            b.check(&key, now.utc)
+        }
     }
 
     /// Charges what the exchange used to the `rate-limit` and `budget`
@@ -462,12 +494,13 @@ impl Exchange {
             return;
         }
         let now = Now::current();
+        let tasks = self.audit.as_ref().map(|(_, t)| t);
         for (_, policy) in self.chain.selected(self.limits) {
             match &policy.action {
                 Action::RateLimit(l) if l.counts_tokens() => {
-                    l.charge_tokens(&self.limit_key(l.options().per), tokens, now.mono);
+                    l.charge_tokens(&self.limit_key(l.options().per), tokens, now.mono, tasks);
                 }
-                Action::Budget(b) => b.spend(&self.limit_key(b.options().per), usd, now.utc),
+                Action::Budget(b) => b.spend(&self.limit_key(b.options().per), usd, now.utc, tasks),
                 _ => {}
             }
         }

@@ -1,7 +1,7 @@
 //! What the `rate-limit` and `budget` policies remember between requests:
 //! token buckets (requests and LLM tokens per minute) and dollars spent per
 //! UTC day and month, per key (a user, a team, or everyone), in this
-//! process.
+//! process, or in Redis for every replica with a `backend` ([`shared`]).
 //!
 //! A request is admitted on the input phase ([`RateLimiter::admit`],
 //! [`BudgetTracker::check`]) and its usage is charged when the exchange
@@ -16,12 +16,47 @@
 //! more than about twice the keys active within a refill window or budget
 //! period.
 
-use crate::config::{BudgetAction, BudgetOptions, RateLimitOptions, Scope};
+use crate::config::{BudgetAction, BudgetOptions, CounterBackend, RateLimitOptions, Scope};
+use crate::redis_link::LinkError;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use time::{Date, OffsetDateTime};
+use tokio_util::task::TaskTracker;
+
+#[path = "limits_shared.rs"]
+pub(crate) mod shared;
+use shared::{Op, Shared};
+
+/// The Redis counters of a policy with a Redis `backend`.
+fn shared_of(policy: &str, backend: &CounterBackend) -> Result<Option<Shared>, LinkError> {
+    match backend {
+        CounterBackend::Memory => Ok(None),
+        CounterBackend::Redis { url, key_prefix } => {
+            Ok(Some(Shared::new(url, key_prefix, policy)?))
+        }
+    }
+}
+
+/// What kt does while a shared backend is down, for the log.
+const FALLBACK: &str = "counting in this process";
+
+/// Runs `work` (a write to shared counters) beside the request, tracked by
+/// `tasks` when given so a drain waits for it. `false` outside a runtime.
+fn in_background(
+    tasks: Option<&TaskTracker>,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) -> bool {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return false;
+    }
+    match tasks {
+        Some(t) => drop(t.spawn(work)),
+        None => drop(tokio::spawn(work)),
+    }
+    true
+}
 
 /// Whose counters a request uses. Mirrors the cache's scope ids
 /// ([`crate::cache::scope_id`]): users without a team share the team
@@ -266,22 +301,6 @@ struct Buckets {
     tokens: Bucket,
 }
 
-/// The state of one `rate-limit` policy.
-pub struct RateLimiter {
-    options: RateLimitOptions,
-    requests: Option<Rate>,
-    tokens: Option<Rate>,
-    keys: KeyMap<Buckets>,
-}
-
-impl fmt::Debug for RateLimiter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimiter")
-            .field("options", &self.options)
-            .finish_non_exhaustive()
-    }
-}
-
 /// A rate that is never used (a limit not configured): its bucket stays
 /// full and at rest.
 const UNUSED: Rate = Rate {
@@ -289,27 +308,16 @@ const UNUSED: Rate = Rate {
     per_sec: 1.0,
 };
 
-impl RateLimiter {
-    pub fn new(options: &RateLimitOptions) -> RateLimiter {
-        let requests = options.requests_per_minute.map(|rpm| {
-            let burst = options.burst.unwrap_or(rpm);
-            Rate::per_minute(f64::from(rpm), f64::from(burst))
-        });
-        let tokens = options
-            .tokens_per_minute
-            .map(|tpm| Rate::per_minute(tpm as f64, tpm as f64));
-        RateLimiter {
-            options: options.clone(),
-            requests,
-            tokens,
-            keys: KeyMap::new(),
-        }
-    }
+/// One policy's buckets in this process: all of them, or with a Redis
+/// backend those used while Redis is down.
+#[derive(Debug)]
+struct LocalBuckets {
+    requests: Option<Rate>,
+    tokens: Option<Rate>,
+    keys: KeyMap<Buckets>,
+}
 
-    pub fn options(&self) -> &RateLimitOptions {
-        &self.options
-    }
-
+impl LocalBuckets {
     fn state<R>(&self, key: &Key, now: Instant, f: impl FnOnce(&mut Buckets) -> R) -> R {
         let (rq, tk) = (
             self.requests.unwrap_or(UNUSED),
@@ -326,11 +334,10 @@ impl RateLimiter {
         )
     }
 
-    /// Admits one request of `key`: takes one from its request bucket, and
-    /// checks its token bucket is not in debt. A refused request takes
-    /// nothing.
-    pub fn admit(&self, key: &Key, now: Instant) -> Result<(), Refusal> {
-        let refused = self.state(key, now, |b| {
+    /// Takes one request of `key`, unless its token bucket is in debt or its
+    /// request bucket empty: then the limit and the seconds to wait.
+    fn admit(&self, key: &Key, now: Instant) -> Option<(Limit, f64)> {
+        self.state(key, now, |b| {
             if let Some(rate) = self.tokens {
                 if let Err(wait) = b.tokens.positive(rate, now) {
                     return Some((Limit::TokensPerMinute, wait));
@@ -342,46 +349,163 @@ impl RateLimiter {
                 }
             }
             None
+        })
+    }
+
+    /// A refund or a charge.
+    fn apply(&self, key: &Key, op: Op, now: Instant) {
+        match (op, self.requests, self.tokens) {
+            (Op::Refund, Some(rate), _) => {
+                self.state(key, now, |b| b.requests.give_back(rate, 1.0));
+            }
+            (Op::Charge(n), _, Some(rate)) if n > 0 => {
+                self.state(key, now, |b| b.tokens.charge(rate, n as f64, now));
+            }
+            (Op::Admit, ..) => {
+                self.admit(key, now);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The state of one `rate-limit` policy.
+pub struct RateLimiter {
+    options: RateLimitOptions,
+    local: Arc<LocalBuckets>,
+    shared: Option<Arc<Shared>>,
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimiter {
+    /// The limiter of the policy named `policy` (which names its shared
+    /// counters); an error only for a Redis URL that cannot be used.
+    pub fn new(policy: &str, options: &RateLimitOptions) -> Result<RateLimiter, LinkError> {
+        let requests = options.requests_per_minute.map(|rpm| {
+            let burst = options.burst.unwrap_or(rpm);
+            Rate::per_minute(f64::from(rpm), f64::from(burst))
         });
-        let Some((limit, wait)) = refused else {
-            return Ok(());
-        };
+        let tokens = options
+            .tokens_per_minute
+            .map(|tpm| Rate::per_minute(tpm as f64, tpm as f64));
+        Ok(RateLimiter {
+            options: options.clone(),
+            local: Arc::new(LocalBuckets {
+                requests,
+                tokens,
+                keys: KeyMap::new(),
+            }),
+            shared: shared_of(policy, &options.backend)?.map(Arc::new),
+        })
+    }
+
+    pub fn options(&self) -> &RateLimitOptions {
+        &self.options
+    }
+
+    /// True when the counters live in Redis (admission awaits a round trip).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Admits one request of `key`: takes one from its request bucket, and
+    /// checks its token bucket is not in debt. A refused request takes
+    /// nothing. This process's buckets only: see [`Self::admit_shared`].
+    pub fn admit(&self, key: &Key, now: Instant) -> Result<(), Refusal> {
+        match self.local.admit(key, now) {
+            None => Ok(()),
+            Some((limit, wait)) => Err(self.refusal(limit, wait, key)),
+        }
+    }
+
+    /// Admits one request of `key` against the shared buckets, or this
+    /// process's while Redis is down (or when there are none).
+    pub async fn admit_shared(&self, key: &Key, now: Instant) -> Result<(), Refusal> {
+        if let Some(s) = self.shared.as_ref().filter(|s| !s.link.resting()) {
+            let (rq, tk) = (self.local.requests, self.local.tokens);
+            match s.bucket(key, Op::Admit, rq, tk).await {
+                Ok(refused) => {
+                    s.link.recovered();
+                    return match refused {
+                        None => Ok(()),
+                        Some((limit, wait)) => Err(self.refusal(limit, wait, key)),
+                    };
+                }
+                Err(e) => s.link.failed("admit", &e, FALLBACK),
+            }
+        }
+        self.admit(key, now)
+    }
+
+    fn refusal(&self, limit: Limit, wait: f64, key: &Key) -> Refusal {
         let retry_after_secs = retry_after_secs(wait);
         let amount = match limit {
             Limit::TokensPerMinute => self.options.tokens_per_minute.unwrap_or(0),
             _ => u64::from(self.options.requests_per_minute.unwrap_or(0)),
         };
-        Err(Refusal {
+        Refusal {
             limit,
             retry_after_secs,
             message: format!(
                 "{} limit of {amount} reached for {key}; the next request is allowed in {retry_after_secs}s",
                 limit.as_str()
             ),
-        })
+        }
     }
 
-    /// Returns the request [`RateLimiter::admit`] took, when a later policy
-    /// refused the request after all.
-    pub fn refund(&self, key: &Key, now: Instant) {
-        if let Some(rate) = self.requests {
-            self.state(key, now, |b| b.requests.give_back(rate, 1.0));
+    /// Returns the request an admit took, when a later policy refused the
+    /// request after all.
+    pub fn refund(&self, key: &Key, now: Instant, tasks: Option<&TaskTracker>) {
+        if self.local.requests.is_some() {
+            self.write(key, Op::Refund, now, tasks);
         }
     }
 
     /// Charges the tokens an exchange used (after the fact: it may leave
     /// the bucket in debt, and the next request waits for it).
-    pub fn charge_tokens(&self, key: &Key, tokens: u64, now: Instant) {
-        if let Some(rate) = self.tokens {
-            if tokens > 0 {
-                self.state(key, now, |b| b.tokens.charge(rate, tokens as f64, now));
+    pub fn charge_tokens(&self, key: &Key, tokens: u64, now: Instant, tasks: Option<&TaskTracker>) {
+        if self.local.tokens.is_some() && tokens > 0 {
+            self.write(key, Op::Charge(tokens), now, tasks);
+        }
+    }
+
+    /// Applies `op` to the shared buckets in the background when there are
+    /// some and Redis is up, else (or when that write fails) to this
+    /// process's.
+    fn write(&self, key: &Key, op: Op, now: Instant, tasks: Option<&TaskTracker>) {
+        if let Some(s) = self.shared.as_ref().filter(|s| !s.link.resting()) {
+            let (s, local, key) = (s.clone(), self.local.clone(), key.clone());
+            let sent = in_background(tasks, async move {
+                match s.bucket(&key, op, local.requests, local.tokens).await {
+                    Ok(_) => s.link.recovered(),
+                    Err(e) => {
+                        s.link.failed("update", &e, FALLBACK);
+                        local.apply(&key, op, Instant::now());
+                    }
+                }
+            });
+            if sent {
+                return;
             }
         }
+        self.local.apply(key, op, now);
     }
 
     /// True when this policy counts tokens (so usage must be charged).
     pub fn counts_tokens(&self) -> bool {
-        self.tokens.is_some()
+        self.local.tokens.is_some()
+    }
+
+    #[cfg(test)]
+    fn local_keys(&self) -> usize {
+        self.local.keys.len()
     }
 }
 
@@ -450,7 +574,10 @@ impl Spend {
 /// The state of one `budget` policy.
 pub struct BudgetTracker {
     options: BudgetOptions,
-    keys: KeyMap<Spend>,
+    /// This process's spend: all of it, or with a Redis backend what was
+    /// spent while Redis was down.
+    keys: Arc<KeyMap<Spend>>,
+    shared: Option<Arc<Shared>>,
 }
 
 impl fmt::Debug for BudgetTracker {
@@ -462,11 +589,19 @@ impl fmt::Debug for BudgetTracker {
 }
 
 impl BudgetTracker {
-    pub fn new(options: &BudgetOptions) -> BudgetTracker {
-        BudgetTracker {
+    /// The tracker of the policy named `policy` (which names its shared
+    /// counters); an error only for a Redis URL that cannot be used.
+    pub fn new(policy: &str, options: &BudgetOptions) -> Result<BudgetTracker, LinkError> {
+        Ok(BudgetTracker {
             options: options.clone(),
-            keys: KeyMap::new(),
-        }
+            keys: Arc::new(KeyMap::new()),
+            shared: shared_of(policy, &options.backend)?.map(Arc::new),
+        })
+    }
+
+    /// True when the spend lives in Redis (checks await a round trip).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     pub fn options(&self) -> &BudgetOptions {
@@ -479,22 +614,40 @@ impl BudgetTracker {
     }
 
     fn state<R>(&self, key: &Key, utc: OffsetDateTime, f: impl FnOnce(&mut Spend) -> R) -> R {
-        let today = utc.date();
-        self.keys.with(
-            key,
-            || Spend::fresh(today),
-            |s| s.at_rest(today),
-            |s| {
-                s.roll(today);
-                f(s)
-            },
-        )
+        spend_state(&self.keys, key, utc, f)
     }
 
     /// `Err` when `key` has spent its day's or month's budget (the month's
-    /// when both are spent: that is the later reset).
+    /// when both are spent: that is the later reset). This process's spend
+    /// only: see [`Self::check_shared`].
     pub fn check(&self, key: &Key, utc: OffsetDateTime) -> Result<(), Refusal> {
         let spend = self.state(key, utc, |s| *s);
+        self.verdict(key, spend, utc)
+    }
+
+    /// [`Self::check`] against the shared spend, or this process's while
+    /// Redis is down (or when there is none).
+    pub async fn check_shared(&self, key: &Key, utc: OffsetDateTime) -> Result<(), Refusal> {
+        if let Some(s) = self.shared.as_ref().filter(|s| !s.link.resting()) {
+            let today = utc.date();
+            match s.spent(key, today).await {
+                Ok((day_usd, month_usd)) => {
+                    s.link.recovered();
+                    let spend = Spend {
+                        day: today,
+                        day_usd,
+                        month: first_of_month(today),
+                        month_usd,
+                    };
+                    return self.verdict(key, spend, utc);
+                }
+                Err(e) => s.link.failed("check", &e, FALLBACK),
+            }
+        }
+        self.check(key, utc)
+    }
+
+    fn verdict(&self, key: &Key, spend: Spend, utc: OffsetDateTime) -> Result<(), Refusal> {
         let over = |cap: Option<f64>, spent: f64| cap.filter(|c| spent >= *c);
         let (limit, cap, spent, resets) =
             if let Some(cap) = over(self.options.usd_per_month, spend.month_usd) {
@@ -526,15 +679,58 @@ impl BudgetTracker {
         })
     }
 
-    /// Adds what an exchange cost to `key`'s day and month.
-    pub fn spend(&self, key: &Key, usd: f64, utc: OffsetDateTime) {
-        if usd > 0.0 && usd.is_finite() {
-            self.state(key, utc, |s| {
-                s.day_usd += usd;
-                s.month_usd += usd;
-            });
+    /// Adds what an exchange cost to `key`'s day and month: in Redis in the
+    /// background when shared and up, else (or when that write fails) in
+    /// this process.
+    pub fn spend(&self, key: &Key, usd: f64, utc: OffsetDateTime, tasks: Option<&TaskTracker>) {
+        if !(usd > 0.0 && usd.is_finite()) {
+            return;
         }
+        if let Some(s) = self.shared.as_ref().filter(|s| !s.link.resting()) {
+            let today = utc.date();
+            let ends = |end: Option<OffsetDateTime>| end.map_or(0, |e| e.unix_timestamp());
+            let (day_end, month_end) = (ends(day_end(today)), ends(month_end(today)));
+            let (s, keys, key) = (s.clone(), self.keys.clone(), key.clone());
+            let sent = in_background(tasks, async move {
+                match s.spend(&key, usd, today, day_end, month_end).await {
+                    Ok(()) => s.link.recovered(),
+                    Err(e) => {
+                        s.link.failed("spend", &e, FALLBACK);
+                        add_spend(&keys, &key, usd, utc);
+                    }
+                }
+            });
+            if sent {
+                return;
+            }
+        }
+        add_spend(&self.keys, key, usd, utc);
     }
+}
+
+fn spend_state<R>(
+    keys: &KeyMap<Spend>,
+    key: &Key,
+    utc: OffsetDateTime,
+    f: impl FnOnce(&mut Spend) -> R,
+) -> R {
+    let today = utc.date();
+    keys.with(
+        key,
+        || Spend::fresh(today),
+        |s| s.at_rest(today),
+        |s| {
+            s.roll(today);
+            f(s)
+        },
+    )
+}
+
+fn add_spend(keys: &KeyMap<Spend>, key: &Key, usd: f64, utc: OffsetDateTime) {
+    spend_state(keys, key, utc, |s| {
+        s.day_usd += usd;
+        s.month_usd += usd;
+    });
 }
 
 #[cfg(test)]

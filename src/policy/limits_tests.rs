@@ -5,12 +5,17 @@ use std::time::Duration;
 use time::macros::datetime;
 
 fn limiter(rpm: Option<u32>, burst: Option<u32>, tpm: Option<u64>) -> RateLimiter {
-    RateLimiter::new(&RateLimitOptions {
-        requests_per_minute: rpm,
-        tokens_per_minute: tpm,
-        per: Scope::User,
-        burst: burst.or(rpm),
-    })
+    RateLimiter::new(
+        "rl",
+        &RateLimitOptions {
+            requests_per_minute: rpm,
+            tokens_per_minute: tpm,
+            per: Scope::User,
+            burst: burst.or(rpm),
+            backend: CounterBackend::Memory,
+        },
+    )
+    .unwrap()
 }
 
 fn user(name: &str) -> Key {
@@ -113,11 +118,11 @@ fn a_refund_returns_the_request_without_overfilling() {
     let l = limiter(Some(1), Some(1), None);
     let (k, t0) = (user("a"), Instant::now());
     assert!(l.admit(&k, t0).is_ok());
-    l.refund(&k, t0);
+    l.refund(&k, t0, None);
     assert!(l.admit(&k, t0).is_ok());
     assert!(l.admit(&k, t0).is_err());
-    l.refund(&k, t0);
-    l.refund(&k, t0);
+    l.refund(&k, t0, None);
+    l.refund(&k, t0, None);
     assert!(l.admit(&k, t0).is_ok());
     assert!(l.admit(&k, t0).is_err(), "capacity stays at the burst");
 }
@@ -129,7 +134,7 @@ fn tokens_are_charged_after_the_fact_and_the_next_request_waits_for_the_debt() {
     let (k, t0) = (user("a"), Instant::now());
     assert!(l.admit(&k, t0).is_ok());
     // The exchange used more than the whole minute's allowance.
-    l.charge_tokens(&k, 650, t0);
+    l.charge_tokens(&k, 650, t0, None);
     let refused = l.admit(&k, t0).unwrap_err();
     assert_eq!(refused.limit, Limit::TokensPerMinute);
     // 50 tokens of debt at 10/s.
@@ -138,7 +143,7 @@ fn tokens_are_charged_after_the_fact_and_the_next_request_waits_for_the_debt() {
     assert_eq!(l.admit(&k, t0 + secs(4.5)).unwrap_err().retry_after_secs, 1);
     assert!(l.admit(&k, t0 + secs(5.1)).is_ok());
     // Under the allowance, requests keep going.
-    l.charge_tokens(&k, 1, t0 + secs(5.1));
+    l.charge_tokens(&k, 1, t0 + secs(5.1), None);
     assert!(l.admit(&k, t0 + secs(60.0)).is_ok());
 }
 
@@ -147,7 +152,7 @@ fn both_limits_in_one_policy() {
     let l = limiter(Some(10), Some(10), Some(100));
     let (k, t0) = (user("a"), Instant::now());
     assert!(l.admit(&k, t0).is_ok());
-    l.charge_tokens(&k, 100, t0);
+    l.charge_tokens(&k, 100, t0, None);
     // Tokens refuse first; the request bucket is untouched.
     assert_eq!(l.admit(&k, t0).unwrap_err().limit, Limit::TokensPerMinute);
     assert!(l.admit(&k, t0 + secs(1.0)).is_ok());
@@ -160,22 +165,27 @@ fn keys_at_rest_are_swept_and_active_ones_kept() {
     for i in 0..SWEEP_FROM {
         assert!(l.admit(&user(&format!("u{i}")), t0).is_ok());
     }
-    assert_eq!(l.keys.len(), SWEEP_FROM);
+    assert_eq!(l.local_keys(), SWEEP_FROM);
     // The first two minutes later: everyone refilled except u0, used again.
     let t1 = t0 + secs(120.0);
     assert!(l.admit(&user("u0"), t1).is_ok());
     assert!(l.admit(&user("new"), t1).is_ok());
-    assert_eq!(l.keys.len(), 2, "u0 (empty bucket) and the new key");
+    assert_eq!(l.local_keys(), 2, "u0 (empty bucket) and the new key");
     assert!(l.admit(&user("u0"), t1).is_err(), "u0 kept its state");
 }
 
 fn budget(day: Option<f64>, month: Option<f64>, action: BudgetAction) -> BudgetTracker {
-    BudgetTracker::new(&BudgetOptions {
-        usd_per_day: day,
-        usd_per_month: month,
-        per: Scope::Team,
-        action,
-    })
+    BudgetTracker::new(
+        "money",
+        &BudgetOptions {
+            usd_per_day: day,
+            usd_per_month: month,
+            per: Scope::Team,
+            action,
+            backend: CounterBackend::Memory,
+        },
+    )
+    .unwrap()
 }
 
 #[test]
@@ -184,9 +194,9 @@ fn a_day_budget_refuses_until_utc_midnight() {
     let k = Key::Team(Some(Arc::from("core")));
     let t = datetime!(2026-11-23 22:00:00 UTC);
     assert!(b.check(&k, t).is_ok());
-    b.spend(&k, 0.6, t);
+    b.spend(&k, 0.6, t, None);
     assert!(b.check(&k, t).is_ok());
-    b.spend(&k, 0.6, t);
+    b.spend(&k, 0.6, t, None);
     let refused = b.check(&k, t).unwrap_err();
     assert_eq!(refused.limit, Limit::UsdPerDay);
     assert_eq!(refused.retry_after_secs, 2 * 3600);
@@ -208,8 +218,8 @@ fn a_month_budget_refuses_until_the_first_of_next_month() {
     let b = budget(Some(100.0), Some(2.0), BudgetAction::Block);
     let k = Key::Global;
     // Spend across days of one month adds up.
-    b.spend(&k, 1.5, datetime!(2026-12-30 12:00:00 UTC));
-    b.spend(&k, 1.0, datetime!(2026-12-31 12:00:00 UTC));
+    b.spend(&k, 1.5, datetime!(2026-12-30 12:00:00 UTC), None);
+    b.spend(&k, 1.0, datetime!(2026-12-31 12:00:00 UTC), None);
     let refused = b.check(&k, datetime!(2026-12-31 12:00:00 UTC)).unwrap_err();
     assert_eq!(refused.limit, Limit::UsdPerMonth);
     // December rolls into January of the next year.
@@ -217,7 +227,7 @@ fn a_month_budget_refuses_until_the_first_of_next_month() {
     assert!(refused.message.contains("2027-01-01T00:00:00Z"));
     assert!(b.check(&k, datetime!(2027-01-01 00:00:00 UTC)).is_ok());
     // A 30-day month.
-    b.spend(&k, 5.0, datetime!(2027-04-30 23:00:00 UTC));
+    b.spend(&k, 5.0, datetime!(2027-04-30 23:00:00 UTC), None);
     let refused = b.check(&k, datetime!(2027-04-30 23:00:00 UTC)).unwrap_err();
     assert!(refused.message.contains("2027-05-01T00:00:00Z"));
     assert_eq!(refused.retry_after_secs, 3600);
@@ -227,7 +237,7 @@ fn a_month_budget_refuses_until_the_first_of_next_month() {
 fn when_both_budgets_are_spent_the_month_is_the_later_reset() {
     let b = budget(Some(1.0), Some(1.0), BudgetAction::Block);
     let t = datetime!(2026-02-10 00:00:00 UTC);
-    b.spend(&Key::Global, 1.0, t);
+    b.spend(&Key::Global, 1.0, t, None);
     let refused = b.check(&Key::Global, t).unwrap_err();
     assert_eq!(refused.limit, Limit::UsdPerMonth);
     assert_eq!(refused.retry_after_secs, 19 * 86_400);
@@ -238,8 +248,8 @@ fn nothing_spent_costs_nothing_and_budgets_at_rest_are_fresh() {
     let b = budget(Some(1.0), None, BudgetAction::Log);
     assert!(!b.blocks());
     let t = datetime!(2026-02-10 00:00:00 UTC);
-    b.spend(&Key::Global, 0.0, t);
-    b.spend(&Key::Global, f64::NAN, t);
+    b.spend(&Key::Global, 0.0, t, None);
+    b.spend(&Key::Global, f64::NAN, t, None);
     assert!(b.check(&Key::Global, t).is_ok());
     let mut s = Spend::fresh(t.date());
     assert!(s.at_rest(t.date()));
@@ -248,4 +258,94 @@ fn nothing_spent_costs_nothing_and_budgets_at_rest_are_fresh() {
     assert!(!s.at_rest(t.date()));
     assert!(!s.at_rest(datetime!(2026-02-11 00:00:00 UTC).date()));
     assert!(s.at_rest(datetime!(2026-03-01 00:00:00 UTC).date()));
+}
+
+/// The Redis of `KT_TEST_REDIS_URL`, or `None` with the skip notice.
+fn test_redis(test: &str) -> Option<String> {
+    match std::env::var("KT_TEST_REDIS_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            println!("KT-TEST-SKIPPED {test}: KT_TEST_REDIS_URL is not set");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_bucket_script_takes_refunds_charges_into_debt_and_expires_at_rest() {
+    let Some(url) = test_redis("bucket_script") else {
+        return;
+    };
+    let prefix = format!("kt-unit:{:016x}:", rand::random::<u64>());
+    let s = Shared::new(&url, &prefix, "rl").unwrap();
+    let k = user("dev1");
+    // 2 requests at once, refilled at 1 a minute; 600 tokens a minute.
+    let rq = Some(Rate::per_minute(1.0, 2.0));
+    let tk = Some(Rate::per_minute(600.0, 600.0));
+    assert_eq!(s.bucket(&k, Op::Admit, rq, tk).await.unwrap(), None);
+    assert_eq!(s.bucket(&k, Op::Admit, rq, tk).await.unwrap(), None);
+    let (limit, wait) = s.bucket(&k, Op::Admit, rq, tk).await.unwrap().unwrap();
+    assert_eq!(limit, Limit::RequestsPerMinute);
+    assert!(
+        (55.0..=60.0).contains(&wait),
+        "a minute for the next: {wait}"
+    );
+    s.bucket(&k, Op::Refund, rq, tk).await.unwrap();
+    assert_eq!(
+        s.bucket(&k, Op::Admit, rq, tk).await.unwrap(),
+        None,
+        "refunded"
+    );
+    // 900 tokens against 600: 300 in debt, 30 s at 10 a second.
+    s.bucket(&k, Op::Charge(900), rq, tk).await.unwrap();
+    s.bucket(&k, Op::Refund, rq, tk).await.unwrap();
+    let (limit, wait) = s.bucket(&k, Op::Admit, rq, tk).await.unwrap().unwrap();
+    assert_eq!(limit, Limit::TokensPerMinute);
+    assert!((29.0..=30.0).contains(&wait), "{wait}");
+    // The key expires once both buckets would be full again: at most the
+    // longer refill (2 min for the requests) and a second.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(s.bucket_key(&k))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1..=121_000).contains(&ttl), "{ttl}");
+    // Another key, another policy prefix: untouched.
+    assert_eq!(
+        s.bucket(&user("dev2"), Op::Admit, rq, tk).await.unwrap(),
+        None
+    );
+    // Spend adds up per day and month.
+    let day = OffsetDateTime::now_utc().date();
+    let ends = |e: Option<OffsetDateTime>| e.unwrap().unix_timestamp();
+    let (day_ends, month_ends) = (ends(day_end(day)), ends(month_end(day)));
+    s.spend(&k, 0.25, day, day_ends, month_ends).await.unwrap();
+    s.spend(&k, 0.5, day, day_ends, month_ends).await.unwrap();
+    let (d, m) = s.spent(&k, day).await.unwrap();
+    assert!(
+        (d - 0.75).abs() < 1e-9 && (m - 0.75).abs() < 1e-9,
+        "{d} {m}"
+    );
+    let next = day.next_day().unwrap();
+    let (d, m) = s.spent(&k, next).await.unwrap();
+    assert_eq!(d, 0.0, "a new day starts at zero");
+    if next.month() == day.month() {
+        assert!(
+            (m - 0.75).abs() < 1e-9,
+            "the same month keeps counting: {m}"
+        );
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(s.bucket_key(&k))
+        .arg(s.spend_keys(&k, day).0)
+        .arg(s.spend_keys(&k, day).1)
+        .arg(s.bucket_key(&user("dev2")))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }

@@ -114,6 +114,14 @@ pub(super) async fn forward_read(
     // The response is read (by policies, or for its usage): ask for it
     // uncompressed. LLM answers are small text; the audit trail needs them.
     parts.headers.remove(header::ACCEPT_ENCODING);
+    // Boxed, and only when limits apply: a shared backend's round trip
+    // would otherwise enlarge every request's future.
+    if exchange.is_limited() {
+        if let Some(resp) = Box::pin(exchange.admit(&bytes)).await {
+            exchange.complete(Some(resp.status().as_u16()));
+            return Ok(resp);
+        }
+    }
     let mut pending = None;
     let body = match exchange.input(bytes) {
         Input::Respond(resp) => {

@@ -75,9 +75,13 @@ async fn setup(policies: &str) -> Setup {
 
 /// An access key for `user` in `team`, known to the running gateway.
 fn key(s: &Setup, user: &str, team: Option<&str>) -> String {
-    let keys = s.gw.home.path().join("keys.json");
+    key_on(&s.gw, user, team)
+}
+
+fn key_on(gw: &TestGateway, user: &str, team: Option<&str>) -> String {
+    let keys = gw.home.path().join("keys.json");
     let k = file::create(&keys, user, team, false).unwrap().key;
-    assert!(s.gw.gateway.auth().store().unwrap().refresh());
+    assert!(gw.gateway.auth().store().unwrap().refresh());
     k
 }
 
@@ -118,7 +122,11 @@ fn message() -> String {
 /// A chat completion by `key`, its body read whole; returns the status
 /// and the response.
 async fn chat_as(s: &Setup, key: &str, usage: Option<&str>) -> (u16, Option<u64>, String) {
-    let resp = call(s.gw.addr, "/v1/chat/completions", key, usage, &chat()).await;
+    chat_at(s.gw.addr, key, usage).await
+}
+
+async fn chat_at(gw: SocketAddr, key: &str, usage: Option<&str>) -> (u16, Option<u64>, String) {
+    let resp = call(gw, "/v1/chat/completions", key, usage, &chat()).await;
     let status = resp.status().as_u16();
     let retry = resp
         .headers()
@@ -388,4 +396,136 @@ async fn a_reload_with_the_policy_unchanged_keeps_its_counters() {
     // Changed options start afresh.
     reload(&yaml.replace(": 1\n", ": 5\n"));
     assert_eq!(chat_as(&s, &dev, None).await.0, 200, "counters reset");
+}
+
+/// Two gateways (replicas) with the same `policies` and one origin: the
+/// first as a [`Setup`], the second beside it.
+async fn replicas(policies: &str) -> (Setup, TestGateway) {
+    let a = setup(policies).await;
+    let config = Arc::new(
+        PolicyConfig::parse(&format!("{TARGETS}{policies}"), Path::new("t.yaml")).unwrap(),
+    );
+    let b = TestGateway::start(&a._ca, |s| {
+        s.connect_to.push(connect_to(OPENAI, 443, a.origin.addr));
+        s.auth_required = Some(true);
+        s.apply_config(&config);
+    })
+    .await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn replicas_with_a_redis_backend_share_one_request_limit_token_limit_and_budget() {
+    let Some(url) = crate::suite::cache::redis_url("limits_shared_by_replicas") else {
+        return;
+    };
+    let prefix = crate::suite::cache::unique_prefix("limits");
+    let policies = format!(
+        "policies:\n  chain: [audit-logger, rl, tpm, spend]\npolicy:\n{AUDIT}  rl:\n    type: rate-limit\n    requests_per_minute: 3\n    backend: {url}\n    key_prefix: '{prefix}'\n  tpm:\n    type: rate-limit\n    tokens_per_minute: 1000\n    per: team\n    backend: {url}\n    key_prefix: '{prefix}'\n  spend:\n    type: budget\n    usd_per_day: 0.001\n    per: global\n    backend: {url}\n    key_prefix: '{prefix}'\n"
+    );
+    let (a, mut b) = replicas(&policies).await;
+    // The same users on both replicas (each has its own key file).
+    let (dev1_a, dev1_b) = (
+        key(&a, "dev1", Some("core")),
+        key_on(&b, "dev1", Some("core")),
+    );
+    let (dev2_a, dev2_b) = (
+        key(&a, "dev2", Some("web")),
+        key_on(&b, "dev2", Some("web")),
+    );
+
+    // Requests per minute: 3 for dev1 across both replicas, not 3 each.
+    assert_eq!(chat_as(&a, &dev1_a, None).await.0, 200);
+    assert_eq!(chat_at(b.addr, &dev1_b, None).await.0, 200);
+    assert_eq!(chat_as(&a, &dev1_a, None).await.0, 200);
+    let (status, retry, body) = chat_at(b.addr, &dev1_b, None).await;
+    assert_eq!(status, 429, "replica B saw A's requests: {body}");
+    assert_eq!(json(&body)["error"]["policy"], "rl", "{body}");
+    assert!((1..=20).contains(&retry.unwrap()), "{retry:?}");
+    assert_eq!(chat_as(&a, &dev1_a, None).await.0, 429);
+
+    // Tokens charged on A after its answer refuse the team's next request
+    // on B. 1,500 tokens of gpt-4o also spend $0.0075 of the global $0.001.
+    assert_eq!(chat_as(&a, &dev2_a, Some("1000,500")).await.0, 200);
+    settled(&a, 4).await;
+    // The charges are written beside the request, just after it closes.
+    let redis = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let day = time::OffsetDateTime::now_utc().date();
+    let spend_key = format!("{prefix}spend:day:{day}:global");
+    let charged = wait_until(Duration::from_secs(5), || {
+        let mut conn = conn.clone();
+        let (tokens, spend) = (format!("{prefix}tpm:rate:team:web"), spend_key.clone());
+        async move {
+            let level: Option<f64> = redis::cmd("HGET")
+                .arg(tokens)
+                .arg("tl")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let spent: Option<f64> = redis::cmd("GET")
+                .arg(spend)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            level.is_some_and(|l| l < 0.0) && spent.is_some_and(|s| s > 0.001)
+        }
+    })
+    .await;
+    assert!(charged, "A's token and dollar charges reached Redis");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&spend_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        (86_400..=2 * 86_400).contains(&ttl),
+        "a day's spend expires a day after the day ends: {ttl}"
+    );
+    let (status, _, body) = chat_at(b.addr, &dev2_b, None).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(json(&body)["error"]["policy"], "tpm", "{body}");
+    // The budget is global: a third user, on B, is refused by it.
+    let ops_b = key_on(&b, "ops", Some("infra"));
+    let (status, _, body) = chat_at(b.addr, &ops_b, None).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(json(&body)["error"]["type"], "budget_exceeded", "{body}");
+
+    // Only the admitted requests reached the (one) upstream.
+    assert_eq!(a.origin.hits.load(Ordering::SeqCst), 4);
+    let evs = events(&mut b).await;
+    let refused: Vec<_> = evs
+        .iter()
+        .filter(|e| e.action.as_str() == "block")
+        .map(|e| e.policy.as_deref().unwrap_or(""))
+        .collect();
+    assert!(
+        refused.contains(&"rl") && refused.contains(&"spend"),
+        "{refused:?}"
+    );
+    assert!(
+        evs.iter()
+            .filter(|e| e.policy.as_deref() == Some("rl"))
+            .all(|e| e.model.as_deref() == Some("gpt-4o")),
+        "a refused request's event still names its model"
+    );
+}
+
+#[tokio::test]
+async fn a_shared_limit_counts_in_process_while_its_redis_is_unreachable() {
+    // Nothing listens on port 1: every Redis call fails at once.
+    let s = setup(
+        "policies:\n  chain: [rl]\npolicy:\n  rl:\n    type: rate-limit\n    requests_per_minute: 1\n    backend: redis://127.0.0.1:1/0\n",
+    )
+    .await;
+    let dev = key(&s, "dev1", None);
+    let (status, _, body) = chat_as(&s, &dev, None).await;
+    assert_eq!(
+        status, 200,
+        "an unreachable Redis does not break traffic: {body}"
+    );
+    let (status, retry, body) = chat_as(&s, &dev, None).await;
+    assert_eq!(status, 429, "the limit still holds, per replica: {body}");
+    assert!((59..=60).contains(&retry.unwrap()), "{retry:?}");
+    assert_eq!(s.origin.hits.load(Ordering::SeqCst), 1);
 }
