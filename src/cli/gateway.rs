@@ -82,6 +82,11 @@ pub enum InterceptArg {
 
 pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
     let GatewayCommand::Run(args) = cmd;
+    // Before the load: an edit from here on is a change to reload.
+    let loaded = args
+        .policy_config
+        .as_deref()
+        .and_then(crate::policy::reload::fingerprint);
     let config = match &args.policy_config {
         Some(path) => Some(std::sync::Arc::new(Config::load(path)?)),
         None => None,
@@ -145,10 +150,14 @@ pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
             runtime.spawn(async move { poller.run().await });
         }
     }
-    runtime.block_on(serve(settings, args))
+    runtime.block_on(serve(settings, args, loaded))
 }
 
-async fn serve(settings: GatewaySettings, args: RunArgs) -> anyhow::Result<ExitCode> {
+async fn serve(
+    settings: GatewaySettings,
+    args: RunArgs,
+    loaded: crate::policy::reload::Fingerprint,
+) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -183,6 +192,7 @@ async fn serve(settings: GatewaySettings, args: RunArgs) -> anyhow::Result<ExitC
             path,
             engine,
             crate::policy::reload::POLL,
+            loaded,
         ))
     });
     stop.await;

@@ -11,9 +11,12 @@ use std::time::{Duration, SystemTime};
 /// How often the file's modification time and size are checked.
 pub const POLL: Duration = Duration::from_secs(1);
 
-/// Reloads `path` into `engine` until the task is dropped.
-pub async fn watch(path: PathBuf, engine: Arc<Engine>, poll: Duration) {
-    let mut last = fingerprint(&path);
+/// Reloads `path` into `engine` until the task is dropped. `loaded` is
+/// the file's [`fingerprint`] taken before the config in force was read:
+/// taken when the task first runs instead, an edit made in between would
+/// never be noticed.
+pub async fn watch(path: PathBuf, engine: Arc<Engine>, poll: Duration, loaded: Fingerprint) {
+    let mut last = loaded;
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -64,7 +67,11 @@ pub fn reload(path: &Path, engine: &Engine, why: &str) -> bool {
     }
 }
 
-fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
+/// What tells a changed file: its modification time and size (`None`
+/// while it cannot be read).
+pub type Fingerprint = Option<(SystemTime, u64)>;
+
+pub fn fingerprint(path: &Path) -> Fingerprint {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
