@@ -20,6 +20,7 @@ use crate::config::{BudgetAction, BudgetOptions, CounterBackend, RateLimitOption
 use crate::redis_link::LinkError;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use time::{Date, OffsetDateTime};
@@ -39,8 +40,20 @@ fn shared_of(policy: &str, backend: &CounterBackend) -> Result<Option<Shared>, L
     }
 }
 
-/// What kt does while a shared backend is down, for the log.
-const FALLBACK: &str = "counting in this process";
+/// Failed or timed-out Redis calls of shared limits since start, for
+/// `/metrics`: process-wide, so a reload does not reset the counter.
+static REDIS_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// Failed Redis calls of shared limits since start.
+pub fn redis_errors() -> u64 {
+    REDIS_ERRORS.load(Relaxed)
+}
+
+/// Notes a failed call: counted, and Redis rests while this process counts.
+fn failed(s: &Shared, op: &str, e: &LinkError) {
+    REDIS_ERRORS.fetch_add(1, Relaxed);
+    s.link.failed(op, e, "counting in this process");
+}
 
 /// Runs `work` (a write to shared counters) beside the request, tracked by
 /// `tasks` when given so a drain waits for it. `false` outside a runtime.
@@ -361,9 +374,7 @@ impl LocalBuckets {
             (Op::Charge(n), _, Some(rate)) if n > 0 => {
                 self.state(key, now, |b| b.tokens.charge(rate, n as f64, now));
             }
-            (Op::Admit, ..) => {
-                self.admit(key, now);
-            }
+            // Admission returns its verdict: see `admit`.
             _ => {}
         }
     }
@@ -438,7 +449,7 @@ impl RateLimiter {
                         Some((limit, wait)) => Err(self.refusal(limit, wait, key)),
                     };
                 }
-                Err(e) => s.link.failed("admit", &e, FALLBACK),
+                Err(e) => failed(s, "admit", &e),
             }
         }
         self.admit(key, now)
@@ -486,7 +497,7 @@ impl RateLimiter {
                 match s.bucket(&key, op, local.requests, local.tokens).await {
                     Ok(_) => s.link.recovered(),
                     Err(e) => {
-                        s.link.failed("update", &e, FALLBACK);
+                        failed(&s, "update", &e);
                         local.apply(&key, op, Instant::now());
                     }
                 }
@@ -641,7 +652,7 @@ impl BudgetTracker {
                     };
                     return self.verdict(key, spend, utc);
                 }
-                Err(e) => s.link.failed("check", &e, FALLBACK),
+                Err(e) => failed(s, "check", &e),
             }
         }
         self.check(key, utc)
@@ -695,7 +706,7 @@ impl BudgetTracker {
                 match s.spend(&key, usd, today, day_end, month_end).await {
                     Ok(()) => s.link.recovered(),
                     Err(e) => {
-                        s.link.failed("spend", &e, FALLBACK);
+                        failed(&s, "spend", &e);
                         add_spend(&keys, &key, usd, utc);
                     }
                 }

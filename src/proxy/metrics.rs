@@ -181,6 +181,13 @@ fn cache_tiers(
         "Failed or timed-out Redis calls (each served as a miss).",
         &[("", k.redis_errors.load(Relaxed))],
     );
+    metric(
+        out,
+        "kt_limits_redis_errors_total",
+        "counter",
+        "Failed or timed-out Redis calls of shared rate limits and budgets (each counted in process instead).",
+        &[("", crate::policy::limits::redis_errors())],
+    );
     let (entries, bytes) = caches.memory_usage();
     metric(
         out,

@@ -528,4 +528,8 @@ async fn a_shared_limit_counts_in_process_while_its_redis_is_unreachable() {
     assert_eq!(status, 429, "the limit still holds, per replica: {body}");
     assert!((59..=60).contains(&retry.unwrap()), "{retry:?}");
     assert_eq!(s.origin.hits.load(Ordering::SeqCst), 1);
+    assert!(
+        keeptrusts::policy::limits::redis_errors() >= 1,
+        "the failure is counted"
+    );
 }
