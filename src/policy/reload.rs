@@ -75,3 +75,46 @@ pub fn fingerprint(path: &Path) -> Fingerprint {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn names(engine: &Engine) -> Vec<String> {
+        engine
+            .chain()
+            .policies()
+            .iter()
+            .map(|p| p.name.to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_edit_before_the_watcher_first_runs_is_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, "policies:\n  chain: [audit-logger]\n").unwrap();
+        let loaded = fingerprint(&path);
+        let engine = Arc::new(Engine::new(Some(&Config::load(&path).unwrap())).unwrap());
+        assert_eq!(names(&engine), ["audit-logger"]);
+        // Edited after the load, before the watcher starts.
+        std::fs::write(&path, "policies:\n  chain: [audit-logger, passthrough]\n").unwrap();
+        let watcher = tokio::spawn(watch(
+            path.clone(),
+            engine.clone(),
+            Duration::from_millis(5),
+            loaded,
+        ));
+        let reloaded = tokio::time::timeout(Duration::from_secs(5), async {
+            while names(&engine).len() != 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .is_ok();
+        watcher.abort();
+        assert!(reloaded, "the edit was missed: {:?}", names(&engine));
+    }
+}
