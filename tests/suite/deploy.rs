@@ -175,7 +175,30 @@ fn compose_runs_the_gateway_with_postgres_redis_and_health_checks() {
     );
     assert_eq!(url, &format!("postgres://{user}:{pass}@postgres:5432/{db}"));
     assert!(read("deploy/policy-config.yaml").contains("backend: redis://redis:6379/"));
+    limits_are_shared(&config, "deploy/policy-config.yaml");
     assert_eq!(config.auth.required, Some(true));
+}
+
+/// A hosted example's rate limits and budgets count in Redis: per replica,
+/// N replicas would allow N times each limit.
+fn limits_are_shared(config: &keeptrusts::config::Config, what: &str) {
+    use keeptrusts::config::{CounterBackend, PolicyOptions};
+    let backends: Vec<&CounterBackend> = config
+        .policies
+        .iter()
+        .filter_map(|p| match &p.options {
+            PolicyOptions::RateLimit(o) => Some(&o.backend),
+            PolicyOptions::Budget(o) => Some(&o.backend),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(backends.len(), 2, "{what}: a rate limit and a budget");
+    for b in backends {
+        assert!(
+            matches!(b, CounterBackend::Redis { url, .. } if url.starts_with("redis://redis")),
+            "{what}: {b:?}"
+        );
+    }
 }
 
 /// The Kubernetes objects by kind.
@@ -295,6 +318,7 @@ fn kubernetes_runs_two_probed_replicas_that_drain_and_share_config_and_secrets()
     let config = policy_config(text, "ConfigMap policy-config.yaml");
     assert_eq!(config.auth.required, Some(true));
     assert!(text.contains("backend: redis://"), "a shared cache");
+    limits_are_shared(&config, "ConfigMap policy-config.yaml");
 
     // The Service and the PodDisruptionBudget select the pods.
     let svc = object(&objects, "Service");
