@@ -695,6 +695,86 @@ pub fn policy_check(file: Option<&Path>) -> Check {
     }
 }
 
+/// The Redis servers the policy config names (the cache's shared tier,
+/// shared rate limits and budgets), each with the policies using it.
+fn redis_backends(config: &crate::config::Config) -> Vec<(String, Vec<String>)> {
+    use crate::config::{CacheBackend, CounterBackend, PolicyOptions};
+    let mut backends: Vec<(String, Vec<String>)> = Vec::new();
+    for p in &config.policies {
+        let url = match &p.options {
+            PolicyOptions::Cache(o) => match &o.backend {
+                CacheBackend::Redis(url) => url,
+                CacheBackend::Memory => continue,
+            },
+            PolicyOptions::RateLimit(o) => match &o.backend {
+                CounterBackend::Redis { url, .. } => url,
+                CounterBackend::Memory => continue,
+            },
+            PolicyOptions::Budget(o) => match &o.backend {
+                CounterBackend::Redis { url, .. } => url,
+                CounterBackend::Memory => continue,
+            },
+            _ => continue,
+        };
+        match backends.iter_mut().find(|(u, _)| u == url) {
+            Some((_, users)) => users.push(p.name.to_string()),
+            None => backends.push((url.clone(), vec![p.name.to_string()])),
+        }
+    }
+    backends
+}
+
+/// One `redis` check per Redis server the policy config names: it must
+/// answer `PING`. A warning, not a failure: the gateway serves without it
+/// (cache misses, limits counted per replica).
+pub async fn redis_checks(file: Option<&Path>) -> Vec<Check> {
+    let Some(config) = file.and_then(|f| crate::config::Config::load(f).ok()) else {
+        return Vec::new();
+    };
+    let mut checks = Vec::new();
+    for (url, users) in redis_backends(&config) {
+        let link = match crate::redis_link::RedisLink::new(&url, "doctor") {
+            Ok(link) => link,
+            Err(e) => {
+                checks.push(Check::new(
+                    "redis",
+                    Status::Fail,
+                    format!(
+                        "{}: not a usable Redis URL ({e})",
+                        crate::config::redact_userinfo(&url)
+                    ),
+                    Some(format!("fix the backend of {}", users.join(", "))),
+                ));
+                continue;
+            }
+        };
+        let answer = link.run::<String>(&redis::cmd("PING")).await;
+        checks.push(match answer {
+            Ok(_) => Check::new(
+                "redis",
+                Status::Ok,
+                format!("{} answers (used by {})", link.shown(), users.join(", ")),
+                None,
+            ),
+            Err(e) => Check::new(
+                "redis",
+                Status::Warn,
+                format!(
+                    "{} does not answer ({}: {e}): {} run without it (the cache misses, limits count per replica)",
+                    link.shown(),
+                    e.kind(),
+                    users.join(", ")
+                ),
+                Some(format!(
+                    "start Redis there, or fix the backend URL in {}",
+                    file.map_or_else(String::new, |f| f.display().to_string())
+                )),
+            ),
+        });
+    }
+    checks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -729,5 +809,51 @@ mod tests {
         let c = policy_check(Some(&f));
         assert_eq!(c.status, Status::Ok, "{c:?}");
         assert!(c.detail.contains("audit-logger"));
+    }
+
+    #[tokio::test]
+    async fn every_redis_backend_is_pinged_once_with_the_policies_using_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.yaml");
+        // Nothing listens on port 1.
+        std::fs::write(
+            &f,
+            "policies:\n  chain: [c, rl]\npolicy:\n  c: {type: cache, backend: 'redis://u:pw@127.0.0.1:1/0'}\n  rl: {type: rate-limit, requests_per_minute: 5, backend: 'redis://u:pw@127.0.0.1:1/0'}\n",
+        )
+        .unwrap();
+        let checks = redis_checks(Some(&f)).await;
+        assert_eq!(checks.len(), 1, "one server: {checks:?}");
+        let c = &checks[0];
+        assert_eq!(
+            (c.name.as_str(), c.status),
+            ("redis", Status::Warn),
+            "{c:?}"
+        );
+        assert!(
+            c.detail.contains("c, rl") && !c.detail.contains("pw"),
+            "{c:?}"
+        );
+        assert!(c.fix.as_deref().unwrap().contains("p.yaml"), "{c:?}");
+        // No policy config, or one without Redis: no check.
+        assert!(redis_checks(None).await.is_empty());
+        std::fs::write(&f, "policies:\n  chain: [audit-logger]\n").unwrap();
+        assert!(redis_checks(Some(&f)).await.is_empty());
+        let Ok(url) = std::env::var("KT_TEST_REDIS_URL") else {
+            println!("KT-TEST-SKIPPED doctor_redis_answers: KT_TEST_REDIS_URL is not set");
+            return;
+        };
+        std::fs::write(
+            &f,
+            format!("policies:\n  chain: [b]\npolicy:\n  b: {{type: budget, usd_per_day: 1, backend: '{url}'}}\n"),
+        )
+        .unwrap();
+        let checks = redis_checks(Some(&f)).await;
+        assert_eq!(checks.len(), 1);
+        assert_eq!(checks[0].status, Status::Ok, "{:?}", checks[0]);
+        assert!(
+            checks[0].detail.contains("answers (used by b)"),
+            "{:?}",
+            checks[0]
+        );
     }
 }

@@ -203,6 +203,7 @@ pub async fn run(inputs: &Inputs) -> Vec<Check> {
         .await,
     );
     checks.push(gateway::policy_check(inputs.policy_config.as_deref()));
+    checks.extend(gateway::redis_checks(inputs.policy_config.as_deref()).await);
     checks
 }
 
