@@ -2,8 +2,8 @@
 //! request body, the output phase on the response (whole JSON or a stream),
 //! and a record of what the policies did, closed exactly once.
 
-use super::chain::{Action, Chain, Selection};
-use super::limits::{BudgetTracker, Key, Now, Refusal};
+use super::chain::{Action, Chain, Policy, Selection};
+use super::limits::{Key, Now, Refusal};
 use super::redact::placeholder;
 use super::respond;
 use super::stream::{OutputStream, StreamNote};
@@ -17,6 +17,7 @@ use crate::llm::recognize::{Api, Endpoint, Provider};
 use crate::llm::tap::{estimate_tokens, prompt_chars, TapResult};
 use crate::metrics::{ExchangeSample, Metrics};
 use bytes::Bytes;
+use futures_util::future::join_all;
 use http::{Response, StatusCode};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -431,49 +432,45 @@ impl Exchange {
 
     async fn admit_in(&mut self, chain: &Chain, now: Now) -> Option<Response<Body>> {
         let tasks = self.audit.as_ref().map(|(_, t)| t.clone());
-        for (i, policy) in chain.selected(self.limits) {
-            let refused = match &policy.action {
-                Action::RateLimit(l) if l.is_shared() => {
-                    l.admit_shared(&self.limit_key(l.options().per), now.mono)
-                        .await
+        let checks: Vec<(&Policy, Key)> = chain
+            .selected(self.limits)
+            .filter_map(|(_, p)| match &p.action {
+                Action::RateLimit(l) => Some((p, self.limit_key(l.options().per))),
+                Action::Budget(b) => Some((p, self.limit_key(b.options().per))),
+                _ => None,
+            })
+            .collect();
+        // All at once: with shared counters that is one Redis round trip
+        // for the request, not one per policy. The verdicts are then read
+        // in chain order, so the first refusal is the one the client gets.
+        let verdicts = join_all(checks.iter().map(|(p, key)| verdict(p, key, now))).await;
+        for (n, ((policy, _), verdict)) in checks.iter().zip(&verdicts).enumerate() {
+            let refusal = match (&policy.action, verdict) {
+                (_, Ok(())) => continue,
+                (Action::Budget(b), Err(r)) if !b.blocks() => {
+                    self.record
+                        .logged
+                        .push((policy.name.to_string(), r.limit.as_str().to_string()));
+                    self.record.over_budget = Some((policy.name.to_string(), r.message.clone()));
+                    continue;
                 }
-                Action::RateLimit(l) => l.admit(&self.limit_key(l.options().per), now.mono),
-                Action::Budget(b) => match self.budget_check(b, now).await {
-                    Err(r) if !b.blocks() => {
-                        self.record
-                            .logged
-                            .push((policy.name.to_string(), r.limit.as_str().to_string()));
-                        self.record.over_budget = Some((policy.name.to_string(), r.message));
-                        Ok(())
-                    }
-                    other => other,
-                },
-                _ => Ok(()),
+                (_, Err(r)) => r,
             };
-            let Err(refusal) = refused else { continue };
-            for (_, before) in chain.selected(self.limits).take_while(|(j, _)| *j < i) {
-                if let Action::RateLimit(l) = &before.action {
-                    l.refund(&self.limit_key(l.options().per), now.mono, tasks.as_ref());
+            // The rate limits that admitted it took a request: give it back,
+            // so a refused request counts nowhere.
+            for (m, ((other, key), v)) in checks.iter().zip(&verdicts).enumerate() {
+                if let (Action::RateLimit(l), true) = (&other.action, m != n && v.is_ok()) {
+                    l.refund(key, now.mono, tasks.as_ref());
                 }
             }
             self.record.blocked =
                 Some((policy.name.to_string(), refusal.limit.as_str().to_string()));
             self.record.blocked_on_input = true;
-            let resp = respond::limited(self.info.api, &policy.name, &refusal);
-            self.record.limit_reason = Some(refusal.message);
+            let resp = respond::limited(self.info.api, &policy.name, refusal);
+            self.record.limit_reason = Some(refusal.message.clone());
             return Some(resp);
         }
         None
-    }
-
-    /// One budget's check: in Redis when it is shared, else in process.
-    async fn budget_check(&self, b: &BudgetTracker, now: Now) -> Result<(), Refusal> {
-        let key = self.limit_key(b.options().per);
-        if b.is_shared() {
-            b.check_shared(&key, now.utc).await
-        } else {
-            b.check(&key, now.utc)
-        }
     }
 
     /// Charges what the exchange used to the `rate-limit` and `budget`
@@ -923,6 +920,18 @@ impl Exchange {
             output.response_body = r.response_body.as_deref().map(logged_body);
         }
         vec![input, output]
+    }
+}
+
+/// One `rate-limit` or `budget` policy's verdict on a request of `key`:
+/// against its Redis counters when it has them, else this process's.
+async fn verdict(policy: &Policy, key: &Key, now: Now) -> Result<(), Refusal> {
+    match &policy.action {
+        Action::RateLimit(l) if l.is_shared() => l.admit_shared(key, now.mono).await,
+        Action::RateLimit(l) => l.admit(key, now.mono),
+        Action::Budget(b) if b.is_shared() => b.check_shared(key, now.utc).await,
+        Action::Budget(b) => b.check(key, now.utc),
+        _ => Ok(()),
     }
 }
 

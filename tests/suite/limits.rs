@@ -533,3 +533,30 @@ async fn a_shared_limit_counts_in_process_while_its_redis_is_unreachable() {
         "the failure is counted"
     );
 }
+
+#[tokio::test]
+async fn a_request_one_limit_refuses_counts_against_none_of_the_others() {
+    // `chat` applies to chat completions only, `all` to every call.
+    let s = setup(
+        "policies:\n  chain: [chat, all]\npolicy:\n  chat:\n    type: rate-limit\n    requests_per_minute: 1\n    when: {endpoints: [chat/completions]}\n  all:\n    type: rate-limit\n    requests_per_minute: 2\n",
+    )
+    .await;
+    let dev = key(&s, "dev1", None);
+    assert_eq!(chat_as(&s, &dev, None).await.0, 200, "chat 1/1, all 1/2");
+    // Refused by `chat`: `all`, checked beside it, gives its request back.
+    for _ in 0..3 {
+        let (status, _, body) = chat_as(&s, &dev, None).await;
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(json(&body)["error"]["policy"], "chat", "{body}");
+    }
+    // So `all` has one request left, for a call `chat` does not apply to.
+    let completion =
+        serde_json::json!({"model": "gpt-4o", "prompt": "fn main", "max_tokens": 4}).to_string();
+    let resp = call(s.gw.addr, "/v1/completions", &dev, None, &completion).await;
+    assert_eq!(resp.status(), 200, "{}", body_string(resp).await);
+    let resp = call(s.gw.addr, "/v1/completions", &dev, None, &completion).await;
+    let status = resp.status();
+    let body = body_string(resp).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(json(&body)["error"]["policy"], "all", "{body}");
+}
