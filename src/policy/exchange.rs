@@ -408,8 +408,8 @@ impl Exchange {
         Key::of(scope, self.info.user.as_ref(), self.info.team.as_ref())
     }
 
-    /// The `rate-limit` and `budget` checks, in chain order: the `429` of
-    /// the first that refuses. Requests taken by the policies before it are
+    /// The `rate-limit` and `budget` checks: the `429` of the first in
+    /// chain order that refuses. The requests other rate limits took are
     /// given back, so a refused request counts nowhere.
     ///
     /// Runs before the input phase's body policies: the caller awaits it
