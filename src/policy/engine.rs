@@ -16,8 +16,8 @@ pub struct Engine {
     chain: RwLock<Arc<Chain>>,
     /// The audit log's sender, when the gateway writes one.
     sink: Option<crate::events::EventSink>,
-    /// Event sends in flight, so shutdown can wait for them before closing
-    /// the log.
+    /// Event sends and shared-limit writes in flight, so shutdown can wait
+    /// for them before closing the log.
     sends: tokio_util::task::TaskTracker,
     metrics: Arc<crate::metrics::Metrics>,
     /// Hosts configured in `intercept.hosts`: Sourcegraph Enterprise
@@ -255,7 +255,6 @@ impl Engine {
             },
             target,
         };
-        let audit = self.sink.as_ref().map(|s| (s, &self.sends));
         // Boxed: the exchange (about 700 bytes) travels by value through
         // several futures and into the response body; a pointer moves for
         // free where the struct was copied at every step.
@@ -263,7 +262,8 @@ impl Engine {
             chain,
             selection,
             info,
-            audit,
+            self.sink.as_ref(),
+            &self.sends,
             self.metrics.clone(),
         )))
     }

@@ -154,6 +154,9 @@ pub struct Exchange {
     /// The selected `rate-limit` and `budget` policies: checked on input,
     /// charged on completion.
     limits: Selection,
+    /// With limits: the drain's tracker, for their writes to shared
+    /// counters made beside the request (shutdown waits for them).
+    limit_writes: Option<TaskTracker>,
     /// An `audit-logger` with `log_bodies: true` applies.
     log_bodies: bool,
     /// A fail-closed (`immutable`) audit logger applies: no record, no
@@ -190,7 +193,8 @@ impl Exchange {
         chain: Arc<Chain>,
         selection: Selection,
         info: ExchangeInfo,
-        sink: Option<(&EventSink, &TaskTracker)>,
+        sink: Option<&EventSink>,
+        tracker: &TaskTracker,
         metrics: Arc<Metrics>,
     ) -> Self {
         // `passthrough` means forward untouched: only the audit runs.
@@ -236,7 +240,8 @@ impl Exchange {
                     .selected(selection)
                     .any(|(_, p)| p.kind == PolicyKind::AuditLogger)
             })
-            .map(|(s, t)| (s.clone(), t.clone()));
+            .map(|s| (s.clone(), tracker.clone()));
+        let limit_writes = (!limits.is_empty()).then(|| tracker.clone());
         let audit_required = chain
             .selected(selection)
             .any(|(_, p)| p.kind == PolicyKind::AuditLogger && p.on_error == OnError::FailClosed);
@@ -257,6 +262,7 @@ impl Exchange {
             output_body,
             cache,
             limits,
+            limit_writes,
             log_bodies,
             audit_required,
         }
@@ -431,7 +437,7 @@ impl Exchange {
     }
 
     async fn admit_in(&mut self, chain: &Chain, now: Now) -> Option<Response<Body>> {
-        let tasks = self.audit.as_ref().map(|(_, t)| t.clone());
+        let tasks = self.limit_writes.clone();
         let checks: Vec<(&Policy, Key)> = chain
             .selected(self.limits)
             .filter_map(|(_, p)| match &p.action {
@@ -491,7 +497,7 @@ impl Exchange {
             return;
         }
         let now = Now::current();
-        let tasks = self.audit.as_ref().map(|(_, t)| t);
+        let tasks = self.limit_writes.as_ref();
         for (_, policy) in self.chain.selected(self.limits) {
             match &policy.action {
                 Action::RateLimit(l) if l.counts_tokens() => {
