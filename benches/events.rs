@@ -146,14 +146,13 @@ async fn audit_cost() -> (f64, f64) {
     let headers = http::HeaderMap::new();
     let uri: http::Uri = "/v1/chat/completions".parse().unwrap();
     let post = http::Method::POST;
+    let host: std::sync::Arc<str> = std::sync::Arc::from("api.openai.com");
     let anon = Identity::anonymous();
     let body = Bytes::from_static(
         br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"explain this function please"}]}"#,
     );
     let run = |engine: &Engine| {
-        let mut ex = engine
-            .begin("api.openai.com", &post, &uri, &headers, &anon)
-            .unwrap();
+        let mut ex = engine.begin(&host, &post, &uri, &headers, &anon).unwrap();
         match ex.input(body.clone()) {
             Input::Forward(b) => {
                 black_box(b);

@@ -25,6 +25,7 @@ fn main() {
     let headers = http::HeaderMap::new();
     let uri: http::Uri = "/v1/chat/completions".parse().unwrap();
     let post = http::Method::POST;
+    let host: std::sync::Arc<str> = std::sync::Arc::from("api.openai.com");
     let anon = keeptrusts::identity::Identity::anonymous();
     let mut rows = Vec::new();
 
@@ -32,16 +33,14 @@ fn main() {
     rows.push((
         "request no policy applies to (recognize + select)",
         per_call(200_000, || {
-            black_box(unmatched.begin("api.openai.com", &post, &uri, &headers, &anon));
+            black_box(unmatched.begin(&host, &post, &uri, &headers, &anon));
         }),
     ));
     let builtin = Engine::new(None).unwrap();
     rows.push((
         "built-in chain (audit only): begin + complete",
         per_call(200_000, || {
-            let mut ex = builtin
-                .begin("api.openai.com", &post, &uri, &headers, &anon)
-                .unwrap();
+            let mut ex = builtin.begin(&host, &post, &uri, &headers, &anon).unwrap();
             ex.complete(Some(200));
         }),
     ));
@@ -51,9 +50,7 @@ fn main() {
     rows.push((
         "redact + content-filter input, 20 KB chat request",
         per_call(2_000, || {
-            let mut ex = chain
-                .begin("api.openai.com", &post, &uri, &headers, &anon)
-                .unwrap();
+            let mut ex = chain.begin(&host, &post, &uri, &headers, &anon).unwrap();
             match ex.input(body.clone()) {
                 Input::Forward(b) => {
                     black_box(b);
@@ -92,9 +89,7 @@ fn main() {
         })
         .collect();
     let per_stream = per_call(500, || {
-        let ex = chain
-            .begin("api.openai.com", &post, &uri, &headers, &anon)
-            .unwrap();
+        let ex = chain.begin(&host, &post, &uri, &headers, &anon).unwrap();
         let mut stream = ex.output_stream().unwrap();
         let mut out = Vec::new();
         for ev in &events {

@@ -186,7 +186,7 @@ impl Engine {
     /// applies to; `None` means forward untouched (the common, free path).
     pub fn begin(
         &self,
-        host: &str,
+        host: &Arc<str>,
         method: &http::Method,
         uri: &http::Uri,
         headers: &http::HeaderMap,
@@ -212,7 +212,8 @@ impl Engine {
     fn start(
         &self,
         class: &Classification<'_>,
-        host: &str,
+        // Shared with the origin: a count, not a copy per exchange.
+        host: &Arc<str>,
         path: &str,
         method: &http::Method,
         identity: &Identity,
@@ -240,7 +241,7 @@ impl Engine {
             api: class.api(),
             family: class.family(),
             autocomplete: class.autocomplete(),
-            host: host.into(),
+            host: host.clone(),
             path: path.into(),
             method: method.clone(),
             model: class.model().map(Arc::from),
@@ -295,7 +296,7 @@ mod tests {
     fn begin(engine: &Engine, path: &str) -> Option<Box<Exchange>> {
         let uri: http::Uri = path.parse().unwrap();
         engine.begin(
-            "api.openai.com",
+            &Arc::from("api.openai.com"),
             &http::Method::POST,
             &uri,
             &http::HeaderMap::new(),

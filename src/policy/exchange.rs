@@ -1034,7 +1034,7 @@ mod tests {
         let engine = Engine::new(Some(&config)).unwrap();
         engine
             .begin(
-                "api.openai.com",
+                &std::sync::Arc::from("api.openai.com"),
                 &http::Method::POST,
                 &"/v1/chat/completions".parse().unwrap(),
                 &http::HeaderMap::new(),
