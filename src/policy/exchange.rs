@@ -933,10 +933,8 @@ impl Exchange {
 /// against its Redis counters when it has them, else this process's.
 async fn verdict(policy: &Policy, key: &Key, now: Now) -> Result<(), Refusal> {
     match &policy.action {
-        Action::RateLimit(l) if l.is_shared() => l.admit_shared(key, now.mono).await,
-        Action::RateLimit(l) => l.admit(key, now.mono),
-        Action::Budget(b) if b.is_shared() => b.check_shared(key, now.utc).await,
-        Action::Budget(b) => b.check(key, now.utc),
+        Action::RateLimit(l) => l.admit_shared(key, now.mono).await,
+        Action::Budget(b) => b.check_shared(key, now.utc).await,
         _ => Ok(()),
     }
 }

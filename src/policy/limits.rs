@@ -421,11 +421,6 @@ impl RateLimiter {
         &self.options
     }
 
-    /// True when the counters live in Redis (admission awaits a round trip).
-    pub fn is_shared(&self) -> bool {
-        self.shared.is_some()
-    }
-
     /// Admits one request of `key`: takes one from its request bucket, and
     /// checks its token bucket is not in debt. A refused request takes
     /// nothing. This process's buckets only: see [`Self::admit_shared`].
@@ -608,11 +603,6 @@ impl BudgetTracker {
             keys: Arc::new(KeyMap::new()),
             shared: shared_of(policy, &options.backend)?.map(Arc::new),
         })
-    }
-
-    /// True when the spend lives in Redis (checks await a round trip).
-    pub fn is_shared(&self) -> bool {
-        self.shared.is_some()
     }
 
     pub fn options(&self) -> &BudgetOptions {
