@@ -125,6 +125,16 @@ pub enum CacheBackend {
     Redis(String),
 }
 
+impl CacheBackend {
+    /// The Redis URL, when the entries live there.
+    pub fn redis_url(&self) -> Option<&str> {
+        match self {
+            CacheBackend::Redis(url) => Some(url),
+            CacheBackend::Memory => None,
+        }
+    }
+}
+
 /// `cache` options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheOptions {
@@ -153,6 +163,16 @@ pub enum CounterBackend {
     Memory,
     /// A Redis server shared by replicas, keys under `key_prefix`.
     Redis { url: String, key_prefix: String },
+}
+
+impl CounterBackend {
+    /// The Redis URL, when the counters live there.
+    pub fn redis_url(&self) -> Option<&str> {
+        match self {
+            CounterBackend::Redis { url, .. } => Some(url),
+            CounterBackend::Memory => None,
+        }
+    }
 }
 
 /// The key prefix of shared counters when `key_prefix` is not set.

@@ -24,8 +24,7 @@ use super::de::Spanned;
 use super::error::Problem;
 use super::options::{
     AuditLoggerOptions, BudgetAction, BudgetOptions, CacheBackend, CacheOptions,
-    ContentFilterOptions, CounterBackend, Fsync, RateLimitOptions, RedactOptions, Scope,
-    DEFAULT_CACHE_TTL,
+    ContentFilterOptions, Fsync, RateLimitOptions, RedactOptions, Scope, DEFAULT_CACHE_TTL,
 };
 use super::when::When;
 use serde::Deserialize;
@@ -296,7 +295,7 @@ impl PolicyOptions {
                     w.push(format!("{t} tokens/min"));
                 }
                 w.push(format!("per {}", o.per));
-                if let CounterBackend::Redis { url, .. } = &o.backend {
+                if let Some(url) = o.backend.redis_url() {
                     w.push(format!("shared in {}", super::redact_userinfo(url)));
                 }
                 w.join(" ")
@@ -317,7 +316,7 @@ impl PolicyOptions {
                         BudgetAction::Log => "log",
                     }
                 ));
-                if let CounterBackend::Redis { url, .. } = &o.backend {
+                if let Some(url) = o.backend.redis_url() {
                     w.push(format!("shared in {}", super::redact_userinfo(url)));
                 }
                 w.join(" ")

@@ -643,21 +643,23 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// Is the policy config valid? Uses the gateway's own loader.
-pub fn policy_check(file: Option<&Path>) -> Check {
+/// Is the policy config valid? Uses the gateway's own loader, and hands
+/// back what it loaded for the checks that read it.
+pub fn policy_check(file: Option<&Path>) -> (Check, Option<crate::config::Config>) {
     let Some(file) = file else {
-        return Check::new(
+        let check = Check::new(
             "policy_config",
             Status::Ok,
             "no --policy-config given: the gateway's built-in chain (audit-logger) applies".into(),
             None,
         );
+        return (check, None);
     };
     let config = match crate::config::Config::load(file) {
         Ok(c) => c,
         Err(e) => {
             let detail = e.to_string().replace('\n', "; ");
-            return Check::new(
+            let check = Check::new(
                 "policy_config",
                 Status::Fail,
                 detail,
@@ -666,9 +668,10 @@ pub fn policy_check(file: Option<&Path>) -> Check {
                     file.display()
                 )),
             );
+            return (check, None);
         }
     };
-    match crate::policy::chain::Chain::build(&config) {
+    let check = match crate::policy::chain::Chain::build(&config) {
         Ok(chain) => {
             let names: Vec<&str> = chain.policies().iter().map(|p| &*p.name).collect();
             Check::new(
@@ -692,47 +695,37 @@ pub fn policy_check(file: Option<&Path>) -> Check {
             format!("{}: {e}", file.display()),
             Some(format!("kt policy check {}", file.display())),
         ),
-    }
+    };
+    (check, Some(config))
 }
 
 /// The Redis servers the policy config names (the cache's shared tier,
 /// shared rate limits and budgets), each with the policies using it.
 fn redis_backends(config: &crate::config::Config) -> Vec<(String, Vec<String>)> {
-    use crate::config::{CacheBackend, CounterBackend, PolicyOptions};
+    use crate::config::PolicyOptions;
     let mut backends: Vec<(String, Vec<String>)> = Vec::new();
     for p in &config.policies {
         let url = match &p.options {
-            PolicyOptions::Cache(o) => match &o.backend {
-                CacheBackend::Redis(url) => url,
-                CacheBackend::Memory => continue,
-            },
-            PolicyOptions::RateLimit(o) => match &o.backend {
-                CounterBackend::Redis { url, .. } => url,
-                CounterBackend::Memory => continue,
-            },
-            PolicyOptions::Budget(o) => match &o.backend {
-                CounterBackend::Redis { url, .. } => url,
-                CounterBackend::Memory => continue,
-            },
-            _ => continue,
+            PolicyOptions::Cache(o) => o.backend.redis_url(),
+            PolicyOptions::RateLimit(o) => o.backend.redis_url(),
+            PolicyOptions::Budget(o) => o.backend.redis_url(),
+            _ => None,
         };
+        let Some(url) = url else { continue };
         match backends.iter_mut().find(|(u, _)| u == url) {
             Some((_, users)) => users.push(p.name.to_string()),
-            None => backends.push((url.clone(), vec![p.name.to_string()])),
+            None => backends.push((url.to_string(), vec![p.name.to_string()])),
         }
     }
     backends
 }
 
-/// One `redis` check per Redis server the policy config names: it must
-/// answer `PING`. A warning, not a failure: the gateway serves without it
-/// (cache misses, limits counted per replica).
-pub async fn redis_checks(file: Option<&Path>) -> Vec<Check> {
-    let Some(config) = file.and_then(|f| crate::config::Config::load(f).ok()) else {
-        return Vec::new();
-    };
+/// One `redis` check per Redis server `config` (loaded from `file`) names:
+/// it must answer `PING`. A warning, not a failure: the gateway serves
+/// without it (cache misses, limits counted per replica).
+pub async fn redis_checks(config: &crate::config::Config, file: &Path) -> Vec<Check> {
     let mut checks = Vec::new();
-    for (url, users) in redis_backends(&config) {
+    for (url, users) in redis_backends(config) {
         let link = match crate::redis_link::RedisLink::new(&url, "doctor") {
             Ok(link) => link,
             Err(e) => {
@@ -767,7 +760,7 @@ pub async fn redis_checks(file: Option<&Path>) -> Vec<Check> {
                 ),
                 Some(format!(
                     "start Redis there, or fix the backend URL in {}",
-                    file.map_or_else(String::new, |f| f.display().to_string())
+                    file.display()
                 )),
             ),
         });
@@ -802,13 +795,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("p.yaml");
         std::fs::write(&f, "policies:\n  chain: [audit-logger]\nbogus: 1\n").unwrap();
-        let c = policy_check(Some(&f));
+        let (c, _) = policy_check(Some(&f));
         assert_eq!(c.status, Status::Fail);
         assert!(c.detail.contains(":3:"), "{}", c.detail);
         std::fs::write(&f, "policies:\n  chain: [audit-logger]\n").unwrap();
-        let c = policy_check(Some(&f));
+        let (c, _) = policy_check(Some(&f));
         assert_eq!(c.status, Status::Ok, "{c:?}");
         assert!(c.detail.contains("audit-logger"));
+    }
+
+    /// The `redis` checks of the config in `f`, loaded as the doctor does.
+    async fn redis_checks_of(f: &Path) -> Vec<Check> {
+        let (_, config) = policy_check(Some(f));
+        redis_checks(&config.unwrap(), f).await
     }
 
     #[tokio::test]
@@ -821,7 +820,7 @@ mod tests {
             "policies:\n  chain: [c, rl]\npolicy:\n  c: {type: cache, backend: 'redis://u:pw@127.0.0.1:1/0'}\n  rl: {type: rate-limit, requests_per_minute: 5, backend: 'redis://u:pw@127.0.0.1:1/0'}\n",
         )
         .unwrap();
-        let checks = redis_checks(Some(&f)).await;
+        let checks = redis_checks_of(&f).await;
         assert_eq!(checks.len(), 1, "one server: {checks:?}");
         let c = &checks[0];
         assert_eq!(
@@ -834,10 +833,9 @@ mod tests {
             "{c:?}"
         );
         assert!(c.fix.as_deref().unwrap().contains("p.yaml"), "{c:?}");
-        // No policy config, or one without Redis: no check.
-        assert!(redis_checks(None).await.is_empty());
+        // A policy config without Redis: no check.
         std::fs::write(&f, "policies:\n  chain: [audit-logger]\n").unwrap();
-        assert!(redis_checks(Some(&f)).await.is_empty());
+        assert!(redis_checks_of(&f).await.is_empty());
         let Ok(url) = std::env::var("KT_TEST_REDIS_URL") else {
             println!("KT-TEST-SKIPPED doctor_redis_answers: KT_TEST_REDIS_URL is not set");
             return;
@@ -847,7 +845,7 @@ mod tests {
             format!("policies:\n  chain: [b]\npolicy:\n  b: {{type: budget, usd_per_day: 1, backend: '{url}'}}\n"),
         )
         .unwrap();
-        let checks = redis_checks(Some(&f)).await;
+        let checks = redis_checks_of(&f).await;
         assert_eq!(checks.len(), 1);
         assert_eq!(checks[0].status, Status::Ok, "{:?}", checks[0]);
         assert!(

@@ -202,8 +202,11 @@ pub async fn run(inputs: &Inputs) -> Vec<Check> {
         )
         .await,
     );
-    checks.push(gateway::policy_check(inputs.policy_config.as_deref()));
-    checks.extend(gateway::redis_checks(inputs.policy_config.as_deref()).await);
+    let (policy, config) = gateway::policy_check(inputs.policy_config.as_deref());
+    checks.push(policy);
+    if let (Some(config), Some(file)) = (&config, inputs.policy_config.as_deref()) {
+        checks.extend(gateway::redis_checks(config, file).await);
+    }
     checks
 }
 
