@@ -13,11 +13,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Bound on one Redis call as the gateway makes it.
-pub const OP_TIMEOUT: Duration = Duration::from_millis(250);
+const OP_TIMEOUT: Duration = Duration::from_millis(250);
 /// Bound on (re)connecting.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long Redis is skipped after a failure.
-pub const COOL_DOWN: Duration = Duration::from_secs(2);
+const COOL_DOWN: Duration = Duration::from_secs(2);
 
 /// A failed Redis call.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,7 @@ impl RedisLink {
     }
 
     /// The connection, made lazily on first use.
-    pub fn conn(&self) -> Result<ConnectionManager, LinkError> {
+    fn conn(&self) -> Result<ConnectionManager, LinkError> {
         if let Some(c) = self.conn.get() {
             return Ok(c.clone());
         }
