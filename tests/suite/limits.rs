@@ -57,20 +57,26 @@ async fn setup(policies: &str) -> Setup {
     provider_keys();
     let ca = TestCa::new("limits CA");
     let origin = Origin::tls(&ca, &[OPENAI, ANTHROPIC], Alpn::Both).await;
-    let yaml = format!("{TARGETS}{policies}");
-    let config = Arc::new(PolicyConfig::parse(&yaml, Path::new("t.yaml")).unwrap());
-    let gw = TestGateway::start(&ca, |s| {
-        s.connect_to.push(connect_to(OPENAI, 443, origin.addr));
-        s.connect_to.push(connect_to(ANTHROPIC, 443, origin.addr));
-        s.auth_required = Some(true);
-        s.apply_config(&config);
-    })
-    .await;
+    let gw = gateway(&ca, origin.addr, policies).await;
     Setup {
         _ca: ca,
         origin,
         gw,
     }
+}
+
+/// A gateway with `policies` and access keys required, both providers
+/// reached at `origin`.
+async fn gateway(ca: &TestCa, origin: SocketAddr, policies: &str) -> TestGateway {
+    let yaml = format!("{TARGETS}{policies}");
+    let config = Arc::new(PolicyConfig::parse(&yaml, Path::new("t.yaml")).unwrap());
+    TestGateway::start(ca, |s| {
+        s.connect_to.push(connect_to(OPENAI, 443, origin));
+        s.connect_to.push(connect_to(ANTHROPIC, 443, origin));
+        s.auth_required = Some(true);
+        s.apply_config(&config);
+    })
+    .await
 }
 
 /// An access key for `user` in `team`, known to the running gateway.
@@ -402,15 +408,7 @@ async fn a_reload_with_the_policy_unchanged_keeps_its_counters() {
 /// first as a [`Setup`], the second beside it.
 async fn replicas(policies: &str) -> (Setup, TestGateway) {
     let a = setup(policies).await;
-    let config = Arc::new(
-        PolicyConfig::parse(&format!("{TARGETS}{policies}"), Path::new("t.yaml")).unwrap(),
-    );
-    let b = TestGateway::start(&a._ca, |s| {
-        s.connect_to.push(connect_to(OPENAI, 443, a.origin.addr));
-        s.auth_required = Some(true);
-        s.apply_config(&config);
-    })
-    .await;
+    let b = gateway(&a._ca, a.origin.addr, policies).await;
     (a, b)
 }
 
