@@ -448,12 +448,19 @@ impl Upstream {
             Prefer::H1
         };
         let fut = self.send_inner(origin, req, prefer);
-        tokio::time::timeout(self.timeouts.response_head, fut)
+        let mut resp = tokio::time::timeout(self.timeouts.response_head, fut)
             .await
             .map_err(|_| UpstreamError::ResponseTimeout {
                 origin: origin.to_string(),
                 secs,
-            })?
+            })??;
+        // A proxy answers in its own HTTP version (RFC 9110 §6.2): hyper
+        // would echo an HTTP/1.0 origin's status line to an HTTP/1.1 client
+        // and close its kept-alive connection after the answer.
+        if resp.version() < Version::HTTP_11 {
+            *resp.version_mut() = Version::HTTP_11;
+        }
+        Ok(resp)
     }
 
     async fn send_inner(

@@ -258,6 +258,88 @@ async fn absolute_form_http_is_forwarded() {
     assert!(json["headers"].get("proxy-connection").is_none(), "{json}");
 }
 
+/// An HTTP/1.0 origin (it answers and closes, no length) still gives an
+/// HTTP/1.1 client kt's own version, and the client's connection stays
+/// open for its next request.
+#[tokio::test]
+async fn an_http10_origin_is_answered_in_http11_on_a_kept_connection() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let origin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = origin.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = origin.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold server")
+                    .await;
+            });
+        }
+    });
+    let ca = TestCa::new("ca");
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to = vec![connect_to("old.test", 80, addr)]
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut s = BufReader::new(tcp);
+    for round in 0..2 {
+        s.get_mut()
+            .write_all(b"GET http://old.test/ HTTP/1.1\r\nHost: old.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut status = String::new();
+        s.read_line(&mut status).await.unwrap();
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "round {round}: {status:?}"
+        );
+        let mut chunked = false;
+        let mut length = None;
+        loop {
+            let mut line = String::new();
+            s.read_line(&mut line).await.unwrap();
+            let l = line.to_ascii_lowercase();
+            assert!(!l.starts_with("connection: close"), "round {round}: {l:?}");
+            chunked |= l.starts_with("transfer-encoding: chunked");
+            if let Some(v) = l.strip_prefix("content-length:") {
+                length = Some(v.trim().parse::<usize>().unwrap());
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let body = if let Some(n) = length {
+            let mut b = vec![0; n];
+            s.read_exact(&mut b).await.unwrap();
+            b
+        } else {
+            assert!(chunked, "round {round}: neither a length nor chunks");
+            let mut b = Vec::new();
+            loop {
+                let mut size = String::new();
+                s.read_line(&mut size).await.unwrap();
+                let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0; n + 2];
+                s.read_exact(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                b.extend_from_slice(&chunk[..n]);
+            }
+            b
+        };
+        assert_eq!(body, b"old server", "round {round}");
+    }
+}
+
 /// `/metrics` text from the gateway's own route.
 async fn metrics_text(gw: &TestGateway) -> String {
     let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
