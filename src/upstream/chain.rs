@@ -239,6 +239,9 @@ impl ProxyRules {
         listen: SocketAddr,
     ) -> (Self, Vec<String>) {
         let mut warnings = Vec::new();
+        // Users export both variables in their shell profile: one warning
+        // names every variable that points back here, not one per variable.
+        let mut ours = Vec::new();
         let var = |names: &[&str]| {
             names
                 .iter()
@@ -248,11 +251,7 @@ impl ProxyRules {
             let raw = var(names)?;
             match ProxyUrl::parse(raw.trim()) {
                 Ok(url) if points_at(&url, listen) => {
-                    warnings.push(format!(
-                        "ignoring {}={} from the environment: it points at this gateway",
-                        names[0],
-                        redact_userinfo(&raw)
-                    ));
+                    ours.push(format!("{}={}", names[0], redact_userinfo(&raw)));
                     None
                 }
                 Ok(url) => Some(url),
@@ -264,6 +263,17 @@ impl ProxyRules {
         };
         let https = pick(&["HTTPS_PROXY", "https_proxy"]);
         let http = pick(&["HTTP_PROXY", "http_proxy"]);
+        if !ours.is_empty() {
+            warnings.push(format!(
+                "ignoring {} from the environment: {} at this gateway",
+                ours.join(" and "),
+                if ours.len() == 1 {
+                    "it points"
+                } else {
+                    "they point"
+                }
+            ));
+        }
         let no_proxy = NoProxy::parse(&var(&["NO_PROXY", "no_proxy"]).unwrap_or_default());
         (
             ProxyRules {
@@ -351,5 +361,26 @@ mod tests {
         assert_eq!(rules.for_plain("example.com").unwrap().host, "corp");
         assert!(rules.for_plain("a.internal").is_none());
         assert_eq!(warnings.len(), 1, "{warnings:?}");
+    }
+
+    #[test]
+    fn both_env_proxies_pointing_at_ourselves_give_one_warning() {
+        let listen: SocketAddr = "127.0.0.1:41002".parse().unwrap();
+        let env = |k: &str| match k {
+            "HTTPS_PROXY" => Some("http://localhost:41002".to_string()),
+            "HTTP_PROXY" => Some("http://127.0.0.1:41002".to_string()),
+            _ => None,
+        };
+        let (rules, warnings) = ProxyRules::from_env(env, listen);
+        assert!(rules.for_tunnel("api.openai.com").is_none());
+        assert!(rules.for_plain("example.com").is_none());
+        assert_eq!(
+            warnings,
+            vec![
+                "ignoring HTTPS_PROXY=http://localhost:41002 and HTTP_PROXY=http://127.0.0.1:41002 \
+                 from the environment: they point at this gateway"
+                    .to_string()
+            ]
+        );
     }
 }
