@@ -238,9 +238,16 @@ fn defaults_per_type() {
             key_prefix: None,
         }
     );
-    // A content filter with nothing to match is valid but worth a warning.
-    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-    assert!(c.warnings[0].message.contains("matches nothing"));
+    // A content filter with nothing to match is valid but worth a warning,
+    // and so is a passthrough that silences the rest of the chain.
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    let says = |needle: &str| c.warnings.iter().any(|w| w.message.contains(needle));
+    assert!(says("matches nothing"), "{:?}", c.warnings);
+    assert!(
+        says("passthrough `passthrough` turns off redact, content-filter, cache for the requests it matches"),
+        "{:?}",
+        c.warnings
+    );
 }
 
 #[test]
