@@ -25,8 +25,9 @@ pub struct RunArgs {
     /// Policy config file (YAML).
     #[arg(long, value_name = "FILE")]
     pub policy_config: Option<PathBuf>,
-    /// Address to listen on.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:41002")]
+    /// Address to listen on (an IP, or a name such as `localhost`).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:41002",
+          value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Extra PEM roots for upstream TLS (the OS roots are always trusted).
     #[arg(long, value_name = "PEMFILE")]
@@ -88,7 +89,16 @@ pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
         .as_deref()
         .and_then(crate::policy::reload::fingerprint);
     let config = match &args.policy_config {
-        Some(path) => Some(std::sync::Arc::new(Config::load(path)?)),
+        Some(path) => {
+            let config = Config::load(path)?;
+            // The same warnings as `kt policy check`: a config that records
+            // nothing, or silences its own redaction, should say so where
+            // the gateway starts, not only to those who lint it.
+            for w in &config.warnings {
+                tracing::warn!("{}", w.display_in(path));
+            }
+            Some(std::sync::Arc::new(config))
+        }
         None => None,
     };
     let mut settings = GatewaySettings::new(args.listen, home.ca_dir()?);
@@ -266,5 +276,69 @@ fn raise_fd_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open file limit"),
         Err(e) => tracing::debug!(error = %e, "cannot raise the open file limit"),
+    }
+}
+
+/// `--listen`: an IP address and port, or a host name and port. Guides
+/// and users write `localhost:41002`; a name binds its first IPv4 address
+/// (for `localhost`, the same 127.0.0.1 as the default), else its first
+/// address.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!(
+            "expected ADDR:PORT, e.g. 127.0.0.1:41002 (got {s:?})"
+        ));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port number (in {s:?})"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!(
+            "expected ADDR:PORT, e.g. 127.0.0.1:41002 (got {s:?})"
+        ));
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{host:?} resolves to no address"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::parse_listen;
+
+    #[test]
+    fn listen_takes_an_address_or_a_name_and_says_what_is_wrong() {
+        assert_eq!(
+            parse_listen("127.0.0.1:41002").unwrap(),
+            "127.0.0.1:41002".parse().unwrap()
+        );
+        assert_eq!(parse_listen("[::1]:8").unwrap(), "[::1]:8".parse().unwrap());
+        let local = parse_listen("localhost:41002").unwrap();
+        assert!(local.ip().is_loopback(), "{local}");
+        assert_eq!(local.port(), 41002);
+        for (bad, says) in [
+            ("localhost", "expected ADDR:PORT"),
+            (":41002", "expected ADDR:PORT"),
+            ("localhost:http", "not a port number"),
+            ("localhost:70000", "not a port number"),
+            (
+                "no-such-host.invalid:41002",
+                "cannot resolve \"no-such-host.invalid\"",
+            ),
+        ] {
+            let err = parse_listen(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }

@@ -163,6 +163,8 @@ fn bad_input_fails_with_one_clear_line() {
 pub(crate) struct Running {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
+    /// What it wrote before its banner (start-up warnings).
+    early: Vec<String>,
     pub(crate) addr: std::net::SocketAddr,
     home: tempfile::TempDir,
 }
@@ -179,8 +181,13 @@ pub(crate) fn spawn_gateway_with(
     envs: &[(&str, &str)],
 ) -> Running {
     let home = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kt"))
-        .args(["gateway", "run", "--listen", "127.0.0.1:0", "--data-dir"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kt"));
+    cmd.args(["gateway", "run"]);
+    if !extra.iter().any(|a| *a == "--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    let mut child = cmd
+        .arg("--data-dir")
         .arg(home.path())
         .arg("--upstream-ca")
         .arg(&ca.pem_path)
@@ -204,6 +211,7 @@ pub(crate) fn spawn_gateway_with(
             let _ = tx.send(line);
         }
     });
+    let mut early = Vec::new();
     let addr: std::net::SocketAddr = loop {
         let line = lines
             .recv_timeout(Duration::from_secs(30))
@@ -211,10 +219,12 @@ pub(crate) fn spawn_gateway_with(
         if let Some(a) = line.strip_prefix("kt gateway listening on ") {
             break a.trim().parse().unwrap();
         }
+        early.push(line);
     };
     Running {
         child,
         lines,
+        early,
         addr,
         home,
     }
@@ -230,7 +240,8 @@ impl Running {
     pub(crate) fn stop_and_collect(mut self) -> (Vec<String>, tempfile::TempDir) {
         self.signal("-TERM");
         let _ = self.child.wait();
-        let lines = self.lines.iter().collect();
+        let mut lines = std::mem::take(&mut self.early);
+        lines.extend(self.lines.iter());
         (lines, self.home)
     }
 
@@ -288,6 +299,50 @@ async fn gateway_binary_serves_and_exits_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0), "exit 0 after SIGTERM");
     let rest: Vec<String> = lines.try_iter().collect();
     assert!(rest.iter().any(|l| l.contains("drain")), "{rest:?}");
+}
+
+/// Guides write `--listen localhost:PORT`: the name is resolved, not
+/// refused. A config's warnings (here a passthrough that silences the
+/// redaction after it) are logged where the gateway starts, not only by
+/// `kt policy check`.
+#[tokio::test]
+async fn gateway_binary_listens_on_a_name_and_logs_its_config_warnings() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("policy.yaml");
+    std::fs::write(
+        &config,
+        "policies:\n  chain: [log, cody, secrets]\npolicy:\n  log: {type: audit-logger}\n  \
+         cody: {type: passthrough, when: {hosts: [sourcegraph.com]}}\n  secrets: {type: redact}\n",
+    )
+    .unwrap();
+    let gw = spawn_gateway(
+        &ca,
+        &origin,
+        &[
+            "--listen".as_ref(),
+            "localhost:0".as_ref(),
+            "--policy-config".as_ref(),
+            config.as_os_str(),
+        ],
+    );
+    assert!(gw.addr.ip().is_loopback(), "{}", gw.addr);
+    let (mut http, _) = through_proxy(gw.addr, "api.openai.com", &[gw.ca_der()], &[b"h2"]).await;
+    let json = body_json(
+        http.send("POST", "api.openai.com", "/echo", Bytes::from_static(b"{}"))
+            .await,
+    )
+    .await;
+    assert_eq!(json["len"], 2);
+    drop(http);
+    let (lines, _home) = gw.stop_and_collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("passthrough `cody` turns off secrets")),
+        "{lines:?}"
+    );
 }
 
 /// The stop signals are handled from the moment the gateway says it
