@@ -227,31 +227,29 @@ pub(crate) fn build(root: Option<&Node>) -> Result<Config, Vec<Problem>> {
     // `passthrough` silences the rest of the chain for what it matches; a
     // reader who meant "forward to the original host" would lose redaction
     // without a word.
+    let silenced: Vec<&str> = config
+        .policies
+        .iter()
+        .filter(|p| {
+            p.enabled && !matches!(p.kind, PolicyKind::AuditLogger | PolicyKind::Passthrough)
+        })
+        .map(|p| p.name.as_str())
+        .collect();
     let passes = config
         .policies
         .iter()
         .filter(|p| p.enabled && p.kind == PolicyKind::Passthrough);
-    for pass in passes {
-        let silenced: Vec<&str> = config
-            .policies
-            .iter()
-            .filter(|p| {
-                p.enabled && !matches!(p.kind, PolicyKind::AuditLogger | PolicyKind::Passthrough)
-            })
-            .map(|p| p.name.as_str())
-            .collect();
-        if !silenced.is_empty() {
-            let mark = get("policies").map_or(Mark::UNKNOWN, |n| n.mark);
-            cx.warnings.push(Problem::new(
-                mark,
-                "policies",
-                format!(
-                    "passthrough `{}` turns off {} for the requests it matches: only the audit runs for them",
-                    pass.name,
-                    silenced.join(", ")
-                ),
-            ));
-        }
+    let mark = get("policies").map_or(Mark::UNKNOWN, |n| n.mark);
+    for pass in passes.filter(|_| !silenced.is_empty()) {
+        cx.warnings.push(Problem::new(
+            mark,
+            "policies",
+            format!(
+                "passthrough `{}` turns off {} for the requests it matches: only the audit runs for them",
+                pass.name,
+                silenced.join(", ")
+            ),
+        ));
     }
 
     let mut problems = cx.problems;
