@@ -53,6 +53,9 @@ pub fn reload(path: &Path, engine: &Engine, why: &str) -> bool {
         Ok(config) => match engine.reload(&config) {
             Ok(()) => {
                 tracing::info!(path = %path.display(), why, "policy config reloaded");
+                for w in &config.warnings {
+                    tracing::warn!("{}", w.display_in(path));
+                }
                 true
             }
             Err(e) => {

@@ -399,6 +399,8 @@ async fn gateway_binary_reloads_policies_on_file_change_and_sighup() {
     // A changed file is picked up without a signal.
     std::fs::write(&policy, filter("beta")).unwrap();
     gw.expect_line("policy config reloaded");
+    // The new config's warnings are logged with it, as at start.
+    gw.expect_line("no audit-logger in the chain");
     assert_eq!(chat_status(&mut http, &body).await, 409);
 
     // A bad config on SIGHUP is refused and the chain in force stays.
