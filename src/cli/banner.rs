@@ -6,7 +6,7 @@ use crate::gateway::{Built, GatewaySettings};
 use crate::proxy::InterceptMode;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Hosts that must reach the gateway directly rather than through it:
 /// the direct API on localhost would otherwise be sent to the proxy.
@@ -26,11 +26,18 @@ pub struct BannerInfo {
     pub shared_store: Option<(String, String)>,
     /// `name (type)` of each policy, in chain order.
     pub chain: Vec<String>,
+    /// The `--policy-config` file; `None`: the built-in chain runs.
+    pub config: Option<PathBuf>,
 }
 
 impl BannerInfo {
     /// The facts of a gateway just built and bound to `listen`.
-    pub fn of(listen: SocketAddr, built: &Built, settings: &GatewaySettings) -> BannerInfo {
+    pub fn of(
+        listen: SocketAddr,
+        built: &Built,
+        settings: &GatewaySettings,
+        config: Option<&Path>,
+    ) -> BannerInfo {
         let auth = built.gateway.auth();
         let chain = built
             .gateway
@@ -58,13 +65,19 @@ impl BannerInfo {
                 .as_ref()
                 .map(|h| (h.db().shown().to_string(), h.replica().to_string())),
             chain,
+            config: config.map(Path::to_path_buf),
         }
     }
 }
 
 /// The banner for the gateway in `built`, listening on `listen`.
-pub fn for_gateway(listen: SocketAddr, built: &Built, settings: &GatewaySettings) -> String {
-    render(&BannerInfo::of(listen, built, settings))
+pub fn for_gateway(
+    listen: SocketAddr,
+    built: &Built,
+    settings: &GatewaySettings,
+    config: Option<&Path>,
+) -> String {
+    render(&BannerInfo::of(listen, built, settings, config))
 }
 
 /// The address clients on this machine use for `listen`: a wildcard bind
@@ -106,11 +119,19 @@ pub fn render(info: &BannerInfo) -> String {
     if let Some((db, replica)) = &info.shared_store {
         let _ = writeln!(s, "  shared store   : {db} (replica {replica})");
     }
-    let chain = if info.chain.is_empty() {
+    let mut chain = if info.chain.is_empty() {
         "(none: no policy runs, nothing is audited)".to_string()
     } else {
         info.chain.join(" -> ")
     };
+    // A config mounted where kt is never told to look (a container whose
+    // command lost its flag) would otherwise pass unnoticed.
+    match &info.config {
+        Some(path) => {
+            let _ = writeln!(s, "  policy config  : {}", path.display());
+        }
+        None => chain.push_str(" (built in: no --policy-config given)"),
+    }
     let _ = writeln!(s, "  policy chain   : {chain}");
     if info.listen.ip().is_unspecified() {
         let _ = writeln!(
@@ -155,6 +176,7 @@ mod tests {
             upstream_proxy: None,
             shared_store: None,
             chain: vec!["audit-logger".into(), "no-secrets (redact)".into()],
+            config: Some(PathBuf::from("/etc/kt/policy.yaml")),
         }
     }
 
@@ -171,6 +193,7 @@ mod tests {
         assert!(
             text.contains("    export NODE_EXTRA_CA_CERTS=/home/u/.keeptrusts/certs/kt-ca.pem\n")
         );
+        assert!(text.contains("  policy config  : /etc/kt/policy.yaml\n"));
         assert!(text.contains("  policy chain   : audit-logger -> no-secrets (redact)\n"));
         assert!(!text.contains("upstream proxy"));
         assert!(!text.contains("other machines"));
@@ -193,6 +216,18 @@ mod tests {
         assert_eq!(
             client_address("[::]:9".parse().unwrap()),
             "[::1]:9".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn without_a_config_the_chain_line_says_it_is_built_in() {
+        let mut i = info();
+        i.config = None;
+        i.chain = vec!["audit-logger".into()];
+        let text = render(&i);
+        assert!(!text.contains("policy config"));
+        assert!(
+            text.contains("  policy chain   : audit-logger (built in: no --policy-config given)\n")
         );
     }
 }

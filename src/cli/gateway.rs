@@ -192,7 +192,10 @@ async fn serve(
             );
         }
     }
-    eprint!("{}", super::banner::for_gateway(local, &built, &settings));
+    eprint!(
+        "{}",
+        super::banner::for_gateway(local, &built, &settings, args.policy_config.as_deref())
+    );
 
     let (trigger, shutdown) = crate::shutdown::channel();
     let server = tokio::spawn(built.gateway.clone().serve(listener, shutdown));
