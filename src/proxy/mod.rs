@@ -16,6 +16,7 @@ mod intercept;
 mod metrics;
 mod outer;
 pub mod per_client;
+mod sightings;
 mod tunnel;
 
 use crate::llm::hosts::HostSet;
@@ -133,6 +134,8 @@ pub struct Gateway {
     auth: crate::keys::AuthGate,
     /// Open connections per client address.
     per_client: Arc<per_client::PerClient>,
+    /// Hosts CONNECTed to so far (their first CONNECT is logged).
+    sightings: sightings::Sightings,
 }
 
 /// The listener's counters, for `/metrics` and tests.
@@ -169,6 +172,7 @@ impl Gateway {
             events_feed,
             auth,
             per_client,
+            sightings: sightings::Sightings::default(),
         })
     }
 

@@ -139,6 +139,9 @@ async fn connect(mut ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Bo
     }
     let gw = ctx.gw.clone();
     if gw.rules.should_intercept(&target.host) {
+        if gw.sightings.first(&target.host) {
+            tracing::info!(%target, "first CONNECT to this host: intercepted (decrypted, policies apply)");
+        }
         let origin = Origin::new(true, &target.host, target.port);
         let predialed = gw.upstream.predial(&origin).await?;
         let sd = ctx.shutdown.clone();
@@ -160,6 +163,9 @@ async fn connect(mut ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Bo
         if !by_address {
             gw.engine()
                 .record_tunnel(&target.to_string(), ctx.identity.client.as_ref());
+            if gw.sightings.first(&target.host) {
+                tracing::info!(%target, "first CONNECT to this host: tunnelled untouched (not an intercepted host)");
+            }
         }
         let sd = ctx.shutdown.clone();
         sd.spawn(async move {

@@ -236,11 +236,14 @@ impl Running {
     }
 
     /// Stops the gateway (SIGTERM) and returns every stderr line it wrote,
-    /// and its home folder (kept until the caller drops it).
-    pub(crate) fn stop_and_collect(mut self) -> (Vec<String>, tempfile::TempDir) {
+    /// and its home folder (kept until the caller drops it). The wait runs
+    /// off the test's runtime, so client connections still open on it can
+    /// close and the drain need not wait them out.
+    pub(crate) async fn stop_and_collect(self) -> (Vec<String>, tempfile::TempDir) {
         self.signal("-TERM");
-        let _ = self.child.wait();
-        let mut lines = std::mem::take(&mut self.early);
+        let mut child = self.child;
+        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        let mut lines = self.early;
         lines.extend(self.lines.iter());
         (lines, self.home)
     }
@@ -336,11 +339,65 @@ async fn gateway_binary_listens_on_a_name_and_logs_its_config_warnings() {
     .await;
     assert_eq!(json["len"], 2);
     drop(http);
-    let (lines, _home) = gw.stop_and_collect();
+    let (lines, _home) = gw.stop_and_collect().await;
     assert!(
         lines
             .iter()
             .any(|l| l.contains("passthrough `cody` turns off secrets")),
+        "{lines:?}"
+    );
+}
+
+/// The log answers "does my IDE's traffic reach kt, and is it decrypted?":
+/// the first CONNECT to each host says intercepted or tunnelled, once per
+/// host however many connections follow.
+#[tokio::test]
+async fn gateway_binary_logs_the_first_connect_to_each_host_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
+    let blind = format!("blind.test:443:127.0.0.1:{}", origin.addr.port());
+    let gw = spawn_gateway(&ca, &origin, &["--connect-to".as_ref(), blind.as_ref()]);
+    for _ in 0..2 {
+        let (mut http, _) =
+            through_proxy(gw.addr, "api.openai.com", &[gw.ca_der()], &[b"h2"]).await;
+        let json = body_json(
+            http.send("POST", "api.openai.com", "/echo", Bytes::from_static(b"{}"))
+                .await,
+        )
+        .await;
+        assert_eq!(json["len"], 2);
+        let mut tunnel = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        tunnel
+            .write_all(b"CONNECT blind.test:443 HTTP/1.1\r\nHost: blind.test:443\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        tunnel.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+    let (lines, _home) = gw.stop_and_collect().await;
+    let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count("first CONNECT to this host: intercepted"),
+        1,
+        "{lines:?}"
+    );
+    assert_eq!(
+        count("first CONNECT to this host: tunnelled untouched"),
+        1,
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("intercepted") && l.contains("api.openai.com:443")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("tunnelled") && l.contains("blind.test:443")),
         "{lines:?}"
     );
 }

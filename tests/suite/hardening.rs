@@ -154,7 +154,7 @@ async fn secrets_and_keys_never_reach_the_logs() {
         .await;
     assert_eq!(resp.status(), 200);
     drop(http);
-    let (lines, home) = gw.stop_and_collect();
+    let (lines, home) = gw.stop_and_collect().await;
     assert!(
         lines
             .iter()
