@@ -315,16 +315,50 @@ impl Routes {
         out
     }
 
-    /// `GET /v1/models`: the listed models of every target, OpenAI list
-    /// shape, each once.
-    pub fn models_json(&self) -> String {
+    /// The targets whose models only their provider knows: no model named
+    /// in `models:` (patterns at most), and a provider key to ask with.
+    pub fn unlisted(&self) -> impl Iterator<Item = &Target> {
+        self.targets
+            .iter()
+            .filter(|t| t.listed_models().next().is_none() && t.credential.is_some())
+    }
+
+    /// Every model the direct API offers, with its target: each target's
+    /// listed `models:`, then what `fetched` says providers offer, keeping
+    /// only the models its patterns (if any) match and a request would be
+    /// routed to that same target for. Each model once.
+    pub fn model_list<'a>(
+        &'a self,
+        fetched: &'a [(&'a Target, Vec<String>)],
+    ) -> Vec<(&'a str, &'a Target)> {
         let mut seen = std::collections::HashSet::new();
-        let data: Vec<serde_json::Value> = self
+        let listed = self
             .targets
             .iter()
-            .flat_map(|t| t.listed_models().map(move |m| (t, m)))
-            .filter(|(_, m)| seen.insert(*m))
-            .map(|(t, m)| {
+            .flat_map(|t| t.listed_models().map(move |m| (m, t)));
+        let offered = fetched.iter().flat_map(|(t, ids)| {
+            ids.iter()
+                .map(String::as_str)
+                .filter(|id| {
+                    (t.models.is_empty() || t.serves(id))
+                        && self
+                            .route(t.shape, Some(id))
+                            .is_ok_and(|r| std::ptr::eq(r, *t))
+                })
+                .map(move |id| (id, *t))
+        });
+        listed
+            .chain(offered)
+            .filter(|(m, _)| seen.insert(*m))
+            .collect()
+    }
+
+    /// `GET /v1/models`: [`Routes::model_list`] in OpenAI list shape.
+    pub fn models_json(&self, fetched: &[(&Target, Vec<String>)]) -> String {
+        let data: Vec<serde_json::Value> = self
+            .model_list(fetched)
+            .into_iter()
+            .map(|(m, t)| {
                 serde_json::json!({
                     "id": m,
                     "object": "model",
@@ -472,7 +506,7 @@ mod tests {
 
     #[test]
     fn the_model_list_names_each_listed_model_once() {
-        let json: serde_json::Value = serde_json::from_str(&routes(TWO).models_json()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&routes(TWO).models_json(&[])).unwrap();
         assert_eq!(json["object"], "list");
         let ids: Vec<&str> = json["data"]
             .as_array()

@@ -15,6 +15,8 @@ use crate::llm::recognize::Api;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Client headers that carry its credentials to kt, never forwarded: the
 /// access key goes no further than the gateway.
@@ -62,7 +64,7 @@ async fn handle(
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
             return Err(ProxyError::MethodNotAllowed);
         }
-        return models(&routes, rest.trim_matches('/'));
+        return models(&ctx, &routes, rest.trim_matches('/')).await;
     }
     let Some(shape) = shape else {
         return Err(ProxyError::NotFound(path.to_string()));
@@ -171,14 +173,20 @@ fn is_access_key(value: &HeaderValue) -> bool {
 }
 
 /// `GET /v1/models` (the list) and `GET /v1/models/ID` (one).
-fn models(routes: &Routes, id: &str) -> Result<Response<Body>, ProxyError> {
+async fn models(ctx: &ConnCtx, routes: &Routes, id: &str) -> Result<Response<Body>, ProxyError> {
+    let mut fetched = Vec::new();
+    for t in routes.unlisted() {
+        if let Some(ids) = ctx.gw.model_lists.get(&ctx.gw, t).await {
+            fetched.push((t, ids.to_vec()));
+        }
+    }
     let json = if id.is_empty() {
-        routes.models_json()
+        routes.models_json(&fetched)
     } else {
-        let owner = routes
-            .targets()
-            .iter()
-            .find(|t| t.listed_models().any(|m| m == id))
+        let (id, owner) = routes
+            .model_list(&fetched)
+            .into_iter()
+            .find(|(m, _)| *m == id)
             .ok_or_else(|| ProxyError::NotFound(format!("model `{id}`")))?;
         serde_json::json!({ "id": id, "object": "model", "created": 0, "owned_by": &*owner.id })
             .to_string()
@@ -189,6 +197,106 @@ fn models(routes: &Routes, id: &str) -> Result<Response<Body>, ProxyError> {
         HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+/// What providers say they offer (`GET <base>/models`), for targets whose
+/// config names no model: kept a few minutes, a failure for less, so the
+/// list (users' health check too) answers promptly whatever the provider
+/// does.
+pub(super) struct ModelLists {
+    cache: moka::future::Cache<String, Option<Arc<[String]>>>,
+}
+
+/// How long a provider's list is kept.
+const LIST_TTL: Duration = Duration::from_secs(300);
+/// How long after a failed fetch kt asks again.
+const LIST_RETRY: Duration = Duration::from_secs(30);
+/// Longest wait for a provider's list.
+const LIST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest list read.
+const LIST_MAX_BYTES: usize = 1 << 20;
+/// Most models taken from one provider.
+const LIST_MAX_MODELS: usize = 1000;
+
+struct ListExpiry;
+
+impl moka::Expiry<String, Option<Arc<[String]>>> for ListExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Option<Arc<[String]>>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(if value.is_some() {
+            LIST_TTL
+        } else {
+            LIST_RETRY
+        })
+    }
+}
+
+impl ModelLists {
+    pub(super) fn new() -> Self {
+        ModelLists {
+            cache: moka::future::Cache::builder()
+                .max_capacity(256)
+                .expire_after(ListExpiry)
+                .build(),
+        }
+    }
+
+    /// `t`'s provider list, fetched once for concurrent callers.
+    async fn get(&self, gw: &super::Gateway, t: &Target) -> Option<Arc<[String]>> {
+        let path = t.upstream_path("/v1/models");
+        // A reload that moves the target asks again.
+        let key = format!("{} {} {path}", t.id, t.origin);
+        self.cache
+            .get_with(key, async {
+                match tokio::time::timeout(LIST_TIMEOUT, fetch(gw, t, &path)).await {
+                    Ok(Ok(ids)) => Some(ids.into()),
+                    Ok(Err(why)) => {
+                        tracing::warn!(target = %t.id, "cannot list the provider's models: {why}");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(target = %t.id, "cannot list the provider's models: no answer in {}s", LIST_TIMEOUT.as_secs());
+                        None
+                    }
+                }
+            })
+            .await
+    }
+}
+
+/// One `GET` of a provider's model list, with the target's key.
+async fn fetch(gw: &super::Gateway, t: &Target, path: &str) -> Result<Vec<String>, String> {
+    let mut req = Request::get(path)
+        .body(body::empty())
+        .map_err(|e| e.to_string())?;
+    upstream_headers(req.headers_mut(), t, true);
+    let resp = gw
+        .upstream
+        .send(&t.origin, req)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("{} answered {}", t.origin, resp.status()));
+    }
+    let bytes = read_body(resp.into_body(), LIST_MAX_BYTES, LIST_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let list: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not a model list: {e}"))?;
+    let data = list
+        .get("data")
+        .and_then(|d| d.as_array())
+        .ok_or("not a model list: no `data` array")?;
+    Ok(data
+        .iter()
+        .filter_map(|m| m.get("id")?.as_str())
+        .take(LIST_MAX_MODELS)
+        .map(str::to_string)
+        .collect())
 }
 
 #[cfg(test)]

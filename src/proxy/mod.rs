@@ -136,6 +136,8 @@ pub struct Gateway {
     per_client: Arc<per_client::PerClient>,
     /// Hosts CONNECTed to so far (their first CONNECT is logged).
     sightings: sightings::Sightings,
+    /// Providers' own model lists, for `GET /v1/models`.
+    model_lists: direct::ModelLists,
 }
 
 /// The listener's counters, for `/metrics` and tests.
@@ -173,6 +175,7 @@ impl Gateway {
             auth,
             per_client,
             sightings: sightings::Sightings::default(),
+            model_lists: direct::ModelLists::new(),
         })
     }
 

@@ -297,6 +297,18 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
         // sets the status, `x-test-no-end` leaves out the stream's terminal
         // event, and `x-test-gated` holds each event after the first until
         // `sse_gate` gives a permit.
+        // A provider's own model list (OpenAI and Anthropic shape alike).
+        p if p.ends_with("/models") => {
+            *state.last_request.lock().unwrap() = Some((p.to_string(), req.headers().clone()));
+            let json = serde_json::json!({"object": "list", "data": [
+                {"id": "gpt-4.1", "object": "model"},
+                {"id": "claude-sonnet-4-5", "type": "model"},
+                {"id": "qwen3-coder", "object": "model"}]});
+            let mut r = Response::new(full(json.to_string()));
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r
+        }
         // Other OpenAI-shaped operations (under any base path): a small
         // answer naming the path, with usage.
         p if ["/completions", "/embeddings", "/responses"]

@@ -273,6 +273,71 @@ async fn anthropic_messages_get_x_api_key_and_errors_in_anthropic_shape() {
     assert_eq!((out[0].tokens_in, out[0].tokens_out), (Some(20), Some(4)));
 }
 
+/// A target whose config names no model lists what its provider offers,
+/// asked once with the target's key and then kept; a provider that cannot
+/// answer leaves the rest of the list as it was.
+#[tokio::test]
+async fn a_target_without_models_lists_what_its_provider_offers() {
+    let yaml = "providers:
+  targets:
+    - id: openai
+      provider:
+        api_key_env: KT_DIRECT_TEST_OPENAI
+    - id: local
+      provider:
+        type: openai
+        base_url: https://llm.internal.test/api/v1
+        api_key_env: KT_DIRECT_TEST_LOCAL
+        models: [qwen2.5-coder]
+    - id: down
+      provider:
+        type: anthropic
+        base_url: https://127.0.0.1:9
+        api_key_env: KT_DIRECT_TEST_ANTHROPIC
+";
+    let s = setup(yaml, None).await;
+    let ids = |list: &serde_json::Value| -> Vec<(String, String)> {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap().into(),
+                    m["owned_by"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let resp = call(s.gw.addr, "GET", "/v1/models", &[], "").await;
+    assert_eq!(resp.status(), 200);
+    let first = ids(&json(resp).await);
+    let want: Vec<(String, String)> = [
+        ("qwen2.5-coder", "local"),
+        ("gpt-4.1", "openai"),
+        ("claude-sonnet-4-5", "openai"),
+        ("qwen3-coder", "openai"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(first, want);
+    let (path, up) = last_request(&s.public);
+    assert_eq!(path, "/v1/models");
+    assert_eq!(up["authorization"], "Bearer sk-test-openai");
+
+    // Kept: the provider is not asked again, and one model is found too.
+    let hits = s.public.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let again = ids(&json(call(s.gw.addr, "GET", "/v1/models", &[], "").await).await);
+    assert_eq!(again, want);
+    let one = json(call(s.gw.addr, "GET", "/v1/models/gpt-4.1", &[], "").await).await;
+    assert_eq!(one["owned_by"], "openai");
+    assert_eq!(
+        s.public.hits.load(std::sync::atomic::Ordering::SeqCst),
+        hits
+    );
+}
+
 #[tokio::test]
 async fn models_are_listed_and_requests_routed_by_model_to_each_operation() {
     let s = setup(TARGETS, None).await;
@@ -286,7 +351,21 @@ async fn models_are_listed_and_requests_routed_by_model_to_each_operation() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["gpt-4o", "gpt-4o-mini", "qwen2.5-coder"]);
+    // `claude-*` names no model: the provider's own list, filtered by the
+    // pattern, asked for with the target's key.
+    assert_eq!(
+        ids,
+        [
+            "gpt-4o",
+            "gpt-4o-mini",
+            "qwen2.5-coder",
+            "claude-sonnet-4-5"
+        ]
+    );
+    let (path, up) = last_request(&s.public);
+    assert_eq!(path, "/v1/models");
+    assert_eq!(up["x-api-key"], "sk-ant-test");
+    assert!(up.get("anthropic-version").is_some(), "{up:?}");
     let one = json(call(s.gw.addr, "GET", "/v1/models/qwen2.5-coder", &[], "").await).await;
     assert_eq!(
         (one["id"].as_str(), one["owned_by"].as_str()),
