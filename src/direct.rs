@@ -329,7 +329,7 @@ impl Routes {
     /// routed to that same target for. Each model once.
     pub fn model_list<'a>(
         &'a self,
-        fetched: &'a [(&'a Target, Vec<String>)],
+        fetched: &'a [(&'a Target, Arc<[String]>)],
     ) -> Vec<(&'a str, &'a Target)> {
         let mut seen = std::collections::HashSet::new();
         let listed = self
@@ -354,7 +354,7 @@ impl Routes {
     }
 
     /// `GET /v1/models`: [`Routes::model_list`] in OpenAI list shape.
-    pub fn models_json(&self, fetched: &[(&Target, Vec<String>)]) -> String {
+    pub fn models_json(&self, fetched: &[(&Target, Arc<[String]>)]) -> String {
         let data: Vec<serde_json::Value> = self
             .model_list(fetched)
             .into_iter()

@@ -174,12 +174,15 @@ fn is_access_key(value: &HeaderValue) -> bool {
 
 /// `GET /v1/models` (the list) and `GET /v1/models/ID` (one).
 async fn models(ctx: &ConnCtx, routes: &Routes, id: &str) -> Result<Response<Body>, ProxyError> {
-    let mut fetched = Vec::new();
-    for t in routes.unlisted() {
-        if let Some(ids) = ctx.gw.model_lists.get(&ctx.gw, t).await {
-            fetched.push((t, ids.to_vec()));
-        }
-    }
+    // Side by side: one slow provider costs its bound, not one per target.
+    let asks = routes
+        .unlisted()
+        .map(|t| async move { Some((t, ctx.gw.model_lists.get(&ctx.gw, t).await?)) });
+    let fetched: Vec<_> = futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     let json = if id.is_empty() {
         routes.models_json(&fetched)
     } else {
@@ -252,14 +255,11 @@ impl ModelLists {
         let key = format!("{} {} {path}", t.id, t.origin);
         self.cache
             .get_with(key, async {
-                match tokio::time::timeout(LIST_TIMEOUT, fetch(gw, t, &path)).await {
-                    Ok(Ok(ids)) => Some(ids.into()),
-                    Ok(Err(why)) => {
+                let asked = tokio::time::timeout(LIST_TIMEOUT, fetch(gw, t, &path)).await;
+                match asked.unwrap_or(Err(ListError::Timeout)) {
+                    Ok(ids) => Some(ids.into()),
+                    Err(why) => {
                         tracing::warn!(target = %t.id, "cannot list the provider's models: {why}");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::warn!(target = %t.id, "cannot list the provider's models: no answer in {}s", LIST_TIMEOUT.as_secs());
                         None
                     }
                 }
@@ -268,29 +268,44 @@ impl ModelLists {
     }
 }
 
+/// Why a provider's model list could not be had (logged, then retried).
+#[derive(Debug, thiserror::Error)]
+enum ListError {
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("{origin} answered {status}")]
+    Status {
+        origin: String,
+        status: http::StatusCode,
+    },
+    #[error("reading the answer: {0}")]
+    Body(#[from] ProxyError),
+    #[error("not a model list: {0}")]
+    NotAList(String),
+    #[error("no answer in {}s", LIST_TIMEOUT.as_secs())]
+    Timeout,
+}
+
 /// One `GET` of a provider's model list, with the target's key.
-async fn fetch(gw: &super::Gateway, t: &Target, path: &str) -> Result<Vec<String>, String> {
+async fn fetch(gw: &super::Gateway, t: &Target, path: &str) -> Result<Vec<String>, ListError> {
     let mut req = Request::get(path)
         .body(body::empty())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ListError::NotAList(format!("bad path {path:?}: {e}")))?;
     upstream_headers(req.headers_mut(), t, true);
-    let resp = gw
-        .upstream
-        .send(&t.origin, req)
-        .await
-        .map_err(|e| e.to_string())?;
+    let resp = gw.upstream.send(&t.origin, req).await?;
     if !resp.status().is_success() {
-        return Err(format!("{} answered {}", t.origin, resp.status()));
+        return Err(ListError::Status {
+            origin: t.origin.to_string(),
+            status: resp.status(),
+        });
     }
-    let bytes = read_body(resp.into_body(), LIST_MAX_BYTES, LIST_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
+    let bytes = read_body(resp.into_body(), LIST_MAX_BYTES, LIST_TIMEOUT).await?;
     let list: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("not a model list: {e}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| ListError::NotAList(e.to_string()))?;
     let data = list
         .get("data")
         .and_then(|d| d.as_array())
-        .ok_or("not a model list: no `data` array")?;
+        .ok_or_else(|| ListError::NotAList("no `data` array".into()))?;
     Ok(data
         .iter()
         .filter_map(|m| m.get("id")?.as_str())
