@@ -174,6 +174,22 @@ fn is_access_key(value: &HeaderValue) -> bool {
 
 /// `GET /v1/models` (the list) and `GET /v1/models/ID` (one).
 async fn models(ctx: &ConnCtx, routes: &Routes, id: &str) -> Result<Response<Body>, ProxyError> {
+    let one = |fetched: &[(&Target, Arc<[String]>)]| {
+        let (id, owner) = routes
+            .model_list(fetched)
+            .into_iter()
+            .find(|(m, _)| *m == id)?;
+        Some(json_response(
+            serde_json::json!({ "id": id, "object": "model", "created": 0, "owned_by": &*owner.id })
+                .to_string(),
+        ))
+    };
+    // A model the config names needs no provider's list.
+    if !id.is_empty() {
+        if let Some(resp) = one(&[]) {
+            return Ok(resp);
+        }
+    }
     // Side by side: one slow provider costs its bound, not one per target.
     let asks = routes
         .unlisted()
@@ -183,23 +199,20 @@ async fn models(ctx: &ConnCtx, routes: &Routes, id: &str) -> Result<Response<Bod
         .into_iter()
         .flatten()
         .collect();
-    let json = if id.is_empty() {
-        routes.models_json(&fetched)
+    if id.is_empty() {
+        Ok(json_response(routes.models_json(&fetched)))
     } else {
-        let (id, owner) = routes
-            .model_list(&fetched)
-            .into_iter()
-            .find(|(m, _)| *m == id)
-            .ok_or_else(|| ProxyError::NotFound(format!("model `{id}`")))?;
-        serde_json::json!({ "id": id, "object": "model", "created": 0, "owned_by": &*owner.id })
-            .to_string()
-    };
+        one(&fetched).ok_or_else(|| ProxyError::NotFound(format!("model `{id}`")))
+    }
+}
+
+fn json_response(json: String) -> Response<Body> {
     let mut resp = Response::new(body::full(json));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok(resp)
+    resp
 }
 
 /// What providers say they offer (`GET <base>/models`), for targets whose

@@ -309,6 +309,11 @@ async fn a_target_without_models_lists_what_its_provider_offers() {
             })
             .collect()
     };
+    // A model the config names is found without asking any provider.
+    let named = json(call(s.gw.addr, "GET", "/v1/models/qwen2.5-coder", &[], "").await).await;
+    assert_eq!(named["owned_by"], "local");
+    assert_eq!(s.public.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
     let resp = call(s.gw.addr, "GET", "/v1/models", &[], "").await;
     assert_eq!(resp.status(), 200);
     let first = ids(&json(resp).await);
