@@ -237,6 +237,18 @@ pub async fn through_proxy(
     (Http::over(tls, h2).await, info)
 }
 
+/// One intercepted h2 `POST /echo` to `api.openai.com` through `proxy`,
+/// trusting `ca`: the smallest proof that interception works end to end.
+pub async fn echo_through(proxy: SocketAddr, ca: CertificateDer<'static>) {
+    let (mut http, _) = through_proxy(proxy, "api.openai.com", &[ca], &[b"h2"]).await;
+    let json = body_json(
+        http.send("POST", "api.openai.com", "/echo", Bytes::from_static(b"{}"))
+            .await,
+    )
+    .await;
+    assert_eq!(json["len"], 2);
+}
+
 /// What the client saw of the TLS session.
 pub struct TlsStreamInfo {
     pub alpn: Option<Vec<u8>>,

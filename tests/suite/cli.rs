@@ -2,7 +2,7 @@
 //! that serves a request and exits 0 on SIGTERM.
 #![allow(clippy::unwrap_used)]
 
-use crate::common::client::{body_json, through_proxy};
+use crate::common::client::{echo_through, through_proxy};
 use crate::common::origin::{Alpn, Origin};
 use crate::common::TestCa;
 use bytes::Bytes;
@@ -230,17 +230,6 @@ pub(crate) fn spawn_gateway_with(
     }
 }
 
-/// One intercepted h2 exchange through `gw` to the origin's echo route.
-async fn echo_through(gw: &Running) {
-    let (mut http, _) = through_proxy(gw.addr, "api.openai.com", &[gw.ca_der()], &[b"h2"]).await;
-    let json = body_json(
-        http.send("POST", "api.openai.com", "/echo", Bytes::from_static(b"{}"))
-            .await,
-    )
-    .await;
-    assert_eq!(json["len"], 2);
-}
-
 impl Running {
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
@@ -293,7 +282,7 @@ async fn gateway_binary_serves_and_exits_cleanly_on_sigterm() {
     let ca = TestCa::new("ca");
     let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
     let gw = spawn_gateway(&ca, &origin, &[]);
-    echo_through(&gw).await;
+    echo_through(gw.addr, gw.ca_der()).await;
 
     gw.signal("-TERM");
     let Running {
@@ -335,7 +324,7 @@ async fn gateway_binary_listens_on_a_name_and_logs_its_config_warnings() {
         ],
     );
     assert!(gw.addr.ip().is_loopback(), "{}", gw.addr);
-    echo_through(&gw).await;
+    echo_through(gw.addr, gw.ca_der()).await;
     let (lines, _home) = gw.stop_and_collect().await;
     assert!(
         lines
@@ -356,7 +345,7 @@ async fn gateway_binary_logs_the_first_connect_to_each_host_once() {
     let blind = format!("blind.test:443:127.0.0.1:{}", origin.addr.port());
     let gw = spawn_gateway(&ca, &origin, &["--connect-to".as_ref(), blind.as_ref()]);
     for _ in 0..2 {
-        echo_through(&gw).await;
+        echo_through(gw.addr, gw.ca_der()).await;
         let mut tunnel = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
         tunnel
             .write_all(b"CONNECT blind.test:443 HTTP/1.1\r\nHost: blind.test:443\r\n\r\n")
