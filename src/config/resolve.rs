@@ -235,21 +235,23 @@ pub(crate) fn build(root: Option<&Node>) -> Result<Config, Vec<Problem>> {
         })
         .map(|p| p.name.as_str())
         .collect();
-    let passes = config
-        .policies
-        .iter()
-        .filter(|p| p.enabled && p.kind == PolicyKind::Passthrough);
-    let mark = get("policies").map_or(Mark::UNKNOWN, |n| n.mark);
-    for pass in passes.filter(|_| !silenced.is_empty()) {
-        cx.warnings.push(Problem::new(
-            mark,
-            "policies",
-            format!(
-                "passthrough `{}` turns off {} for the requests it matches: only the audit runs for them",
-                pass.name,
-                silenced.join(", ")
-            ),
-        ));
+    if !silenced.is_empty() {
+        let mark = get("policies").map_or(Mark::UNKNOWN, |n| n.mark);
+        let passes = config
+            .policies
+            .iter()
+            .filter(|p| p.enabled && p.kind == PolicyKind::Passthrough);
+        for pass in passes {
+            cx.warnings.push(Problem::new(
+                mark,
+                "policies",
+                format!(
+                    "passthrough `{}` turns off {} for the requests it matches: only the audit runs for them",
+                    pass.name,
+                    silenced.join(", ")
+                ),
+            ));
+        }
     }
 
     let mut problems = cx.problems;
