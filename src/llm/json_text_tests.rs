@@ -367,6 +367,36 @@ fn malformed_json_is_an_error() {
 }
 
 #[test]
+fn raw_control_characters_are_refused_wherever_they_are() {
+    let long = "x".repeat(100);
+    let control = |offset| JsonTextError::Syntax {
+        offset,
+        expected: "no raw control character in a string",
+    };
+    let cases = [
+        // Far from either end of the string, and after an escape.
+        (format!("[\"{long}\u{1}{long}\"]"), control(102)),
+        (format!("[\"{long}\\n{long}\u{1f}\"]"), control(204)),
+        // In a string that never ends: the character is what is wrong.
+        (format!("[\"{long}\u{1}{long}"), control(102)),
+        (format!("[\"{long}"), JsonTextError::UnexpectedEnd),
+    ];
+    for (doc, want) in cases {
+        let got = rewrite_strings(doc.as_bytes(), Selector::AllStrings, |_| None).unwrap_err();
+        assert_eq!(got, want, "{doc:?}");
+    }
+    // DEL and everything above 0x1f may appear raw.
+    let doc = format!("[\"{long}\u{7f} \\\" é{long}\"]");
+    let mut seen = Vec::new();
+    rewrite_strings(doc.as_bytes(), Selector::AllStrings, |s| {
+        seen.push(s.to_string());
+        None
+    })
+    .unwrap();
+    assert_eq!(seen, [format!("{long}\u{7f} \" é{long}")]);
+}
+
+#[test]
 fn every_truncation_of_every_fixture_is_an_error() {
     for fx in &fixtures::ALL {
         for doc in [fx.request, fx.response] {
