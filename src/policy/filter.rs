@@ -15,10 +15,17 @@ pub enum FilterError {
 /// A compiled content filter.
 #[derive(Debug)]
 pub struct ContentFilter {
+    /// Every pattern and keyword is blind to ASCII case (`(?i)`, and the
+    /// keywords always), so they run rewritten over the text's
+    /// ASCII-lowercased copy, where they are plain literals to the regex
+    /// engine's substring search (see [`super::fold`]).
+    folded: bool,
     /// One pass tells whether any pattern matches at all; the individual
     /// regexes only run to locate matches (redact) or name the rule.
     set: Option<regex::RegexSet>,
     patterns: Vec<regex::Regex>,
+    /// The patterns as configured: a hit names one of these.
+    names: Vec<String>,
     /// All keywords as one case-insensitive regex: the regex engine's
     /// literal prefilters beat a case-insensitive Aho-Corasick scan.
     keywords: Option<regex::Regex>,
@@ -36,18 +43,34 @@ pub struct FilterHit {
     pub range: Range<usize>,
 }
 
+/// The regexes a filter runs.
+struct Compiled {
+    set: Option<regex::RegexSet>,
+    patterns: Vec<regex::Regex>,
+    keywords: Option<regex::Regex>,
+}
+
+impl Compiled {
+    fn new(patterns: &[String], keywords: Option<&str>) -> Result<Self, regex::Error> {
+        Ok(Compiled {
+            set: if patterns.is_empty() {
+                None
+            } else {
+                Some(regex::RegexSet::new(patterns)?)
+            },
+            patterns: patterns
+                .iter()
+                .map(|p| regex::Regex::new(p))
+                .collect::<Result<_, _>>()?,
+            keywords: keywords.map(regex::Regex::new).transpose()?,
+        })
+    }
+}
+
 impl ContentFilter {
     pub fn new(options: &ContentFilterOptions) -> Result<Self, FilterError> {
-        let set = if options.patterns.is_empty() {
-            None
-        } else {
-            Some(regex::RegexSet::new(
-                options.patterns.iter().map(|r| r.as_str()),
-            )?)
-        };
-        let keywords = if options.keywords.is_empty() {
-            None
-        } else {
+        let names: Vec<String> = options.patterns.iter().map(|r| r.to_string()).collect();
+        let keywords = (!options.keywords.is_empty()).then(|| {
             let mut words: Vec<&String> = options.keywords.iter().collect();
             // Longest first, so the leftmost match is also the longest.
             words.sort_by_key(|w| std::cmp::Reverse(w.len()));
@@ -56,32 +79,62 @@ impl ContentFilter {
                 .map(|w| regex::escape(w))
                 .collect::<Vec<_>>()
                 .join("|");
-            Some(regex::Regex::new(&format!("(?i:{alternation})"))?)
+            format!("(?i:{alternation})")
+        });
+        let folded_patterns: Option<Vec<String>> =
+            names.iter().map(|p| super::fold::lowered(p)).collect();
+        let folded_keywords = match &keywords {
+            Some(k) => super::fold::lowered(k).map(Some),
+            None => Some(None),
+        };
+        // A rewritten pattern is equivalent to its original; should one
+        // still not compile, the originals serve.
+        let folded = folded_patterns
+            .zip(folded_keywords)
+            .and_then(|(p, k)| Compiled::new(&p, k.as_deref()).ok());
+        let (folded, compiled) = match folded {
+            Some(c) => (true, c),
+            None => (false, Compiled::new(&names, keywords.as_deref())?),
         };
         Ok(ContentFilter {
-            set,
-            patterns: options.patterns.clone(),
-            keywords,
+            folded,
+            set: compiled.set,
+            patterns: compiled.patterns,
+            names,
+            keywords: compiled.keywords,
             keyword_list: options.keywords.clone(),
             action: options.action,
             message: options.message.clone(),
         })
     }
 
+    /// What the regexes run over: `text`, or its lowercased copy in `low`.
+    /// Offsets in either are offsets in `text`.
+    fn haystack<'a>(&self, text: &'a str, low: &'a mut String) -> &'a str {
+        if self.folded {
+            super::fold::lowercase_into(text, low);
+            low
+        } else {
+            text
+        }
+    }
+
     /// The first match in `text`, if any.
     pub fn find(&self, text: &str) -> Option<FilterHit> {
+        let mut low = String::new();
+        let hay = self.haystack(text, &mut low);
         let mut best: Option<FilterHit> = None;
         if let Some(re) = &self.keywords {
-            if let Some(m) = re.find(text) {
+            if let Some(m) = re.find(hay) {
+                let found = text.get(m.range()).unwrap_or_default();
                 let rule = self
                     .keyword_list
                     .iter()
                     .find(|k| {
-                        k.eq_ignore_ascii_case(m.as_str())
-                            || k.to_lowercase() == m.as_str().to_lowercase()
+                        k.eq_ignore_ascii_case(found) || k.to_lowercase() == found.to_lowercase()
                     })
                     .cloned()
-                    .unwrap_or_else(|| m.as_str().to_string());
+                    .unwrap_or_else(|| found.to_string());
                 best = Some(FilterHit {
                     rule,
                     range: m.range(),
@@ -89,14 +142,14 @@ impl ContentFilter {
             }
         }
         if let Some(set) = &self.set {
-            for i in set.matches(text).iter() {
-                let Some(re) = self.patterns.get(i) else {
+            for i in set.matches(hay).iter() {
+                let (Some(re), Some(name)) = (self.patterns.get(i), self.names.get(i)) else {
                     continue;
                 };
-                if let Some(m) = re.find(text) {
+                if let Some(m) = re.find(hay) {
                     if best.as_ref().is_none_or(|b| m.start() < b.range.start) {
                         best = Some(FilterHit {
-                            rule: re.as_str().to_string(),
+                            rule: name.clone(),
                             range: m.range(),
                         });
                     }
@@ -109,14 +162,16 @@ impl ContentFilter {
     /// `text` with every match replaced by `placeholder`, and the number of
     /// replacements; borrowed when nothing matched.
     pub fn redact<'t>(&self, text: &'t str, placeholder: &str) -> (Cow<'t, str>, usize) {
+        let mut low = String::new();
+        let hay = self.haystack(text, &mut low);
         let mut ranges: Vec<Range<usize>> = Vec::new();
         if let Some(re) = &self.keywords {
-            ranges.extend(re.find_iter(text).map(|m| m.range()));
+            ranges.extend(re.find_iter(hay).map(|m| m.range()));
         }
         if let Some(set) = &self.set {
-            for i in set.matches(text).iter() {
+            for i in set.matches(hay).iter() {
                 if let Some(re) = self.patterns.get(i) {
-                    ranges.extend(re.find_iter(text).map(|m| m.range()));
+                    ranges.extend(re.find_iter(hay).map(|m| m.range()));
                 }
             }
         }
@@ -169,6 +224,32 @@ mod tests {
         let hit = f.find("the FALCON launch").unwrap();
         assert_eq!(hit.rule, "Falcon");
         assert!(f.find("nothing to see").is_none());
+    }
+
+    #[test]
+    fn case_blind_filters_run_over_lowercased_text_with_the_same_results() {
+        let folded = filter(&[r"(?i)internal-project-\w+", r"\d{4}-\d{4}"], &["Falcon"]);
+        // One pattern that sees case keeps the whole filter on the text.
+        let plain = filter(
+            &[r"(?i)internal-project-\w+", r"\d{4}-\d{4}", "Zeus"],
+            &["Falcon"],
+        );
+        assert!(folded.folded);
+        assert!(!plain.folded);
+        let text = "é INTERNAL-PROJECT-Ünïcode, then fALCON and 1234-5678";
+        let start = text.find("INTERNAL").unwrap();
+        let end = text.find(',').unwrap();
+        for f in [&folded, &plain] {
+            let hit = f.find(text).unwrap();
+            assert_eq!(hit.rule, r"(?i)internal-project-\w+");
+            assert_eq!(hit.range, start..end);
+            let (out, n) = f.redact(text, "[X]");
+            assert_eq!(out, "é [X], then [X] and [X]");
+            assert_eq!(n, 3);
+            // A keyword hit names the keyword as configured.
+            assert_eq!(f.find("the fALCON").unwrap().rule, "Falcon");
+            assert!(f.find("internal project falco").is_none());
+        }
     }
 
     #[test]

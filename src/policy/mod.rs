@@ -16,6 +16,7 @@ pub mod chain;
 pub mod engine;
 pub mod exchange;
 pub mod filter;
+mod fold;
 pub mod limits;
 pub mod redact;
 pub mod reload;
