@@ -46,6 +46,9 @@ seed() {
     config_loader) cp examples/*.yaml "$dir/" ;;
     connect_authority)
       printf 'api.openai.com:443' >"$dir/host"; printf '[::1]:8443' >"$dir/v6" ;;
+    content_filter)
+      printf '(?i)internal-project-\\w+\nsee INTERNAL-PROJECT-Zeus' >"$dir/ci"
+      printf '[a-zA-Z_]+\\d\nabc9 XYZ1' >"$dir/class" ;;
     json_text) for f in tests/fixtures/llm/*/*.json; do cp "$f" "$dir/$(basename "$(dirname "$f")")-$(basename "$f")"; done ;;
   esac
 }

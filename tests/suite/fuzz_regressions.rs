@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 mod config_loader;
 #[path = "../../fuzz/checks/connect_authority.rs"]
 mod connect_authority;
+#[path = "../../fuzz/checks/content_filter.rs"]
+mod content_filter;
 #[path = "../../fuzz/checks/json_text.rs"]
 mod json_text;
 #[path = "../../fuzz/checks/request_classifier.rs"]
@@ -123,4 +125,18 @@ fn json_text() {
     inputs.extend(fixtures("response.json"));
     assert!(!inputs.is_empty());
     replay("json_text", json_text::run, &inputs);
+}
+
+#[test]
+fn content_filter() {
+    let samples = [
+        "(?i)internal-project-\\w+\nsee INTERNAL-PROJECT-Zeus and internal-project-é",
+        "(?i)\\bkey\\b\na Key, the KEY; monkey",
+        "(?i)straße|kelvin\nSTRASSE Straße \u{212a}ELVIN",
+        "[a-zA-Z]+\\d\nabc9 XYZ1 é2",
+        "Falcon\nthe FALCON and the Falcon",
+        "\nempty pattern",
+    ];
+    let inputs = samples.map(|s| s.as_bytes().to_vec());
+    replay("content_filter", content_filter::run, &inputs);
 }
