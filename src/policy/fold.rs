@@ -39,13 +39,7 @@ fn lower(hir: &Hir) -> Option<Hir> {
         HirKind::Literal(lit) if lit.0.iter().any(u8::is_ascii_alphabetic) => return None,
         HirKind::Literal(lit) => Hir::literal(lit.0.clone()),
         HirKind::Class(Class::Unicode(class)) => {
-            let has = |c: char| {
-                class
-                    .ranges()
-                    .iter()
-                    .any(|r| r.start() <= c && c <= r.end())
-            };
-            if ('A'..='Z').any(|up| has(up) != has(up.to_ascii_lowercase())) {
+            if !case_blind(class.ranges().iter().map(|r| (r.start(), r.end()))) {
                 return None;
             }
             let mut class = class.clone();
@@ -53,13 +47,7 @@ fn lower(hir: &Hir) -> Option<Hir> {
             Hir::class(Class::Unicode(class))
         }
         HirKind::Class(Class::Bytes(class)) => {
-            let has = |b: u8| {
-                class
-                    .ranges()
-                    .iter()
-                    .any(|r| r.start() <= b && b <= r.end())
-            };
-            if (b'A'..=b'Z').any(|up| has(up) != has(up.to_ascii_lowercase())) {
+            if !case_blind(class.ranges().iter().map(|r| (r.start(), r.end()))) {
                 return None;
             }
             let mut class = class.clone();
@@ -85,6 +73,18 @@ fn lower(hir: &Hir) -> Option<Hir> {
             Hir::alternation(subs.iter().map(lower).collect::<Option<_>>()?)
         }
     })
+}
+
+/// Whether a class of these inclusive `ranges` holds each ASCII capital
+/// exactly when it holds the capital's lowercase letter.
+fn case_blind<T: Copy + PartialOrd + From<u8>>(
+    ranges: impl Iterator<Item = (T, T)> + Clone,
+) -> bool {
+    let has = |c: u8| {
+        let c = T::from(c);
+        ranges.clone().any(|(start, end)| start <= c && c <= end)
+    };
+    (b'A'..=b'Z').all(|up| has(up) == has(up.to_ascii_lowercase()))
 }
 
 #[cfg(test)]
