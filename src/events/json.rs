@@ -79,34 +79,40 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     /// `key` is one of the struct's field names: plain ASCII, no escapes.
+    #[inline(always)]
     fn key(&mut self, key: &str) {
         self.out.extend_from_slice(b",\"");
         self.out.extend_from_slice(key.as_bytes());
         self.out.extend_from_slice(b"\":");
     }
 
+    #[inline(always)]
     fn string(&mut self, s: &str) {
         self.out.push(b'"');
         encode_str_into(s, self.out);
         self.out.push(b'"');
     }
 
+    #[inline(always)]
     fn str(&mut self, key: &str, value: &str) {
         self.key(key);
         self.string(value);
     }
 
+    #[inline(always)]
     fn opt_str(&mut self, key: &str, value: Option<&str>) {
         if let Some(v) = value {
             self.str(key, v);
         }
     }
 
+    #[inline(always)]
     fn u64(&mut self, n: u64) {
         self.out
             .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     }
 
+    #[inline(always)]
     fn opt_u64(&mut self, key: &str, value: Option<u64>) {
         if let Some(n) = value {
             self.key(key);

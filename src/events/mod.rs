@@ -225,7 +225,12 @@ impl Event {
     /// A new event stamped with a fresh id and the current time; every other
     /// field unknown.
     pub fn new(phase: Phase, action: Action) -> Event {
-        let now = time::OffsetDateTime::now_utc();
+        Event::at(phase, action, time::OffsetDateTime::now_utc())
+    }
+
+    /// A new event with a fresh id, stamped `now`: the events of one
+    /// exchange, built together, share one reading of the clock.
+    pub fn at(phase: Phase, action: Action, now: time::OffsetDateTime) -> Event {
         Event {
             id: new_id(now),
             ts: format_ts(now),

@@ -842,9 +842,10 @@ impl Exchange {
         let r = &self.record;
         let request_id: Option<Arc<str>> = Some(random_id());
         let client_ip = self.info.client.as_ref().map(|c| c.text.clone());
+        let now = time::OffsetDateTime::now_utc();
         // Built in their boxes: the writer takes them as they are.
         let base = |phase: Phase, action: EventAction| {
-            let mut e = Box::new(Event::new(phase, action));
+            let mut e = Box::new(Event::at(phase, action, now));
             e.mode = Some(self.info.mode);
             e.provider = Some(self.info.provider_text());
             e.host = Some(self.info.host.clone());
@@ -1049,6 +1050,23 @@ mod tests {
         let out = events.last().unwrap();
         assert_eq!(out.phase.as_str(), "output");
         (out.action.as_str().to_owned(), out.reason.clone())
+    }
+
+    #[test]
+    fn an_exchanges_two_events_share_one_timestamp_and_request_id() {
+        let mut ex = exchange();
+        ex.record.status = Some(200);
+        let events = ex.events(None, None, None);
+        let [input, output] = &events[..] else {
+            panic!("two events expected, got {}", events.len());
+        };
+        assert_eq!(
+            (input.phase.as_str(), output.phase.as_str()),
+            ("input", "output")
+        );
+        assert_eq!(input.ts, output.ts);
+        assert_eq!(input.request_id, output.request_id);
+        assert_ne!(input.id, output.id);
     }
 
     #[test]
