@@ -1,5 +1,6 @@
 //! The body type that flows through the gateway in both directions, and
-//! small constructors for bodies kt writes itself.
+//! small constructors for bodies (and plain `200` responses) kt writes
+//! itself.
 
 use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
@@ -15,6 +16,16 @@ pub fn full(data: impl Into<Bytes>) -> Body {
     Full::new(data.into())
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// A `200` response of `data` with the given `Content-Type`.
+pub fn typed_response(content_type: &'static str, data: impl Into<Bytes>) -> http::Response<Body> {
+    let mut resp = http::Response::new(full(data));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
 }
 
 /// An empty body.

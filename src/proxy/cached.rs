@@ -110,14 +110,8 @@ pub(super) fn admin(
     req: &http::Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, super::ProxyError> {
     let caches = ctx.gw.engine().caches();
-    let json = |v: serde_json::Value| {
-        let mut r = Response::new(crate::body::full(v.to_string()));
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        r
-    };
+    let json =
+        |v: serde_json::Value| crate::body::typed_response("application/json", v.to_string());
     match (req.uri().path(), req.method()) {
         ("/_kt/cache", &http::Method::GET) => Ok(json(caches.snapshot())),
         ("/_kt/cache/purge", &http::Method::POST) => {

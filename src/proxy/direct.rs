@@ -179,7 +179,8 @@ async fn models(ctx: &ConnCtx, routes: &Routes, id: &str) -> Result<Response<Bod
             .model_list(fetched)
             .into_iter()
             .find(|(m, _)| *m == id)?;
-        Some(json_response(
+        Some(body::typed_response(
+            "application/json",
             serde_json::json!({ "id": id, "object": "model", "created": 0, "owned_by": &*owner.id })
                 .to_string(),
         ))
@@ -200,19 +201,13 @@ async fn models(ctx: &ConnCtx, routes: &Routes, id: &str) -> Result<Response<Bod
         .flatten()
         .collect();
     if id.is_empty() {
-        Ok(json_response(routes.models_json(&fetched)))
+        Ok(body::typed_response(
+            "application/json",
+            routes.models_json(&fetched),
+        ))
     } else {
         one(&fetched).ok_or_else(|| ProxyError::NotFound(format!("model `{id}`")))
     }
-}
-
-fn json_response(json: String) -> Response<Body> {
-    let mut resp = Response::new(body::full(json));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
 }
 
 /// What providers say they offer (`GET <base>/models`), for targets whose

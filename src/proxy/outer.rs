@@ -257,26 +257,18 @@ fn admin(ctx: &ConnCtx, req: &Request<Incoming>) -> Result<Response<Body>, Proxy
             })?;
     }
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
-    let text = |status: StatusCode, body: &'static str| {
-        let mut r = Response::new(body::full(body));
+    let text = |status: StatusCode, text: &'static str| {
+        let mut r = body::typed_response("text/plain; charset=utf-8", text);
         *r.status_mut() = status;
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
         r
     };
     match path {
         "/healthz" | "/readyz" | "/_kt/ca.pem" if !read_only => Err(ProxyError::MethodNotAllowed),
         "/healthz" => Ok(text(StatusCode::OK, "ok\n")),
-        "/metrics" if read_only => {
-            let mut r = Response::new(body::full(super::metrics::render(&ctx.gw)));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            Ok(r)
-        }
+        "/metrics" if read_only => Ok(body::typed_response(
+            "text/plain; version=0.0.4; charset=utf-8",
+            super::metrics::render(&ctx.gw),
+        )),
         "/_kt" | "/_kt/" if read_only => Ok(super::dashboard::page()),
         "/_kt/cache" | "/_kt/cache/purge" => super::cached::admin(ctx, req),
         "/_kt/events" if *req.method() == Method::GET => {
@@ -286,14 +278,10 @@ fn admin(ctx: &ConnCtx, req: &Request<Incoming>) -> Result<Response<Body>, Proxy
             Ok(text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"))
         }
         "/readyz" => Ok(text(StatusCode::OK, "ready\n")),
-        "/_kt/ca.pem" => {
-            let mut r = Response::new(body::full(ctx.gw.ca_pem.clone()));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/x-pem-file"),
-            );
-            Ok(r)
-        }
+        "/_kt/ca.pem" => Ok(body::typed_response(
+            "application/x-pem-file",
+            ctx.gw.ca_pem.clone(),
+        )),
         _ => Err(ProxyError::NotFound(path.to_string())),
     }
 }
