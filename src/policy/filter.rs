@@ -20,15 +20,9 @@ pub struct ContentFilter {
     /// ASCII-lowercased copy, where they are plain literals to the regex
     /// engine's substring search (see [`super::fold`]).
     folded: bool,
-    /// One pass tells whether any pattern matches at all; the individual
-    /// regexes only run to locate matches (redact) or name the rule.
-    set: Option<regex::RegexSet>,
-    patterns: Vec<regex::Regex>,
+    regexes: Compiled,
     /// The patterns as configured: a hit names one of these.
     names: Vec<String>,
-    /// All keywords as one case-insensitive regex: the regex engine's
-    /// literal prefilters beat a case-insensitive Aho-Corasick scan.
-    keywords: Option<regex::Regex>,
     keyword_list: Vec<String>,
     pub action: FilterAction,
     pub message: Option<String>,
@@ -44,9 +38,14 @@ pub struct FilterHit {
 }
 
 /// The regexes a filter runs.
+#[derive(Debug)]
 struct Compiled {
+    /// One pass tells whether any pattern matches at all; the individual
+    /// regexes only run to locate matches (redact) or name the rule.
     set: Option<regex::RegexSet>,
     patterns: Vec<regex::Regex>,
+    /// All keywords as one case-insensitive regex: the regex engine's
+    /// literal prefilters beat a case-insensitive Aho-Corasick scan.
     keywords: Option<regex::Regex>,
 }
 
@@ -92,16 +91,14 @@ impl ContentFilter {
         let folded = folded_patterns
             .zip(folded_keywords)
             .and_then(|(p, k)| Compiled::new(&p, k.as_deref()).ok());
-        let (folded, compiled) = match folded {
+        let (folded, regexes) = match folded {
             Some(c) => (true, c),
             None => (false, Compiled::new(&names, keywords.as_deref())?),
         };
         Ok(ContentFilter {
             folded,
-            set: compiled.set,
-            patterns: compiled.patterns,
+            regexes,
             names,
-            keywords: compiled.keywords,
             keyword_list: options.keywords.clone(),
             action: options.action,
             message: options.message.clone(),
@@ -124,7 +121,7 @@ impl ContentFilter {
         let mut low = String::new();
         let hay = self.haystack(text, &mut low);
         let mut best: Option<FilterHit> = None;
-        if let Some(re) = &self.keywords {
+        if let Some(re) = &self.regexes.keywords {
             if let Some(m) = re.find(hay) {
                 let found = text.get(m.range()).unwrap_or_default();
                 let rule = self
@@ -141,9 +138,10 @@ impl ContentFilter {
                 });
             }
         }
-        if let Some(set) = &self.set {
+        if let Some(set) = &self.regexes.set {
             for i in set.matches(hay).iter() {
-                let (Some(re), Some(name)) = (self.patterns.get(i), self.names.get(i)) else {
+                let (Some(re), Some(name)) = (self.regexes.patterns.get(i), self.names.get(i))
+                else {
                     continue;
                 };
                 if let Some(m) = re.find(hay) {
@@ -165,12 +163,12 @@ impl ContentFilter {
         let mut low = String::new();
         let hay = self.haystack(text, &mut low);
         let mut ranges: Vec<Range<usize>> = Vec::new();
-        if let Some(re) = &self.keywords {
+        if let Some(re) = &self.regexes.keywords {
             ranges.extend(re.find_iter(hay).map(|m| m.range()));
         }
-        if let Some(set) = &self.set {
+        if let Some(set) = &self.regexes.set {
             for i in set.matches(hay).iter() {
-                if let Some(re) = self.patterns.get(i) {
+                if let Some(re) = self.regexes.patterns.get(i) {
                     ranges.extend(re.find_iter(hay).map(|m| m.range()));
                 }
             }
