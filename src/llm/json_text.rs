@@ -403,28 +403,30 @@ pub fn encode_str_into(s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(bytes.get(start..).unwrap_or_default());
 }
 
-/// Whether any byte of `bytes` must be escaped in a JSON string. Checked in
-/// blocks without early exit so the compiler vectorizes it: most strings
-/// (ids, names, paths) need nothing, and this makes them one copy.
+/// Whether any byte of `bytes` must be escaped in a JSON string: most
+/// strings (ids, names, paths) need nothing, and this makes them one copy.
 fn needs_escape(bytes: &[u8]) -> bool {
-    let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
-    bytes
-        .chunks(32)
-        .any(|block| block.iter().fold(false, |any, &b| any | special(b)))
+    any_byte(bytes, |b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
-/// Offset of the first raw control character (below 0x20) in `bytes`.
-/// The common answer, none, comes from a pass without early exit that the
-/// compiler vectorizes, as in [`needs_escape`].
+/// Offset of the first raw control character (below 0x20) in `bytes`; the
+/// common answer, none, comes from [`any_byte`]'s vectorized pass.
 fn first_control(bytes: &[u8]) -> Option<usize> {
-    let any = bytes
-        .chunks(32)
-        .any(|block| block.iter().fold(false, |any, &b| any | (b < 0x20)));
-    if any {
-        bytes.iter().position(|&b| b < 0x20)
+    let control = |b: u8| b < 0x20;
+    if any_byte(bytes, control) {
+        bytes.iter().position(|&b| control(b))
     } else {
         None
     }
+}
+
+/// Whether `test` holds for any byte of `bytes`. Checked in blocks without
+/// early exit, so the compiler vectorizes it.
+#[inline(always)]
+fn any_byte(bytes: &[u8], test: impl Fn(u8) -> bool) -> bool {
+    bytes
+        .chunks(32)
+        .any(|block| block.iter().fold(false, |any, &b| any | test(b)))
 }
 
 /// Decodes the inside of a JSON string literal (`raw`, without quotes) into
