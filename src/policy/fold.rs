@@ -124,6 +124,15 @@ mod tests {
         assert!(lowered("[a-zA-Z_]+").is_some());
     }
 
+    /// `rewritten` over `text` lowercased (in `low`) finds what `original`
+    /// finds in `text`, at the same offsets.
+    fn assert_agree(original: &Regex, rewritten: &Regex, text: &str, low: &mut String) {
+        lowercase_into(text, low);
+        let want: Vec<_> = original.find_iter(text).map(|m| m.range()).collect();
+        let got: Vec<_> = rewritten.find_iter(low).map(|m| m.range()).collect();
+        assert_eq!(got, want, "{original} on {text:?}");
+    }
+
     /// The rewritten pattern over the lowercased text finds what the
     /// original finds in the text, at the same offsets.
     #[test]
@@ -154,10 +163,7 @@ mod tests {
             let original = Regex::new(p).unwrap();
             let rewritten = Regex::new(&lowered(p).unwrap()).unwrap();
             for t in texts {
-                lowercase_into(t, &mut low);
-                let want: Vec<_> = original.find_iter(t).map(|m| m.range()).collect();
-                let got: Vec<_> = rewritten.find_iter(&low).map(|m| m.range()).collect();
-                assert_eq!(got, want, "{p} on {t:?}");
+                assert_agree(&original, &rewritten, t, &mut low);
             }
         }
     }
@@ -217,10 +223,7 @@ mod tests {
                 let text: String = (0..rng.random_range(0..12))
                     .map(|_| chars[rng.random_range(0..chars.len())])
                     .collect();
-                lowercase_into(&text, &mut low);
-                let want: Vec<_> = original.find_iter(&text).map(|m| m.range()).collect();
-                let got: Vec<_> = folded.find_iter(&low).map(|m| m.range()).collect();
-                assert_eq!(got, want, "{pattern} on {text:?}");
+                assert_agree(&original, &folded, &text, &mut low);
             }
         }
         assert!(rewritten > 500, "only {rewritten} patterns were rewritten");
