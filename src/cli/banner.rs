@@ -16,6 +16,8 @@ pub const NO_PROXY_LOCAL: &str = "localhost,127.0.0.1,::1";
 #[derive(Debug, Clone)]
 pub struct BannerInfo {
     pub listen: SocketAddr,
+    /// The other loopback address, when the gateway answers there too.
+    pub also: Option<SocketAddr>,
     pub ca_cert: PathBuf,
     pub intercept: InterceptMode,
     pub auth_required: bool,
@@ -34,6 +36,7 @@ impl BannerInfo {
     /// The facts of a gateway just built and bound to `listen`.
     pub fn of(
         listen: SocketAddr,
+        also: Option<SocketAddr>,
         built: &Built,
         settings: &GatewaySettings,
         config: Option<&Path>,
@@ -55,6 +58,7 @@ impl BannerInfo {
             .collect();
         BannerInfo {
             listen,
+            also,
             ca_cert: built.ca.cert.clone(),
             intercept: settings.intercept,
             auth_required: auth.required(),
@@ -73,11 +77,12 @@ impl BannerInfo {
 /// The banner for the gateway in `built`, listening on `listen`.
 pub fn for_gateway(
     listen: SocketAddr,
+    also: Option<SocketAddr>,
     built: &Built,
     settings: &GatewaySettings,
     config: Option<&Path>,
 ) -> String {
-    render(&BannerInfo::of(listen, built, settings, config))
+    render(&BannerInfo::of(listen, also, built, settings, config))
 }
 
 /// The address clients on this machine use for `listen`: a wildcard bind
@@ -99,6 +104,13 @@ pub fn render(info: &BannerInfo) -> String {
     let mut s = String::new();
     // Writing to a String cannot fail.
     let _ = writeln!(s, "kt gateway listening on {}", info.listen);
+    if let Some(also) = info.also {
+        let _ = writeln!(
+            s,
+            "  also on        : {also} (localhost over IPv{})",
+            if also.is_ipv6() { 6 } else { 4 }
+        );
+    }
     let _ = writeln!(s, "  CA certificate : {}", info.ca_cert.display());
     let mode = match info.intercept {
         InterceptMode::Llm => "LLM hosts",
@@ -169,6 +181,7 @@ mod tests {
     fn info() -> BannerInfo {
         BannerInfo {
             listen: "127.0.0.1:41002".parse().unwrap(),
+            also: Some("[::1]:41002".parse().unwrap()),
             ca_cert: PathBuf::from("/home/u/.keeptrusts/certs/kt-ca.pem"),
             intercept: InterceptMode::Llm,
             auth_required: false,
@@ -185,6 +198,10 @@ mod tests {
         let text = render(&info());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "kt gateway listening on 127.0.0.1:41002");
+        assert_eq!(
+            lines[1],
+            "  also on        : [::1]:41002 (localhost over IPv6)"
+        );
         assert!(text.contains("  CA certificate : /home/u/.keeptrusts/certs/kt-ca.pem\n"));
         assert!(text.contains(
             "    export HTTPS_PROXY=http://127.0.0.1:41002 HTTP_PROXY=http://127.0.0.1:41002\n"
@@ -203,6 +220,7 @@ mod tests {
     fn a_wildcard_listener_is_pasted_as_loopback_and_keys_go_in_the_url() {
         let mut i = info();
         i.listen = "0.0.0.0:41002".parse().unwrap();
+        i.also = None;
         i.auth_required = true;
         i.active_keys = 2;
         i.chain.clear();
@@ -213,6 +231,7 @@ mod tests {
         assert!(text.contains("upstream proxy : http://corp:3128"));
         assert!(text.contains("policy chain   : (none"));
         assert!(text.contains("other machines"));
+        assert!(!text.contains("also on"));
         assert_eq!(
             client_address("[::]:9".parse().unwrap()),
             "[::1]:9".parse().unwrap()

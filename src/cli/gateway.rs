@@ -172,6 +172,7 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let local = listener.local_addr()?;
+    let also = bind_companion(local).await;
     // Before anything serves (or says it does): see `stop_signal`.
     let stop = stop_signal(args.policy_config.is_some());
     let built = gateway::build(&settings)?;
@@ -194,11 +195,18 @@ async fn serve(
     }
     eprint!(
         "{}",
-        super::banner::for_gateway(local, &built, &settings, args.policy_config.as_deref())
+        super::banner::for_gateway(
+            local,
+            also.as_ref().and_then(|l| l.local_addr().ok()),
+            &built,
+            &settings,
+            args.policy_config.as_deref()
+        )
     );
 
     let (trigger, shutdown) = crate::shutdown::channel();
-    let server = tokio::spawn(built.gateway.clone().serve(listener, shutdown));
+    let listeners = std::iter::once(listener).chain(also).collect();
+    let server = tokio::spawn(built.gateway.clone().serve_all(listeners, shutdown));
     let reloader = args.policy_config.clone().map(|path| {
         let engine = built.gateway.engine().clone();
         tokio::spawn(crate::policy::reload::watch(
@@ -286,6 +294,40 @@ fn raise_fd_limit() {
 /// and users write `localhost:41002`; a name binds its first IPv4 address
 /// (for `localhost`, the same 127.0.0.1 as the default), else its first
 /// address.
+/// The other IP family's loopback address for a gateway on `127.0.0.1` or
+/// `::1`: `localhost` resolves to both, and clients differ in which they try
+/// (and whether they fall back), so the gateway answers on both.
+fn companion_loopback(listen: SocketAddr) -> Option<SocketAddr> {
+    match listen {
+        SocketAddr::V4(a) if *a.ip() == std::net::Ipv4Addr::LOCALHOST => {
+            Some(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port())))
+        }
+        SocketAddr::V6(a) if *a.ip() == std::net::Ipv6Addr::LOCALHOST => {
+            Some(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, a.port())))
+        }
+        _ => None,
+    }
+}
+
+/// Binds [`companion_loopback`] of the address the gateway listens on. A
+/// machine without that family, or another program on that port there,
+/// leaves the gateway on its main address alone.
+async fn bind_companion(local: SocketAddr) -> Option<tokio::net::TcpListener> {
+    let addr = companion_loopback(local)?;
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::info!(
+                address = %addr,
+                error = %e,
+                "not listening on the other loopback address; clients that resolve localhost to it must use {}",
+                local.ip()
+            );
+            None
+        }
+    }
+}
+
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse() {
         return Ok(addr);
@@ -319,6 +361,27 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::parse_listen;
+
+    #[test]
+    fn a_loopback_listener_has_the_other_familys_loopback_as_companion() {
+        use super::companion_loopback;
+        let pairs = [
+            ("127.0.0.1:41002", Some("[::1]:41002")),
+            ("[::1]:7", Some("127.0.0.1:7")),
+            ("127.0.0.2:41002", None),
+            ("0.0.0.0:41002", None),
+            ("[::]:41002", None),
+            ("192.0.2.1:41002", None),
+        ];
+        for (listen, want) in pairs {
+            let want = want.map(|w| w.parse().unwrap());
+            assert_eq!(
+                companion_loopback(listen.parse().unwrap()),
+                want,
+                "{listen}"
+            );
+        }
+    }
 
     #[test]
     fn listen_takes_an_address_or_a_name_and_says_what_is_wrong() {

@@ -214,6 +214,26 @@ impl Gateway {
     /// Serves `listener` until `shutdown` starts draining. Connection tasks
     /// are tracked by `shutdown`, so the caller's drain waits for them.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: Shutdown) {
+        self.serve_all(vec![listener], shutdown).await;
+    }
+
+    /// [`serve`](Self::serve) for several listeners at once (the loopback
+    /// address of each IP family), under one connection limit.
+    pub async fn serve_all(self: Arc<Self>, listeners: Vec<TcpListener>, shutdown: Shutdown) {
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
+        let loops = listeners.into_iter().map(|l| {
+            self.clone()
+                .accept_loop(l, permits.clone(), shutdown.clone())
+        });
+        futures_util::future::join_all(loops).await;
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        permits: Arc<Semaphore>,
+        shutdown: Shutdown,
+    ) {
         let local = match listener.local_addr() {
             Ok(a) => a,
             Err(e) => {
@@ -221,7 +241,6 @@ impl Gateway {
                 return;
             }
         };
-        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
         let mut backoff = Duration::from_millis(5);
         loop {
             let permit = tokio::select! {

@@ -297,6 +297,54 @@ async fn gateway_binary_serves_and_exits_cleanly_on_sigterm() {
     assert!(rest.iter().any(|l| l.contains("drain")), "{rest:?}");
 }
 
+/// `localhost` is `127.0.0.1` to some clients and `::1` to others (macOS
+/// resolves `::1` first, and Node before 20 does not fall back): a gateway
+/// on either loopback address answers on the other too. Where the other
+/// address cannot be had (no IPv6, or another program holds the port
+/// there) the gateway still starts, and says so.
+#[tokio::test]
+async fn gateway_binary_answers_on_both_loopback_addresses() {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
+    let has_v6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let skipped = "not listening on the other loopback address";
+
+    let gw = spawn_gateway(&ca, &origin, &[]);
+    assert_eq!(gw.addr.ip(), Ipv4Addr::LOCALHOST);
+    if has_v6 {
+        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, gw.addr.port()));
+        echo_through(v6, gw.ca_der()).await;
+        let (lines, _home) = gw.stop_and_collect().await;
+        let also = format!("  also on        : {v6} (localhost over IPv6)");
+        assert!(lines.contains(&also), "{lines:?}");
+    } else {
+        let (lines, _home) = gw.stop_and_collect().await;
+        assert!(lines.iter().any(|l| l.contains(skipped)), "{lines:?}");
+        return;
+    }
+
+    let gw = spawn_gateway(&ca, &origin, &["--listen".as_ref(), "[::1]:0".as_ref()]);
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, gw.addr.port()));
+    echo_through(v4, gw.ca_der()).await;
+    drop(gw.stop_and_collect().await);
+
+    // Another program on ::1 at the port: kt serves on 127.0.0.1 alone,
+    // and the other program keeps its connections.
+    let held = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let gw = spawn_gateway(&ca, &origin, &["--listen".as_ref(), listen.as_ref()]);
+    echo_through(gw.addr, gw.ca_der()).await;
+    let _client = std::net::TcpStream::connect(("::1", port)).unwrap();
+    held.set_nonblocking(false).unwrap();
+    let (_conn, from) = held.accept().unwrap();
+    assert!(from.ip().is_loopback());
+    let (lines, _home) = gw.stop_and_collect().await;
+    assert!(lines.iter().any(|l| l.contains(skipped)), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("also on")), "{lines:?}");
+}
+
 /// Guides write `--listen localhost:PORT`: the name is resolved, not
 /// refused. A config's warnings (here a passthrough that silences the
 /// redaction after it) are logged where the gateway starts, not only by
