@@ -11,6 +11,7 @@
 //!
 //! [`lowered`] checks the condition on the parsed pattern and returns the
 //! rewritten one; any pattern it cannot prove case-blind is left as it is.
+//! The content filter and the redact policy's custom rules use it.
 
 use regex_syntax::hir::{Capture, Class, ClassBytes, ClassBytesRange, ClassUnicode};
 use regex_syntax::hir::{ClassUnicodeRange, Hir, HirKind, Repetition};

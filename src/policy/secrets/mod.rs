@@ -231,6 +231,9 @@ struct Rule {
     gate: Option<Gate>,
     check: Option<Check>,
     priority: u8,
+    /// The regex is the rule's pattern rewritten for ASCII-lowercased text
+    /// ([`fold`](crate::policy::fold)) and runs over the text's lowered copy.
+    folded: bool,
 }
 
 impl Rule {
@@ -249,6 +252,7 @@ impl Rule {
             gate: def.gate,
             check: def.check,
             priority: def.priority,
+            folded: false,
         }
     }
 }
@@ -324,6 +328,16 @@ impl Scanner {
                     name: c.name.clone(),
                 });
             }
+            // A case-blind rule (`(?i)password…`) is left a slow
+            // case-insensitive prefilter; on lowered text it has literals.
+            let lowered = crate::policy::fold::lowered(&c.pattern).and_then(|p| {
+                RegexBuilder::new(&p)
+                    .size_limit(CUSTOM_REGEX_SIZE_LIMIT)
+                    .build()
+                    .ok()
+            });
+            let folded = lowered.is_some();
+            let regex = lowered.unwrap_or(regex);
             let name: Arc<str> = c.name.as_str().into();
             let rule = Rule {
                 id: name.clone(),
@@ -339,6 +353,7 @@ impl Scanner {
                 gate: None,
                 check: None,
                 priority: rules::CUSTOM,
+                folded,
             };
             rules.push((rule, &[][..]));
         }
@@ -548,6 +563,11 @@ impl Scanner {
             return hits;
         }
         windows.sort_unstable();
+        // One lowered copy serves every folded rule; offsets are the same.
+        let lowered = windows
+            .iter()
+            .any(|&(r, ..)| self.rules[r].folded)
+            .then(|| hay.to_ascii_lowercase());
         let mut i = 0;
         // Where the previous window of the same rule stopped searching, so a
         // match found once is not found again from an overlapping window.
@@ -564,7 +584,11 @@ impl Scanner {
             } else {
                 start
             };
-            resume = (r, self.search(r, hay, from, end, &mut hits));
+            let text = match &lowered {
+                Some(low) if self.rules[r].folded => low,
+                _ => hay,
+            };
+            resume = (r, self.search(r, text, from, end, &mut hits));
         }
         hits
     }

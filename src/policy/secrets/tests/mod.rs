@@ -200,6 +200,48 @@ fn custom_rules() {
     assert_eq!(s.find(&format!("x ghp_{}", g.s(ALNUM, 36))).len(), 1);
 }
 
+/// A case-blind custom rule runs over the lowered text; what it finds, and
+/// where, is what its pattern finds in the text itself.
+#[test]
+fn case_blind_custom_rules_find_the_same_ranges_on_lowered_text() {
+    let custom = [
+        CustomRule {
+            name: "pw".into(),
+            pattern: r"(?i)pass(?:word|wd)\s*[:=]\s*(?P<secret>[^\s,]{6,})".into(),
+        },
+        CustomRule {
+            name: "ticket".into(),
+            pattern: r"\bTKT-[0-9]{5}\b".into(),
+        },
+    ];
+    let s = Scanner::with_custom(&custom).expect("valid custom rules");
+    let folded = |id: &str| s.rules.iter().find(|r| &*r.id == id).map(|r| r.folded);
+    assert_eq!(folded("pw"), Some(true));
+    assert_eq!(folded("ticket"), Some(false), "literal letters see case");
+    let original = Regex::new(&custom[0].pattern).unwrap();
+    for text in [
+        "PASSWORD=Hunter2Hunter2 and TKT-12345",
+        "Ärger: passwd : SÉCRET-Ünïcode, PassWord= äöüÄÖÜxyz",
+        "the tkt-12345 Password:short pAsSwOrD=ABCDEFGH",
+        "ſecret PASSWD=ſſſſſſſ K-PassWord=KKKKKK",
+    ] {
+        let want: Vec<Range<usize>> = original
+            .captures_iter(text.as_bytes())
+            .filter_map(|c| c.name("secret").map(|m| m.range()))
+            .collect();
+        let got: Vec<Range<usize>> = s
+            .find(text)
+            .into_iter()
+            .filter(|f| &*f.rule == "pw")
+            .map(|f| f.range)
+            .collect();
+        assert_eq!(got, want, "{text}");
+        assert!(!want.is_empty(), "{text}");
+        let tickets = s.find(text).iter().filter(|f| &*f.rule == "ticket").count();
+        assert_eq!(tickets, usize::from(text.contains("TKT-")), "{text}");
+    }
+}
+
 #[test]
 fn custom_rule_errors_name_the_rule() {
     let bad = |name: &str, pattern: &str| {
