@@ -290,10 +290,6 @@ fn raise_fd_limit() {
     }
 }
 
-/// `--listen`: an IP address and port, or a host name and port. Guides
-/// and users write `localhost:41002`; a name binds its first IPv4 address
-/// (for `localhost`, the same 127.0.0.1 as the default), else its first
-/// address.
 /// The other IP family's loopback address for a gateway on `127.0.0.1` or
 /// `::1`: `localhost` resolves to both, and clients differ in which they try
 /// (and whether they fall back), so the gateway answers on both.
@@ -328,6 +324,10 @@ async fn bind_companion(local: SocketAddr) -> Option<tokio::net::TcpListener> {
     }
 }
 
+/// `--listen`: an IP address and port, or a host name and port. Guides
+/// and users write `localhost:41002`; a name binds its first IPv4 address
+/// (for `localhost`, the same 127.0.0.1 as the default), else its first
+/// address.
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse() {
         return Ok(addr);
