@@ -18,7 +18,8 @@ pub fn full(data: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
-/// A `200` response of `data` with the given `Content-Type`.
+/// A `200` response of `data` with the given `Content-Type` (callers set
+/// another status or more headers on it).
 pub fn typed_response(content_type: &'static str, data: impl Into<Bytes>) -> http::Response<Body> {
     let mut resp = http::Response::new(full(data));
     resp.headers_mut().insert(

@@ -94,13 +94,9 @@ pub fn gateway_error(
 
 fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
     let len = body.len();
-    let mut resp = Response::new(body::full(body));
+    let mut resp = body::typed_response("application/json", body);
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     headers.insert("x-kt-error", HeaderValue::from_static("policy"));
     resp

@@ -95,12 +95,8 @@ pub(super) fn admin_credentials(headers: &HeaderMap) -> Cow<'_, HeaderMap> {
 /// and script run (by hash), and it may connect only to this origin.
 pub(super) fn page() -> Response<Body> {
     let csp = csp();
-    let mut r = Response::new(body::full(PAGE));
+    let mut r = body::typed_response("text/html; charset=utf-8", PAGE);
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
     if let Ok(v) = HeaderValue::from_str(csp) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }

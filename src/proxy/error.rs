@@ -179,13 +179,9 @@ impl ProxyError {
                 }
             })
         };
-        let mut resp = Response::new(body::full(payload.to_string()));
+        let mut resp = body::typed_response("application/json", payload.to_string());
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         headers.insert("x-kt-error", HeaderValue::from_static(kind));
         if let Some((name, value)) = challenge {
             headers.insert(name, value);
