@@ -39,6 +39,17 @@ impl ContinueModel {
         )
     }
 
+    /// The entry as Continue's older `config.json` writes a model.
+    pub fn json_entry(&self) -> String {
+        let entry = serde_json::json!({
+            "title": self.name,
+            "provider": "openai",
+            "model": self.model,
+            "apiBase": self.api_base,
+        });
+        serde_json::to_string_pretty(&entry).unwrap_or_default()
+    }
+
     /// A whole new `config.yaml` holding only this model.
     pub fn new_file(&self) -> String {
         format!(

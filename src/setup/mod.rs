@@ -75,6 +75,20 @@ impl SetupContext {
         rest.rsplit_once('@').map_or(rest, |(_, h)| h)
     }
 
+    /// `https` for a gateway reached over TLS (behind a reverse proxy),
+    /// else `http`.
+    pub fn scheme(&self) -> &'static str {
+        let https = self
+            .gateway
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+        if https {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The direct API's base URL (`<gateway>/v1`).
     pub fn api_base(&self) -> String {
         format!("{}/v1", self.gateway.trim_end_matches('/'))
@@ -93,6 +107,15 @@ pub enum SetupError {
     },
     #[error(transparent)]
     File(#[from] FileError),
+    #[error(
+        "{} holds your Continue settings and {} does not exist: Continue reads config.yaml instead of config.json once it exists, so creating it would hide your models. Add this entry to the \"models\" list of {} instead:\n{entry}",
+        .json.display(), .yaml.display(), .json.display()
+    )]
+    ContinueJson {
+        json: PathBuf,
+        yaml: PathBuf,
+        entry: String,
+    },
     #[error("{client:?} has no standard settings file; pass --file (e.g. {example})")]
     NoDefaultFile {
         client: Client,
@@ -166,6 +189,7 @@ pub fn plan(client: Client, ctx: &SetupContext) -> Plan {
             notes: vec![
                 "Copilot has no custom endpoint: it follows VS Code's proxy, and kt intercepts *.githubcopilot.com; your own Copilot sign-in passes through untouched".into(),
                 ca_note,
+                auth_note,
                 "JetBrains IDEs: Settings > Appearance & Behavior > System Settings > HTTP Proxy (manual, host and port above), and import the CA under Settings > Tools > Server Certificates".into(),
                 "Copilot in Neovim or the CLI: `kt setup shell` (HTTPS_PROXY and NODE_EXTRA_CA_CERTS)".into(),
                 RESTART.into(),
@@ -186,6 +210,7 @@ pub fn plan(client: Client, ctx: &SetupContext) -> Plan {
                         ctx.api_base()
                     ),
                     ca_note,
+                    auth_note,
                     RESTART.into(),
                 ],
             }
@@ -199,7 +224,11 @@ pub fn plan(client: Client, ctx: &SetupContext) -> Plan {
             }),
             default_file: ctx.home.as_ref().map(|h| h.join(".continue/config.yaml")),
             notes: vec![
-                "the direct API is plain HTTP on this machine: no proxy or CA setting is needed".into(),
+                if ctx.scheme() == "https" {
+                    "Continue reaches the gateway's direct API itself: no proxy setting is needed".into()
+                } else {
+                    "the direct API is plain HTTP on this machine: no proxy or CA setting is needed".into()
+                },
                 "if the gateway requires access keys, set the model's `apiKey` to a kt access key (`kt keys create --user NAME`)".into(),
             ],
         },
@@ -267,18 +296,30 @@ fn shell_quote(s: &str) -> String {
 
 fn gptel_elisp(ctx: &SetupContext) -> String {
     let host = Value::String(ctx.host_port().to_string());
+    let protocol = Value::String(ctx.scheme().to_string());
     let model = &ctx.model;
     format!(
         "(setq gptel-model '{model}\n      \
          gptel-backend\n      \
          (gptel-make-openai \"kt\"\n        \
          :host {host}\n        \
-         :protocol \"http\"\n        \
+         :protocol {protocol}\n        \
          :endpoint \"/v1/chat/completions\"\n        \
          :stream t\n        \
          :key (lambda () (or (getenv \"KEEPTRUSTS_ACCESS_KEY\") \"none\"))\n        \
          :models '({model})))\n"
     )
+}
+
+/// Continue's older `config.json` beside a `config.yaml` that does not
+/// exist yet: Continue reads a `config.yaml` in its place once there is
+/// one, so creating it would hide the user's models.
+fn continue_json_instead(yaml: &Path) -> Option<PathBuf> {
+    if yaml.file_name()? != "config.yaml" || yaml.exists() {
+        return None;
+    }
+    let json = yaml.with_file_name("config.json");
+    json.is_file().then_some(json)
 }
 
 /// VS Code's user `settings.json` for this OS.
@@ -322,6 +363,14 @@ impl Plan {
             }
             Settings::Continue(m) => {
                 let _ = write!(s, "models:\n{}", m.item(2));
+                if let Some(json) = file.and_then(continue_json_instead) {
+                    let _ = writeln!(
+                        s,
+                        "note: {} exists and config.yaml does not; Continue would read a new config.yaml instead of it, so add this to its \"models\" list:\n{}",
+                        json.display(),
+                        m.json_entry()
+                    );
+                }
             }
             Settings::Block { body, .. } => s.push_str(body),
         }
@@ -349,6 +398,15 @@ impl Plan {
                 })
             }
         };
+        if let (Settings::Continue(model), Some(json)) =
+            (&self.settings, continue_json_instead(&file))
+        {
+            return Err(SetupError::ContinueJson {
+                json,
+                yaml: file,
+                entry: model.json_entry(),
+            });
+        }
         let old = files::read_optional(&file)?;
         let text = old.as_deref().unwrap_or("");
         let (new, changes) = match &self.settings {
@@ -466,6 +524,62 @@ mod tests {
             gptel.contains("(gptel-make-openai \"kt\"")
                 && gptel.contains(":endpoint \"/v1/chat/completions\"")
         );
+    }
+
+    #[test]
+    fn a_gateway_behind_tls_keeps_its_scheme_and_every_proxy_client_hears_of_keys() {
+        let mut c = ctx();
+        let http = plan(Client::Gptel, &c).render(None);
+        assert!(http.contains(":protocol \"http\"\n"), "{http}");
+        c.gateway = "https://gateway.example.com".into();
+        let https = plan(Client::Gptel, &c).render(None);
+        assert!(
+            https.contains(":host \"gateway.example.com\"")
+                && https.contains(":protocol \"https\"\n"),
+            "{https}"
+        );
+        let cont = plan(Client::Continue, &c).render(None);
+        assert!(!cont.contains("plain HTTP"), "{cont}");
+        for client in [Client::Vscode, Client::Cody, Client::Copilot] {
+            let text = plan(client, &ctx()).render(None);
+            assert!(
+                text.contains("requires access keys, put one in the proxy URL"),
+                "{client:?}:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn continue_settings_never_hide_an_existing_config_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("config.json");
+        let yaml = dir.path().join("config.yaml");
+        let mine = "{\"models\": [{\"title\": \"mine\", \"provider\": \"ollama\", \"model\": \"llama3\"}]}\n";
+        std::fs::write(&json, mine).unwrap();
+        let p = plan(Client::Continue, &ctx());
+        let shown = p.render(Some(&yaml));
+        assert!(
+            shown.contains("config.json exists")
+                && shown.contains("\"apiBase\": \"http://127.0.0.1:41002/v1\""),
+            "{shown}"
+        );
+        let err = p.write(Some(&yaml)).unwrap_err();
+        assert!(matches!(err, SetupError::ContinueJson { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("\"title\": \"kt gateway (gpt-4o)\""),
+            "{err}"
+        );
+        assert!(!yaml.exists());
+        assert_eq!(std::fs::read_to_string(&json).unwrap(), mine);
+        // Once there is a config.yaml, Continue reads it: the model goes there.
+        std::fs::write(&yaml, "name: a\nversion: 1.0.0\nschema: v1\nmodels: []\n").unwrap();
+        let written = p.write(Some(&yaml)).unwrap();
+        assert!(!written.changes.is_empty());
+        assert!(std::fs::read_to_string(&yaml)
+            .unwrap()
+            .contains("apiBase: http://127.0.0.1:41002/v1"));
+        assert!(!p.render(Some(&yaml)).contains("config.json exists"));
     }
 
     #[test]
