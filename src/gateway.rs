@@ -204,10 +204,11 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
             if let Some(audit) = audit {
                 options.fsync = audit.fsync;
             }
+            let (sink, handle) = EventLog::open(dir, options)?;
+            // Only the log's writer prunes it.
             if let Some(days) = audit.and_then(|a| a.retention_days) {
                 start_pruning(dir.clone(), days);
             }
-            let (sink, handle) = EventLog::open(dir, options)?;
             (Some((sink, dir.clone())), Some(handle))
         }
         None => (None, None),

@@ -264,6 +264,9 @@ impl EventLog {
         today: fn() -> Date,
     ) -> Result<(EventSink, WriterHandle), EventsError> {
         std::fs::create_dir_all(dir).map_err(|e| EventsError::io(dir, e))?;
+        // Before recovery: a second writer would cut the first one's line
+        // in flight as torn, then fork the chain.
+        let lock = lock_writer(dir)?;
         let (prev_hash, current) = recover(dir)?;
         let (tx, rx) = mpsc::channel(options.capacity.max(1));
         let (feed, _) = broadcast::channel(options.feed_capacity.max(1));
@@ -279,6 +282,7 @@ impl EventLog {
             dirty: false,
             last_sync: Instant::now(),
             buffers: BatchBuffers::default(),
+            _lock: lock,
         };
         let thread = std::thread::Builder::new()
             .name("kt-events".into())
@@ -295,6 +299,51 @@ impl EventLog {
                 thread: Some(thread),
             },
         ))
+    }
+}
+
+/// The file in a log's folder whose lock marks its one writer; it holds
+/// the writer's process id, for the error another one gets.
+pub const WRITER_LOCK_FILE: &str = ".writer.lock";
+
+/// Takes the log's writer lock, or says who holds it. Two writers (two
+/// gateways given one `--data-dir`) would each continue the chain from the
+/// same last event and break it. `None` where the file system has no
+/// locks (some network mounts): the log is still written, with a warning.
+fn lock_writer(dir: &Path) -> Result<Option<File>, EventsError> {
+    let path = dir.join(WRITER_LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| EventsError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => {
+            // Only a note for whoever is refused next: not worth failing on.
+            let _ = file
+                .set_len(0)
+                .and_then(|()| writeln!(file, "{}", std::process::id()));
+            Ok(Some(file))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            Err(EventsError::InUse {
+                dir: dir.to_path_buf(),
+                holder,
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::warn!(
+                path = %path.display(),
+                "the file system cannot lock the audit log: make sure only one gateway writes to it"
+            );
+            Ok(None)
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(EventsError::io(&path, e)),
     }
 }
 
@@ -407,6 +456,8 @@ struct Writer {
     /// A batch's buffers, kept between batches so that sealing and writing
     /// an event allocates nothing but its hash.
     buffers: BatchBuffers,
+    /// Held while the writer runs: one writer per log.
+    _lock: Option<File>,
 }
 
 /// See [`Writer::buffers`].

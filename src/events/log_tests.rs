@@ -561,3 +561,30 @@ async fn verify_rejects_an_incomplete_line_before_the_newest_segment() {
         (segs[0].path.clone(), n, Problem::Incomplete)
     );
 }
+
+#[tokio::test]
+async fn a_log_has_one_writer_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (sink, handle) = EventLog::open(dir, opts()).unwrap();
+    sink.send(ev(1)).await.unwrap();
+    let second = EventLog::open(dir, opts())
+        .err()
+        .expect("a second writer opened the log");
+    match &second {
+        EventsError::InUse { dir: d, holder } => {
+            assert_eq!(d, dir);
+            assert_eq!(*holder, Some(std::process::id()));
+        }
+        other => panic!("{other}"),
+    }
+    let msg = second.to_string();
+    assert!(msg.contains("--data-dir") && msg.contains("pid"), "{msg}");
+    // The refused writer left the log as it was: the first goes on.
+    sink.send(ev(2)).await.unwrap();
+    handle.close().await.unwrap();
+    // Closed, the log takes its next writer, which continues the chain.
+    write(dir, opts(), 3..4).await;
+    assert_eq!(events(dir).len(), 3);
+    verify(dir).unwrap();
+}

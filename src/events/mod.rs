@@ -339,6 +339,12 @@ pub enum EventsError {
     },
     #[error("the audit log writer has stopped")]
     WriterGone,
+    #[error(
+        "audit log {} is being written by another kt process{}: two writers would break its hash chain; stop that gateway, or give this one its own --data-dir",
+        .dir.display(),
+        .holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    InUse { dir: PathBuf, holder: Option<u32> },
 }
 
 impl EventsError {
@@ -348,6 +354,7 @@ impl EventsError {
             EventsError::Io { .. } => "events_io",
             EventsError::Corrupt { .. } => "events_corrupt",
             EventsError::WriterGone => "events_writer_gone",
+            EventsError::InUse { .. } => "events_in_use",
         }
     }
 

@@ -132,7 +132,7 @@ fn bad_filters_are_explained() {
 fn ev(n: usize) -> Event {
     let mut e = Event::new(Phase::Input, Action::Pass);
     e.user = Some(format!("u{n}").into());
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         e.action = Action::Block;
     }
     e

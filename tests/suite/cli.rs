@@ -345,6 +345,61 @@ async fn gateway_binary_answers_on_both_loopback_addresses() {
     assert!(!lines.iter().any(|l| l.contains("also on")), "{lines:?}");
 }
 
+/// Two gateways given one home would each continue the audit chain from
+/// the same last event and break it: the second is refused at start, names
+/// the first, and the first's log stays whole.
+#[tokio::test]
+async fn a_second_gateway_on_the_same_home_is_refused() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
+    let first = spawn_gateway(&ca, &origin, &[]);
+    let mut second = Command::new(env!("CARGO_BIN_EXE_kt"))
+        .args(["gateway", "run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(first.home.path())
+        .env_remove("KEEPTRUSTS_STORAGE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            panic!("the second gateway is running on the first one's home");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    let pid = format!("(pid {})", first.child.id());
+    assert!(
+        err.contains("is being written by another kt process") && err.contains(&pid),
+        "{err}"
+    );
+    let (mut http, _) =
+        through_proxy(first.addr, "api.openai.com", &[first.ca_der()], &[b"h2"]).await;
+    let chat = Bytes::from_static(br#"{"model":"m","messages":[]}"#);
+    let resp = http
+        .send("POST", "api.openai.com", "/v1/chat/completions", chat)
+        .await;
+    assert_eq!(resp.status(), 200);
+    drop(http);
+    let (_lines, home) = first.stop_and_collect().await;
+    let verified = kt(&[
+        "events",
+        "verify",
+        "--data-dir",
+        home.path().to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{verified:?}");
+    assert!(said.contains("2 events"), "{said}");
+}
+
 /// Guides write `--listen localhost:PORT`: the name is resolved, not
 /// refused. A config's warnings (here a passthrough that silences the
 /// redaction after it) are logged where the gateway starts, not only by

@@ -143,10 +143,9 @@ async fn exchanges_are_recorded_hash_chained_and_without_secrets() {
     // Tampering is found and named.
     let segment = std::fs::read_dir(&dir)
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .unwrap();
     let text = std::fs::read_to_string(&segment).unwrap();
     std::fs::write(
         &segment,
