@@ -20,6 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
+/// Concurrent requests on one intercepted HTTP/2 connection (hyper's own
+/// default is 200); IDEs use a handful.
+const MAX_H2_STREAMS: u32 = 100;
+
 /// First byte of a TLS handshake record.
 pub(super) const TLS_HANDSHAKE: u8 = 0x16;
 
@@ -104,6 +108,8 @@ async fn serve_session<IO>(
         let conn = hyper::server::conn::http2::Builder::new(ctx.shutdown.executor())
             .timer(TokioTimer::new())
             .max_header_list_size(64 * 1024)
+            // Each stream to an HTTP/1.1 upstream takes a connection there.
+            .max_concurrent_streams(MAX_H2_STREAMS)
             .keep_alive_interval(Duration::from_secs(60))
             .keep_alive_timeout(Duration::from_secs(20))
             .serve_connection(io, svc);

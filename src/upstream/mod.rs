@@ -57,6 +57,12 @@ pub enum UpstreamError {
     ResponseTimeout { origin: String, secs: u64 },
     #[error("invalid upstream host name {0:?}")]
     BadName(String),
+    #[error("kt already holds {limit} upstream connections (half its open-file limit) and none came free within {secs} s for {origin}")]
+    Busy {
+        origin: String,
+        limit: usize,
+        secs: u64,
+    },
     #[error(
         "{target} resolves to {addr}, a link-local or cloud metadata address kt never connects to"
     )]
@@ -79,6 +85,7 @@ impl UpstreamError {
             UpstreamError::ResponseTimeout { .. } => "upstream_timeout",
             UpstreamError::BadName(_) => "upstream_bad_name",
             UpstreamError::Forbidden { .. } => "forbidden_address",
+            UpstreamError::Busy { .. } => "upstream_connections_exhausted",
         }
     }
 
@@ -129,6 +136,9 @@ pub struct UpstreamTimeouts {
     /// without streaming can think for minutes, so this is generous.
     pub response_head: Duration,
     pub pool_idle: Duration,
+    /// Upstream HTTP connections open at once; more wait up to `connect`
+    /// for one to close. `None`: half the open-file limit.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for UpstreamTimeouts {
@@ -138,6 +148,7 @@ impl Default for UpstreamTimeouts {
             tls_handshake: Duration::from_secs(10),
             response_head: Duration::from_secs(300),
             pool_idle: Duration::from_secs(90),
+            max_connections: None,
         }
     }
 }
@@ -149,6 +160,26 @@ pub struct Upstream {
     tls: UpstreamTls,
     pool: Arc<Pool>,
     timeouts: UpstreamTimeouts,
+    /// Open HTTP connections to upstreams, each holding a permit while it
+    /// lives: h2 streams from clients each need an HTTP/1.1 connection to
+    /// an h1 upstream, so clients could otherwise spend every descriptor.
+    conns: Arc<tokio::sync::Semaphore>,
+    conns_limit: usize,
+}
+
+/// A live upstream connection's share of [`Upstream::conns`].
+type ConnPermit = tokio::sync::OwnedSemaphorePermit;
+
+/// Upstream HTTP connections allowed at once: half the open-file limit
+/// (the other half is for clients and tunnels), within sane bounds.
+fn upstream_connection_limit() -> usize {
+    #[cfg(unix)]
+    let files = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
+        .unwrap_or(1024);
+    #[cfg(not(unix))]
+    let files = 8192usize;
+    (files.saturating_sub(64) / 2).clamp(64, 65_536)
 }
 
 impl Upstream {
@@ -158,12 +189,18 @@ impl Upstream {
         tls: UpstreamTls,
         timeouts: UpstreamTimeouts,
     ) -> Arc<Self> {
+        let conns_limit = timeouts
+            .max_connections
+            .unwrap_or_else(upstream_connection_limit)
+            .max(1);
         let upstream = Arc::new(Upstream {
             connect_to,
             proxies,
             tls,
             pool: Arc::new(Pool::new(64, timeouts.pool_idle)),
             timeouts,
+            conns: Arc::new(tokio::sync::Semaphore::new(conns_limit)),
+            conns_limit,
         });
         // Sweep expired idle connections so they do not hold sockets forever.
         let weak = Arc::downgrade(&upstream);
@@ -309,7 +346,8 @@ impl Upstream {
         prefer: Prefer,
     ) -> Result<(), UpstreamError> {
         let offer = self.offer_for(origin, prefer);
-        let sender = match self.handshake(origin, dialed, offer).await {
+        let permit = self.conn_permit(origin).await?;
+        let sender = match self.handshake(origin, dialed, offer, permit).await {
             Err(Handshake::NoCommonAlpn) => {
                 self.pool.mark_h2_only(origin);
                 Box::pin(self.open(origin, prefer)).await?
@@ -336,15 +374,34 @@ impl Upstream {
     /// is remembered as h2-only and redialed offering h2.
     async fn open(&self, origin: &Origin, prefer: Prefer) -> Result<Sender, UpstreamError> {
         let offer = self.offer_for(origin, prefer);
+        let permit = self.conn_permit(origin).await?;
         let dialed = self.dial(&origin.host, origin.port, origin.tls).await?;
-        match self.handshake(origin, dialed, offer).await {
+        match self.handshake(origin, dialed, offer, permit).await {
             Err(Handshake::NoCommonAlpn) => {
                 tracing::debug!(%origin, "upstream refuses HTTP/1.1, using h2");
                 self.pool.mark_h2_only(origin);
+                let permit = self.conn_permit(origin).await?;
                 let dialed = self.dial(&origin.host, origin.port, origin.tls).await?;
-                Ok(self.handshake(origin, dialed, Offer::Any).await?)
+                Ok(self.handshake(origin, dialed, Offer::Any, permit).await?)
             }
             other => Ok(other?),
+        }
+    }
+
+    /// A place among the open upstream connections, waiting at most the
+    /// connect timeout for one to close.
+    async fn conn_permit(&self, origin: &Origin) -> Result<ConnPermit, UpstreamError> {
+        if let Ok(p) = self.conns.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        let wait = self.conns.clone().acquire_owned();
+        match tokio::time::timeout(self.timeouts.connect, wait).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(UpstreamError::Busy {
+                origin: origin.to_string(),
+                limit: self.conns_limit,
+                secs: self.timeouts.connect.as_secs(),
+            }),
         }
     }
 
@@ -354,9 +411,10 @@ impl Upstream {
         origin: &Origin,
         dialed: Dialed,
         offer: Offer,
+        permit: ConnPermit,
     ) -> Result<Sender, Handshake> {
         if !origin.tls {
-            return Ok(self.handshake_h1(origin, dialed).await?);
+            return Ok(self.handshake_h1(origin, dialed, permit).await?);
         }
         let name = ServerName::try_from(origin.host.to_string())
             .map_err(|_| UpstreamError::BadName(origin.host.to_string()))?;
@@ -399,6 +457,7 @@ impl Upstream {
                     source,
                 })?;
             tokio::spawn(async move {
+                let _permit = permit;
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream h2 connection ended");
                 }
@@ -408,11 +467,16 @@ impl Upstream {
             if offer == Offer::Any {
                 self.pool.mark_h1_only(origin);
             }
-            Ok(self.handshake_h1(origin, stream).await?)
+            Ok(self.handshake_h1(origin, stream, permit).await?)
         }
     }
 
-    async fn handshake_h1<T>(&self, origin: &Origin, io: T) -> Result<Sender, UpstreamError>
+    async fn handshake_h1<T>(
+        &self,
+        origin: &Origin,
+        io: T,
+        permit: ConnPermit,
+    ) -> Result<Sender, UpstreamError>
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -425,6 +489,7 @@ impl Upstream {
                 source,
             })?;
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream h1 connection ended");
             }
@@ -475,16 +540,18 @@ impl Upstream {
         };
         if is_upgrade(&req) {
             // Boxed like `open` below: upgrades are rare.
+            let permit = self.conn_permit(origin).await?;
             let dialed = Box::pin(self.dial(&origin.host, origin.port, origin.tls)).await?;
-            let Sender::H1(mut sender) = Box::pin(self.handshake(origin, dialed, Offer::H1))
-                .await
-                .map_err(|e| match e {
-                    Handshake::NoCommonAlpn => UpstreamError::Tls {
-                        host: origin.host.to_string(),
-                        reason: "upstream refuses HTTP/1.1, which an upgrade needs".into(),
-                    },
-                    Handshake::Failed(e) => e,
-                })?
+            let Sender::H1(mut sender) =
+                Box::pin(self.handshake(origin, dialed, Offer::H1, permit))
+                    .await
+                    .map_err(|e| match e {
+                        Handshake::NoCommonAlpn => UpstreamError::Tls {
+                            host: origin.host.to_string(),
+                            reason: "upstream refuses HTTP/1.1, which an upgrade needs".into(),
+                        },
+                        Handshake::Failed(e) => e,
+                    })?
             else {
                 return Err(UpstreamError::Tls {
                     host: origin.host.to_string(),

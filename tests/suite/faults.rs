@@ -418,3 +418,71 @@ async fn a_batch_of_faults_leaves_no_fds_or_tasks_behind() {
         assert_healthy(gw.addr).await;
     }
 }
+
+/// Each h2 stream to an HTTP/1.1 provider needs a connection of its own
+/// there, so a client opening many streams could spend every descriptor
+/// kt has. Upstream connections are bounded: past the bound a request
+/// waits up to the connect timeout for one to close, then gets `503`, and
+/// a connection that closes makes room again.
+#[tokio::test]
+async fn upstream_connections_are_bounded_and_come_free_again() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::H1).await;
+    let gw = gateway(&ca, AUDIT, origin.addr, |s| {
+        s.upstream_timeouts.max_connections = Some(2);
+        s.upstream_timeouts.connect = Duration::from_millis(300);
+    })
+    .await;
+    let (http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"h2"]).await;
+    let Http::H2(sender) = http else {
+        panic!("the gateway did not speak h2")
+    };
+    let get = |path: &str| {
+        http::Request::get(format!("https://{HOST}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // A first request: its connection (and the one dialed at CONNECT) pooled.
+    let first = sender.clone().send_request(get("/echo")).await.unwrap();
+    assert_eq!(first.status(), 200);
+    drop(body_string(first).await);
+    // Two streams the provider never answers hold both connections.
+    let hung: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = sender.clone();
+            let req = get("/hang");
+            tokio::spawn(async move { s.send_request(req).await })
+        })
+        .collect();
+    let hits = origin.hits.clone();
+    assert!(
+        wait_until(BOUND, || {
+            let h = hits.clone();
+            async move { h.load(Ordering::SeqCst) >= 3 }
+        })
+        .await
+    );
+    let opened = origin.conns.load(Ordering::SeqCst);
+
+    let resp = sender.clone().send_request(get("/echo")).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = body_string(resp).await;
+    assert!(body.contains("upstream_connections_exhausted"), "{body}");
+    assert_eq!(
+        origin.conns.load(Ordering::SeqCst),
+        opened,
+        "a third connection was opened"
+    );
+
+    // The client gives up on one stream: its connection closes, and the
+    // next request gets its place.
+    hung[0].abort();
+    let freed = wait_until(BOUND, || {
+        let mut s = sender.clone();
+        let req = get("/echo");
+        async move { s.send_request(req).await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    assert!(freed, "no upstream connection came free");
+    hung[1].abort();
+}
