@@ -141,7 +141,10 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("KT_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        // rustls warns once per bad handshake (an illegal SNI, say): anyone
+        // who can connect could fill the log. kt counts and logs those
+        // failures itself, once a minute per cause.
+        .unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

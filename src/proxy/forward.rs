@@ -5,6 +5,7 @@
 use super::{ConnCtx, ProxyError};
 use crate::body::{self, Body};
 use crate::upstream::pool::Origin;
+use crate::upstream::UpstreamError;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -30,6 +31,10 @@ pub(super) async fn forward(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     crate::idle_poll::activity();
+    if req.method() == http::Method::CONNECT {
+        // A tunnel inside a tunnel: nothing upstream would understand it.
+        return Err(ProxyError::MethodNotAllowed);
+    }
     if let Some(exchange) = ctx.gw.engine().begin(
         &origin.host,
         req.method(),
@@ -54,9 +59,7 @@ pub(super) async fn forward(
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
-            return Err(ProxyError::BadRequest(
-                "upstream switched protocols without being asked".into(),
-            ));
+            return Err(UpstreamError::unasked_upgrade(origin).into());
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let activity = ctx.activity.clone();

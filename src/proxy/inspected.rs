@@ -12,6 +12,7 @@ use crate::llm::tap::UsageTap;
 use crate::policy::exchange::{Exchange, Input, Output, LOGGED_BODY_MAX};
 use crate::policy::stream::{Flow, OutputStream};
 use crate::upstream::pool::Origin;
+use crate::upstream::UpstreamError;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
@@ -172,12 +173,15 @@ async fn upstream_leg(
         .send(origin, Request::from_parts(parts, body))
         .await
     {
-        Ok(resp) => {
+        Ok(resp) if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS => {
             exchange.record.upstream_us = Some(sent.elapsed().as_micros() as u64);
             resp
         }
-        Err(e) => {
-            let e = ProxyError::from(e);
+        sent => {
+            let e = match sent {
+                Err(e) => ProxyError::from(e),
+                Ok(_) => UpstreamError::unasked_upgrade(origin).into(),
+            };
             exchange.record.error = Some(format!("{}: {e}", e.kind()));
             exchange.complete(Some(e.status().as_u16()));
             return Err(e);

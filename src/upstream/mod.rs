@@ -57,6 +57,11 @@ pub enum UpstreamError {
     ResponseTimeout { origin: String, secs: u64 },
     #[error("invalid upstream host name {0:?}")]
     BadName(String),
+    #[error("{origin} broke HTTP: {reason}")]
+    Protocol {
+        origin: String,
+        reason: &'static str,
+    },
     #[error("kt already holds {limit} upstream connections (half its open-file limit) and none came free within {secs} s for {origin}")]
     Busy {
         origin: String,
@@ -84,6 +89,7 @@ impl UpstreamError {
             UpstreamError::Http { .. } => "upstream_http",
             UpstreamError::ResponseTimeout { .. } => "upstream_timeout",
             UpstreamError::BadName(_) => "upstream_bad_name",
+            UpstreamError::Protocol { .. } => "upstream_protocol",
             UpstreamError::Forbidden { .. } => "forbidden_address",
             UpstreamError::Busy { .. } => "upstream_connections_exhausted",
         }
@@ -124,6 +130,17 @@ impl UpstreamError {
                 | UpstreamError::TlsTimeout { .. }
                 | UpstreamError::ResponseTimeout { .. }
         )
+    }
+}
+
+impl UpstreamError {
+    /// An upstream's `101 Switching Protocols` to a request that asked for
+    /// no upgrade: nothing can be relayed after it.
+    pub fn unasked_upgrade(origin: &Origin) -> Self {
+        UpstreamError::Protocol {
+            origin: origin.to_string(),
+            reason: "it switched protocols without being asked",
+        }
     }
 }
 

@@ -486,3 +486,45 @@ async fn upstream_connections_are_bounded_and_come_free_again() {
     assert!(freed, "no upstream connection came free");
     hung[1].abort();
 }
+
+/// An upstream that answers `101 Switching Protocols` to a request that
+/// asked for no upgrade gets `502` on the LLM path (nothing can be relayed
+/// after it), and a CONNECT sent inside an intercepted session is refused
+/// with `405` rather than sent upstream.
+#[tokio::test]
+async fn an_unasked_upgrade_is_502_and_a_connect_inside_a_session_is_405() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::H1).await;
+    let gw = gateway(&ca, AUDIT, origin.addr, |_| {}).await;
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"http/1.1"]).await;
+    let chat = http::Request::post("/v1/chat/completions")
+        .header("host", HOST)
+        .header("content-type", "application/json")
+        .header("x-test-status", "101")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"m","messages":[]}"#,
+        )))
+        .unwrap();
+    let resp = http.request(chat).await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-kt-error"], "upstream_protocol");
+    let body = body_string(resp).await;
+    assert!(
+        body.contains("switched protocols without being asked"),
+        "{body}"
+    );
+
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"http/1.1"]).await;
+    let hits = origin.hits.load(Ordering::SeqCst);
+    let inner = http::Request::connect("example.org:443")
+        .header("host", "example.org:443")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = http.request(inner).await;
+    assert_eq!(resp.status(), 405);
+    assert_eq!(
+        origin.hits.load(Ordering::SeqCst),
+        hits,
+        "the CONNECT went upstream"
+    );
+}
