@@ -5,7 +5,7 @@
 use bytes::{Buf, Bytes};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -104,19 +104,69 @@ impl Activity {
     /// Resolves once nothing has moved for `limit`. Wakes `SAMPLES` times
     /// per `limit`, so it costs nothing on busy connections.
     pub async fn idle_timeout(&self, limit: Duration) {
-        let tick = (limit / SAMPLES).max(Duration::from_millis(1));
-        let mut quiet = Duration::ZERO;
-        loop {
-            tokio::time::sleep(tick).await;
-            if self.moved.swap(false, Ordering::Relaxed) {
-                quiet = Duration::ZERO;
-            } else {
-                quiet += tick;
-                if quiet >= limit {
-                    return;
-                }
+        quiet_for(limit, || self.moved.swap(false, Ordering::Relaxed)).await;
+    }
+}
+
+/// Resolves once `busy` (asked `SAMPLES` times per `limit`, and meant to
+/// say whether anything happened since it was last asked) has said no for
+/// `limit`.
+async fn quiet_for(limit: Duration, mut busy: impl FnMut() -> bool) {
+    let tick = (limit / SAMPLES).max(Duration::from_millis(1));
+    let mut quiet = Duration::ZERO;
+    loop {
+        tokio::time::sleep(tick).await;
+        if busy() {
+            quiet = Duration::ZERO;
+        } else {
+            quiet += tick;
+            if quiet >= limit {
+                return;
             }
         }
+    }
+}
+
+/// The requests of one HTTP/2 connection, for its idle limit. Bytes cannot
+/// tell there: hyper PINGs every client (and the client answers) while no
+/// request is open, so a connection nobody uses still moves bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Requests {
+    inner: Arc<RequestsInner>,
+}
+
+#[derive(Debug, Default)]
+struct RequestsInner {
+    open: AtomicUsize,
+    started: AtomicBool,
+}
+
+/// One open request of [`Requests`]: it ends when this is dropped (with the
+/// response body, or with the request's future when the client resets it).
+#[derive(Debug)]
+pub struct OpenRequest(Requests);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.inner.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Requests {
+    /// Counts a request open until the returned guard is dropped.
+    pub fn start(&self) -> OpenRequest {
+        self.inner.open.fetch_add(1, Ordering::Relaxed);
+        self.inner.started.store(true, Ordering::Relaxed);
+        OpenRequest(self.clone())
+    }
+
+    /// Resolves once no request has been open or started for `limit`.
+    pub async fn idle_timeout(&self, limit: Duration) {
+        quiet_for(limit, || {
+            let started = self.inner.started.swap(false, Ordering::Relaxed);
+            started || self.inner.open.load(Ordering::Relaxed) > 0
+        })
+        .await;
     }
 }
 

@@ -6,7 +6,8 @@
 use super::authority::Target;
 use super::client_tls::ClientTlsFailure;
 use super::{forward, tunnel, ConnCtx};
-use crate::netio::Prefixed;
+use crate::body::Body;
+use crate::netio::{OpenRequest, Prefixed, Requests};
 use crate::upstream::pool::{Origin, Prefer};
 use crate::upstream::Dialed;
 use bytes::BytesMut;
@@ -23,6 +24,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 /// Concurrent requests on one intercepted HTTP/2 connection (hyper's own
 /// default is 200); IDEs use a handful.
 const MAX_H2_STREAMS: u32 = 100;
+
+/// How often an intercepted h2 connection is PINGed (to find clients gone
+/// without a FIN): a minute, or more often under a short idle limit.
+fn keep_alive_interval(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
+}
 
 /// First byte of a TLS handshake record.
 pub(super) const TLS_HANDSHAKE: u8 = 0x16;
@@ -85,22 +92,36 @@ async fn serve_session<IO>(
     let svc_ctx = ctx.clone();
     let served = Arc::new(AtomicBool::new(false));
     let svc_served = served.clone();
+    let requests = Requests::default();
+    let svc_requests = requests.clone();
     let svc = service_fn(move |req| {
         svc_served.store(true, Ordering::Relaxed);
         let ctx = svc_ctx.clone();
         let origin = origin.clone();
         let mut attached = attached.clone();
+        let open = h2.then(|| svc_requests.start());
         async move {
             if let Some(attached) = attached.as_mut() {
                 // Ends at once when the upstream handshake is over (whatever
                 // its outcome) or its task is gone.
                 let _ = attached.wait_for(|done| *done).await;
             }
-            Ok::<_, Infallible>(
-                forward::forward(&ctx, &origin, req)
-                    .await
-                    .unwrap_or_else(super::ProxyError::into_response),
-            )
+            let resp = forward::forward(&ctx, &origin, req)
+                .await
+                .unwrap_or_else(super::ProxyError::into_response);
+            Ok::<_, Infallible>(match open {
+                // Open until its body has gone (or the client reset it).
+                Some(open) => resp.map(|body| {
+                    crate::body::boxed(Holding {
+                        body,
+                        _open: open,
+                        stall: ctx.gw.limits.idle,
+                        stalled: None,
+                        moved: true,
+                    })
+                }),
+                None => resp,
+            })
         }
     });
     let io = TokioIo::new(tls);
@@ -110,10 +131,18 @@ async fn serve_session<IO>(
             .max_header_list_size(64 * 1024)
             // Each stream to an HTTP/1.1 upstream takes a connection there.
             .max_concurrent_streams(MAX_H2_STREAMS)
-            .keep_alive_interval(Duration::from_secs(60))
+            .keep_alive_interval(keep_alive_interval(limits.idle))
             .keep_alive_timeout(Duration::from_secs(20))
             .serve_connection(io, svc);
-        drive(&ctx, conn, |c| c.graceful_shutdown()).await;
+        // Idle when no request has been open for the limit (hyper's PINGs
+        // move bytes on an unused connection), or when nothing moved at all.
+        let idle = async {
+            tokio::select! {
+                _ = requests.idle_timeout(limits.idle) => {}
+                _ = ctx.activity.idle_timeout(limits.idle) => {}
+            }
+        };
+        drive(&ctx, conn, |c| c.graceful_shutdown(), idle).await;
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -121,7 +150,8 @@ async fn serve_session<IO>(
             .max_header_size(limits.max_header_bytes)
             .serve_connection(io, svc)
             .with_upgrades();
-        drive(&ctx, conn, |c| c.graceful_shutdown()).await;
+        let idle = ctx.activity.idle_timeout(limits.idle);
+        drive(&ctx, conn, |c| c.graceful_shutdown(), idle).await;
     }
     if !served.load(Ordering::Relaxed) && !ctx.shutdown.is_draining() {
         ctx.gw.stats().client_tls.count_unused();
@@ -259,7 +289,7 @@ where
 
 /// Runs a server connection until it ends, the gateway drains (graceful:
 /// in-flight requests and streams finish), or it sits idle too long.
-async fn drive<C, E, G>(ctx: &ConnCtx, conn: C, graceful: G)
+async fn drive<C, E, G>(ctx: &ConnCtx, conn: C, graceful: G, idle: impl Future<Output = ()>)
 where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -272,9 +302,72 @@ where
             graceful(conn.as_mut());
             conn.await
         }
-        _ = ctx.activity.idle_timeout(ctx.gw.limits.idle) => Ok(()),
+        _ = idle => Ok(()),
     };
     if let Err(e) = res {
         tracing::debug!(error = %e, "intercepted connection ended with an error");
+    }
+}
+
+/// A response body on an HTTP/2 connection, keeping its request counted as
+/// open (for the connection's idle limit) until the body is gone, and cut
+/// when its upstream sends nothing for the idle limit: PINGs keep an h2
+/// connection's bytes moving, so the connection's own watchdog cannot see
+/// one stalled stream.
+struct Holding {
+    body: Body,
+    _open: OpenRequest,
+    stall: Duration,
+    /// Armed while the body waits; made once, reset after each frame.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame came since the timer was last armed.
+    moved: bool,
+}
+
+impl http_body::Body for Holding {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if polled.is_ready() {
+            this.moved = true;
+            return polled;
+        }
+        let stall = this.stall;
+        let timer = match &mut this.stalled {
+            Some(t) => {
+                if std::mem::take(&mut this.moved) {
+                    t.as_mut().reset(tokio::time::Instant::now() + stall);
+                }
+                t
+            }
+            None => {
+                this.moved = false;
+                this.stalled.insert(Box::pin(tokio::time::sleep(stall)))
+            }
+        };
+        match timer.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => {
+                let secs = stall.as_secs_f32();
+                std::task::Poll::Ready(Some(Err(format!(
+                    "the upstream sent nothing for {secs} s (the idle limit)"
+                )
+                .into())))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -528,3 +528,72 @@ async fn an_unasked_upgrade_is_502_and_a_connect_inside_a_session_is_405() {
         "the CONNECT went upstream"
     );
 }
+
+/// kt PINGs its HTTP/2 clients and they answer, so bytes move on an h2
+/// connection nobody uses: such a connection is closed once no request has
+/// been open for the idle limit, while a stream open longer than the limit
+/// keeps it.
+#[tokio::test]
+async fn an_h2_connection_without_requests_is_closed_at_the_idle_limit_despite_pings() {
+    let ca = TestCa::new("faults CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let idle = Duration::from_millis(600);
+    let gw = gateway(&ca, AUDIT, origin.addr, |s| s.limits.idle = idle).await;
+    let (tcp, reply) = client::connect(gw.addr, &format!("{HOST}:443")).await;
+    assert_eq!(reply.status, 200);
+    let tls = client::tls(tcp, HOST, &[gw.ca_der()], &[b"h2"])
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let mut conn = tokio::spawn(conn);
+    let mut http = Http::H2(sender);
+
+    // A stream whose events come at the test's pace, open for three times
+    // the limit.
+    let resp = post_chat(
+        &mut http,
+        true,
+        &[
+            ("x-test-gated", "1"),
+            // 13 events of 4 characters: more than the test releases.
+            (
+                "x-test-reply",
+                "a b c d e f g h i j k l m n o p q r s t u v w x y z",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    assert!(body.frame().await.unwrap().unwrap().data_ref().is_some());
+    for _ in 0..6 {
+        let held = tokio::time::timeout(idle / 2, &mut conn).await;
+        assert!(held.is_err(), "a connection with an open stream was closed");
+        origin.sse_gate.add_permits(1);
+        assert!(body.frame().await.unwrap().unwrap().data_ref().is_some());
+    }
+    origin.sse_gate.add_permits(64);
+    let rest = tokio::time::timeout(BOUND, body.collect()).await;
+    assert!(
+        rest.is_ok_and(|r| r.is_ok()),
+        "the held stream did not end whole"
+    );
+
+    // Nothing open now: closed about the limit later, PINGs or not.
+    let quiet = Instant::now();
+    let closed = tokio::time::timeout(BOUND, &mut conn).await;
+    assert!(
+        closed.is_ok(),
+        "an unused h2 connection was kept past the idle limit"
+    );
+    assert!(
+        quiet.elapsed() >= idle / 2,
+        "closed early: {:?}",
+        quiet.elapsed()
+    );
+}
