@@ -48,6 +48,11 @@ pub struct RunArgs {
     /// `auth.trusted_proxies` are exempt).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_connections_per_client: usize,
+    /// Memory for all the bodies read whole for the policies at once, in
+    /// MiB; a body still arriving past it gets 503.
+    #[arg(long, value_name = "MIB", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_buffered_body_mib: u64,
     /// How long SIGTERM/SIGINT waits for in-flight requests and streams.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub drain_seconds: u64,
@@ -129,6 +134,8 @@ pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
     }
     settings.limits.max_connections = args.max_connections;
     settings.limits.max_connections_per_client = args.max_connections_per_client;
+    settings.limits.max_buffered_bodies =
+        usize::try_from(args.max_buffered_body_mib << 20).unwrap_or(usize::MAX);
     if let Some(config) = &config {
         settings.apply_config(config);
     }

@@ -76,7 +76,13 @@ async fn handle(
     let limits = &ctx.gw.limits;
     let (mut parts, incoming) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let bytes = read_body(incoming, limits.max_inspected_body, limits.body_read).await?;
+    let bytes = read_body(
+        incoming,
+        limits.max_inspected_body,
+        limits.body_read,
+        ctx.gw.bodies(),
+    )
+    .await?;
     let meta = crate::llm::inspect::request_meta(&bytes)
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let target = routes.route(shape, meta.model.as_deref())?;
@@ -307,7 +313,7 @@ async fn fetch(gw: &super::Gateway, t: &Target, path: &str) -> Result<Vec<String
             status: resp.status(),
         });
     }
-    let bytes = read_body(resp.into_body(), LIST_MAX_BYTES, LIST_TIMEOUT).await?;
+    let bytes = read_body(resp.into_body(), LIST_MAX_BYTES, LIST_TIMEOUT, gw.bodies()).await?;
     let list: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| ListError::NotAList(e.to_string()))?;
     let data = list

@@ -40,6 +40,9 @@ pub enum ProxyError {
     /// CONNECT to a port outside `upstream.allowed_connect_ports`.
     #[error("CONNECT to port {port} is not allowed (allowed: {allowed}); add it to upstream.allowed_connect_ports in the policy config")]
     PortNotAllowed { port: u16, allowed: String },
+    /// The bodies being read whole hold the gateway's whole budget.
+    #[error("kt is already holding {limit_mib} MiB of bodies still arriving (--max-buffered-body-mib); try again shortly")]
+    BodiesBusy { limit_mib: usize },
 }
 
 /// Where a refused access key was presented: decides the status code, the
@@ -94,6 +97,7 @@ impl ProxyError {
             ProxyError::Route(RouteError::NoTarget { .. }) => "model_not_found",
             ProxyError::Route(RouteError::WrongShape { .. }) => "wrong_api_for_model",
             ProxyError::PortNotAllowed { .. } => "port_not_allowed",
+            ProxyError::BodiesBusy { .. } => "bodies_busy",
         }
     }
 
@@ -118,6 +122,7 @@ impl ProxyError {
             ProxyError::Route(RouteError::NoTarget { .. }) => StatusCode::NOT_FOUND,
             ProxyError::Route(RouteError::WrongShape { .. }) => StatusCode::BAD_REQUEST,
             ProxyError::PortNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ProxyError::BodiesBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

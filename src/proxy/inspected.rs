@@ -3,6 +3,7 @@
 //! way back (a stream frame by frame, a JSON body whole and bounded), and
 //! the exchange's record closed when the response ends.
 
+use super::budget::{BodyBudget, Held};
 use super::cached::Step;
 use super::forward::strip_hop_by_hop;
 use super::{ConnCtx, ProxyError};
@@ -17,7 +18,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -39,7 +40,14 @@ pub(super) async fn forward(
     // The request is read whole (bounded) even when no policy changes it:
     // its model prices the exchange and its prompt sizes an estimate. LLM
     // requests are small and sent at once, so this costs no latency.
-    let bytes = match read_body(incoming, limits.max_inspected_body, limits.body_read).await {
+    let bytes = match read_body(
+        incoming,
+        limits.max_inspected_body,
+        limits.body_read,
+        ctx.gw.bodies(),
+    )
+    .await
+    {
         Ok(bytes) => bytes,
         Err(e) => {
             record_body_failure(exchange, &e);
@@ -208,15 +216,20 @@ async fn upstream_leg(
             return Ok(Response::from_parts(parts, body::boxed(body)));
         }
     } else if inspect_response && is_json(&parts.headers) && !is_encoded(&parts.headers) {
-        let bytes = read_body(incoming, limits.max_inspected_body, limits.body_read)
-            .await
-            .map_err(|e| match e {
-                // Oversized answers are not the client's fault.
-                ProxyError::BodyTooLarge { .. } => ProxyError::BadRequest(
-                    "upstream response too large for kt's output policies".into(),
-                ),
-                other => other,
-            })?;
+        let bytes = read_body(
+            incoming,
+            limits.max_inspected_body,
+            limits.body_read,
+            ctx.gw.bodies(),
+        )
+        .await
+        .map_err(|e| match e {
+            // Oversized answers are not the client's fault.
+            ProxyError::BodyTooLarge { .. } => ProxyError::BadRequest(
+                "upstream response too large for kt's output policies".into(),
+            ),
+            other => other,
+        })?;
         let mut watch = watch;
         watch.upstream(&bytes);
         let out = exchange.output(bytes);
@@ -246,11 +259,14 @@ async fn upstream_leg(
     Ok(Response::from_parts(parts, body::boxed(body)))
 }
 
-/// Reads a whole body, at most `limit` bytes, within `timeout`.
+/// Reads a whole body, at most `limit` bytes, within `timeout`; a body that
+/// does not come whole at once holds its bytes of `budget` while it
+/// arrives.
 pub(super) async fn read_body(
     mut incoming: Incoming,
     limit: usize,
     timeout: std::time::Duration,
+    budget: &BodyBudget,
 ) -> Result<Bytes, ProxyError> {
     // Most LLM requests (and JSON answers) arrive whole, in the reads that
     // brought their head: such a body is taken as its one frame, without
@@ -258,6 +274,10 @@ pub(super) async fn read_body(
     // way is read below, bounded and timed.
     if incoming.is_end_stream() {
         return Ok(Bytes::new());
+    }
+    // A declared length over the limit is refused before any of it comes.
+    if incoming.size_hint().lower() > limit as u64 {
+        return Err(ProxyError::BodyTooLarge { limit });
     }
     let ready = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut incoming).poll_frame(cx)));
     let head = match ready.await {
@@ -272,24 +292,28 @@ pub(super) async fn read_body(
             Err(_) => return Ok(Bytes::new()),
         },
     };
-    let collect = Limited::new(incoming, limit - head.len()).collect();
-    match tokio::time::timeout(timeout, collect).await {
-        Err(_) => Err(ProxyError::BodyTimeout {
+    let collect = async {
+        let mut held = Held::default();
+        budget.take(&mut held, head.len())?;
+        let mut whole = bytes::BytesMut::from(head);
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame.map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if whole.len() + data.len() > limit {
+                return Err(ProxyError::BodyTooLarge { limit });
+            }
+            budget.take(&mut held, data.len())?;
+            whole.extend_from_slice(&data);
+        }
+        Ok(whole.freeze())
+    };
+    tokio::time::timeout(timeout, collect)
+        .await
+        .unwrap_or(Err(ProxyError::BodyTimeout {
             secs: timeout.as_secs(),
-        }),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ProxyError::BodyTooLarge { limit })
-        }
-        Ok(Err(e)) => Err(ProxyError::ClientBody(e.to_string())),
-        Ok(Ok(collected)) if head.is_empty() => Ok(collected.to_bytes()),
-        Ok(Ok(collected)) => {
-            let rest = collected.to_bytes();
-            let mut whole = bytes::BytesMut::with_capacity(head.len() + rest.len());
-            whole.extend_from_slice(&head);
-            whole.extend_from_slice(&rest);
-            Ok(whole.freeze())
-        }
-    }
+        }))
 }
 
 fn set_length(headers: &mut HeaderMap, len: usize) {

@@ -34,6 +34,13 @@ pub(super) fn render(gw: &Gateway) -> String {
         "Intercepted (decrypted) client connections open.",
         &[("", stats.intercepted.load(Relaxed) as u64)],
     );
+    metric(
+        &mut out,
+        "kt_buffered_body_bytes",
+        "gauge",
+        "Bytes held by bodies being read whole for the policies (bounded by --max-buffered-body-mib).",
+        &[("", gw.bodies().held() as u64)],
+    );
     let failures: Vec<(String, u64)> = stats
         .client_tls
         .failures()

@@ -3,6 +3,7 @@
 //! connections under a connection limit and drains them on shutdown.
 
 pub mod authority;
+pub mod budget;
 mod by_ip;
 mod cached;
 pub mod client_tls;
@@ -99,6 +100,9 @@ pub struct Limits {
     pub max_inspected_body: usize,
     /// Time to receive such a body.
     pub body_read: Duration,
+    /// All the bodies being read whole at once, in bytes; past it a body
+    /// still arriving gets `503`.
+    pub max_buffered_bodies: usize,
     /// Ports a CONNECT may name (443 plus `upstream.allowed_connect_ports`):
     /// a CONNECT to port 22 or 25 is a way through the network, not an IDE.
     pub allowed_connect_ports: Vec<u16>,
@@ -115,6 +119,7 @@ impl Default for Limits {
             max_connections_per_client: 4096,
             max_inspected_body: 32 * 1024 * 1024,
             body_read: Duration::from_secs(120),
+            max_buffered_bodies: 512 << 20,
             allowed_connect_ports: vec![443],
         }
     }
@@ -138,6 +143,8 @@ pub struct Gateway {
     sightings: sightings::Sightings,
     /// Providers' own model lists, for `GET /v1/models`.
     model_lists: direct::ModelLists,
+    /// The memory for bodies read whole.
+    bodies: budget::BodyBudget,
 }
 
 /// The listener's counters, for `/metrics` and tests.
@@ -167,7 +174,6 @@ impl Gateway {
             certs,
             upstream,
             rules,
-            limits,
             ca_pem,
             stats: Stats::default(),
             engine,
@@ -176,7 +182,14 @@ impl Gateway {
             per_client,
             sightings: sightings::Sightings::default(),
             model_lists: direct::ModelLists::new(),
+            bodies: budget::BodyBudget::new(limits.max_buffered_bodies),
+            limits,
         })
+    }
+
+    /// The memory budget of bodies read whole.
+    pub fn bodies(&self) -> &budget::BodyBudget {
+        &self.bodies
     }
 
     /// Open connections per client address.

@@ -1075,3 +1075,105 @@ async fn hostile_event_streams_reach_the_client_and_are_recorded() {
         "{closed:?}"
     );
 }
+
+/// A chat request of exactly `len` bytes as an absolute-form plain-HTTP
+/// request head and body.
+fn sized_chat(len: usize) -> (String, Vec<u8>) {
+    let (pre, post) = (r#"{"model":"m","messages":[],"pad":""#, r#""}"#);
+    let body = format!("{pre}{}{post}", "x".repeat(len - pre.len() - post.len()));
+    let head = format!(
+        "POST http://{HOST}/v1/chat/completions HTTP/1.1\r\nhost: {HOST}\r\n\
+         content-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+    );
+    (head, body.into_bytes())
+}
+
+/// Reads a response head (and whatever followed it in the same reads).
+async fn response_head(s: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(BOUND, s.read(&mut buf))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed without an answer: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Each body is bounded (32 MiB), but many slow bodies at once could take
+/// all memory: the bodies still arriving share one budget, and a body that
+/// would pass it gets `503 bodies_busy` at once. The bytes come back when
+/// a body goes, and a declared length over the body limit is `413` before
+/// any of the body is sent.
+#[tokio::test]
+async fn bodies_still_arriving_share_one_memory_budget() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::plain().await;
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(HOST, 80, origin.addr));
+        s.limits.max_buffered_bodies = 64 * 1024;
+    })
+    .await;
+    let held = |at_least: usize| {
+        let g = gw.gateway.clone();
+        wait_until(BOUND, move || {
+            let g = g.clone();
+            async move { g.bodies().held() >= at_least }
+        })
+    };
+
+    // A sends 40 KB of a 60 KB body, then nothing.
+    let (head, body) = sized_chat(60_000);
+    let mut a = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    a.write_all(head.as_bytes()).await.unwrap();
+    a.write_all(&body[..40_000]).await.unwrap();
+    assert!(held(40_000).await);
+
+    // B's 30 KB would pass the 64 KiB: refused once its bytes come.
+    let (head, body) = sized_chat(30_000);
+    let mut b = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    b.write_all(head.as_bytes()).await.unwrap();
+    b.write_all(&body[..1]).await.unwrap();
+    assert!(held(40_001).await);
+    b.write_all(&body[1..]).await.unwrap();
+    let answer = response_head(&mut b).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("x-kt-error: bodies_busy"), "{answer}");
+    assert_eq!(origin.hits.load(Ordering::SeqCst), 0);
+
+    // A goes away: the same body now passes.
+    drop(a);
+    drop(b);
+    let g = gw.gateway.clone();
+    assert!(
+        wait_until(BOUND, || {
+            let g = g.clone();
+            async move { g.bodies().held() == 0 }
+        })
+        .await,
+        "bytes of a body that went away were kept"
+    );
+    let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(&body[..1]).await.unwrap();
+    assert!(held(1).await);
+    c.write_all(&body[1..]).await.unwrap();
+    let answer = response_head(&mut c).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(origin.hits.load(Ordering::SeqCst), 1);
+
+    // Past the 32 MiB body limit by its own word: refused before the body.
+    let (head, _) = sized_chat(100);
+    let head = head.replace("content-length: 100", "content-length: 40000000");
+    let mut d = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    d.write_all(head.as_bytes()).await.unwrap();
+    let answer = response_head(&mut d).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
