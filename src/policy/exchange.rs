@@ -114,6 +114,9 @@ pub struct Record {
     pub error: Option<String>,
     /// Policies that replaced something, with how many replacements.
     pub redacted_by: BTreeMap<String, usize>,
+    /// The first policy that replaced something in the request, and in the
+    /// response: the events' `policy`.
+    pub redactor: [Option<String>; 2],
     /// `action: log` matches: policy and rule.
     pub logged: Vec<(String, String)>,
     /// Why a `rate-limit` or `budget` policy refused the request (the
@@ -566,6 +569,7 @@ impl Exchange {
         for note in notes {
             match note {
                 StreamNote::Redacted { kind, policy } => {
+                    self.record.redactor[1].get_or_insert_with(|| policy.to_string());
                     *self
                         .record
                         .redacted_out
@@ -645,6 +649,8 @@ impl Exchange {
                         self.record.logged.push((policy.name.to_string(), rule));
                     }
                     if count > 0 {
+                        self.record.redactor[usize::from(!input)]
+                            .get_or_insert_with(|| policy.name.to_string());
                         let counts = if input {
                             &mut self.record.redacted_in
                         } else {
@@ -680,6 +686,8 @@ impl Exchange {
                         *counts.entry(f.kind.to_string()).or_default() += 1;
                     }
                     if !found.is_empty() {
+                        self.record.redactor[usize::from(!input)]
+                            .get_or_insert_with(|| policy.name.to_string());
                         *self
                             .record
                             .redacted_by
@@ -870,6 +878,9 @@ impl Exchange {
             None => base(Phase::Input, EventAction::Pass),
         };
         input.redactions = counts(&r.redacted_in);
+        if input.action == EventAction::Redact {
+            input.policy = r.redactor[0].clone();
+        }
         input.policy_us = Some(r.policy_us);
         if self.log_bodies {
             input.request_body = r.request_body.as_deref().map(logged_body);
@@ -900,6 +911,16 @@ impl Exchange {
             None if !r.redacted_out.is_empty() => base(Phase::Output, EventAction::Redact),
             None => base(Phase::Output, EventAction::Pass),
         };
+        match output.action {
+            EventAction::Redact => output.policy = r.redactor[1].clone(),
+            EventAction::CacheHit => {
+                output.policy = self
+                    .cache
+                    .and_then(|i| self.chain.get(i))
+                    .map(|p| p.name.to_string());
+            }
+            _ => {}
+        }
         if let Some((policy, _)) = blocked(false) {
             output.policy = Some(policy.clone());
             output.reason = Some("blocked pattern detected".into());

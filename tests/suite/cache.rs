@@ -290,6 +290,7 @@ async fn a_hit_is_recorded_as_cache_hit() {
         .find(|e| e.phase.as_str() == "output")
         .unwrap();
     assert_eq!(hit.upstream_ms, None, "the upstream was not contacted");
+    assert_eq!(hit.policy.as_deref(), Some("ide-cache"));
     // The replayed answer's usage, billed to nobody: its first cost is saved.
     assert_eq!((hit.tokens_in, hit.tokens_out), (Some(1000), Some(500)));
     assert_eq!(hit.usage_source.as_deref(), Some("cached"));

@@ -74,6 +74,9 @@ async fn exchanges_are_recorded_hash_chained_and_without_secrets() {
     assert_eq!(pass.request_id, events[0].request_id);
     assert!(pass.upstream_ms.is_some() && pass.latency_ms.is_some());
     let redacted = &events[2];
+    // The policy that did it is named, as for a block.
+    assert_eq!(redacted.policy.as_deref(), Some("secret-redaction"));
+    assert_eq!(pass.policy, None);
     let counts = redacted.redactions.as_ref().unwrap();
     assert_eq!(counts.values().sum::<u64>(), 1, "{counts:?}");
     let block = &events[4];
