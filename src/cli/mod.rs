@@ -113,9 +113,49 @@ pub fn arguments<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Vec<std
     args
 }
 
+/// clap's several-line usage error as one line: the error, its possible
+/// values and tips, and where help is (`kt policy check --help`).
+fn usage_error_line(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    let mut help = None;
+    for line in rendered.lines().map(str::trim) {
+        if let Some(e) = line.strip_prefix("error: ") {
+            parts.push(e.to_string());
+        } else if let Some(tip) = line.strip_prefix("tip: ") {
+            parts.push(tip.to_string());
+        } else if line.starts_with("[possible values") {
+            parts.push(line.trim_matches(['[', ']']).to_string());
+        } else if let Some(usage) = line.strip_prefix("Usage: ") {
+            let command: Vec<&str> = usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['[', '<', '-']))
+                .collect();
+            help = Some(command.join(" "));
+        }
+    }
+    let mut line = parts.join("; ");
+    if let Some(command) = help.filter(|c| !c.is_empty()) {
+        line.push_str(&format!(" (see `{command} --help`)"));
+    }
+    line
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse_from(arguments(std::env::args_os()));
+    let cli = match Cli::try_parse_from(arguments(std::env::args_os())) {
+        Ok(cli) => cli,
+        // Help and version, also asked for by a bare `kt ca`: clap's own.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("kt: error: {}", usage_error_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
     init_logging();
     let result = match cli.command {
         Command::Gateway(cmd) => gateway::run(&cli.home, cmd),

@@ -674,3 +674,40 @@ async fn no_event_is_lost_under_1000_concurrent_requests_and_sigterm() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// A bad flag or value gets one line naming it (and what would do, and
+/// where help is), exit code 2, as kt's own errors get one line.
+#[test]
+fn usage_errors_are_one_line() {
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &["policy", "check", "--bogus", "x.yaml"],
+            &[
+                "unexpected argument '--bogus'",
+                "(see `kt policy check --help`)",
+            ],
+        ),
+        (
+            &["gateway", "run", "--intercept", "some"],
+            &["invalid value 'some'", "possible values: llm, all, none"],
+        ),
+        (
+            &["events", "tail", "--jsn"],
+            &["a similar argument exists: '--json'"],
+        ),
+    ];
+    for (args, wanted) in cases {
+        let out = kt(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("kt: error: "), "{err}");
+        for w in wanted {
+            assert!(err.contains(w), "{args:?}: {w} not in {err}");
+        }
+    }
+    // Help is still help.
+    let help = kt(&["policy", "check", "--help"]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: kt policy check"));
+}
