@@ -28,6 +28,16 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             for w in &config.warnings {
                 eprintln!("{}", w.display_warning_in(&file));
             }
+            // What the gateway would fail to start on, checked here too.
+            if let Err(e) = crate::upstream::tls::UpstreamTls::new(&config.upstream.ca_files, false)
+            {
+                eprintln!("{}: upstream.ca_files: {e}", file.display());
+                eprintln!(
+                    "kt: error: {} is not a valid policy config (1 problem)",
+                    file.display()
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             print_stdout(&summary(&file, &config))?;
             Ok(ExitCode::SUCCESS)
         }

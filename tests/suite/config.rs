@@ -168,3 +168,31 @@ fn truncated_examples_never_panic() {
         }
     }
 }
+
+/// `kt policy check` finds what would stop the gateway from starting:
+/// `upstream.ca_files` that cannot be read or hold no certificate.
+#[test]
+fn policy_check_reads_the_upstream_ca_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (ca, said) in [
+        (&missing, "cannot read upstream CA file"),
+        (&empty, "holds no usable certificate"),
+    ] {
+        let config = dir.path().join("p.yaml");
+        std::fs::write(
+            &config,
+            format!("upstream:\n  ca_files: [{:?}]\n", ca.display().to_string()),
+        )
+        .unwrap();
+        let out = kt(&["policy", "check", config.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("upstream.ca_files") && err.contains(said),
+            "{err}"
+        );
+    }
+}
