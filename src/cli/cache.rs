@@ -49,6 +49,10 @@ pub struct Target {
     /// purged directly).
     #[arg(long, value_name = "FILE")]
     policy_config: Option<PathBuf>,
+    /// Taken as by the other stored-state commands, but the cache is never
+    /// in the store: its shared tier is a cache policy's Redis `backend`.
+    #[arg(long, value_name = "URL")]
+    storage: Option<String>,
     /// The running gateway holding the in-process tier
     /// [default: http://127.0.0.1:41002].
     #[arg(long, value_name = "URL")]
@@ -69,6 +73,14 @@ pub fn run(_home: &HomeArgs, cmd: CacheCommand) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let target = match &cmd {
+        CacheCommand::Stats { target, .. } | CacheCommand::Purge { target, .. } => target,
+    };
+    if target.storage.is_some() {
+        eprintln!(
+            "kt: note: the cache is not kept in the store (--storage); its shared tier is the Redis `backend` of the cache policies, read through --policy-config"
+        );
+    }
     runtime.block_on(async move {
         match cmd {
             CacheCommand::Stats { target, json } => stats(target, json).await,

@@ -16,7 +16,7 @@ mod setup;
 mod store;
 
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// kt — the Keeptrusts gateway for AI coding assistants.
@@ -50,12 +50,14 @@ pub fn user_home() -> Option<PathBuf> {
 
 impl HomeArgs {
     /// The home folder: `--data-dir`, else `$KEEPTRUSTS_HOME`, else `~/.keeptrusts`.
+    /// Absolute: its paths go into client settings (the CA for
+    /// `NODE_EXTRA_CA_CERTS`) and install commands, read from elsewhere.
     pub fn home(&self) -> anyhow::Result<PathBuf> {
         if let Some(d) = &self.data_dir {
-            return Ok(d.clone());
+            return absolute(d);
         }
         if let Some(h) = std::env::var_os("KEEPTRUSTS_HOME").filter(|h| !h.is_empty()) {
-            return Ok(PathBuf::from(h));
+            return absolute(Path::new(&h));
         }
         let home = user_home().ok_or_else(|| {
             anyhow::anyhow!("cannot find a home folder: set KEEPTRUSTS_HOME or pass --data-dir")
@@ -66,10 +68,14 @@ impl HomeArgs {
     /// The CA folder: `--ca-dir`, else `<home>/certs`.
     pub fn ca_dir(&self) -> anyhow::Result<PathBuf> {
         match &self.ca_dir {
-            Some(d) => Ok(d.clone()),
+            Some(d) => absolute(d),
             None => Ok(self.home()?.join("certs")),
         }
     }
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", path.display()))
 }
 
 #[derive(Debug, Subcommand)]

@@ -711,3 +711,49 @@ fn usage_errors_are_one_line() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: kt policy check"));
 }
+
+/// A relative `--data-dir` is taken from where kt runs, but the paths kt
+/// hands out (the CA for NODE_EXTRA_CA_CERTS, install commands) are read
+/// from elsewhere, by editors and other shells: they are absolute.
+#[test]
+fn paths_from_a_relative_home_are_absolute() {
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kt"))
+            .args(args)
+            .current_dir(cwd.path())
+            .env_remove("KT_LOG")
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    };
+    let want = cwd.path().join("rel/certs/kt-ca.pem");
+    let init = run(&["ca", "init", "--data-dir", "rel"]);
+    assert_eq!(init.trim(), want.to_str().unwrap());
+    let shell = run(&["setup", "shell", "--data-dir", "rel"]);
+    let node = format!("export NODE_EXTRA_CA_CERTS={}\n", want.display());
+    assert!(shell.contains(&node), "{shell}");
+    let install = run(&["ca", "install", "--dry-run", "--ca-dir", "rel/certs"]);
+    assert!(install.contains(want.to_str().unwrap()), "{install}");
+}
+
+/// `kt cache` takes `--storage` as the other stored-state commands do, and
+/// says that the cache is not in the store rather than ignoring it.
+#[test]
+fn cache_commands_take_storage_and_say_where_the_cache_is() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gateway = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = kt(&[
+        "cache",
+        "stats",
+        "--storage",
+        "postgres://kt@127.0.0.1:1/kt",
+        "--gateway",
+        &gateway,
+    ]);
+    let err = text(&out.stderr);
+    assert!(err.contains("the cache is not kept in the store"), "{err}");
+    assert!(err.contains("cannot connect to the gateway"), "{err}");
+    assert!(!err.contains("unexpected argument"), "{err}");
+}
