@@ -488,6 +488,17 @@ impl MapDe<'_> {
     }
 }
 
+/// A hint for a key written one level too high: a provider target's
+/// settings belong in its `provider:` map.
+fn misplaced(fields: &[&str], key: &str) -> &'static str {
+    const PROVIDER_KEYS: [&str; 4] = ["type", "base_url", "api_key_env", "models"];
+    if fields.contains(&"provider") && PROVIDER_KEYS.contains(&key) {
+        "; it belongs under the target's `provider:`"
+    } else {
+        ""
+    }
+}
+
 impl<'a> MapAccess<'a> for MapDe<'a> {
     type Error = DeError;
 
@@ -509,7 +520,9 @@ impl<'a> MapAccess<'a> for MapDe<'a> {
                         Some(n) => {
                             let mut expected: Vec<&str> = fields.to_vec();
                             expected.extend(self.extra_keys);
-                            unknown_word("key", n, &expected)
+                            let mut message = unknown_word("key", n, &expected);
+                            message.push_str(misplaced(fields, n));
+                            message
                         }
                         None => format!("keys must be plain names, found {}", key.kind_name()),
                     };

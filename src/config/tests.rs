@@ -1013,3 +1013,26 @@ fn allowed_connect_ports_take_ports_and_refuse_the_rest() {
         "{err}"
     );
 }
+
+#[test]
+fn a_provider_setting_written_on_the_target_says_where_it_belongs() {
+    let ps = problems(
+        "providers:\n  targets:\n    - id: openai\n      api_key_env: OPENAI_API_KEY\n      modles: [x]\n",
+    );
+    assert_eq!(
+        where_(&ps),
+        [
+            (4, 7, "providers.targets[0].api_key_env"),
+            (5, 7, "providers.targets[0].modles"),
+        ]
+    );
+    assert!(
+        ps[0]
+            .message
+            .ends_with("; it belongs under the target's `provider:`"),
+        "{}",
+        ps[0].message
+    );
+    // Only the provider's own keys get the hint.
+    assert!(!ps[1].message.contains("provider:`"), "{}", ps[1].message);
+}

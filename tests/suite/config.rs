@@ -196,3 +196,36 @@ fn policy_check_reads_the_upstream_ca_files() {
         );
     }
 }
+
+/// Users copy the README's YAML into their policy config: every block is a
+/// whole config that loads (the indented ones inside lists too).
+#[test]
+fn every_yaml_block_in_the_readme_loads() {
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let text = std::fs::read_to_string(&readme).unwrap();
+    let mut blocks = Vec::new();
+    let mut open: Option<(usize, usize, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start().len();
+        match &mut open {
+            None if line.trim_start() == "```yaml" => open = Some((n + 1, indent, String::new())),
+            Some((start, pad, body)) => {
+                if line.trim_start() == "```" {
+                    blocks.push((*start, std::mem::take(body)));
+                    open = None;
+                } else {
+                    body.push_str(line.get(*pad..).unwrap_or(""));
+                    body.push('\n');
+                }
+            }
+            None => {}
+        }
+    }
+    assert!(blocks.len() >= 6, "{} yaml blocks", blocks.len());
+    for (line, yaml) in blocks {
+        let at = readme.with_extension(format!("md:{line}"));
+        if let Err(e) = Config::parse(&yaml, &at) {
+            panic!("README.md line {line}:\n{yaml}\n{e}");
+        }
+    }
+}
