@@ -596,6 +596,14 @@ impl Upstream {
                     return s.send_request(req).await.map_err(http_err);
                 }
                 Sender::H1(mut s) => {
+                    // At once for a pooled connection; a fresh one is ready
+                    // when its task has run.
+                    if let Err(e) = s.ready().await {
+                        if reused && attempt == 0 {
+                            continue;
+                        }
+                        return Err(http_err(e));
+                    }
                     to_h1(&mut req, origin);
                     match s.try_send_request(req).await {
                         Ok(resp) => {

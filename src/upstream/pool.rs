@@ -149,7 +149,10 @@ impl Pool {
             return None;
         }
         while let Some(idle) = conns.h1.pop() {
-            if idle.since.elapsed() < self.idle_timeout && idle.sender.is_ready() {
+            // Not `is_ready`: a connection just made (pooled when its
+            // handshake ended, the one dialed at CONNECT) is not ready until
+            // its task first runs, and dropping it would mean dialing again.
+            if idle.since.elapsed() < self.idle_timeout && !idle.sender.is_closed() {
                 return Some(Sender::H1(idle.sender));
             }
         }
@@ -192,7 +195,8 @@ impl Pool {
 
     /// Returns an idle HTTP/1.1 connection.
     pub fn put_h1(&self, origin: &Origin, sender: http1::SendRequest<Body>) {
-        if !sender.is_ready() {
+        // Closed, not "not ready": see `checkout`.
+        if sender.is_closed() {
             return;
         }
         let mut hosts = self.lock();

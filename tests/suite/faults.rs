@@ -597,3 +597,30 @@ async fn an_h2_connection_without_requests_is_closed_at_the_idle_limit_despite_p
         quiet.elapsed()
     );
 }
+
+/// The upstream connection dialed while the client's TLS handshake runs
+/// is the one its first request uses: pooled fresh, it was once dropped as
+/// "not ready" and a second connection dialed, a whole upstream handshake
+/// added to the first request to a host.
+#[tokio::test]
+async fn the_connection_dialed_at_connect_serves_the_first_request() {
+    let ca = TestCa::new("ca");
+    for (alpn, client) in [(Alpn::H1, &b"http/1.1"[..]), (Alpn::Both, &b"h2"[..])] {
+        let origin = Origin::tls(&ca, &[HOST], alpn).await;
+        let gw = gateway(&ca, AUDIT, origin.addr, |_| {}).await;
+        let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[client]).await;
+        for _ in 0..3 {
+            let r = http
+                .send("POST", HOST, "/echo", Bytes::from_static(b"{}"))
+                .await;
+            assert_eq!(r.status(), 200);
+            drop(body_string(r).await);
+        }
+        assert_eq!(
+            origin.conns.load(Ordering::SeqCst),
+            1,
+            "{:?}",
+            std::str::from_utf8(client)
+        );
+    }
+}
