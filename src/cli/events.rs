@@ -134,6 +134,13 @@ fn tail(
     let colour = std::io::stdout().is_terminal();
     let (history, position) = read_last(&dir, n, &filters)
         .with_context(|| format!("cannot read the audit log in {}", dir.display()))?;
+    if history.is_empty() && crate::events::segment::list(&dir).is_ok_and(|s| s.is_empty()) {
+        // An empty answer would look like a broken tail.
+        eprintln!(
+            "kt: note: no events recorded in {} yet; exchanges are recorded by an `audit-logger` in the policy chain (the built-in chain has one; `kt policy check FILE` shows a config's)",
+            dir.display()
+        );
+    }
     let mut out = std::io::stdout().lock();
     let print =
         |out: &mut std::io::StdoutLock<'_>, e: &crate::events::Event| print(out, e, json, colour);

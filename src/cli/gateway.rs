@@ -143,6 +143,7 @@ pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
     // `auth.required: false` (then a start-up warning says the proxy is
     // open); see `gateway::build`.
     raise_fd_limit();
+    warn_unused_console_settings();
 
     // One worker per CPU this process may use (affinity and cgroup quotas
     // count). With a single CPU the single-threaded scheduler does the same
@@ -285,6 +286,21 @@ fn stop_signal(reloading: bool) -> impl std::future::Future<Output = ()> {
 fn stop_signal(_reloading: bool) -> impl std::future::Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Deployment guides for a console-managed gateway set these; kt runs on
+/// its own, and a setting that silently does nothing misleads.
+fn warn_unused_console_settings() {
+    let set: Vec<&str> = ["KEEPTRUSTS_GATEWAY_TOKEN", "KEEPTRUSTS_API_URL"]
+        .into_iter()
+        .filter(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+        .collect();
+    if !set.is_empty() {
+        tracing::warn!(
+            variables = %set.join(", "),
+            "set but not used: this gateway runs on its own, with no console to connect to; developers' access keys come from `kt keys create`"
+        );
     }
 }
 

@@ -757,3 +757,53 @@ fn cache_commands_take_storage_and_say_where_the_cache_is() {
     assert!(err.contains("cannot connect to the gateway"), "{err}");
     assert!(!err.contains("unexpected argument"), "{err}");
 }
+
+/// Tailing a log with nothing in it says why there is nothing (a chain
+/// without an audit-logger records nothing), rather than printing nothing.
+#[test]
+fn tailing_an_empty_log_says_so() {
+    let home = tempfile::tempdir().unwrap();
+    let out = kt(&[
+        "events",
+        "tail",
+        "--no-follow",
+        "--data-dir",
+        home.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no events recorded") && err.contains("audit-logger"),
+        "{err}"
+    );
+}
+
+/// Guides for a console-managed gateway set KEEPTRUSTS_GATEWAY_TOKEN and
+/// KEEPTRUSTS_API_URL; kt has no console, and says so rather than taking
+/// them silently.
+#[tokio::test]
+async fn console_settings_kt_does_not_use_are_named_at_start() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
+    let gw = spawn_gateway_with(
+        &ca,
+        &origin,
+        &[],
+        &[
+            ("KEEPTRUSTS_GATEWAY_TOKEN", "gw-key"),
+            ("KEEPTRUSTS_API_URL", "https://api.example.com"),
+        ],
+    );
+    let (lines, _home) = gw.stop_and_collect().await;
+    let warned = lines
+        .iter()
+        .find(|l| l.contains("set but not used"))
+        .cloned();
+    let warned = warned.unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(
+        warned.contains("KEEPTRUSTS_GATEWAY_TOKEN, KEEPTRUSTS_API_URL")
+            && !warned.contains("gw-key"),
+        "{warned}"
+    );
+}
