@@ -134,6 +134,24 @@ impl UpstreamError {
 }
 
 impl UpstreamError {
+    /// A TLS handshake that timed out: a new dial would most likely wait as
+    /// long again. (A refused handshake answers fast, so a new dial says
+    /// how the upstream is now.)
+    fn is_handshake_failure(&self) -> bool {
+        matches!(self, UpstreamError::TlsTimeout { .. })
+    }
+
+    /// A copy of a handshake failure (the other kinds hold an error that
+    /// cannot be copied).
+    fn clone_handshake_failure(&self) -> Option<Self> {
+        match self {
+            UpstreamError::TlsTimeout { host } => {
+                Some(UpstreamError::TlsTimeout { host: host.clone() })
+            }
+            _ => None,
+        }
+    }
+
     /// An upstream's `101 Switching Protocols` to a request that asked for
     /// no upgrade: nothing can be relayed after it.
     pub fn unasked_upgrade(origin: &Origin) -> Self {
@@ -182,7 +200,14 @@ pub struct Upstream {
     /// an h1 upstream, so clients could otherwise spend every descriptor.
     conns: Arc<tokio::sync::Semaphore>,
     conns_limit: usize,
+    /// A handshake that failed at CONNECT (in [`Self::attach`]), kept for
+    /// the request that waited for it: dialing again would make it wait
+    /// a second timeout for the same answer.
+    attach_failures: std::sync::Mutex<Vec<(Origin, std::time::Instant, UpstreamError)>>,
 }
+
+/// How long an [`Upstream::attach`] failure answers the next request.
+const ATTACH_FAILURE_KEPT: Duration = Duration::from_secs(2);
 
 /// A live upstream connection's share of [`Upstream::conns`].
 type ConnPermit = tokio::sync::OwnedSemaphorePermit;
@@ -218,6 +243,7 @@ impl Upstream {
             timeouts,
             conns: Arc::new(tokio::sync::Semaphore::new(conns_limit)),
             conns_limit,
+            attach_failures: std::sync::Mutex::new(Vec::new()),
         });
         // Sweep expired idle connections so they do not hold sockets forever.
         let weak = Arc::downgrade(&upstream);
@@ -341,6 +367,17 @@ impl Upstream {
         Ok(stream)
     }
 
+    /// The failure of an attach to `origin` moments ago, once.
+    fn take_attach_failure(&self, origin: &Origin) -> Option<UpstreamError> {
+        let mut failures = self
+            .attach_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        failures.retain(|(_, at, _)| at.elapsed() < ATTACH_FAILURE_KEPT);
+        let i = failures.iter().position(|(o, _, _)| o == origin)?;
+        Some(failures.swap_remove(i).2)
+    }
+
     /// Opens the TCP path for an intercepted CONNECT unless a pooled
     /// connection to `origin` is already live. Dialing before the client's
     /// `200` makes an unreachable upstream a 502 on the CONNECT itself; the
@@ -369,6 +406,18 @@ impl Upstream {
                 self.pool.mark_h2_only(origin);
                 Box::pin(self.open(origin, prefer)).await?
             }
+            Err(Handshake::Failed(e)) if e.is_handshake_failure() => {
+                let kept = UpstreamError::clone_handshake_failure(&e);
+                let mut failures = self
+                    .attach_failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                failures.retain(|(_, at, _)| at.elapsed() < ATTACH_FAILURE_KEPT);
+                if let Some(kept) = kept {
+                    failures.push((origin.clone(), std::time::Instant::now(), kept));
+                }
+                return Err(e);
+            }
             other => other?,
         };
         match sender {
@@ -390,6 +439,9 @@ impl Upstream {
     /// the origin speaks it. An origin that refuses an HTTP/1.1-only offer
     /// is remembered as h2-only and redialed offering h2.
     async fn open(&self, origin: &Origin, prefer: Prefer) -> Result<Sender, UpstreamError> {
+        if let Some(failed) = self.take_attach_failure(origin) {
+            return Err(failed);
+        }
         let offer = self.offer_for(origin, prefer);
         let permit = self.conn_permit(origin).await?;
         let dialed = self.dial(&origin.host, origin.port, origin.tls).await?;

@@ -624,3 +624,43 @@ async fn the_connection_dialed_at_connect_serves_the_first_request() {
         );
     }
 }
+
+/// An upstream that takes the TCP connection and never finishes TLS: the
+/// handshake dialed at CONNECT times out, and the request that waited for
+/// it gets that answer (`504`) instead of dialing again and waiting a
+/// second timeout; a later request tries afresh.
+#[tokio::test]
+async fn a_handshake_that_timed_out_at_connect_answers_the_waiting_request() {
+    let ca = TestCa::new("faults CA");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let silent = fault_server(move |mut tcp| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let _ = tcp.read_to_end(&mut Vec::new()).await;
+        }
+    })
+    .await;
+    let mut gw = gateway(&ca, AUDIT, silent, |s| {
+        s.upstream_timeouts.tls_handshake = Duration::from_millis(300);
+    })
+    .await;
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"http/1.1"]).await;
+    let resp = post_chat(&mut http, false, &[]).await;
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["x-kt-error"], "upstream_tls_timeout");
+    drop(body_string(resp).await);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the upstream was dialed again"
+    );
+    let resp = post_chat(&mut http, false, &[]).await;
+    assert_eq!(resp.status(), 504);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    drop(http);
+    let events = events(&mut gw).await;
+    let out = outputs(&events);
+    assert_eq!(out.len(), 2, "{events:?}");
+    assert!(out.iter().all(|e| e.status == Some(504)), "{out:?}");
+}
