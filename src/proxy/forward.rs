@@ -35,6 +35,7 @@ pub(super) async fn forward(
         // A tunnel inside a tunnel: nothing upstream would understand it.
         return Err(ProxyError::MethodNotAllowed);
     }
+    drop_kt_keys(req.headers_mut());
     if let Some(exchange) = ctx.gw.engine().begin(
         &origin.host,
         req.method(),
@@ -102,6 +103,25 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers and every header the Connection header names.
 /// With `keep_upgrade`, `Upgrade` survives (the caller restores Connection).
+/// Removes a kt access key a client put where a provider's key goes (a
+/// client set up for the direct API, then pointed at the proxy): it means
+/// nothing to the provider, and a kt key never leaves the gateway.
+fn drop_kt_keys(headers: &mut HeaderMap) {
+    let bearer = |v: &http::HeaderValue| {
+        v.to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(crate::keys::key::is_well_formed)
+    };
+    if headers.get(header::AUTHORIZATION).is_some_and(bearer) {
+        headers.remove(header::AUTHORIZATION);
+    }
+    let plain = |v: &http::HeaderValue| v.to_str().is_ok_and(crate::keys::key::is_well_formed);
+    if headers.get("x-api-key").is_some_and(plain) {
+        headers.remove("x-api-key");
+    }
+}
+
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none: one pass over the names (cheap enum
     // compares for standard headers) saves a hashed removal per name. A

@@ -545,3 +545,40 @@ async fn the_gateway_binary_enforces_keys_off_loopback_and_warns_at_start() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A kt access key sent where a provider key goes, through the proxy (a
+/// client set up for the direct API, then pointed at the proxy), is not
+/// passed on to the provider; the provider's own keys are.
+#[tokio::test]
+async fn a_kt_key_in_a_proxied_request_never_reaches_the_provider() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to = vec![connect_to("api.openai.com", 443, origin.addr)];
+    })
+    .await;
+    let kt_key = format!("kt_{}", "a1".repeat(20));
+    let cases = [
+        ("authorization", format!("Bearer {kt_key}"), false),
+        ("x-api-key", kt_key.clone(), false),
+        ("authorization", "Bearer sk-provider-key".to_string(), true),
+        ("x-api-key", "sk-ant-provider".to_string(), true),
+    ];
+    let (mut http, _) =
+        client::through_proxy(gw.addr, "api.openai.com", &[gw.ca_der()], &[b"h2"]).await;
+    for (name, value, passes) in cases {
+        let req = http::Request::post("https://api.openai.com/v1/chat/completions")
+            .header("content-type", "application/json")
+            .header(name, &value)
+            .body(http_body_util::Full::new(Bytes::from_static(
+                br#"{"model":"m","messages":[]}"#,
+            )))
+            .unwrap();
+        let resp = http.request(req).await;
+        assert_eq!(resp.status(), 200);
+        drop(body_string(resp).await);
+        let (_, headers) = origin.last_request.lock().unwrap().clone().unwrap();
+        let got = headers.get(name).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(got, passes.then_some(value), "{name}");
+    }
+}
