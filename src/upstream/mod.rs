@@ -134,16 +134,10 @@ impl UpstreamError {
 }
 
 impl UpstreamError {
-    /// A TLS handshake that timed out: a new dial would most likely wait as
-    /// long again. (A refused handshake answers fast, so a new dial says
-    /// how the upstream is now.)
-    fn is_handshake_failure(&self) -> bool {
-        matches!(self, UpstreamError::TlsTimeout { .. })
-    }
-
-    /// A copy of a handshake failure (the other kinds hold an error that
-    /// cannot be copied).
-    fn clone_handshake_failure(&self) -> Option<Self> {
+    /// A copy of a TLS handshake timeout, the failure a new dial would most
+    /// likely wait for as long again. (A refused handshake answers fast, so
+    /// a new dial says how the upstream is now.)
+    fn timed_out_copy(&self) -> Option<Self> {
         match self {
             UpstreamError::TlsTimeout { host } => {
                 Some(UpstreamError::TlsTimeout { host: host.clone() })
@@ -369,13 +363,21 @@ impl Upstream {
 
     /// The failure of an attach to `origin` moments ago, once.
     fn take_attach_failure(&self, origin: &Origin) -> Option<UpstreamError> {
+        let mut failures = self.attach_failures();
+        let i = failures.iter().position(|(o, _, _)| o == origin)?;
+        Some(failures.swap_remove(i).2)
+    }
+
+    /// The kept attach failures, the expired ones gone.
+    fn attach_failures(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(Origin, std::time::Instant, UpstreamError)>> {
         let mut failures = self
             .attach_failures
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         failures.retain(|(_, at, _)| at.elapsed() < ATTACH_FAILURE_KEPT);
-        let i = failures.iter().position(|(o, _, _)| o == origin)?;
-        Some(failures.swap_remove(i).2)
+        failures
     }
 
     /// Opens the TCP path for an intercepted CONNECT unless a pooled
@@ -406,15 +408,10 @@ impl Upstream {
                 self.pool.mark_h2_only(origin);
                 Box::pin(self.open(origin, prefer)).await?
             }
-            Err(Handshake::Failed(e)) if e.is_handshake_failure() => {
-                let kept = UpstreamError::clone_handshake_failure(&e);
-                let mut failures = self
-                    .attach_failures
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                failures.retain(|(_, at, _)| at.elapsed() < ATTACH_FAILURE_KEPT);
-                if let Some(kept) = kept {
-                    failures.push((origin.clone(), std::time::Instant::now(), kept));
+            Err(Handshake::Failed(e)) => {
+                if let Some(kept) = e.timed_out_copy() {
+                    self.attach_failures()
+                        .push((origin.clone(), std::time::Instant::now(), kept));
                 }
                 return Err(e);
             }
