@@ -169,7 +169,7 @@ fn upstream_headers(headers: &mut HeaderMap, target: &Target, auth_required: boo
 }
 
 /// A kt access key, bare or after `Bearer `.
-fn is_access_key(value: &HeaderValue) -> bool {
+pub(super) fn is_access_key(value: &HeaderValue) -> bool {
     let v = value.as_bytes();
     let v = v
         .strip_prefix(b"Bearer ")

@@ -107,17 +107,14 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// client set up for the direct API, then pointed at the proxy): it means
 /// nothing to the provider, and a kt key never leaves the gateway.
 fn drop_kt_keys(headers: &mut HeaderMap) {
-    let bearer = |v: &http::HeaderValue| {
-        v.to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(crate::keys::key::is_well_formed)
-    };
-    if headers.get(header::AUTHORIZATION).is_some_and(bearer) {
+    use super::direct::is_access_key;
+    if headers
+        .get(header::AUTHORIZATION)
+        .is_some_and(is_access_key)
+    {
         headers.remove(header::AUTHORIZATION);
     }
-    let plain = |v: &http::HeaderValue| v.to_str().is_ok_and(crate::keys::key::is_well_formed);
-    if headers.get("x-api-key").is_some_and(plain) {
+    if headers.get("x-api-key").is_some_and(is_access_key) {
         headers.remove("x-api-key");
     }
 }

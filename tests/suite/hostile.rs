@@ -1088,23 +1088,14 @@ fn sized_chat(len: usize) -> (String, Vec<u8>) {
     (head, body.into_bytes())
 }
 
-/// Reads a response head (and whatever followed it in the same reads).
-async fn response_head(s: &mut tokio::net::TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(BOUND, s.read(&mut buf))
-            .await
-            .expect("no answer")
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed without an answer: {}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&got).into_owned()
+/// Waits until the bytes the gateway's body budget holds satisfy `ok`.
+async fn bodies_held(gw: &TestGateway, ok: impl Fn(usize) -> bool + Clone) -> bool {
+    let g = gw.gateway.clone();
+    wait_until(BOUND, || {
+        let (g, ok) = (g.clone(), ok.clone());
+        async move { ok(g.bodies().held()) }
+    })
+    .await
 }
 
 /// Each body is bounded (32 MiB), but many slow bodies at once could take
@@ -1121,52 +1112,43 @@ async fn bodies_still_arriving_share_one_memory_budget() {
         s.limits.max_buffered_bodies = 64 * 1024;
     })
     .await;
-    let held = |at_least: usize| {
-        let g = gw.gateway.clone();
-        wait_until(BOUND, move || {
-            let g = g.clone();
-            async move { g.bodies().held() >= at_least }
-        })
-    };
-
     // A sends 40 KB of a 60 KB body, then nothing.
     let (head, body) = sized_chat(60_000);
     let mut a = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     a.write_all(head.as_bytes()).await.unwrap();
     a.write_all(&body[..40_000]).await.unwrap();
-    assert!(held(40_000).await);
+    assert!(bodies_held(&gw, |n| n >= 40_000).await);
 
     // B's 30 KB would pass the 64 KiB: refused once its bytes come.
     let (head, body) = sized_chat(30_000);
     let mut b = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     b.write_all(head.as_bytes()).await.unwrap();
     b.write_all(&body[..1]).await.unwrap();
-    assert!(held(40_001).await);
+    assert!(bodies_held(&gw, |n| n >= 40_001).await);
     b.write_all(&body[1..]).await.unwrap();
-    let answer = response_head(&mut b).await;
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains("x-kt-error: bodies_busy"), "{answer}");
+    let answer = client::read_head(&mut b).await;
+    assert_eq!(answer.status, 503, "{}", answer.head);
+    assert!(
+        answer.head.contains("x-kt-error: bodies_busy"),
+        "{}",
+        answer.head
+    );
     assert_eq!(origin.hits.load(Ordering::SeqCst), 0);
 
     // A goes away: the same body now passes.
     drop(a);
     drop(b);
-    let g = gw.gateway.clone();
     assert!(
-        wait_until(BOUND, || {
-            let g = g.clone();
-            async move { g.bodies().held() == 0 }
-        })
-        .await,
+        bodies_held(&gw, |n| n == 0).await,
         "bytes of a body that went away were kept"
     );
     let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     c.write_all(head.as_bytes()).await.unwrap();
     c.write_all(&body[..1]).await.unwrap();
-    assert!(held(1).await);
+    assert!(bodies_held(&gw, |n| n >= 1).await);
     c.write_all(&body[1..]).await.unwrap();
-    let answer = response_head(&mut c).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = client::read_head(&mut c).await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
     assert_eq!(origin.hits.load(Ordering::SeqCst), 1);
 
     // Past the 32 MiB body limit by its own word: refused before the body.
@@ -1174,6 +1156,6 @@ async fn bodies_still_arriving_share_one_memory_budget() {
     let head = head.replace("content-length: 100", "content-length: 40000000");
     let mut d = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     d.write_all(head.as_bytes()).await.unwrap();
-    let answer = response_head(&mut d).await;
-    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let answer = client::read_head(&mut d).await;
+    assert_eq!(answer.status, 413, "{}", answer.head);
 }
