@@ -88,6 +88,26 @@ impl ProxyUrl {
         })
     }
 
+    /// Readies an HTTP/1.1 request (origin-form, with `Host`) for a plain
+    /// `http://` origin to be forwarded by this proxy: the absolute-form
+    /// target a proxy expects (RFC 9112 §3.2.2) and our credentials.
+    /// Proxies commonly refuse CONNECT to port 80, so plain requests are
+    /// forwarded, not tunnelled.
+    pub fn to_absolute_form<B>(&self, req: &mut http::Request<B>, authority: &str) {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        if let Ok(uri) = format!("http://{authority}{pq}").parse::<http::Uri>() {
+            *req.uri_mut() = uri;
+        }
+        if let Some(auth) = &self.authorization {
+            req.headers_mut()
+                .insert(http::header::PROXY_AUTHORIZATION, auth.clone());
+        }
+    }
+
     /// Opens a tunnel to `host:port` through this proxy on an already
     /// connected `stream`. Returns any bytes the proxy sent after its reply.
     pub async fn connect_through(

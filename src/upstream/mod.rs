@@ -10,7 +10,7 @@ pub mod tls;
 use crate::body::Body;
 use crate::netio::Prefixed;
 use bytes::Bytes;
-use chain::{ChainError, ProxyRules};
+use chain::{ChainError, ProxyRules, ProxyUrl};
 use connect_to::ConnectToRules;
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -263,16 +263,7 @@ impl Upstream {
     /// Opens a TCP path to `host:port` for a blind tunnel or a TLS
     /// connection: through `--connect-to` and the upstream proxy if any.
     pub async fn dial(&self, host: &str, port: u16, tls: bool) -> Result<Dialed, UpstreamError> {
-        // An address literal is refused even when an upstream proxy would
-        // be the one to dial it.
-        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
-            if guard::is_forbidden(ip) {
-                return Err(UpstreamError::Forbidden {
-                    target: format!("{host}:{port}"),
-                    addr: ip,
-                });
-            }
-        }
+        refuse_forbidden_literal(host, port)?;
         let (addr, addr_port) = self.connect_to.resolve(host, port);
         let proxy = if tls {
             self.proxies.for_tunnel(host)
@@ -292,8 +283,7 @@ impl Upstream {
                 Ok(Prefixed::new(Bytes::new(), stream))
             }
             Some(proxy) => {
-                let (paddr, pport) = self.connect_to.resolve(&proxy.host, proxy.port);
-                let mut stream = self.tcp(paddr, pport).await?;
+                let mut stream = self.tcp_to_proxy(proxy).await?;
                 let handshake = proxy.connect_through(&mut stream, addr, addr_port);
                 let leftover = tokio::time::timeout(self.timeouts.connect, handshake)
                     .await
@@ -307,6 +297,33 @@ impl Upstream {
                     })?;
                 Ok(Prefixed::new(leftover, stream))
             }
+        }
+    }
+
+    async fn tcp_to_proxy(&self, proxy: &ProxyUrl) -> Result<TcpStream, UpstreamError> {
+        let (addr, port) = self.connect_to.resolve(&proxy.host, proxy.port);
+        self.tcp(addr, port).await
+    }
+
+    /// The proxy that forwards a plain `http://` origin's requests, if any.
+    fn forwarding_proxy(&self, origin: &Origin) -> Option<&ProxyUrl> {
+        if origin.tls {
+            return None;
+        }
+        self.proxies.for_plain(&origin.host)
+    }
+
+    /// A new connection for `origin`'s requests: to the origin (tunnelled
+    /// through an upstream proxy for TLS), or to the proxy that forwards a
+    /// plain origin's requests.
+    async fn dial_for_requests(&self, origin: &Origin) -> Result<Dialed, UpstreamError> {
+        match self.forwarding_proxy(origin) {
+            Some(proxy) => {
+                refuse_forbidden_literal(&origin.host, origin.port)?;
+                let stream = self.tcp_to_proxy(proxy).await?;
+                Ok(Prefixed::new(Bytes::new(), stream))
+            }
+            None => self.dial(&origin.host, origin.port, origin.tls).await,
         }
     }
 
@@ -441,7 +458,7 @@ impl Upstream {
         }
         let offer = self.offer_for(origin, prefer);
         let permit = self.conn_permit(origin).await?;
-        let dialed = self.dial(&origin.host, origin.port, origin.tls).await?;
+        let dialed = self.dial_for_requests(origin).await?;
         match self.handshake(origin, dialed, offer, permit).await {
             Err(Handshake::NoCommonAlpn) => {
                 tracing::debug!(%origin, "upstream refuses HTTP/1.1, using h2");
@@ -654,6 +671,10 @@ impl Upstream {
                         return Err(http_err(e));
                     }
                     to_h1(&mut req, origin);
+                    if let Some(proxy) = self.forwarding_proxy(origin) {
+                        let (addr, port) = self.connect_to.resolve(&origin.host, origin.port);
+                        proxy.to_absolute_form(&mut req, &authority_of(addr, port, 80));
+                    }
                     match s.try_send_request(req).await {
                         Ok(resp) => {
                             self.return_when_idle(origin, s);
@@ -753,6 +774,32 @@ fn request_authority<B>(req: &Request<B>, origin: &Origin) -> String {
         .authority()
         .map(|a| a.to_string())
         .unwrap_or_else(|| origin.authority())
+}
+
+/// Refuses an address literal kt must not reach, even when an upstream
+/// proxy would be the one to dial it.
+fn refuse_forbidden_literal(host: &str, port: u16) -> Result<(), UpstreamError> {
+    match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(ip) if guard::is_forbidden(ip) => Err(UpstreamError::Forbidden {
+            target: format!("{host}:{port}"),
+            addr: ip,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `host[:port]` as a URI authority, the port left out when it is `default`.
+pub(crate) fn authority_of(host: &str, port: u16, default: u16) -> String {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    if port == default {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// HTTP/1.1 upstream: origin-form URI and a Host header.

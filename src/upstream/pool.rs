@@ -35,16 +35,7 @@ impl Origin {
     /// `host:port` with IPv6 brackets, for URIs and Host headers.
     pub fn authority(&self) -> String {
         let default = if self.tls { 443 } else { 80 };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.to_string()
-        };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+        super::authority_of(&self.host, self.port, default)
     }
 }
 

@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A minimal CONNECT-only proxy that records the targets it was asked for
-/// and checks credentials.
+/// A minimal corporate proxy that records the request line of each
+/// connection and whether our credentials came with it: CONNECT opens a
+/// tunnel; an absolute-form request is passed on as sent to the host its
+/// target names (an origin must accept absolute-form too).
 async fn corporate_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -31,15 +33,23 @@ async fn corporate_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                     .contains("proxy-authorization: basic dxnlcjpwyxnz");
                 log.lock().unwrap().push(format!("{line} auth={authed}"));
                 let target = line.split_whitespace().nth(1).unwrap().to_string();
-                let Ok(mut up) = TcpStream::connect(&target).await else {
+                let forwarded = target
+                    .strip_prefix("http://")
+                    .map(|rest| rest.split('/').next().unwrap().to_string());
+                let Ok(mut up) = TcpStream::connect(forwarded.as_deref().unwrap_or(&target)).await
+                else {
                     let _ = s
                         .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
                         .await;
                     return;
                 };
-                s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    .await
-                    .unwrap();
+                if forwarded.is_some() {
+                    up.write_all(head.as_bytes()).await.unwrap();
+                } else {
+                    s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .unwrap();
+                }
                 let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
             });
         }
@@ -86,6 +96,38 @@ async fn intercepted_and_tunnelled_traffic_goes_through_the_upstream_proxy() {
     let want = format!("CONNECT 127.0.0.1:{} HTTP/1.1 auth=true", oaddr.port());
     assert!(seen.len() >= 2, "{seen:?}");
     assert!(seen.iter().all(|l| *l == want), "{seen:?}");
+}
+
+#[tokio::test]
+async fn plain_http_is_forwarded_by_the_upstream_proxy_not_tunnelled() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::plain().await;
+    let (proxy, seen) = corporate_proxy().await;
+    let port = origin.addr.port();
+    let gw = TestGateway::start(&ca, |s| {
+        s.upstream_proxy = Some(format!("http://user:pass@{proxy}"));
+        s.connect_to = vec![format!("plain.test:80:127.0.0.1:{port}")];
+    })
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST http://plain.test/echo?q=1 HTTP/1.1\r\nHost: plain.test\r\n\
+          Content-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["len"], 2, "{json}");
+    assert_eq!(json["headers"]["host"], "plain.test", "{json}");
+    // Corporate proxies refuse CONNECT to port 80: a plain request goes to
+    // the proxy in absolute-form, with our credentials.
+    let seen = seen.lock().unwrap().clone();
+    let want = format!("POST http://127.0.0.1:{port}/echo?q=1 HTTP/1.1 auth=true");
+    assert_eq!(seen, vec![want]);
 }
 
 #[tokio::test]
