@@ -56,7 +56,15 @@ pub(super) async fn forward(
         restore_upgrade_headers(&mut parts.headers);
     }
     let up_req = Request::from_parts(parts, body::boxed(incoming));
-    let mut resp = ctx.gw.upstream.send(origin, up_req).await?;
+    let mut resp = match ctx.gw.upstream.send(origin, up_req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            return Err(match e.client_body_failure() {
+                Some(cause) => ProxyError::ClientBody(cause),
+                None => e.into(),
+            })
+        }
+    };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -101,8 +109,6 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Removes hop-by-hop headers and every header the Connection header names.
-/// With `keep_upgrade`, `Upgrade` survives (the caller restores Connection).
 /// Removes a kt access key a client put where a provider's key goes (a
 /// client set up for the direct API, then pointed at the proxy): it means
 /// nothing to the provider, and a kt key never leaves the gateway.
@@ -119,6 +125,10 @@ fn drop_kt_keys(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes hop-by-hop headers and every header the Connection header names.
+/// With `keep_upgrade`, `Upgrade` survives (the caller restores Connection).
+/// `TE: trailers` is passed on as such: kt relays trailers, and gRPC
+/// servers refuse a call without it (RFC 9113 §8.2.2 allows it on h2).
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none: one pass over the names (cheap enum
     // compares for standard headers) saves a hashed removal per name. A
@@ -126,6 +136,15 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            // A transfer coding may carry a weight: `trailers` carries none.
+            t.trim().eq_ignore_ascii_case("trailers")
+        });
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -144,6 +163,9 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         if !(keep_upgrade && *name == header::UPGRADE) {
             headers.remove(name);
         }
+    }
+    if trailers {
+        headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
     }
 }
 
@@ -170,11 +192,29 @@ mod tests {
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("proxy-connection", "keep-alive".parse().unwrap());
         h.insert(header::PROXY_AUTHORIZATION, "Basic x".parse().unwrap());
-        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::TE, "gzip;q=0.5".parse().unwrap());
         h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn te_trailers_is_passed_on_alone() {
+        for (connection, te) in [
+            (None, "trailers"),
+            (Some("TE"), "gzip, Trailers"),
+            (Some("keep-alive, te"), "deflate;q=0.3 , trailers"),
+        ] {
+            let mut h = HeaderMap::new();
+            if let Some(c) = connection {
+                h.insert(header::CONNECTION, c.parse().unwrap());
+            }
+            h.insert(header::TE, te.parse().unwrap());
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.len(), 1, "{te}: {h:?}");
+            assert_eq!(h[header::TE], "trailers", "{te}");
+        }
     }
 
     #[test]

@@ -95,6 +95,18 @@ impl UpstreamError {
         }
     }
 
+    /// The client's part of a failed exchange: the request body kt was
+    /// relaying broke on the client's side (bad chunking, a client gone
+    /// mid-body). `None` when the upstream is to blame.
+    pub fn client_body_failure(&self) -> Option<String> {
+        match self {
+            UpstreamError::Http { source, .. } if source.is_user() => {
+                std::error::Error::source(source).map(|cause| cause.to_string())
+            }
+            _ => None,
+        }
+    }
+
     /// Names the host the client asked for when `--connect-to` sent the
     /// dial elsewhere: an error naming only `127.0.0.1:8443` leaves the user
     /// guessing which of their hosts failed.
@@ -550,7 +562,9 @@ impl Upstream {
             if offer == Offer::Any {
                 self.pool.mark_h1_only(origin);
             }
-            Ok(self.handshake_h1(origin, stream, permit).await?)
+            Ok(self
+                .handshake_h1(origin, crate::netio::CloseIsEnd(stream), permit)
+                .await?)
         }
     }
 
@@ -817,6 +831,12 @@ fn to_h1<B>(req: &mut Request<B>, origin: &Origin) {
         .unwrap_or("/");
     if let Ok(uri) = pq.parse::<Uri>() {
         *req.uri_mut() = uri;
+    }
+    // On HTTP/1.1, TE is hop-by-hop and must be named by Connection (RFC
+    // 9110 §10.1.4); hop-by-hop headers are gone by now, `TE: trailers` kept.
+    if req.headers().contains_key(header::TE) {
+        req.headers_mut()
+            .append(header::CONNECTION, HeaderValue::from_static("te"));
     }
     *req.version_mut() = Version::HTTP_11;
 }

@@ -482,3 +482,112 @@ async fn clients_that_refuse_the_kt_certificate_are_counted_and_recorded() {
         "{failures:?}"
     );
 }
+
+/// `TE: trailers` reaches the upstream over either protocol (gRPC servers
+/// refuse calls without it), named by `Connection` on HTTP/1.1; other TE
+/// codings stay on the hop they were sent for.
+#[tokio::test]
+async fn te_trailers_reaches_the_upstream() {
+    for upstream in [Alpn::H1, Alpn::H2] {
+        let (_ca, _origin, gw) = setup(upstream).await;
+        for client_alpn in [&[b"http/1.1" as &[u8]][..], &[b"h2"]] {
+            let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], client_alpn).await;
+            let mut b = http::Request::builder().method("POST");
+            b = if http.is_h2() {
+                b.uri(format!("https://{HOST}/echo"))
+                    .header("te", "trailers")
+            } else {
+                b.uri("/echo")
+                    .header("host", HOST)
+                    .header("connection", "te")
+                    .header("te", "gzip;q=0.5, trailers")
+            };
+            let req = b.body(http_body_util::Full::new(Bytes::new())).unwrap();
+            let json = body_json(http.request(req).await).await;
+            let case = format!("{upstream:?} upstream, client {client_alpn:?}: {json}");
+            assert_eq!(json["headers"]["te"], "trailers", "{case}");
+            let connection = json["headers"].get("connection").and_then(|c| c.as_str());
+            let want = (upstream == Alpn::H1).then_some("te");
+            assert_eq!(connection, want, "{case}");
+        }
+    }
+}
+
+/// A TLS origin that ends a length-less HTTP/1.0 body by closing TCP
+/// without TLS's `close_notify` (many servers do) is answered in full, the
+/// close taken as the end of the body, as curl and browsers take it.
+#[tokio::test]
+async fn a_body_ended_by_a_close_without_close_notify_arrives_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new("upstream test CA");
+    let (chain, key) = ca.server_cert(&[HOST]);
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let sent = body.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, body) = (acceptor.clone(), sent.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tls.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await;
+                let _ = tls.write_all(&body).await;
+                let _ = tls.flush().await;
+                // Dropping the TCP stream under TLS: no close_notify.
+                let (tcp, _) = tls.into_inner();
+                drop(tcp);
+            });
+        }
+    });
+    let gw = TestGateway::start(&ca, |s| s.connect_to = vec![connect_to(HOST, 443, addr)]).await;
+    for client_alpn in [&[b"http/1.1" as &[u8]][..], &[b"h2"]] {
+        let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], client_alpn).await;
+        let resp = http.send("GET", HOST, "/old", Bytes::new()).await;
+        assert_eq!(resp.status(), 200, "{client_alpn:?}");
+        let got = resp.into_body().collect().await;
+        let got = got.map(|b| b.to_bytes().len()).map_err(|e| e.to_string());
+        assert_eq!(got, Ok(body.len()), "client {client_alpn:?}");
+    }
+}
+
+/// A request body that breaks on the client's side (bad chunking) while kt
+/// streams it upstream is the client's error: 400, not a 502 blaming the
+/// upstream.
+#[tokio::test]
+async fn a_malformed_streamed_request_body_is_a_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new("ca");
+    let origin = Origin::plain().await;
+    let addr = origin.addr;
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to = vec![connect_to("plain.test", 80, addr)]
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST http://plain.test/echo HTTP/1.1\r\nHost: plain.test\r\n\
+          Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\nzz\r\nmore\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("x-kt-error: client_body"), "{out}");
+}
