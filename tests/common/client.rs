@@ -33,6 +33,22 @@ pub async fn connect(proxy: SocketAddr, target: &str) -> (TcpStream, ConnectRepl
     (s, reply)
 }
 
+/// Writes `request` (raw bytes, e.g. an absolute-form request that asks
+/// for `Connection: close`) to `proxy` and reads everything it answers.
+pub async fn raw_exchange(proxy: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The JSON body of a raw HTTP/1.1 answer read whole.
+pub fn raw_json_body(answer: &str) -> serde_json::Value {
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    serde_json::from_str(body).unwrap()
+}
+
 /// Reads an HTTP/1.1 response head byte by byte (so nothing after it is
 /// consumed), then its Content-Length body if any.
 pub async fn read_head(s: &mut TcpStream) -> ConnectReply {

@@ -52,6 +52,18 @@ impl TestCa {
         self.server_cert_with(names, |_| {})
     }
 
+    /// A TLS acceptor for `names` offering only HTTP/1.1, for origins that
+    /// speak raw bytes.
+    pub fn h1_acceptor(&self, names: &[&str]) -> tokio_rustls::TlsAcceptor {
+        let (chain, key) = self.server_cert(names);
+        let mut cfg = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg))
+    }
+
     /// An expired server certificate (valid in 2019 only) for `names`.
     pub fn expired_cert(
         &self,

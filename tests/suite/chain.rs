@@ -109,18 +109,14 @@ async fn plain_http_is_forwarded_by_the_upstream_proxy_not_tunnelled() {
         s.connect_to = vec![format!("plain.test:80:127.0.0.1:{port}")];
     })
     .await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(
+    let out = client::raw_exchange(
+        gw.addr,
         b"POST http://plain.test/echo?q=1 HTTP/1.1\r\nHost: plain.test\r\n\
           Content-Length: 2\r\nConnection: close\r\n\r\nhi",
     )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
+    .await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
-    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    let json = client::raw_json_body(&out);
     assert_eq!(json["len"], 2, "{json}");
     assert_eq!(json["headers"]["host"], "plain.test", "{json}");
     // Corporate proxies refuse CONNECT to port 80: a plain request goes to

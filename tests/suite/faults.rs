@@ -75,13 +75,7 @@ async fn resetting_origin(ca: &TestCa) -> (SocketAddr, Arc<Notify>) {
 }
 
 async fn resetting_origin_with(ca: &TestCa, reset: Arc<Notify>) -> SocketAddr {
-    let (chain, key) = ca.server_cert(&[HOST]);
-    let mut cfg = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = ca.h1_acceptor(&[HOST]);
     fault_server(move |tcp| {
         let acceptor = acceptor.clone();
         let reset = reset.clone();

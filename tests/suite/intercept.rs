@@ -227,9 +227,8 @@ async fn plain_bytes_after_connect_to_an_intercepted_host_are_tunnelled() {
     assert_eq!(json["len"], 3);
 }
 
-#[tokio::test]
-async fn absolute_form_http_is_forwarded() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A gateway sending `plain.test:80` to a plain-HTTP origin.
+async fn plain_setup() -> (Origin, TestGateway) {
     let ca = TestCa::new("ca");
     let origin = Origin::plain().await;
     let addr = origin.addr;
@@ -237,18 +236,20 @@ async fn absolute_form_http_is_forwarded() {
         s.connect_to = vec![connect_to("plain.test", 80, addr)]
     })
     .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(
+    (origin, gw)
+}
+
+#[tokio::test]
+async fn absolute_form_http_is_forwarded() {
+    let (_origin, gw) = plain_setup().await;
+    let out = client::raw_exchange(
+        gw.addr,
         b"POST http://plain.test/echo HTTP/1.1\r\nHost: plain.test\r\nProxy-Connection: keep-alive\r\n\
           Proxy-Authorization: Basic c2VjcmV0\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
     )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
+    .await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
-    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    let json = client::raw_json_body(&out);
     assert_eq!(json["uri"], "/echo", "origin-form upstream: {json}");
     assert_eq!(json["len"], 2);
     assert!(
@@ -520,13 +521,7 @@ async fn te_trailers_reaches_the_upstream() {
 async fn a_body_ended_by_a_close_without_close_notify_arrives_whole() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ca = TestCa::new("upstream test CA");
-    let (chain, key) = ca.server_cert(&[HOST]);
-    let mut cfg = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let acceptor = ca.h1_acceptor(&[HOST]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let body: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
@@ -571,23 +566,13 @@ async fn a_body_ended_by_a_close_without_close_notify_arrives_whole() {
 /// upstream.
 #[tokio::test]
 async fn a_malformed_streamed_request_body_is_a_400() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let ca = TestCa::new("ca");
-    let origin = Origin::plain().await;
-    let addr = origin.addr;
-    let gw = TestGateway::start(&ca, |s| {
-        s.connect_to = vec![connect_to("plain.test", 80, addr)]
-    })
-    .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(
+    let (_origin, gw) = plain_setup().await;
+    let out = client::raw_exchange(
+        gw.addr,
         b"POST http://plain.test/echo HTTP/1.1\r\nHost: plain.test\r\n\
           Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\nzz\r\nmore\r\n0\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
+    .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(out.contains("x-kt-error: client_body"), "{out}");
 }
