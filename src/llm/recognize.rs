@@ -245,6 +245,34 @@ impl<'a> Classification<'a> {
     }
 }
 
+/// The path of `path_and_query` as an upstream that decodes it before
+/// routing would see it: `%XX` escapes decoded (`%2F` included) and each
+/// segment's `;parameters` dropped, the query kept. `None` when the path
+/// has neither, the common case. Recognition and path rules read this form,
+/// so `/v1/chat/%63ompletions` is no way around the policies.
+pub fn normalized_path(path_and_query: &str) -> Option<String> {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    if !path.contains(['%', ';']) {
+        return None;
+    }
+    let mut out = String::with_capacity(path_and_query.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let segment = segment.split_once(';').map_or(segment, |(s, _)| s);
+        out.push_str(&percent_encoding::percent_decode_str(segment).decode_utf8_lossy());
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Some(out)
+}
+
 /// Classifies a request by the built-in host table plus path rules.
 /// `host` may carry a port; `path_and_query` is the origin-form target.
 pub fn classify<'a>(

@@ -414,3 +414,25 @@ fn odd_paths_do_not_panic() {
     );
     assert_eq!(c.model(), None, "an empty deployment is no model");
 }
+
+#[test]
+fn encoded_paths_are_read_as_a_decoding_upstream_reads_them() {
+    for (raw, want) in [
+        ("/v1/chat/%63ompletions", Some("/v1/chat/completions")),
+        (
+            "/v1/chat%2Fcompletions?x=%41",
+            Some("/v1/chat/completions?x=%41"),
+        ),
+        ("/v1/chat/completions;x=1", Some("/v1/chat/completions")),
+        ("/v1;a=b/messages%3Bq", Some("/v1/messages;q")),
+        ("/v1/chat/completions?q=%20;x", None),
+        ("/v1/chat/completions", None),
+    ] {
+        assert_eq!(normalized_path(raw).as_deref(), want, "{raw}");
+    }
+    let post = Method::POST;
+    let path = normalized_path("/v1/chat/%63ompletions").unwrap();
+    let class = classify("api.openai.com", &post, &path, &HeaderMap::new());
+    assert!(class.inspect());
+    assert_eq!(class.endpoint(), Endpoint::ChatCompletions);
+}

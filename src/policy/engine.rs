@@ -192,7 +192,9 @@ impl Engine {
         headers: &http::HeaderMap,
         identity: &Identity,
     ) -> Option<Box<Exchange>> {
-        let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let raw = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let normalized = crate::llm::recognize::normalized_path(raw);
+        let path_and_query = normalized.as_deref().unwrap_or(raw);
         let hint = {
             let hosts = self
                 .configured_hosts
@@ -205,7 +207,11 @@ impl Engine {
         if !class.inspect() {
             return None;
         }
-        self.start(&class, host, uri.path(), method, identity, headers, None)
+        let path = match &normalized {
+            Some(n) => n.split_once('?').map_or(n.as_str(), |(p, _)| p),
+            None => uri.path(),
+        };
+        self.start(&class, host, path, method, identity, headers, None)
     }
 
     #[allow(clippy::too_many_arguments)]

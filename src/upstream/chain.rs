@@ -72,7 +72,7 @@ impl ProxyUrl {
         }
         let authorization = match userinfo {
             Some(u) => {
-                let decoded = percent_decode(u);
+                let decoded: Vec<u8> = percent_encoding::percent_decode_str(u).collect();
                 let token = base64::engine::general_purpose::STANDARD.encode(decoded);
                 let mut v = HeaderValue::from_str(&format!("Basic {token}"))
                     .map_err(|_| err("bad credentials"))?;
@@ -171,25 +171,6 @@ fn redact_userinfo(url: &str) -> String {
         (None, Some(at)) => format!("***@{}", &url[at + 1..]),
         _ => url.to_string(),
     }
-}
-
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
 }
 
 /// `NO_PROXY`: hosts (and their subdomains) and IPs reached directly.
