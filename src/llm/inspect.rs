@@ -76,23 +76,22 @@ where
 
 /// Reads `model` and `stream` from a request body of any family; every
 /// other member is skipped (the body must be a well-formed object). A
-/// member given twice counts the first time.
+/// member given twice counts the last time, as the providers' parsers
+/// (JavaScript's, Python's, Go's) take it: pricing and budgets must see the
+/// model that serves the request. A `stream` that is not a boolean says
+/// nothing.
 pub fn request_meta(body: &[u8]) -> Result<RequestMeta<'_>, InspectError> {
     let mut meta = RequestMeta::default();
     let (mut model, mut stream) = (None, None);
     json_scan::members(body, &["model", "stream"], |i, rest| match i {
-        0 => {
-            model.get_or_insert(rest);
-        }
-        _ => {
-            stream.get_or_insert(rest);
-        }
+        0 => model = Some(rest),
+        _ => stream = Some(rest),
     })?;
     if let Some(rest) = model {
         meta.model = opt_cow(&mut serde_json::Deserializer::from_slice(rest))?;
     }
     if let Some(rest) = stream {
-        meta.stream = value(rest)?;
+        meta.stream = value(rest).unwrap_or(None);
     }
     Ok(meta)
 }
@@ -241,6 +240,13 @@ mod tests {
         let m = request_meta(br#"{"model":"a\/b","stream":null}"#).unwrap();
         assert_eq!(m.model.as_deref(), Some("a/b"));
         assert_eq!(m.stream, None);
+
+        // Given twice, the last counts, as the provider reads it; a stream
+        // flag that is no boolean loses nothing else.
+        let m =
+            request_meta(br#"{"model":"gpt-4o-mini","stream":"true","model":"gpt-4o"}"#).unwrap();
+        assert_eq!(m.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(m.stream, None);
     }
 
     #[test]
@@ -290,13 +296,7 @@ mod tests {
 
     #[test]
     fn request_meta_rejects_bad_bodies() {
-        for body in [
-            &b""[..],
-            b"{",
-            b"[1]",
-            br#"{"model":3}"#,
-            br#"{"stream":"yes"}"#,
-        ] {
+        for body in [&b""[..], b"{", b"[1]", br#"{"model":3}"#] {
             let e = request_meta(body).unwrap_err();
             assert_eq!(e.kind(), "invalid_json");
         }
