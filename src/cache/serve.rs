@@ -16,7 +16,7 @@ use super::memory::Item;
 use super::{scope_id, Stats, Store};
 use crate::body::{self, Body, BoxError};
 use crate::config::{CacheOptions, Scope};
-use crate::llm::content::{is_encoded, is_event_stream};
+use crate::llm::content::{is_encoded, is_event_stream, is_json};
 use crate::llm::family::{Family, StreamEnd};
 use crate::llm::sse::{SseDecoder, SseEvent};
 use bytes::{Bytes, BytesMut};
@@ -403,8 +403,12 @@ impl Ticket {
         let (mut parts, body) = resp.into_parts();
         let key = self.leader.key();
         let stream = is_event_stream(&parts.headers);
+        // Only the shapes the output policies read (JSON, SSE) are stored:
+        // another answer went by unread, and sharing it could share what a
+        // redaction would have caught.
         let storable = parts.status.is_success()
             && !is_encoded(&parts.headers)
+            && (stream || is_json(&parts.headers))
             && (!stream || self.family.is_some_and(has_terminal_event));
         parts
             .headers

@@ -599,3 +599,25 @@ async fn scopes_keep_teams_and_users_apart() {
         assert_eq!(origin.hits.load(SeqCst), misses, "scope {scope}");
     }
 }
+
+/// Only answers the output policies can read (JSON, SSE) are stored: a
+/// `text/plain` one went by unread, and sharing it could share what a
+/// redaction would have caught.
+#[tokio::test]
+async fn answers_nobody_could_read_are_not_stored() {
+    let (_ca, origin, gw) = setup(CACHE).await;
+    let mut http = client(&gw, HOST).await;
+    let path = "/v1/chat/completions";
+    let plain = [("x-test-content-type", "text/plain")];
+    for round in 0..2 {
+        let got = post(&mut http, HOST, path, chat("plain?", false), &plain).await;
+        assert_eq!(got.status, 200, "round {round}");
+        assert_eq!(got.cache, "miss", "round {round}");
+    }
+    assert_eq!(origin.hits.load(SeqCst), 2);
+    // The same exchange labelled JSON is stored.
+    for want in ["miss", "hit"] {
+        let got = post(&mut http, HOST, path, chat("json?", false), &[]).await;
+        assert_eq!(got.cache, want);
+    }
+}
