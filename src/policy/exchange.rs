@@ -125,8 +125,10 @@ pub struct Record {
     /// A `budget` with `action: log` found its budget spent: the policy and
     /// why. The request went ahead; the input event says so.
     pub over_budget: Option<(String, String)>,
-    /// Bodies that could not be inspected, and why.
-    pub uninspected: Vec<&'static str>,
+    /// Why the request's, and the response's, body could not be inspected
+    /// (the first reason in each phase): the events say so, and a block in
+    /// that phase was the fail-closed policy's.
+    pub uninspected: [Option<&'static str>; 2],
     pub status: Option<u16>,
     pub policy_us: u64,
     /// True when the cache answered (the upstream was not contacted), false
@@ -331,10 +333,42 @@ impl Exchange {
         !self.info.autocomplete && !self.body_policies(false).is_empty()
     }
 
-    fn fails_closed(&self, policies: Selection) -> bool {
+    /// The first of `policies` that fails closed, if any does.
+    fn failing_closed(&self, policies: Selection) -> Option<String> {
         self.chain
             .selected(policies)
-            .any(|(_, p)| p.on_error == OnError::FailClosed)
+            .find(|(_, p)| p.on_error == OnError::FailClosed)
+            .map(|(_, p)| p.name.to_string())
+    }
+
+    /// Notes that a phase's body could not be inspected (`why`), and blocks
+    /// the exchange there when one of `policies` fails closed: true then.
+    fn unreadable(&mut self, policies: Selection, input: bool, why: &'static str) -> bool {
+        self.record.uninspected[usize::from(!input)].get_or_insert(why);
+        let Some(policy) = self.failing_closed(policies) else {
+            return false;
+        };
+        self.record.blocked = Some((policy, format!("not inspected: {why}")));
+        self.record.blocked_on_input = input;
+        true
+    }
+
+    /// The response's body is one the output policies cannot read (`why`:
+    /// compressed, or neither JSON nor SSE). With a fail-closed policy the
+    /// answer is kt's `502` instead; else it goes through unread, and the
+    /// output event says so.
+    pub fn output_unreadable(&mut self, why: &'static str, what: &str) -> Option<Response<Body>> {
+        if !self.unreadable(self.output_body, false, why) {
+            return None;
+        }
+        Some(respond::gateway_error(
+            self.info.api,
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            &format!(
+                "kt cannot inspect the upstream response ({what}), so its policies cannot check it"
+            ),
+        ))
     }
 
     /// The input phase on the whole request body.
@@ -397,8 +431,7 @@ impl Exchange {
                 Input::Respond(respond::blocked(self.info.api, &policy, &message))
             }
             Err(reason) => {
-                self.record.uninspected.push(reason);
-                if self.fails_closed(policies) {
+                if self.unreadable(policies, true, reason) {
                     Input::Respond(respond::gateway_error(
                         self.info.api,
                         StatusCode::BAD_REQUEST,
@@ -532,8 +565,7 @@ impl Exchange {
                 Output::Respond(respond::blocked(self.info.api, &policy, &message))
             }
             Err(reason) => {
-                self.record.uninspected.push(reason);
-                if self.fails_closed(policies) {
+                if self.unreadable(policies, false, reason) {
                     Output::Respond(respond::gateway_error(
                         self.info.api,
                         StatusCode::BAD_GATEWAY,
@@ -587,7 +619,9 @@ impl Exchange {
                 StreamNote::Logged { policy, rule } => {
                     self.record.logged.push((policy.to_string(), rule));
                 }
-                StreamNote::Uninspected { reason } => self.record.uninspected.push(reason),
+                StreamNote::Uninspected { reason } => {
+                    self.record.uninspected[1].get_or_insert(reason);
+                }
             }
         }
     }
@@ -885,6 +919,9 @@ impl Exchange {
         if self.log_bodies {
             input.request_body = r.request_body.as_deref().map(logged_body);
         }
+        if let Some(why) = r.uninspected[0] {
+            input.reason = Some(format!("not inspected: {why}"));
+        }
         if let Some((policy, reason)) = &r.over_budget {
             input.policy = Some(policy.clone());
             input.reason = Some(format!("over budget, let through (action: log): {reason}"));
@@ -894,7 +931,7 @@ impl Exchange {
             input.reason = Some(
                 r.limit_reason
                     .clone()
-                    .unwrap_or_else(|| "blocked pattern detected".into()),
+                    .unwrap_or_else(|| block_reason(r.uninspected[0])),
             );
             input.status = r.status;
             input.latency_ms = Some(self.started.elapsed().as_millis() as u64);
@@ -923,13 +960,15 @@ impl Exchange {
         }
         if let Some((policy, _)) = blocked(false) {
             output.policy = Some(policy.clone());
-            output.reason = Some("blocked pattern detected".into());
+            output.reason = Some(block_reason(r.uninspected[1]));
         } else if let Some(error) = &r.error {
             output.reason = Some(error.clone());
         } else if status.is_none() {
             output.reason = Some("the client went away before the response ended".into());
         } else if failed {
             output.reason = Some(format!("upstream answered {}", status.unwrap_or(0)));
+        } else if let Some(why) = r.uninspected[1] {
+            output.reason = Some(format!("not inspected: {why}"));
         }
         output.redactions = counts(&r.redacted_out);
         output.status = status;
@@ -988,6 +1027,15 @@ pub(crate) fn submit(sink: &EventSink, sends: &TaskTracker, events: Vec<Box<Even
                 }
             }
         });
+    }
+}
+
+/// The reason of a block: a pattern, unless the phase's body could not be
+/// inspected, which blocks only under a fail-closed policy.
+fn block_reason(uninspected: Option<&'static str>) -> String {
+    match uninspected {
+        Some(why) => format!("not inspected: {why}; the policy fails closed"),
+        None => "blocked pattern detected".into(),
     }
 }
 

@@ -159,7 +159,19 @@ impl OutputStream {
         self.notes
             .push(StreamNote::Uninspected { reason: e.kind() });
         if self.fail_closed {
-            return self.stop("the response stream could not be inspected", "", out);
+            // The block is the fail-closed policy's: the event names it.
+            let policy = self
+                .policies
+                .iter()
+                .filter_map(|&i| self.chain.get(i))
+                .find(|p| p.on_error == crate::config::OnError::FailClosed)
+                .map(|p| p.name.clone())
+                .unwrap_or_default();
+            self.notes.push(StreamNote::Blocked {
+                policy: policy.clone(),
+                rule: format!("not inspected: {}", e.kind()),
+            });
+            return self.stop("the response stream could not be inspected", &policy, out);
         }
         // Fail open: release what is held and pass the rest through as is.
         if self.release(true, out) == Flow::Stop {

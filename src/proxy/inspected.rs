@@ -89,6 +89,31 @@ fn record_body_failure(mut exchange: Box<Exchange>, e: &ProxyError) {
     }
 }
 
+/// kt's answer when the upstream's JSON answer could not be read whole for
+/// the output policies (too large, too slow, broken off): nothing of it
+/// has reached the client, and none of it is the client's fault.
+fn unread_answer(mut exchange: Box<Exchange>, e: ProxyError) -> Response<Body> {
+    let (status, why) = match &e {
+        ProxyError::BodyTooLarge { limit } => (
+            http::StatusCode::BAD_GATEWAY,
+            format!("upstream_too_large: the upstream's answer is over {limit} bytes, the most kt reads for its output policies"),
+        ),
+        ProxyError::BodyTimeout { secs } => (
+            http::StatusCode::GATEWAY_TIMEOUT,
+            format!("upstream_timeout: the upstream's answer did not arrive whole within {secs} s"),
+        ),
+        other => (
+            http::StatusCode::BAD_GATEWAY,
+            format!("upstream_stream: the upstream's answer broke off ({other})"),
+        ),
+    };
+    let resp =
+        crate::policy::respond::gateway_error(exchange.info.api, status, "upstream_error", &why);
+    exchange.record.error = Some(why);
+    exchange.complete(Some(status.as_u16()));
+    resp
+}
+
 /// The record's note for a response stream the upstream broke off.
 fn stream_failure(e: &dyn std::fmt::Display) -> String {
     format!("upstream_stream: the upstream response ended with an error ({e})")
@@ -200,7 +225,30 @@ async fn upstream_leg(
     let status = parts.status.as_u16();
     let watch = Watch::new(&exchange, &parts.headers, status);
 
-    if inspect_response && is_event_stream(&parts.headers) {
+    let unread = if !inspect_response || incoming.is_end_stream() {
+        None
+    } else if is_encoded(&parts.headers) {
+        Some((
+            "encoded",
+            "it is compressed although kt asked for it uncompressed",
+        ))
+    } else if !is_event_stream(&parts.headers) && !is_json(&parts.headers) {
+        Some(("content_type", "it is neither JSON nor an event stream"))
+    } else {
+        None
+    };
+    if let Some((why, what)) = unread {
+        // An error status goes through unread either way: kt's 502 would
+        // hide a 429's or a 503's meaning from the client.
+        if parts.status.is_success() {
+            if let Some(resp) = exchange.output_unreadable(why, what) {
+                exchange.complete(Some(resp.status().as_u16()));
+                return Ok(resp);
+            }
+        } else {
+            exchange.record.uninspected[1].get_or_insert(why);
+        }
+    } else if inspect_response && is_event_stream(&parts.headers) {
         if let Some(stream) = exchange.output_stream() {
             parts.headers.remove(header::CONTENT_LENGTH);
             exchange.record.head_us = Some(exchange.elapsed_us());
@@ -215,21 +263,18 @@ async fn upstream_leg(
             };
             return Ok(Response::from_parts(parts, body::boxed(body)));
         }
-    } else if inspect_response && is_json(&parts.headers) && !is_encoded(&parts.headers) {
-        let bytes = read_body(
+    } else if inspect_response && is_json(&parts.headers) {
+        let read = read_body(
             incoming,
             limits.max_inspected_body,
             limits.body_read,
             ctx.gw.bodies(),
         )
-        .await
-        .map_err(|e| match e {
-            // Oversized answers are not the client's fault.
-            ProxyError::BodyTooLarge { .. } => ProxyError::BadRequest(
-                "upstream response too large for kt's output policies".into(),
-            ),
-            other => other,
-        })?;
+        .await;
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(e) => return Ok(unread_answer(exchange, e)),
+        };
         let mut watch = watch;
         watch.upstream(&bytes);
         let out = exchange.output(bytes);

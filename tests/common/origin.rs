@@ -352,6 +352,11 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
             let no_end = header("x-test-no-end").is_some();
             let gate = header("x-test-gated").map(|_| state.sse_gate.clone());
             let raw = header("x-test-raw");
+            // `x-test-content-type` / `x-test-encoding`: the answer's labels
+            // (the body is the same JSON), for answers policies cannot read.
+            let content_type =
+                header("x-test-content-type").unwrap_or_else(|| "application/json".into());
+            let encoding = header("x-test-encoding");
             // `x-test-hang`: never answer (a provider that thinks forever).
             if header("x-test-hang").is_some() {
                 std::future::pending::<()>().await;
@@ -389,7 +394,11 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 let mut r = Response::new(full(json.to_string()));
                 *r.status_mut() = status;
                 r.headers_mut()
-                    .insert("content-type", "application/json".parse().unwrap());
+                    .insert("content-type", content_type.parse().unwrap());
+                if let Some(e) = encoding {
+                    r.headers_mut()
+                        .insert("content-encoding", e.parse().unwrap());
+                }
                 return r;
             }
             let chars: Vec<char> = reply.chars().collect();

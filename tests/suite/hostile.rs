@@ -965,12 +965,33 @@ async fn unparsable_llm_bodies_get_a_clear_4xx_or_pass_as_configured() {
     assert_eq!(e.tls.hits.load(Ordering::SeqCst), 0);
     serving(&e.gw).await;
     let events = events(&mut e.gw).await;
-    let statuses: Vec<Option<u16>> = outputs(&events).iter().map(|ev| ev.status).collect();
+    // Each exchange's last event: the input's when the policy refused it
+    // (a block, saying why), else the output's.
+    let finals: Vec<(&str, Option<u16>)> = events
+        .iter()
+        .filter(|ev| ev.phase.as_str() == "output" || ev.action.as_str() == "block")
+        .map(|ev| (ev.action.as_str(), ev.status))
+        .collect();
     // Four refused by the policies and one too large through the proxy; one
     // direct-API request (invalid UTF-8 inside a string, which routing does
     // not decode) got as far as the policies; then the probe.
-    let want = [400, 400, 400, 400, 413, 400, 200].map(Some);
-    assert_eq!(statuses, want);
+    let refused = ("block", Some(400));
+    let want = [
+        refused,
+        refused,
+        refused,
+        refused,
+        ("error", Some(413)),
+        refused,
+        ("pass", Some(200)),
+    ];
+    assert_eq!(finals, want);
+    for ev in events.iter().filter(|ev| ev.action.as_str() == "block") {
+        assert_eq!(ev.policy.as_deref(), Some("secret-redaction"), "{ev:?}");
+        let reason = ev.reason.as_deref().unwrap_or_default();
+        assert!(reason.starts_with("not inspected: "), "{ev:?}");
+        assert!(reason.ends_with("; the policy fails closed"), "{ev:?}");
+    }
 
     // Failing open, the upstream gets the exact bytes.
     let e = env_with(AUDIT_FAIL_OPEN, |_| {}).await;
@@ -1044,6 +1065,13 @@ async fn hostile_event_streams_reach_the_client_and_are_recorded() {
     let outs = outputs(&open);
     assert_eq!(outs.len(), HOSTILE_STREAMS.len() + 1, "{open:?}");
     assert!(outs.iter().all(|ev| ev.status == Some(200)), "{outs:?}");
+    // What went through unread says so.
+    let unread = |ev: &&Event| {
+        ev.reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("not inspected: "))
+    };
+    assert!(outs.iter().any(unread), "{outs:?}");
 
     // Failing closed (the default), a frame too big to inspect ends the
     // stream with a clean error event instead; the rest pass.
@@ -1065,11 +1093,16 @@ async fn hostile_event_streams_reach_the_client_and_are_recorded() {
     }
     serving(&e.gw).await;
     let closed = events(&mut e.gw).await;
-    assert_eq!(
-        outputs(&closed).len(),
-        HOSTILE_STREAMS.len() + 1,
-        "{closed:?}"
-    );
+    let outs = outputs(&closed);
+    assert_eq!(outs.len(), HOSTILE_STREAMS.len() + 1, "{closed:?}");
+    // The stream kt cut is a block by the policy that fails closed.
+    let blocks: Vec<_> = outs
+        .iter()
+        .filter(|ev| ev.action.as_str() == "block")
+        .collect();
+    assert_eq!(blocks.len(), 1, "{outs:?}");
+    assert_eq!(blocks[0].policy.as_deref(), Some("secret-redaction"));
+    assert!(unread(blocks[0]), "{:?}", blocks[0]);
 }
 
 /// A chat request of exactly `len` bytes as an absolute-form plain-HTTP

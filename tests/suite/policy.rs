@@ -298,3 +298,152 @@ async fn reload_swaps_the_chain_and_a_bad_config_keeps_the_old_one() {
     assert_eq!(resp.status(), 409, "the old chain stays in force");
     drop(origin);
 }
+
+const FILTER_OUT: &str = "policies:\n  chain: [audit-logger, content-filter]\npolicy:\n  audit-logger: {}\n  content-filter:\n    phases: [output]\n    patterns: ['project-zeus']\n";
+
+/// Posts a chat request whose answer carries `reply` and the test origin's
+/// extra `labels`; returns status and body.
+async fn labelled_answer(http: &mut Http, reply: &str, labels: &[(&str, &str)]) -> (u16, String) {
+    let mut b = http::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("host", HOST)
+        .header("content-type", "application/json")
+        .header("x-test-reply", reply);
+    for (k, v) in labels {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(http_body_util::Full::new(chat("hi", false)))
+        .unwrap();
+    let resp = http.request(req).await;
+    let status = resp.status().as_u16();
+    (status, body_string(resp).await)
+}
+
+/// An answer the output policies cannot read (compressed although kt asked
+/// for identity, or neither JSON nor SSE) is refused when a policy fails
+/// closed, and passes marked "not inspected" when it fails open; an error
+/// status always passes, its meaning intact.
+#[tokio::test]
+async fn answers_the_output_policies_cannot_read_are_refused_or_marked() {
+    let (_ca, _origin, mut gw) = setup(FILTER_OUT).await;
+    let mut http = client(&gw, HOST).await;
+    let secret = "the project-zeus plans";
+    for label in [
+        ("x-test-encoding", "gzip"),
+        ("x-test-content-type", "text/plain"),
+    ] {
+        let (status, body) = labelled_answer(&mut http, secret, &[label]).await;
+        assert_eq!(status, 502, "{label:?}: {body}");
+        assert!(
+            body.contains("cannot inspect the upstream response"),
+            "{body}"
+        );
+        assert!(!body.contains("project-zeus"), "{body}");
+    }
+    let (status, body) = labelled_answer(
+        &mut http,
+        "slow down",
+        &[
+            ("x-test-content-type", "text/plain"),
+            ("x-test-status", "429"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    let events = crate::suite::hostile::events(&mut gw).await;
+    let outs = crate::suite::hostile::outputs(&events);
+    let seen: Vec<_> = outs
+        .iter()
+        .map(|e| {
+            (
+                e.action.as_str(),
+                e.policy.as_deref(),
+                e.reason.as_deref(),
+                e.status,
+            )
+        })
+        .collect();
+    let closed = |why: &'static str| Some(why);
+    assert_eq!(
+        seen,
+        [
+            (
+                "block",
+                Some("content-filter"),
+                closed("not inspected: encoded; the policy fails closed"),
+                Some(502)
+            ),
+            (
+                "block",
+                Some("content-filter"),
+                closed("not inspected: content_type; the policy fails closed"),
+                Some(502)
+            ),
+            ("pass", None, Some("not inspected: content_type"), Some(429)),
+        ]
+    );
+
+    let open = FILTER_OUT.replace("patterns:", "on_error: fail_open\n    patterns:");
+    let (_ca, _origin, mut gw) = setup(&open).await;
+    let mut http = client(&gw, HOST).await;
+    let (status, body) =
+        labelled_answer(&mut http, secret, &[("x-test-content-type", "text/plain")]).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("project-zeus"),
+        "failing open forwards it: {body}"
+    );
+    let events = crate::suite::hostile::events(&mut gw).await;
+    let outs = crate::suite::hostile::outputs(&events);
+    assert_eq!(outs[0].action.as_str(), "pass");
+    assert_eq!(
+        outs[0].reason.as_deref(),
+        Some("not inspected: content_type")
+    );
+}
+
+/// A JSON answer larger than kt reads for its output policies is kt's 502
+/// naming the cause, recorded as the upstream's failure, not the client's.
+#[tokio::test]
+async fn an_answer_too_large_to_inspect_is_a_502_recorded_as_such() {
+    let ca = TestCa::new("policy upstream CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let config = Arc::new(PolicyConfig::parse(FILTER_OUT, Path::new("t.yaml")).unwrap());
+    let mut gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(HOST, 443, origin.addr));
+        s.apply_config(&config);
+        s.limits.max_inspected_body = 1024;
+    })
+    .await;
+    let mut http = client(&gw, HOST).await;
+    let (status, body) = labelled_answer(&mut http, &"x".repeat(4096), &[]).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream_too_large"), "{body}");
+    let events = crate::suite::hostile::events(&mut gw).await;
+    let out = crate::suite::hostile::outputs(&events)[0].clone();
+    assert_eq!((out.action.as_str(), out.status), ("error", Some(502)));
+    let reason = out.reason.unwrap_or_default();
+    assert!(reason.starts_with("upstream_too_large: "), "{reason}");
+}
+
+/// A path spelled with escapes or `;parameters` is the same endpoint to an
+/// upstream that decodes before routing, so the policies apply to it too.
+#[tokio::test]
+async fn encoded_paths_do_not_get_around_the_policies() {
+    let yaml = "policies:\n  chain: [content-filter]\npolicy:\n  content-filter:\n    patterns: ['project-zeus']\n";
+    let (_ca, origin, gw) = setup(yaml).await;
+    let mut http = client(&gw, HOST).await;
+    for path in [
+        "/v1/chat/%63ompletions",
+        "/v1/chat%2Fcompletions",
+        "/v1/chat/completions;x=1",
+    ] {
+        let resp = http
+            .send("POST", HOST, path, chat("about project-zeus", false))
+            .await;
+        assert_eq!(resp.status(), 409, "{path}");
+    }
+    assert_eq!(origin.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
