@@ -59,8 +59,22 @@ pub enum StreamNote {
 
 struct Held {
     ev: SseEvent,
-    /// The frame's output strings, in document order.
+    /// The frame's output strings, in document order; for a snapshot, the
+    /// text it adds to the one before.
     texts: Vec<String>,
+    snapshot: Option<Snapshot>,
+}
+
+/// A frame carrying the whole output so far (Sourcegraph's `completion`
+/// before api-version 2): checked as the increment it adds, so a secret
+/// split across frames is found once, and released as the whole text the
+/// client has been given so far, redactions included, so no frame repeats
+/// a secret an earlier one had cut.
+struct Snapshot {
+    /// The text as the upstream sent it.
+    full: String,
+    /// It does not continue the frame before: the text starts over.
+    restart: bool,
 }
 
 struct Replacement {
@@ -77,6 +91,9 @@ pub struct OutputStream {
     api: Option<Api>,
     decoder: SseDecoder,
     tail: String,
+    /// The last snapshot as the upstream sent it, and as released.
+    snapshot_seen: String,
+    snapshot_out: String,
     held: Vec<Held>,
     held_bytes: usize,
     holdback: usize,
@@ -108,6 +125,8 @@ impl OutputStream {
             api,
             decoder: SseDecoder::new(),
             tail: String::new(),
+            snapshot_seen: String::new(),
+            snapshot_out: String::new(),
             held: Vec::new(),
             held_bytes: 0,
             holdback,
@@ -201,6 +220,7 @@ impl OutputStream {
                 }
             }
         }
+        let snapshot = self.snapshot_of(&ev, &mut texts);
         if texts.is_empty() && self.held.is_empty() {
             out.push(ev.into_raw());
             return if end {
@@ -210,8 +230,34 @@ impl OutputStream {
             };
         }
         self.held_bytes += texts.iter().map(String::len).sum::<usize>();
-        self.held.push(Held { ev, texts });
+        self.held.push(Held {
+            ev,
+            texts,
+            snapshot,
+        });
         self.release(end, out)
+    }
+
+    /// For a snapshot frame, turns its text in `texts` into the increment
+    /// over the snapshot before.
+    fn snapshot_of(&mut self, ev: &SseEvent, texts: &mut Vec<String>) -> Option<Snapshot> {
+        if self.family != Family::Sourcegraph || texts.len() != 1 {
+            return None;
+        }
+        let mut is_snapshot = false;
+        let _ = crate::llm::stream::for_each_delta(self.family, ev, |d| is_snapshot |= d.snapshot);
+        if !is_snapshot {
+            return None;
+        }
+        let full = texts.pop().unwrap_or_default();
+        let restart = !full.starts_with(self.snapshot_seen.as_str());
+        let increment = match restart {
+            true => full.clone(),
+            false => full[self.snapshot_seen.len()..].to_string(),
+        };
+        texts.push(increment);
+        self.snapshot_seen.clone_from(&full);
+        Some(Snapshot { full, restart })
     }
 
     /// Checks the held text; releases it unless it may still grow into a
@@ -311,7 +357,18 @@ impl OutputStream {
                 released.push_str(&text);
                 new_texts.push(text);
             }
-            if changed {
+            if let Some(snap) = h.snapshot {
+                if snap.restart {
+                    self.snapshot_out.clear();
+                }
+                self.snapshot_out.push_str(&new_texts.concat());
+                if self.snapshot_out != snap.full {
+                    let whole = vec![self.snapshot_out.clone()];
+                    out.push(rebuild(&h.ev, self.family, whole));
+                } else {
+                    out.push(h.ev.into_raw());
+                }
+            } else if changed {
                 out.push(rebuild(&h.ev, self.family, new_texts));
             } else {
                 out.push(h.ev.into_raw());
@@ -623,5 +680,52 @@ mod tests {
         assert!(may_grow("AKIA"));
         assert!(may_grow("-----BEGIN PRIVATE KEY-----\nMIIE"));
         assert!(!may_grow("-----BEGIN X-----\nabc\n-----END X-----\n"));
+    }
+
+    /// Sourcegraph before api-version 2 sends the whole completion so far in
+    /// each frame: a secret split across two frames is cut from both, and
+    /// counted once.
+    #[test]
+    fn snapshot_streams_never_repeat_a_secret_prefix() {
+        let token = format!("ghp_{}", "Ab3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF2hJ5");
+        let reply = format!("use {token} now, then stop");
+        let yaml = "policies:\n  chain: [r]\npolicy:\n  r:\n    type: redact\n";
+        let chain = Arc::new(Chain::build(&Config::parse(yaml, Path::new("t")).unwrap()).unwrap());
+        for cut in [5, 12, 20, 30, 41, reply.len()] {
+            let mut s = OutputStream::new(chain.clone(), vec![0], Family::Sourcegraph, None);
+            let mut wire = String::new();
+            for end in [cut, reply.len(), reply.len()] {
+                let so_far = serde_json::json!({"completion": &reply[..end]});
+                wire.push_str(&format!("event: completion\ndata: {so_far}\n\n"));
+            }
+            wire.push_str("event: done\ndata: {}\n\n");
+            let mut out = Vec::new();
+            assert_eq!(s.push(wire.as_bytes(), &mut out), Flow::Continue);
+            s.finish(&mut out);
+            let raw: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+            let raw = String::from_utf8(raw).unwrap();
+            assert!(!raw.contains("ghp_Ab3"), "cut {cut}: {raw}");
+            let snapshots: Vec<String> = raw
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                .filter_map(|v| v["completion"].as_str().map(str::to_owned))
+                .collect();
+            assert_eq!(snapshots.len(), 3, "cut {cut}: {raw}");
+            let last = "use [REDACTED:github_pat] now, then stop";
+            assert_eq!(snapshots[2], last, "cut {cut}");
+            for s in &snapshots {
+                assert!(
+                    last.starts_with(s.as_str()),
+                    "cut {cut}: {s:?} is no prefix of {last:?}"
+                );
+            }
+            let counted = s
+                .notes
+                .iter()
+                .filter(|n| matches!(n, StreamNote::Redacted { .. }))
+                .count();
+            assert_eq!(counted, 1, "cut {cut}");
+        }
     }
 }
