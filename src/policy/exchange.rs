@@ -755,7 +755,12 @@ impl Exchange {
             };
             return Some((tap.usage, source));
         }
-        if !r.status.is_some_and(|s| (200..300).contains(&s)) || r.blocked.is_some() {
+        // A failed or cut-off exchange has no usage to estimate: what went
+        // by is not what the provider would have billed.
+        if !r.status.is_some_and(|s| (200..300).contains(&s))
+            || r.blocked.is_some()
+            || r.error.is_some()
+        {
             return None;
         }
         let tokens_out = tap.ended.then(|| estimate_tokens(tap.output_chars));

@@ -269,6 +269,8 @@ async fn a_reset_mid_stream_ends_the_client_stream_with_an_error_event() {
             assert_eq!(ev.status, Some(200));
             let reason = ev.reason.as_deref().unwrap_or("");
             assert!(reason.starts_with("upstream_stream"), "{reason}");
+            // Nothing billable is known of a broken exchange: no estimate.
+            assert_eq!((ev.tokens_in, ev.tokens_out), (None, None), "{ev:?}");
         }
     }
 }
