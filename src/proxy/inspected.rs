@@ -93,22 +93,34 @@ fn record_body_failure(mut exchange: Box<Exchange>, e: &ProxyError) {
 /// the output policies (too large, too slow, broken off): nothing of it
 /// has reached the client, and none of it is the client's fault.
 fn unread_answer(mut exchange: Box<Exchange>, e: ProxyError) -> Response<Body> {
-    let (status, why) = match &e {
+    let (status, kind, detail) = match &e {
         ProxyError::BodyTooLarge { limit } => (
             http::StatusCode::BAD_GATEWAY,
-            format!("upstream_too_large: the upstream's answer is over {limit} bytes, the most kt reads for its output policies"),
+            "upstream_too_large",
+            format!("the upstream's answer is over {limit} bytes, the most kt reads for its output policies"),
         ),
         ProxyError::BodyTimeout { secs } => (
             http::StatusCode::GATEWAY_TIMEOUT,
-            format!("upstream_timeout: the upstream's answer did not arrive whole within {secs} s"),
+            "upstream_timeout",
+            format!("the upstream's answer did not arrive whole within {secs} s"),
+        ),
+        // `read_body` names a failing body the client's; here it is the upstream's.
+        ProxyError::ClientBody(cause) => (
+            http::StatusCode::BAD_GATEWAY,
+            "upstream_stream",
+            format!("the upstream's answer broke off ({cause})"),
         ),
         other => (
             http::StatusCode::BAD_GATEWAY,
-            format!("upstream_stream: the upstream's answer broke off ({other})"),
+            "upstream_stream",
+            format!("the upstream's answer broke off ({other})"),
         ),
     };
-    let resp =
+    let why = format!("{kind}: {detail}");
+    let mut resp =
         crate::policy::respond::gateway_error(exchange.info.api, status, "upstream_error", &why);
+    resp.headers_mut()
+        .insert("x-kt-error", HeaderValue::from_static(kind));
     exchange.record.error = Some(why);
     exchange.complete(Some(status.as_u16()));
     resp

@@ -302,8 +302,12 @@ async fn reload_swaps_the_chain_and_a_bad_config_keeps_the_old_one() {
 const FILTER_OUT: &str = "policies:\n  chain: [audit-logger, content-filter]\npolicy:\n  audit-logger: {}\n  content-filter:\n    phases: [output]\n    patterns: ['project-zeus']\n";
 
 /// Posts a chat request whose answer carries `reply` and the test origin's
-/// extra `labels`; returns status and body.
-async fn labelled_answer(http: &mut Http, reply: &str, labels: &[(&str, &str)]) -> (u16, String) {
+/// extra `labels`; returns status, kt's `x-kt-error` if any, and body.
+async fn labelled_answer(
+    http: &mut Http,
+    reply: &str,
+    labels: &[(&str, &str)],
+) -> (u16, Option<String>, String) {
     let mut b = http::Request::builder()
         .method("POST")
         .uri("/v1/chat/completions")
@@ -318,7 +322,11 @@ async fn labelled_answer(http: &mut Http, reply: &str, labels: &[(&str, &str)]) 
         .unwrap();
     let resp = http.request(req).await;
     let status = resp.status().as_u16();
-    (status, body_string(resp).await)
+    let error = resp
+        .headers()
+        .get("x-kt-error")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, error, body_string(resp).await)
 }
 
 /// An answer the output policies cannot read (compressed although kt asked
@@ -334,7 +342,7 @@ async fn answers_the_output_policies_cannot_read_are_refused_or_marked() {
         ("x-test-encoding", "gzip"),
         ("x-test-content-type", "text/plain"),
     ] {
-        let (status, body) = labelled_answer(&mut http, secret, &[label]).await;
+        let (status, _, body) = labelled_answer(&mut http, secret, &[label]).await;
         assert_eq!(status, 502, "{label:?}: {body}");
         assert!(
             body.contains("cannot inspect the upstream response"),
@@ -342,7 +350,7 @@ async fn answers_the_output_policies_cannot_read_are_refused_or_marked() {
         );
         assert!(!body.contains("project-zeus"), "{body}");
     }
-    let (status, body) = labelled_answer(
+    let (status, _, body) = labelled_answer(
         &mut http,
         "slow down",
         &[
@@ -388,7 +396,7 @@ async fn answers_the_output_policies_cannot_read_are_refused_or_marked() {
     let open = FILTER_OUT.replace("patterns:", "on_error: fail_open\n    patterns:");
     let (_ca, _origin, mut gw) = setup(&open).await;
     let mut http = client(&gw, HOST).await;
-    let (status, body) =
+    let (status, _, body) =
         labelled_answer(&mut http, secret, &[("x-test-content-type", "text/plain")]).await;
     assert_eq!(status, 200);
     assert!(
@@ -418,8 +426,9 @@ async fn an_answer_too_large_to_inspect_is_a_502_recorded_as_such() {
     })
     .await;
     let mut http = client(&gw, HOST).await;
-    let (status, body) = labelled_answer(&mut http, &"x".repeat(4096), &[]).await;
+    let (status, error, body) = labelled_answer(&mut http, &"x".repeat(4096), &[]).await;
     assert_eq!(status, 502, "{body}");
+    assert_eq!(error.as_deref(), Some("upstream_too_large"));
     assert!(body.contains("upstream_too_large"), "{body}");
     let events = crate::suite::hostile::events(&mut gw).await;
     let out = crate::suite::hostile::outputs(&events)[0].clone();
