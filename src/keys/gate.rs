@@ -86,6 +86,13 @@ impl AuthGate {
         self.store.as_ref()
     }
 
+    /// True while `key` is a valid, unrevoked key.
+    pub fn still_valid(&self, key: &str) -> bool {
+        self.store
+            .as_ref()
+            .is_some_and(|s| matches!(s.lookup(key), Lookup::Valid(_)))
+    }
+
     /// The caller of a forward-proxy request (CONNECT or absolute-form).
     pub fn proxy(&self, headers: &HeaderMap) -> Result<Identity, Denied> {
         self.check(proxy_credentials(headers), false)
@@ -142,6 +149,14 @@ impl AuthGate {
                 }
             }
         }
+    }
+}
+
+/// The key a forward-proxy request presents, if it presents one.
+pub fn proxy_key(headers: &HeaderMap) -> Option<std::sync::Arc<str>> {
+    match proxy_credentials(headers) {
+        Presented::Key(k) => Some(std::sync::Arc::from(k.as_ref())),
+        _ => None,
     }
 }
 

@@ -40,6 +40,10 @@ pub enum ProxyError {
     /// CONNECT to a port outside `upstream.allowed_connect_ports`.
     #[error("CONNECT to port {port} is not allowed (allowed: {allowed}); add it to upstream.allowed_connect_ports in the policy config")]
     PortNotAllowed { port: u16, allowed: String },
+    /// The access key an intercepted session was opened with has been
+    /// revoked since.
+    #[error("the access key this connection was opened with has been revoked; reconnect with a valid key")]
+    KeyRevoked,
     /// The bodies being read whole hold the gateway's whole budget.
     #[error("kt is already holding {limit_mib} MiB of bodies still arriving (--max-buffered-body-mib); try again shortly")]
     BodiesBusy { limit_mib: usize },
@@ -85,6 +89,7 @@ impl ProxyError {
             ProxyError::Loop => "loop_detected",
             ProxyError::NotFound(_) => "not_found",
             ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::KeyRevoked => "key_revoked",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyTimeout { .. } => "body_timeout",
             ProxyError::ClientBody(_) => "client_body",
@@ -111,6 +116,7 @@ impl ProxyError {
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
             ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::KeyRevoked => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,

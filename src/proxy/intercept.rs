@@ -34,6 +34,18 @@ fn keep_alive_interval(idle: Duration) -> Duration {
 /// First byte of a TLS handshake record.
 pub(super) const TLS_HANDSHAKE: u8 = 0x16;
 
+/// The answer inside a session whose key was revoked: `403`, and on
+/// HTTP/1.1 the connection closes after it (the client reconnects, and its
+/// CONNECT is checked like any other).
+fn revoked() -> hyper::Response<Body> {
+    let mut resp = super::ProxyError::KeyRevoked.into_response();
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
 /// Serves one intercepted CONNECT, counted in `kt_intercepted_connections`
 /// while it lasts. `predialed` is the upstream TCP path opened before the
 /// client got its `200` (none when a pooled connection was live); its TLS
@@ -106,9 +118,12 @@ async fn serve_session<IO>(
                 // its outcome) or its task is gone.
                 let _ = attached.wait_for(|done| *done).await;
             }
-            let resp = forward::forward(&ctx, &origin, req)
-                .await
-                .unwrap_or_else(super::ProxyError::into_response);
+            let resp = match &ctx.session_key {
+                Some(key) if !ctx.gw.auth.still_valid(key) => revoked(),
+                _ => forward::forward(&ctx, &origin, req)
+                    .await
+                    .unwrap_or_else(super::ProxyError::into_response),
+            };
             Ok::<_, Infallible>(match open {
                 // Open until its body has gone (or the client reset it).
                 Some(open) => resp.map(|body| {

@@ -332,4 +332,8 @@ pub(crate) struct ConnCtx {
     /// The caller, from the access key of the request (for an intercepted
     /// session, of its CONNECT).
     pub identity: crate::identity::Identity,
+    /// The valid key an intercepted session's CONNECT presented: looked up
+    /// again for each request of the session, so revoking a key ends its
+    /// open sessions too, not only new connections.
+    pub session_key: Option<Arc<str>>,
 }

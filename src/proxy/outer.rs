@@ -37,6 +37,7 @@ pub(super) async fn serve(
         activity: activity.clone(),
         permit,
         identity: crate::identity::Identity::anonymous(),
+        session_key: None,
     };
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
@@ -110,6 +111,9 @@ fn proxy_identity(ctx: &mut ConnCtx, req: &Request<Incoming>) -> Result<(), Prox
             denied,
         })?;
     ctx.identity.client = Some(ctx.gw.auth.client_ip(ctx.peer.ip(), req.headers()).into());
+    if ctx.identity.user.is_some() {
+        ctx.session_key = crate::keys::gate::proxy_key(req.headers());
+    }
     Ok(())
 }
 

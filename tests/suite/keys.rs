@@ -346,6 +346,21 @@ async fn a_running_gateway_picks_up_created_and_revoked_keys() {
     })
     .await;
 
+    // Sessions opened with the key before it is revoked, one per protocol.
+    let mut sessions = Vec::new();
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let (s, reply) = connect(addr, &format!("{HOST}:443"), Some(&basic("dev1", &key))).await;
+        assert_eq!(reply.status, 200);
+        let tls = client::tls(s, HOST, &[gw.ca_der()], &[alpn]).await.unwrap();
+        let mut http = Http::over(tls, alpn == b"h2").await;
+        let resp = http
+            .send("POST", HOST, "/v1/chat/completions", chat())
+            .await;
+        assert_eq!(resp.status(), 200);
+        let _ = body_string(resp).await;
+        sessions.push(http);
+    }
+
     // Revoked while the gateway runs: refused without a restart.
     let out = tokio::task::spawn_blocking({
         let home = home.clone();
@@ -358,6 +373,15 @@ async fn a_running_gateway_picks_up_created_and_revoked_keys() {
         status(key.clone()).await == 407
     })
     .await;
+    // And inside the sessions it opened: the next request is refused.
+    for http in &mut sessions {
+        let resp = http
+            .send("POST", HOST, "/v1/chat/completions", chat())
+            .await;
+        assert_eq!(resp.status(), 403, "h2: {}", http.is_h2());
+        assert_eq!(resp.headers()["x-kt-error"], "key_revoked");
+    }
+    assert_eq!(origin.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
