@@ -590,6 +590,12 @@ fn redis_url(
             "{what} backend `{}` is not supported: use `memory` (the default) or a redis://HOST:PORT/DB (rediss:// for TLS) URL",
             super::redact_userinfo(&b.value)
         )));
+    } else if let Err(e) = redis::Client::open(b.value.as_str()) {
+        // The client the gateway opens at start reads it the same way.
+        problems.push(b.problem(format!(
+            "{what} backend `{}` is not a usable Redis URL ({e}): redis://[USER:PASSWORD@]HOST[:PORT][/DB]",
+            super::redact_userinfo(&b.value)
+        )));
     }
     Some(b.value)
 }

@@ -740,6 +740,30 @@ policy:
 }
 
 #[test]
+fn a_redis_url_the_gateway_could_not_open_is_a_problem_here() {
+    let ps = problems(
+        "\
+policies:
+  chain: [rl]
+policy:
+  rl: {type: rate-limit, requests_per_minute: 5, backend: 'redis://kt:pw@127.0.0.1:notaport/7'}
+",
+    );
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(ps[0].path, "policy.rl.backend");
+    assert!(
+        ps[0].message.contains("not a usable Redis URL"),
+        "{}",
+        ps[0].message
+    );
+    assert!(
+        !ps[0].message.contains(":pw@"),
+        "credentials shown: {}",
+        ps[0].message
+    );
+}
+
+#[test]
 fn limit_backends_are_memory_or_redis_with_a_prefix() {
     let c = ok("\
 policies:
