@@ -247,7 +247,13 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
         }
         (None, _) => (open_key_file(settings)?, None, None),
     };
-    let feed = sink.map(|(sink, dir)| crate::proxy::feed::EventsFeed { sink, dir, shared });
+    let shipping = hosted.as_ref().map(Hosted::ship_stats);
+    let feed = sink.map(|(sink, dir)| crate::proxy::feed::EventsFeed {
+        sink,
+        dir,
+        shared,
+        shipping,
+    });
     let auth = auth_gate(settings, store, hosted.is_some(), &mut warnings);
     let gateway = Gateway::new(
         certs,

@@ -10,6 +10,7 @@ use crate::storage::Db;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -20,6 +21,8 @@ pub struct EventsFeed {
     pub dir: PathBuf,
     /// Hosted mode: the whole team's events come from the shared store.
     pub shared: Option<Db>,
+    /// Hosted mode: how shipping this replica's events there goes.
+    pub shipping: Option<Arc<crate::storage::ship::ShipStats>>,
 }
 
 /// The comment frame sent after the history, before live events.

@@ -131,6 +131,22 @@ pub(super) fn render(gw: &Gateway) -> String {
             "fsyncs of the audit log (fsync: batch shares one per sync interval).",
             &[("", s.syncs())],
         );
+        if let Some(ship) = &feed.shipping {
+            metric(
+                &mut out,
+                "kt_events_shipped_total",
+                "counter",
+                "Audit events this replica stored in the shared store (hosted mode).",
+                &[("", ship.shipped())],
+            );
+            metric(
+                &mut out,
+                "kt_events_ship_failures_total",
+                "counter",
+                "Failed attempts to ship audit events to the shared store, each retried: a database down, or a wrong storage URL (role, database) that never recovers.",
+                &[("", ship.failures())],
+            );
+        }
     }
     out
 }

@@ -90,6 +90,11 @@ impl Hosted {
         &self.db
     }
 
+    /// How shipping events to the shared store goes (for `/metrics`).
+    pub fn ship_stats(&self) -> Arc<super::ship::ShipStats> {
+        self.shipper.stats().clone()
+    }
+
     /// This replica's chain name.
     pub fn replica(&self) -> &str {
         &self.replica

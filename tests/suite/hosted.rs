@@ -532,6 +532,21 @@ async fn a_database_outage_mid_traffic_loses_no_event() {
         verified.contains("ok: 20 events in 1 replica chains"),
         "{verified}"
     );
+    // The outage shows in /metrics: what was shipped, and the failed tries.
+    let metrics = crate::common::client::raw_exchange(
+        gw.0.addr,
+        b"GET /metrics HTTP/1.1\r\nHost: kt\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let value = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    assert_eq!(value("kt_events_shipped_total"), 20);
+    assert!(value("kt_events_ship_failures_total") >= 1, "{metrics}");
 }
 
 #[tokio::test]
