@@ -101,21 +101,25 @@ impl RedisLink {
     }
 
     /// Notes a failed call: Redis rests for [`COOL_DOWN`], with one warning
-    /// per outage saying what kt does meanwhile (`fallback`).
-    pub fn failed(&self, op: &str, e: &LinkError, fallback: &str) {
+    /// per outage saying what kt does meanwhile (`fallback`). An outage
+    /// lasts until a call succeeds, however many rests it takes; true when
+    /// this failure began one (and was logged).
+    pub fn failed(&self, op: &str, e: &LinkError, fallback: &str) -> bool {
         let mut guard = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none_or(|t| Instant::now() >= t) {
+        let begins = guard.is_none();
+        if begins {
             tracing::warn!(
                 redis = %self.shown,
                 op,
                 kind = e.kind(),
                 error = %e,
-                "{}: Redis unavailable, {fallback} for {}s",
+                "{}: Redis unavailable, {fallback} until it answers (tried again every {}s)",
                 self.user,
                 COOL_DOWN.as_secs()
             );
         }
         *guard = Some(Instant::now() + COOL_DOWN);
+        begins
     }
 
     /// Notes a successful call (ending a rest, with a log line).
@@ -179,9 +183,29 @@ mod tests {
         let link = RedisLink::new("redis://127.0.0.1:1/0", "limits").unwrap();
         assert!(!link.resting());
         let e = link.run::<()>(&redis::cmd("PING")).await.unwrap_err();
-        link.failed("ping", &e, "counting in process");
+        assert!(link.failed("ping", &e, "counting in process"));
         assert!(link.resting());
         link.recovered();
         assert!(!link.resting());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_is_warned_about_once_however_long_it_lasts() {
+        let link = RedisLink::new("redis://127.0.0.1:1/0", "limits").unwrap();
+        let e = LinkError::Timeout;
+        assert!(link.failed("ping", &e, "counting in process"), "begins");
+        for _ in 0..3 {
+            tokio::time::advance(COOL_DOWN * 2).await;
+            assert!(!link.resting(), "the rest is over");
+            assert!(
+                !link.failed("ping", &e, "counting in process"),
+                "same outage"
+            );
+        }
+        link.recovered();
+        assert!(
+            link.failed("ping", &e, "counting in process"),
+            "a new outage"
+        );
     }
 }
