@@ -189,8 +189,10 @@ fn init_logging() {
         .or_else(|_| EnvFilter::try_from_default_env())
         // rustls warns once per bad handshake (an illegal SNI, say): anyone
         // who can connect could fill the log. kt counts and logs those
-        // failures itself, once a minute per cause.
-        .unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
+        // failures itself, once a minute per cause. PostgreSQL's notices
+        // (`relation ... already exists, skipping` at every schema check)
+        // are the server's chatter, not kt's news.
+        .unwrap_or_else(|_| EnvFilter::new("info,rustls=error,tokio_postgres=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
