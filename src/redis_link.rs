@@ -29,6 +29,14 @@ pub enum LinkError {
 }
 
 impl LinkError {
+    /// The connection broke (a Redis that went away while it sat idle shows
+    /// so at its next use). The manager is making a new one by then, so the
+    /// call is worth one more try: without it the first call after an
+    /// outage fails, and the caller counts in process for a cool-down.
+    fn is_stale_connection(&self) -> bool {
+        matches!(self, LinkError::Redis(e) if e.is_connection_dropped() || e.is_io_error())
+    }
+
     /// Stable snake_case label for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -133,7 +141,10 @@ impl RedisLink {
     /// Runs one command within [`OP_TIMEOUT`].
     pub async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LinkError> {
         let mut conn = self.conn()?;
-        bounded(cmd.query_async(&mut conn)).await
+        match bounded(cmd.query_async(&mut conn)).await {
+            Err(e) if e.is_stale_connection() => bounded(cmd.query_async(&mut conn)).await,
+            other => other,
+        }
     }
 
     /// Runs a pipeline within [`OP_TIMEOUT`].
@@ -142,7 +153,10 @@ impl RedisLink {
         pipe: &redis::Pipeline,
     ) -> Result<T, LinkError> {
         let mut conn = self.conn()?;
-        bounded(pipe.query_async(&mut conn)).await
+        match bounded(pipe.query_async(&mut conn)).await {
+            Err(e) if e.is_stale_connection() => bounded(pipe.query_async(&mut conn)).await,
+            other => other,
+        }
     }
 
     /// Runs a script (by its hash, loading it when the server lacks it)
@@ -152,7 +166,10 @@ impl RedisLink {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, LinkError> {
         let mut conn = self.conn()?;
-        bounded(invocation.invoke_async(&mut conn)).await
+        match bounded(invocation.invoke_async(&mut conn)).await {
+            Err(e) if e.is_stale_connection() => bounded(invocation.invoke_async(&mut conn)).await,
+            other => other,
+        }
     }
 }
 
@@ -207,5 +224,61 @@ mod tests {
             link.failed("ping", &e, "counting in process"),
             "a new outage"
         );
+    }
+
+    /// A TCP relay to `target` on `port` (0: any) that `abort` cuts, its
+    /// connections included.
+    async fn relay(port: u16, target: std::net::SocketAddr) -> (u16, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn the_first_call_after_redis_returns_is_answered() {
+        let Ok(url) = std::env::var("KT_TEST_REDIS_URL") else {
+            println!("KT-TEST-SKIPPED the_first_call_after_redis_returns_is_answered: KT_TEST_REDIS_URL is not set");
+            return;
+        };
+        let info = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection_info()
+            .clone();
+        let redis::ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
+            panic!("a TCP Redis URL: {url}")
+        };
+        let target = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        let (port, task) = relay(0, target).await;
+        let link = RedisLink::new(&format!("redis://127.0.0.1:{port}/15"), "limits").unwrap();
+        let ping = || async { link.run::<String>(&redis::cmd("PING")).await };
+        assert_eq!(ping().await.unwrap(), "PONG");
+        // An outage while idle: the connection dies unused.
+        task.abort();
+        let _ = task.await;
+        let (_, task) = relay(port, target).await;
+        assert_eq!(ping().await.unwrap(), "PONG", "after an outage while idle");
+        // An outage seen by a call.
+        task.abort();
+        let _ = task.await;
+        assert!(ping().await.is_err(), "through a cut relay");
+        let (_, task) = relay(port, target).await;
+        assert_eq!(ping().await.unwrap(), "PONG", "once Redis is back");
+        task.abort();
     }
 }
