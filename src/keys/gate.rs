@@ -93,9 +93,18 @@ impl AuthGate {
             .is_some_and(|s| matches!(s.lookup(key), Lookup::Valid(_)))
     }
 
-    /// The caller of a forward-proxy request (CONNECT or absolute-form).
-    pub fn proxy(&self, headers: &HeaderMap) -> Result<Identity, Denied> {
-        self.check(proxy_credentials(headers), false)
+    /// The caller of a forward-proxy request (CONNECT or absolute-form),
+    /// and the key that named it, if a valid one did (an intercepted
+    /// session looks it up again per request).
+    pub fn proxy(&self, headers: &HeaderMap) -> Result<(Identity, Option<Arc<str>>), Denied> {
+        let presented = proxy_credentials(headers);
+        let key = match &presented {
+            Presented::Key(k) => Some(Arc::<str>::from(k.as_ref())),
+            _ => None,
+        };
+        let id = self.check(presented, false)?;
+        let key = key.filter(|_| id.user.is_some());
+        Ok((id, key))
     }
 
     /// The caller of an admin route; refused unless its key is an admin's
@@ -149,14 +158,6 @@ impl AuthGate {
                 }
             }
         }
-    }
-}
-
-/// The key a forward-proxy request presents, if it presents one.
-pub fn proxy_key(headers: &HeaderMap) -> Option<std::sync::Arc<str>> {
-    match proxy_credentials(headers) {
-        Presented::Key(k) => Some(std::sync::Arc::from(k.as_ref())),
-        _ => None,
     }
 }
 
@@ -249,48 +250,75 @@ mod tests {
         ("proxy-authorization", format!("Basic {b64}"))
     }
 
+    /// Who a forward-proxy request is.
+    fn proxy(gate: &AuthGate, headers: &HeaderMap) -> Result<Identity, Denied> {
+        gate.proxy(headers).map(|(id, _)| id)
+    }
+
+    #[test]
+    fn a_session_keeps_the_key_that_named_its_user() {
+        let f = fixture();
+        let gate = AuthGate::new(false, Some(f.store.clone()));
+        let (_, key) = gate.proxy(&headers(&[basic("dev1", &f.dev)])).unwrap();
+        assert_eq!(key.as_deref(), Some(f.dev.as_str()));
+        let (id, key) = gate.proxy(&headers(&[basic("dev1", &f.revoked)])).unwrap();
+        assert_eq!((id, key), (Identity::anonymous(), None));
+    }
+
     #[test]
     fn proxy_credentials_when_required() {
         let f = fixture();
         let gate = AuthGate::new(true, Some(f.store.clone()));
         let dev = Identity::user("dev1", Some("platform"));
         assert_eq!(
-            gate.proxy(&headers(&[basic("dev1", &f.dev)])),
+            proxy(&gate, &headers(&[basic("dev1", &f.dev)])),
             Ok(dev.clone())
         );
         // The user part is informational; the key decides.
         assert_eq!(
-            gate.proxy(&headers(&[basic("someone", &f.dev)])),
+            proxy(&gate, &headers(&[basic("someone", &f.dev)])),
             Ok(dev.clone())
         );
         // Key as the user name (`http://KEY@host`), and Bearer.
-        assert_eq!(gate.proxy(&headers(&[basic(&f.dev, "")])), Ok(dev.clone()));
         assert_eq!(
-            gate.proxy(&headers(&[(
-                "proxy-authorization",
-                format!("bearer {}", f.dev)
-            )])),
+            proxy(&gate, &headers(&[basic(&f.dev, "")])),
+            Ok(dev.clone())
+        );
+        assert_eq!(
+            proxy(
+                &gate,
+                &headers(&[("proxy-authorization", format!("bearer {}", f.dev))])
+            ),
             Ok(dev)
         );
-        assert_eq!(gate.proxy(&HeaderMap::new()), Err(Denied::Missing));
+        assert_eq!(proxy(&gate, &HeaderMap::new()), Err(Denied::Missing));
         assert_eq!(
-            gate.proxy(&headers(&[basic("dev1", &f.revoked)])),
+            proxy(&gate, &headers(&[basic("dev1", &f.revoked)])),
             Err(Denied::Invalid)
         );
         assert_eq!(
-            gate.proxy(&headers(&[basic("dev1", &crate::keys::key::generate())])),
+            proxy(
+                &gate,
+                &headers(&[basic("dev1", &crate::keys::key::generate())])
+            ),
             Err(Denied::Invalid)
         );
         for junk in ["Basic !!!", "Digest abc", "Basic"] {
             assert_eq!(
-                gate.proxy(&headers(&[("proxy-authorization", junk.to_string())])),
+                proxy(
+                    &gate,
+                    &headers(&[("proxy-authorization", junk.to_string())])
+                ),
                 Err(Denied::Invalid),
                 "{junk}"
             );
         }
         // Authorization is the upstream's business, not the proxy's.
         assert_eq!(
-            gate.proxy(&headers(&[("authorization", format!("Bearer {}", f.dev))])),
+            proxy(
+                &gate,
+                &headers(&[("authorization", format!("Bearer {}", f.dev))])
+            ),
             Err(Denied::Missing)
         );
     }
@@ -299,13 +327,13 @@ mod tests {
     fn not_required_attributes_good_keys_and_ignores_bad_ones() {
         let f = fixture();
         let gate = AuthGate::new(false, Some(f.store.clone()));
-        assert_eq!(gate.proxy(&HeaderMap::new()), Ok(Identity::anonymous()));
+        assert_eq!(proxy(&gate, &HeaderMap::new()), Ok(Identity::anonymous()));
         assert_eq!(
-            gate.proxy(&headers(&[basic("x", &f.dev)])),
+            proxy(&gate, &headers(&[basic("x", &f.dev)])),
             Ok(Identity::user("dev1", Some("platform")))
         );
         assert_eq!(
-            gate.proxy(&headers(&[basic("x", &f.revoked)])),
+            proxy(&gate, &headers(&[basic("x", &f.revoked)])),
             Ok(Identity::anonymous())
         );
         assert_eq!(gate.admin(&HeaderMap::new()), Ok(Identity::anonymous()));
@@ -314,7 +342,7 @@ mod tests {
             .is_ok());
         // No store at all: everybody is anonymous.
         assert_eq!(
-            AuthGate::open().proxy(&headers(&[basic("x", &f.dev)])),
+            proxy(&AuthGate::open(), &headers(&[basic("x", &f.dev)])),
             Ok(Identity::anonymous())
         );
     }
@@ -364,9 +392,12 @@ mod tests {
     #[test]
     fn required_without_a_key_file_refuses_everyone() {
         let gate = AuthGate::new(true, None);
-        assert_eq!(gate.proxy(&HeaderMap::new()), Err(Denied::Missing));
+        assert_eq!(proxy(&gate, &HeaderMap::new()), Err(Denied::Missing));
         assert_eq!(
-            gate.proxy(&headers(&[basic("x", &crate::keys::key::generate())])),
+            proxy(
+                &gate,
+                &headers(&[basic("x", &crate::keys::key::generate())])
+            ),
             Err(Denied::Invalid)
         );
     }

@@ -102,18 +102,15 @@ fn is_self(ctx: &ConnCtx, host: &str, port: u16) -> bool {
 /// The caller of a forward-proxy request, from its `Proxy-Authorization`
 /// (refused with `407` when keys are required and it has no valid one).
 fn proxy_identity(ctx: &mut ConnCtx, req: &Request<Incoming>) -> Result<(), ProxyError> {
-    ctx.identity = ctx
-        .gw
-        .auth
-        .proxy(req.headers())
-        .map_err(|denied| ProxyError::Auth {
-            route: AuthRoute::Proxy,
-            denied,
-        })?;
+    (ctx.identity, ctx.session_key) =
+        ctx.gw
+            .auth
+            .proxy(req.headers())
+            .map_err(|denied| ProxyError::Auth {
+                route: AuthRoute::Proxy,
+                denied,
+            })?;
     ctx.identity.client = Some(ctx.gw.auth.client_ip(ctx.peer.ip(), req.headers()).into());
-    if ctx.identity.user.is_some() {
-        ctx.session_key = crate::keys::gate::proxy_key(req.headers());
-    }
     Ok(())
 }
 
