@@ -354,10 +354,20 @@ impl Exchange {
     }
 
     /// The response's body is one the output policies cannot read (`why`:
-    /// compressed, or neither JSON nor SSE). With a fail-closed policy the
-    /// answer is kt's `502` instead; else it goes through unread, and the
-    /// output event says so.
-    pub fn output_unreadable(&mut self, why: &'static str, what: &str) -> Option<Response<Body>> {
+    /// compressed, or neither JSON nor SSE). For a `2xx` answer and a
+    /// fail-closed policy the answer is kt's `502` instead; else it goes
+    /// through unread, and the output event says so. An error status always
+    /// goes through: kt's 502 would hide a 429's or a 503's meaning.
+    pub fn output_unreadable(
+        &mut self,
+        why: &'static str,
+        what: &str,
+        status: StatusCode,
+    ) -> Option<Response<Body>> {
+        if !status.is_success() {
+            self.record.uninspected[1].get_or_insert(why);
+            return None;
+        }
         if !self.unreadable(self.output_body, false, why) {
             return None;
         }

@@ -237,30 +237,26 @@ async fn upstream_leg(
     let status = parts.status.as_u16();
     let watch = Watch::new(&exchange, &parts.headers, status);
 
-    let unread = if !inspect_response || incoming.is_end_stream() {
-        None
-    } else if is_encoded(&parts.headers) {
-        Some((
+    // The answer's shape (event stream, JSON), looked at only when the
+    // output policies read it.
+    let shape =
+        inspect_response.then(|| (is_event_stream(&parts.headers), is_json(&parts.headers)));
+    let unread = match shape {
+        None => None,
+        Some(_) if incoming.is_end_stream() => None,
+        Some(_) if is_encoded(&parts.headers) => Some((
             "encoded",
             "it is compressed although kt asked for it uncompressed",
-        ))
-    } else if !is_event_stream(&parts.headers) && !is_json(&parts.headers) {
-        Some(("content_type", "it is neither JSON nor an event stream"))
-    } else {
-        None
+        )),
+        Some((false, false)) => Some(("content_type", "it is neither JSON nor an event stream")),
+        Some(_) => None,
     };
     if let Some((why, what)) = unread {
-        // An error status goes through unread either way: kt's 502 would
-        // hide a 429's or a 503's meaning from the client.
-        if parts.status.is_success() {
-            if let Some(resp) = exchange.output_unreadable(why, what) {
-                exchange.complete(Some(resp.status().as_u16()));
-                return Ok(resp);
-            }
-        } else {
-            exchange.record.uninspected[1].get_or_insert(why);
+        if let Some(resp) = exchange.output_unreadable(why, what, parts.status) {
+            exchange.complete(Some(resp.status().as_u16()));
+            return Ok(resp);
         }
-    } else if inspect_response && is_event_stream(&parts.headers) {
+    } else if let Some((true, _)) = shape {
         if let Some(stream) = exchange.output_stream() {
             parts.headers.remove(header::CONTENT_LENGTH);
             exchange.record.head_us = Some(exchange.elapsed_us());
@@ -275,7 +271,7 @@ async fn upstream_leg(
             };
             return Ok(Response::from_parts(parts, body::boxed(body)));
         }
-    } else if inspect_response && is_json(&parts.headers) {
+    } else if let Some((_, true)) = shape {
         let read = read_body(
             incoming,
             limits.max_inspected_body,
