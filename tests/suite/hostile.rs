@@ -1127,6 +1127,22 @@ async fn bodies_held(gw: &TestGateway, ok: impl Fn(usize) -> bool + Clone) -> bo
     .await
 }
 
+/// Sends `head` and `body` as a body still arriving: its first byte, then,
+/// once kt holds `held` bytes of bodies, the rest. Returns the answer's head.
+async fn send_arriving(
+    gw: &TestGateway,
+    head: &str,
+    body: &[u8],
+    held: usize,
+) -> client::ConnectReply {
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body[..1]).await.unwrap();
+    assert!(bodies_held(gw, move |n| n >= held).await);
+    s.write_all(&body[1..]).await.unwrap();
+    client::read_head(&mut s).await
+}
+
 /// Each body is bounded (32 MiB), but many slow bodies at once could take
 /// all memory: the bodies still arriving share one budget, and a body that
 /// would pass it gets `503 bodies_busy` at once. The bytes come back when
@@ -1150,12 +1166,7 @@ async fn bodies_still_arriving_share_one_memory_budget() {
 
     // B's 30 KB would pass the 64 KiB: refused once its bytes come.
     let (head, body) = sized_chat(30_000);
-    let mut b = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    b.write_all(head.as_bytes()).await.unwrap();
-    b.write_all(&body[..1]).await.unwrap();
-    assert!(bodies_held(&gw, |n| n >= 40_001).await);
-    b.write_all(&body[1..]).await.unwrap();
-    let answer = client::read_head(&mut b).await;
+    let answer = send_arriving(&gw, &head, &body, 40_001).await;
     assert_eq!(answer.status, 503, "{}", answer.head);
     assert!(
         answer.head.contains("x-kt-error: bodies_busy"),
@@ -1166,17 +1177,11 @@ async fn bodies_still_arriving_share_one_memory_budget() {
 
     // A goes away: the same body now passes.
     drop(a);
-    drop(b);
     assert!(
         bodies_held(&gw, |n| n == 0).await,
         "bytes of a body that went away were kept"
     );
-    let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    c.write_all(head.as_bytes()).await.unwrap();
-    c.write_all(&body[..1]).await.unwrap();
-    assert!(bodies_held(&gw, |n| n >= 1).await);
-    c.write_all(&body[1..]).await.unwrap();
-    let answer = client::read_head(&mut c).await;
+    let answer = send_arriving(&gw, &head, &body, 1).await;
     assert_eq!(answer.status, 200, "{}", answer.head);
     assert_eq!(origin.hits.load(Ordering::SeqCst), 1);
 
