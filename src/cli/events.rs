@@ -4,7 +4,10 @@
 
 use super::store::{Store, StoreArgs};
 use super::HomeArgs;
-use crate::events::{format_line, read_last, verify, Filters, Follower, VerifyError};
+use crate::events::chain::is_hash;
+use crate::events::{
+    format_line, read_last, verify_with, Checkpoints, Filters, Follower, VerifyError,
+};
 use anyhow::Context as _;
 use clap::Subcommand;
 use std::io::{IsTerminal, Write};
@@ -44,7 +47,15 @@ pub enum EventsCommand {
         store: StoreArgs,
     },
     /// Check the audit log's hash chain; exit 1 naming the first bad line.
+    ///
+    /// Prints the hash of the last event: kept somewhere else and given
+    /// back with `--expect`, it proves later that the log was not cut back
+    /// or rewritten after it, which the chain alone cannot show.
     Verify {
+        /// An event hash the log must still hold, e.g. the last hash an
+        /// earlier verify printed (repeatable).
+        #[arg(long = "expect", value_name = "HASH", value_parser = parse_event_hash)]
+        expect: Vec<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -52,10 +63,13 @@ pub enum EventsCommand {
 
 pub fn run(home: &HomeArgs, cmd: EventsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        EventsCommand::Verify { store } => match store.resolve(home)? {
-            Store::Files(dir) => verify_cmd(dir.join("events")),
-            Store::Postgres(url) => shared::verify(&url),
-        },
+        EventsCommand::Verify { expect, store } => {
+            let checkpoints = Checkpoints::new(expect);
+            match store.resolve(home)? {
+                Store::Files(dir) => verify_cmd(dir.join("events"), checkpoints),
+                Store::Postgres(url) => shared::verify(&url, checkpoints),
+            }
+        }
         EventsCommand::Tail {
             gateway,
             key,
@@ -77,8 +91,36 @@ pub fn run(home: &HomeArgs, cmd: EventsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn verify_cmd(dir: PathBuf) -> anyhow::Result<ExitCode> {
-    match super::progress::Progress::during("verifying the audit log", || verify(&dir)) {
+/// An event hash as `--expect` takes it: 64 hex digits, any case.
+fn parse_event_hash(s: &str) -> Result<String, String> {
+    let hash = s.trim().to_ascii_lowercase();
+    if is_hash(&hash) {
+        Ok(hash)
+    } else {
+        Err("expected an event hash: 64 hex digits, as `kt events verify` prints it".into())
+    }
+}
+
+/// Reports the checkpoints the log no longer holds; true when there are none.
+fn checkpoints_held(checkpoints: &Checkpoints, retained: bool) -> bool {
+    let missing = checkpoints.missing();
+    for hash in &missing {
+        eprintln!(
+            "kt: audit log check FAILED: event {hash} is not in the log: the log was cut back or rewritten after it{}",
+            if retained {
+                " (or retention removed the segment that held it)"
+            } else {
+                ""
+            }
+        );
+    }
+    missing.is_empty()
+}
+
+fn verify_cmd(dir: PathBuf, mut checkpoints: Checkpoints) -> anyhow::Result<ExitCode> {
+    match super::progress::Progress::during("verifying the audit log", || {
+        verify_with(&dir, &mut checkpoints)
+    }) {
         Ok(report) => {
             println!(
                 "{}: ok: {} events in {} segments{}",
@@ -91,6 +133,12 @@ fn verify_cmd(dir: PathBuf) -> anyhow::Result<ExitCode> {
                     ""
                 }
             );
+            if let Some(hash) = &report.last_hash {
+                println!("last event: {hash}");
+            }
+            if !checkpoints_held(&checkpoints, !report.from_genesis()) {
+                return Ok(ExitCode::FAILURE);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(VerifyError::Tampered {
@@ -267,9 +315,9 @@ mod remote {
 
 /// `--storage postgres://…`: the shared table of a hosted gateway.
 mod shared {
-    use super::{broken_pipe_is_success, print};
+    use super::{broken_pipe_is_success, checkpoints_held, print};
     use crate::cli::store::{runtime, Store};
-    use crate::events::Filters;
+    use crate::events::{Checkpoints, Filters};
     use crate::storage::{audit, feed::TeamFeed};
     use anyhow::Context as _;
     use std::io::IsTerminal;
@@ -310,15 +358,15 @@ mod shared {
         })
     }
 
-    pub fn verify(url: &str) -> anyhow::Result<ExitCode> {
+    pub fn verify(url: &str, mut checkpoints: Checkpoints) -> anyhow::Result<ExitCode> {
         runtime()?.block_on(async move {
             let db = Store::db(url).await?;
-            let report = audit::verify(&db)
+            let report = audit::verify(&db, &mut checkpoints)
                 .await
                 .context("cannot check the shared audit trail")?;
             for c in &report.chains {
                 println!(
-                    "replica {}: ok: {} events (seq {}..{}){}",
+                    "replica {}: ok: {} events (seq {}..{}){}, last event {}",
                     c.replica,
                     c.events,
                     c.first_seq,
@@ -327,13 +375,15 @@ mod shared {
                         ""
                     } else {
                         " from a retained anchor"
-                    }
+                    },
+                    c.last_hash
                 );
             }
             for b in &report.broken {
                 eprintln!("kt: audit trail check FAILED: {b}");
             }
-            if !report.broken.is_empty() {
+            let retained = report.chains.iter().any(|c| !c.from_genesis);
+            if !checkpoints_held(&checkpoints, retained) || !report.broken.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
             let total: u64 = report.chains.iter().map(|c| c.events).sum();

@@ -38,7 +38,7 @@ pub use read::{
     Position, FILTER_KEYS,
 };
 pub use segment::{prune, prune_before, Segment};
-pub use verify::{verify, Problem, VerifyError, VerifyReport};
+pub use verify::{verify, verify_with, Checkpoints, Problem, VerifyError, VerifyReport};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

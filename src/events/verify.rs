@@ -6,9 +6,15 @@
 //! event retention removed. So removing whole *oldest* segments is not
 //! detected (that is what retention does); any other edit, deletion,
 //! insertion or reordering, including a deleted middle segment, is.
+//!
+//! What is left of a log cut back at its end, or of one whose newest events
+//! were rewritten and re-chained, still links up. Only a hash recorded
+//! outside the log shows it: [`Checkpoints`] are such hashes (the last hash
+//! an earlier `verify` printed), and each must still be in the chain.
 
 use super::chain::{hash_of, is_hash, unsealed, GENESIS_HASH};
 use super::segment;
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 /// What a successful verification covered.
@@ -96,8 +102,45 @@ impl VerifyError {
     }
 }
 
+/// Event hashes recorded outside the log that the chain must still hold.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoints {
+    /// Not seen yet.
+    missing: HashSet<String>,
+}
+
+impl Checkpoints {
+    pub fn new(hashes: impl IntoIterator<Item = String>) -> Self {
+        Checkpoints {
+            missing: hashes.into_iter().collect(),
+        }
+    }
+
+    /// Notes that the chain holds `hash`.
+    pub fn see(&mut self, hash: &str) {
+        if !self.missing.is_empty() {
+            self.missing.remove(hash);
+        }
+    }
+
+    /// The checkpoints not (yet) found, sorted.
+    pub fn missing(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.missing.iter().map(String::as_str).collect();
+        out.sort_unstable();
+        out
+    }
+}
+
 /// Checks the whole log in `dir`.
 pub fn verify(dir: &std::path::Path) -> Result<VerifyReport, VerifyError> {
+    verify_with(dir, &mut Checkpoints::default())
+}
+
+/// [`verify`], noting in `checkpoints` each of them the chain holds.
+pub fn verify_with(
+    dir: &std::path::Path,
+    checkpoints: &mut Checkpoints,
+) -> Result<VerifyReport, VerifyError> {
     let segments = segment::list(dir).map_err(|e| match e {
         super::EventsError::Io { path, source } => VerifyError::Io { path, source },
         other => VerifyError::Io {
@@ -127,6 +170,9 @@ pub fn verify(dir: &std::path::Path) -> Result<VerifyReport, VerifyError> {
                 line: i + 1,
                 problem,
             })?;
+            if let Some(hash) = &report.last_hash {
+                checkpoints.see(hash);
+            }
         }
         if !tail.is_empty() {
             if si + 1 == count {

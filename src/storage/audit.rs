@@ -4,7 +4,7 @@
 
 use super::{Db, StorageError};
 use crate::events::report::{GroupBy, Report, Tally};
-use crate::events::verify::{check_line, Problem};
+use crate::events::verify::{check_line, Checkpoints, Problem};
 use crate::events::VerifyReport;
 use futures_util::{pin_mut, TryStreamExt};
 use time::OffsetDateTime;
@@ -16,6 +16,8 @@ pub struct ChainReport {
     pub events: u64,
     pub first_seq: i64,
     pub last_seq: i64,
+    /// The hash of its last event (empty for a replica with none).
+    pub last_hash: String,
     /// Whether its first stored event is the first it ever wrote.
     pub from_genesis: bool,
 }
@@ -54,8 +56,9 @@ pub struct TableReport {
 }
 
 /// Checks every replica's chain: each row's hash, its link to the row
-/// before, the sequence without gaps, and the head matching the last row.
-pub async fn verify(db: &Db) -> Result<TableReport, StorageError> {
+/// before, the sequence without gaps, and the head matching the last row;
+/// notes in `checkpoints` each of them some chain holds.
+pub async fn verify(db: &Db, checkpoints: &mut Checkpoints) -> Result<TableReport, StorageError> {
     let conn = db.conn().await?;
     let heads = conn
         .query(
@@ -114,6 +117,7 @@ pub async fn verify(db: &Db) -> Result<TableReport, StorageError> {
                 });
                 break;
             }
+            checkpoints.see(hash);
             last = seq;
         }
         if broken.is_none() && (last != head_seq || chain.last_hash.as_deref() != Some(&head_hash))
@@ -133,6 +137,7 @@ pub async fn verify(db: &Db) -> Result<TableReport, StorageError> {
                 first_seq: first,
                 last_seq: last,
                 from_genesis: chain.from_genesis(),
+                last_hash: chain.last_hash.unwrap_or_default(),
             }),
         }
     }

@@ -336,3 +336,83 @@ async fn tunnels_are_not_recorded_by_default() {
     let (events, _) = read_last(&dir, 10, &Filters::default()).unwrap();
     assert!(events.is_empty(), "{events:?}");
 }
+
+/// A log cut back at its end still links up, so only a hash kept outside
+/// it shows the cut: `verify` prints the last one, `--expect` checks it.
+#[tokio::test]
+async fn a_log_cut_back_fails_against_a_hash_kept_from_before() {
+    use keeptrusts::events::{Action, Event, EventLog, LogOptions, Phase};
+    let home = tempfile::tempdir().unwrap();
+    let events = home.path().join("events");
+    let (sink, writer) = EventLog::open(&events, LogOptions::default()).unwrap();
+    for i in 0..5u64 {
+        let mut e = Event::new(Phase::Output, Action::Pass);
+        e.tokens_in = Some(i);
+        sink.send(e).await.unwrap();
+    }
+    writer.close().await.unwrap();
+    let verify = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kt"))
+            .args(["events", "verify", "--data-dir"])
+            .arg(home.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let last_event = |out: &std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let hash = text
+            .lines()
+            .find_map(|l| l.strip_prefix("last event: "))
+            .unwrap_or_else(|| panic!("no last event in: {text}"))
+            .to_string();
+        hash
+    };
+    let out = verify(&[]);
+    assert!(out.status.success());
+    let kept = last_event(&out);
+    assert_eq!(verify(&["--expect", &kept]).status.code(), Some(0));
+    assert_eq!(
+        verify(&["--expect", &kept.to_ascii_uppercase()])
+            .status
+            .code(),
+        Some(0),
+        "a hash in capitals is the same hash"
+    );
+
+    // Drop the last two events: what is left is a valid chain of three.
+    let segment = std::fs::read_dir(&events)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .unwrap();
+    let text = std::fs::read_to_string(&segment).unwrap();
+    let kept_lines: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(&segment, format!("{}\n", kept_lines.join("\n"))).unwrap();
+    let out = verify(&[]);
+    assert!(out.status.success(), "the chain alone cannot see a cut end");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 3 events"));
+    let earlier = last_event(&out);
+    assert_ne!(earlier, kept);
+
+    let out = verify(&["--expect", &earlier, "--expect", &kept]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("event {kept} is not in the log")),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&earlier),
+        "the hash still held is not named: {err}"
+    );
+    assert!(
+        !err.contains("retention"),
+        "the log starts at genesis: {err}"
+    );
+    assert_eq!(verify(&["--expect", &earlier]).status.code(), Some(0));
+
+    let out = verify(&["--expect", "not-a-hash"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
+}

@@ -12,7 +12,7 @@ use crate::common::TestCa;
 use crate::suite::cache::{chat, post, redis_config, redis_url, unique_prefix, Killed};
 use crate::suite::cli::spawn_gateway;
 use base64::Engine as _;
-use keeptrusts::events::{Action, Event, EventLog, LogOptions, Phase};
+use keeptrusts::events::{Action, Checkpoints, Event, EventLog, LogOptions, Phase};
 use keeptrusts::storage::{audit, ship, Db};
 use std::net::SocketAddr;
 use std::process::{Command, Output};
@@ -640,12 +640,20 @@ async fn shipping_resumes_after_a_restart_without_gaps_or_repeats() {
         );
     }
     assert_eq!(tdb.events().await, 21);
-    let report = audit::verify(&db).await.unwrap();
+    let report = audit::verify(&db, &mut Checkpoints::default())
+        .await
+        .unwrap();
     assert!(report.broken.is_empty(), "{:?}", report.broken);
     assert_eq!(report.chains.len(), 1);
     let chain = &report.chains[0];
     assert_eq!((chain.events, chain.first_seq, chain.last_seq), (21, 1, 21));
     assert!(chain.from_genesis);
+    // `--expect`: the table's last hash is found, a hash it never held is not.
+    assert_eq!(chain.last_hash.len(), 64);
+    let never = "0".repeat(64);
+    let mut checkpoints = Checkpoints::new([chain.last_hash.clone(), never.clone()]);
+    audit::verify(&db, &mut checkpoints).await.unwrap();
+    assert_eq!(checkpoints.missing(), [never.as_str()]);
     assert!(
         std::fs::read_dir(&events)
             .unwrap()
