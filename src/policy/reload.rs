@@ -70,13 +70,19 @@ pub fn reload(path: &Path, engine: &Engine, why: &str) -> bool {
     }
 }
 
-/// What tells a changed file: its modification time and size (`None`
-/// while it cannot be read).
-pub type Fingerprint = Option<(SystemTime, u64)>;
+/// What tells a changed file: its modification time, size and, on Unix,
+/// inode (`None` while it cannot be read). The inode catches a path
+/// swapped to another file of the same size written within one tick of
+/// the file clock, as a Kubernetes ConfigMap update can be.
+pub type Fingerprint = Option<(SystemTime, u64, u64)>;
 
 pub fn fingerprint(path: &Path) -> Fingerprint {
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some((meta.modified().ok()?, meta.len(), inode))
 }
 
 #[cfg(test)]
@@ -119,5 +125,54 @@ mod tests {
         .is_ok();
         watcher.abort();
         assert!(reloaded, "the edit was missed: {:?}", names(&engine));
+    }
+
+    /// Kubernetes updates a mounted ConfigMap by writing the new files into
+    /// a fresh folder and swapping the `..data` symlink over to it: the
+    /// path the gateway was given is never written itself.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_configmap_style_symlink_swap_is_reloaded() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let version = |name: &str, chain: &str| {
+            let folder = dir.path().join(name);
+            std::fs::create_dir(&folder).unwrap();
+            let file = folder.join("policy.yaml");
+            std::fs::write(&file, format!("policies:\n  chain: {chain}\n")).unwrap();
+            let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_765_000_000);
+            std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .and_then(|f| f.set_modified(when))
+                .unwrap();
+        };
+        // Same length and modification time (one tick of the file clock),
+        // so only the file's identity changes.
+        version("..2026_12_06_a", "[audit-logger, passthrough]");
+        version("..2026_12_06_b", "[passthrough, audit-logger]");
+        symlink("..2026_12_06_a", dir.path().join("..data")).unwrap();
+        let path = dir.path().join("policy.yaml");
+        symlink("..data/policy.yaml", &path).unwrap();
+        let loaded = fingerprint(&path);
+        let engine = Arc::new(Engine::new(Some(&Config::load(&path).unwrap())).unwrap());
+        assert_eq!(names(&engine), ["audit-logger", "passthrough"]);
+        let watcher = tokio::spawn(watch(
+            path.clone(),
+            engine.clone(),
+            Duration::from_millis(5),
+            loaded,
+        ));
+        symlink("..2026_12_06_b", dir.path().join("..data_tmp")).unwrap();
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        let reloaded = tokio::time::timeout(Duration::from_secs(5), async {
+            while names(&engine) != ["passthrough", "audit-logger"] {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .is_ok();
+        watcher.abort();
+        assert!(reloaded, "the swap was missed: {:?}", names(&engine));
     }
 }
