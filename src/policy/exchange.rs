@@ -23,6 +23,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
+use time::OffsetDateTime;
 use tokio_util::task::TaskTracker;
 
 /// What the request is, as the recognizer saw it (owned: it outlives the
@@ -144,6 +145,11 @@ pub struct Exchange {
     pub record: Record,
     started: Instant,
     completed: bool,
+    /// The request's event has been queued (see [`Exchange::record_input`]);
+    /// the close queues only the answer's.
+    input_recorded: bool,
+    /// Ties the exchange's events together; drawn when the first is made.
+    request_id: Option<Arc<str>>,
     /// The request's model and stream flag are still to be read from the
     /// kept request body (see [`Exchange::input`]).
     meta_pending: bool,
@@ -260,6 +266,8 @@ impl Exchange {
             record: Record::default(),
             started: Instant::now(),
             completed: false,
+            input_recorded: false,
+            request_id: None,
             meta_pending: false,
             audit,
             metrics,
@@ -406,6 +414,37 @@ impl Exchange {
             }
         }
         out
+    }
+
+    /// Queues the request's audit event now that the request has gone
+    /// upstream, rather than with the answer's when the exchange closes: a
+    /// request that reached the provider is in the trail even if the
+    /// gateway dies before the answer ends, and a long stream shows in
+    /// `kt events tail` from its start. Called once the request is on its
+    /// way, so building the event overlaps the provider's work instead of
+    /// delaying the request.
+    pub fn record_input(&mut self) {
+        if self.input_recorded || self.completed {
+            return;
+        }
+        let Some((sink, sends)) = self.audit.clone() else {
+            return;
+        };
+        if std::mem::take(&mut self.meta_pending) {
+            if let Some(body) = self.record.request_body.clone() {
+                self.read_meta(&body);
+            }
+        }
+        self.ensure_request_id();
+        let event = self.input_event(time::OffsetDateTime::now_utc());
+        submit(&sink, &sends, vec![event]);
+        self.input_recorded = true;
+    }
+
+    fn ensure_request_id(&mut self) {
+        if self.request_id.is_none() {
+            self.request_id = Some(random_id());
+        }
     }
 
     /// Whether the record keeps the request body sent: only while small (an
@@ -813,6 +852,7 @@ impl Exchange {
             _ => (priced, None),
         };
         self.charge(usage, cost);
+        self.ensure_request_id();
         if let Some((sink, sends)) = self.audit.take() {
             submit(&sink, &sends, self.events(usage, cost, saved));
         }
@@ -886,47 +926,41 @@ impl Exchange {
         Some(r.head_us?.saturating_sub(r.upstream_us?))
     }
 
-    /// The audit events of this exchange: the request's, and the response's
-    /// unless the request never went upstream.
-    // Boxed: the writer takes each event as its box (see `EventSink::send`).
-    #[allow(clippy::vec_box)]
-    fn events(
-        &self,
-        usage: Option<(Usage, UsageSource)>,
-        cost: Option<f64>,
-        saved: Option<f64>,
-    ) -> Vec<Box<Event>> {
+    /// An event of this exchange, stamped `at`.
+    fn base_event(&self, phase: Phase, action: EventAction, at: OffsetDateTime) -> Box<Event> {
+        // Built in its box: the writer takes it as it is.
+        let mut e = Box::new(Event::at(phase, action, at));
+        e.mode = Some(self.info.mode);
+        e.provider = Some(self.info.provider_text());
+        e.host = Some(self.info.host.clone());
+        e.method = Some(method_text(&self.info.method));
+        e.path = Some(self.info.path.clone());
+        e.endpoint = Some(Text::Borrowed(self.info.endpoint.as_str()));
+        e.api = self.info.api.map(|a| Text::Borrowed(a.as_str()));
+        e.model = self.info.model.clone();
+        e.request_id = self.request_id.clone();
+        e.user = self.info.user.clone();
+        e.team = self.info.team.clone();
+        e.client_ip = self.info.client.as_ref().map(|c| c.text.clone());
+        e
+    }
+
+    /// The request's event, stamped with when the request arrived (`now`
+    /// less the exchange's age), as far as the record knows it.
+    fn input_event(&self, now: OffsetDateTime) -> Box<Event> {
         let r = &self.record;
-        let request_id: Option<Arc<str>> = Some(random_id());
-        let client_ip = self.info.client.as_ref().map(|c| c.text.clone());
-        let now = time::OffsetDateTime::now_utc();
-        // Built in their boxes: the writer takes them as they are.
-        let base = |phase: Phase, action: EventAction| {
-            let mut e = Box::new(Event::at(phase, action, now));
-            e.mode = Some(self.info.mode);
-            e.provider = Some(self.info.provider_text());
-            e.host = Some(self.info.host.clone());
-            e.method = Some(method_text(&self.info.method));
-            e.path = Some(self.info.path.clone());
-            e.endpoint = Some(Text::Borrowed(self.info.endpoint.as_str()));
-            e.api = self.info.api.map(|a| Text::Borrowed(a.as_str()));
-            e.model = self.info.model.clone();
-            e.request_id = request_id.clone();
-            e.user = self.info.user.clone();
-            e.team = self.info.team.clone();
-            e.client_ip = client_ip.clone();
-            e
+        let arrived = time::Duration::try_from(self.started.elapsed())
+            .ok()
+            .and_then(|age| now.checked_sub(age))
+            .unwrap_or(now);
+        let blocked = r.blocked.as_ref().filter(|_| r.blocked_on_input);
+        let action = match blocked {
+            Some(_) => EventAction::Block,
+            None if !r.redacted_in.is_empty() => EventAction::Redact,
+            None => EventAction::Pass,
         };
-        let counts = |m: &BTreeMap<String, usize>| {
-            (!m.is_empty()).then(|| m.iter().map(|(k, v)| (k.clone(), *v as u64)).collect())
-        };
-        let blocked = |input: bool| r.blocked.as_ref().filter(|_| r.blocked_on_input == input);
-        let mut input = match blocked(true) {
-            Some(_) => base(Phase::Input, EventAction::Block),
-            None if !r.redacted_in.is_empty() => base(Phase::Input, EventAction::Redact),
-            None => base(Phase::Input, EventAction::Pass),
-        };
-        input.redactions = counts(&r.redacted_in);
+        let mut input = self.base_event(Phase::Input, action, arrived);
+        input.redactions = redaction_counts(&r.redacted_in);
         if input.action == EventAction::Redact {
             input.policy = r.redactor[0].clone();
         }
@@ -941,7 +975,7 @@ impl Exchange {
             input.policy = Some(policy.clone());
             input.reason = Some(format!("over budget, let through (action: log): {reason}"));
         }
-        if let Some((policy, _)) = blocked(true) {
+        if let Some((policy, _)) = blocked {
             input.policy = Some(policy.clone());
             input.reason = Some(
                 r.limit_reason
@@ -950,8 +984,33 @@ impl Exchange {
             );
             input.status = r.status;
             input.latency_ms = Some(self.started.elapsed().as_millis() as u64);
-            return vec![input];
         }
+        input
+    }
+
+    /// The audit events still to queue when the exchange closes: the
+    /// request's unless [`Exchange::record_input`] queued it already, and
+    /// the response's unless the request never went upstream.
+    // Boxed: the writer takes each event as its box (see `EventSink::send`).
+    #[allow(clippy::vec_box)]
+    fn events(
+        &self,
+        usage: Option<(Usage, UsageSource)>,
+        cost: Option<f64>,
+        saved: Option<f64>,
+    ) -> Vec<Box<Event>> {
+        let r = &self.record;
+        let now = OffsetDateTime::now_utc();
+        let mut out = Vec::with_capacity(2);
+        if !self.input_recorded {
+            out.push(self.input_event(now));
+        }
+        let blocked = |input: bool| r.blocked.as_ref().filter(|_| r.blocked_on_input == input);
+        if blocked(true).is_some() {
+            return out;
+        }
+        let base = |phase: Phase, action: EventAction| self.base_event(phase, action, now);
+        let counts = redaction_counts;
         let status = r.status;
         // An exchange kt cut short (a body timeout, a stream the upstream
         // broke after a 200 head) failed whatever its status says.
@@ -1001,8 +1060,14 @@ impl Exchange {
         if self.log_bodies {
             output.response_body = r.response_body.as_deref().map(logged_body);
         }
-        vec![input, output]
+        out.push(output);
+        out
     }
+}
+
+/// A phase's redaction counts by kind, as an event carries them.
+fn redaction_counts(m: &BTreeMap<String, usize>) -> Option<BTreeMap<String, u64>> {
+    (!m.is_empty()).then(|| m.iter().map(|(k, v)| (k.clone(), *v as u64)).collect())
 }
 
 /// One `rate-limit` or `budget` policy's verdict on a request of `key`:
@@ -1137,9 +1202,11 @@ mod tests {
     }
 
     #[test]
-    fn an_exchanges_two_events_share_one_timestamp_and_request_id() {
+    fn the_request_event_is_stamped_with_its_arrival_and_the_answer_with_its_end() {
         let mut ex = exchange();
+        ex.started -= std::time::Duration::from_secs(2);
         ex.record.status = Some(200);
+        ex.ensure_request_id();
         let events = ex.events(None, None, None);
         let [input, output] = &events[..] else {
             panic!("two events expected, got {}", events.len());
@@ -1148,7 +1215,18 @@ mod tests {
             (input.phase.as_str(), output.phase.as_str()),
             ("input", "output")
         );
-        assert_eq!(input.ts, output.ts);
+        let parse = |ts: &str| {
+            time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).unwrap()
+        };
+        let apart = parse(&output.ts) - parse(&input.ts);
+        assert!(
+            (1900..=2100).contains(&apart.whole_milliseconds()),
+            "{} .. {}",
+            input.ts,
+            output.ts
+        );
+        assert_eq!(output.latency_ms.map(|ms| ms / 100), Some(20));
+        assert!(input.latency_ms.is_none());
         assert_eq!(input.request_id, output.request_id);
         assert_ne!(input.id, output.id);
     }
@@ -1186,6 +1264,7 @@ mod tests {
     fn both_events_of_an_exchange_share_a_fresh_request_id() {
         let mut ex = exchange();
         ex.record.status = Some(200);
+        ex.ensure_request_id();
         let events = ex.events(None, None, None);
         let ids: Vec<&str> = events
             .iter()

@@ -212,12 +212,11 @@ async fn upstream_leg(
 ) -> Result<Response<Body>, ProxyError> {
     let limits = &ctx.gw.limits;
     let sent = std::time::Instant::now();
-    let resp = match ctx
+    let send = ctx
         .gw
         .upstream
-        .send(origin, Request::from_parts(parts, body))
-        .await
-    {
+        .send(origin, Request::from_parts(parts, body));
+    let resp = match record_input_once_sent(send, &mut exchange).await {
         Ok(resp) if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS => {
             exchange.record.upstream_us = Some(sent.elapsed().as_micros() as u64);
             resp
@@ -310,6 +309,28 @@ async fn upstream_leg(
         later: ctx.shutdown.deferrer(),
     };
     Ok(Response::from_parts(parts, body::boxed(body)))
+}
+
+/// Awaits `send`, queuing the request's audit event once the request is on
+/// its way: after `send` first waits (a pooled connection has the request
+/// then) and the runtime has run once more, so the connection's task
+/// writes the request before the event is built.
+async fn record_input_once_sent<F: std::future::Future>(
+    send: F,
+    exchange: &mut Exchange,
+) -> F::Output {
+    let mut send = std::pin::pin!(send);
+    let first = std::future::poll_fn(|cx| match send.as_mut().poll(cx) {
+        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await;
+    if let Some(out) = first {
+        return out;
+    }
+    tokio::task::yield_now().await;
+    exchange.record_input();
+    send.await
 }
 
 /// Reads a whole body, at most `limit` bytes, within `timeout`; a body that

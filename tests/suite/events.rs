@@ -416,3 +416,62 @@ async fn a_log_cut_back_fails_against_a_hash_kept_from_before() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
 }
+
+/// The request's event is written once the request has gone upstream,
+/// stamped with its arrival, while the answer still streams; the answer's
+/// when it ends. A gateway that died mid-answer would still have recorded
+/// the request.
+#[tokio::test]
+async fn a_request_is_recorded_while_its_answer_still_streams() {
+    use crate::common::probe::{wait_until, BOUND};
+    use http_body_util::{BodyExt, Full};
+    let ca = TestCa::new("events CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(HOST, 443, origin.addr));
+    })
+    .await;
+    let dir = gw.home.path().join("events");
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"h2"]).await;
+    let body = serde_json::json!({"model": "gpt-4o", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://{HOST}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-test-gated", "1")
+        .header("x-test-reply", "aaaa bbbb cccc")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = http.request(req).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    assert!(body.frame().await.unwrap().unwrap().data_ref().is_some());
+
+    let logged = || {
+        read_last(&dir, 10, &Filters::default())
+            .map(|(e, _)| e)
+            .unwrap_or_default()
+    };
+    let seen = wait_until(BOUND, || async { !logged().is_empty() }).await;
+    assert!(seen, "nothing recorded while the answer streams");
+    let during = logged();
+    assert_eq!(during.len(), 1, "{during:?}");
+    let input = &during[0];
+    assert_eq!(
+        (input.phase.as_str(), input.action.as_str()),
+        ("input", "pass")
+    );
+    assert_eq!(input.model.as_deref(), Some("gpt-4o"));
+
+    origin.sse_gate.add_permits(16);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&rest).contains("[DONE]"));
+    let done = wait_until(BOUND, || async { logged().len() == 2 }).await;
+    assert!(done, "the answer's event never came: {:?}", logged());
+    let after = logged();
+    let (input, output) = (&after[0], &after[1]);
+    assert_eq!(output.phase.as_str(), "output");
+    assert_eq!(input.request_id, output.request_id);
+    assert!(input.ts <= output.ts, "{} then {}", input.ts, output.ts);
+}
