@@ -859,7 +859,7 @@ impl Exchange {
         let r = &self.record;
         let action = if r.blocked.is_some() {
             "block"
-        } else if status.is_none_or(|s| s >= 500) || r.error.is_some() {
+        } else if status.is_none_or(|s| s >= 400) || r.error.is_some() {
             "error"
         } else if r.cache_hit == Some(true) {
             "cache_hit"
@@ -1013,8 +1013,9 @@ impl Exchange {
         let counts = redaction_counts;
         let status = r.status;
         // An exchange kt cut short (a body timeout, a stream the upstream
-        // broke after a 200 head) failed whatever its status says.
-        let failed = status.is_none_or(|s| s >= 500) || r.error.is_some();
+        // broke after a 200 head) failed whatever its status says; one the
+        // upstream refused (a 429 rate limit, a 401, a 5xx) failed too.
+        let failed = status.is_none_or(|s| s >= 400) || r.error.is_some();
         let mut output = match blocked(false) {
             Some(_) => base(Phase::Output, EventAction::Block),
             None if failed => base(Phase::Output, EventAction::Error),
@@ -1040,7 +1041,11 @@ impl Exchange {
         } else if status.is_none() {
             output.reason = Some("the client went away before the response ended".into());
         } else if failed {
-            output.reason = Some(format!("upstream answered {}", status.unwrap_or(0)));
+            let status = status.unwrap_or(0);
+            output.reason = Some(match r.uninspected[1] {
+                Some(why) => format!("upstream answered {status}; not inspected: {why}"),
+                None => format!("upstream answered {status}"),
+            });
         } else if let Some(why) = r.uninspected[1] {
             output.reason = Some(format!("not inspected: {why}"));
         }
@@ -1229,6 +1234,16 @@ mod tests {
         assert!(input.latency_ms.is_none());
         assert_eq!(input.request_id, output.request_id);
         assert_ne!(input.id, output.id);
+    }
+
+    #[test]
+    fn an_answer_the_upstream_refused_is_an_error() {
+        for status in [429, 401, 404, 503] {
+            let (action, reason) = output(Some(status), None);
+            assert_eq!(action, "error", "{status}");
+            assert_eq!(reason, Some(format!("upstream answered {status}")));
+        }
+        assert_eq!(output(Some(304), None), ("pass".into(), None));
     }
 
     #[test]

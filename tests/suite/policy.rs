@@ -389,7 +389,12 @@ async fn answers_the_output_policies_cannot_read_are_refused_or_marked() {
                 closed("not inspected: content_type; the policy fails closed"),
                 Some(502)
             ),
-            ("pass", None, Some("not inspected: content_type"), Some(429)),
+            (
+                "error",
+                None,
+                Some("upstream answered 429; not inspected: content_type"),
+                Some(429)
+            ),
         ]
     );
 
