@@ -33,7 +33,18 @@ pub fn block_body(api: Option<Api>, policy: &str, message: &str) -> Bytes {
 
 /// `409 Conflict` with the block body.
 pub fn blocked(api: Option<Api>, policy: &str, message: &str) -> Response<Body> {
-    json_response(StatusCode::CONFLICT, block_body(api, policy, message))
+    let mut resp = json_response(StatusCode::CONFLICT, block_body(api, policy, message));
+    final_answer(&mut resp);
+    resp
+}
+
+/// Marks an answer that asking again cannot change. The OpenAI and
+/// Anthropic SDKs retry a `409` (and a `429`) twice by default, which would
+/// send a blocked prompt three times and record three blocks; they skip
+/// the retry when the answer carries `x-should-retry: false`.
+fn final_answer(resp: &mut Response<Body>) {
+    resp.headers_mut()
+        .insert("x-should-retry", HeaderValue::from_static("false"));
 }
 
 /// `429 Too Many Requests` with `retry-after` (whole seconds): a
@@ -73,6 +84,11 @@ pub fn limited(api: Option<Api>, policy: &str, refusal: &Refusal) -> Response<Bo
         header::RETRY_AFTER,
         HeaderValue::from(refusal.retry_after_secs),
     );
+    // A spent budget refills at the period's end, hours away: a retry in
+    // seconds only repeats the refusal. A rate limit's does not.
+    if refusal.limit.is_budget() {
+        final_answer(&mut resp);
+    }
     resp
 }
 
@@ -142,6 +158,9 @@ mod tests {
             serde_json::from_slice(&block_body(Some(Api::AnthropicMessages), "p", "m")).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["code"], "blocked");
+        let resp = blocked(Some(Api::OpenAiChat), "content-filter", "no");
+        assert_eq!(resp.status(), 409);
+        assert_eq!(resp.headers()["x-should-retry"], "false");
     }
 
     #[test]
@@ -159,8 +178,13 @@ mod tests {
         );
         assert_eq!(resp.status(), 429);
         assert_eq!(resp.headers()["retry-after"], "17");
+        assert!(
+            !resp.headers().contains_key("x-should-retry"),
+            "a rate limit is worth retrying after its wait"
+        );
         let resp = limited(None, "b", &refusal(Limit::UsdPerDay));
         assert_eq!(resp.headers()["retry-after"], "17");
+        assert_eq!(resp.headers()["x-should-retry"], "false");
         let body = |api, limit| -> serde_json::Value {
             let resp = limited(api, "p", &refusal(limit));
             let bytes = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(

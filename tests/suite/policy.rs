@@ -115,6 +115,8 @@ async fn content_filter_blocks_with_409_and_the_upstream_is_never_contacted() {
     let mut http = client(&gw, HOST).await;
     let resp = post_chat(&mut http, "summarise Internal-Project-Zeus for me").await;
     assert_eq!(resp.status(), 409);
+    // The SDKs would retry a 409 twice: asking again cannot change it.
+    assert_eq!(resp.headers()["x-should-retry"], "false");
     assert_eq!(
         resp.headers()["content-type"].to_str().unwrap(),
         "application/json"
