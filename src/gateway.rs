@@ -105,6 +105,12 @@ impl GatewaySettings {
                 self.limits.allowed_connect_ports.push(port);
             }
         }
+        // Listing ports asks for the restriction, even on loopback.
+        if !config.upstream.allowed_connect_ports.is_empty()
+            && self.limits.restrict_connect_ports.is_none()
+        {
+            self.limits.restrict_connect_ports = Some(true);
+        }
     }
 }
 
@@ -255,15 +261,9 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
         shipping,
     });
     let auth = auth_gate(settings, store, hosted.is_some(), &mut warnings);
-    let gateway = Gateway::new(
-        certs,
-        upstream,
-        intercept,
-        settings.limits.clone(),
-        engine,
-        feed,
-        auth,
-    );
+    let mut limits = settings.limits.clone();
+    limits.restrict_connect_ports = Some(restricts_connect_ports(settings));
+    let gateway = Gateway::new(certs, upstream, intercept, limits, engine, feed, auth);
     Ok(Built {
         gateway,
         ca: paths,
@@ -309,6 +309,15 @@ fn auth_gate(
     AuthGate::new(required, store).trusting(&settings.trusted_proxies)
 }
 
+/// Whether CONNECT is held to the allowed ports: as configured, else
+/// unless the gateway listens only on loopback.
+fn restricts_connect_ports(settings: &GatewaySettings) -> bool {
+    settings
+        .limits
+        .restrict_connect_ports
+        .unwrap_or(!settings.listen.ip().is_loopback())
+}
+
 /// The options of the config's audit logger, if it has one.
 fn audit_options(config: Option<&Config>) -> Option<&crate::config::AuditLoggerOptions> {
     config?.chain().find_map(|p| match &p.options {
@@ -344,4 +353,34 @@ fn start_pruning(dir: PathBuf, days: u32) {
             let _ = tokio::task::spawn_blocking(prune).await;
         }
     });
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::PolicyConfig;
+
+    #[test]
+    fn connect_ports_are_restricted_beyond_loopback_or_when_listed() {
+        let settings = |listen: &str, yaml: Option<&str>| {
+            let mut s =
+                GatewaySettings::new(listen.parse().unwrap(), PathBuf::from("/nonexistent"));
+            if let Some(yaml) = yaml {
+                s.apply_config(&std::sync::Arc::new(
+                    PolicyConfig::parse(yaml, std::path::Path::new("t.yaml")).unwrap(),
+                ));
+            }
+            s
+        };
+        assert!(!restricts_connect_ports(&settings("127.0.0.1:41002", None)));
+        assert!(!restricts_connect_ports(&settings("[::1]:41002", None)));
+        assert!(restricts_connect_ports(&settings("0.0.0.0:41002", None)));
+        assert!(restricts_connect_ports(&settings("10.1.2.3:41002", None)));
+        let listed = "upstream:\n  allowed_connect_ports: [8443]\n";
+        assert!(restricts_connect_ports(&settings(
+            "127.0.0.1:41002",
+            Some(listed)
+        )));
+    }
 }

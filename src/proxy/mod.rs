@@ -103,9 +103,17 @@ pub struct Limits {
     /// All the bodies being read whole at once, in bytes; past it a body
     /// still arriving gets `503`.
     pub max_buffered_bodies: usize,
-    /// Ports a CONNECT may name (443 plus `upstream.allowed_connect_ports`):
-    /// a CONNECT to port 22 or 25 is a way through the network, not an IDE.
+    /// Ports a CONNECT may name when [`Limits::restrict_connect_ports`]
+    /// holds (443 plus `upstream.allowed_connect_ports`): on a shared
+    /// gateway a CONNECT to port 22 or 25 is a way through its network,
+    /// not an IDE.
     pub allowed_connect_ports: Vec<u16>,
+    /// Whether CONNECT is held to [`Limits::allowed_connect_ports`].
+    /// `None`: when the gateway listens beyond loopback, or the config
+    /// lists ports. A gateway on a laptop's loopback tunnels any port, as
+    /// the developer could connect there without it: refusing a registry
+    /// or a self-hosted Sourcegraph on :8443 would break their tools.
+    pub restrict_connect_ports: Option<bool>,
 }
 
 impl Default for Limits {
@@ -121,6 +129,7 @@ impl Default for Limits {
             body_read: Duration::from_secs(120),
             max_buffered_bodies: 512 << 20,
             allowed_connect_ports: vec![443],
+            restrict_connect_ports: None,
         }
     }
 }

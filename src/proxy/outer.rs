@@ -128,7 +128,7 @@ async fn connect(mut ctx: ConnCtx, req: Request<Incoming>) -> Result<Response<Bo
         return Err(ProxyError::Loop);
     }
     let allowed = &ctx.gw.limits.allowed_connect_ports;
-    if !allowed.contains(&target.port) {
+    if ctx.gw.limits.restrict_connect_ports != Some(false) && !allowed.contains(&target.port) {
         return Err(ProxyError::PortNotAllowed {
             port: target.port,
             allowed: allowed

@@ -58,6 +58,25 @@ async fn metadata_and_link_local_targets_are_refused_by_address_and_by_name() {
     assert!(out.starts_with("HTTP/1.1 403"), "{out}");
 }
 
+/// On loopback (a developer's own gateway) a tunnel may go to any port:
+/// the developer could connect there without kt.
+#[tokio::test]
+async fn a_loopback_gateway_tunnels_any_port_unless_the_config_lists_ports() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to
+            .push(connect_to("registry.example", 8443, origin.addr));
+    })
+    .await;
+    let (s, reply) = client::connect(gw.addr, "registry.example:8443").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    drop(s);
+    let (s, reply) = client::connect(gw.addr, &format!("127.0.0.1:{}", origin.addr.port())).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    drop(s);
+}
+
 #[tokio::test]
 async fn connect_ports_other_than_443_need_the_config() {
     let ca = TestCa::new("ca");
