@@ -105,6 +105,9 @@ impl GatewaySettings {
                 self.limits.allowed_connect_ports.push(port);
             }
         }
+        if let Some(timeout) = config.upstream.response_timeout {
+            self.upstream_timeouts.response_head = timeout;
+        }
         // Listing ports asks for the restriction, even on loopback.
         if !config.upstream.allowed_connect_ports.is_empty()
             && self.limits.restrict_connect_ports.is_none()

@@ -84,6 +84,9 @@ pub struct Upstream {
     pub proxy: Option<String>,
     /// Ports a CONNECT may name besides 443.
     pub allowed_connect_ports: Vec<u16>,
+    /// `response_timeout_seconds`: how long an upstream may take to start
+    /// its answer.
+    pub response_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -60,6 +60,8 @@ struct RawUpstream {
     proxy: Option<Spanned<String>>,
     #[serde(default)]
     allowed_connect_ports: Vec<Spanned<i64>>,
+    #[serde(default)]
+    response_timeout_seconds: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -368,6 +370,15 @@ fn read_providers(cx: &mut Ctx, node: &Node, config: &mut Config) {
 
 fn upstream(cx: &mut Ctx, raw: RawUpstream) -> Upstream {
     let mut out = Upstream::default();
+    if let Some(secs) = raw.response_timeout_seconds {
+        match u64::try_from(secs.value) {
+            Ok(s @ 1..=86_400) => out.response_timeout = Some(std::time::Duration::from_secs(s)),
+            _ => cx.problems.push(secs.problem(format!(
+                "{} is not a number of seconds from 1 to 86400",
+                secs.value
+            ))),
+        }
+    }
     for port in raw.allowed_connect_ports {
         match u16::try_from(port.value) {
             Ok(p) if p > 0 => out.allowed_connect_ports.push(p),

@@ -1039,6 +1039,31 @@ fn allowed_connect_ports_take_ports_and_refuse_the_rest() {
 }
 
 #[test]
+fn the_upstream_response_timeout_takes_seconds_and_refuses_the_rest() {
+    let c = Config::parse(
+        "upstream:\n  response_timeout_seconds: 1200\n",
+        Path::new("t.yaml"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.upstream.response_timeout,
+        Some(std::time::Duration::from_secs(1200))
+    );
+    for bad in ["0", "-5", "86401"] {
+        let err = Config::parse(
+            &format!("upstream:\n  response_timeout_seconds: {bad}\n"),
+            Path::new("t.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("t.yaml:2:") && err.contains("not a number of seconds"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
 fn a_provider_setting_written_on_the_target_says_where_it_belongs() {
     let ps = problems(
         "providers:\n  targets:\n    - id: openai\n      api_key_env: OPENAI_API_KEY\n      modles: [x]\n",

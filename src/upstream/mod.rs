@@ -174,7 +174,8 @@ pub struct UpstreamTimeouts {
     pub connect: Duration,
     pub tls_handshake: Duration,
     /// From sending the request to receiving the response head. LLM calls
-    /// without streaming can think for minutes, so this is generous.
+    /// without streaming can think for minutes: the OpenAI and Anthropic
+    /// SDKs wait 10 (and retry a 504), so kt waits as long.
     pub response_head: Duration,
     pub pool_idle: Duration,
     /// Upstream HTTP connections open at once; more wait up to `connect`
@@ -187,7 +188,7 @@ impl Default for UpstreamTimeouts {
         UpstreamTimeouts {
             connect: Duration::from_secs(10),
             tls_handshake: Duration::from_secs(10),
-            response_head: Duration::from_secs(300),
+            response_head: Duration::from_secs(600),
             pool_idle: Duration::from_secs(90),
             max_connections: None,
         }

@@ -369,6 +369,25 @@ async fn a_silent_provider_is_504_and_a_stalled_stream_is_cut_at_the_idle_limit(
 }
 
 #[tokio::test]
+async fn the_response_timeout_comes_from_the_config() {
+    let ca = TestCa::new("faults CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let yaml = format!("{AUDIT}upstream:\n  response_timeout_seconds: 1\n");
+    let gw = gateway(&ca, &yaml, origin.addr, |_| {}).await;
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"h2"]).await;
+    let asked = Instant::now();
+    let resp = post_chat(&mut http, false, &[("x-test-hang", "1")]).await;
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["x-kt-error"], "upstream_timeout");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(body_string(resp).await.contains("1 s"));
+}
+
+#[tokio::test]
 async fn a_batch_of_faults_leaves_no_fds_or_tasks_behind() {
     let ca = TestCa::new("faults CA");
     let (reset_addr, reset) = resetting_origin(&ca).await;
