@@ -865,13 +865,64 @@ fn tls_reason(err: &std::io::Error) -> String {
         if let Some(rustls_err) = inner.downcast_ref::<rustls::Error>() {
             return match rustls_err {
                 rustls::Error::InvalidCertificate(c) => {
-                    format!("upstream certificate rejected: {c:?}")
+                    format!("upstream certificate rejected: {}", certificate_problem(c))
                 }
                 other => other.to_string(),
             };
         }
     }
     err.to_string()
+}
+
+/// Names shown of a certificate that is for other hosts; a CDN's can list
+/// hundreds.
+const NAMES_SHOWN: usize = 5;
+
+/// A certificate problem in words a user can act on. rustls's own text
+/// holds debug forms (`DnsName("…")`, `Other(OtherError(…))`).
+fn certificate_problem(c: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as E;
+    match c {
+        E::NotValidForNameContext { expected, presented } => {
+            let names: Vec<String> = presented.iter().map(|n| bare_name(n)).collect();
+            let shown = names.len().min(NAMES_SHOWN);
+            let more = match names.len() - shown {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
+            match shown {
+                0 => format!(
+                    "it is not valid for {} (it names no host)",
+                    expected.to_str()
+                ),
+                _ => format!(
+                    "it is not valid for {} but for {}{more}",
+                    expected.to_str(),
+                    names[..shown].join(", ")
+                ),
+            }
+        }
+        E::UnknownIssuer => "it was issued by a CA kt does not trust (a company CA goes in --upstream-ca or upstream.ca_files)".into(),
+        E::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+            "the server presented a CA certificate as its own".into()
+        }
+        E::Other(other) => other.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `api.openai.com` from `DnsName("api.openai.com")`, `127.0.0.1` from
+/// `IpAddress(127.0.0.1)`; other text as it is.
+fn bare_name(s: &str) -> String {
+    if let (Some(a), Some(b)) = (s.find('"'), s.rfind('"')) {
+        if a < b {
+            return s[a + 1..b].to_string();
+        }
+    }
+    s.split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or(s)
+        .to_string()
 }
 
 #[cfg(test)]

@@ -176,8 +176,37 @@ async fn untrusted_upstream_is_a_502_naming_host_and_reason() {
     assert_eq!(resp.headers()["x-kt-error"], "upstream_tls");
     let body = body_string(resp).await;
     assert!(body.contains(HOST), "{body}");
-    assert!(body.contains("certificate"), "{body}");
+    assert!(body.contains("issued by a CA kt does not trust"), "{body}");
     assert_eq!(origin.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // A trusted certificate for other names: the reason lists them plainly.
+    let names = [
+        "a.example",
+        "b.example",
+        "c.example",
+        "d.example",
+        "e.example",
+        "f.example",
+        "g.example",
+    ];
+    let other = Origin::tls(&other_ca, &names, Alpn::Both).await;
+    let gw = TestGateway::start(&other_ca, |s| {
+        s.connect_to = vec![connect_to(HOST, 443, other.addr)]
+    })
+    .await;
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"http/1.1"]).await;
+    let resp = http
+        .send("POST", HOST, "/echo", Bytes::from_static(b"{}"))
+        .await;
+    assert_eq!(resp.status(), 502);
+    let body = body_string(resp).await;
+    assert!(
+        body.contains(&format!(
+            "it is not valid for {HOST} but for a.example, b.example, c.example, d.example, e.example and 2 more"
+        )),
+        "{body}"
+    );
+    assert!(!body.contains("DnsName"), "{body}");
 }
 
 #[tokio::test]
