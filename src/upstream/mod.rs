@@ -903,12 +903,29 @@ fn certificate_problem(c: &rustls::CertificateError) -> String {
             }
         }
         E::UnknownIssuer => "it was issued by a CA kt does not trust (a company CA goes in --upstream-ca or upstream.ca_files)".into(),
+        E::Expired => "it has expired".into(),
+        E::ExpiredContext { not_after, .. } => {
+            format!("it expired at {}", unix_time(not_after.as_secs()))
+        }
+        E::NotValidYet => "it is not valid yet (is this machine's clock right?)".into(),
+        E::NotValidYetContext { not_before, .. } => format!(
+            "it is not valid before {} (is this machine's clock right?)",
+            unix_time(not_before.as_secs())
+        ),
         E::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
             "the server presented a CA certificate as its own".into()
         }
         E::Other(other) => other.to_string(),
         other => other.to_string(),
     }
+}
+
+/// A certificate's time, as events and logs write times.
+fn unix_time(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .map_or_else(|| format!("{secs} (Unix time)"), crate::events::format_ts)
 }
 
 /// `api.openai.com` from `DnsName("api.openai.com")`, `127.0.0.1` from
