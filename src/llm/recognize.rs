@@ -195,6 +195,7 @@ pub struct Classification<'a> {
     api: Option<Api>,
     family: Option<Family>,
     inspect: bool,
+    websocket: bool,
     model: Option<&'a str>,
     stream: Option<bool>,
     autocomplete: bool,
@@ -217,6 +218,13 @@ impl<'a> Classification<'a> {
     /// The body family (which JSON pointers apply); `None` when unknown.
     pub fn family(&self) -> Option<Family> {
         self.family
+    }
+
+    /// True for a WebSocket upgrade to an LLM call (Copilot's WebSocket
+    /// Responses, OpenAI's Realtime): kt cannot read its frames, but it is
+    /// an exchange the audit trail records.
+    pub fn websocket(&self) -> bool {
+        self.websocket
     }
 
     /// True when policies read this request: a POST to an LLM call. False for
@@ -322,6 +330,9 @@ pub fn classify_with<'a>(
     };
 
     let inspect = route.llm && method == Method::POST;
+    let websocket = method == Method::GET
+        && header_is(headers, &http::header::UPGRADE, "websocket")
+        && (route.llm || path.ends_with("/realtime"));
     let autocomplete = route.llm
         && (route.endpoint == Endpoint::Completions
             || header_is(headers, &OPENAI_INTENT, "copilot-ghost")
@@ -332,6 +343,7 @@ pub fn classify_with<'a>(
         api: route.api,
         family: route.family,
         inspect,
+        websocket,
         model: route.model,
         stream: route.stream,
         autocomplete,

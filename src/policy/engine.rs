@@ -204,7 +204,7 @@ impl Engine {
                 .then_some(Provider::Sourcegraph)
         };
         let class = classify_with(hint, host, method, path_and_query, headers);
-        if !class.inspect() {
+        if !class.inspect() && !class.websocket() {
             return None;
         }
         let path = match &normalized {
@@ -247,6 +247,7 @@ impl Engine {
             api: class.api(),
             family: class.family(),
             autocomplete: class.autocomplete(),
+            websocket: class.websocket(),
             host: host.clone(),
             path: path.into(),
             method: method.clone(),

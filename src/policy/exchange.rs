@@ -35,6 +35,8 @@ pub struct ExchangeInfo {
     pub api: Option<Api>,
     pub family: Option<Family>,
     pub autocomplete: bool,
+    /// A WebSocket upgrade (see [`Exchange::websocket`]).
+    pub websocket: bool,
     // Shared with the exchange's events rather than copied into each.
     pub host: Arc<str>,
     pub path: Arc<str>,
@@ -386,6 +388,26 @@ impl Exchange {
             &format!(
                 "kt cannot inspect the upstream response ({what}), so its policies cannot check it"
             ),
+        ))
+    }
+
+    /// A WebSocket upgrade: kt bridges its frames unread. Both phases are
+    /// noted as not inspected; when a body policy of either phase fails
+    /// closed the upgrade is refused, a `409` block by that policy, since
+    /// what it must check would pass unchecked.
+    pub fn websocket(&mut self) -> Option<Response<Body>> {
+        const WHY: &str = "websocket";
+        let refused = self.unreadable(self.input_body, true, WHY)
+            || self.unreadable(self.output_body, true, WHY);
+        self.record.uninspected[1].get_or_insert(WHY);
+        if !refused {
+            return None;
+        }
+        let policy = self.record.blocked.as_ref().map_or("", |(p, _)| p.as_str());
+        Some(respond::blocked(
+            self.info.api,
+            policy,
+            "kt cannot inspect WebSocket messages, and this policy fails closed: use the HTTP API",
         ))
     }
 

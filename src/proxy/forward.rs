@@ -43,10 +43,33 @@ pub(super) async fn forward(
         req.headers(),
         &ctx.identity,
     ) {
+        if exchange.info.websocket {
+            return Box::pin(untouched(ctx, origin, req, Some(exchange))).await;
+        }
         // Boxed: the inspected exchange's future is kilobytes (the record,
         // the policy chain's state, the upstream send), and hyper moves the
         // per-request future several times; a pointer moves for free.
         return Box::pin(super::inspected::forward(ctx, origin, req, exchange)).await;
+    }
+    untouched(ctx, origin, req, None).await
+}
+
+/// Forwards `req` with its body streamed as is, bridging a protocol
+/// upgrade after the `101`. `exchange`: a WebSocket to an LLM endpoint,
+/// refused when a policy that cannot read its frames fails closed, else
+/// recorded: the request's event once the upgrade is answered, the
+/// answer's when the session ends.
+async fn untouched(
+    ctx: &ConnCtx,
+    origin: &Origin,
+    mut req: Request<Incoming>,
+    mut exchange: Option<Box<crate::policy::exchange::Exchange>>,
+) -> Result<Response<Body>, ProxyError> {
+    if let Some(ex) = exchange.as_mut() {
+        if let Some(resp) = ex.websocket() {
+            ex.complete(Some(resp.status().as_u16()));
+            return Ok(resp);
+        }
     }
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -59,10 +82,15 @@ pub(super) async fn forward(
     let mut resp = match ctx.gw.upstream.send(origin, up_req).await {
         Ok(resp) => resp,
         Err(e) => {
-            return Err(match e.client_body_failure() {
+            let e = match e.client_body_failure() {
                 Some(cause) => ProxyError::ClientBody(cause),
                 None => e.into(),
-            })
+            };
+            if let Some(mut ex) = exchange {
+                ex.record.error = Some(format!("{}: {e}", e.kind()));
+                ex.complete(Some(e.status().as_u16()));
+            }
+            return Err(e);
         }
     };
 
@@ -70,6 +98,10 @@ pub(super) async fn forward(
         let Some(client_upgrade) = client_upgrade else {
             return Err(UpstreamError::unasked_upgrade(origin).into());
         };
+        if let Some(ex) = exchange.as_mut() {
+            ex.record.status = Some(101);
+            ex.record_input();
+        }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let activity = ctx.activity.clone();
         let idle = ctx.gw.limits.idle;
@@ -88,9 +120,15 @@ pub(super) async fn forward(
                 }
                 Err(e) => tracing::debug!(error = %e, "upgrade bridge failed"),
             }
+            if let Some(mut ex) = exchange {
+                ex.complete(Some(101));
+            }
         });
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, body::empty()));
+    }
+    if let Some(mut ex) = exchange {
+        ex.complete(Some(resp.status().as_u16()));
     }
 
     let (mut parts, incoming) = resp.into_parts();

@@ -265,7 +265,12 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 .insert("content-type", "text/event-stream".parse().unwrap());
             r
         }
-        "/ws" => {
+        // WebSocket echo; also on the LLM paths clients open WebSockets to
+        // (Copilot's Responses, OpenAI's Realtime).
+        p if p == "/ws"
+            || (req.headers().contains_key("upgrade")
+                && (p == "/responses" || p == "/v1/realtime")) =>
+        {
             let on = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 if let Ok(up) = on.await {

@@ -475,3 +475,110 @@ async fn a_request_is_recorded_while_its_answer_still_streams() {
     assert_eq!(input.request_id, output.request_id);
     assert!(input.ts <= output.ts, "{} then {}", input.ts, output.ts);
 }
+
+/// Opens a WebSocket to `path` on `HOST` through the gateway: the status
+/// line of the answer, and the TLS stream when it is a `101`.
+async fn websocket(
+    gw: &TestGateway,
+    path: &str,
+) -> (
+    String,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (s, reply) = crate::common::client::connect(gw.addr, &format!("{HOST}:443")).await;
+    assert_eq!(reply.status, 200);
+    let mut tls = crate::common::client::tls(s, HOST, &[gw.ca_der()], &[])
+        .await
+        .unwrap();
+    tls.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    (head.lines().next().unwrap_or_default().to_string(), tls)
+}
+
+/// kt cannot read WebSocket frames; a WebSocket to an LLM endpoint is
+/// recorded as such, and refused when a policy that must read it fails
+/// closed.
+#[tokio::test]
+async fn websockets_to_llm_endpoints_are_recorded_or_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new("events CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let mut gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(HOST, 443, origin.addr));
+    })
+    .await;
+    for path in ["/v1/realtime?model=gpt-realtime", "/responses"] {
+        let (status, mut tls) = websocket(&gw, path).await;
+        assert!(status.starts_with("HTTP/1.1 101"), "{path}: {status}");
+        tls.write_all(b"frame").await.unwrap();
+        let mut echo = [0u8; 5];
+        tls.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"frame");
+    }
+    // A WebSocket elsewhere is no LLM exchange.
+    let (status, tls) = websocket(&gw, "/ws").await;
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    drop(tls);
+    let dir = gw.close_events().await;
+    let (events, _) = read_last(&dir, 10, &Filters::default()).unwrap();
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.phase.as_str(),
+                e.action.as_str(),
+                e.path.as_deref().unwrap_or_default(),
+                e.status,
+                e.reason.as_deref().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let why = "not inspected: websocket";
+    for path in ["/v1/realtime", "/responses"] {
+        assert!(
+            seen.contains(&("input", "pass", path, None, why)),
+            "{path}: {seen:?}"
+        );
+        assert!(
+            seen.contains(&("output", "pass", path, Some(101), why)),
+            "{path}: {seen:?}"
+        );
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+
+    // Secret redaction fails closed by default: it could not see the frames.
+    let config = Arc::new(PolicyConfig::parse(CONFIG, Path::new("t.yaml")).unwrap());
+    let mut gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(HOST, 443, origin.addr));
+        s.apply_config(&config);
+    })
+    .await;
+    let (status, _) = websocket(&gw, "/responses").await;
+    assert!(status.starts_with("HTTP/1.1 409"), "{status}");
+    let dir = gw.close_events().await;
+    let (events, _) = read_last(&dir, 10, &Filters::default()).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0].action.as_str(), events[0].policy.as_deref()),
+        ("block", Some("secret-redaction"))
+    );
+    assert_eq!(
+        events[0].reason.as_deref(),
+        Some("not inspected: websocket; the policy fails closed")
+    );
+}
