@@ -10,10 +10,8 @@ use crate::cache::redis::RedisTier;
 use crate::cache::DEFAULT_KEY_PREFIX;
 use crate::config::{CacheBackend, Config, PolicyOptions};
 use anyhow::{bail, Context as _};
-use bytes::Bytes;
 use clap::{Args, Subcommand};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -157,35 +155,9 @@ async fn call(
     method: http::Method,
     path: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let uri: http::Uri = url
-        .parse()
-        .with_context(|| format!("--gateway {url:?} is not a URL"))?;
-    if uri.scheme_str() != Some("http") {
-        bail!("--gateway takes an http:// URL of the gateway's listener, e.g. {DEFAULT_GATEWAY}");
-    }
-    let host = uri.host().context("--gateway URL has no host")?.to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let connect = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port));
-    let tcp = tokio::time::timeout(std::time::Duration::from_secs(5), connect)
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out"))
-        .and_then(|r| r.map_err(anyhow::Error::from))
-        .with_context(|| format!("cannot connect to the gateway at {url}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .context("HTTP handshake with the gateway failed")?;
-    tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, format!("{host}:{port}"));
-    if let Some(key) = key {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
-    }
-    let resp = sender
-        .send_request(req.body(Empty::<Bytes>::new())?)
-        .await
-        .context("the gateway did not answer")?;
+    let resp = crate::cli::admin::GatewayUrl::parse(url)?
+        .ask(method, path, key, None, std::time::Duration::from_secs(5))
+        .await?;
     let status = resp.status();
     let body = resp
         .into_body()

@@ -235,9 +235,7 @@ mod remote {
     use crate::events::{Event, Filters};
     use crate::llm::sse::SseDecoder;
     use anyhow::{bail, Context as _};
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::TokioIo;
+    use http_body_util::BodyExt;
     use std::io::IsTerminal;
     use std::process::ExitCode;
 
@@ -249,37 +247,21 @@ mod remote {
         n: usize,
         follow: bool,
     ) -> anyhow::Result<ExitCode> {
-        let uri: http::Uri = url
-            .parse()
-            .with_context(|| format!("--gateway {url:?} is not a URL"))?;
-        if uri.scheme_str() != Some("http") {
-            bail!("--gateway takes an http:// URL of the gateway's listener, e.g. http://127.0.0.1:41002");
-        }
-        let host = uri.host().context("--gateway URL has no host")?.to_string();
-        let port = uri.port_u16().unwrap_or(80);
+        let gateway = crate::cli::admin::GatewayUrl::parse(url)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
         runtime.block_on(async move {
-            let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
-                .await
-                .with_context(|| format!("cannot connect to the gateway at {url}"))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .context("HTTP handshake with the gateway failed")?;
-            tokio::spawn(conn);
-            let mut req = http::Request::builder()
-                .uri(format!("/_kt/events?n={n}"))
-                .header(http::header::HOST, format!("{host}:{port}"))
-                .header(http::header::ACCEPT, "text/event-stream");
-            if let Some(key) = key {
-                req = req.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
-            }
-            let resp = sender
-                .send_request(req.body(Empty::<Bytes>::new())?)
-                .await
-                .context("the gateway did not answer")?;
+            let resp = gateway
+                .ask(
+                    http::Method::GET,
+                    &format!("/_kt/events?n={n}"),
+                    key,
+                    Some("text/event-stream"),
+                    std::time::Duration::from_secs(10),
+                )
+                .await?;
             if !resp.status().is_success() {
                 bail!("the gateway answered {} for /_kt/events", resp.status());
             }

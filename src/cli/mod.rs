@@ -2,6 +2,7 @@
 //! dispatched. The only module that uses `anyhow`; every error ends as one
 //! line on stderr and a non-zero exit.
 
+mod admin;
 mod banner;
 mod ca;
 mod cache;

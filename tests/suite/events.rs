@@ -242,6 +242,69 @@ async fn the_live_feed_streams_new_events_and_tail_reads_it() {
         text.contains("OUTPUT openai chat/completions PASS latency="),
         "{text}"
     );
+
+    // And through a TLS front (an ingress, a load balancer), checked
+    // against the roots SSL_CERT_FILE names.
+    let front = tls_front(&ca, gw.addr).await;
+    let tail = |url: String, roots: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_kt"))
+                .args([
+                    "events",
+                    "tail",
+                    "--gateway",
+                    &url,
+                    "-n",
+                    "2",
+                    "--no-follow",
+                ])
+                .env("SSL_CERT_FILE", roots)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let url = format!("https://localhost:{}", front.port());
+    let out = tail(url.clone(), ca.pem_path.clone()).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+    // A front whose certificate the roots do not vouch for is refused.
+    let stranger = TestCa::new("a CA nobody trusts");
+    let out = tail(url, stranger.pem_path.clone()).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS handshake with the gateway"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TLS terminator for `localhost` (certificate from `ca`) relaying each
+/// connection to `backend`, as an ingress in front of a gateway does.
+async fn tls_front(ca: &TestCa, backend: std::net::SocketAddr) -> std::net::SocketAddr {
+    let acceptor = ca.h1_acceptor(&["localhost"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut up) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    addr
 }
 
 #[tokio::test]
