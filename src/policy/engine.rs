@@ -120,7 +120,7 @@ impl Engine {
         event.host = Some(target.into());
         event.client_ip = client.map(|c| c.text.clone());
         event.reason = reason;
-        crate::policy::exchange::submit(sink, &self.sends, vec![event]);
+        crate::policy::exchange::submit(sink, &self.sends, [event]);
     }
 
     /// Exchange outcomes since start.

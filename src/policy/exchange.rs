@@ -459,7 +459,7 @@ impl Exchange {
         }
         self.ensure_request_id();
         let event = self.input_event(time::OffsetDateTime::now_utc());
-        submit(&sink, &sends, vec![event]);
+        submit(&sink, &sends, [event]);
         self.input_recorded = true;
     }
 
@@ -1111,8 +1111,11 @@ async fn verdict(policy: &Policy, key: &Key, now: Now) -> Result<(), Refusal> {
 /// there is room (the common case), else by a tracked task that waits for
 /// room, so no event is dropped and shutdown waits for it. Callers may be
 /// destructors, which cannot wait themselves.
-#[allow(clippy::vec_box)] // the boxes go to the writer as they are
-pub(crate) fn submit(sink: &EventSink, sends: &TaskTracker, events: Vec<Box<Event>>) {
+pub(crate) fn submit(
+    sink: &EventSink,
+    sends: &TaskTracker,
+    events: impl IntoIterator<Item = Box<Event>>,
+) {
     let mut waiting = Vec::new();
     for event in events {
         // Once one had to wait, the rest wait behind it.
