@@ -274,6 +274,9 @@ impl OutputStream {
             }
         }
         let mut replacements: Vec<Replacement> = Vec::new();
+        // What this check found, noted only if it releases: held text is
+        // checked again with the next frame and would count it again.
+        let mut found: Vec<StreamNote> = Vec::new();
         let chain = self.chain.clone();
         for &i in &self.policies {
             let Some(policy) = chain.get(i) else { continue };
@@ -303,12 +306,12 @@ impl OutputStream {
                                 range: hit.range,
                                 label,
                             });
-                            self.notes.push(StreamNote::Redacted {
+                            found.push(StreamNote::Redacted {
                                 policy: policy.name.clone(),
                                 kind: policy.name.clone(),
                             });
                         }
-                        FilterAction::Log => self.notes.push(StreamNote::Logged {
+                        FilterAction::Log => found.push(StreamNote::Logged {
                             policy: policy.name.clone(),
                             rule: hit.rule,
                         }),
@@ -319,7 +322,7 @@ impl OutputStream {
                         if f.range.end <= base {
                             continue;
                         }
-                        self.notes.push(StreamNote::Redacted {
+                        found.push(StreamNote::Redacted {
                             policy: policy.name.clone(),
                             kind: f.kind.clone(),
                         });
@@ -342,6 +345,7 @@ impl OutputStream {
         if !force && self.held_bytes < limit && may_grow(&window) {
             return Flow::Continue;
         }
+        self.notes.append(&mut found);
         replacements.sort_by_key(|r| r.range.start);
         let mut labeled = vec![false; replacements.len()];
         let mut released = String::new();
@@ -680,6 +684,68 @@ mod tests {
         assert!(may_grow("AKIA"));
         assert!(may_grow("-----BEGIN PRIVATE KEY-----\nMIIE"));
         assert!(!may_grow("-----BEGIN X-----\nabc\n-----END X-----\n"));
+    }
+
+    /// One secret in a streamed answer is one redaction, however small the
+    /// frames: the hold-back checks the held text again with each frame,
+    /// and a finding is noted only when its text is released.
+    #[test]
+    fn a_held_secret_is_counted_once_whatever_the_frame_size() {
+        let key = "AKIAQX4B7ZK2M5RT6WLN";
+        let reply = format!("Your key is {key} and it is live.");
+        let yaml = "policies:\n  chain: [r]\npolicy:\n  r:\n    type: redact\n";
+        let chain = Arc::new(Chain::build(&Config::parse(yaml, Path::new("t")).unwrap()).unwrap());
+        let shapes = [
+            (Family::OpenAiChat, Api::OpenAiChat),
+            (Family::AnthropicMessages, Api::AnthropicMessages),
+        ];
+        let chars: Vec<char> = reply.chars().collect();
+        for (family, api) in shapes {
+            for size in 1..=chars.len() {
+                let mut wire = String::new();
+                for piece in chars.chunks(size) {
+                    let text: String = piece.iter().collect();
+                    wire.push_str(&match family {
+                        Family::AnthropicMessages => format!(
+                            "event: content_block_delta\ndata: {}\n\n",
+                            serde_json::json!({"type": "content_block_delta", "index": 0,
+                                "delta": {"type": "text_delta", "text": text}})
+                        ),
+                        _ => chunk_event(&text),
+                    });
+                }
+                wire.push_str(match family {
+                    Family::AnthropicMessages => {
+                        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+                    }
+                    _ => "data: [DONE]\n\n",
+                });
+                let mut s = OutputStream::new(chain.clone(), vec![0], family, Some(api));
+                let mut out = Vec::new();
+                for part in wire.as_bytes().chunks(7) {
+                    assert_eq!(s.push(part, &mut out), Flow::Continue);
+                }
+                s.finish(&mut out);
+                let raw: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+                let raw = String::from_utf8(raw).unwrap();
+                assert!(!raw.contains("QX4B7"), "{family:?} size {size}: {raw}");
+                assert_eq!(
+                    raw.matches("[REDACTED:aws_access_key_id]").count(),
+                    1,
+                    "{family:?} size {size}: {raw}"
+                );
+                let counted: Vec<&StreamNote> = s
+                    .notes
+                    .iter()
+                    .filter(|n| matches!(n, StreamNote::Redacted { .. }))
+                    .collect();
+                assert_eq!(counted.len(), 1, "{family:?} size {size}: {counted:?}");
+                assert!(
+                    matches!(counted[0], StreamNote::Redacted { kind, .. } if &**kind == "aws_access_key_id"),
+                    "{counted:?}"
+                );
+            }
+        }
     }
 
     /// Sourcegraph before api-version 2 sends the whole completion so far in

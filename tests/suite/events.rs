@@ -645,3 +645,108 @@ async fn websockets_to_llm_endpoints_are_recorded_or_refused() {
         Some("not inspected: websocket; the policy fails closed")
     );
 }
+
+const ANTHROPIC: &str = "api.anthropic.com";
+
+/// A gateway with `yaml` in front of an origin serving both providers.
+async fn two_provider_gateway(yaml: &str) -> (Origin, TestGateway) {
+    let ca = TestCa::new("events CA");
+    let origin = Origin::tls(&ca, &[HOST, ANTHROPIC], Alpn::Both).await;
+    let config = Arc::new(PolicyConfig::parse(yaml, Path::new("t.yaml")).unwrap());
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(HOST, 443, origin.addr));
+        s.connect_to.push(connect_to(ANTHROPIC, 443, origin.addr));
+        s.apply_config(&config);
+    })
+    .await;
+    (origin, gw)
+}
+
+/// POSTs a chat request to `host` (the Anthropic or OpenAI path) with the
+/// origin's test headers; returns the status and the body as received.
+async fn post_llm(
+    gw: &TestGateway,
+    host: &str,
+    stream: bool,
+    headers: &[(&str, &str)],
+) -> (u16, Bytes) {
+    use http_body_util::{BodyExt, Full};
+    let (mut http, _) = through_proxy(gw.addr, host, &[gw.ca_der()], &[b"http/1.1"]).await;
+    let (path, model) = match host {
+        ANTHROPIC => ("/v1/messages", "claude-sonnet-4-5"),
+        _ => ("/v1/chat/completions", "gpt-4o"),
+    };
+    let body = serde_json::json!({"model": model, "stream": stream, "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", host)
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = http
+        .request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await;
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// One AWS key in a streamed answer is one redaction on the output event,
+/// however small the stream's chunks, in both stream shapes, as in a JSON
+/// answer and in `kt_policy_actions_total`.
+#[tokio::test]
+async fn a_secret_in_a_stream_is_counted_once() {
+    let yaml = "policies:\n  chain: [audit-logger, secret-redaction]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n";
+    let (_origin, mut gw) = two_provider_gateway(yaml).await;
+    // Built at run time: no key-shaped literal in the repository.
+    let key = format!("AKIA{}", "QX4B7ZK2M5RT6WLN");
+    let reply = format!("Your key is {key} and it is live.");
+    let mut sent = 0;
+    for host in [HOST, ANTHROPIC] {
+        for (stream, chunk) in [
+            (true, "1"),
+            (true, "2"),
+            (true, "3"),
+            (true, "7"),
+            (false, "4"),
+        ] {
+            let headers = [("x-test-reply", reply.as_str()), ("x-test-chunk", chunk)];
+            let (status, body) = post_llm(&gw, host, stream, &headers).await;
+            sent += 1;
+            let body = String::from_utf8_lossy(&body);
+            assert_eq!(status, 200);
+            assert!(!body.contains(&key[4..]), "{host} chunk {chunk}: {body}");
+            assert_eq!(
+                body.matches("[REDACTED:aws_access_key_id]").count(),
+                1,
+                "{host} chunk {chunk}: {body}"
+            );
+        }
+    }
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut admin = crate::common::client::Http::over(tcp, false).await;
+    let metrics = body_string(admin.send("GET", "kt", "/metrics", Bytes::new()).await).await;
+    let line =
+        format!("kt_policy_actions_total{{policy=\"secret-redaction\",action=\"redact\"}} {sent}");
+    assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    drop(admin);
+
+    let dir = gw.close_events().await;
+    let (events, _) = read_last(&dir, 100, &Filters::default()).unwrap();
+    let outputs: Vec<_> = events
+        .iter()
+        .filter(|e| e.phase.as_str() == "output")
+        .collect();
+    assert_eq!(outputs.len(), sent);
+    for out in outputs {
+        assert_eq!(out.action.as_str(), "redact", "{out:?}");
+        let counts = out.redactions.as_ref().unwrap();
+        assert_eq!(
+            counts.iter().collect::<Vec<_>>(),
+            [(&"aws_access_key_id".to_string(), &1)],
+            "{out:?}"
+        );
+    }
+}
