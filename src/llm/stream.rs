@@ -39,6 +39,43 @@ pub struct StreamFault {
     pub message: String,
 }
 
+/// Characters of a provider's error message kept in a [`StreamFault::summary`].
+const SUMMARY_MESSAGE_MAX: usize = 160;
+
+impl StreamFault {
+    /// `code: message` on one line, the message cut short: a reason for
+    /// the audit log, whatever the provider put in it.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        if let Some(code) = self.code.as_deref().filter(|c| !c.is_empty()) {
+            push_line(&mut out, code, SUMMARY_MESSAGE_MAX);
+        }
+        let message = self.message.trim();
+        if !message.is_empty() {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            push_line(&mut out, message, SUMMARY_MESSAGE_MAX);
+        }
+        if out.is_empty() {
+            out.push_str("unspecified");
+        }
+        out
+    }
+}
+
+/// Appends at most `max` characters of `text`, control characters (line
+/// breaks) as spaces, and `…` when it was cut.
+fn push_line(out: &mut String, text: &str, max: usize) {
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(max) {
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    if chars.next().is_some() {
+        out.push('…');
+    }
+}
+
 /// The `type` of an event: its `event:` name, else the data's `/type`.
 fn event_type(ev: &SseEvent) -> Option<Cow<'_, str>> {
     if let Some(name) = ev.event() {
@@ -379,6 +416,30 @@ pub fn stream_fault(family: Family, ev: &SseEvent) -> Option<StreamFault> {
         );
     }
     None
+}
+
+/// The error a whole (non-streamed) answer is, if it is one: a top-level
+/// `error` that is not `null` (OpenAI, Mistral, Gemini, Anthropic's
+/// `{"type":"error","error":{...}}`, a failed Responses object). Some
+/// providers send such a body with a `200`. Cheap for the usual answer: the
+/// body is only scanned when it holds an `"error"` key.
+pub fn response_fault(body: &[u8]) -> Option<StreamFault> {
+    memchr::memmem::find(body, b"\"error\"")?;
+    let mut at = None;
+    crate::llm::json_scan::members(body, &["error"], |_, rest| {
+        at.get_or_insert(rest);
+    })
+    .ok()?;
+    let field = Option::<ErrorField>::deserialize(&mut serde_json::Deserializer::from_slice(at?))
+        .ok()??;
+    match field {
+        ErrorField::Text(message) if message.is_empty() => None,
+        ErrorField::Text(message) => Some(StreamFault {
+            code: None,
+            message,
+        }),
+        ErrorField::Object(o) => Some(o.into_fault()),
+    }
 }
 
 /// Folds a stream's events into its output text (per choice), usage, end

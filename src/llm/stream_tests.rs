@@ -362,3 +362,24 @@ fn peer_indexes_cannot_force_allocation() {
     assert_eq!(t.text(3), "y");
     assert_eq!(t.text(4_000_000), "");
 }
+
+#[test]
+fn a_fault_summary_is_one_short_line() {
+    let f = StreamFault {
+        code: Some("overloaded_error".into()),
+        message: "Overloaded".into(),
+    };
+    assert_eq!(f.summary(), "overloaded_error: Overloaded");
+    let f = StreamFault {
+        code: None,
+        message: format!("line one\nline two {}", "x".repeat(400)),
+    };
+    let s = f.summary();
+    assert!(s.starts_with("line one line two x"), "{s}");
+    assert!(s.ends_with('…') && s.chars().count() == 161, "{s}");
+    let f = StreamFault {
+        code: None,
+        message: String::new(),
+    };
+    assert_eq!(f.summary(), "unspecified");
+}

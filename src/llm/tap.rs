@@ -11,7 +11,7 @@ use super::family::Family;
 use super::inspect::{response_usage, Usage};
 use super::json_text::{visit_strings, Selector};
 use super::sse::SseDecoder;
-use super::stream::{for_each_delta, is_stream_end, stream_usage};
+use super::stream::{for_each_delta, is_stream_end, response_fault, stream_fault, stream_usage};
 use bytes::Bytes;
 
 /// Whole JSON answers larger than this are not parsed for usage (usage is
@@ -19,7 +19,7 @@ use bytes::Bytes;
 const MAX_JSON: usize = 4 << 20;
 
 /// What a tap learnt once the response ended.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TapResult {
     /// The provider's counts; empty when it reported none.
     pub usage: Usage,
@@ -28,6 +28,11 @@ pub struct TapResult {
     pub output_chars: u64,
     /// True when a stream's end-of-stream event was seen.
     pub ended: bool,
+    /// The error the provider reported in the body of its (2xx) answer: an
+    /// error event in the stream, or a JSON answer that is an error. A
+    /// short reason for the record, e.g. `upstream stream error:
+    /// overloaded_error: Overloaded`.
+    pub error: Option<String>,
 }
 
 /// Follows one response body. Feed every data chunk in order, then call
@@ -48,6 +53,10 @@ enum Kind {
         snapshot_chars: u64,
         /// Stopped reading after a malformed frame.
         gave_up: bool,
+        /// Anthropic's `message_start` output count: a placeholder (1)
+        /// until `message_delta` reports the real one, so it counts only
+        /// for a stream that ended normally without one.
+        provisional_out: Option<u64>,
     },
     Json {
         /// Most answers come in one chunk, kept without a `Vec`.
@@ -66,6 +75,7 @@ impl UsageTap {
                 decoder: SseDecoder::new(),
                 snapshot_chars: 0,
                 gave_up: false,
+                provisional_out: None,
             },
             result: TapResult::default(),
         }
@@ -104,6 +114,7 @@ impl UsageTap {
                 decoder,
                 snapshot_chars,
                 gave_up,
+                provisional_out,
             } => {
                 if *gave_up {
                     return;
@@ -115,6 +126,7 @@ impl UsageTap {
                     &mut self.result,
                     snapshot_chars,
                     gave_up,
+                    provisional_out,
                 );
             }
         }
@@ -135,6 +147,9 @@ impl UsageTap {
                         }
                         Bytes::from(all)
                     };
+                    if let Some(fault) = response_fault(&body) {
+                        self.result.error = Some(format!("upstream error: {}", fault.summary()));
+                    }
                     match response_usage(self.family, &body) {
                         Ok(Some(u)) => self.result.usage = u,
                         // No usage: count the answer's text for an estimate.
@@ -148,6 +163,7 @@ impl UsageTap {
                 decoder,
                 snapshot_chars,
                 gave_up,
+                provisional_out,
             } => {
                 if !*gave_up {
                     decoder.finish();
@@ -157,9 +173,14 @@ impl UsageTap {
                         &mut self.result,
                         snapshot_chars,
                         gave_up,
+                        provisional_out,
                     );
                 }
                 self.result.output_chars += *snapshot_chars;
+                let r = &mut self.result;
+                if r.ended && r.error.is_none() && r.usage.tokens_out.is_none() {
+                    r.usage.tokens_out = *provisional_out;
+                }
             }
         }
         self.result
@@ -172,6 +193,7 @@ fn drain(
     result: &mut TapResult,
     snapshot_chars: &mut u64,
     gave_up: &mut bool,
+    provisional_out: &mut Option<u64>,
 ) {
     while let Some(next) = decoder.next_event() {
         let Ok(ev) = next else {
@@ -182,8 +204,17 @@ fn drain(
             continue;
         }
         // `stream_usage` skips events without the word cheaply.
-        if let Ok(Some(u)) = stream_usage(family, &ev) {
+        if let Ok(Some(mut u)) = stream_usage(family, &ev) {
+            if family == Family::AnthropicMessages && is_message_start(&ev) {
+                *provisional_out = u.tokens_out.take().or(*provisional_out);
+            }
             result.usage.merge(u);
+        }
+        // `stream_fault` skips events without an `"error"` key cheaply.
+        if result.error.is_none() {
+            if let Some(fault) = stream_fault(family, &ev) {
+                result.error = Some(format!("upstream stream error: {}", fault.summary()));
+            }
         }
         let mut chars = 0u64;
         let mut snapshot = None;
@@ -202,6 +233,17 @@ fn drain(
         if is_stream_end(family, &ev) {
             result.ended = true;
         }
+    }
+}
+
+/// Anthropic's first event, whose usage has the input count and a
+/// placeholder output count.
+fn is_message_start(ev: &super::sse::SseEvent) -> bool {
+    match ev.event() {
+        Some(name) => name == "message_start",
+        None => ev
+            .data()
+            .is_some_and(|d| memchr::memmem::find(d.as_bytes(), b"\"message_start\"").is_some()),
     }
 }
 
@@ -360,6 +402,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
             let mut tap = UsageTap::json(fx.family);
             run(&mut tap, fx.response, 13);
             let r = tap.finish();
+            assert_eq!(r.error, None, "{:?}", fx.family);
             assert_eq!(
                 Some(r.usage).filter(|u| !u.is_empty()),
                 whole,
@@ -371,6 +414,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
                     let mut tap = UsageTap::stream(fx.family);
                     run(&mut tap, stream, step);
                     let r = tap.finish();
+                    assert_eq!(r.error, None, "{:?}", fx.family);
                     // Gemini has no end event: its streams end at close.
                     assert_eq!(r.ended, fx.family != Family::Gemini, "{:?}", fx.family);
                     if fx.family == Family::OpenAiCompletions {
@@ -381,6 +425,84 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
                     }
                 }
             }
+        }
+    }
+
+    const ANTHROPIC_FAULT: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+
+    const OPENAI_FAULT: &[u8] =
+        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+data: {\"error\":{\"message\":\"The server had an error while processing your request.\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n";
+
+    /// A provider's error after the 200 head is the tap's to report, at
+    /// any chunking; Anthropic's placeholder output count is no usage.
+    #[test]
+    fn an_error_inside_a_stream_is_reported() {
+        for step in [1, 2, 5, 17, 64, 4096] {
+            let mut tap = UsageTap::stream(Family::AnthropicMessages);
+            run(&mut tap, ANTHROPIC_FAULT, step);
+            let r = tap.finish();
+            assert_eq!(
+                r.error.as_deref(),
+                Some("upstream stream error: overloaded_error: Overloaded"),
+                "step {step}"
+            );
+            assert!(!r.ended);
+            assert_eq!(r.usage.tokens_in, Some(20));
+            assert_eq!(r.usage.tokens_out, None, "the placeholder is no count");
+
+            let mut tap = UsageTap::stream(Family::OpenAiChat);
+            run(&mut tap, OPENAI_FAULT, step);
+            let r = tap.finish();
+            assert_eq!(
+                r.error.as_deref(),
+                Some("upstream stream error: server_error: The server had an error while processing your request."),
+                "step {step}"
+            );
+        }
+        // A stream that ended normally with no `message_delta` keeps the
+        // start's count, as before.
+        let body = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let mut tap = UsageTap::stream(Family::AnthropicMessages);
+        run(&mut tap, body, 7);
+        let r = tap.finish();
+        assert_eq!((r.usage.tokens_out, r.error), (Some(1), None));
+    }
+
+    #[test]
+    fn a_json_answer_that_is_an_error_is_reported() {
+        let cases: [(&[u8], Option<&str>); 5] = [
+            (
+                br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#,
+                Some("upstream error: rate_limit_exceeded: Rate limit reached"),
+            ),
+            (
+                br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+                Some("upstream error: overloaded_error: Overloaded"),
+            ),
+            // A successful Responses object carries `"error": null`.
+            (
+                br#"{"object":"response","status":"completed","error":null,"output":[]}"#,
+                None,
+            ),
+            (
+                br#"{"choices":[{"index":0,"message":{"content":"an \"error\": none"}}]}"#,
+                None,
+            ),
+            (br#"{"choices":[],"note":"error"}"#, None),
+        ];
+        for (body, want) in cases {
+            let mut tap = UsageTap::json(Family::OpenAiChat);
+            run(&mut tap, body, 9);
+            assert_eq!(
+                tap.finish().error.as_deref(),
+                want,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 

@@ -112,8 +112,10 @@ pub struct Record {
     pub request_body: Option<Bytes>,
     /// With `log_bodies`: the start of the response body the client got.
     pub response_body: Option<Bytes>,
-    /// Why the exchange failed, when kt answered with an error of its own
-    /// (the error kind and message, e.g. an unreachable upstream).
+    /// Why the exchange failed: kt answered with an error of its own (the
+    /// error kind and message, e.g. an unreachable upstream), or the
+    /// provider reported one in the body of a 2xx answer (an error event
+    /// mid-stream; see [`TapResult::error`]).
     pub error: Option<String>,
     /// Policies that replaced something, with how many replacements.
     pub redacted_by: BTreeMap<String, usize>,
@@ -817,7 +819,7 @@ impl Exchange {
     /// else unknown (never zero for want of a report).
     pub fn usage(&self) -> Option<(Usage, UsageSource)> {
         let r = &self.record;
-        let tap = r.tap?;
+        let tap = r.tap.as_ref()?;
         if !tap.usage.is_empty() {
             let source = if r.cache_hit == Some(true) {
                 UsageSource::Cached

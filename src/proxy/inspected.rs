@@ -462,10 +462,16 @@ impl Watch {
         }
     }
 
-    /// Hands what was learnt to the exchange's record.
+    /// Hands what was learnt to the exchange's record. An error the
+    /// provider reported in its answer's body (after a `200`) makes the
+    /// exchange an error, unless kt already noted one of its own.
     fn close(&mut self, exchange: &mut Exchange) {
         if let Some(tap) = self.tap.take() {
-            exchange.record.tap = Some(tap.finish());
+            let learnt = tap.finish();
+            if exchange.record.error.is_none() {
+                exchange.record.error.clone_from(&learnt.error);
+            }
+            exchange.record.tap = Some(learnt);
         }
         if let Some(log) = self.log.take() {
             exchange.record.response_body = Some(Bytes::from(log.concat()));

@@ -500,10 +500,36 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
     }
 }
 
+/// `x-test-raw: anthropic-overloaded`: an Anthropic stream that starts
+/// (usage, some text) and then fails with an `error` event, after the 200.
+pub const ANTHROPIC_OVERLOADED: &[u8] = b"event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}\n\n\
+event: error\n\
+data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+
+/// `x-test-raw: openai-error`: an OpenAI chat stream that fails with an
+/// `{"error":{...}}` chunk after some text.
+pub const OPENAI_STREAM_ERROR: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+data: {\"error\":{\"message\":\"The server had an error while processing your request.\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n";
+
+/// `x-test-raw: json-error`: a 200 JSON answer that is an error, no choices.
+pub const JSON_ERROR: &[u8] = b"{\"error\":{\"message\":\"The server had an error while processing your request.\",\"type\":\"server_error\",\"param\":null,\"code\":null}}";
+
 /// The hostile event streams of `x-test-raw` (see the chat route): what a
-/// broken or malicious provider might send, as `text/event-stream`.
+/// broken or malicious provider might send, as `text/event-stream`; and
+/// streams (and a JSON answer) failing after the 200.
 fn raw_stream(kind: &str) -> Response<OriginBody> {
     let body: Vec<u8> = match kind {
+        "anthropic-overloaded" => ANTHROPIC_OVERLOADED.to_vec(),
+        "openai-error" => OPENAI_STREAM_ERROR.to_vec(),
+        "json-error" => {
+            let mut r = Response::new(full(JSON_ERROR));
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            return r;
+        }
         // Events, then EOF inside an unterminated event.
         "no-terminator" => b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"ind".to_vec(),
         // One 10 MB event.

@@ -693,6 +693,83 @@ async fn post_llm(
     (status, resp.into_body().collect().await.unwrap().to_bytes())
 }
 
+/// An error the provider sends after its 200 (an Anthropic `error` event, an
+/// OpenAI `{"error":…}` chunk, a JSON answer that is an error) reaches the
+/// client untouched, and the exchange is recorded as an error naming it,
+/// with the audit-only chain (the usage tap) and with output policies
+/// reading the stream alike.
+#[tokio::test]
+async fn provider_errors_after_a_200_are_recorded_as_errors() {
+    use crate::common::origin::{ANTHROPIC_OVERLOADED, JSON_ERROR, OPENAI_STREAM_ERROR};
+    let audit_only = "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger: {}\n";
+    let policed = "policies:\n  chain: [audit-logger, secret-redaction]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n";
+    let server_error = "server_error: The server had an error while processing your request.";
+    for yaml in [audit_only, policed] {
+        let (_origin, mut gw) = two_provider_gateway(yaml).await;
+        let cases: [(&str, bool, &str, &[u8], String); 3] = [
+            (
+                ANTHROPIC,
+                true,
+                "anthropic-overloaded",
+                ANTHROPIC_OVERLOADED,
+                "upstream stream error: overloaded_error: Overloaded".into(),
+            ),
+            (
+                HOST,
+                true,
+                "openai-error",
+                OPENAI_STREAM_ERROR,
+                format!("upstream stream error: {server_error}"),
+            ),
+            (
+                HOST,
+                false,
+                "json-error",
+                JSON_ERROR,
+                format!("upstream error: {server_error}"),
+            ),
+        ];
+        for (host, stream, kind, sent, _) in &cases {
+            let (status, got) = post_llm(&gw, host, *stream, &[("x-test-raw", kind)]).await;
+            assert_eq!(status, 200, "{kind}");
+            assert_eq!(
+                &got[..],
+                *sent,
+                "{kind}: the client must get the provider's bytes as sent"
+            );
+        }
+
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let mut admin = crate::common::client::Http::over(tcp, false).await;
+        let metrics = body_string(admin.send("GET", "kt", "/metrics", Bytes::new()).await).await;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == "kt_exchanges_total{action=\"error\"} 3"),
+            "{metrics}"
+        );
+        drop(admin);
+
+        let dir = gw.close_events().await;
+        let (events, _) = read_last(&dir, 100, &Filters::default()).unwrap();
+        let outputs: Vec<_> = events
+            .iter()
+            .filter(|e| e.phase.as_str() == "output")
+            .collect();
+        assert_eq!(outputs.len(), cases.len(), "{events:?}");
+        for (out, (_, _, kind, _, reason)) in outputs.iter().zip(&cases) {
+            assert_eq!(out.action.as_str(), "error", "{kind}: {out:?}");
+            assert_eq!(out.status, Some(200), "{kind}");
+            assert_eq!(out.reason.as_deref(), Some(reason.as_str()), "{kind}");
+        }
+        // Anthropic's `message_start` output count is a placeholder, not
+        // tokens the failed answer produced.
+        assert_eq!(outputs[0].tokens_in, Some(20));
+        assert_eq!(outputs[0].tokens_out, None);
+        assert_eq!(outputs[1].tokens_out, None);
+    }
+}
+
 /// One AWS key in a streamed answer is one redaction on the output event,
 /// however small the stream's chunks, in both stream shapes, as in a JSON
 /// answer and in `kt_policy_actions_total`.
