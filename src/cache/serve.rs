@@ -574,7 +574,10 @@ impl Capture {
             Stored::Frames(frames)
         } else {
             let whole = concat(frames);
-            if !t.allow_placeholder && contains(&whole, PLACEHOLDER) {
+            // A `200` whose body is the provider's error is no answer to
+            // give again.
+            let failed = crate::llm::stream::response_fault(&whole).is_some();
+            if failed || (!t.allow_placeholder && contains(&whole, PLACEHOLDER)) {
                 Stats::bump(&stats.not_stored);
                 return;
             }

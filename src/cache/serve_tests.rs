@@ -164,6 +164,14 @@ async fn incomplete_failed_and_error_responses_are_not_stored() {
             "event after the end",
             upstream(200, sse, &[Ok(b"data: [DONE]\n\n"), Ok(FRAMES[0])]),
         ),
+        (
+            "a JSON answer that is an error",
+            upstream(
+                200,
+                "application/json",
+                &[Ok(b"{\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}")],
+            ),
+        ),
     ];
     for (what, resp) in cases {
         let caches = Caches::new();
