@@ -14,6 +14,16 @@ use crate::llm::sse::SseEvent;
 use serde::Deserialize;
 use std::borrow::Cow;
 
+/// A substring searcher for a fixed needle, built once: `memmem::find`
+/// builds one per call, which costs more than searching a short event.
+macro_rules! finder {
+    ($needle:expr) => {{
+        static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new($needle));
+        &*FINDER
+    }};
+}
+
 /// Choice / candidate indexes above this are ignored by [`StreamTally`], so
 /// a peer cannot make it allocate per index.
 pub const MAX_CHOICES: u32 = 128;
@@ -278,7 +288,7 @@ pub fn stream_usage(family: Family, ev: &SseEvent) -> Result<Option<Usage>, Insp
         return Ok(None);
     };
     // Cheap filter: most chunks carry no usage at all.
-    if memchr::memmem::find(data.as_bytes(), b"usage").is_none() {
+    if finder!(b"usage").find(data.as_bytes()).is_none() {
         return Ok(None);
     }
     #[derive(Deserialize)]
@@ -359,9 +369,9 @@ pub fn stream_fault(family: Family, ev: &SseEvent) -> Option<StreamFault> {
     let bytes = data.as_bytes();
     // Cheap filter: an `"error"` key (inside a string it would read `\"error\"`).
     if !named
-        && memchr::memmem::find(bytes, b"\"error\"").is_none()
-        && memchr::memmem::find(bytes, b"copilot_errors").is_none()
-        && memchr::memmem::find(bytes, b"response.failed").is_none()
+        && finder!(b"\"error\"").find(bytes).is_none()
+        && finder!(b"copilot_errors").find(bytes).is_none()
+        && finder!(b"response.failed").find(bytes).is_none()
     {
         return None;
     }
@@ -424,7 +434,7 @@ pub fn stream_fault(family: Family, ev: &SseEvent) -> Option<StreamFault> {
 /// providers send such a body with a `200`. Cheap for the usual answer: the
 /// body is only scanned when it holds an `"error"` key.
 pub fn response_fault(body: &[u8]) -> Option<StreamFault> {
-    memchr::memmem::find(body, b"\"error\"")?;
+    finder!(b"\"error\"").find(body)?;
     let mut at = None;
     crate::llm::json_scan::members(body, &["error"], |_, rest| {
         at.get_or_insert(rest);

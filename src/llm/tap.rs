@@ -241,9 +241,11 @@ fn drain(
 fn is_message_start(ev: &super::sse::SseEvent) -> bool {
     match ev.event() {
         Some(name) => name == "message_start",
-        None => ev
-            .data()
-            .is_some_and(|d| memchr::memmem::find(d.as_bytes(), b"\"message_start\"").is_some()),
+        None => ev.data().is_some_and(|d| {
+            static START: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+                std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"message_start\""));
+            START.find(d.as_bytes()).is_some()
+        }),
     }
 }
 
