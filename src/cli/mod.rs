@@ -123,11 +123,20 @@ pub fn arguments<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Vec<std
 /// clap's several-line usage error as one line: the error, its possible
 /// values and tips, and where help is (`kt policy check --help`).
 fn usage_error_line(rendered: &str) -> String {
-    let mut parts = Vec::new();
+    let mut parts: Vec<String> = Vec::new();
     let mut help = None;
-    for line in rendered.lines().map(str::trim) {
+    // clap puts what an error lists (the missing required arguments) on
+    // indented lines right after it, up to a blank line.
+    let mut in_error = false;
+    for raw in rendered.lines() {
+        let line = raw.trim();
+        if line.is_empty() {
+            in_error = false;
+            continue;
+        }
         if let Some(e) = line.strip_prefix("error: ") {
             parts.push(e.to_string());
+            in_error = true;
         } else if let Some(tip) = line.strip_prefix("tip: ") {
             parts.push(tip.to_string());
         } else if line.starts_with("[possible values") {
@@ -138,6 +147,12 @@ fn usage_error_line(rendered: &str) -> String {
                 .take_while(|w| !w.starts_with(['[', '<', '-']))
                 .collect();
             help = Some(command.join(" "));
+        } else if in_error && raw.starts_with(char::is_whitespace) {
+            if let Some(last) = parts.last_mut() {
+                let sep = if last.ends_with(':') { " " } else { ", " };
+                last.push_str(sep);
+                last.push_str(line);
+            }
         }
     }
     let mut line = parts.join("; ");

@@ -679,7 +679,17 @@ async fn no_event_is_lost_under_1000_concurrent_requests_and_sigterm() {
 /// where help is), exit code 2, as kt's own errors get one line.
 #[test]
 fn usage_errors_are_one_line() {
-    let cases: [(&[&str], &[&str]); 3] = [
+    let missing = "the following required arguments were not provided: ";
+    let cases: [(&[&str], &[&str]); 7] = [
+        (
+            &["keys", "create"],
+            &[&format!(
+                "{missing}--user <NAME> (see `kt keys create --help`)"
+            )],
+        ),
+        (&["keys", "revoke"], &[&format!("{missing}<ID>")]),
+        (&["policy", "check"], &[&format!("{missing}<FILE>")]),
+        (&["setup"], &[&format!("{missing}<CLIENT>")]),
         (
             &["policy", "check", "--bogus", "x.yaml"],
             &[
