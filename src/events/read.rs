@@ -179,7 +179,8 @@ fn field_text(e: &Event, key: &str) -> Option<String> {
 ///
 /// TS is cut to seconds; PHASE is upper case, padded to 6; TARGET is the
 /// provider (for `connect` events the host, which is what was tunnelled),
-/// falling back to the other, then `-`. `status=` is shown for errors only.
+/// falling back to the other, then `-`. `status=` is shown for errors only,
+/// `latency=` for output events only.
 /// `reason` is quoted with JSON escapes so one event is always one line.
 /// With `colour`, ACTION is wrapped in ANSI colours.
 pub fn format_line(event: &Event, colour: bool) -> String {
@@ -231,7 +232,9 @@ pub fn format_line(event: &Event, colour: bool) -> String {
         out.push_str(" reason=");
         out.push_str(&serde_json::Value::from(reason.as_str()).to_string());
     }
-    if let Some(ms) = event.latency_ms {
+    // The whole exchange's time is known once the answer is in: input
+    // events carry a 0 (or nothing), so only output lines show it.
+    if let (super::Phase::Output, Some(ms)) = (event.phase, event.latency_ms) {
         out.push_str(&format!(" latency={ms}ms"));
     }
     out

@@ -36,6 +36,9 @@ fn contract_lines_are_reproduced_exactly() {
     );
     c.policy = Some("content-filter".into());
     c.reason = Some("blocked pattern detected".into());
+    // The gateway stamps input events with the time so far (0 ms for a
+    // block): the contract's input lines show no latency.
+    c.latency_ms = Some(0);
     assert_eq!(
         format_line(&a, false),
         "2026-11-23T10:32:15Z INPUT  sourcegraph chat/completions user:dev1 PASS"
