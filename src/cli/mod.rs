@@ -200,6 +200,7 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("KT_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
@@ -209,9 +210,36 @@ fn init_logging() {
         // (`relation ... already exists, skipping` at every schema check)
         // are the server's chatter, not kt's news.
         .unwrap_or_else(|_| EnvFilter::new("info,rustls=error,tokio_postgres=warn"));
+    let ansi = log_colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false)
         .try_init();
+}
+
+/// Whether log lines get ANSI colours: only on a terminal, and not when
+/// `NO_COLOR` is set to anything (no-color.org). Docker, journald and
+/// redirected files would otherwise keep the escape codes as text.
+fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(log_colours(true, None));
+        assert!(log_colours(true, Some(OsStr::new(""))));
+        assert!(!log_colours(true, Some(OsStr::new("1"))));
+        assert!(!log_colours(false, None));
+        assert!(!log_colours(false, Some(OsStr::new(""))));
+    }
 }

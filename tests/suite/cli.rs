@@ -789,6 +789,32 @@ fn tailing_an_empty_log_says_so() {
     );
 }
 
+/// Logs read from a pipe (docker, journald, a redirected file) carry no
+/// ANSI colour codes: kt colours them only on a terminal.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let home = tempfile::tempdir().unwrap();
+    let events = home.path().join("events");
+    std::fs::create_dir(&events).unwrap();
+    // An unreadable line: tail skips it with a logged warning.
+    std::fs::write(events.join("2026-11-23.jsonl"), "not json\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kt"))
+        .args(["events", "tail", "--no-follow", "--data-dir"])
+        .arg(home.path())
+        .env_remove("NO_COLOR")
+        .env_remove("KT_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("skipping an unreadable audit log line"),
+        "{err}"
+    );
+    assert!(!err.contains("\x1b["), "{err:?}");
+}
+
 /// Guides for a console-managed gateway set KEEPTRUSTS_GATEWAY_TOKEN and
 /// KEEPTRUSTS_API_URL; kt has no console, and says so rather than taking
 /// them silently.
