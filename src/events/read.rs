@@ -12,7 +12,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Every field name `--filter` accepts (the contract's event fields).
+/// Every field name `--filter` accepts: the contract's event fields, then
+/// the extra fields kt writes.
 pub const FILTER_KEYS: &[&str] = &[
     "id",
     "ts",
@@ -42,6 +43,12 @@ pub const FILTER_KEYS: &[&str] = &[
     "request_id",
     "prev_hash",
     "hash",
+    "cost_saved_usd",
+    "overhead_us",
+    "usage_source",
+    "redactions",
+    "request_body",
+    "response_body",
 ];
 
 /// A bad `--filter`.
@@ -64,7 +71,9 @@ impl FilterError {
 }
 
 /// One `KEY=VALUE`: the event's field `KEY`, as text, equals `VALUE`. An
-/// absent field never matches.
+/// absent field never matches. Costs compare as numbers (`cost_usd=1`
+/// matches `1.0`); `redactions=KIND` matches an event that redacted at
+/// least one secret of that kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     key: &'static str,
@@ -98,14 +107,22 @@ impl std::str::FromStr for Filter {
 impl Filter {
     /// Whether `event` matches.
     pub fn matches(&self, event: &Event) -> bool {
-        if self.key == "cost_usd" {
-            // Numeric, so `cost_usd=1` matches a stored `1.0`.
-            return match (event.cost_usd, self.value.parse::<f64>()) {
-                (Some(have), Ok(want)) => have == want,
-                _ => false,
-            };
+        // Numeric, so `cost_usd=1` matches a stored `1.0`.
+        let cost = |have: Option<f64>| match (have, self.value.parse::<f64>()) {
+            (Some(have), Ok(want)) => have == want,
+            _ => false,
+        };
+        match self.key {
+            "cost_usd" => cost(event.cost_usd),
+            "cost_saved_usd" => cost(event.cost_saved_usd),
+            // A map of kind to count: the filter names a kind.
+            "redactions" => event
+                .redactions
+                .as_ref()
+                .and_then(|r| r.get(&self.value))
+                .is_some_and(|n| *n > 0),
+            key => field_text(event, key).as_deref() == Some(self.value.as_str()),
         }
-        field_text(event, self.key).as_deref() == Some(self.value.as_str())
     }
 }
 
@@ -169,6 +186,12 @@ fn field_text(e: &Event, key: &str) -> Option<String> {
         "request_id" => s(&e.request_id),
         "prev_hash" => Some(e.prev_hash.clone()).filter(|h| !h.is_empty()),
         "hash" => Some(e.hash.clone()).filter(|h| !h.is_empty()),
+        "cost_saved_usd" => n(e.cost_saved_usd),
+        "overhead_us" => n(e.overhead_us),
+        "usage_source" => s(&e.usage_source),
+        "request_body" => s(&e.request_body),
+        "response_body" => s(&e.response_body),
+        // `redactions` is matched by kind in `Filter::matches`.
         _ => None,
     }
 }

@@ -116,6 +116,93 @@ fn filters_parse_and_match_as_text() {
     assert!(ok(&["reason=a=b"]));
 }
 
+/// An event with every field kt writes set.
+fn every_field() -> Event {
+    let mut e = at(
+        "2026-11-23T10:00:00.000Z",
+        Phase::Output,
+        Action::Redact,
+        "openai",
+    );
+    e.api = Some("openai-chat".into());
+    e.cache_hit = Some(false);
+    e.client_ip = Some("10.0.0.7".into());
+    e.cost_saved_usd = Some(0.5);
+    e.cost_usd = Some(0.25);
+    e.hash = "ab".repeat(32);
+    e.host = Some("api.openai.com".into());
+    e.latency_ms = Some(1840);
+    e.method = Some("POST".into());
+    e.mode = Some(Mode::Proxy);
+    e.model = Some("gpt-4o".into());
+    e.overhead_us = Some(42);
+    e.path = Some("/v1/chat/completions".into());
+    e.policy = Some("secret-redaction".into());
+    e.policy_us = Some(17);
+    e.prev_hash = "cd".repeat(32);
+    e.reason = Some("secrets replaced".into());
+    e.redactions = Some([("aws_access_key_id".to_owned(), 2)].into());
+    e.request_body = Some("{}".into());
+    e.request_id = Some("r1".into());
+    e.response_body = Some("{\"ok\":true}".into());
+    e.status = Some(200);
+    e.team = Some("core".into());
+    e.tokens_in = Some(10);
+    e.tokens_out = Some(20);
+    e.upstream_ms = Some(1800);
+    e.usage_source = Some("estimated".into());
+    e
+}
+
+#[test]
+fn every_field_kt_writes_is_filterable_by_its_name() {
+    let e = every_field();
+    let serde_json::Value::Object(fields) = serde_json::to_value(&e).unwrap() else {
+        panic!("an event is a JSON object");
+    };
+    assert_eq!(fields.len(), FILTER_KEYS.len(), "{fields:?}");
+    for (key, value) in fields {
+        let value = match value {
+            serde_json::Value::String(s) => s,
+            // redactions: the filter names a kind.
+            serde_json::Value::Object(kinds) => kinds.keys().next().unwrap().clone(),
+            other => other.to_string(),
+        };
+        let filter = format!("{key}={value}");
+        let parsed = Filters::parse([&filter]).unwrap_or_else(|err| panic!("{err}"));
+        assert!(parsed.matches(&e), "{filter} does not match");
+    }
+}
+
+#[test]
+fn extra_fields_filter_by_value() {
+    let e = every_field();
+    let ok = |args: &[&str]| Filters::parse(args).unwrap().matches(&e);
+    assert!(ok(&["usage_source=estimated"]));
+    assert!(!ok(&["usage_source=provider"]));
+    assert!(ok(&["overhead_us=42"]));
+    assert!(!ok(&["overhead_us=43"]));
+    assert!(ok(&["cost_saved_usd=0.50"]), "compared as a number");
+    assert!(!ok(&["cost_saved_usd=0.25"]));
+    assert!(ok(&["client_ip=10.0.0.7"]));
+    assert!(ok(&["redactions=aws_access_key_id"]));
+    assert!(!ok(&["redactions=github_token"]), "a kind not redacted");
+    assert!(!ok(&["redactions=2"]), "counts are not kinds");
+    let mut none = e.clone();
+    none.redactions = Some([("aws_access_key_id".to_owned(), 0)].into());
+    assert!(!Filters::parse(["redactions=aws_access_key_id"])
+        .unwrap()
+        .matches(&none));
+    none.redactions = None;
+    none.usage_source = None;
+    assert!(!Filters::parse(["redactions=aws_access_key_id"])
+        .unwrap()
+        .matches(&none));
+    assert!(!Filters::parse(["usage_source=estimated"])
+        .unwrap()
+        .matches(&none));
+}
+
 #[test]
 fn bad_filters_are_explained() {
     let err = "nope".parse::<Filter>().unwrap_err();
