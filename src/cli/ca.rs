@@ -10,7 +10,7 @@ use std::process::ExitCode;
 pub enum CaCommand {
     /// Create the CA if absent (idempotent) and print its certificate path.
     Init,
-    /// Print the CA certificate path.
+    /// Print the CA certificate path (where it will be, if not created yet).
     Path,
     /// Trust the CA in the OS store (and NSS databases found).
     Install {
@@ -37,10 +37,12 @@ pub fn run(home: &HomeArgs, cmd: CaCommand) -> anyhow::Result<ExitCode> {
             println!("{}", paths.cert.display());
         }
         CaCommand::Path => {
+            // Where the certificate is, or will be: scripts can use the
+            // path before the CA exists (and `kt ca init` prints the same).
             if !paths.cert.is_file() {
-                anyhow::bail!(
-                    "no CA at {} yet; run `kt ca init` (or start the gateway) first",
-                    paths.cert.display()
+                eprintln!(
+                    "kt: note: no CA at {} yet; run `kt ca init` (or start the gateway) to create it",
+                    paths.dir.display()
                 );
             }
             println!("{}", paths.cert.display());

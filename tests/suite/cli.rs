@@ -49,15 +49,29 @@ fn ca_init_is_idempotent_and_path_prints_the_cert() {
         .starts_with(other.path().to_str().unwrap()));
 }
 
+/// Before the CA exists, `kt ca path` still prints where it will be (the
+/// path `kt ca init` then creates), exits 0, and says on stderr how to
+/// create it.
 #[test]
-fn ca_path_without_a_ca_fails_clearly() {
+fn ca_path_without_a_ca_prints_where_it_will_be() {
     let home = tempfile::tempdir().unwrap();
-    let out = kt(&["ca", "path", "--data-dir", home.path().to_str().unwrap()]);
-    assert!(!out.status.success());
+    let d = home.path().to_str().unwrap();
+    let out = kt(&["ca", "path", "--data-dir", d]);
+    assert!(out.status.success(), "{out:?}");
+    let path = text(&out.stdout).trim().to_string();
+    assert_eq!(path, home.path().join("certs/kt-ca.pem").to_str().unwrap());
     assert!(
-        text(&out.stderr).contains("kt ca init"),
-        "{}",
-        text(&out.stderr)
+        !std::path::Path::new(&path).exists(),
+        "path creates nothing"
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("no CA") && err.contains("kt ca init"), "{err}");
+    let init = kt(&["ca", "init", "--data-dir", d]);
+    assert_eq!(text(&init.stdout).trim(), path);
+    let again = kt(&["ca", "path", "--data-dir", d]);
+    assert!(
+        again.status.success() && again.stderr.is_empty(),
+        "{again:?}"
     );
 }
 
