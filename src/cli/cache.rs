@@ -144,7 +144,7 @@ async fn ask_gateway(target: &Target, method: http::Method, path: &str) -> anyho
     let url = target.gateway.as_deref().unwrap_or(DEFAULT_GATEWAY);
     match call(url, target.key.as_deref(), method, path).await {
         Ok(v) => Ok(Remote::Answer(v)),
-        Err(e) if !explicit => Ok(Remote::Absent(format!("{e:#}"))),
+        Err(e) if !explicit => Ok(Remote::Absent(super::error_line(&e))),
         Err(e) => Err(e),
     }
 }

@@ -193,10 +193,29 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kt: error: {e:#}");
+            eprintln!("kt: error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, `outer: cause: root`, each cause
+/// once. kt's module errors name their cause in their own message (it is
+/// what a log line or an HTTP body shows) and also return it as their
+/// `source()`; anyhow's `{:#}` would print it a second time.
+pub(crate) fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn init_logging() {
@@ -232,6 +251,30 @@ fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("audit log {path}: {source}")]
+    struct Embeds {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn error_line_prints_each_cause_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotADirectory, "Not a directory");
+        let e = anyhow::Error::new(Embeds {
+            path: "/etc/passwd/events",
+            source: io(),
+        })
+        .context("cannot read the audit log");
+        assert_eq!(
+            error_line(&e),
+            "cannot read the audit log: audit log /etc/passwd/events: Not a directory"
+        );
+        // A cause the message does not name is still printed.
+        let e = anyhow::Error::new(io()).context("cannot open /x");
+        assert_eq!(error_line(&e), "cannot open /x: Not a directory");
+    }
 
     #[test]
     fn log_colours_only_on_a_terminal_without_no_color() {

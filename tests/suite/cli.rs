@@ -394,6 +394,12 @@ async fn a_second_gateway_on_the_same_home_is_refused() {
         err.contains("is being written by another kt process") && err.contains(&pid),
         "{err}"
     );
+    assert_eq!(
+        err.matches("is being written by another kt process")
+            .count(),
+        1,
+        "said once: {err}"
+    );
     let (mut http, _) =
         through_proxy(first.addr, "api.openai.com", &[first.ca_der()], &[b"h2"]).await;
     let chat = Bytes::from_static(br#"{"model":"m","messages":[]}"#);
@@ -801,6 +807,27 @@ fn tailing_an_empty_log_says_so() {
         err.contains("no events recorded") && err.contains("audit-logger"),
         "{err}"
     );
+}
+
+/// An error whose message already names its cause (an I/O error) prints
+/// that cause once, not again as the next link of the chain.
+#[test]
+fn an_error_names_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let f = file.to_str().unwrap();
+    for args in [
+        &["events", "verify", "--data-dir", f][..],
+        &["events", "tail", "--no-follow", "--data-dir", f],
+        &["gateway", "run", "--listen", "127.0.0.1:0", "--data-dir", f],
+    ] {
+        let out = kt(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.starts_with("kt: error: "), "{args:?}: {err}");
+        assert_eq!(err.matches("(os error").count(), 1, "{args:?}: {err}");
+    }
 }
 
 /// Logs read from a pipe (docker, journald, a redirected file) carry no
