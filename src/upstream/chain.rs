@@ -51,14 +51,15 @@ impl ProxyUrl {
             url: redact_userinfo(url),
             reason: reason.to_string(),
         };
-        let rest = if let Some(r) = url.strip_prefix("http://") {
-            r
-        } else if url.contains("://") {
-            return Err(err(
-                "only http:// proxies are supported (CONNECT over plain HTTP)",
-            ));
-        } else {
-            url
+        // Schemes are case-insensitive (RFC 3986 §3.1): `HTTP://` is http.
+        let rest = match url.split_once("://") {
+            Some((scheme, r)) if scheme.eq_ignore_ascii_case("http") => r,
+            Some(_) => {
+                return Err(err(
+                    "only http:// proxies are supported (CONNECT over plain HTTP)",
+                ))
+            }
+            None => url,
         };
         let rest = rest.trim_end_matches('/');
         let (userinfo, hostport) = match rest.rsplit_once('@') {
@@ -331,6 +332,33 @@ mod tests {
         assert!(ProxyUrl::parse("socks5://proxy:1080").is_err());
         let dbg = format!("{:?}", ProxyUrl::parse("http://u:secret@p:1").unwrap());
         assert!(!dbg.contains("secret"));
+    }
+
+    #[test]
+    fn proxy_url_schemes_are_case_insensitive() {
+        for url in ["HTTP://LOCALHOST:3128", "Http://proxy.corp:3128/"] {
+            let u = ProxyUrl::parse(url).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(u.port, 3128, "{url}");
+        }
+        assert!(ProxyUrl::parse("HTTPS://proxy:443").is_err());
+        // The own-listener check sees through the case too.
+        let listen: SocketAddr = "127.0.0.1:41002".parse().unwrap();
+        let env = |k: &str| match k {
+            "HTTPS_PROXY" => Some("HTTP://LOCALHOST:41002".to_string()),
+            "HTTP_PROXY" => Some("HTTP://CORP:3128".to_string()),
+            _ => None,
+        };
+        let (rules, warnings) = ProxyRules::from_env(env, listen);
+        assert!(rules.for_tunnel("api.openai.com").is_none());
+        assert_eq!(rules.for_plain("example.com").unwrap().port, 3128);
+        assert_eq!(
+            warnings,
+            vec![
+                "ignoring HTTPS_PROXY=HTTP://LOCALHOST:41002 from the environment: \
+                 it points at this gateway"
+                    .to_string()
+            ]
+        );
     }
 
     #[test]
