@@ -32,7 +32,8 @@ pub struct RunArgs {
     /// Extra PEM roots for upstream TLS (the OS roots are always trusted).
     #[arg(long, value_name = "PEMFILE")]
     pub upstream_ca: Vec<PathBuf>,
-    /// Dial ADDR:PORT for HOST:PORT, keeping HOST as the TLS name.
+    /// Dial ADDR:PORT for HOST:PORT, keeping HOST as the TLS name (an
+    /// empty ADDR or target PORT keeps the request's own, as in curl).
     #[arg(long, value_name = "HOST:PORT:ADDR:PORT")]
     pub connect_to: Vec<String>,
     /// Chain through this HTTP proxy (default: $HTTPS_PROXY / $HTTP_PROXY).

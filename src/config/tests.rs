@@ -853,6 +853,9 @@ fn upstream_and_intercept_values_are_checked() {
     assert_eq!(c.upstream.connect_to.len(), 1);
     assert_eq!(c.upstream.ca_files, [PathBuf::from("/tmp/x.pem")]);
     assert_eq!(c.upstream.proxy.as_deref(), Some("http://proxy.corp:3128"));
+    // curl's empty target parts: the request's own host, or its own port.
+    let c = ok("upstream:\n  connect_to: ['api.openai.com:443::8443', ':443:127.0.0.1:']\n");
+    assert_eq!(c.upstream.connect_to.len(), 2);
     let ps = problems("upstream:\n  connect_to: ['nonsense']\n  proxy: 'ftp://x'\n  ca_files: /a.pem\nintercept:\n  hosts: ['https://a.com/']\n");
     assert_eq!(
         where_(&ps),

@@ -1,6 +1,7 @@
 //! `--connect-to HOST:PORT:ADDR:PORT`: where TCP goes for a given host and
 //! port, leaving the TLS name untouched (curl's option of the same name).
-//! An empty HOST or PORT on the left matches any.
+//! An empty HOST or PORT on the left matches any; an empty ADDR or PORT on
+//! the right keeps the request's own host or port, as in curl.
 
 use std::fmt;
 
@@ -9,8 +10,10 @@ use std::fmt;
 pub struct ConnectTo {
     host: Option<String>,
     port: Option<u16>,
-    addr: String,
-    addr_port: u16,
+    /// `None`: dial the request's own host.
+    addr: Option<String>,
+    /// `None`: dial the request's own port.
+    addr_port: Option<u16>,
 }
 
 /// A rule that does not parse.
@@ -59,15 +62,11 @@ impl ConnectTo {
                 Ok(p) => Ok(Some(p)),
             }
         };
-        let addr = fields[2].to_string();
-        if addr.is_empty() {
-            return Err(err("empty ADDR"));
-        }
         Ok(ConnectTo {
             host: (!fields[0].is_empty()).then(|| fields[0].to_ascii_lowercase()),
             port: port(fields[1])?,
-            addr,
-            addr_port: port(fields[3])?.ok_or_else(|| err("empty target PORT"))?,
+            addr: (!fields[2].is_empty()).then(|| fields[2].to_string()),
+            addr_port: port(fields[3])?,
         })
     }
 
@@ -93,8 +92,8 @@ impl fmt::Display for ConnectTo {
             "{}:{}:{}:{}",
             self.host.as_deref().map(show).unwrap_or_default(),
             self.port.map(|p| p.to_string()).unwrap_or_default(),
-            show(&self.addr),
-            self.addr_port
+            self.addr.as_deref().map(show).unwrap_or_default(),
+            self.addr_port.map(|p| p.to_string()).unwrap_or_default(),
         )
     }
 }
@@ -108,12 +107,18 @@ impl ConnectToRules {
         ConnectToRules(rules)
     }
 
-    /// Where to dial for `host:port` (host without IPv6 brackets).
+    /// Where to dial for `host:port` (host without IPv6 brackets). The
+    /// first matching rule decides, even one that keeps both.
     pub fn resolve<'a>(&'a self, host: &'a str, port: u16) -> (&'a str, u16) {
         self.0
             .iter()
             .find(|r| r.matches(host, port))
-            .map_or((host, port), |r| (r.addr.as_str(), r.addr_port))
+            .map_or((host, port), |r| {
+                (
+                    r.addr.as_deref().unwrap_or(host),
+                    r.addr_port.unwrap_or(port),
+                )
+            })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -147,13 +152,31 @@ mod tests {
     }
 
     #[test]
+    fn empty_target_keeps_the_requests_own_host_or_port() {
+        let port_only = ConnectTo::parse("api.openai.com:443::8443").unwrap();
+        assert_eq!(port_only.to_string(), "api.openai.com:443::8443");
+        let host_only = ConnectTo::parse(":443:127.0.0.1:").unwrap();
+        assert_eq!(host_only.to_string(), ":443:127.0.0.1:");
+        // A rule that keeps both still matches first, as in curl.
+        let neither = ConnectTo::parse("keep.example:443::").unwrap();
+        let rules = ConnectToRules::new(vec![neither, port_only, host_only]);
+        assert_eq!(
+            rules.resolve("api.openai.com", 443),
+            ("api.openai.com", 8443)
+        );
+        assert_eq!(rules.resolve("other.com", 443), ("127.0.0.1", 443));
+        assert_eq!(rules.resolve("keep.example", 443), ("keep.example", 443));
+        assert_eq!(rules.resolve("other.com", 80), ("other.com", 80));
+    }
+
+    #[test]
     fn rejects_bad_rules() {
         for bad in [
             "",
             "a:443:b",
             "a:443:b:0",
             "a:x:b:1",
-            "a:1::1",
+            "a:1:b:x",
             "a:1:b:1:extra",
             "[::1:1:b:1",
         ] {
