@@ -77,10 +77,17 @@ impl Family {
     /// or a list (`/prompt/*`, `/input/*`, `/extra/context/*`), Responses
     /// messages whose `content` is a plain string, Anthropic `tool_result`
     /// content and Sourcegraph `context_file` content, because agents and
-    /// IDEs put whole file contents (and so secrets) there.
+    /// IDEs put whole file contents (and so secrets) there; the arguments
+    /// of earlier tool calls (a JSON string in OpenAI's shapes) and the
+    /// tools' descriptions, which the model reads as prompt too.
     pub fn prompt_patterns(self) -> &'static [&'static str] {
         match self {
-            Family::OpenAiChat => &["/messages/*/content", "/messages/*/content/*/text"],
+            Family::OpenAiChat => &[
+                "/messages/*/content",
+                "/messages/*/content/*/text",
+                "/messages/*/tool_calls/*/function/arguments",
+                "/tools/*/function/description",
+            ],
             Family::OpenAiCompletions => &[
                 "/prompt",
                 "/prompt/*",
@@ -95,6 +102,8 @@ impl Family {
                 "/input/*/content",
                 "/input/*/content/*/text",
                 "/input/*/output",
+                "/input/*/arguments",
+                "/tools/*/description",
             ],
             Family::AnthropicMessages => &[
                 "/system",
@@ -103,10 +112,12 @@ impl Family {
                 "/messages/*/content/*/text",
                 "/messages/*/content/*/content",
                 "/messages/*/content/*/content/*/text",
+                "/tools/*/description",
             ],
             Family::Gemini => &[
                 "/contents/*/parts/*/text",
                 "/systemInstruction/parts/*/text",
+                "/tools/*/functionDeclarations/*/description",
             ],
             Family::Sourcegraph => &[
                 "/messages/*/text",

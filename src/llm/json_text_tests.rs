@@ -175,8 +175,10 @@ fn family_prompt_pointers_select_exactly_the_prompt_text() {
             &[
                 "/messages/0/content",
                 "/messages/1/content/0/text",
+                "/messages/2/tool_calls/0/function/arguments",
                 "/messages/3/content",
                 "/messages/4/content",
+                "/tools/0/function/description",
             ],
         ),
         (
@@ -189,8 +191,10 @@ fn family_prompt_pointers_select_exactly_the_prompt_text() {
             &[
                 "/instructions",
                 "/input/0/content/0/text",
+                "/input/1/arguments",
                 "/input/2/output",
                 "/input/3/content",
+                "/tools/0/description",
             ],
         ),
         (

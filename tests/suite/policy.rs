@@ -109,6 +109,50 @@ async fn a_request_without_secrets_reaches_the_upstream_byte_identical() {
 
 const FILTER: &str = "policies:\n  chain: [content-filter]\npolicy:\n  content-filter:\n    phases: [input]\n    patterns: ['(?i)internal-project-\\w+']\n    action: block\n";
 
+/// Tool-call arguments and tool descriptions reach the model as prompt:
+/// the content filter reads them.
+#[tokio::test]
+async fn content_filter_reads_tool_calls_and_tool_descriptions() {
+    let (_ca, origin, gw) = setup(FILTER).await;
+    let openai = [
+        serde_json::json!({"model": "gpt-4o", "messages": [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "lookup", "arguments": "{\"q\":\"internal-project-zeus\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"}]}),
+        serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "go"}],
+            "tools": [{"type": "function", "function": {"name": "f",
+                "description": "Reads internal-project-zeus files"}}]}),
+    ];
+    let mut http = client(&gw, HOST).await;
+    for body in openai {
+        let resp = http
+            .send(
+                "POST",
+                HOST,
+                "/v1/chat/completions",
+                Bytes::from(body.to_string()),
+            )
+            .await;
+        assert_eq!(resp.status(), 409, "{body}");
+    }
+    let mut http = client(&gw, ANTHROPIC).await;
+    let body = serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 10,
+        "messages": [{"role": "user", "content": "go"}],
+        "tools": [{"name": "f", "description": "About internal-project-zeus",
+            "input_schema": {"type": "object"}}]});
+    let resp = http
+        .send(
+            "POST",
+            ANTHROPIC,
+            "/v1/messages",
+            Bytes::from(body.to_string()),
+        )
+        .await;
+    assert_eq!(resp.status(), 409);
+    assert_eq!(origin.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
 #[tokio::test]
 async fn content_filter_blocks_with_409_and_the_upstream_is_never_contacted() {
     let (_ca, origin, gw) = setup(FILTER).await;
