@@ -110,6 +110,9 @@ pub struct Record {
     /// usage the provider does not report, and for `log_bodies`. A cheap
     /// clone of the bytes that went out.
     pub request_body: Option<Bytes>,
+    /// The prompt's length in characters, counted from a request body too
+    /// large to keep (`request_body` is then `None`), for the estimate.
+    pub prompt_chars: Option<u64>,
     /// With `log_bodies`: the start of the response body the client got.
     pub response_body: Option<Bytes>,
     /// Why the exchange failed: kt answered with an error of its own (the
@@ -420,11 +423,10 @@ impl Exchange {
         // model and stream flag, which only the record needs, are read from
         // the kept body when the exchange closes. A proxy's turnaround is
         // the latency it adds; bookkeeping stays off it.
-        if self.limits.is_empty()
-            && self.input_body.is_empty()
-            && self.cache.is_none()
-            && self.keeps_request(&body)
-        {
+        // The body sent is kept (a cheap clone) at least until the request
+        // is on its way; one too large to keep till the close is then
+        // counted and let go (see `shed_large_body`).
+        if self.limits.is_empty() && self.input_body.is_empty() && self.cache.is_none() {
             self.meta_pending = true;
             self.record.request_body = Some(body.clone());
             return Input::Forward(body);
@@ -433,11 +435,30 @@ impl Exchange {
         let out = self.input_inner(body);
         self.record.policy_us += t.elapsed().as_micros() as u64;
         if let Input::Forward(sent) = &out {
-            if self.keeps_request(sent) {
-                self.record.request_body = Some(sent.clone());
-            }
+            self.record.request_body = Some(sent.clone());
         }
         out
+    }
+
+    /// Lets go of a request body too large to keep until the exchange
+    /// closes, once what the record needs of it is taken: the model and
+    /// stream flag, and its prompt's length for a token estimate should
+    /// the provider report no usage.
+    fn shed_large_body(&mut self) {
+        let Some(body) = self.record.request_body.clone() else {
+            return;
+        };
+        if self.keeps_request(&body) {
+            return;
+        }
+        if std::mem::take(&mut self.meta_pending) {
+            self.read_meta(&body);
+        }
+        self.record.prompt_chars = match self.info.family {
+            Some(f) => prompt_chars(f, &body),
+            None => Some(body.len() as u64),
+        };
+        self.record.request_body = None;
     }
 
     /// Queues the request's audit event now that the request has gone
@@ -451,6 +472,7 @@ impl Exchange {
         if self.input_recorded || self.completed {
             return;
         }
+        self.shed_large_body();
         let Some((sink, sends)) = self.audit.clone() else {
             return;
         };
@@ -840,7 +862,7 @@ impl Exchange {
         let tokens_in = match (self.info.family, &r.request_body) {
             (Some(f), Some(body)) => prompt_chars(f, body).map(estimate_tokens),
             (None, Some(body)) => Some(estimate_tokens(body.len() as u64)),
-            _ => None,
+            (_, None) => r.prompt_chars.map(estimate_tokens),
         };
         if tokens_in.is_none() && tokens_out.is_none() {
             return None;
@@ -861,6 +883,7 @@ impl Exchange {
             return;
         }
         self.completed = true;
+        self.shed_large_body();
         if std::mem::take(&mut self.meta_pending) {
             if let Some(body) = self.record.request_body.clone() {
                 self.read_meta(&body);
@@ -1345,7 +1368,10 @@ mod tests {
         );
         let mut ex = exchange();
         assert!(matches!(ex.input(big.into()), super::Input::Forward(_)));
+        // Counted and let go once the request is on its way.
+        ex.record_input();
         assert!(ex.record.request_body.is_none());
         assert_eq!(ex.info.model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(ex.record.prompt_chars, Some(super::REQUEST_KEEP_MAX as u64));
     }
 }

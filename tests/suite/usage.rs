@@ -143,6 +143,8 @@ async fn provider_usage_and_cost_are_recorded_for_json_and_streams() {
 async fn streams_without_usage_are_estimated_and_config_prices_apply() {
     let reply = "a completion of forty characters long!!!";
     assert_eq!(reply.len(), 40);
+    // A prompt over the 256 KiB kt keeps for the record is still counted.
+    let large = "x".repeat(600_000);
     let calls = [
         Call {
             path: "/v1/chat/completions",
@@ -160,6 +162,14 @@ async fn streams_without_usage_are_estimated_and_config_prices_apply() {
             usage: None,
             prompt: "four",
         },
+        Call {
+            path: "/v1/chat/completions",
+            model: "house-llm",
+            stream: true,
+            reply,
+            usage: None,
+            prompt: &large,
+        },
     ];
     let config = "pricing:\n  house-llm: {input: 1000000, output: 2000000}\npolicies:\n  chain: [audit-logger, secret-redaction]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n";
     let (out, bodies) = run(config, &calls).await;
@@ -167,10 +177,14 @@ async fn streams_without_usage_are_estimated_and_config_prices_apply() {
         bodies[0].ends_with("data: [DONE]\n\n"),
         "the stream arrives whole"
     );
-    assert_eq!(out.len(), 2);
+    assert_eq!(out.len(), 3);
     for e in &out {
         assert_eq!(e.usage_source.as_deref(), Some("estimated"), "{e:?}");
     }
+    assert_eq!(
+        (out[2].tokens_in, out[2].tokens_out),
+        (Some(150_000), Some(10))
+    );
     // 12 prompt chars → 3 tokens; 40 reply chars → 10 tokens.
     assert_eq!((out[0].tokens_in, out[0].tokens_out), (Some(3), Some(10)));
     // The config's price: $1 per input token, $2 per output token.
