@@ -157,6 +157,86 @@ struct AnthropicDeltaBody<'a> {
     ty: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_cow")]
     text: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    partial_json: Option<Cow<'a, str>>,
+}
+
+/// Characters of tool-call arguments the model streams in `ev` (OpenAI
+/// chat `tool_calls` deltas, Responses `response.function_call_arguments.delta`,
+/// Anthropic `input_json_delta`): output it is billed for, which
+/// [`for_each_delta`] leaves out as not text. Events without such a delta
+/// cost a substring search.
+pub fn tool_argument_chars(family: Family, ev: &SseEvent) -> u64 {
+    let Some(data) = ev.data() else {
+        return 0;
+    };
+    let count = |t: Option<Cow<'_, str>>| t.map_or(0, |t| t.chars().count() as u64);
+    match family {
+        Family::OpenAiChat => {
+            if finder!(b"\"tool_calls\"").find(data.as_bytes()).is_none() {
+                return 0;
+            }
+            #[derive(Deserialize)]
+            struct Chunk<'a> {
+                #[serde(borrow, default)]
+                choices: Option<Vec<Choice<'a>>>,
+            }
+            #[derive(Deserialize)]
+            struct Choice<'a> {
+                #[serde(borrow, default)]
+                delta: Option<ToolDelta<'a>>,
+            }
+            #[derive(Deserialize)]
+            struct ToolDelta<'a> {
+                #[serde(borrow, default)]
+                tool_calls: Option<Vec<ToolCall<'a>>>,
+            }
+            #[derive(Deserialize)]
+            struct ToolCall<'a> {
+                #[serde(borrow, default)]
+                function: Option<Function<'a>>,
+            }
+            #[derive(Deserialize)]
+            struct Function<'a> {
+                #[serde(borrow, default, deserialize_with = "opt_cow")]
+                arguments: Option<Cow<'a, str>>,
+            }
+            let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(data) else {
+                return 0;
+            };
+            chunk
+                .choices
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.delta?.tool_calls)
+                .flatten()
+                .map(|t| count(t.function.and_then(|f| f.arguments)))
+                .sum()
+        }
+        Family::OpenAiResponses => {
+            if finder!(b"function_call_arguments.delta")
+                .find(data.as_bytes())
+                .is_none()
+                || event_type(ev).as_deref() != Some("response.function_call_arguments.delta")
+            {
+                return 0;
+            }
+            serde_json::from_str::<ResponsesDelta<'_>>(data).map_or(0, |d| count(d.delta))
+        }
+        Family::AnthropicMessages => {
+            if finder!(b"input_json_delta").find(data.as_bytes()).is_none() {
+                return 0;
+            }
+            serde_json::from_str::<AnthropicDelta<'_>>(data).map_or(0, |d| {
+                count(
+                    d.delta
+                        .filter(|b| b.ty.as_deref() == Some("input_json_delta"))
+                        .and_then(|b| b.partial_json),
+                )
+            })
+        }
+        _ => 0,
+    }
 }
 
 #[derive(Deserialize)]

@@ -11,7 +11,9 @@ use super::family::Family;
 use super::inspect::{response_usage, Usage};
 use super::json_text::{visit_strings, Selector};
 use super::sse::SseDecoder;
-use super::stream::{for_each_delta, is_stream_end, response_fault, stream_fault, stream_usage};
+use super::stream::{
+    for_each_delta, is_stream_end, response_fault, stream_fault, stream_usage, tool_argument_chars,
+};
 use bytes::Bytes;
 
 /// Whole JSON answers larger than this are not parsed for usage (usage is
@@ -226,7 +228,7 @@ fn drain(
                 chars += n;
             }
         });
-        result.output_chars += chars;
+        result.output_chars += chars + tool_argument_chars(family, &ev);
         if let Some(n) = snapshot {
             *snapshot_chars = n;
         }
@@ -376,6 +378,66 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
             let mut tap = UsageTap::json(Family::OpenAiChat);
             run(&mut tap, body, 4);
             assert!(tap.finish().usage.is_empty());
+        }
+    }
+
+    #[test]
+    fn streamed_tool_call_arguments_count_as_output() {
+        let streams: [(Family, &[u8]); 3] = [
+            (
+                Family::OpenAiChat,
+                br#"data: {"choices":[{"index":0,"delta":{"role":"assistant","content":"ok","tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"lookup","arguments":""}}]}}]}
+
+data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"q\":"}}]}}]}
+
+data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"zeus\"}"}}]}}]}
+
+data: [DONE]
+
+"#,
+            ),
+            (
+                Family::AnthropicMessages,
+                br#"event: content_block_delta
+data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"ok"}}
+
+event: content_block_delta
+data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"q\":"}}
+
+event: content_block_delta
+data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"\"zeus\"}"}}
+
+event: message_stop
+data: {"type":"message_stop"}
+
+"#,
+            ),
+            (
+                Family::OpenAiResponses,
+                br#"event: response.output_text.delta
+data: {"type":"response.output_text.delta","delta":"ok"}
+
+event: response.function_call_arguments.delta
+data: {"type":"response.function_call_arguments.delta","delta":"{\"q\":"}
+
+event: response.function_call_arguments.delta
+data: {"type":"response.function_call_arguments.delta","delta":"\"zeus\"}"}
+
+event: response.completed
+data: {"type":"response.completed","response":{}}
+
+"#,
+            ),
+        ];
+        for (family, body) in streams {
+            for step in [1, 7, 4096] {
+                let mut tap = UsageTap::stream(family);
+                run(&mut tap, body, step);
+                let r = tap.finish();
+                // "ok" plus the 12 characters of `{"q":"zeus"}`.
+                assert_eq!(r.output_chars, 14, "{family:?} step {step}");
+                assert!(r.ended, "{family:?}");
+            }
         }
     }
 
