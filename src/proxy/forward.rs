@@ -65,11 +65,18 @@ async fn untouched(
     mut req: Request<Incoming>,
     mut exchange: Option<Box<crate::policy::exchange::Exchange>>,
 ) -> Result<Response<Body>, ProxyError> {
-    if let Some(ex) = exchange.as_mut() {
+    if let Some(mut ex) = exchange.take() {
+        if ex.unrecordable() {
+            return Ok(super::inspected::refuse_unrecorded(
+                ex,
+                "the audit log is not accepting events and the audit-logger is immutable",
+            ));
+        }
         if let Some(resp) = ex.websocket() {
             ex.complete(Some(resp.status().as_u16()));
             return Ok(resp);
         }
+        exchange = Some(ex);
     }
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

@@ -58,7 +58,7 @@ pub(super) async fn forward(
 }
 
 /// The `503` for an exchange the audit log cannot record, with `why`.
-fn refuse_unrecorded(mut exchange: Box<Exchange>, why: &str) -> Response<Body> {
+pub(super) fn refuse_unrecorded(mut exchange: Box<Exchange>, why: &str) -> Response<Body> {
     let resp = crate::policy::respond::gateway_error(
         exchange.info.api,
         http::StatusCode::SERVICE_UNAVAILABLE,
