@@ -279,3 +279,34 @@ pub async fn body_string(resp: Response<Incoming>) -> String {
 pub async fn body_json(resp: Response<Incoming>) -> serde_json::Value {
     serde_json::from_str(&body_string(resp).await).unwrap()
 }
+
+/// Opens a WebSocket to `path` on `host` through the proxy at `proxy`
+/// (CONNECT, then TLS trusting `roots`, no ALPN as browsers send it): the
+/// answer's head, and the stream to carry frames on after a `101`.
+pub async fn websocket(
+    proxy: SocketAddr,
+    host: &str,
+    path: &str,
+    roots: &[CertificateDer<'static>],
+) -> (String, tokio_rustls::client::TlsStream<TcpStream>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (s, reply) = connect(proxy, &format!("{host}:443")).await;
+    assert_eq!(reply.status, 200);
+    let mut tls = tls(s, host, roots, &[]).await.unwrap();
+    tls.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    (String::from_utf8(head).unwrap(), tls)
+}

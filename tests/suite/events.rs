@@ -548,28 +548,7 @@ async fn websocket(
     String,
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (s, reply) = crate::common::client::connect(gw.addr, &format!("{HOST}:443")).await;
-    assert_eq!(reply.status, 200);
-    let mut tls = crate::common::client::tls(s, HOST, &[gw.ca_der()], &[])
-        .await
-        .unwrap();
-    tls.write_all(
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tls.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let (head, tls) = crate::common::client::websocket(gw.addr, HOST, path, &[gw.ca_der()]).await;
     (head.lines().next().unwrap_or_default().to_string(), tls)
 }
 

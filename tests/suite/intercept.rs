@@ -125,26 +125,9 @@ async fn one_megabyte_both_ways() {
 async fn websocket_upgrade_is_bridged() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (_ca, _origin, gw) = setup(Alpn::Both).await;
-    let (s, reply) = client::connect(gw.addr, &format!("{HOST}:443")).await;
-    assert_eq!(reply.status, 200);
     // Browsers' WebSocket ClientHellos carry no ALPN: HTTP/1.1.
-    let mut tls = client::tls(s, HOST, &[gw.ca_der()], &[]).await.unwrap();
-    tls.write_all(
-        format!(
-            "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tls.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let (head, mut tls) = client::websocket(gw.addr, HOST, "/ws", &[gw.ca_der()]).await;
+    let head = head.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     for msg in [&b"hello"[..], b"second frame", &[0u8, 255, 7]] {
