@@ -451,14 +451,28 @@ impl Exchange {
         if self.keeps_request(&body) {
             return;
         }
-        if std::mem::take(&mut self.meta_pending) {
-            self.read_meta(&body);
-        }
-        self.record.prompt_chars = match self.info.family {
-            Some(f) => prompt_chars(f, &body),
-            None => Some(body.len() as u64),
-        };
+        self.read_pending_meta();
+        self.record.prompt_chars = self.prompt_length(&body);
         self.record.request_body = None;
+    }
+
+    /// Reads the model and stream flag from the kept request body, if
+    /// [`Exchange::input`] left them for later.
+    fn read_pending_meta(&mut self) {
+        if std::mem::take(&mut self.meta_pending) {
+            if let Some(body) = self.record.request_body.clone() {
+                self.read_meta(&body);
+            }
+        }
+    }
+
+    /// The prompt's length in characters: its text for a known family,
+    /// else the whole body.
+    fn prompt_length(&self, body: &[u8]) -> Option<u64> {
+        match self.info.family {
+            Some(f) => prompt_chars(f, body),
+            None => Some(body.len() as u64),
+        }
     }
 
     /// Queues the request's audit event now that the request has gone
@@ -473,17 +487,15 @@ impl Exchange {
             return;
         }
         self.shed_large_body();
-        let Some((sink, sends)) = self.audit.clone() else {
+        if self.audit.is_none() {
             return;
-        };
-        if std::mem::take(&mut self.meta_pending) {
-            if let Some(body) = self.record.request_body.clone() {
-                self.read_meta(&body);
-            }
         }
+        self.read_pending_meta();
         self.ensure_request_id();
-        let event = self.input_event(time::OffsetDateTime::now_utc());
-        submit(&sink, &sends, [event]);
+        let event = self.input_event(OffsetDateTime::now_utc());
+        if let Some((sink, sends)) = &self.audit {
+            submit(sink, sends, [event]);
+        }
         self.input_recorded = true;
     }
 
@@ -859,11 +871,11 @@ impl Exchange {
             return None;
         }
         let tokens_out = tap.ended.then(|| estimate_tokens(tap.output_chars));
-        let tokens_in = match (self.info.family, &r.request_body) {
-            (Some(f), Some(body)) => prompt_chars(f, body).map(estimate_tokens),
-            (None, Some(body)) => Some(estimate_tokens(body.len() as u64)),
-            (_, None) => r.prompt_chars.map(estimate_tokens),
-        };
+        let tokens_in = match &r.request_body {
+            Some(body) => self.prompt_length(body),
+            None => r.prompt_chars,
+        }
+        .map(estimate_tokens);
         if tokens_in.is_none() && tokens_out.is_none() {
             return None;
         }
@@ -884,11 +896,7 @@ impl Exchange {
         }
         self.completed = true;
         self.shed_large_body();
-        if std::mem::take(&mut self.meta_pending) {
-            if let Some(body) = self.record.request_body.clone() {
-                self.read_meta(&body);
-            }
-        }
+        self.read_pending_meta();
         self.record.status = status;
         let usage = self.usage();
         let priced =
