@@ -23,6 +23,7 @@ macro_rules! finder {
         &*FINDER
     }};
 }
+pub(crate) use finder;
 
 /// Choice / candidate indexes above this are ignored by [`StreamTally`], so
 /// a peer cannot make it allocate per index.

@@ -12,7 +12,8 @@ use super::inspect::{response_usage, Usage};
 use super::json_text::{visit_strings, Selector};
 use super::sse::SseDecoder;
 use super::stream::{
-    for_each_delta, is_stream_end, response_fault, stream_fault, stream_usage, tool_argument_chars,
+    finder, for_each_delta, is_stream_end, response_fault, stream_fault, stream_usage,
+    tool_argument_chars,
 };
 use bytes::Bytes;
 
@@ -243,11 +244,9 @@ fn drain(
 fn is_message_start(ev: &super::sse::SseEvent) -> bool {
     match ev.event() {
         Some(name) => name == "message_start",
-        None => ev.data().is_some_and(|d| {
-            static START: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-                std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"message_start\""));
-            START.find(d.as_bytes()).is_some()
-        }),
+        None => ev
+            .data()
+            .is_some_and(|d| finder!(b"\"message_start\"").find(d.as_bytes()).is_some()),
     }
 }
 
