@@ -10,7 +10,7 @@ use crate::events::{
 };
 use anyhow::Context as _;
 use clap::Subcommand;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -179,7 +179,7 @@ fn tail(
     n: usize,
     follow: bool,
 ) -> anyhow::Result<ExitCode> {
-    let colour = std::io::stdout().is_terminal();
+    let colour = crate::cli::stdout_colours();
     let (history, position) = read_last(&dir, n, &filters)
         .with_context(|| format!("cannot read the audit log in {}", dir.display()))?;
     if history.is_empty() && crate::events::segment::list(&dir).is_ok_and(|s| s.is_empty()) {
@@ -236,7 +236,6 @@ mod remote {
     use crate::llm::sse::SseDecoder;
     use anyhow::{bail, Context as _};
     use http_body_util::BodyExt;
-    use std::io::IsTerminal;
     use std::process::ExitCode;
 
     pub fn tail(
@@ -265,7 +264,7 @@ mod remote {
             if !resp.status().is_success() {
                 bail!("the gateway answered {} for /_kt/events", resp.status());
             }
-            let colour = std::io::stdout().is_terminal();
+            let colour = crate::cli::stdout_colours();
             let mut body = resp.into_body();
             let mut decoder = SseDecoder::new();
             let mut out = std::io::stdout().lock();
@@ -302,7 +301,6 @@ mod shared {
     use crate::events::{Checkpoints, Filters};
     use crate::storage::{audit, feed::TeamFeed};
     use anyhow::Context as _;
-    use std::io::IsTerminal;
     use std::process::ExitCode;
 
     pub fn tail(
@@ -317,7 +315,7 @@ mod shared {
             let (history, mut feed) = TeamFeed::start(&db, n, filters)
                 .await
                 .context("cannot read the shared audit trail")?;
-            let colour = std::io::stdout().is_terminal();
+            let colour = crate::cli::stdout_colours();
             let mut out = std::io::stdout().lock();
             for e in &history {
                 if let Err(err) = print(&mut out, e, json, colour) {

@@ -248,6 +248,15 @@ fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> 
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// Whether output to stdout (`kt events tail`) gets ANSI colours: the same
+/// rule as the logs, for stdout.
+pub(crate) fn stdout_colours() -> bool {
+    log_colours(
+        std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

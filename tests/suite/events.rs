@@ -806,3 +806,48 @@ async fn a_secret_in_a_stream_is_counted_once() {
         );
     }
 }
+
+/// `kt events tail` colours its lines on a terminal, and not when
+/// `NO_COLOR` is set (no-color.org), like the logs. The terminal is a real
+/// pseudo-terminal from util-linux `script`.
+#[tokio::test]
+async fn tail_colours_a_terminal_unless_no_color_is_set() {
+    use keeptrusts::events::{Action, Event, EventLog, LogOptions, Phase};
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("KT-TEST-NOTICE: util-linux `script` is missing; the terminal case is not run");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let (sink, writer) =
+        EventLog::open(&home.path().join("events"), LogOptions::default()).unwrap();
+    sink.send(Event::new(Phase::Input, Action::Block))
+        .await
+        .unwrap();
+    writer.close().await.unwrap();
+    let on_a_terminal = |no_color: Option<&str>| {
+        let line = format!(
+            "{} events tail --no-follow --data-dir {}",
+            env!("CARGO_BIN_EXE_kt"),
+            home.path().display()
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"]);
+        match no_color {
+            Some(v) => cmd.env("NO_COLOR", v),
+            None => cmd.env_remove("NO_COLOR"),
+        };
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let coloured = on_a_terminal(None);
+    assert!(
+        coloured.contains("BLOCK") && coloured.contains("\x1b["),
+        "{coloured:?}"
+    );
+    let plain = on_a_terminal(Some("1"));
+    assert!(
+        plain.contains("BLOCK") && !plain.contains("\x1b["),
+        "{plain:?}"
+    );
+}
