@@ -197,7 +197,12 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
         }
         None => ProxyRules::default(),
     };
-    let upstream_proxy = proxies.for_tunnel("example.invalid").map(|p| p.to_string());
+    let upstream_proxy = proxies
+        .summary()
+        .map(|line| match &settings.upstream_proxy {
+            Some(_) => line,
+            None => format!("{line} (from the environment)"),
+        });
     let tls = UpstreamTls::new(&settings.upstream_ca, settings.os_roots)?;
     let upstream = Upstream::new(
         ConnectToRules::new(rules),

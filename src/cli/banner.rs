@@ -20,6 +20,8 @@ pub struct BannerInfo {
     pub also: Option<SocketAddr>,
     pub ca_cert: PathBuf,
     pub intercept: InterceptMode,
+    /// The config's `intercept.hosts`, added to the built-in LLM hosts.
+    pub intercept_hosts: Vec<String>,
     pub auth_required: bool,
     pub active_keys: usize,
     pub upstream_proxy: Option<String>,
@@ -61,6 +63,7 @@ impl BannerInfo {
             also,
             ca_cert: built.ca.cert.clone(),
             intercept: settings.intercept,
+            intercept_hosts: settings.intercept_hosts.clone(),
             auth_required: auth.required(),
             active_keys: auth.store().map_or(0, |s| s.active_keys()),
             upstream_proxy: built.upstream_proxy.clone(),
@@ -117,7 +120,18 @@ pub fn render(info: &BannerInfo) -> String {
         InterceptMode::All => "all hosts",
         InterceptMode::None => "none (blind tunnels only)",
     };
-    let _ = writeln!(s, "  intercepting   : {mode}");
+    let extra = info.intercept_hosts.join(", ");
+    let _ = match info.intercept {
+        _ if extra.is_empty() => writeln!(s, "  intercepting   : {mode}"),
+        InterceptMode::Llm => {
+            writeln!(s, "  intercepting   : {mode} and {extra} (intercept.hosts)")
+        }
+        // The mode decides alone: say the listed hosts are not what it seems.
+        _ => writeln!(
+            s,
+            "  intercepting   : {mode}; intercept.hosts ({extra}) adds nothing to it"
+        ),
+    };
     let keys = info.active_keys;
     let need = if info.auth_required {
         "required"
@@ -184,6 +198,7 @@ mod tests {
             also: Some("[::1]:41002".parse().unwrap()),
             ca_cert: PathBuf::from("/home/u/.keeptrusts/certs/kt-ca.pem"),
             intercept: InterceptMode::Llm,
+            intercept_hosts: Vec::new(),
             auth_required: false,
             active_keys: 0,
             upstream_proxy: None,
@@ -236,6 +251,20 @@ mod tests {
             client_address("[::]:9".parse().unwrap()),
             "[::1]:9".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn hosts_the_config_adds_are_named_with_the_mode() {
+        let mut i = info();
+        assert!(render(&i).contains("  intercepting   : LLM hosts\n"));
+        i.intercept_hosts = vec!["llm.corp.example".into(), "sourcegraph.example.com".into()];
+        assert!(render(&i).contains(
+            "  intercepting   : LLM hosts and llm.corp.example, sourcegraph.example.com (intercept.hosts)\n"
+        ));
+        i.intercept = InterceptMode::None;
+        assert!(render(&i).contains(
+            "  intercepting   : none (blind tunnels only); intercept.hosts (llm.corp.example, sourcegraph.example.com) adds nothing to it\n"
+        ));
     }
 
     #[test]

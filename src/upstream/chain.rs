@@ -287,6 +287,28 @@ impl ProxyRules {
         )
     }
 
+    /// One line for the start-up banner, `None` when no proxy is used:
+    /// the proxy for TLS targets, the one for plain `http://` when it is
+    /// another (or the only one), and the hosts `NO_PROXY` sends direct.
+    pub fn summary(&self) -> Option<String> {
+        let mut line = match (&self.https, &self.http) {
+            (None, None) => return None,
+            (Some(s), Some(p)) if s.to_string() == p.to_string() => s.to_string(),
+            (Some(s), Some(p)) => format!("{s}, plain http through {p}"),
+            (Some(s), None) => format!("{s}, plain http direct"),
+            (None, Some(p)) => format!("plain http only, through {p}"),
+        };
+        if self.no_proxy.all {
+            line.push_str("; NO_PROXY=* sends every host direct");
+        } else if !self.no_proxy.entries.is_empty() {
+            line.push_str(&format!(
+                "; direct to {} (NO_PROXY)",
+                self.no_proxy.entries.join(",")
+            ));
+        }
+        Some(line)
+    }
+
     /// The proxy for a TLS (or tunnelled) target.
     pub fn for_tunnel(&self, host: &str) -> Option<&ProxyUrl> {
         self.https.as_ref().filter(|_| !self.no_proxy.matches(host))
@@ -411,5 +433,41 @@ mod tests {
                     .to_string()
             ]
         );
+    }
+
+    #[test]
+    fn the_banner_summary_names_each_proxy_and_the_direct_hosts() {
+        let listen: SocketAddr = "127.0.0.1:41002".parse().unwrap();
+        let from = |vars: &'static [(&'static str, &'static str)]| {
+            let env = |k: &str| {
+                vars.iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| v.to_string())
+            };
+            ProxyRules::from_env(env, listen).0.summary()
+        };
+        assert_eq!(from(&[]), None);
+        assert_eq!(
+            from(&[("HTTPS_PROXY", "http://u:secret@corp:3128")]).as_deref(),
+            Some("http://corp:3128 (with credentials), plain http direct")
+        );
+        assert_eq!(
+            from(&[
+                ("HTTPS_PROXY", "http://corp:3128"),
+                ("HTTP_PROXY", "http://corp:3128"),
+                ("no_proxy", ".internal, localhost:8080"),
+            ])
+            .as_deref(),
+            Some("http://corp:3128; direct to internal,localhost (NO_PROXY)")
+        );
+        assert_eq!(
+            from(&[("HTTP_PROXY", "http://web:80"), ("NO_PROXY", "*")]).as_deref(),
+            Some("plain http only, through http://web:80; NO_PROXY=* sends every host direct")
+        );
+        let explicit = ProxyRules::explicit(
+            ProxyUrl::parse("http://corp:3128").unwrap(),
+            NoProxy::default(),
+        );
+        assert_eq!(explicit.summary().as_deref(), Some("http://corp:3128"));
     }
 }

@@ -211,10 +211,10 @@ pub(crate) fn spawn_gateway_with(
             origin.addr.port()
         ))
         .args(extra)
-        .envs(envs.iter().copied())
         .env_remove("KEEPTRUSTS_STORAGE")
         .env_remove("HTTPS_PROXY")
         .env_remove("HTTP_PROXY")
+        .envs(envs.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -854,6 +854,41 @@ fn logs_to_a_pipe_have_no_colour_codes() {
         "{err}"
     );
     assert!(!err.contains("\x1b["), "{err:?}");
+}
+
+/// The banner says what decides where traffic goes: the hosts the config
+/// adds to interception, and a corporate proxy taken from the environment
+/// (with the hosts `NO_PROXY` sends direct).
+#[tokio::test]
+async fn the_banner_names_config_intercept_hosts_and_an_environment_proxy() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &["api.openai.com"], Alpn::Both).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("policy.yaml");
+    std::fs::write(&config, "intercept:\n  hosts: [llm.corp.example]\n").unwrap();
+    let gw = spawn_gateway_with(
+        &ca,
+        &origin,
+        &["--policy-config".as_ref(), config.as_os_str()],
+        &[
+            ("HTTPS_PROXY", "http://user:secret@127.0.0.1:9"),
+            ("NO_PROXY", "localhost,.corp.example"),
+        ],
+    );
+    let (lines, _home) = gw.stop_and_collect().await;
+    let text = lines.join("\n");
+    assert!(
+        text.contains("intercepting   : LLM hosts and llm.corp.example (intercept.hosts)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "upstream proxy : http://127.0.0.1:9 (with credentials), plain http direct; \
+             direct to localhost,corp.example (NO_PROXY) (from the environment)"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("secret"), "{text}");
 }
 
 /// Guides for a console-managed gateway set KEEPTRUSTS_GATEWAY_TOKEN and
