@@ -650,7 +650,7 @@ pub fn policy_check(file: Option<&Path>) -> (Check, Option<crate::config::Config
         let check = Check::new(
             "policy_config",
             Status::Ok,
-            "no --policy-config given: the gateway's built-in chain (audit-logger) applies".into(),
+            "no --policy-config given to kt doctor: a gateway started without one runs the built-in chain (audit-logger); pass the gateway's to check it".into(),
             None,
         );
         return (check, None);
