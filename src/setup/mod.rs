@@ -116,6 +116,11 @@ pub enum SetupError {
         yaml: PathBuf,
         entry: String,
     },
+    #[error(
+        "{} does not exist, so {client:?} does not seem to be installed for this user (or it keeps its settings elsewhere); kt creates no folder for it: pass --file with the settings file to write",
+        .dir.display()
+    )]
+    NoSettingsFolder { client: Client, dir: PathBuf },
     #[error("{client:?} has no standard settings file; pass --file (e.g. {example})")]
     NoDefaultFile {
         client: Client,
@@ -383,20 +388,31 @@ impl Plan {
     /// Merges the settings into `file` (else the default file), backing
     /// the old file up first; nothing is written when nothing changes.
     pub fn write(&self, file: Option<&Path>) -> Result<Written, SetupError> {
-        let file = match file
-            .map(Path::to_path_buf)
-            .or_else(|| self.default_file.clone())
-        {
+        let file = match file.map(Path::to_path_buf) {
             Some(f) => f,
-            None => {
-                return Err(SetupError::NoDefaultFile {
-                    client: self.client,
-                    example: match self.client {
-                        Client::Gptel => "~/.emacs.d/init.el",
-                        _ => "~/.bashrc or ~/.zshrc",
-                    },
-                })
-            }
+            None => match &self.default_file {
+                // A client's own folder missing means the client is not
+                // set up here (another edition, another user): creating it
+                // would leave settings nothing reads.
+                Some(f) => match f.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+                        return Err(SetupError::NoSettingsFolder {
+                            client: self.client,
+                            dir: dir.to_path_buf(),
+                        })
+                    }
+                    _ => f.clone(),
+                },
+                None => {
+                    return Err(SetupError::NoDefaultFile {
+                        client: self.client,
+                        example: match self.client {
+                            Client::Gptel => "~/.emacs.d/init.el",
+                            _ => "~/.bashrc or ~/.zshrc",
+                        },
+                    })
+                }
+            },
         };
         if let (Settings::Continue(model), Some(json)) =
             (&self.settings, continue_json_instead(&file))

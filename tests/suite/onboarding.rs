@@ -132,6 +132,43 @@ fn setup_zed_merges_the_openai_api_url() {
     );
 }
 
+/// `--write` to a client's own settings file needs the client's folder:
+/// without it (VS Code not installed for this user, or another edition)
+/// kt says so and creates nothing; once the folder is there it writes.
+#[cfg(target_os = "linux")]
+#[test]
+fn setup_write_creates_no_folder_for_a_client_that_is_not_there() {
+    let home = tempfile::tempdir().unwrap();
+    let user = tempfile::tempdir().unwrap();
+    let write = || {
+        Command::new(env!("CARGO_BIN_EXE_kt"))
+            .arg("--data-dir")
+            .arg(home.path())
+            .args(["setup", "vscode", "--write"])
+            .env("HOME", user.path())
+            .env_remove("HTTPS_PROXY")
+            .env_remove("HTTP_PROXY")
+            .env_remove("KEEPTRUSTS_GATEWAY")
+            .output()
+            .unwrap()
+    };
+    let out = write();
+    assert!(!out.status.success(), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(".config/Code/User does not exist") && err.contains("--file"),
+        "{err}"
+    );
+    assert!(!user.path().join(".config").exists());
+
+    let folder = user.path().join(".config/Code/User");
+    std::fs::create_dir_all(&folder).unwrap();
+    let out = write();
+    assert!(out.status.success(), "{out:?}");
+    let written = std::fs::read_to_string(folder.join("settings.json")).unwrap();
+    assert!(written.contains("\"http.proxy\""), "{written}");
+}
+
 #[test]
 fn setup_without_write_prints_and_touches_nothing() {
     let home = tempfile::tempdir().unwrap();
