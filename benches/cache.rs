@@ -250,6 +250,8 @@ async fn send(sender: &mut Sender, body: Bytes) -> Result<(String, usize)> {
         .uri("/v1/chat/completions")
         .header(http::header::HOST, ORIGIN_HOST)
         .header(http::header::CONTENT_TYPE, "application/json")
+        // The cache answers only requests that carry a provider credential.
+        .header(http::header::AUTHORIZATION, "Bearer sk-bench")
         .body(Full::new(body))?;
     sender.ready().await?;
     let resp = sender.send_request(req).await?;

@@ -97,6 +97,25 @@ fn client_bypass(headers: &HeaderMap) -> Option<(&'static str, bool)> {
     speculative.then_some(("speculative", false))
 }
 
+/// Whether the request carries a credential for its provider: one of the
+/// headers providers read (OpenAI, Copilot and Sourcegraph `Authorization`,
+/// Anthropic `x-api-key`, Azure `api-key`, Gemini `x-goog-api-key`) with a
+/// value, or Gemini's `key` query parameter. The direct API's provider key
+/// is in the headers by the time the cache looks.
+fn carries_credential(headers: &HeaderMap, path_and_query: &str) -> bool {
+    const HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+    HEADERS.iter().any(|name| {
+        headers
+            .get_all(*name)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().is_empty())
+    }) || path_and_query.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|p| p.strip_prefix("key=").is_some_and(|v| !v.is_empty()))
+    })
+}
+
 /// Looks `req` up: a tier, then a concurrent identical request, else a
 /// miss that leads the flight for its key.
 pub async fn lookup(store: &Arc<Store>, o: &CacheOptions, req: &CacheRequest<'_>) -> Lookup {
@@ -108,6 +127,11 @@ pub async fn lookup(store: &Arc<Store>, o: &CacheOptions, req: &CacheRequest<'_>
     let client = client_bypass(req.headers);
     if let Some((reason, false)) = client {
         return bypass(reason, None);
+    }
+    // The provider checks every request's credential; an answer from the
+    // cache must not be the way round that check.
+    if !carries_credential(req.headers, req.path_and_query) {
+        return bypass("no_credential", None);
     }
     if let Err(u) = key::uncacheable(req.body, o.allow_nondeterministic) {
         return bypass(u.as_str(), None);

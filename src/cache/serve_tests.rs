@@ -20,6 +20,16 @@ fn options(scope: Scope) -> CacheOptions {
 const BODY: &[u8] =
     br#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 
+/// Headers with a provider credential, as every real request has.
+fn signed() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer sk-test"),
+    );
+    h
+}
+
 fn request<'a>(headers: &'a HeaderMap, body: &'a [u8], user: Option<&'a str>) -> CacheRequest<'a> {
     CacheRequest {
         provider: "openai",
@@ -115,7 +125,7 @@ async fn a_complete_stream_is_replayed_byte_for_byte_with_its_framing() {
     let caches = Caches::new();
     let o = options(Scope::Team);
     let store = caches.store(&o).unwrap();
-    let h = HeaderMap::new();
+    let h = signed();
     let req = request(&h, BODY, Some("dev1"));
     let sse = "text/event-stream";
     let (v, first) = run(&store, &o, &req, || upstream(200, sse, &ok_frames())).await;
@@ -177,7 +187,7 @@ async fn incomplete_failed_and_error_responses_are_not_stored() {
         let caches = Caches::new();
         let o = options(Scope::Team);
         let store = caches.store(&o).unwrap();
-        let h = HeaderMap::new();
+        let h = signed();
         let req = request(&h, BODY, None);
         let Lookup::Miss(t) = lookup(&store, &o, &req).await else {
             panic!("{what}: a miss first")
@@ -196,7 +206,7 @@ async fn a_client_that_goes_away_stores_nothing() {
     let caches = Caches::new();
     let o = options(Scope::Team);
     let store = caches.store(&o).unwrap();
-    let h = HeaderMap::new();
+    let h = signed();
     let req = request(&h, BODY, None);
     let Lookup::Miss(t) = lookup(&store, &o, &req).await else {
         panic!()
@@ -212,7 +222,7 @@ async fn a_client_that_goes_away_stores_nothing() {
 #[tokio::test]
 async fn scopes_never_share_entries() {
     let caches = Caches::new();
-    let h = HeaderMap::new();
+    let h = signed();
     let sse = "text/event-stream";
     let user = options(Scope::User);
     let store = caches.store(&user).unwrap();
@@ -251,7 +261,7 @@ async fn placeholders_are_stored_only_in_user_scope() {
         let caches = Caches::new();
         let o = options(scope);
         let store = caches.store(&o).unwrap();
-        let h = HeaderMap::new();
+        let h = signed();
         let mut req = request(&h, body, Some("a"));
         req.stream = false;
         run(&store, &o, &req, || {
@@ -268,7 +278,7 @@ async fn clients_and_request_fields_can_bypass() {
     let caches = Caches::new();
     let o = options(Scope::Team);
     let store = caches.store(&o).unwrap();
-    let plain = HeaderMap::new();
+    let plain = signed();
     let sse = "text/event-stream";
     // Prime the cache.
     run(&store, &o, &request(&plain, BODY, None), || {
@@ -281,7 +291,7 @@ async fn clients_and_request_fields_can_bypass() {
         ("cache-control", "no-store", "no-store", false),
         ("x-copilot-speculative", "1", "speculative", false),
     ] {
-        let mut h = HeaderMap::new();
+        let mut h = signed();
         h.insert(
             HeaderName::from_static(name),
             HeaderValue::from_static(value),
@@ -331,7 +341,7 @@ async fn responses_over_the_entry_limit_stream_through_unstored() {
         ..options(Scope::Team)
     };
     let store = caches.store(&o).unwrap();
-    let h = HeaderMap::new();
+    let h = signed();
     let req = request(&h, BODY, None);
     let (v, got) = run(&store, &o, &req, || {
         upstream(200, "text/event-stream", &ok_frames())
@@ -346,7 +356,7 @@ async fn streams_without_an_end_event_and_compressed_bodies_are_not_stored() {
     let caches = Caches::new();
     let o = options(Scope::Team);
     let store = caches.store(&o).unwrap();
-    let h = HeaderMap::new();
+    let h = signed();
     let mut req = request(&h, BODY, None);
     req.family = Some(Family::Gemini);
     run(&store, &o, &req, || {
@@ -364,4 +374,53 @@ async fn streams_without_an_end_event_and_compressed_bodies_are_not_stored() {
     })
     .await;
     assert!(matches!(lookup(&store, &o, &req).await, Lookup::Miss(_)));
+}
+
+/// A request without a credential for its provider is neither answered
+/// from the cache nor stored: the provider decides about it.
+#[tokio::test]
+async fn requests_without_a_provider_credential_go_upstream() {
+    let caches = Caches::new();
+    let o = options(Scope::Team);
+    let store = caches.store(&o).unwrap();
+    let sse = "text/event-stream";
+    run(&store, &o, &request(&signed(), BODY, None), || {
+        upstream(200, sse, &ok_frames())
+    })
+    .await;
+    assert!(matches!(
+        lookup(&store, &o, &request(&signed(), BODY, None)).await,
+        Lookup::Hit(_)
+    ));
+    let mut blank = HeaderMap::new();
+    for anonymous in [HeaderMap::new(), {
+        blank.insert(http::header::AUTHORIZATION, HeaderValue::from_static(" "));
+        blank.clone()
+    }] {
+        match lookup(&store, &o, &request(&anonymous, BODY, None)).await {
+            Lookup::Bypass(reason, ticket) => {
+                assert_eq!((reason, ticket.is_some()), ("no_credential", false))
+            }
+            _ => panic!("a request without a credential must go upstream"),
+        }
+    }
+    for name in ["x-api-key", "api-key", "x-goog-api-key"] {
+        let mut h = HeaderMap::new();
+        h.insert(HeaderName::from_static(name), HeaderValue::from_static("k"));
+        assert!(
+            matches!(
+                lookup(&store, &o, &request(&h, BODY, None)).await,
+                Lookup::Hit(_)
+            ),
+            "{name}"
+        );
+    }
+    let gemini = CacheRequest {
+        path_and_query: "/v1/chat/completions?alt=sse&key=AIza",
+        ..request(&blank, BODY, None)
+    };
+    assert!(!matches!(
+        lookup(&store, &o, &gemini).await,
+        Lookup::Bypass("no_credential", _)
+    ));
 }

@@ -79,7 +79,15 @@ pub(crate) async fn post(
         b = b.header("host", host);
     }
     b = b.header("content-type", "application/json");
-    for (k, v) in headers {
+    // Real clients always send their provider credential; an empty value
+    // in `headers` stands for a client that sends none.
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        b = b.header("authorization", "Bearer sk-test");
+    }
+    for (k, v) in headers.iter().filter(|(_, v)| !v.is_empty()) {
         b = b.header(*k, *v);
     }
     let resp = http.request(b.body(Full::new(body)).unwrap()).await;
@@ -128,6 +136,33 @@ async fn a_repeated_request_is_answered_without_the_upstream() {
         (stats.hits.load(Relaxed), stats.misses.load(Relaxed)),
         (1, 2)
     );
+}
+
+/// A cached answer is not a way round the provider's credential check: a
+/// request that carries none goes upstream (which refuses it) and is not
+/// stored, whatever the cache holds.
+#[tokio::test]
+async fn a_request_without_a_provider_credential_is_not_answered_from_the_cache() {
+    let (_ca, origin, gw) = setup(CACHE).await;
+    let mut http = client(&gw, HOST).await;
+    let path = "/v1/chat/completions";
+    let first = post(&mut http, HOST, path, chat("2+2?", false), &[]).await;
+    assert_eq!((first.status, first.cache.as_str()), (200, "miss"));
+    let again = post(&mut http, HOST, path, chat("2+2?", false), &[]).await;
+    assert_eq!(again.cache, "hit");
+    assert_eq!(origin.hits.load(SeqCst), 1);
+    for _ in 0..2 {
+        let anonymous = post(
+            &mut http,
+            HOST,
+            path,
+            chat("2+2?", false),
+            &[("authorization", "")],
+        )
+        .await;
+        assert_eq!(anonymous.cache, "bypass");
+    }
+    assert_eq!(origin.hits.load(SeqCst), 3, "both went upstream");
 }
 
 #[tokio::test]
