@@ -78,8 +78,12 @@ impl Family {
     /// messages whose `content` is a plain string, Anthropic `tool_result`
     /// content and Sourcegraph `context_file` content, because agents and
     /// IDEs put whole file contents (and so secrets) there; the arguments
-    /// of earlier tool calls (a JSON string in OpenAI's shapes) and the
-    /// tools' descriptions, which the model reads as prompt too.
+    /// of earlier tool calls (a JSON string in OpenAI's shapes, an object
+    /// in Anthropic's `tool_use.input` and Gemini's `functionCall.args`,
+    /// read to every string leaf), Gemini's `functionResponse.response`,
+    /// Anthropic text documents (`source.type` `text` or `content`; base64
+    /// sources are images and PDFs, never read) and the tools'
+    /// descriptions, which the model reads as prompt too.
     pub fn prompt_patterns(self) -> &'static [&'static str] {
         match self {
             Family::OpenAiChat => &[
@@ -102,6 +106,7 @@ impl Family {
                 "/input/*/content",
                 "/input/*/content/*/text",
                 "/input/*/output",
+                "/input/*/output/*/text",
                 "/input/*/arguments",
                 "/tools/*/description",
             ],
@@ -112,10 +117,17 @@ impl Family {
                 "/messages/*/content/*/text",
                 "/messages/*/content/*/content",
                 "/messages/*/content/*/content/*/text",
+                "/messages/*/content/*/input/**",
+                "/messages/*/content/*/source[type=text]/data",
+                "/messages/*/content/*/source/content",
+                "/messages/*/content/*/source/content/*/text",
+                "/messages/*/content/*/content/*/source[type=text]/data",
                 "/tools/*/description",
             ],
             Family::Gemini => &[
                 "/contents/*/parts/*/text",
+                "/contents/*/parts/*/functionCall/args/**",
+                "/contents/*/parts/*/functionResponse/response/**",
                 "/systemInstruction/parts/*/text",
                 "/tools/*/functionDeclarations/*/description",
             ],
@@ -133,14 +145,22 @@ impl Family {
         }
     }
 
-    /// Patterns of the output text in a whole (non-streamed) response.
+    /// Patterns of the output text in a whole (non-streamed) response,
+    /// with the arguments of the tool calls the model makes (a JSON string,
+    /// or an object read to every string leaf).
     pub fn output_patterns(self) -> &'static [&'static str] {
         match self {
-            Family::OpenAiChat | Family::FimChatShaped => &["/choices/*/message/content"],
+            Family::OpenAiChat | Family::FimChatShaped => &[
+                "/choices/*/message/content",
+                "/choices/*/message/tool_calls/*/function/arguments",
+            ],
             Family::OpenAiCompletions => &["/choices/*/text"],
-            Family::OpenAiResponses => &["/output/*/content/*/text"],
-            Family::AnthropicMessages => &["/content/*/text"],
-            Family::Gemini => &["/candidates/*/content/parts/*/text"],
+            Family::OpenAiResponses => &["/output/*/content/*/text", "/output/*/arguments"],
+            Family::AnthropicMessages => &["/content/*/text", "/content/*/input/**"],
+            Family::Gemini => &[
+                "/candidates/*/content/parts/*/text",
+                "/candidates/*/content/parts/*/functionCall/args/**",
+            ],
             Family::Sourcegraph => &["/completion"],
             Family::Embeddings => &[],
         }

@@ -22,48 +22,39 @@ type Result<T> = std::result::Result<T, JsonTextError>;
 /// whose key is `keys[i]`, with `rest` starting at the member's value (read
 /// one value from it). Members are visited in document order; a name
 /// spelled with escapes is decoded before it is compared.
-pub fn members<'d>(
-    doc: &'d [u8],
-    keys: &[&str],
-    mut found: impl FnMut(usize, &'d [u8]),
-) -> Result<()> {
+pub fn members<'d>(doc: &'d [u8], keys: &[&str], found: impl FnMut(usize, &'d [u8])) -> Result<()> {
     let mut s = Scanner { doc, at: 0 };
-    s.expect(b'{', "'{'")?;
-    if s.peek_after_ws()? == b'}' {
-        s.at += 1;
-        return s.end();
+    s.object_members(keys, found)?;
+    s.end()
+}
+
+/// Whether the object at the start of `doc` (what follows it is not read)
+/// has a member `key` whose value is the string `value`; when the name
+/// repeats, any of its values counts. Reads that object to its end.
+pub fn object_has_string(doc: &[u8], key: &str, value: &str) -> Result<bool> {
+    let mut s = Scanner { doc, at: 0 };
+    let mut hit = false;
+    s.object_members(&[key], |_, rest| {
+        hit = hit || string_is(rest, value);
+    })?;
+    Ok(hit)
+}
+
+/// Whether `rest` starts with a JSON string literal spelling `value`.
+fn string_is(rest: &[u8], value: &str) -> bool {
+    if rest.first() != Some(&b'"') {
+        return false;
     }
-    loop {
-        s.expect(b'"', "a member name")?;
-        let start = s.at;
-        s.skip_string_body()?;
-        let raw = &doc[start..s.at - 1];
-        let wanted = if memchr(b'\\', raw).is_none() {
-            keys.iter().position(|k| k.as_bytes() == raw)
-        } else {
-            // A name spelled with escapes (rare): decode it, quotes included.
-            let name: String = serde_json::from_slice(&doc[start - 1..s.at]).map_err(|_| {
-                JsonTextError::Syntax {
-                    offset: start,
-                    expected: "a valid member name",
-                }
-            })?;
-            keys.iter().position(|k| *k == name)
-        };
-        s.expect(b':', "':'")?;
-        s.peek_after_ws()?;
-        if let Some(i) = wanted {
-            found(i, &doc[s.at..]);
-        }
-        s.skip_value()?;
-        match s.peek_after_ws()? {
-            b',' => s.at += 1,
-            b'}' => {
-                s.at += 1;
-                return s.end();
-            }
-            _ => return Err(s.syntax("',' or '}'")),
-        }
+    let mut s = Scanner { doc: rest, at: 1 };
+    if s.skip_string_body().is_err() {
+        return false;
+    }
+    let literal = &rest[..s.at];
+    let raw = &literal[1..literal.len() - 1];
+    if memchr(b'\\', raw).is_none() {
+        raw == value.as_bytes()
+    } else {
+        serde_json::from_slice::<String>(literal).is_ok_and(|v| v == value)
     }
 }
 
@@ -77,7 +68,55 @@ struct Scanner<'d> {
     at: usize,
 }
 
-impl Scanner<'_> {
+impl<'d> Scanner<'d> {
+    /// Reads the object at `self.at` up to and with its closing brace,
+    /// calling `found` as [`members`] does.
+    fn object_members(
+        &mut self,
+        keys: &[&str],
+        mut found: impl FnMut(usize, &'d [u8]),
+    ) -> Result<()> {
+        let doc = self.doc;
+        self.expect(b'{', "'{'")?;
+        if self.peek_after_ws()? == b'}' {
+            self.at += 1;
+            return Ok(());
+        }
+        loop {
+            self.expect(b'"', "a member name")?;
+            let start = self.at;
+            self.skip_string_body()?;
+            let raw = &doc[start..self.at - 1];
+            let wanted = if memchr(b'\\', raw).is_none() {
+                keys.iter().position(|k| k.as_bytes() == raw)
+            } else {
+                // A name spelled with escapes (rare): decode it, quotes included.
+                let name: String =
+                    serde_json::from_slice(&doc[start - 1..self.at]).map_err(|_| {
+                        JsonTextError::Syntax {
+                            offset: start,
+                            expected: "a valid member name",
+                        }
+                    })?;
+                keys.iter().position(|k| *k == name)
+            };
+            self.expect(b':', "':'")?;
+            self.peek_after_ws()?;
+            if let Some(i) = wanted {
+                found(i, &doc[self.at..]);
+            }
+            self.skip_value()?;
+            match self.peek_after_ws()? {
+                b',' => self.at += 1,
+                b'}' => {
+                    self.at += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.syntax("',' or '}'")),
+            }
+        }
+    }
+
     fn syntax(&self, expected: &'static str) -> JsonTextError {
         JsonTextError::Syntax {
             offset: self.at,
@@ -275,6 +314,23 @@ mod tests {
             found(&deep, &["b"]),
             Err(JsonTextError::TooDeep { max: MAX_DEPTH })
         );
+    }
+
+    #[test]
+    fn object_has_string_reads_one_object() {
+        let doc = br#"{"data":"x","type":"text"} ,garbage"#;
+        assert_eq!(object_has_string(doc, "type", "text"), Ok(true));
+        assert_eq!(object_has_string(doc, "type", "base64"), Ok(false));
+        assert_eq!(object_has_string(doc, "data", "text"), Ok(false));
+        // Any of repeated names; escapes decoded; non-strings never equal.
+        let twice = br#"{"type":"base64","type":"text"}"#;
+        assert_eq!(object_has_string(twice, "type", "text"), Ok(true));
+        let escaped = br#"{"type":"text"}"#;
+        assert_eq!(object_has_string(escaped, "type", "text"), Ok(true));
+        assert_eq!(object_has_string(br#"{"type":1}"#, "type", "1"), Ok(false));
+        assert_eq!(object_has_string(b"{}", "type", "text"), Ok(false));
+        assert!(object_has_string(br#"{"type":"text""#, "type", "text").is_err());
+        assert!(object_has_string(b"[]", "type", "text").is_err());
     }
 
     #[test]

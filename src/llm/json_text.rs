@@ -63,28 +63,47 @@ impl JsonTextError {
 
 type Result<T> = std::result::Result<T, JsonTextError>;
 
-/// One segment of a compiled pattern.
+/// One segment of a compiled pattern: where it steps, and an optional
+/// condition on the value it lands on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Seg {
+struct Seg {
+    step: Step,
+    when: Option<Cond>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
     /// `*`: any array element or object member.
     Any,
+    /// `**` (last segment only): zero or more segments of any kind, so the
+    /// pattern selects every string at or below the path before it.
+    Rest,
     /// A member name; when it is a canonical array index (`0`, `17`) it also
     /// matches that array element, as RFC 6901 pointers do.
     Key { name: String, index: Option<usize> },
 }
 
+/// `[member=value]` after a segment: the value the segment lands on must be
+/// an object with a string member `member` equal to `value` (any of them,
+/// should the name repeat).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cond {
+    member: String,
+    value: String,
+}
+
 impl Seg {
     fn matches_key(&self, key: &str) -> bool {
-        match self {
-            Seg::Any => true,
-            Seg::Key { name, .. } => name == key,
+        match &self.step {
+            Step::Any | Step::Rest => true,
+            Step::Key { name, .. } => name == key,
         }
     }
 
     fn matches_index(&self, i: usize) -> bool {
-        match self {
-            Seg::Any => true,
-            Seg::Key { index, .. } => *index == Some(i),
+        match &self.step {
+            Step::Any | Step::Rest => true,
+            Step::Key { index, .. } => *index == Some(i),
         }
     }
 }
@@ -94,12 +113,27 @@ impl Seg {
 /// values found exactly at its path; a pattern that lands on a number, an
 /// object or an array selects nothing there (list `/input` and `/input/*`
 /// when a field may be a string or an array of strings).
+///
+/// Two extensions: a last segment `**` selects every string at or below
+/// the path before it, at any depth (`/messages/*/content/*/input/**`: the
+/// string leaves of a tool call's input object); and a segment may end in
+/// `[member=value]`, which it matches only on an object whose string member
+/// `member` is `value` (`/messages/*/content/*/source[type=text]/data`: a
+/// text document's data, not a base64 image's). A condition costs a look
+/// ahead over that object, and only where the pattern reaches.
 #[derive(Debug, Clone, Default)]
 pub struct PointerSet {
     patterns: Vec<Vec<Seg>>,
     /// `complete[d]`: mask of the patterns that have exactly `d` segments,
     /// so "is this string selected" is one AND at each string value.
     complete: Vec<u64>,
+    /// `open[d]`: mask of the patterns ending in `**` after at most `d`
+    /// segments, which select every string at depth `d` they reach; the
+    /// last entry holds for every greater depth.
+    open: Vec<u64>,
+    /// `conditioned[d]`: mask of the patterns whose segment `d` has a
+    /// condition.
+    conditioned: Vec<u64>,
 }
 
 impl PointerSet {
@@ -116,13 +150,36 @@ impl PointerSet {
             }
             let segs = parse_pattern(p.as_ref())?;
             let bit = 1u64 << set.patterns.len();
-            if set.complete.len() <= segs.len() {
-                set.complete.resize(segs.len() + 1, 0);
+            let mark = |masks: &mut Vec<u64>, d: usize| {
+                if masks.len() <= d {
+                    masks.resize(d + 1, 0);
+                }
+                if let Some(m) = masks.get_mut(d) {
+                    *m |= bit;
+                }
+            };
+            match segs.last() {
+                Some(Seg {
+                    step: Step::Rest, ..
+                }) => {
+                    // `**` may stand for no segment at all.
+                    let from = segs.len() - 1;
+                    mark(&mut set.open, from);
+                }
+                _ => mark(&mut set.complete, segs.len()),
             }
-            if let Some(m) = set.complete.get_mut(segs.len()) {
-                *m |= bit;
+            for (d, seg) in segs.iter().enumerate() {
+                if seg.when.is_some() {
+                    mark(&mut set.conditioned, d);
+                }
             }
             set.patterns.push(segs);
+        }
+        // `open` is cumulative: a `**` reached at depth d holds below it.
+        let mut acc = 0;
+        for m in &mut set.open {
+            acc |= *m;
+            *m = acc;
         }
         Ok(set)
     }
@@ -143,8 +200,25 @@ impl PointerSet {
         }
     }
 
+    /// The patterns that select a string found at `depth` once its path
+    /// has matched them.
     fn complete_at(&self, depth: usize) -> u64 {
-        self.complete.get(depth).copied().unwrap_or(0)
+        let open = match self.open.get(depth) {
+            Some(&m) => m,
+            None => self.open.last().copied().unwrap_or(0),
+        };
+        self.complete.get(depth).copied().unwrap_or(0) | open
+    }
+
+    fn conditioned_at(&self, depth: usize) -> u64 {
+        self.conditioned.get(depth).copied().unwrap_or(0)
+    }
+
+    /// Segment `depth` of pattern `i`; past a trailing `**`, that `**`.
+    fn seg(&self, i: usize, depth: usize) -> Option<&Seg> {
+        let segs = self.patterns.get(i)?;
+        segs.get(depth)
+            .or_else(|| segs.last().filter(|s| s.step == Step::Rest))
     }
 
     /// The subset of `mask` whose segment at `depth` accepts `pred`.
@@ -154,12 +228,33 @@ impl PointerSet {
         while m != 0 {
             let i = m.trailing_zeros() as usize;
             m &= m - 1;
-            let hit = self
-                .patterns
-                .get(i)
-                .and_then(|segs| segs.get(depth))
-                .is_some_and(&pred);
-            if hit {
+            if self.seg(i, depth).is_some_and(&pred) {
+                out |= 1u64 << i;
+            }
+        }
+        out
+    }
+
+    /// The subset of `mask` whose conditions at segment `depth` hold for
+    /// the value at the start of `doc`.
+    fn check_conditions(&self, mask: u64, depth: usize, doc: &[u8]) -> u64 {
+        let mut m = mask & self.conditioned_at(depth);
+        let mut out = mask & !m;
+        if doc.first() != Some(&b'{') {
+            return out;
+        }
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let holds = self
+                .seg(i, depth)
+                .and_then(|s| s.when.as_ref())
+                .is_some_and(|c| {
+                    // A malformed object fails the condition; the walk
+                    // reports the error when it gets there.
+                    super::json_scan::object_has_string(doc, &c.member, &c.value).unwrap_or(false)
+                });
+            if holds {
                 out |= 1u64 << i;
             }
         }
@@ -178,39 +273,69 @@ fn parse_pattern(p: &str) -> Result<Vec<Seg>> {
     let Some(rest) = p.strip_prefix('/') else {
         return Err(bad("must start with '/'"));
     };
-    let mut segs = Vec::new();
+    let mut segs: Vec<Seg> = Vec::new();
     for raw in rest.split('/') {
-        if raw == "*" {
-            segs.push(Seg::Any);
-            continue;
+        if segs.last().is_some_and(|s| s.step == Step::Rest) {
+            return Err(bad("'**' must be the last segment"));
         }
-        let mut name = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '~' {
-                match chars.next() {
-                    Some('0') => name.push('~'),
-                    Some('1') => name.push('/'),
-                    _ => return Err(bad("'~' must be followed by 0 or 1")),
+        let (raw, when) = match raw.strip_suffix(']').and_then(|r| r.split_once('[')) {
+            Some((head, cond)) => {
+                let Some((member, value)) = cond.split_once('=') else {
+                    return Err(bad("a condition is '[member=value]'"));
+                };
+                if member.is_empty() {
+                    return Err(bad("a condition names a member"));
                 }
-            } else {
-                name.push(c);
+                let cond = Cond {
+                    member: unescape(member)
+                        .ok_or_else(|| bad("'~' must be followed by 0 or 1"))?,
+                    value: unescape(value).ok_or_else(|| bad("'~' must be followed by 0 or 1"))?,
+                };
+                (head, Some(cond))
             }
-        }
-        let canonical_index = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_digit())
-            && (name == "0" || !name.starts_with('0'));
-        let index = if canonical_index {
-            name.parse().ok()
-        } else {
-            None
+            None => (raw, None),
         };
-        segs.push(Seg::Key { name, index });
+        let step = match raw {
+            "*" => Step::Any,
+            "**" if when.is_some() => return Err(bad("'**' takes no condition")),
+            "**" => Step::Rest,
+            _ => {
+                let name = unescape(raw).ok_or_else(|| bad("'~' must be followed by 0 or 1"))?;
+                let canonical_index = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_digit())
+                    && (name == "0" || !name.starts_with('0'));
+                let index = if canonical_index {
+                    name.parse().ok()
+                } else {
+                    None
+                };
+                Step::Key { name, index }
+            }
+        };
+        segs.push(Seg { step, when });
     }
     if segs.len() >= MAX_DEPTH {
         return Err(bad("deeper than the nesting limit"));
     }
     Ok(segs)
+}
+
+/// A pointer segment with `~0` and `~1` decoded; `None` for a bad `~`.
+fn unescape(raw: &str) -> Option<String> {
+    let mut name = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '~' {
+            match chars.next() {
+                Some('0') => name.push('~'),
+                Some('1') => name.push('/'),
+                _ => return None,
+            }
+        } else {
+            name.push(c);
+        }
+    }
+    Some(name)
 }
 
 /// Which string values a walk hands to the callback.
@@ -549,6 +674,17 @@ where
     /// `mask`: patterns whose segments all matched the path so far.
     fn value(&mut self, path: &JsonPath<'_>, mask: u64, depth: usize) -> Result<()> {
         self.skip_ws();
+        // Patterns with a condition on the segment that led here keep
+        // only if this value meets it (one AND when none has one).
+        let mask = match self.sel {
+            Selector::Pointers(set)
+                if mask != 0 && depth > 0 && mask & set.conditioned_at(depth - 1) != 0 =>
+            {
+                let rest = self.bytes.get(self.pos..).unwrap_or_default();
+                set.check_conditions(mask, depth - 1, rest)
+            }
+            _ => mask,
+        };
         match self.peek() {
             Some(b'{') => self.object(path, mask, depth + 1),
             Some(b'[') => self.array(path, mask, depth + 1),

@@ -203,6 +203,8 @@ fn family_prompt_pointers_select_exactly_the_prompt_text() {
                 "/system/0/text",
                 "/messages/0/content",
                 "/messages/1/content/0/text",
+                "/messages/1/content/1/input/file_path",
+                "/messages/1/content/2/input/file_path",
                 "/messages/2/content/0/content",
                 "/messages/2/content/1/content/0/text",
                 "/messages/2/content/2/text",
@@ -232,6 +234,88 @@ fn family_prompt_pointers_select_exactly_the_prompt_text() {
     for (family, want) in expect {
         let doc = fixtures::get(family).request;
         let got = selected(doc, Selector::Pointers(family.prompt_pointers()));
+        assert_eq!(got, want, "{family:?}");
+    }
+}
+
+/// Anthropic tool inputs and text documents, Gemini function call
+/// arguments and results, Responses tool output parts: read as prompt; a
+/// base64 source and inline data are not.
+#[test]
+fn family_prompt_pointers_read_tool_inputs_and_text_documents() {
+    let anthropic = br#"{"messages":[{"role":"assistant","content":[
+        {"type":"tool_use","id":"t","name":"Write","input":{"path":"a.rs","edits":[{"new":"fn x()"}],"n":3}}]},
+        {"role":"user","content":[
+        {"type":"document","source":{"type":"text","media_type":"text/plain","data":"file text"},"title":"a.txt"},
+        {"type":"document","source":{"type":"content","content":"inline"}},
+        {"type":"document","source":{"type":"content","content":[{"type":"text","text":"part"}]}},
+        {"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0="}},
+        {"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0="}},
+        {"type":"tool_result","tool_use_id":"t","content":[
+            {"type":"document","source":{"type":"text","media_type":"text/plain","data":"nested"}},
+            {"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBO"}}]}]}]}"#;
+    assert_eq!(
+        selected(
+            anthropic,
+            Selector::Pointers(Family::AnthropicMessages.prompt_pointers())
+        ),
+        [
+            "/messages/0/content/0/input/path",
+            "/messages/0/content/0/input/edits/0/new",
+            "/messages/1/content/0/source/data",
+            "/messages/1/content/1/source/content",
+            "/messages/1/content/2/source/content/0/text",
+            "/messages/1/content/5/content/0/source/data",
+        ]
+    );
+    let gemini = br#"{"contents":[{"role":"model","parts":[{"functionCall":{"name":"read","args":{"path":"x","opts":{"q":"y"}}}}]},
+        {"role":"user","parts":[{"functionResponse":{"name":"read","response":{"content":"z"}}},
+        {"inlineData":{"mimeType":"image/png","data":"iVBO"}}]}]}"#;
+    assert_eq!(
+        selected(gemini, Selector::Pointers(Family::Gemini.prompt_pointers())),
+        [
+            "/contents/0/parts/0/functionCall/args/path",
+            "/contents/0/parts/0/functionCall/args/opts/q",
+            "/contents/1/parts/0/functionResponse/response/content",
+        ]
+    );
+    let responses = br#"{"input":[{"type":"function_call_output","call_id":"c","output":[{"type":"input_text","text":"out"}]}]}"#;
+    assert_eq!(
+        selected(
+            responses,
+            Selector::Pointers(Family::OpenAiResponses.prompt_pointers())
+        ),
+        ["/input/0/output/0/text"]
+    );
+}
+
+/// The tool calls a model makes are output as much as its text.
+#[test]
+fn family_output_pointers_read_tool_call_arguments() {
+    let cases: [(Family, &[u8], &[&str]); 4] = [
+        (
+            Family::OpenAiChat,
+            br#"{"choices":[{"message":{"content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}}]}"#,
+            &["/choices/0/message/tool_calls/0/function/arguments"],
+        ),
+        (
+            Family::OpenAiResponses,
+            br#"{"output":[{"type":"function_call","call_id":"c","name":"f","arguments":"{}"}]}"#,
+            &["/output/0/arguments"],
+        ),
+        (
+            Family::AnthropicMessages,
+            br#"{"content":[{"type":"text","text":"t"},{"type":"tool_use","id":"x","name":"f","input":{"a":{"b":"c"}}}]}"#,
+            &["/content/0/text", "/content/1/input/a/b"],
+        ),
+        (
+            Family::Gemini,
+            br#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{"a":"b"}}}]}}]}"#,
+            &["/candidates/0/content/parts/0/functionCall/args/a"],
+        ),
+    ];
+    for (family, doc, want) in cases {
+        let got = selected(doc, Selector::Pointers(family.output_pointers()));
         assert_eq!(got, want, "{family:?}");
     }
 }
@@ -293,8 +377,85 @@ fn pointer_patterns() {
 }
 
 #[test]
+fn recursive_wildcard_selects_every_string_below() {
+    let doc = br#"{"a":{"in":{"p":"x","n":[1,"y",{"deep":"z"}],"k":true}},"b":"s","in":"top"}"#;
+    let sel = |p: &[&str]| selected(doc, Selector::Pointers(&set(p)));
+    assert_eq!(
+        sel(&["/a/in/**"]),
+        ["/a/in/p", "/a/in/n/1", "/a/in/n/2/deep"]
+    );
+    // `**` may stand for no segment: a string right at the path counts.
+    assert_eq!(sel(&["/in/**", "/b/**"]), ["/b", "/in"]);
+    assert_eq!(
+        sel(&["/*/in/**"]),
+        ["/a/in/p", "/a/in/n/1", "/a/in/n/2/deep"]
+    );
+    assert_eq!(
+        sel(&["/**"]),
+        selected(doc, Selector::AllStrings),
+        "`/**` is every string"
+    );
+    // Mixed with plain patterns in one set, each keeps its meaning.
+    assert_eq!(
+        sel(&["/b", "/a/in/n/**"]),
+        ["/a/in/n/1", "/a/in/n/2/deep", "/b"]
+    );
+}
+
+#[test]
+fn conditions_select_by_a_member_of_the_object() {
+    let doc = br#"[{"source":{"type":"text","data":"plain"}},
+        {"source":{"data":"late","type":"text"}},
+        {"source":{"type":"base64","data":"aGk="}},
+        {"source":{"type":"tex\u0074","data":"escaped"}},
+        {"source":{"type":"base64","type":"text","data":"twice"}},
+        {"source":{"type":1,"data":"number"}},
+        {"source":"text"},
+        {"source":{"data":"no type"}}]"#;
+    let sel = |p: &[&str]| selected(doc, Selector::Pointers(&set(p)));
+    assert_eq!(
+        sel(&["/*/source[type=text]/data"]),
+        [
+            "/0/source/data",
+            "/1/source/data",
+            "/3/source/data",
+            "/4/source/data"
+        ]
+    );
+    // A condition on a segment that lands on a string never holds.
+    assert_eq!(sel(&["/*/source[type=text]"]), Vec::<String>::new());
+    // Conditions and `**` combine; an unconditioned pattern is unaffected.
+    assert_eq!(
+        sel(&["/*[source=text]/**", "/7/source/data"]),
+        ["/6/source", "/7/source/data"]
+    );
+    // Conditions on arrays fail; a malformed object fails its condition
+    // and the walk reports the error.
+    assert_eq!(
+        selected(br#"{"a":["x"]}"#, Selector::Pointers(&set(&["/a[t=x]/0"]))),
+        Vec::<String>::new()
+    );
+    let err = visit_strings(
+        br#"{"a":{"t":"x","d":"v",}}"#,
+        Selector::Pointers(&set(&["/a[t=x]/d"])),
+        |_, _| {},
+    );
+    assert!(err.is_err());
+}
+
+#[test]
 fn bad_patterns_are_refused() {
-    for p in ["a", "a/b", "/~2", "/x~"] {
+    for p in [
+        "a",
+        "a/b",
+        "/~2",
+        "/x~",
+        "/a/**/b",
+        "/a/**[t=x]",
+        "/a[t]",
+        "/a[=x]",
+        "/a[t~2=x]",
+    ] {
         let e = PointerSet::new([p]).unwrap_err();
         assert_eq!(e.kind(), "bad_pointer_pattern", "{p}");
     }

@@ -153,6 +153,87 @@ async fn content_filter_reads_tool_calls_and_tool_descriptions() {
     assert_eq!(origin.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
+async fn post_anthropic(http: &mut Http, body: &str) -> http::Response<hyper::body::Incoming> {
+    http.send(
+        "POST",
+        ANTHROPIC,
+        "/v1/messages",
+        Bytes::from(body.to_owned()),
+    )
+    .await
+}
+
+/// An Anthropic request whose last user turn holds `blocks`, after an
+/// assistant turn that called a tool with `input`.
+fn anthropic_turns(input: serde_json::Value, blocks: serde_json::Value) -> String {
+    serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Write",
+            "input": input}]},
+        {"role": "user", "content": blocks}]})
+    .to_string()
+}
+
+/// What an earlier tool call wrote (Anthropic's `tool_use.input`, an
+/// object, to any depth) and text documents reach the model as prompt: the
+/// content filter reads them; base64 sources (images, PDFs) it does not.
+#[tokio::test]
+async fn content_filter_reads_anthropic_tool_inputs_and_text_documents() {
+    let (_ca, origin, gw) = setup(FILTER).await;
+    let mut http = client(&gw, ANTHROPIC).await;
+    let ok = serde_json::json!([{"type": "tool_result", "tool_use_id": "t1", "content": "done"}]);
+    let blocked = [
+        anthropic_turns(
+            serde_json::json!({"path": "notes.md", "edits": [{"new": "about internal-project-zeus"}]}),
+            ok.clone(),
+        ),
+        anthropic_turns(
+            serde_json::json!({}),
+            serde_json::json!([{"type": "document", "source": {"type": "text",
+                "media_type": "text/plain", "data": "see internal-project-zeus"}}]),
+        ),
+        anthropic_turns(
+            serde_json::json!({}),
+            serde_json::json!([{"type": "document", "source": {"type": "content",
+                "content": [{"type": "text", "text": "internal-project-zeus"}]}}]),
+        ),
+    ];
+    for body in blocked {
+        let resp = post_anthropic(&mut http, &body).await;
+        assert_eq!(resp.status(), 409, "{body}");
+    }
+    assert_eq!(origin.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Base64 data is not text: whatever its bytes spell, it passes.
+    let image = anthropic_turns(
+        serde_json::json!({"path": "a.png"}),
+        serde_json::json!([{"type": "image", "source": {"type": "base64",
+            "media_type": "image/png", "data": "internal-project-zeus"}}]),
+    );
+    let resp = post_anthropic(&mut http, &image).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(last_body(&origin).unwrap(), image);
+}
+
+/// A secret in a tool call's input object and in a text document is
+/// redacted in place: the rest of the body reaches the upstream
+/// byte-identical.
+#[tokio::test]
+async fn secrets_in_anthropic_tool_inputs_and_documents_are_redacted() {
+    let (_ca, origin, gw) = setup(REDACT).await;
+    let mut http = client(&gw, ANTHROPIC).await;
+    let token = github_token();
+    let body = anthropic_turns(
+        serde_json::json!({"path": ".env", "content": format!("TOKEN={token}\nDEBUG=1"), "n": 1}),
+        serde_json::json!([{"type": "document", "source": {"type": "text",
+            "media_type": "text/plain", "data": format!("# env\nGITHUB_TOKEN={token}\n")}}]),
+    );
+    let resp = post_anthropic(&mut http, &body).await;
+    assert_eq!(resp.status(), 200);
+    let sent = last_body(&origin).unwrap();
+    assert_eq!(sent, body.replace(&token, "[REDACTED:github_pat]"));
+    serde_json::from_str::<serde_json::Value>(&sent).expect("still valid JSON");
+}
+
 #[tokio::test]
 async fn content_filter_blocks_with_409_and_the_upstream_is_never_contacted() {
     let (_ca, origin, gw) = setup(FILTER).await;
