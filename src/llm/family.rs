@@ -185,6 +185,22 @@ impl Family {
         }
     }
 
+    /// Patterns of the tool-call arguments inside one stream event's `data`
+    /// JSON: pieces of JSON text that concatenate per tool call (OpenAI chat
+    /// `tool_calls` deltas, Responses `response.function_call_arguments.delta`,
+    /// Anthropic `input_json_delta`). `stream::tool_argument_slot` tells
+    /// which events carry them (for Responses, `/delta` only in those).
+    pub fn stream_tool_patterns(self) -> &'static [&'static str] {
+        match self {
+            Family::OpenAiChat | Family::FimChatShaped => {
+                &["/choices/*/delta/tool_calls/*/function/arguments"]
+            }
+            Family::OpenAiResponses => &["/delta"],
+            Family::AnthropicMessages => &["/delta/partial_json"],
+            _ => &[],
+        }
+    }
+
     /// Where usage lives in a whole response, and in the stream events that
     /// carry it (OpenAI: the last chunk, only with `include_usage`; Responses:
     /// `response.completed`; Anthropic: `message_start` then `message_delta`).
@@ -230,6 +246,11 @@ impl Family {
         &compiled()[self.slot()].stream
     }
 
+    /// [`Family::stream_tool_patterns`], compiled once.
+    pub fn stream_tool_pointers(self) -> &'static PointerSet {
+        &compiled()[self.slot()].stream_tool
+    }
+
     fn slot(self) -> usize {
         self as usize
     }
@@ -239,6 +260,7 @@ struct Compiled {
     prompt: PointerSet,
     output: PointerSet,
     stream: PointerSet,
+    stream_tool: PointerSet,
 }
 
 fn compiled() -> &'static [Compiled; 8] {
@@ -249,6 +271,7 @@ fn compiled() -> &'static [Compiled; 8] {
             prompt: PointerSet::new(f.prompt_patterns()).unwrap_or_default(),
             output: PointerSet::new(f.output_patterns()).unwrap_or_default(),
             stream: PointerSet::new(f.stream_patterns()).unwrap_or_default(),
+            stream_tool: PointerSet::new(f.stream_tool_patterns()).unwrap_or_default(),
         })
     });
     &SETS
@@ -265,6 +288,10 @@ mod tests {
             assert_eq!(f.prompt_pointers().len(), f.prompt_patterns().len());
             assert_eq!(f.output_pointers().len(), f.output_patterns().len());
             assert_eq!(f.stream_pointers().len(), f.stream_patterns().len());
+            assert_eq!(
+                f.stream_tool_pointers().len(),
+                f.stream_tool_patterns().len()
+            );
             assert!(!f.prompt_patterns().is_empty(), "{f:?}");
             assert!(!f.usage_patterns().is_empty(), "{f:?}");
             PointerSet::new(f.usage_patterns()).unwrap();

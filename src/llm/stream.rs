@@ -240,6 +240,76 @@ pub fn tool_argument_chars(family: Family, ev: &SseEvent) -> u64 {
     }
 }
 
+/// The tool call whose arguments `ev` streams (OpenAI chat: the first
+/// `tool_calls` delta's `index`; Responses: `output_index`; Anthropic: the
+/// content block's `index`; 0 when the event does not say), or `None` when
+/// it streams none: the events [`tool_argument_chars`] counts, with the
+/// same cheap substring gates.
+pub fn tool_argument_slot(family: Family, ev: &SseEvent) -> Option<u32> {
+    let data = ev.data()?;
+    #[derive(Deserialize)]
+    struct Indexed {
+        #[serde(default)]
+        index: Option<u32>,
+        #[serde(default)]
+        output_index: Option<u32>,
+    }
+    match family {
+        Family::OpenAiChat | Family::FimChatShaped => {
+            finder!(b"\"tool_calls\"").find(data.as_bytes())?;
+            #[derive(Deserialize)]
+            struct Chunk {
+                #[serde(default)]
+                choices: Option<Vec<Choice>>,
+            }
+            #[derive(Deserialize)]
+            struct Choice {
+                #[serde(default)]
+                delta: Option<Delta>,
+            }
+            #[derive(Deserialize)]
+            struct Delta {
+                #[serde(default)]
+                tool_calls: Option<Vec<Indexed>>,
+            }
+            let chunk = serde_json::from_str::<Chunk>(data).ok()?;
+            let mut calls = chunk
+                .choices
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.delta?.tool_calls)
+                .flatten()
+                .peekable();
+            calls.peek()?;
+            Some(calls.find_map(|c| c.index).unwrap_or(0))
+        }
+        Family::OpenAiResponses => {
+            finder!(b"function_call_arguments.delta").find(data.as_bytes())?;
+            if event_type(ev).as_deref() != Some("response.function_call_arguments.delta") {
+                return None;
+            }
+            let probe = serde_json::from_str::<Indexed>(data).ok();
+            Some(probe.and_then(|p| p.output_index).unwrap_or(0))
+        }
+        Family::AnthropicMessages => {
+            finder!(b"input_json_delta").find(data.as_bytes())?;
+            #[derive(Deserialize)]
+            struct Block<'a> {
+                #[serde(default)]
+                index: Option<u32>,
+                #[serde(borrow, default)]
+                delta: Option<AnthropicDeltaBody<'a>>,
+            }
+            let b = serde_json::from_str::<Block<'_>>(data).ok()?;
+            if b.delta?.ty.as_deref() != Some("input_json_delta") {
+                return None;
+            }
+            Some(b.index.unwrap_or(0))
+        }
+        _ => None,
+    }
+}
+
 #[derive(Deserialize)]
 struct ResponsesDelta<'a> {
     #[serde(borrow, default, deserialize_with = "opt_cow")]

@@ -383,3 +383,74 @@ fn a_fault_summary_is_one_short_line() {
     };
     assert_eq!(f.summary(), "unspecified");
 }
+
+#[test]
+fn tool_argument_slots_name_the_call_being_streamed() {
+    let chat = |d: &str| ev(None, d);
+    let cases = [
+        (
+            Family::OpenAiChat,
+            chat(
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":2,"function":{"arguments":"{"}}]}}]}"#,
+            ),
+            Some(2),
+        ),
+        (
+            Family::OpenAiChat,
+            chat(
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"function":{"arguments":"{"}}]}}]}"#,
+            ),
+            Some(0),
+        ),
+        (
+            Family::OpenAiChat,
+            chat(r#"{"choices":[{"index":0,"delta":{"content":"say \"tool_calls\""}}]}"#),
+            None,
+        ),
+        (
+            Family::OpenAiChat,
+            chat(r#"{"choices":[{"index":0,"delta":{"tool_calls":[]}}]}"#),
+            None,
+        ),
+        (
+            Family::OpenAiResponses,
+            ev(
+                Some("response.function_call_arguments.delta"),
+                r#"{"type":"response.function_call_arguments.delta","output_index":1,"delta":"{"}"#,
+            ),
+            Some(1),
+        ),
+        (
+            Family::OpenAiResponses,
+            ev(
+                Some("response.output_text.delta"),
+                r#"{"type":"response.output_text.delta","delta":"function_call_arguments.delta"}"#,
+            ),
+            None,
+        ),
+        (
+            Family::AnthropicMessages,
+            ev(
+                Some("content_block_delta"),
+                r#"{"type":"content_block_delta","index":3,"delta":{"type":"input_json_delta","partial_json":"{"}}"#,
+            ),
+            Some(3),
+        ),
+        (
+            Family::AnthropicMessages,
+            ev(
+                Some("content_block_delta"),
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"input_json_delta"}}"#,
+            ),
+            None,
+        ),
+        (Family::Gemini, chat(r#"{"candidates":[]}"#), None),
+    ];
+    for (family, event, want) in cases {
+        assert_eq!(
+            tool_argument_slot(family, &event),
+            want,
+            "{family:?} {event:?}"
+        );
+    }
+}

@@ -9,16 +9,25 @@
 //! first token stays what the provider gives. Secrets split across frames
 //! are found because every check runs on the previous text's tail plus the
 //! held text.
+//!
+//! Tool-call arguments streamed in pieces (OpenAI chat `tool_calls` deltas,
+//! Responses `response.function_call_arguments.delta`, Anthropic
+//! `input_json_delta`) go through the same check in a window of their own:
+//! they are JSON text, read in its escaped form (a secret in it is spelled
+//! as the JSON string inside the arguments spells it), and a replacement is
+//! widened to whole escape sequences so the arguments stay JSON. A new tool
+//! call releases what is held and starts its window afresh.
 
 use super::chain::{Action, Chain};
 use super::redact::{placeholder, DEFAULT_HOLDBACK};
 use super::respond::stream_block_frame;
 use crate::config::FilterAction;
 use crate::llm::family::Family;
+use crate::llm::json_text::PointerSet;
 use crate::llm::json_text::{rewrite_strings, visit_strings, Selector};
 use crate::llm::recognize::Api;
 use crate::llm::sse::{SseDecoder, SseError, SseEvent};
-use crate::llm::stream::is_stream_end;
+use crate::llm::stream::{is_stream_end, tool_argument_slot};
 use bytes::Bytes;
 use std::ops::Range;
 use std::sync::Arc;
@@ -62,6 +71,8 @@ struct Held {
     /// The frame's output strings, in document order; for a snapshot, the
     /// text it adds to the one before.
     texts: Vec<String>,
+    /// The pieces of tool-call arguments it streams, in document order.
+    args: Vec<String>,
     snapshot: Option<Snapshot>,
 }
 
@@ -91,6 +102,10 @@ pub struct OutputStream {
     api: Option<Api>,
     decoder: SseDecoder,
     tail: String,
+    /// The released arguments of the tool call being streamed, and which
+    /// call that is.
+    args_tail: String,
+    args_slot: Option<u32>,
     /// The last snapshot as the upstream sent it, and as released.
     snapshot_seen: String,
     snapshot_out: String,
@@ -125,6 +140,8 @@ impl OutputStream {
             api,
             decoder: SseDecoder::new(),
             tail: String::new(),
+            args_tail: String::new(),
+            args_slot: None,
             snapshot_seen: String::new(),
             snapshot_out: String::new(),
             held: Vec::new(),
@@ -206,22 +223,43 @@ impl OutputStream {
 
     fn on_event(&mut self, ev: SseEvent, out: &mut Vec<Bytes>) -> Flow {
         let end = is_stream_end(self.family, &ev);
+        let slot = tool_argument_slot(self.family, &ev);
         let mut texts = Vec::new();
+        let mut args = Vec::new();
         if let Some(data) = ev.data() {
-            let pointers = self.family.stream_pointers();
             if !data.is_empty() && data.trim() != "[DONE]" {
-                let read = visit_strings(data.as_bytes(), Selector::Pointers(pointers), |_, s| {
-                    texts.push(s.to_owned())
-                });
-                if read.is_err() {
-                    // Not JSON (a provider's plain-text error, ...): nothing
-                    // to check in it, forwarded in order.
-                    texts.clear();
+                // A Responses arguments delta keeps them in `/delta`, where
+                // its text deltas keep text: read as arguments only.
+                let text_pointers = match (self.family, slot) {
+                    (Family::OpenAiResponses, Some(_)) => None,
+                    _ => Some(self.family.stream_pointers()),
+                };
+                let tool_pointers = slot.map(|_| self.family.stream_tool_pointers());
+                for (pointers, into) in [(text_pointers, &mut texts), (tool_pointers, &mut args)] {
+                    let Some(pointers) = pointers else { continue };
+                    let read =
+                        visit_strings(data.as_bytes(), Selector::Pointers(pointers), |_, s| {
+                            into.push(s.to_owned())
+                        });
+                    if read.is_err() {
+                        // Not JSON (a provider's plain-text error, ...):
+                        // nothing to check in it, forwarded in order.
+                        into.clear();
+                    }
                 }
             }
         }
+        if slot.is_some() && !args.is_empty() && slot != self.args_slot {
+            // Another tool call: the last one's arguments are complete.
+            if self.held.iter().any(|h| !h.args.is_empty()) && self.release(true, out) == Flow::Stop
+            {
+                return Flow::Stop;
+            }
+            self.args_tail.clear();
+            self.args_slot = slot;
+        }
         let snapshot = self.snapshot_of(&ev, &mut texts);
-        if texts.is_empty() && self.held.is_empty() {
+        if texts.is_empty() && args.is_empty() && self.held.is_empty() {
             out.push(ev.into_raw());
             return if end {
                 self.release(true, out)
@@ -229,10 +267,11 @@ impl OutputStream {
                 Flow::Continue
             };
         }
-        self.held_bytes += texts.iter().map(String::len).sum::<usize>();
+        self.held_bytes += texts.iter().chain(&args).map(String::len).sum::<usize>();
         self.held.push(Held {
             ev,
             texts,
+            args,
             snapshot,
         });
         self.release(end, out)
@@ -266,101 +305,75 @@ impl OutputStream {
         if self.held.is_empty() {
             return Flow::Continue;
         }
-        let base = self.tail.len();
-        let mut window = self.tail.clone();
-        for h in &self.held {
-            for t in &h.texts {
-                window.push_str(t);
-            }
-        }
-        let mut replacements: Vec<Replacement> = Vec::new();
+        let windows = [
+            Window::new(&self.tail, self.held.iter().map(|h| &h.texts)),
+            Window::new(&self.args_tail, self.held.iter().map(|h| &h.args)),
+        ];
         // What this check found, noted only if it releases: held text is
         // checked again with the next frame and would count it again.
         let mut found: Vec<StreamNote> = Vec::new();
-        let chain = self.chain.clone();
-        for &i in &self.policies {
-            let Some(policy) = chain.get(i) else { continue };
-            match &policy.action {
-                Action::Filter(filter) => {
-                    let Some(hit) = filter.find(&window) else {
-                        continue;
-                    };
-                    if hit.range.end <= base {
-                        continue;
-                    }
-                    match filter.action {
-                        FilterAction::Block => {
-                            let message = filter
-                                .message
-                                .clone()
-                                .unwrap_or_else(|| "blocked pattern detected".into());
-                            self.notes.push(StreamNote::Blocked {
-                                policy: policy.name.clone(),
-                                rule: hit.rule,
-                            });
-                            return self.stop(&message, &policy.name.clone(), out);
-                        }
-                        FilterAction::Redact => {
-                            let label = placeholder(&policy.name);
-                            replacements.push(Replacement {
-                                range: hit.range,
-                                label,
-                            });
-                            found.push(StreamNote::Redacted {
-                                policy: policy.name.clone(),
-                                kind: policy.name.clone(),
-                            });
-                        }
-                        FilterAction::Log => found.push(StreamNote::Logged {
-                            policy: policy.name.clone(),
-                            rule: hit.rule,
-                        }),
-                    }
+        let mut replacements: [Vec<Replacement>; 2] = [Vec::new(), Vec::new()];
+        for (w, reps) in windows.iter().zip(&mut replacements) {
+            if w.text.len() == w.base {
+                continue;
+            }
+            match scan(&self.chain, &self.policies, w, reps, &mut found) {
+                Ok(()) => {}
+                Err((policy, rule, message)) => {
+                    self.notes.push(StreamNote::Blocked {
+                        policy: policy.clone(),
+                        rule,
+                    });
+                    return self.stop(&message, &policy, out);
                 }
-                Action::Redact(redactor) => {
-                    for f in redactor.find(&window) {
-                        if f.range.end <= base {
-                            continue;
-                        }
-                        found.push(StreamNote::Redacted {
-                            policy: policy.name.clone(),
-                            kind: f.kind.clone(),
-                        });
-                        replacements.push(Replacement {
-                            range: f.range,
-                            label: placeholder(&f.kind),
-                        });
-                    }
-                }
-                _ => {}
             }
         }
-        let limit = if pem_open(&window) {
+        let pem = windows.iter().any(|w| pem_open(&w.text));
+        let limit = if pem {
             PEM_HOLDBACK.max(self.holdback)
         } else {
             self.holdback
         };
         // Findings in held text are found again at the next check, so
         // holding on is safe; a secret still growing must not be cut.
-        if !force && self.held_bytes < limit && may_grow(&window) {
+        let grows = windows
+            .iter()
+            .any(|w| w.text.len() > w.base && may_grow(&w.text));
+        if !force && self.held_bytes < limit && grows {
             return Flow::Continue;
         }
         self.notes.append(&mut found);
-        replacements.sort_by_key(|r| r.range.start);
-        let mut labeled = vec![false; replacements.len()];
+        let [mut text_reps, mut args_reps] = replacements;
+        text_reps.sort_by_key(|r| r.range.start);
+        // Arguments are JSON text: a replacement takes whole escapes.
+        for r in &mut args_reps {
+            r.range = escape_safe(windows[1].text.as_bytes(), windows[1].base, r.range.clone());
+        }
+        args_reps.retain(|r| !r.range.is_empty());
+        args_reps.sort_by_key(|r| r.range.start);
+        let mut text_labeled = vec![false; text_reps.len()];
+        let mut args_labeled = vec![false; args_reps.len()];
         let mut released = String::new();
-        let mut at = base;
+        let mut released_args = String::new();
+        let mut at = windows[0].base;
+        let mut args_at = windows[1].base;
+        let text_pointers = self.family.stream_pointers();
+        let tool_pointers = self.family.stream_tool_pointers();
         for h in std::mem::take(&mut self.held) {
-            let mut new_texts = Vec::with_capacity(h.texts.len());
-            let mut changed = false;
-            for t in &h.texts {
-                let span = at..at + t.len();
-                at = span.end;
-                let text = apply(t, &span, &replacements, &mut labeled);
-                changed |= text != *t;
-                released.push_str(&text);
-                new_texts.push(text);
-            }
+            let (new_texts, changed) = apply_all(
+                &h.texts,
+                &mut at,
+                &text_reps,
+                &mut text_labeled,
+                &mut released,
+            );
+            let (new_args, args_changed) = apply_all(
+                &h.args,
+                &mut args_at,
+                &args_reps,
+                &mut args_labeled,
+                &mut released_args,
+            );
             if let Some(snap) = h.snapshot {
                 if snap.restart {
                     self.snapshot_out.clear();
@@ -368,25 +381,26 @@ impl OutputStream {
                 self.snapshot_out.push_str(&new_texts.concat());
                 if self.snapshot_out != snap.full {
                     let whole = vec![self.snapshot_out.clone()];
-                    out.push(rebuild(&h.ev, self.family, whole));
+                    out.push(rebuild(&h.ev, &[(text_pointers, whole)]));
                 } else {
                     out.push(h.ev.into_raw());
                 }
-            } else if changed {
-                out.push(rebuild(&h.ev, self.family, new_texts));
+            } else if changed || args_changed {
+                let mut edits = Vec::new();
+                if changed {
+                    edits.push((text_pointers, new_texts));
+                }
+                if args_changed {
+                    edits.push((tool_pointers, new_args));
+                }
+                out.push(rebuild(&h.ev, &edits));
             } else {
                 out.push(h.ev.into_raw());
             }
         }
         self.held_bytes = 0;
-        self.tail.push_str(&released);
-        if self.tail.len() > CONTEXT {
-            let mut cut = self.tail.len() - CONTEXT;
-            while !self.tail.is_char_boundary(cut) {
-                cut += 1;
-            }
-            self.tail.drain(..cut);
-        }
+        push_context(&mut self.tail, &released);
+        push_context(&mut self.args_tail, &released_args);
         Flow::Continue
     }
 
@@ -397,6 +411,174 @@ impl OutputStream {
         out.push(stream_block_frame(self.api, policy, message));
         Flow::Stop
     }
+}
+
+/// One channel's text for a check: the released context, then the held
+/// pieces; offsets from `base` on are held text.
+struct Window {
+    text: String,
+    base: usize,
+}
+
+impl Window {
+    fn new<'h>(tail: &str, held: impl Iterator<Item = &'h Vec<String>>) -> Window {
+        let mut text = tail.to_owned();
+        for pieces in held {
+            for t in pieces {
+                text.push_str(t);
+            }
+        }
+        Window {
+            text,
+            base: tail.len(),
+        }
+    }
+}
+
+/// Runs the output policies over `w`: replacements and notes for what they
+/// found in its held text, or `Err((policy, rule, message))` when one blocks.
+fn scan(
+    chain: &Chain,
+    policies: &[usize],
+    w: &Window,
+    replacements: &mut Vec<Replacement>,
+    found: &mut Vec<StreamNote>,
+) -> Result<(), (Arc<str>, String, String)> {
+    for &i in policies {
+        let Some(policy) = chain.get(i) else { continue };
+        match &policy.action {
+            Action::Filter(filter) => {
+                let Some(hit) = filter.find(&w.text) else {
+                    continue;
+                };
+                if hit.range.end <= w.base {
+                    continue;
+                }
+                match filter.action {
+                    FilterAction::Block => {
+                        let message = filter
+                            .message
+                            .clone()
+                            .unwrap_or_else(|| "blocked pattern detected".into());
+                        return Err((policy.name.clone(), hit.rule, message));
+                    }
+                    FilterAction::Redact => {
+                        replacements.push(Replacement {
+                            range: hit.range,
+                            label: placeholder(&policy.name),
+                        });
+                        found.push(StreamNote::Redacted {
+                            policy: policy.name.clone(),
+                            kind: policy.name.clone(),
+                        });
+                    }
+                    FilterAction::Log => found.push(StreamNote::Logged {
+                        policy: policy.name.clone(),
+                        rule: hit.rule,
+                    }),
+                }
+            }
+            Action::Redact(redactor) => {
+                for f in redactor.find(&w.text) {
+                    if f.range.end <= w.base {
+                        continue;
+                    }
+                    found.push(StreamNote::Redacted {
+                        policy: policy.name.clone(),
+                        kind: f.kind.clone(),
+                    });
+                    replacements.push(Replacement {
+                        range: f.range,
+                        label: placeholder(&f.kind),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `texts` with the replacements applied, each at its place from `*at` on
+/// in the window (advanced past them); what is released is appended to
+/// `released`. Also tells whether any text changed.
+fn apply_all(
+    texts: &[String],
+    at: &mut usize,
+    replacements: &[Replacement],
+    labeled: &mut [bool],
+    released: &mut String,
+) -> (Vec<String>, bool) {
+    let mut out = Vec::with_capacity(texts.len());
+    let mut changed = false;
+    for t in texts {
+        let span = *at..*at + t.len();
+        *at = span.end;
+        let text = apply(t, &span, replacements, labeled);
+        changed |= text != *t;
+        released.push_str(&text);
+        out.push(text);
+    }
+    (out, changed)
+}
+
+/// Appends released text to a channel's context, keeping its last
+/// [`CONTEXT`] bytes.
+fn push_context(tail: &mut String, released: &str) {
+    tail.push_str(released);
+    if tail.len() > CONTEXT {
+        let mut cut = tail.len() - CONTEXT;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail.drain(..cut);
+    }
+}
+
+/// `range` of the JSON text `text` widened so that it neither starts nor
+/// ends inside an escape sequence (`\n`, `\"`, `\u00e9`): a label put in
+/// its place leaves the JSON valid. Text before `base` has been sent: an
+/// escape begun there is completed before the label, never cut.
+fn escape_safe(text: &[u8], base: usize, range: Range<usize>) -> Range<usize> {
+    let mut start = range.start;
+    let mut end = range.end;
+    if let Some(esc) = escape_around(text, start.max(base)) {
+        start = if esc.start >= base {
+            esc.start
+        } else {
+            start.max(esc.end)
+        };
+    }
+    if let Some(esc) = escape_around(text, end) {
+        end = esc.end.min(text.len());
+    }
+    start..end.max(start)
+}
+
+/// The escape sequence of the JSON text `text` that has `at` strictly
+/// inside it, if any. An escape is a backslash that a run of an even number
+/// of backslashes precedes, and the 1 (or `u` + 4) bytes after it.
+fn escape_around(text: &[u8], at: usize) -> Option<Range<usize>> {
+    for back in 1..=5usize {
+        let b = at.checked_sub(back)?;
+        if text.get(b) != Some(&b'\\') {
+            continue;
+        }
+        let run = text
+            .get(..b)
+            .unwrap_or_default()
+            .iter()
+            .rev()
+            .take_while(|&&c| c == b'\\')
+            .count();
+        if run % 2 == 1 {
+            // This backslash is itself escaped: it ends an escape.
+            continue;
+        }
+        let len = if text.get(b + 1) == Some(&b'u') { 6 } else { 2 };
+        return (at < b + len).then_some(b..b + len);
+    }
+    None
 }
 
 /// `text` (occupying `span` of the window) with the replacements that
@@ -433,21 +615,22 @@ fn apply(
     out
 }
 
-/// The frame `ev` with its output strings replaced by `texts`.
-fn rebuild(ev: &SseEvent, family: Family, texts: Vec<String>) -> Bytes {
-    let data = ev.data().unwrap_or_default();
-    let mut texts = texts.into_iter();
-    let new_data = rewrite_strings(
-        data.as_bytes(),
-        Selector::Pointers(family.stream_pointers()),
-        |_| texts.next(),
-    );
-    let new_data = match new_data {
-        Ok(d) => String::from_utf8_lossy(&d).into_owned(),
-        // Unreachable in practice: the same data was walked before.
-        Err(_) => return ev.raw().clone(),
-    };
-    let mut frame = String::with_capacity(new_data.len() + 32);
+/// The frame `ev` with the strings each pointer set selects replaced by
+/// the texts given with it.
+fn rebuild(ev: &SseEvent, edits: &[(&PointerSet, Vec<String>)]) -> Bytes {
+    let mut data = ev.data().unwrap_or_default().to_owned();
+    for (pointers, texts) in edits {
+        let mut texts = texts.iter();
+        let new_data = rewrite_strings(data.as_bytes(), Selector::Pointers(pointers), |_| {
+            texts.next().cloned()
+        });
+        data = match new_data {
+            Ok(d) => String::from_utf8_lossy(&d).into_owned(),
+            // Unreachable in practice: the same data was walked before.
+            Err(_) => return ev.raw().clone(),
+        };
+    }
+    let mut frame = String::with_capacity(data.len() + 32);
     if let Some(event) = ev.event() {
         frame.push_str("event: ");
         frame.push_str(event);
@@ -458,7 +641,7 @@ fn rebuild(ev: &SseEvent, family: Family, texts: Vec<String>) -> Bytes {
         frame.push_str(id);
         frame.push('\n');
     }
-    for line in new_data.split('\n') {
+    for line in data.split('\n') {
         frame.push_str("data: ");
         frame.push_str(line);
         frame.push('\n');
@@ -746,6 +929,274 @@ mod tests {
                 );
             }
         }
+    }
+
+    const GH_BODY: &str = "Ab3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF2hJ5";
+
+    /// The SSE frames that stream `args` as one tool call's arguments in
+    /// pieces of `size` characters, in `family`'s dialect, with its end.
+    fn tool_call_wire(family: Family, args: &str, size: usize) -> String {
+        let chars: Vec<char> = args.chars().collect();
+        let mut wire = match family {
+            Family::OpenAiChat => format!(
+                "data: {}\n\n",
+                serde_json::json!({"choices": [{"index": 0, "delta": {"role": "assistant",
+                    "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                        "function": {"name": "write", "arguments": ""}}]}}]})
+            ),
+            Family::AnthropicMessages => format!(
+                "event: content_block_start\ndata: {}\n\n",
+                serde_json::json!({"type": "content_block_start", "index": 1,
+                    "content_block": {"type": "tool_use", "id": "t", "name": "write", "input": {}}})
+            ),
+            _ => String::new(),
+        };
+        for piece in chars.chunks(size) {
+            let piece: String = piece.iter().collect();
+            wire.push_str(&match family {
+                Family::OpenAiChat => format!(
+                    "data: {}\n\n",
+                    serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+                        {"index": 0, "function": {"arguments": piece}}]}}]})
+                ),
+                Family::AnthropicMessages => format!(
+                    "event: content_block_delta\ndata: {}\n\n",
+                    serde_json::json!({"type": "content_block_delta", "index": 1,
+                        "delta": {"type": "input_json_delta", "partial_json": piece}})
+                ),
+                _ => format!(
+                    "event: response.function_call_arguments.delta\ndata: {}\n\n",
+                    serde_json::json!({"type": "response.function_call_arguments.delta",
+                        "item_id": "fc_1", "output_index": 0, "delta": piece})
+                ),
+            });
+        }
+        wire.push_str(match family {
+            Family::OpenAiChat => "data: [DONE]\n\n",
+            Family::AnthropicMessages => "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            _ => "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{}}\n\n",
+        });
+        wire
+    }
+
+    /// The tool-call arguments the client sees in `raw`.
+    fn streamed_args(family: Family, raw: &str) -> String {
+        let mut args = String::new();
+        for data in raw.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                continue;
+            };
+            let piece = match family {
+                Family::OpenAiChat => {
+                    &v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                }
+                Family::AnthropicMessages => &v["delta"]["partial_json"],
+                _ => &v["delta"],
+            };
+            args.push_str(piece.as_str().unwrap_or_default());
+        }
+        args
+    }
+
+    fn stream_through(yaml: &str, family: Family, wire: &str) -> (String, OutputStream, Flow) {
+        let chain = Arc::new(Chain::build(&Config::parse(yaml, Path::new("t")).unwrap()).unwrap());
+        let api = match family {
+            Family::OpenAiChat => Api::OpenAiChat,
+            Family::AnthropicMessages => Api::AnthropicMessages,
+            _ => Api::OpenAiResponses,
+        };
+        let mut s = OutputStream::new(chain, vec![0], family, Some(api));
+        let mut out = Vec::new();
+        let mut flow = Flow::Continue;
+        for part in wire.as_bytes().chunks(7) {
+            flow = s.push(part, &mut out);
+            if flow == Flow::Stop {
+                break;
+            }
+        }
+        if flow == Flow::Continue {
+            s.finish(&mut out);
+        }
+        let raw: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        (String::from_utf8(raw).unwrap(), s, flow)
+    }
+
+    /// A secret in the arguments of a tool call the model streams is
+    /// redacted however the deltas cut it, in the three dialects that
+    /// stream arguments; the arguments stay JSON, the secret counts once.
+    #[test]
+    fn secrets_in_streamed_tool_arguments_are_redacted() {
+        let token = format!("ghp_{GH_BODY}");
+        let args = serde_json::json!({"path": ".env",
+            "content": format!("# env\nTOKEN={token}\nDEBUG=1")})
+        .to_string();
+        let yaml = "policies:\n  chain: [r]\npolicy:\n  r:\n    type: redact\n";
+        let families = [
+            Family::OpenAiChat,
+            Family::AnthropicMessages,
+            Family::OpenAiResponses,
+        ];
+        for family in families {
+            for size in [1, 2, 3, 5, 9, 17, 40, args.len()] {
+                let wire = tool_call_wire(family, &args, size);
+                let (raw, s, flow) = stream_through(yaml, family, &wire);
+                assert_eq!(flow, Flow::Continue);
+                assert!(!raw.contains("Ab3dE6"), "{family:?} size {size}: {raw}");
+                let got = streamed_args(family, &raw);
+                let v: serde_json::Value = serde_json::from_str(&got)
+                    .unwrap_or_else(|e| panic!("{family:?} size {size}: {e}: {got}"));
+                assert_eq!(
+                    v["content"], "# env\nTOKEN=[REDACTED:github_pat]\nDEBUG=1",
+                    "{family:?} size {size}"
+                );
+                assert_eq!(v["path"], ".env");
+                let counted = s
+                    .notes
+                    .iter()
+                    .filter(|n| matches!(n, StreamNote::Redacted { .. }))
+                    .count();
+                assert_eq!(counted, 1, "{family:?} size {size}");
+            }
+        }
+    }
+
+    /// Two tool calls in one answer: each one's arguments are checked in a
+    /// window of its own, a secret in each is redacted and counted.
+    #[test]
+    fn each_tool_call_is_checked_on_its_own() {
+        let token = format!("ghp_{GH_BODY}");
+        let call = |index: usize, piece: &str| {
+            format!(
+                "data: {}\n\n",
+                serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+                    {"index": index, "function": {"arguments": piece}}]}}]})
+            )
+        };
+        let first = serde_json::json!({"k": token}).to_string();
+        let second = serde_json::json!({"k": format!("x {token}")}).to_string();
+        let mut wire = String::new();
+        for (index, args) in [(0, &first), (1, &second)] {
+            let chars: Vec<char> = args.chars().collect();
+            for piece in chars.chunks(4) {
+                wire.push_str(&call(index, &piece.iter().collect::<String>()));
+            }
+        }
+        wire.push_str("data: [DONE]\n\n");
+        let yaml = "policies:\n  chain: [r]\npolicy:\n  r:\n    type: redact\n";
+        let (raw, s, _) = stream_through(yaml, Family::OpenAiChat, &wire);
+        let mut per_call = [String::new(), String::new()];
+        for data in raw.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                continue;
+            };
+            let t = &v["choices"][0]["delta"]["tool_calls"][0];
+            let i = t["index"].as_u64().unwrap() as usize;
+            per_call[i].push_str(t["function"]["arguments"].as_str().unwrap());
+        }
+        let parsed: Vec<serde_json::Value> = per_call
+            .iter()
+            .map(|a| serde_json::from_str(a).unwrap())
+            .collect();
+        assert_eq!(parsed[0]["k"], "[REDACTED:github_pat]");
+        assert_eq!(parsed[1]["k"], "x [REDACTED:github_pat]");
+        let counted = s
+            .notes
+            .iter()
+            .filter(|n| matches!(n, StreamNote::Redacted { .. }))
+            .count();
+        assert_eq!(counted, 2);
+    }
+
+    /// Clean tool-call arguments pass byte-identical.
+    #[test]
+    fn clean_tool_arguments_are_forwarded_byte_identical() {
+        let args = r#"{"path":"src/main.rs","content":"fn main() {\n    println!(\"hi\");\n}\n"}"#;
+        let yaml = "policies:\n  chain: [r]\npolicy:\n  r:\n    type: redact\n";
+        for family in [
+            Family::OpenAiChat,
+            Family::AnthropicMessages,
+            Family::OpenAiResponses,
+        ] {
+            let wire = tool_call_wire(family, args, 4);
+            let (raw, _, _) = stream_through(yaml, family, &wire);
+            assert_eq!(raw, wire, "{family:?}");
+        }
+    }
+
+    /// A pattern the content filter blocks ends the stream when it shows up
+    /// in tool-call arguments, split or not; nothing of it reaches the client.
+    #[test]
+    fn a_blocked_pattern_in_tool_arguments_ends_the_stream() {
+        let yaml = "policies:\n  chain: [f]\npolicy:\n  f:\n    type: content-filter\n    patterns: ['project-zeus']\n";
+        let args = r#"{"query":"status of project-zeus please"}"#;
+        for family in [
+            Family::OpenAiChat,
+            Family::AnthropicMessages,
+            Family::OpenAiResponses,
+        ] {
+            for size in [1, 4, 100] {
+                let wire = tool_call_wire(family, args, size);
+                let (raw, s, flow) = stream_through(yaml, family, &wire);
+                assert_eq!(flow, Flow::Stop, "{family:?} size {size}: {raw}");
+                assert!(
+                    !streamed_args(family, &raw).contains("project-zeus"),
+                    "{raw}"
+                );
+                assert!(raw.contains("blocked"), "{family:?}: {raw}");
+                assert!(
+                    s.notes
+                        .iter()
+                        .any(|n| matches!(n, StreamNote::Blocked { .. })),
+                    "{family:?}"
+                );
+            }
+        }
+    }
+
+    /// A replacement in arguments never leaves half an escape sequence: the
+    /// arguments stay JSON whatever the match's edges.
+    #[test]
+    fn replacements_in_arguments_take_whole_escapes() {
+        // Ends inside `\"`, starts inside `\n`.
+        let yaml = "policies:\n  chain: [f]\npolicy:\n  f:\n    type: content-filter\n    patterns: ['zeus9.{2}', '[a-z]+-apollo']\n    action: redact\n";
+        let cases = [
+            (
+                serde_json::json!({"a": "zeus9\"x"}),
+                "[REDACTED:f]x",
+                "9\\\"",
+            ),
+            (
+                serde_json::json!({"a": "y\nfoo-apollo z"}),
+                "y[REDACTED:f] z",
+                "-apollo",
+            ),
+        ];
+        for (args, want, cut) in cases {
+            let args = args.to_string();
+            for family in [Family::OpenAiChat, Family::AnthropicMessages] {
+                for size in [1, 3, 100] {
+                    let wire = tool_call_wire(family, &args, size);
+                    let (raw, _, _) = stream_through(yaml, family, &wire);
+                    let got = streamed_args(family, &raw);
+                    let v: serde_json::Value = serde_json::from_str(&got)
+                        .unwrap_or_else(|e| panic!("{family:?} size {size}: {e}: {got}"));
+                    assert!(!got.contains(cut), "{family:?} size {size}: {got}");
+                    // Words that are not token-shaped are not held back: cut
+                    // in small deltas, a match's start may have gone out
+                    // before its end came (as in text).
+                    if size == 100 {
+                        assert_eq!(v["a"], want, "{family:?}: {got}");
+                    }
+                }
+            }
+        }
+        assert_eq!(escape_around(br#"a\nb"#, 2), Some(1..3));
+        assert_eq!(escape_around(br#"a\\nb"#, 3), None);
+        assert_eq!(escape_around(br#"\u00e9x"#, 4), Some(0..6));
+        assert_eq!(escape_around(br#"\u00e9x"#, 6), None);
+        assert_eq!(escape_safe(br#"ab\ncd"#, 0, 3..5), 2..5);
+        assert_eq!(escape_safe(br#"ab\ncd"#, 3, 3..5), 4..5);
+        assert_eq!(escape_safe(br#"ab\"cd"#, 0, 0..3), 0..4);
     }
 
     /// Sourcegraph before api-version 2 sends the whole completion so far in

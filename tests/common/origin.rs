@@ -301,7 +301,9 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
         // sent as SSE chunks of `x-test-chunk` characters. `x-test-status`
         // sets the status, `x-test-no-end` leaves out the stream's terminal
         // event, and `x-test-gated` holds each event after the first until
-        // `sse_gate` gives a permit.
+        // `sse_gate` gives a permit. `x-test-tool-call` makes the reply the
+        // arguments of a tool call (a JSON string; an object in Anthropic's
+        // whole answer), streamed as argument deltas.
         // A provider's own model list (OpenAI and Anthropic shape alike).
         p if p.ends_with("/models") => {
             *state.last_request.lock().unwrap() = Some((p.to_string(), req.headers().clone()));
@@ -355,6 +357,7 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .unwrap_or(StatusCode::OK);
             let no_end = header("x-test-no-end").is_some();
+            let tool_call = header("x-test-tool-call").is_some();
             let gate = header("x-test-gated").map(|_| state.sse_gate.clone());
             let raw = header("x-test-raw");
             // `x-test-content-type` / `x-test-encoding`: the answer's labels
@@ -382,7 +385,16 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 .and_then(|v| v.get("stream").and_then(|s| s.as_bool()))
                 .unwrap_or(false);
             if !stream {
-                let mut json = if anthropic {
+                let mut json = if tool_call && anthropic {
+                    let input: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
+                    serde_json::json!({"type": "message", "role": "assistant",
+                        "content": [{"type": "tool_use", "id": "t1", "name": "write", "input": input}]})
+                } else if tool_call {
+                    serde_json::json!({"object": "chat.completion",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+                            "tool_calls": [{"id": "call_1", "type": "function",
+                                "function": {"name": "write", "arguments": reply}}]}}]})
+                } else if anthropic {
                     serde_json::json!({"type": "message", "role": "assistant",
                         "content": [{"type": "text", "text": reply}]})
                 } else {
@@ -439,7 +451,20 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                             }
                         }
                     }
-                    let ev = if anthropic {
+                    let ev = if anthropic && tool_call {
+                        format!(
+                            "event: content_block_delta\ndata: {}\n\n",
+                            serde_json::json!({"type": "content_block_delta", "index": 0,
+                                "delta": {"type": "input_json_delta", "partial_json": p}})
+                        )
+                    } else if tool_call {
+                        format!(
+                            "data: {}\n\n",
+                            serde_json::json!({"object": "chat.completion.chunk",
+                                "choices": [{"index": 0, "delta": {"tool_calls": [
+                                    {"index": 0, "function": {"arguments": p}}]}}]})
+                        )
+                    } else if anthropic {
                         format!(
                             "event: content_block_delta\ndata: {}\n\n",
                             serde_json::json!({"type": "content_block_delta", "index": 0,

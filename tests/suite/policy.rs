@@ -404,6 +404,101 @@ async fn an_output_block_ends_the_stream_with_an_error_event() {
     assert!(!text.contains("project-zeus"), "{text}");
 }
 
+/// Asks `host` for an answer that is one tool call with `args` as its
+/// arguments, streamed in deltas of `chunk` characters or whole.
+async fn tool_call_reply(
+    http: &mut Http,
+    host: &str,
+    args: &str,
+    chunk: usize,
+    stream: bool,
+) -> http::Response<hyper::body::Incoming> {
+    let (path, body) = if host == ANTHROPIC {
+        let body = serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 64,
+            "stream": stream, "messages": [{"role": "user", "content": "write it"}]});
+        ("/v1/messages", Bytes::from(body.to_string()))
+    } else {
+        ("/v1/chat/completions", chat("write it", stream))
+    };
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", host)
+        .header("content-type", "application/json")
+        .header("x-test-reply", args)
+        .header("x-test-chunk", chunk.to_string())
+        .header("x-test-tool-call", "1")
+        .body(http_body_util::Full::new(body))
+        .unwrap();
+    http.request(req).await
+}
+
+/// The tool-call arguments in an OpenAI or Anthropic event stream, and its
+/// error events.
+fn streamed_tool_args(raw: &str) -> (String, Vec<serde_json::Value>) {
+    let mut args = String::new();
+    let mut errors = Vec::new();
+    for data in raw.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+            continue;
+        };
+        if v.get("error").is_some() {
+            errors.push(v);
+        } else if let Some(a) = v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .or(v["delta"]["partial_json"].as_str())
+        {
+            args.push_str(a);
+        }
+    }
+    (args, errors)
+}
+
+/// A secret in the arguments of a tool call the model streams is redacted
+/// however the deltas cut it; the arguments stay JSON.
+#[tokio::test]
+async fn a_secret_in_streamed_tool_call_arguments_is_redacted() {
+    let (_ca, _origin, gw) = setup(REDACT).await;
+    let token = github_token();
+    let args =
+        serde_json::json!({"path": ".env", "content": format!("A=1\nTOKEN={token}\n")}).to_string();
+    for host in [HOST, ANTHROPIC] {
+        let mut http = client(&gw, host).await;
+        for chunk in [1, 5, 16] {
+            let resp = tool_call_reply(&mut http, host, &args, chunk, true).await;
+            assert_eq!(resp.status(), 200);
+            let raw = body_string(resp).await;
+            assert!(!raw.contains(&token[..12]), "{host} chunk {chunk}: {raw}");
+            let (got, errors) = streamed_tool_args(&raw);
+            assert!(errors.is_empty(), "{errors:?}");
+            let v: serde_json::Value = serde_json::from_str(&got).expect("arguments stay JSON");
+            assert_eq!(v["content"], "A=1\nTOKEN=[REDACTED:github_pat]\n", "{host}");
+        }
+    }
+}
+
+/// The output content filter reads the tool calls the model makes, streamed
+/// (the stream ends with an error event) or whole (`409`-style block).
+#[tokio::test]
+async fn an_output_filter_reads_tool_call_arguments() {
+    let yaml = "policies:\n  chain: [content-filter]\npolicy:\n  content-filter:\n    phases: [output]\n    patterns: ['project-zeus']\n";
+    let (_ca, _origin, gw) = setup(yaml).await;
+    let args = r#"{"query":"status of project-zeus"}"#;
+    for host in [HOST, ANTHROPIC] {
+        let mut http = client(&gw, host).await;
+        let resp = tool_call_reply(&mut http, host, args, 3, true).await;
+        let raw = body_string(resp).await;
+        let (got, errors) = streamed_tool_args(&raw);
+        assert_eq!(errors.len(), 1, "{host}: {raw}");
+        assert!(!got.contains("project-zeus"), "{host}: {got}");
+        let resp = tool_call_reply(&mut http, host, args, 3, false).await;
+        let status = resp.status();
+        let body = body_string(resp).await;
+        assert!(!body.contains("project-zeus"), "{host}: {status} {body}");
+        assert!(body.contains("blocked"), "{host}: {status} {body}");
+    }
+}
+
 #[tokio::test]
 async fn reload_swaps_the_chain_and_a_bad_config_keeps_the_old_one() {
     let (_ca, origin, gw) = setup(REDACT).await;
