@@ -1,7 +1,8 @@
 //! Policy engine costs (`cargo bench --bench policy`): recognizing a request
 //! and selecting its policies when none applies, the built-in chain, the
-//! input phase of redact + content-filter on a 20 KB chat request, and the
-//! output phase per SSE event. Plain timing loops with a fixed number of
+//! input phase of redact + content-filter on a 20 KB chat request and on a
+//! 20 KB Anthropic agent request (text turns, tool calls, tool results,
+//! and with a base64 image), and the output phase per SSE event. Plain timing loops with a fixed number of
 //! iterations; prints a markdown table.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
@@ -59,6 +60,35 @@ fn main() {
             }
         }),
     ));
+
+    let anthropic_uri: http::Uri = "/v1/messages".parse().unwrap();
+    let anthropic_host: std::sync::Arc<str> = std::sync::Arc::from("api.anthropic.com");
+    for (label, image) in [
+        (
+            "redact + content-filter input, 20 KB Anthropic agent request",
+            false,
+        ),
+        (
+            "redact + content-filter input, the same plus a 200 KB base64 image",
+            true,
+        ),
+    ] {
+        let body = anthropic_body(20 * 1024, image);
+        rows.push((
+            label,
+            per_call(2_000, || {
+                let mut ex = chain
+                    .begin(&anthropic_host, &post, &anthropic_uri, &headers, &anon)
+                    .unwrap();
+                match ex.input(body.clone()) {
+                    Input::Forward(b) => {
+                        black_box(b);
+                    }
+                    Input::Respond(_) => panic!("unexpected block"),
+                }
+            }),
+        ));
+    }
 
     let big = chat_body(100 * 1024);
     rows.push((
@@ -131,6 +161,38 @@ fn chat_body(size: usize) -> Bytes {
                 {"role": "user", "content": prompt},
             ],
         })
+        .to_string(),
+    )
+}
+
+/// An Anthropic agent request of about `size` bytes of prompt, no secrets:
+/// turns of text, tool calls with their input objects and tool results, and
+/// a base64 image (200 KB of data) when `image`.
+fn anthropic_body(size: usize, image: bool) -> Bytes {
+    let line = "    let total: u64 = items.iter().map(|item| item.price * item.quantity).sum();\n";
+    let mut messages = Vec::new();
+    let mut len = 0;
+    let mut i = 0;
+    while len < size {
+        let file = line.repeat(12);
+        len += file.len() + 60;
+        messages.push(serde_json::json!({"role": "assistant", "content": [
+            {"type": "text", "text": "Reading the next file."},
+            {"type": "tool_use", "id": format!("t{i}"), "name": "Read",
+                "input": {"file_path": format!("src/m{i}.rs"), "limit": 200}}]}));
+        messages.push(serde_json::json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": format!("t{i}"), "content": file}]}));
+        i += 1;
+    }
+    if image {
+        let data = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk".repeat(3500);
+        messages.push(serde_json::json!({"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}},
+            {"type": "text", "text": "What does this show?"}]}));
+    }
+    Bytes::from(
+        serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 1024, "stream": true,
+            "system": "You are a coding agent.", "messages": messages})
         .to_string(),
     )
 }
