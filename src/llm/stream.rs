@@ -244,7 +244,8 @@ pub fn tool_argument_chars(family: Family, ev: &SseEvent) -> u64 {
 /// `tool_calls` delta's `index`; Responses: `output_index`; Anthropic: the
 /// content block's `index`; 0 when the event does not say), or `None` when
 /// it streams none: the events [`tool_argument_chars`] counts, with the
-/// same cheap substring gates.
+/// same cheap substring gates. An event past the gate that does not parse
+/// as expected gets slot 0, so its arguments are still read.
 pub fn tool_argument_slot(family: Family, ev: &SseEvent) -> Option<u32> {
     let data = ev.data()?;
     #[derive(Deserialize)]
@@ -272,7 +273,12 @@ pub fn tool_argument_slot(family: Family, ev: &SseEvent) -> Option<u32> {
                 #[serde(default)]
                 tool_calls: Option<Vec<Indexed>>,
             }
-            let chunk = serde_json::from_str::<Chunk>(data).ok()?;
+            // A chunk this probe cannot read (an `index` of another type)
+            // still has its arguments read: which call they belong to is
+            // only a hint.
+            let Ok(chunk) = serde_json::from_str::<Chunk>(data) else {
+                return Some(0);
+            };
             let mut calls = chunk
                 .choices
                 .into_iter()
@@ -300,7 +306,9 @@ pub fn tool_argument_slot(family: Family, ev: &SseEvent) -> Option<u32> {
                 #[serde(borrow, default)]
                 delta: Option<AnthropicDeltaBody<'a>>,
             }
-            let b = serde_json::from_str::<Block<'_>>(data).ok()?;
+            let Ok(b) = serde_json::from_str::<Block<'_>>(data) else {
+                return Some(0);
+            };
             if b.delta?.ty.as_deref() != Some("input_json_delta") {
                 return None;
             }

@@ -444,6 +444,13 @@ fn tool_argument_slots_name_the_call_being_streamed() {
             ),
             None,
         ),
+        (
+            Family::OpenAiChat,
+            chat(
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":"1","function":{"arguments":"{"}}]}}]}"#,
+            ),
+            Some(0),
+        ),
         (Family::Gemini, chat(r#"{"candidates":[]}"#), None),
     ];
     for (family, event, want) in cases {
