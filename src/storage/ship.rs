@@ -16,7 +16,7 @@
 use super::{Db, StorageError};
 use crate::events::{position_after, LineTail, Position};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
@@ -141,6 +141,7 @@ pub fn start(
         dir,
         replica,
         stats: stats.clone(),
+        known_seq: AtomicI64::new(-1),
     };
     let task = tokio::spawn(async move {
         // Nothing to do before the schema exists. Ready wins over a stop
@@ -163,6 +164,10 @@ struct Shipper {
     dir: PathBuf,
     replica: String,
     stats: Arc<ShipStats>,
+    /// The stored chain head's `seq` as this shipper last knew it (-1:
+    /// not known yet). A resume that finds the head further on counts the
+    /// difference as shipped: a commit whose answer was lost went through.
+    known_seq: AtomicI64,
 }
 
 impl Shipper {
@@ -237,7 +242,15 @@ impl Shipper {
     ) -> Result<usize, StorageError> {
         let c = match cursor {
             Some(c) => c,
-            None => cursor.insert(self.resume().await?),
+            None => {
+                let c = cursor.insert(self.resume().await?);
+                let known = self.known_seq.swap(c.seq, Ordering::Relaxed);
+                if known >= 0 && c.seq > known {
+                    let landed = u64::try_from(c.seq - known).unwrap_or(0);
+                    self.stats.shipped.fetch_add(landed, Ordering::Relaxed);
+                }
+                c
+            }
         };
         if pending.is_empty() {
             let placeholder = LineTail::new(&self.dir, Position::default());
@@ -252,6 +265,7 @@ impl Shipper {
             Ok(()) => {
                 let n = pending.len();
                 c.seq += n as i64;
+                self.known_seq.store(c.seq, Ordering::Relaxed);
                 c.hash = pending.last().map(|l| l.hash.clone());
                 pending.clear();
                 self.stats.shipped.fetch_add(n as u64, Ordering::Relaxed);

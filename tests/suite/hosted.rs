@@ -594,6 +594,76 @@ async fn a_shipper_finishing_during_a_database_outage_retries_within_its_grace()
     assert_eq!(tdb.events().await, 7);
 }
 
+/// A commit whose answer never came back went through: the shipper then
+/// finds the shared chain's head ahead of it and counts those events as
+/// shipped, so `kt_events_shipped_total` matches the store. Here another
+/// shipper of the same replica stores them first, which looks the same.
+#[tokio::test]
+async fn events_stored_by_a_commit_whose_answer_was_lost_count_as_shipped() {
+    let Some(tdb) = TestDb::create("events_stored_by_a_commit_whose_answer_was_lost").await else {
+        return;
+    };
+    let db = Db::open(&tdb.url).await.unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ours, other) = (a.path().join("events"), b.path().join("events"));
+    let (sink, writer) = EventLog::open(&ours, LogOptions::default()).unwrap();
+    for i in 0..3 {
+        sink.send(event(i)).await.unwrap();
+    }
+    writer.close().await.unwrap();
+    let ready = || tokio::sync::watch::channel(true).1;
+    let shipper = ship::start(db.clone(), ours.clone(), "r1.test".into(), None, ready());
+    let stats = Arc::clone(shipper.stats());
+    eventually("the first events shipped", Duration::from_secs(20), || {
+        let stats = Arc::clone(&stats);
+        async move { stats.shipped() == 3 }
+    })
+    .await;
+
+    // The same log, two events longer, shipped by another shipper.
+    std::fs::create_dir(&other).unwrap();
+    for f in std::fs::read_dir(&ours).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), other.join(f.file_name())).unwrap();
+    }
+    let (sink, writer) = EventLog::open(&other, LogOptions::default()).unwrap();
+    for i in 3..5 {
+        sink.send(event(i)).await.unwrap();
+    }
+    writer.close().await.unwrap();
+    let first = ship::start(db.clone(), other.clone(), "r1.test".into(), None, ready());
+    let first_stats = Arc::clone(first.stats());
+    first.finish(Duration::from_secs(20)).await;
+    assert_eq!(first_stats.shipped(), 2);
+    assert_eq!(tdb.events().await, 5);
+
+    // Our log gets the same two lines (appended, as the writer would).
+    for f in std::fs::read_dir(&other).unwrap() {
+        let f = f.unwrap();
+        let name = f.file_name();
+        if !name.to_string_lossy().ends_with(".jsonl") {
+            continue;
+        }
+        let longer = std::fs::read(f.path()).unwrap();
+        let have = std::fs::read(ours.join(&name)).unwrap_or_default();
+        assert!(longer.starts_with(&have));
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(ours.join(&name))
+            .unwrap();
+        std::io::Write::write_all(&mut file, &longer[have.len()..]).unwrap();
+    }
+    eventually("the stored events counted", Duration::from_secs(20), || {
+        let stats = Arc::clone(&stats);
+        async move { stats.shipped() == 5 }
+    })
+    .await;
+    shipper.finish(Duration::from_secs(20)).await;
+    assert_eq!(stats.shipped(), 5);
+    assert_eq!(tdb.events().await, 5, "nothing stored twice");
+}
+
 fn event(i: usize) -> Event {
     Event {
         user: Some(format!("u{i}").into()),
