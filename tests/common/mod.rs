@@ -145,6 +145,16 @@ impl TestGateway {
         self.home.path().join("events")
     }
 
+    /// `/metrics` text from the gateway's own route.
+    pub async fn metrics_text(&self) -> String {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let mut admin = client::Http::over(tcp, false).await;
+        let resp = admin
+            .send("GET", "kt", "/metrics", bytes::Bytes::new())
+            .await;
+        client::body_string(resp).await
+    }
+
     /// The kt CA certificate (what clients must trust).
     pub fn ca_der(&self) -> CertificateDer<'static> {
         self.gateway.certs().minter().ca().cert_der().clone()

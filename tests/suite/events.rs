@@ -90,9 +90,7 @@ async fn exchanges_are_recorded_hash_chained_and_without_secrets() {
     assert!(!raw.contains(&token[4..]), "a secret reached the audit log");
 
     // The counters agree.
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let mut admin = crate::common::client::Http::over(tcp, false).await;
-    let metrics = body_string(admin.send("GET", "kt", "/metrics", Bytes::new()).await).await;
+    let metrics = gw.metrics_text().await;
     for line in [
         "kt_exchanges_total{action=\"pass\"} 1",
         "kt_exchanges_total{action=\"redact\"} 1",
@@ -718,16 +716,13 @@ async fn provider_errors_after_a_200_are_recorded_as_errors() {
             );
         }
 
-        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        let mut admin = crate::common::client::Http::over(tcp, false).await;
-        let metrics = body_string(admin.send("GET", "kt", "/metrics", Bytes::new()).await).await;
+        let metrics = gw.metrics_text().await;
         assert!(
             metrics
                 .lines()
                 .any(|l| l == "kt_exchanges_total{action=\"error\"} 3"),
             "{metrics}"
         );
-        drop(admin);
 
         let dir = gw.close_events().await;
         let (events, _) = read_last(&dir, 100, &Filters::default()).unwrap();
@@ -781,13 +776,10 @@ async fn a_secret_in_a_stream_is_counted_once() {
             );
         }
     }
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let mut admin = crate::common::client::Http::over(tcp, false).await;
-    let metrics = body_string(admin.send("GET", "kt", "/metrics", Bytes::new()).await).await;
+    let metrics = gw.metrics_text().await;
     let line =
         format!("kt_policy_actions_total{{policy=\"secret-redaction\",action=\"redact\"}} {sent}");
     assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
-    drop(admin);
 
     let dir = gw.close_events().await;
     let (events, _) = read_last(&dir, 100, &Filters::default()).unwrap();

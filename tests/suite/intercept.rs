@@ -353,13 +353,6 @@ async fn an_http10_origin_is_answered_in_http11_on_a_kept_connection() {
     }
 }
 
-/// `/metrics` text from the gateway's own route.
-async fn metrics_text(gw: &TestGateway) -> String {
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let mut admin = client::Http::over(tcp, false).await;
-    body_string(admin.send("GET", "kt", "/metrics", Bytes::new()).await).await
-}
-
 /// Reads until kt closes its side (EOF or a reset).
 async fn until_closed(s: &mut tokio::net::TcpStream) {
     use tokio::io::AsyncReadExt;
@@ -392,7 +385,7 @@ async fn clients_that_refuse_the_kt_certificate_are_counted_and_recorded() {
     })
     .await;
     let target = format!("{HOST}:443");
-    let before = metrics_text(&gw).await;
+    let before = gw.metrics_text().await;
     for reason in ["untrusted_ca", "closed", "timeout", "protocol"] {
         let zero = format!("kt_client_tls_failures_total{{reason=\"{reason}\"}} 0");
         assert!(before.lines().any(|l| l == zero), "{zero}:\n{before}");
@@ -419,7 +412,7 @@ async fn clients_that_refuse_the_kt_certificate_are_counted_and_recorded() {
         .unwrap();
     until_closed(&mut tcp).await;
 
-    let metrics = metrics_text(&gw).await;
+    let metrics = gw.metrics_text().await;
     for line in [
         "kt_client_tls_failures_total{reason=\"untrusted_ca\"} 1",
         "kt_client_tls_failures_total{reason=\"closed\"} 1",
@@ -442,7 +435,7 @@ async fn clients_that_refuse_the_kt_certificate_are_counted_and_recorded() {
     until_closed(&mut tcp).await;
     let mut metrics = String::new();
     for _ in 0..500 {
-        metrics = metrics_text(&gw).await;
+        metrics = gw.metrics_text().await;
         if metrics
             .lines()
             .any(|l| l == "kt_intercepted_unused_total 1")

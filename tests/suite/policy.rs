@@ -141,14 +141,7 @@ async fn content_filter_reads_tool_calls_and_tool_descriptions() {
         "messages": [{"role": "user", "content": "go"}],
         "tools": [{"name": "f", "description": "About internal-project-zeus",
             "input_schema": {"type": "object"}}]});
-    let resp = http
-        .send(
-            "POST",
-            ANTHROPIC,
-            "/v1/messages",
-            Bytes::from(body.to_string()),
-        )
-        .await;
+    let resp = post_anthropic(&mut http, &body.to_string()).await;
     assert_eq!(resp.status(), 409);
     assert_eq!(origin.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
@@ -266,14 +259,7 @@ async fn anthropic_blocks_are_anthropic_shaped() {
         "model": "claude-sonnet-4-5", "max_tokens": 64,
         "messages": [{"role": "user", "content": "about internal-project-apollo"}],
     });
-    let resp = http
-        .send(
-            "POST",
-            ANTHROPIC,
-            "/v1/messages",
-            Bytes::from(body.to_string()),
-        )
-        .await;
+    let resp = post_anthropic(&mut http, &body.to_string()).await;
     assert_eq!(resp.status(), 409);
     let json = body_json(resp).await;
     assert_eq!(json["type"], "error");

@@ -291,9 +291,7 @@ async fn metrics_parse_and_count_exchanges_latency_tokens_and_cost() {
     }
     drop(http);
 
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let mut admin = Http::over(tcp, false).await;
-    let text = body_string(admin.send("GET", "kt", "/metrics", Bytes::new()).await).await;
+    let text = gw.metrics_text().await;
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
     let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
         scrape
