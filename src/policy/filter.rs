@@ -123,17 +123,8 @@ impl ContentFilter {
         let mut best: Option<FilterHit> = None;
         if let Some(re) = &self.regexes.keywords {
             if let Some(m) = re.find(hay) {
-                let found = text.get(m.range()).unwrap_or_default();
-                let rule = self
-                    .keyword_list
-                    .iter()
-                    .find(|k| {
-                        k.eq_ignore_ascii_case(found) || k.to_lowercase() == found.to_lowercase()
-                    })
-                    .cloned()
-                    .unwrap_or_else(|| found.to_string());
                 best = Some(FilterHit {
-                    rule,
+                    rule: self.keyword_rule(text, m.range()),
                     range: m.range(),
                 });
             }
@@ -157,41 +148,69 @@ impl ContentFilter {
         best
     }
 
-    /// `text` with every match replaced by `placeholder`, and the number of
-    /// replacements; borrowed when nothing matched.
-    pub fn redact<'t>(&self, text: &'t str, placeholder: &str) -> (Cow<'t, str>, usize) {
+    /// Every match in `text`, in order; matches that overlap are merged
+    /// into one (named by the one that starts first, the longest on a tie),
+    /// so replacing each hit replaces every matched byte once.
+    pub fn find_all(&self, text: &str) -> Vec<FilterHit> {
         let mut low = String::new();
         let hay = self.haystack(text, &mut low);
-        let mut ranges: Vec<Range<usize>> = Vec::new();
+        // (range, pattern index; keywords are `usize::MAX`)
+        let mut found: Vec<(Range<usize>, usize)> = Vec::new();
         if let Some(re) = &self.regexes.keywords {
-            ranges.extend(re.find_iter(hay).map(|m| m.range()));
+            found.extend(re.find_iter(hay).map(|m| (m.range(), usize::MAX)));
         }
         if let Some(set) = &self.regexes.set {
             for i in set.matches(hay).iter() {
                 if let Some(re) = self.regexes.patterns.get(i) {
-                    ranges.extend(re.find_iter(hay).map(|m| m.range()));
+                    found.extend(re.find_iter(hay).map(|m| (m.range(), i)));
                 }
             }
         }
-        if ranges.is_empty() {
+        found.sort_by_key(|(r, _)| (r.start, std::cmp::Reverse(r.end)));
+        let mut hits: Vec<FilterHit> = Vec::with_capacity(found.len());
+        for (range, i) in found {
+            if let Some(last) = hits.last_mut() {
+                if range.start < last.range.end {
+                    last.range.end = last.range.end.max(range.end);
+                    continue;
+                }
+            }
+            let rule = match self.names.get(i) {
+                Some(name) => name.clone(),
+                None => self.keyword_rule(text, range.clone()),
+            };
+            hits.push(FilterHit { rule, range });
+        }
+        hits
+    }
+
+    /// The configured keyword that matched `range` of `text` (keywords match
+    /// whatever their case).
+    fn keyword_rule(&self, text: &str, range: Range<usize>) -> String {
+        let found = text.get(range).unwrap_or_default();
+        self.keyword_list
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(found) || k.to_lowercase() == found.to_lowercase())
+            .cloned()
+            .unwrap_or_else(|| found.to_string())
+    }
+
+    /// `text` with every match replaced by `placeholder`, and the number of
+    /// replacements; borrowed when nothing matched.
+    pub fn redact<'t>(&self, text: &'t str, placeholder: &str) -> (Cow<'t, str>, usize) {
+        let hits = self.find_all(text);
+        if hits.is_empty() {
             return (Cow::Borrowed(text), 0);
         }
-        ranges.sort_by_key(|r| (r.start, std::cmp::Reverse(r.end)));
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
-        let mut count = 0;
-        for r in ranges {
-            if r.start < at {
-                at = at.max(r.end);
-                continue;
-            }
-            out.push_str(text.get(at..r.start).unwrap_or_default());
+        for hit in &hits {
+            out.push_str(text.get(at..hit.range.start).unwrap_or_default());
             out.push_str(placeholder);
-            at = r.end;
-            count += 1;
+            at = hit.range.end;
         }
         out.push_str(text.get(at..).unwrap_or_default());
-        (Cow::Owned(out), count)
+        (Cow::Owned(out), hits.len())
     }
 }
 
@@ -266,5 +285,25 @@ mod tests {
         let (out, n) = f.redact("clean", "[X]");
         assert!(matches!(out, Cow::Borrowed(_)));
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn finds_every_match_in_order_with_overlaps_merged() {
+        let f = filter(&[r"secret-\d+", r"\d+-x"], &["Codename"]);
+        let hits: Vec<(String, std::ops::Range<usize>)> = f
+            .find_all("CODENAME, secret-12-x and 7-x")
+            .into_iter()
+            .map(|h| (h.rule, h.range))
+            .collect();
+        assert_eq!(
+            hits,
+            [
+                ("Codename".to_string(), 0..8),
+                // secret-12 and 12-x overlap: one hit over both.
+                (r"secret-\d+".to_string(), 10..21),
+                (r"\d+-x".to_string(), 26..29),
+            ]
+        );
+        assert!(f.find_all("clean").is_empty());
     }
 }

@@ -112,6 +112,10 @@ pub struct OutputStream {
     held: Vec<Held>,
     held_bytes: usize,
     holdback: usize,
+    /// A content filter redacts or blocks: the window's last word is held
+    /// until it ends, or the start of a codename split across deltas would
+    /// reach the client before the filter could see it whole.
+    hold_words: bool,
     fail_closed: bool,
     passthrough: bool,
     stopped: bool,
@@ -122,10 +126,13 @@ impl OutputStream {
     pub fn new(chain: Arc<Chain>, policies: Vec<usize>, family: Family, api: Option<Api>) -> Self {
         let mut holdback = 0;
         let mut fail_closed = false;
+        let mut hold_words = false;
         for &i in &policies {
             if let Some(p) = chain.get(i) {
-                if let Action::Redact(r) = &p.action {
-                    holdback = holdback.max(r.holdback);
+                match &p.action {
+                    Action::Redact(r) => holdback = holdback.max(r.holdback),
+                    Action::Filter(f) => hold_words |= f.action != FilterAction::Log,
+                    _ => {}
                 }
                 fail_closed |= p.on_error == crate::config::OnError::FailClosed;
             }
@@ -147,6 +154,7 @@ impl OutputStream {
             held: Vec::new(),
             held_bytes: 0,
             holdback,
+            hold_words,
             fail_closed,
             passthrough: false,
             stopped: false,
@@ -336,9 +344,9 @@ impl OutputStream {
         };
         // Findings in held text are found again at the next check, so
         // holding on is safe; a secret still growing must not be cut.
-        let grows = windows
-            .iter()
-            .any(|w| w.text.len() > w.base && may_grow(&w.text));
+        let grows = windows.iter().any(|w| {
+            w.text.len() > w.base && (may_grow(&w.text) || (self.hold_words && in_word(&w.text)))
+        });
         if !force && self.held_bytes < limit && grows {
             return Flow::Continue;
         }
@@ -448,34 +456,35 @@ fn scan(
         let Some(policy) = chain.get(i) else { continue };
         match &policy.action {
             Action::Filter(filter) => {
-                let Some(hit) = filter.find(&w.text) else {
-                    continue;
-                };
-                if hit.range.end <= w.base {
-                    continue;
-                }
-                match filter.action {
-                    FilterAction::Block => {
-                        let message = filter
-                            .message
-                            .clone()
-                            .unwrap_or_else(|| "blocked pattern detected".into());
-                        return Err((policy.name.clone(), hit.rule, message));
+                // Every match: a second one in the window, or one after a
+                // match already sent (still in the context), counts too.
+                for hit in filter.find_all(&w.text) {
+                    if hit.range.end <= w.base {
+                        continue;
                     }
-                    FilterAction::Redact => {
-                        replacements.push(Replacement {
-                            range: hit.range,
-                            label: placeholder(&policy.name),
-                        });
-                        found.push(StreamNote::Redacted {
+                    match filter.action {
+                        FilterAction::Block => {
+                            let message = filter
+                                .message
+                                .clone()
+                                .unwrap_or_else(|| "blocked pattern detected".into());
+                            return Err((policy.name.clone(), hit.rule, message));
+                        }
+                        FilterAction::Redact => {
+                            replacements.push(Replacement {
+                                range: hit.range,
+                                label: placeholder(&policy.name),
+                            });
+                            found.push(StreamNote::Redacted {
+                                policy: policy.name.clone(),
+                                kind: policy.name.clone(),
+                            });
+                        }
+                        FilterAction::Log => found.push(StreamNote::Logged {
                             policy: policy.name.clone(),
-                            kind: policy.name.clone(),
-                        });
+                            rule: hit.rule,
+                        }),
                     }
-                    FilterAction::Log => found.push(StreamNote::Logged {
-                        policy: policy.name.clone(),
-                        rule: hit.rule,
-                    }),
                 }
             }
             Action::Redact(redactor) => {
@@ -680,6 +689,15 @@ fn may_grow(window: &str) -> bool {
     let inner_upper = word.bytes().skip(1).any(|b| b.is_ascii_uppercase());
     let has_lower = word.bytes().any(|b| b.is_ascii_lowercase());
     has_digit || has_sep || (inner_upper && has_lower) || word.len() >= 20
+}
+
+/// True when `window` ends inside a word (a letter, digit, `-` or `_`
+/// last): the word may still grow into a content filter's match.
+fn in_word(window: &str) -> bool {
+    window
+        .chars()
+        .next_back()
+        .is_some_and(|c| c.is_alphanumeric() || c == '-' || c == '_')
 }
 
 /// How well-known credentials start: a word that is (the start of) one of
@@ -1153,6 +1171,78 @@ mod tests {
         }
     }
 
+    /// A content filter that redacts or logs reads every match in the
+    /// streamed text, not only the first of each check: a second match in
+    /// one frame is replaced too, and a match after one already sent is
+    /// still seen.
+    #[test]
+    fn a_stream_filter_acts_on_every_match() {
+        fn text_wire(pieces: &[&str]) -> String {
+            pieces
+                .iter()
+                .map(|p| {
+                    format!(
+                        "data: {}\n\n",
+                        serde_json::json!({"choices": [{"index": 0, "delta": {"content": p}}]})
+                    )
+                })
+                .collect()
+        }
+        fn streamed_text(raw: &str) -> String {
+            raw.lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                .filter_map(|v| {
+                    v["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .collect()
+        }
+        let policy = |action: &str| {
+            format!("policies:\n  chain: [f]\npolicy:\n  f:\n    type: content-filter\n    patterns: ['zeus9[0-9]']\n    keywords: [apollo]\n    action: {action}\n")
+        };
+        let redact = policy("redact");
+        for pieces in [
+            &["a zeus91 b zeus92 c Apollo d zeus93 e"][..],
+            &["a zeus91 b ", "zeus92 c ", "Apollo d zeus93 e"],
+        ] {
+            let (raw, s, _) = stream_through(&redact, Family::OpenAiChat, &text_wire(pieces));
+            let text = streamed_text(&raw);
+            assert_eq!(
+                text, "a [REDACTED:f] b [REDACTED:f] c [REDACTED:f] d [REDACTED:f] e",
+                "{pieces:?}"
+            );
+            let counted = s
+                .notes
+                .iter()
+                .filter(|n| matches!(n, StreamNote::Redacted { .. }))
+                .count();
+            assert_eq!(counted, 4, "{pieces:?}: {:?}", s.notes);
+        }
+        let log = policy("log");
+        let (raw, s, _) = stream_through(
+            &log,
+            Family::OpenAiChat,
+            &text_wire(&["a zeus91 b ", "then zeus92 c ", "and Apollo."]),
+        );
+        assert_eq!(streamed_text(&raw), "a zeus91 b then zeus92 c and Apollo.");
+        let rules: Vec<&str> = s
+            .notes
+            .iter()
+            .filter_map(|n| match n {
+                StreamNote::Logged { rule, .. } => Some(rule.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rules,
+            ["zeus9[0-9]", "zeus9[0-9]", "apollo"],
+            "{:?}",
+            s.notes
+        );
+    }
+
     /// A replacement in arguments never leaves half an escape sequence: the
     /// arguments stay JSON whatever the match's edges.
     #[test]
@@ -1181,9 +1271,9 @@ mod tests {
                     let v: serde_json::Value = serde_json::from_str(&got)
                         .unwrap_or_else(|e| panic!("{family:?} size {size}: {e}: {got}"));
                     assert!(!got.contains(cut), "{family:?} size {size}: {got}");
-                    // Words that are not token-shaped are not held back: cut
-                    // in small deltas, a match's start may have gone out
-                    // before its end came (as in text).
+                    // Cut in small deltas, an escape just before a match
+                    // (the `\n` whose `n` the pattern takes) may have gone
+                    // out before the match came: it is then kept whole.
                     if size == 100 {
                         assert_eq!(v["a"], want, "{family:?}: {got}");
                     }

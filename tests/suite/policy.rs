@@ -366,6 +366,27 @@ async fn a_secret_split_across_stream_chunks_is_redacted() {
     }
 }
 
+/// A content filter with `action: redact` replaces every match in a
+/// streamed answer, however the chunks cut it, not only the first of each
+/// check.
+#[tokio::test]
+async fn a_stream_filter_redacts_every_match() {
+    let yaml = "policies:\n  chain: [codenames]\npolicy:\n  codenames:\n    type: content-filter\n    phases: [output]\n    patterns: ['project-zeus']\n    keywords: [apollo]\n    action: redact\n";
+    let (_ca, _origin, gw) = setup(yaml).await;
+    let mut http = client(&gw, HOST).await;
+    let reply = "See project-zeus and project-zeus, then Apollo; project-zeus ends.";
+    for chunk in [200, 9, 4, 1] {
+        let raw = stream_reply(&mut http, reply, chunk).await;
+        let (text, done, errors) = stream_text(&raw);
+        assert!(done && errors.is_empty(), "chunk {chunk}: {raw}");
+        assert_eq!(
+            text,
+            "See [REDACTED:codenames] and [REDACTED:codenames], then [REDACTED:codenames]; [REDACTED:codenames] ends.",
+            "chunk {chunk}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn clean_streams_pass_unchanged() {
     let (_ca, _origin, gw) = setup(REDACT).await;
