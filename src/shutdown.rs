@@ -1,8 +1,10 @@
 //! Graceful drain: one signal that tells every connection task to finish
 //! what it is doing and stop taking new work, plus a tracker to wait for them.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 /// Cloneable handle held by the accept loop and every connection task.
@@ -10,6 +12,8 @@ use tokio_util::task::TaskTracker;
 pub struct Shutdown {
     rx: watch::Receiver<bool>,
     tracker: TaskTracker,
+    /// The queue of [`Deferrer`], shared by every clone.
+    deferred: Arc<OnceLock<mpsc::UnboundedSender<Deferred>>>,
 }
 
 /// Owner side: triggers the drain and waits for tasks.
@@ -27,7 +31,11 @@ pub fn channel() -> (ShutdownTrigger, Shutdown) {
             tx,
             tracker: tracker.clone(),
         },
-        Shutdown { rx, tracker },
+        Shutdown {
+            rx,
+            tracker,
+            deferred: Arc::default(),
+        },
     )
 }
 
@@ -57,6 +65,7 @@ impl Shutdown {
     pub fn deferrer(&self) -> Deferrer {
         Deferrer {
             tracker: self.tracker.clone(),
+            queue: self.deferred.clone(),
         }
     }
 
@@ -91,36 +100,61 @@ where
 
 /// Runs bookkeeping off the path of the bytes a peer waits for: a response
 /// body's end is seen before hyper writes its last bytes, so what closes
-/// the exchange there would delay them. The work runs in a task of its own,
-/// which the scheduler polls once the connection's task has written and
-/// yielded; the drain waits for it like for a connection.
+/// the exchange there would delay them. The work goes to one long-lived
+/// task (started on first use), which the scheduler polls once the
+/// connection's task has written and yielded; each piece of work holds a
+/// token of the drain's tracker until it has run, so the drain waits for
+/// it like for a connection. One queue rather than a task per piece: a
+/// spawn per exchange (a task allocated, registered, polled, released)
+/// was a measurable share of an exchange's cost.
 #[derive(Clone)]
 pub struct Deferrer {
     tracker: TaskTracker,
+    queue: Arc<OnceLock<mpsc::UnboundedSender<Deferred>>>,
 }
 
 impl Deferrer {
     /// Runs `work` soon, after the current task yields. Outside a runtime's
-    /// task, or if the runtime drops the task unpolled (it is shutting
-    /// down), the work runs then and there: it is never lost.
+    /// task, or once the runtime that runs the queue has shut down, the
+    /// work runs then and there: it is never lost.
     pub fn run<F: FnOnce() + Send + 'static>(&self, work: F) {
-        let work = RunOnDrop(Some(work));
+        let deferred = Deferred {
+            work: Some(Box::new(work)),
+            _token: self.tracker.token(),
+        };
         // Inside a task there is a runtime to spawn on (and no handle to
         // clone to find out).
-        if tokio::task::try_id().is_some() {
-            self.tracker.spawn(async move { drop(work) });
-        } else {
-            drop(work);
+        if tokio::task::try_id().is_none() {
+            return drop(deferred);
+        }
+        let queue = self.queue.get_or_init(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Deferred>();
+            // Not tracked: it lives as long as the runtime, and the drain
+            // waits for the tokens of the work queued instead.
+            tokio::spawn(async move {
+                while let Some(deferred) = rx.recv().await {
+                    drop(deferred);
+                }
+            });
+            tx
+        });
+        // A queue whose task is gone hands the work back: it runs here.
+        if let Err(mpsc::error::SendError(deferred)) = queue.send(deferred) {
+            drop(deferred);
         }
     }
 }
 
-/// Work done when dropped, whether or not its task was ever polled.
-struct RunOnDrop<F: FnOnce()>(Option<F>);
+/// Deferred work, done when dropped (run, or dropped unrun by a runtime
+/// shutting down); the drain's token is released after it.
+struct Deferred {
+    work: Option<Box<dyn FnOnce() + Send>>,
+    _token: TaskTrackerToken,
+}
 
-impl<F: FnOnce()> Drop for RunOnDrop<F> {
+impl Drop for Deferred {
     fn drop(&mut self) {
-        if let Some(work) = self.0.take() {
+        if let Some(work) = self.work.take() {
             work();
         }
     }
