@@ -133,7 +133,13 @@ impl Deferrer {
             // waits for the tokens of the work queued instead.
             tokio::spawn(async move {
                 while let Some(deferred) = rx.recv().await {
-                    drop(deferred);
+                    // One piece of work that panics must not end the queue
+                    // (its task would take the rest with it), as it ended
+                    // only its own task when each had one.
+                    let run = std::panic::AssertUnwindSafe(move || drop(deferred));
+                    if std::panic::catch_unwind(run).is_err() {
+                        tracing::error!("deferred work panicked; the queue goes on");
+                    }
                 }
             });
             tx
@@ -231,6 +237,30 @@ mod tests {
             late.load(Ordering::SeqCst),
             "the drain ended before the work"
         );
+    }
+
+    #[tokio::test]
+    async fn deferred_work_that_panics_leaves_the_queue_running() {
+        let (_trigger, shutdown) = channel();
+        let deferrer = shutdown.deferrer();
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let seen = done.clone();
+        tokio::spawn(async move {
+            deferrer.run(|| panic!("a close that panics"));
+            tokio::task::yield_now().await;
+            deferrer.run(move || flag.store(true, Ordering::SeqCst));
+            // Still deferred: a queue that died would run it right here.
+            assert!(!seen.load(Ordering::SeqCst), "the work ran inline");
+            tokio::task::yield_now().await;
+        })
+        .await
+        .unwrap();
+        assert!(
+            done.load(Ordering::SeqCst),
+            "the work after a panic never ran"
+        );
+        assert_eq!(shutdown.tracker.len(), 0, "a token was kept");
     }
 
     #[test]
