@@ -179,7 +179,12 @@ impl Family {
             Family::OpenAiCompletions => &["/choices/*/text"],
             Family::OpenAiResponses => &["/delta"],
             Family::AnthropicMessages => &["/delta/text"],
-            Family::Gemini => &["/candidates/*/content/parts/*/text"],
+            // A function call comes whole in one event, `args` an object:
+            // its strings are read like text, kept apart in the window.
+            Family::Gemini => &[
+                "/candidates/*/content/parts/*/text",
+                "/candidates/*/content/parts/*/functionCall/args/**",
+            ],
             Family::Sourcegraph => &["/deltaText", "/completion"],
             Family::Embeddings => &[],
         }

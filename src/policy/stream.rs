@@ -27,7 +27,7 @@ use crate::llm::json_text::PointerSet;
 use crate::llm::json_text::{rewrite_strings, visit_strings, Selector};
 use crate::llm::recognize::Api;
 use crate::llm::sse::{SseDecoder, SseError, SseEvent};
-use crate::llm::stream::{is_stream_end, tool_argument_slot};
+use crate::llm::stream::{finder, is_stream_end, tool_argument_slot};
 use bytes::Bytes;
 use std::ops::Range;
 use std::sync::Arc;
@@ -74,6 +74,10 @@ struct Held {
     /// The pieces of tool-call arguments it streams, in document order.
     args: Vec<String>,
     snapshot: Option<Snapshot>,
+    /// Its texts are separate values, not pieces of one text (the strings
+    /// of a Gemini function call's `args`): the window keeps them apart,
+    /// so a secret is not read as glued to the word before it.
+    separate: bool,
 }
 
 /// A frame carrying the whole output so far (Sourcegraph's `completion`
@@ -276,11 +280,16 @@ impl OutputStream {
             };
         }
         self.held_bytes += texts.iter().chain(&args).map(String::len).sum::<usize>();
+        let separate = self.family == Family::Gemini
+            && ev
+                .data()
+                .is_some_and(|d| finder!(b"\"functionCall\"").find(d.as_bytes()).is_some());
         self.held.push(Held {
             ev,
             texts,
             args,
             snapshot,
+            separate,
         });
         self.release(end, out)
     }
@@ -314,8 +323,8 @@ impl OutputStream {
             return Flow::Continue;
         }
         let windows = [
-            Window::new(&self.tail, self.held.iter().map(|h| &h.texts)),
-            Window::new(&self.args_tail, self.held.iter().map(|h| &h.args)),
+            Window::new(&self.tail, self.held.iter().map(|h| (&h.texts, h.separate))),
+            Window::new(&self.args_tail, self.held.iter().map(|h| (&h.args, false))),
         ];
         // What this check found, noted only if it releases: held text is
         // checked again with the next frame and would count it again.
@@ -370,6 +379,7 @@ impl OutputStream {
         for h in std::mem::take(&mut self.held) {
             let (new_texts, changed) = apply_all(
                 &h.texts,
+                h.separate,
                 &mut at,
                 &text_reps,
                 &mut text_labeled,
@@ -377,6 +387,7 @@ impl OutputStream {
             );
             let (new_args, args_changed) = apply_all(
                 &h.args,
+                false,
                 &mut args_at,
                 &args_reps,
                 &mut args_labeled,
@@ -429,11 +440,14 @@ struct Window {
 }
 
 impl Window {
-    fn new<'h>(tail: &str, held: impl Iterator<Item = &'h Vec<String>>) -> Window {
+    fn new<'h>(tail: &str, held: impl Iterator<Item = (&'h Vec<String>, bool)>) -> Window {
         let mut text = tail.to_owned();
-        for pieces in held {
+        for (pieces, separate) in held {
             for t in pieces {
                 text.push_str(t);
+                if separate {
+                    text.push(SEPARATOR);
+                }
             }
         }
         Window {
@@ -508,11 +522,17 @@ fn scan(
     Ok(())
 }
 
+/// What parts separate values in a window: a line break, which no secret
+/// spans and which ends a word for every pattern that looks for one.
+const SEPARATOR: char = '\n';
+
 /// `texts` with the replacements applied, each at its place from `*at` on
-/// in the window (advanced past them); what is released is appended to
-/// `released`. Also tells whether any text changed.
+/// in the window (advanced past them, and past a [`SEPARATOR`] after each
+/// when they are `separate`); what is released is appended to `released`.
+/// Also tells whether any text changed.
 fn apply_all(
     texts: &[String],
+    separate: bool,
     at: &mut usize,
     replacements: &[Replacement],
     labeled: &mut [bool],
@@ -526,6 +546,10 @@ fn apply_all(
         let text = apply(t, &span, replacements, labeled);
         changed |= text != *t;
         released.push_str(&text);
+        if separate {
+            *at += SEPARATOR.len_utf8();
+            released.push(SEPARATOR);
+        }
         out.push(text);
     }
     (out, changed)
@@ -1021,6 +1045,7 @@ mod tests {
         let api = match family {
             Family::OpenAiChat => Api::OpenAiChat,
             Family::AnthropicMessages => Api::AnthropicMessages,
+            Family::Gemini => Api::Gemini,
             _ => Api::OpenAiResponses,
         };
         let mut s = OutputStream::new(chain, vec![0], family, Some(api));
@@ -1241,6 +1266,56 @@ mod tests {
             "{:?}",
             s.notes
         );
+    }
+
+    /// Gemini streams a function call whole, its `args` an object: every
+    /// string in it is read by the stream policies, a secret there is
+    /// redacted (the event stays JSON, the other values untouched) and a
+    /// filtered word blocks.
+    #[test]
+    fn gemini_streamed_function_call_args_are_checked() {
+        let token = format!("ghp_{GH_BODY}");
+        let wire = |args: serde_json::Value| {
+            let call = serde_json::json!({"candidates": [{"content": {"role": "model", "parts": [
+                {"text": "Calling the tool."},
+                {"functionCall": {"name": "deploy", "args": args}}]}}]});
+            let more = serde_json::json!({"candidates": [{"content": {"role": "model",
+                "parts": [{"text": "Done"}]}, "finishReason": "STOP"}]});
+            format!("data: {call}\r\n\r\ndata: {more}\r\n\r\n")
+        };
+        let redact = "policies:\n  chain: [r]\npolicy:\n  r:\n    type: redact\n";
+        let args =
+            serde_json::json!({"env": {"token": token, "note": "a \"quoted\" word"}, "n": 3});
+        let (raw, s, flow) = stream_through(redact, Family::Gemini, &wire(args));
+        assert_eq!(flow, Flow::Continue);
+        assert!(!raw.contains(GH_BODY), "{raw}");
+        let datas: Vec<serde_json::Value> = raw
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let parts = &datas[0]["candidates"][0]["content"]["parts"];
+        assert_eq!(parts[0]["text"], "Calling the tool.");
+        let args = &parts[1]["functionCall"]["args"];
+        assert_eq!(args["env"]["token"], "[REDACTED:github_pat]", "{raw}");
+        assert_eq!(args["env"]["note"], "a \"quoted\" word");
+        assert_eq!(args["n"], 3);
+        assert_eq!(
+            datas[1]["candidates"][0]["content"]["parts"][0]["text"],
+            "Done"
+        );
+        let redacted = s
+            .notes
+            .iter()
+            .filter(|n| matches!(n, StreamNote::Redacted { .. }))
+            .count();
+        assert_eq!(redacted, 1, "{:?}", s.notes);
+
+        let filter = "policies:\n  chain: [f]\npolicy:\n  f:\n    type: content-filter\n    patterns: ['project-zeus']\n";
+        let args = serde_json::json!({"query": "status of project-zeus"});
+        let (raw, _, flow) = stream_through(filter, Family::Gemini, &wire(args));
+        assert_eq!(flow, Flow::Stop, "{raw}");
+        assert!(!raw.contains("project-zeus"), "{raw}");
     }
 
     /// A replacement in arguments never leaves half an escape sequence: the
