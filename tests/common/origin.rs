@@ -334,6 +334,26 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 .insert("content-type", "application/json".parse().unwrap());
             r
         }
+        // Gemini's streamed generation: a text part and a function call
+        // whose `args` is the JSON object in `x-test-reply`, then the end.
+        p if p.ends_with(":streamGenerateContent") => {
+            *state.last_request.lock().unwrap() = Some((p.to_string(), req.headers().clone()));
+            let args: serde_json::Value = req
+                .headers()
+                .get("x-test-reply")
+                .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
+                .unwrap_or_default();
+            let call = serde_json::json!({"candidates": [{"content": {"role": "model", "parts": [
+                {"text": "Calling the tool."},
+                {"functionCall": {"name": "deploy", "args": args}}]}}]});
+            let end = serde_json::json!({"candidates": [{"content": {"role": "model",
+                "parts": [{"text": "Done."}]}, "finishReason": "STOP"}],
+                "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 7}});
+            let mut r = Response::new(full(format!("data: {call}\r\n\r\ndata: {end}\r\n\r\n")));
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            r
+        }
         p if p.ends_with("/chat/completions") || p == "/v1/messages" => {
             let anthropic = path == "/v1/messages";
             *state.last_request.lock().unwrap() = Some((p.to_string(), req.headers().clone()));

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 const HOST: &str = "api.openai.com";
 const ANTHROPIC: &str = "api.anthropic.com";
+const GEMINI: &str = "generativelanguage.googleapis.com";
 
 /// A GitHub token built at run time, so no secret-shaped literal sits in
 /// the repository.
@@ -22,11 +23,12 @@ fn github_token() -> String {
 
 async fn setup(yaml: &str) -> (TestCa, Origin, TestGateway) {
     let ca = TestCa::new("policy upstream CA");
-    let origin = Origin::tls(&ca, &[HOST, ANTHROPIC], Alpn::Both).await;
+    let origin = Origin::tls(&ca, &[HOST, ANTHROPIC, GEMINI], Alpn::Both).await;
     let config = Arc::new(PolicyConfig::parse(yaml, Path::new("test.yaml")).unwrap());
     let gw = TestGateway::start(&ca, |s| {
         s.connect_to.push(connect_to(HOST, 443, origin.addr));
         s.connect_to.push(connect_to(ANTHROPIC, 443, origin.addr));
+        s.connect_to.push(connect_to(GEMINI, 443, origin.addr));
         s.apply_config(&config);
     })
     .await;
@@ -385,6 +387,53 @@ async fn a_stream_filter_redacts_every_match() {
             "chunk {chunk}"
         );
     }
+}
+
+/// A Gemini stream carries a function call whole, its `args` an object:
+/// a secret in it is redacted on the way to the client (the event stays
+/// JSON, the other values as sent) and a filtered word ends the stream.
+#[tokio::test]
+async fn secrets_and_filtered_words_in_streamed_gemini_function_calls_are_caught() {
+    let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+    let body = Bytes::from(r#"{"contents":[{"role":"user","parts":[{"text":"deploy"}]}]}"#);
+    let gemini_stream = |args: String| {
+        http::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("host", GEMINI)
+            .header("content-type", "application/json")
+            .header("x-test-reply", args)
+            .body(http_body_util::Full::new(body.clone()))
+            .unwrap()
+    };
+    let token = github_token();
+    let (_ca, _origin, gw) = setup(REDACT).await;
+    let mut http = client(&gw, GEMINI).await;
+    let args = serde_json::json!({"env": {"token": token, "region": "eu"}});
+    let resp = http.request(gemini_stream(args.to_string())).await;
+    assert_eq!(resp.status(), 200);
+    let raw = body_string(resp).await;
+    assert!(!raw.contains(&token), "{raw}");
+    let first = raw.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(first).unwrap();
+    let args = &v["candidates"][0]["content"]["parts"][1]["functionCall"]["args"];
+    assert!(
+        args["env"]["token"]
+            .as_str()
+            .unwrap()
+            .starts_with("[REDACTED:"),
+        "{raw}"
+    );
+    assert_eq!(args["env"]["region"], "eu");
+    assert!(raw.contains("Done."), "{raw}");
+
+    let (_ca, _origin, gw) = setup(FILTER_OUT).await;
+    let mut http = client(&gw, GEMINI).await;
+    let args = serde_json::json!({"query": "status of project-zeus"});
+    let resp = http.request(gemini_stream(args.to_string())).await;
+    let raw = body_string(resp).await;
+    assert!(!raw.contains("project-zeus"), "{raw}");
+    assert!(!raw.contains("Done."), "the stream went on: {raw}");
 }
 
 #[tokio::test]
