@@ -715,13 +715,15 @@ fn may_grow(window: &str) -> bool {
     has_digit || has_sep || (inner_upper && has_lower) || word.len() >= 20
 }
 
-/// True when `window` ends inside a word (a letter, digit, `-` or `_`
-/// last): the word may still grow into a content filter's match.
+/// True when `window` ends inside a word (an ASCII letter or digit, `-` or
+/// `_` last): the word may still grow into a content filter's match.
+/// Scripts written without spaces (Chinese, Japanese) never end a word,
+/// and holding them would turn their stream into 256-byte bursts.
 fn in_word(window: &str) -> bool {
     window
-        .chars()
+        .bytes()
         .next_back()
-        .is_some_and(|c| c.is_alphanumeric() || c == '-' || c == '_')
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// How well-known credentials start: a word that is (the start of) one of
@@ -1244,6 +1246,19 @@ mod tests {
                 .filter(|n| matches!(n, StreamNote::Redacted { .. }))
                 .count();
             assert_eq!(counted, 4, "{pieces:?}: {:?}", s.notes);
+        }
+        // Text without spaces in a script that has none is not held.
+        let chain =
+            Arc::new(Chain::build(&Config::parse(&redact, Path::new("t")).unwrap()).unwrap());
+        let mut s = OutputStream::new(chain, vec![0], Family::OpenAiChat, Some(Api::OpenAiChat));
+        for piece in ["这是", "一个", "测试"] {
+            let mut out = Vec::new();
+            assert_eq!(
+                s.push(text_wire(&[piece]).as_bytes(), &mut out),
+                Flow::Continue
+            );
+            let raw: Vec<u8> = out.concat();
+            assert_eq!(streamed_text(&String::from_utf8(raw).unwrap()), piece);
         }
         let log = policy("log");
         let (raw, s, _) = stream_through(
