@@ -808,6 +808,28 @@ mod tests {
         )
     }
 
+    /// The text of the OpenAI chat deltas in `raw`, events without one
+    /// skipped.
+    fn streamed_text(raw: &str) -> String {
+        raw.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// Redactions the stream noted.
+    fn redactions(s: &OutputStream) -> usize {
+        s.notes
+            .iter()
+            .filter(|n| matches!(n, StreamNote::Redacted { .. }))
+            .count()
+    }
+
     /// Feeds `reply` as events of `size` characters, the wire bytes split
     /// every `split` bytes; returns the text the client sees.
     fn run(reply: &str, size: usize, split: usize) -> (String, Vec<u8>) {
@@ -1095,11 +1117,7 @@ mod tests {
                     "{family:?} size {size}"
                 );
                 assert_eq!(v["path"], ".env");
-                let counted = s
-                    .notes
-                    .iter()
-                    .filter(|n| matches!(n, StreamNote::Redacted { .. }))
-                    .count();
+                let counted = redactions(&s);
                 assert_eq!(counted, 1, "{family:?} size {size}");
             }
         }
@@ -1144,11 +1162,7 @@ mod tests {
             .collect();
         assert_eq!(parsed[0]["k"], "[REDACTED:github_pat]");
         assert_eq!(parsed[1]["k"], "x [REDACTED:github_pat]");
-        let counted = s
-            .notes
-            .iter()
-            .filter(|n| matches!(n, StreamNote::Redacted { .. }))
-            .count();
+        let counted = redactions(&s);
         assert_eq!(counted, 2);
     }
 
@@ -1205,26 +1219,7 @@ mod tests {
     #[test]
     fn a_stream_filter_acts_on_every_match() {
         fn text_wire(pieces: &[&str]) -> String {
-            pieces
-                .iter()
-                .map(|p| {
-                    format!(
-                        "data: {}\n\n",
-                        serde_json::json!({"choices": [{"index": 0, "delta": {"content": p}}]})
-                    )
-                })
-                .collect()
-        }
-        fn streamed_text(raw: &str) -> String {
-            raw.lines()
-                .filter_map(|l| l.strip_prefix("data: "))
-                .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-                .filter_map(|v| {
-                    v["choices"][0]["delta"]["content"]
-                        .as_str()
-                        .map(str::to_owned)
-                })
-                .collect()
+            pieces.iter().map(|p| chunk_event(p)).collect()
         }
         let policy = |action: &str| {
             format!("policies:\n  chain: [f]\npolicy:\n  f:\n    type: content-filter\n    patterns: ['zeus9[0-9]']\n    keywords: [apollo]\n    action: {action}\n")
@@ -1240,11 +1235,7 @@ mod tests {
                 text, "a [REDACTED:f] b [REDACTED:f] c [REDACTED:f] d [REDACTED:f] e",
                 "{pieces:?}"
             );
-            let counted = s
-                .notes
-                .iter()
-                .filter(|n| matches!(n, StreamNote::Redacted { .. }))
-                .count();
+            let counted = redactions(&s);
             assert_eq!(counted, 4, "{pieces:?}: {:?}", s.notes);
         }
         // Text without spaces in a script that has none is not held.
@@ -1319,11 +1310,7 @@ mod tests {
             datas[1]["candidates"][0]["content"]["parts"][0]["text"],
             "Done"
         );
-        let redacted = s
-            .notes
-            .iter()
-            .filter(|n| matches!(n, StreamNote::Redacted { .. }))
-            .count();
+        let redacted = redactions(&s);
         assert_eq!(redacted, 1, "{:?}", s.notes);
 
         let filter = "policies:\n  chain: [f]\npolicy:\n  f:\n    type: content-filter\n    patterns: ['project-zeus']\n";
@@ -1417,11 +1404,7 @@ mod tests {
                     "cut {cut}: {s:?} is no prefix of {last:?}"
                 );
             }
-            let counted = s
-                .notes
-                .iter()
-                .filter(|n| matches!(n, StreamNote::Redacted { .. }))
-                .count();
+            let counted = redactions(&s);
             assert_eq!(counted, 1, "cut {cut}");
         }
     }
