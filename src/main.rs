@@ -1,13 +1,9 @@
 //! The `kt` binary: a thin shell around [`keeptrusts::cli`].
 
-/// mimalloc rather than the system allocator: every exchange allocates and
-/// frees a few dozen small buffers (events, headers, body frames), and
-/// with glibc's bins that cost about 0.8 µs more of the 24 µs kt spent per
-/// request at 32 connections (README, Performance). Built without
-/// transparent huge pages, which would otherwise round its arenas up to
-/// 2 MiB pages and add megabytes of RSS to an idle gateway.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// glibc's allocator, on purpose: mimalloc took about 0.8 µs off a small
+// request at 32 connections, but on 1 MiB bodies kt then spent about 30%
+// more CPU, nearly all of it copying each TLS record into the buffer rustls
+// allocates for it, and its peak RSS was 2 MB higher. README, Performance.
 
 fn main() -> std::process::ExitCode {
     keeptrusts::cli::main()
