@@ -193,7 +193,7 @@ impl Family {
     /// Patterns of the tool-call arguments inside one stream event's `data`
     /// JSON: pieces of JSON text that concatenate per tool call (OpenAI chat
     /// `tool_calls` deltas, Responses `response.function_call_arguments.delta`,
-    /// Anthropic `input_json_delta`). `stream::tool_argument_slot` tells
+    /// Anthropic `input_json_delta`). `stream::tool_arguments` tells
     /// which events carry them (for Responses, `/delta` only in those).
     pub fn stream_tool_patterns(self) -> &'static [&'static str] {
         match self {

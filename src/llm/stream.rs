@@ -162,21 +162,32 @@ struct AnthropicDeltaBody<'a> {
     partial_json: Option<Cow<'a, str>>,
 }
 
-/// Characters of tool-call arguments the model streams in `ev` (OpenAI
-/// chat `tool_calls` deltas, Responses `response.function_call_arguments.delta`,
-/// Anthropic `input_json_delta`): output it is billed for, which
-/// [`for_each_delta`] leaves out as not text. Events without such a delta
-/// cost a substring search.
-pub fn tool_argument_chars(family: Family, ev: &SseEvent) -> u64 {
-    let Some(data) = ev.data() else {
-        return 0;
-    };
-    let count = |t: Option<Cow<'_, str>>| t.map_or(0, |t| t.chars().count() as u64);
+/// The tool-call arguments one stream event carries: which call they
+/// belong to and how many characters they add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolArguments {
+    /// The call (OpenAI chat: the first `tool_calls` delta's `index`;
+    /// Responses: `output_index`; Anthropic: the content block's `index`;
+    /// 0 when the event does not say).
+    pub slot: u32,
+    /// Characters of arguments: output the model is billed for, which
+    /// [`for_each_delta`] leaves out as not text.
+    pub chars: u64,
+}
+
+/// The tool-call arguments the model streams in `ev` (OpenAI chat
+/// `tool_calls` deltas, Responses `response.function_call_arguments.delta`,
+/// Anthropic `input_json_delta`), or `None` when it streams none. Events
+/// without such a delta cost a substring search. An event past that gate
+/// that does not parse as expected is slot 0 with no characters counted,
+/// so the policies still read its arguments.
+pub fn tool_arguments(family: Family, ev: &SseEvent) -> Option<ToolArguments> {
+    let data = ev.data()?;
+    let chars = |t: Option<Cow<'_, str>>| t.map_or(0, |t| t.chars().count() as u64);
+    let unreadable = ToolArguments { slot: 0, chars: 0 };
     match family {
-        Family::OpenAiChat => {
-            if finder!(b"\"tool_calls\"").find(data.as_bytes()).is_none() {
-                return 0;
-            }
+        Family::OpenAiChat | Family::FimChatShaped => {
+            finder!(b"\"tool_calls\"").find(data.as_bytes())?;
             #[derive(Deserialize)]
             struct Chunk<'a> {
                 #[serde(borrow, default)]
@@ -185,15 +196,17 @@ pub fn tool_argument_chars(family: Family, ev: &SseEvent) -> u64 {
             #[derive(Deserialize)]
             struct Choice<'a> {
                 #[serde(borrow, default)]
-                delta: Option<ToolDelta<'a>>,
+                delta: Option<Delta<'a>>,
             }
             #[derive(Deserialize)]
-            struct ToolDelta<'a> {
+            struct Delta<'a> {
                 #[serde(borrow, default)]
-                tool_calls: Option<Vec<ToolCall<'a>>>,
+                tool_calls: Option<Vec<Call<'a>>>,
             }
             #[derive(Deserialize)]
-            struct ToolCall<'a> {
+            struct Call<'a> {
+                #[serde(default)]
+                index: Option<u32>,
                 #[serde(borrow, default)]
                 function: Option<Function<'a>>,
             }
@@ -202,82 +215,10 @@ pub fn tool_argument_chars(family: Family, ev: &SseEvent) -> u64 {
                 #[serde(borrow, default, deserialize_with = "opt_cow")]
                 arguments: Option<Cow<'a, str>>,
             }
+            // A chunk this cannot read (an `index` of another type) still
+            // has its arguments read: which call they belong to is a hint.
             let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(data) else {
-                return 0;
-            };
-            chunk
-                .choices
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.delta?.tool_calls)
-                .flatten()
-                .map(|t| count(t.function.and_then(|f| f.arguments)))
-                .sum()
-        }
-        Family::OpenAiResponses => {
-            if finder!(b"function_call_arguments.delta")
-                .find(data.as_bytes())
-                .is_none()
-                || event_type(ev).as_deref() != Some("response.function_call_arguments.delta")
-            {
-                return 0;
-            }
-            serde_json::from_str::<ResponsesDelta<'_>>(data).map_or(0, |d| count(d.delta))
-        }
-        Family::AnthropicMessages => {
-            if finder!(b"input_json_delta").find(data.as_bytes()).is_none() {
-                return 0;
-            }
-            serde_json::from_str::<AnthropicDelta<'_>>(data).map_or(0, |d| {
-                count(
-                    d.delta
-                        .filter(|b| b.ty.as_deref() == Some("input_json_delta"))
-                        .and_then(|b| b.partial_json),
-                )
-            })
-        }
-        _ => 0,
-    }
-}
-
-/// The tool call whose arguments `ev` streams (OpenAI chat: the first
-/// `tool_calls` delta's `index`; Responses: `output_index`; Anthropic: the
-/// content block's `index`; 0 when the event does not say), or `None` when
-/// it streams none: the events [`tool_argument_chars`] counts, with the
-/// same cheap substring gates. An event past the gate that does not parse
-/// as expected gets slot 0, so its arguments are still read.
-pub fn tool_argument_slot(family: Family, ev: &SseEvent) -> Option<u32> {
-    let data = ev.data()?;
-    #[derive(Deserialize)]
-    struct Indexed {
-        #[serde(default)]
-        index: Option<u32>,
-        #[serde(default)]
-        output_index: Option<u32>,
-    }
-    match family {
-        Family::OpenAiChat | Family::FimChatShaped => {
-            finder!(b"\"tool_calls\"").find(data.as_bytes())?;
-            #[derive(Deserialize)]
-            struct Chunk {
-                #[serde(default)]
-                choices: Option<Vec<Choice>>,
-            }
-            #[derive(Deserialize)]
-            struct Choice {
-                #[serde(default)]
-                delta: Option<Delta>,
-            }
-            #[derive(Deserialize)]
-            struct Delta {
-                #[serde(default)]
-                tool_calls: Option<Vec<Indexed>>,
-            }
-            // A chunk this probe cannot read (an `index` of another type)
-            // still has its arguments read: which call they belong to is
-            // only a hint.
-            let Ok(chunk) = serde_json::from_str::<Chunk>(data) else {
-                return Some(0);
+                return Some(unreadable);
             };
             let mut calls = chunk
                 .choices
@@ -287,15 +228,34 @@ pub fn tool_argument_slot(family: Family, ev: &SseEvent) -> Option<u32> {
                 .flatten()
                 .peekable();
             calls.peek()?;
-            Some(calls.find_map(|c| c.index).unwrap_or(0))
+            let mut found = ToolArguments { slot: 0, chars: 0 };
+            let mut slot = None;
+            for call in calls {
+                slot = slot.or(call.index);
+                found.chars += chars(call.function.and_then(|f| f.arguments));
+            }
+            found.slot = slot.unwrap_or(0);
+            Some(found)
         }
         Family::OpenAiResponses => {
             finder!(b"function_call_arguments.delta").find(data.as_bytes())?;
             if event_type(ev).as_deref() != Some("response.function_call_arguments.delta") {
                 return None;
             }
-            let probe = serde_json::from_str::<Indexed>(data).ok();
-            Some(probe.and_then(|p| p.output_index).unwrap_or(0))
+            #[derive(Deserialize)]
+            struct Delta<'a> {
+                #[serde(default)]
+                output_index: Option<u32>,
+                #[serde(borrow, default, deserialize_with = "opt_cow")]
+                delta: Option<Cow<'a, str>>,
+            }
+            let Ok(d) = serde_json::from_str::<Delta<'_>>(data) else {
+                return Some(unreadable);
+            };
+            Some(ToolArguments {
+                slot: d.output_index.unwrap_or(0),
+                chars: chars(d.delta),
+            })
         }
         Family::AnthropicMessages => {
             finder!(b"input_json_delta").find(data.as_bytes())?;
@@ -307,12 +267,16 @@ pub fn tool_argument_slot(family: Family, ev: &SseEvent) -> Option<u32> {
                 delta: Option<AnthropicDeltaBody<'a>>,
             }
             let Ok(b) = serde_json::from_str::<Block<'_>>(data) else {
-                return Some(0);
+                return Some(unreadable);
             };
-            if b.delta?.ty.as_deref() != Some("input_json_delta") {
+            let delta = b.delta?;
+            if delta.ty.as_deref() != Some("input_json_delta") {
                 return None;
             }
-            Some(b.index.unwrap_or(0))
+            Some(ToolArguments {
+                slot: b.index.unwrap_or(0),
+                chars: chars(delta.partial_json),
+            })
         }
         _ => None,
     }

@@ -385,22 +385,39 @@ fn a_fault_summary_is_one_short_line() {
 }
 
 #[test]
-fn tool_argument_slots_name_the_call_being_streamed() {
+fn tool_arguments_name_the_call_being_streamed_and_count_its_characters() {
     let chat = |d: &str| ev(None, d);
+    let args = |slot, chars| Some(ToolArguments { slot, chars });
     let cases = [
         (
             Family::OpenAiChat,
             chat(
-                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":2,"function":{"arguments":"{"}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":2,"function":{"arguments":"{\"a"}}]}}]}"#,
             ),
-            Some(2),
+            args(2, 3),
         ),
         (
             Family::OpenAiChat,
             chat(
                 r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"function":{"arguments":"{"}}]}}]}"#,
             ),
-            Some(0),
+            args(0, 1),
+        ),
+        // Two calls in one chunk: the first names the slot, both count.
+        (
+            Family::OpenAiChat,
+            chat(
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":"ab"}},{"index":2,"function":{"arguments":"cdé"}}]}}]}"#,
+            ),
+            args(1, 5),
+        ),
+        // Completion endpoints that stream the chat shape carry them too.
+        (
+            Family::FimChatShaped,
+            chat(
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"xy"}}]}}]}"#,
+            ),
+            args(0, 2),
         ),
         (
             Family::OpenAiChat,
@@ -416,9 +433,9 @@ fn tool_argument_slots_name_the_call_being_streamed() {
             Family::OpenAiResponses,
             ev(
                 Some("response.function_call_arguments.delta"),
-                r#"{"type":"response.function_call_arguments.delta","output_index":1,"delta":"{"}"#,
+                r#"{"type":"response.function_call_arguments.delta","output_index":1,"delta":"{\"q\""}"#,
             ),
-            Some(1),
+            args(1, 4),
         ),
         (
             Family::OpenAiResponses,
@@ -434,7 +451,7 @@ fn tool_argument_slots_name_the_call_being_streamed() {
                 Some("content_block_delta"),
                 r#"{"type":"content_block_delta","index":3,"delta":{"type":"input_json_delta","partial_json":"{"}}"#,
             ),
-            Some(3),
+            args(3, 1),
         ),
         (
             Family::AnthropicMessages,
@@ -444,20 +461,17 @@ fn tool_argument_slots_name_the_call_being_streamed() {
             ),
             None,
         ),
+        // Unreadable past the gate: still read as arguments, slot 0.
         (
             Family::OpenAiChat,
             chat(
                 r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":"1","function":{"arguments":"{"}}]}}]}"#,
             ),
-            Some(0),
+            args(0, 0),
         ),
         (Family::Gemini, chat(r#"{"candidates":[]}"#), None),
     ];
     for (family, event, want) in cases {
-        assert_eq!(
-            tool_argument_slot(family, &event),
-            want,
-            "{family:?} {event:?}"
-        );
+        assert_eq!(tool_arguments(family, &event), want, "{family:?} {event:?}");
     }
 }

@@ -13,7 +13,7 @@ use super::json_text::{visit_strings, Selector};
 use super::sse::SseDecoder;
 use super::stream::{
     finder, for_each_delta, is_stream_end, response_fault, stream_fault, stream_usage,
-    tool_argument_chars,
+    tool_arguments,
 };
 use bytes::Bytes;
 
@@ -229,7 +229,7 @@ fn drain(
                 chars += n;
             }
         });
-        result.output_chars += chars + tool_argument_chars(family, &ev);
+        result.output_chars += chars + tool_arguments(family, &ev).map_or(0, |t| t.chars);
         if let Some(n) = snapshot {
             *snapshot_chars = n;
         }

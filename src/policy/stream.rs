@@ -27,7 +27,7 @@ use crate::llm::json_text::PointerSet;
 use crate::llm::json_text::{rewrite_strings, visit_strings, Selector};
 use crate::llm::recognize::Api;
 use crate::llm::sse::{SseDecoder, SseError, SseEvent};
-use crate::llm::stream::{finder, is_stream_end, tool_argument_slot};
+use crate::llm::stream::{finder, is_stream_end, tool_arguments};
 use bytes::Bytes;
 use std::ops::Range;
 use std::sync::Arc;
@@ -235,7 +235,7 @@ impl OutputStream {
 
     fn on_event(&mut self, ev: SseEvent, out: &mut Vec<Bytes>) -> Flow {
         let end = is_stream_end(self.family, &ev);
-        let slot = tool_argument_slot(self.family, &ev);
+        let slot = tool_arguments(self.family, &ev).map(|t| t.slot);
         let mut texts = Vec::new();
         let mut args = Vec::new();
         if let Some(data) = ev.data() {
