@@ -228,14 +228,15 @@ pub fn tool_arguments(family: Family, ev: &SseEvent) -> Option<ToolArguments> {
                 .flatten()
                 .peekable();
             calls.peek()?;
-            let mut found = ToolArguments { slot: 0, chars: 0 };
-            let mut slot = None;
+            let (mut slot, mut n) = (None, 0);
             for call in calls {
                 slot = slot.or(call.index);
-                found.chars += chars(call.function.and_then(|f| f.arguments));
+                n += chars(call.function.and_then(|f| f.arguments));
             }
-            found.slot = slot.unwrap_or(0);
-            Some(found)
+            Some(ToolArguments {
+                slot: slot.unwrap_or(0),
+                chars: n,
+            })
         }
         Family::OpenAiResponses => {
             finder!(b"function_call_arguments.delta").find(data.as_bytes())?;
