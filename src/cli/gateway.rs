@@ -36,7 +36,7 @@ pub struct RunArgs {
     /// empty ADDR or target PORT keeps the request's own, as in curl).
     #[arg(long, value_name = "HOST:PORT:ADDR:PORT")]
     pub connect_to: Vec<String>,
-    /// Chain through this HTTP proxy (default: $HTTPS_PROXY / $HTTP_PROXY).
+    /// Chain through this proxy, http:// or https:// (default: $HTTPS_PROXY / $HTTP_PROXY).
     #[arg(long, value_name = "URL")]
     pub upstream_proxy: Option<String>,
     /// Which CONNECT targets are decrypted.

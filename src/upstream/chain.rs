@@ -1,29 +1,38 @@
 //! Chaining through another HTTP proxy (a corporate proxy): which targets use
 //! it (`--upstream-proxy`, or `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the
-//! environment), and the CONNECT handshake with it.
+//! environment), and the CONNECT handshake with it. The proxy itself may be
+//! spoken to in TLS (`https://`); that link is set up in [`super::link`].
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest CONNECT reply head accepted from an upstream proxy.
 const MAX_REPLY_HEAD: usize = 16 * 1024;
 
-/// A parsed proxy URL (`http://[user:pass@]host:port`).
+/// A parsed proxy URL (`http[s]://[user:pass@]host:port`).
 #[derive(Clone)]
 pub struct ProxyUrl {
     pub host: String,
     pub port: u16,
+    /// `https://`: kt speaks TLS to the proxy itself (verified like any
+    /// upstream), and CONNECT and forwarded requests go inside it.
+    pub tls: bool,
     authorization: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for ProxyUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Credentials never appear in logs.
-        write!(f, "http://{}:{}", self.host, self.port)?;
+        let scheme = if self.tls { "https" } else { "http" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        write!(f, "{scheme}://{host}:{}", self.port)?;
         if self.authorization.is_some() {
             write!(f, " (with credentials)")?;
         }
@@ -52,15 +61,15 @@ impl ProxyUrl {
             reason: reason.to_string(),
         };
         // Schemes are case-insensitive (RFC 3986 §3.1): `HTTP://` is http.
-        let rest = match url.split_once("://") {
-            Some((scheme, r)) if scheme.eq_ignore_ascii_case("http") => r,
-            Some(_) => {
-                return Err(err(
-                    "only http:// proxies are supported (CONNECT over plain HTTP)",
-                ))
-            }
-            None => url,
-        };
+        let (tls, rest) =
+            match url.split_once("://") {
+                Some((scheme, r)) if scheme.eq_ignore_ascii_case("http") => (false, r),
+                Some((scheme, r)) if scheme.eq_ignore_ascii_case("https") => (true, r),
+                Some(_) => return Err(err(
+                    "only http:// and https:// proxies are supported (HTTP CONNECT); SOCKS is not",
+                )),
+                None => (false, url),
+            };
         let rest = rest.trim_end_matches('/');
         let (userinfo, hostport) = match rest.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
@@ -84,7 +93,8 @@ impl ProxyUrl {
         };
         Ok(ProxyUrl {
             host: host.to_string(),
-            port: uri.port_u16().unwrap_or(80),
+            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            tls,
             authorization,
         })
     }
@@ -110,10 +120,10 @@ impl ProxyUrl {
     }
 
     /// Opens a tunnel to `host:port` through this proxy on an already
-    /// connected `stream`. Returns any bytes the proxy sent after its reply.
-    pub async fn connect_through(
+    /// open `stream` to it. Returns any bytes the proxy sent after its reply.
+    pub async fn connect_through<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         host: &str,
         port: u16,
     ) -> Result<Bytes, ChainError> {
@@ -130,6 +140,8 @@ impl ProxyUrl {
         }
         req.push_str("\r\n");
         stream.write_all(req.as_bytes()).await?;
+        // A TLS link holds the request until flushed.
+        stream.flush().await?;
         let mut buf = BytesMut::with_capacity(1024);
         loop {
             if stream.read_buf(&mut buf).await? == 0 {
@@ -164,6 +176,8 @@ pub enum ChainError {
     Closed,
     #[error("upstream proxy i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS handshake with the proxy failed: {0}")]
+    Tls(String),
 }
 
 fn redact_userinfo(url: &str) -> String {
@@ -350,10 +364,36 @@ mod tests {
         );
         assert_eq!(ProxyUrl::parse("10.0.0.1:8080").unwrap().port, 8080);
         assert_eq!(ProxyUrl::parse("http://[::1]:3128").unwrap().host, "::1");
-        assert!(ProxyUrl::parse("https://proxy:443").is_err());
+        assert!(!u.tls);
         assert!(ProxyUrl::parse("socks5://proxy:1080").is_err());
         let dbg = format!("{:?}", ProxyUrl::parse("http://u:secret@p:1").unwrap());
         assert!(!dbg.contains("secret"));
+    }
+
+    #[test]
+    fn https_proxy_urls_speak_tls_to_the_proxy_and_default_to_port_443() {
+        let u = ProxyUrl::parse("https://user:pass@proxy.corp").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.host.as_str(), u.port), ("proxy.corp", 443));
+        assert_eq!(u.to_string(), "https://proxy.corp:443 (with credentials)");
+        let u = ProxyUrl::parse("https://[::1]:8443").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 8443));
+        assert_eq!(u.to_string(), "https://[::1]:8443");
+        let plain = ProxyUrl::parse("proxy.corp").unwrap();
+        assert_eq!((plain.tls, plain.port), (false, 80));
+        let e = ProxyUrl::parse("socks5h://u:secret@proxy:1080")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("SOCKS is not") && !e.contains("secret"), "{e}");
+
+        // From the environment too, where it used to be ignored.
+        let listen: SocketAddr = "127.0.0.1:41002".parse().unwrap();
+        let env = |k: &str| (k == "HTTPS_PROXY").then(|| "https://corp:8443".to_string());
+        let (rules, warnings) = ProxyRules::from_env(env, listen);
+        let p = rules.for_tunnel("api.openai.com").unwrap();
+        assert_eq!((p.tls, p.port), (true, 8443));
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
@@ -362,7 +402,7 @@ mod tests {
             let u = ProxyUrl::parse(url).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(u.port, 3128, "{url}");
         }
-        assert!(ProxyUrl::parse("HTTPS://proxy:443").is_err());
+        assert!(ProxyUrl::parse("HTTPS://proxy:443").unwrap().tls);
         // The own-listener check sees through the case too.
         let listen: SocketAddr = "127.0.0.1:41002".parse().unwrap();
         let env = |k: &str| match k {

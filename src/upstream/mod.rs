@@ -4,6 +4,7 @@
 pub mod chain;
 pub mod connect_to;
 pub mod guard;
+pub mod link;
 pub mod pool;
 pub mod tls;
 
@@ -15,6 +16,7 @@ use connect_to::ConnectToRules;
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use link::Link;
 use pool::{Origin, Pool, Prefer, Sender};
 use rustls_pki_types::ServerName;
 use std::sync::Arc;
@@ -24,9 +26,9 @@ use tokio_rustls::TlsConnector;
 
 pub use tls::UpstreamTls;
 
-/// A TCP connection to the upstream (or through the upstream proxy), with
-/// any bytes already received.
-pub type Dialed = Prefixed<TcpStream>;
+/// A connection to the upstream (or through the upstream proxy), with any
+/// bytes already received.
+pub type Dialed = Prefixed<Link>;
 
 /// Why an upstream exchange failed. The proxy maps these to 502/504.
 #[derive(Debug, thiserror::Error)]
@@ -293,10 +295,10 @@ impl Upstream {
                         e
                     }
                 })?;
-                Ok(Prefixed::new(Bytes::new(), stream))
+                Ok(Prefixed::new(Bytes::new(), Link::Tcp(stream)))
             }
             Some(proxy) => {
-                let mut stream = self.tcp_to_proxy(proxy).await?;
+                let mut stream = self.to_proxy(proxy, &format!("{host}:{port}")).await?;
                 let handshake = proxy.connect_through(&mut stream, addr, addr_port);
                 let leftover = tokio::time::timeout(self.timeouts.connect, handshake)
                     .await
@@ -313,9 +315,30 @@ impl Upstream {
         }
     }
 
-    async fn tcp_to_proxy(&self, proxy: &ProxyUrl) -> Result<TcpStream, UpstreamError> {
+    /// A connection to `proxy` for `target`'s traffic: TCP, then TLS for an
+    /// `https://` proxy, verified against the same roots as any upstream.
+    async fn to_proxy(&self, proxy: &ProxyUrl, target: &str) -> Result<Link, UpstreamError> {
         let (addr, port) = self.connect_to.resolve(&proxy.host, proxy.port);
-        self.tcp(addr, port).await
+        let tcp = self.tcp(addr, port).await?;
+        if !proxy.tls {
+            return Ok(Link::Tcp(tcp));
+        }
+        let failed = |source| UpstreamError::Chain {
+            proxy: proxy.to_string(),
+            target: target.to_string(),
+            source,
+        };
+        let name = ServerName::try_from(proxy.host.clone())
+            .map_err(|_| UpstreamError::BadName(proxy.host.clone()))?;
+        // CONNECT and absolute-form requests are HTTP/1.1.
+        let handshake = TlsConnector::from(self.tls.h1_only.clone()).connect(name, tcp);
+        match tokio::time::timeout(self.timeouts.tls_handshake, handshake).await {
+            Err(_) => Err(UpstreamError::TlsTimeout {
+                host: format!("{} (the upstream proxy)", proxy.host),
+            }),
+            Ok(Err(e)) => Err(failed(ChainError::Tls(tls_reason(&e)))),
+            Ok(Ok(tls)) => Ok(Link::ProxyTls(Box::new(tls))),
+        }
     }
 
     /// The proxy that forwards a plain `http://` origin's requests, if any.
@@ -333,7 +356,7 @@ impl Upstream {
         match self.forwarding_proxy(origin) {
             Some(proxy) => {
                 refuse_forbidden_literal(&origin.host, origin.port)?;
-                let stream = self.tcp_to_proxy(proxy).await?;
+                let stream = self.to_proxy(proxy, &origin.to_string()).await?;
                 Ok(Prefixed::new(Bytes::new(), stream))
             }
             None => self.dial(&origin.host, origin.port, origin.tls).await,
