@@ -1,9 +1,14 @@
 //! The `content-filter` policy's matcher: configured regexes and keywords
-//! over prompt and completion text, built once per config.
+//! over prompt and completion text, built once per config. It also tells a
+//! stream whether the text it holds could still grow into a match, so no
+//! part of a blocked phrase is released before the phrase is whole.
 
 use crate::config::{ContentFilterOptions, FilterAction};
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::{Anchored, Input};
 use std::borrow::Cow;
 use std::ops::Range;
+use std::sync::Mutex;
 
 /// Errors building a filter.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +29,10 @@ pub struct ContentFilter {
     /// The patterns as configured: a hit names one of these.
     names: Vec<String>,
     keyword_list: Vec<String>,
+    /// `None` when the patterns do not build as a lazy DFA: streams then
+    /// fall back to holding the last word. Boxed: a DFA is large, and a
+    /// policy's action is an enum of every policy's options.
+    prefixes: Option<Box<Prefixes>>,
     pub action: FilterAction,
     pub message: Option<String>,
 }
@@ -95,11 +104,14 @@ impl ContentFilter {
             Some(c) => (true, c),
             None => (false, Compiled::new(&names, keywords.as_deref())?),
         };
+        let mut all = names.clone();
+        all.extend(keywords);
         Ok(ContentFilter {
             folded,
             regexes,
             names,
             keyword_list: options.keywords.clone(),
+            prefixes: Prefixes::new(&all).map(Box::new),
             action: options.action,
             message: options.message.clone(),
         })
@@ -195,6 +207,14 @@ impl ContentFilter {
             .unwrap_or_else(|| found.to_string())
     }
 
+    /// Whether some match could begin at or after byte `from` of `text` and
+    /// end beyond it: the text's end is the start of a match that more text
+    /// would complete. `None` when that cannot be told (no DFA, or one that
+    /// gave up on this text).
+    pub fn may_continue(&self, text: &str, from: usize) -> Option<bool> {
+        self.prefixes.as_ref()?.may_continue(text, from)
+    }
+
     /// `text` with every match replaced by `placeholder`, and the number of
     /// replacements; borrowed when nothing matched.
     pub fn redact<'t>(&self, text: &'t str, placeholder: &str) -> (Cow<'t, str>, usize) {
@@ -211,6 +231,112 @@ impl ContentFilter {
         }
         out.push_str(text.get(at..).unwrap_or_default());
         (Cow::Owned(out), hits.len())
+    }
+}
+
+/// Every pattern and the keywords as one anchored lazy DFA: run from a
+/// position, it dies as soon as the text there cannot be the start of any
+/// match.
+struct Prefixes {
+    dfa: DFA,
+    /// The bytes a match can begin with, whatever comes before: most
+    /// starts are ruled out by one lookup rather than a DFA step.
+    first: [bool; 256],
+    /// Reused between checks, so states built once stay built; a check that
+    /// finds it busy (another stream's) builds a cache of its own.
+    cache: Mutex<Cache>,
+}
+
+/// DFA steps one check may take: a pattern that starts with a repetition
+/// (`\w+…`) keeps every start alive for long, and the answer is then "may
+/// continue" anyway.
+const PREFIX_STEPS: usize = 16 * 1024;
+
+impl Prefixes {
+    fn new(patterns: &[String]) -> Option<Prefixes> {
+        if patterns.is_empty() {
+            return None;
+        }
+        let dfa = DFA::builder()
+            // `\b` is Unicode-aware in the patterns: on non-ASCII text the
+            // DFA stops, and the check says it cannot tell.
+            .configure(DFA::config().unicode_word_boundary(true))
+            .build_many(patterns)
+            .ok()?;
+        let mut cache = dfa.create_cache();
+        let mut first = [false; 256];
+        // What a start state is depends on the byte before it (`\b`, `^`):
+        // a byte may begin a match after any of these.
+        for before in [&b""[..], b"a", b" ", b"\n", b"\r", b"\xc3\xa9"] {
+            for b in 0..=255u8 {
+                let mut hay = before.to_vec();
+                hay.push(b);
+                let input = Input::new(&hay)
+                    .range(before.len()..)
+                    .anchored(Anchored::Yes);
+                let alive = match dfa.start_state_forward(&mut cache, &input) {
+                    Ok(sid) => dfa
+                        .next_state(&mut cache, sid, b)
+                        .map_or(true, |next| !next.is_dead()),
+                    Err(_) => true,
+                };
+                first[usize::from(b)] |= alive;
+            }
+        }
+        Some(Prefixes {
+            dfa,
+            first,
+            cache: Mutex::new(cache),
+        })
+    }
+
+    fn may_continue(&self, text: &str, from: usize) -> Option<bool> {
+        match self.cache.try_lock() {
+            Ok(mut cache) => self.search(&mut cache, text, from),
+            Err(_) => self.search(&mut self.dfa.create_cache(), text, from),
+        }
+    }
+
+    /// Tries each start from the end backwards (short suffixes first, and
+    /// most starts die on their first byte).
+    fn search(&self, cache: &mut Cache, text: &str, from: usize) -> Option<bool> {
+        let hay = text.as_bytes();
+        let mut steps = 0;
+        for start in (from.min(hay.len())..hay.len()).rev() {
+            let begins = hay.get(start).is_some_and(|&b| self.first[usize::from(b)]);
+            if !begins || !text.is_char_boundary(start) {
+                continue;
+            }
+            let input = Input::new(hay).range(start..).anchored(Anchored::Yes);
+            let mut sid = self.dfa.start_state_forward(cache, &input).ok()?;
+            let mut alive = true;
+            for &b in hay.get(start..).unwrap_or_default() {
+                steps += 1;
+                if steps > PREFIX_STEPS {
+                    return Some(true);
+                }
+                sid = self.dfa.next_state(cache, sid, b).ok()?;
+                if sid.is_dead() {
+                    alive = false;
+                    break;
+                }
+                if sid.is_quit() {
+                    return None;
+                }
+            }
+            if alive {
+                return Some(true);
+            }
+        }
+        Some(false)
+    }
+}
+
+impl std::fmt::Debug for Prefixes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefixes")
+            .field("patterns", &self.dfa.pattern_len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -305,5 +431,43 @@ mod tests {
             ]
         );
         assert!(f.find_all("clean").is_empty());
+    }
+
+    #[test]
+    fn tells_whether_the_end_of_a_text_could_still_grow_into_a_match() {
+        let f = filter(
+            &[r"(?i)internal-project-\w+", r"\bcode\s*name\s*:\s*\w+"],
+            &["Project Falcon"],
+        );
+        let may = |text: &str| f.may_continue(text, 0).unwrap();
+        // The start of a keyword phrase, whatever its case and however far
+        // into it the text ends, a space included; the start of a pattern's
+        // match.
+        for text in [
+            "we ship project",
+            "we ship PROJECT ",
+            "we ship Project Fal",
+            "see Internal-Pro",
+            "see internal-",
+            "the code name: ",
+            "the codename",
+        ] {
+            assert!(may(text), "{text:?}");
+        }
+        // Nothing at the end could begin a match: it can be released.
+        for text in ["we ship prose", "", "the codex", "projection", "project x"] {
+            assert!(!may(text), "{text:?}");
+        }
+        // Starts before `from` are not tried.
+        assert_eq!(f.may_continue("we ship project", 8), Some(true));
+        assert_eq!(f.may_continue("we ship project", 9), Some(false));
+        // A pattern that starts with a repetition keeps many starts alive
+        // for long: past a bounded amount of work the answer is "may
+        // continue", which only holds text a little longer.
+        let wide = filter(&[r"\w+ secret"], &[]);
+        assert_eq!(wide.may_continue(&"word. ".repeat(200), 0), Some(false));
+        assert_eq!(wide.may_continue("a word ", 0), Some(true));
+        assert_eq!(wide.may_continue(&("a".repeat(4000) + "!"), 0), Some(true));
+        assert_eq!(wide.may_continue(&("a".repeat(100) + "!"), 0), Some(false));
     }
 }

@@ -116,10 +116,11 @@ pub struct OutputStream {
     held: Vec<Held>,
     held_bytes: usize,
     holdback: usize,
-    /// A content filter redacts or blocks: the window's last word is held
-    /// until it ends, or the start of a codename split across deltas would
-    /// reach the client before the filter could see it whole.
-    hold_words: bool,
+    /// Content filters that redact or block, by chain index: text that
+    /// could still grow into one of their matches is held, or the start of
+    /// a phrase split across deltas would reach the client before the
+    /// filter could see it whole.
+    filters: Vec<usize>,
     fail_closed: bool,
     passthrough: bool,
     stopped: bool,
@@ -130,12 +131,12 @@ impl OutputStream {
     pub fn new(chain: Arc<Chain>, policies: Vec<usize>, family: Family, api: Option<Api>) -> Self {
         let mut holdback = 0;
         let mut fail_closed = false;
-        let mut hold_words = false;
+        let mut filters = Vec::new();
         for &i in &policies {
             if let Some(p) = chain.get(i) {
                 match &p.action {
                     Action::Redact(r) => holdback = holdback.max(r.holdback),
-                    Action::Filter(f) => hold_words |= f.action != FilterAction::Log,
+                    Action::Filter(f) if f.action != FilterAction::Log => filters.push(i),
                     _ => {}
                 }
                 fail_closed |= p.on_error == crate::config::OnError::FailClosed;
@@ -158,7 +159,7 @@ impl OutputStream {
             held: Vec::new(),
             held_bytes: 0,
             holdback,
-            hold_words,
+            filters,
             fail_closed,
             passthrough: false,
             stopped: false,
@@ -354,7 +355,7 @@ impl OutputStream {
         // Findings in held text are found again at the next check, so
         // holding on is safe; a secret still growing must not be cut.
         let grows = windows.iter().any(|w| {
-            w.text.len() > w.base && (may_grow(&w.text) || (self.hold_words && in_word(&w.text)))
+            w.text.len() > w.base && (may_grow(&w.text) || self.filter_may_match(&w.text, limit))
         });
         if !force && self.held_bytes < limit && grows {
             return Flow::Continue;
@@ -421,6 +422,21 @@ impl OutputStream {
         push_context(&mut self.tail, &released);
         push_context(&mut self.args_tail, &released_args);
         Flow::Continue
+    }
+
+    /// Whether the end of `window` (its last `limit` bytes) could be the
+    /// start of a content filter's match that more text completes. A
+    /// filter that cannot tell holds the window's last word instead.
+    fn filter_may_match(&self, window: &str, limit: usize) -> bool {
+        let from = window.len().saturating_sub(limit);
+        self.filters
+            .iter()
+            .any(|&i| match self.chain.get(i).map(|p| &p.action) {
+                Some(Action::Filter(f)) => f
+                    .may_continue(window, from)
+                    .unwrap_or_else(|| in_word(window)),
+                _ => false,
+            })
     }
 
     fn stop(&mut self, message: &str, policy: &str, out: &mut Vec<Bytes>) -> Flow {
@@ -716,7 +732,8 @@ fn may_grow(window: &str) -> bool {
 }
 
 /// True when `window` ends inside a word (an ASCII letter or digit, `-` or
-/// `_` last): the word may still grow into a content filter's match.
+/// `_` last): the word may still grow into a content filter's match (for a
+/// filter whose patterns the prefix check cannot run).
 /// Scripts written without spaces (Chinese, Japanese) never end a word,
 /// and holding them would turn their stream into 256-byte bursts.
 fn in_word(window: &str) -> bool {
@@ -1271,6 +1288,84 @@ mod tests {
             ["zeus9[0-9]", "zeus9[0-9]", "apollo"],
             "{:?}",
             s.notes
+        );
+    }
+
+    /// A filtered phrase split across deltas reaches the client not even in
+    /// part: the text that could still grow into it is held (at a space
+    /// too), while text that cannot is released at once, mid-word included.
+    #[test]
+    fn no_part_of_a_filtered_phrase_is_released_before_it_is_whole() {
+        let policy = |action: &str| {
+            format!("policies:\n  chain: [f]\npolicy:\n  f:\n    type: content-filter\n    keywords: ['Project Falcon']\n    patterns: ['(?i)codename\\s+\\w+']\n    action: {action}\n")
+        };
+        let chain = |action: &str| {
+            Arc::new(
+                Chain::build(&Config::parse(&policy(action), Path::new("t")).unwrap()).unwrap(),
+            )
+        };
+        let released = |s: &mut OutputStream, piece: &str| {
+            let mut out = Vec::new();
+            let flow = s.push(chunk_event(piece).as_bytes(), &mut out);
+            (
+                streamed_text(&String::from_utf8(out.concat()).unwrap()),
+                flow,
+            )
+        };
+        // Frames are held whole; the one the phrase starts in is not sent.
+        for (pieces, before) in [
+            (
+                &["The plan: ", "project ", "falcon ships"][..],
+                "The plan: ",
+            ),
+            (
+                &["The plan: ", "Project", " Fal", "con ships"],
+                "The plan: ",
+            ),
+            (&["Its ", "codename ", "is ", "zeus"], "Its "),
+        ] {
+            let mut s = OutputStream::new(
+                chain("block"),
+                vec![0],
+                Family::OpenAiChat,
+                Some(Api::OpenAiChat),
+            );
+            let mut seen = String::new();
+            let mut flow = Flow::Continue;
+            for piece in pieces {
+                let (text, f) = released(&mut s, piece);
+                seen.push_str(&text);
+                flow = f;
+                if flow == Flow::Stop {
+                    break;
+                }
+            }
+            assert_eq!(flow, Flow::Stop, "{pieces:?}");
+            assert_eq!(seen, before, "{pieces:?}");
+        }
+        let (raw, _, _) = stream_through(
+            &policy("redact"),
+            Family::OpenAiChat,
+            &["The plan: project ", "falcon ships"]
+                .iter()
+                .map(|p| chunk_event(p))
+                .collect::<String>(),
+        );
+        assert_eq!(streamed_text(&raw), "The plan: [REDACTED:f] ships");
+        // Text that cannot begin a match goes out as it comes, even when a
+        // delta ends mid-word; a held start that does not grow into a match
+        // goes out with the next delta.
+        let mut s = OutputStream::new(
+            chain("block"),
+            vec![0],
+            Family::OpenAiChat,
+            Some(Api::OpenAiChat),
+        );
+        assert_eq!(released(&mut s, "hello wor").0, "hello wor");
+        assert_eq!(released(&mut s, "ld, the proj").0, "");
+        assert_eq!(
+            released(&mut s, "ection is late").0,
+            "ld, the projection is late"
         );
     }
 
