@@ -116,6 +116,9 @@ pub struct OutputStream {
     held: Vec<Held>,
     held_bytes: usize,
     holdback: usize,
+    /// A redact policy applies: text that could still grow into a secret
+    /// is held.
+    redacts: bool,
     /// Content filters that redact or block, by chain index: text that
     /// could still grow into one of their matches is held, or the start of
     /// a phrase split across deltas would reach the client before the
@@ -132,10 +135,14 @@ impl OutputStream {
         let mut holdback = 0;
         let mut fail_closed = false;
         let mut filters = Vec::new();
+        let mut redacts = false;
         for &i in &policies {
             if let Some(p) = chain.get(i) {
                 match &p.action {
-                    Action::Redact(r) => holdback = holdback.max(r.holdback),
+                    Action::Redact(r) => {
+                        holdback = holdback.max(r.holdback);
+                        redacts = true;
+                    }
                     Action::Filter(f) if f.action != FilterAction::Log => filters.push(i),
                     _ => {}
                 }
@@ -159,6 +166,7 @@ impl OutputStream {
             held: Vec::new(),
             held_bytes: 0,
             holdback,
+            redacts,
             filters,
             fail_closed,
             passthrough: false,
@@ -346,7 +354,7 @@ impl OutputStream {
                 }
             }
         }
-        let pem = windows.iter().any(|w| pem_open(&w.text));
+        let pem = self.redacts && windows.iter().any(|w| pem_open(&w.text));
         let limit = if pem {
             PEM_HOLDBACK.max(self.holdback)
         } else {
@@ -355,7 +363,8 @@ impl OutputStream {
         // Findings in held text are found again at the next check, so
         // holding on is safe; a secret still growing must not be cut.
         let grows = windows.iter().any(|w| {
-            w.text.len() > w.base && (may_grow(&w.text) || self.filter_may_match(&w.text, limit))
+            w.text.len() > w.base
+                && ((self.redacts && may_grow(&w.text)) || self.filter_may_match(&w.text, limit))
         });
         if !force && self.held_bytes < limit && grows {
             return Flow::Continue;
@@ -1367,6 +1376,8 @@ mod tests {
             released(&mut s, "ection is late").0,
             "ld, the projection is late"
         );
+        // Without a redact policy, token-shaped words are not held either.
+        assert_eq!(released(&mut s, ", key sk-4f9a").0, ", key sk-4f9a");
     }
 
     /// Gemini streams a function call whole, its `args` an object: every

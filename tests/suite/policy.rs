@@ -460,6 +460,24 @@ async fn an_output_block_ends_the_stream_with_an_error_event() {
     assert!(!text.contains("project-zeus"), "{text}");
 }
 
+/// A blocked phrase cut across stream chunks is not shown even in part:
+/// the chunks that could still grow into it are held until it is whole.
+#[tokio::test]
+async fn no_word_of_a_blocked_phrase_reaches_the_client() {
+    let yaml = "policies:\n  chain: [content-filter]\npolicy:\n  content-filter:\n    phases: [output]\n    keywords: ['Project Zeus Alpha']\n";
+    let (_ca, _origin, gw) = setup(yaml).await;
+    let mut http = client(&gw, HOST).await;
+    for chunk in [4, 9, 1] {
+        let raw = stream_reply(&mut http, "Details about project zeus alpha follow.", chunk).await;
+        let (text, done, errors) = stream_text(&raw);
+        assert!(!done && errors.len() == 1, "chunk {chunk}: {raw}");
+        assert!(
+            !text.is_empty() && "Details about ".starts_with(&text),
+            "chunk {chunk}: the client saw {text:?}: {raw}"
+        );
+    }
+}
+
 /// Asks `host` for an answer that is one tool call with `args` as its
 /// arguments, streamed in deltas of `chunk` characters or whole.
 async fn tool_call_reply(
