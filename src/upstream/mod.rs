@@ -323,11 +323,6 @@ impl Upstream {
         if !proxy.tls {
             return Ok(Link::Tcp(tcp));
         }
-        let failed = |source| UpstreamError::Chain {
-            proxy: proxy.to_string(),
-            target: target.to_string(),
-            source,
-        };
         let name = ServerName::try_from(proxy.host.clone())
             .map_err(|_| UpstreamError::BadName(proxy.host.clone()))?;
         // CONNECT and absolute-form requests are HTTP/1.1.
@@ -336,7 +331,11 @@ impl Upstream {
             Err(_) => Err(UpstreamError::TlsTimeout {
                 host: format!("{} (the upstream proxy)", proxy.host),
             }),
-            Ok(Err(e)) => Err(failed(ChainError::Tls(tls_reason(&e)))),
+            Ok(Err(e)) => Err(UpstreamError::Chain {
+                proxy: proxy.to_string(),
+                target: target.to_string(),
+                source: ChainError::Tls(tls_reason(&e)),
+            }),
             Ok(Ok(tls)) => Ok(Link::ProxyTls(Box::new(tls))),
         }
     }
