@@ -136,6 +136,8 @@ fn content_filter() {
         "[a-zA-Z]+\\d\nabc9 XYZ1 é2",
         "Falcon\nthe FALCON and the Falcon",
         "\nempty pattern",
+        "Project Falcon Alpha\nour project falcon alpha plan",
+        "(?i)\\bcode\\s*name:\\s*\\w+\nthe Code name: zeus",
     ];
     let inputs = samples.map(|s| s.as_bytes().to_vec());
     replay("content_filter", content_filter::run, &inputs);
