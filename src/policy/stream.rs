@@ -3,10 +3,12 @@
 //! is released as soon as it is known to be clean.
 //!
 //! A frame is held back only while the text at the end of the stream could
-//! still grow into a secret: a trailing word shaped like a token (digits,
-//! `_`, `-`, mixed case) or an open `-----BEGIN` block, bounded by the
-//! policy's hold-back size. Plain prose is released at once, so the time to
-//! first token stays what the provider gives. Secrets split across frames
+//! still grow into a secret (with a redact policy: a trailing word shaped
+//! like a token, with digits, `_`, `-` or mixed case, or an open
+//! `-----BEGIN` block) or into a content filter's match (the filter's
+//! prefix check), bounded by the policy's hold-back size. Plain prose is
+//! released at once, so the time to first token stays what the provider
+//! gives. Secrets split across frames
 //! are found because every check runs on the previous text's tail plus the
 //! held text.
 //!

@@ -9,6 +9,10 @@ use http::HeaderValue;
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// Why a proxy URL's scheme is refused.
+const UNSUPPORTED_SCHEME: &str =
+    "only http:// and https:// proxies are supported: kt chains with HTTP CONNECT, not SOCKS";
+
 /// Largest CONNECT reply head accepted from an upstream proxy.
 const MAX_REPLY_HEAD: usize = 16 * 1024;
 
@@ -61,15 +65,12 @@ impl ProxyUrl {
             reason: reason.to_string(),
         };
         // Schemes are case-insensitive (RFC 3986 §3.1): `HTTP://` is http.
-        let (tls, rest) =
-            match url.split_once("://") {
-                Some((scheme, r)) if scheme.eq_ignore_ascii_case("http") => (false, r),
-                Some((scheme, r)) if scheme.eq_ignore_ascii_case("https") => (true, r),
-                Some(_) => return Err(err(
-                    "only http:// and https:// proxies are supported (HTTP CONNECT); SOCKS is not",
-                )),
-                None => (false, url),
-            };
+        let (tls, rest) = match url.split_once("://") {
+            Some((scheme, r)) if scheme.eq_ignore_ascii_case("http") => (false, r),
+            Some((scheme, r)) if scheme.eq_ignore_ascii_case("https") => (true, r),
+            Some(_) => return Err(err(UNSUPPORTED_SCHEME)),
+            None => (false, url),
+        };
         let rest = rest.trim_end_matches('/');
         let (userinfo, hostport) = match rest.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
@@ -385,7 +386,7 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("SOCKS is not") && !e.contains("secret"), "{e}");
+        assert!(e.contains("not SOCKS") && !e.contains("secret"), "{e}");
 
         // From the environment too, where it used to be ignored.
         let listen: SocketAddr = "127.0.0.1:41002".parse().unwrap();
