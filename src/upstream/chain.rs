@@ -3,6 +3,7 @@
 //! environment), and the CONNECT handshake with it. The proxy itself may be
 //! spoken to in TLS (`https://`); that link is set up in [`super::link`].
 
+use super::HostPort;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
@@ -31,12 +32,7 @@ impl std::fmt::Debug for ProxyUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Credentials never appear in logs.
         let scheme = if self.tls { "https" } else { "http" };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        write!(f, "{scheme}://{host}:{}", self.port)?;
+        write!(f, "{scheme}://{}", HostPort(&self.host, self.port))?;
         if self.authorization.is_some() {
             write!(f, " (with credentials)")?;
         }
@@ -128,11 +124,7 @@ impl ProxyUrl {
         host: &str,
         port: u16,
     ) -> Result<Bytes, ChainError> {
-        let authority = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
+        let authority = HostPort(host, port);
         let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
         if let Some(auth) = &self.authorization {
             req.push_str("Proxy-Authorization: ");

@@ -113,11 +113,7 @@ impl UpstreamError {
     /// dial elsewhere: an error naming only `127.0.0.1:8443` leaves the user
     /// guessing which of their hosts failed.
     fn dialed_for(self, host: &str, port: u16) -> Self {
-        let asked = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
+        let asked = HostPort(host, port).to_string();
         match self {
             UpstreamError::Connect { target, source } => UpstreamError::Connect {
                 target: format!("{asked} (via {target})"),
@@ -363,13 +359,7 @@ impl Upstream {
     }
 
     async fn tcp(&self, addr: &str, port: u16) -> Result<TcpStream, UpstreamError> {
-        let target = || {
-            if addr.contains(':') {
-                format!("[{addr}]:{port}")
-            } else {
-                format!("{addr}:{port}")
-            }
-        };
+        let target = || HostPort(addr, port).to_string();
         let connect = async {
             // Resolved here rather than by `TcpStream::connect` so that every
             // address is checked before it is dialed.
@@ -822,6 +812,22 @@ fn refuse_forbidden_literal(host: &str, port: u16) -> Result<(), UpstreamError> 
             addr: ip,
         }),
         _ => Ok(()),
+    }
+}
+
+/// `host:port` as written in a URI authority or a message: an IPv6 literal
+/// in brackets. Formats without allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct HostPort<'a>(pub &'a str, pub u16);
+
+impl std::fmt::Display for HostPort<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let HostPort(host, port) = *self;
+        if host.contains(':') {
+            write!(f, "[{host}]:{port}")
+        } else {
+            write!(f, "{host}:{port}")
+        }
     }
 }
 
