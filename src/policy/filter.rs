@@ -29,8 +29,9 @@ pub struct ContentFilter {
     /// The patterns as configured: a hit names one of these.
     names: Vec<String>,
     keyword_list: Vec<String>,
-    /// `None` when the patterns do not build as a lazy DFA: streams then
-    /// fall back to holding the last word. Boxed: a DFA is large, and a
+    /// `None` for a filter that only logs (streams never wait for it), or
+    /// when the patterns do not build as a lazy DFA: streams then fall back
+    /// to holding the last word. Boxed: a DFA is large, and a
     /// policy's action is an enum of every policy's options.
     prefixes: Option<Box<Prefixes>>,
     pub action: FilterAction,
@@ -104,14 +105,21 @@ impl ContentFilter {
             Some(c) => (true, c),
             None => (false, Compiled::new(&names, keywords.as_deref())?),
         };
-        let mut all = names.clone();
-        all.extend(keywords);
+        // Only a filter that redacts or blocks holds stream text back.
+        let prefixes = match options.action {
+            FilterAction::Log => None,
+            _ => {
+                let mut all = names.clone();
+                all.extend(keywords);
+                Prefixes::new(&all).map(Box::new)
+            }
+        };
         Ok(ContentFilter {
             folded,
             regexes,
             names,
             keyword_list: options.keywords.clone(),
-            prefixes: Prefixes::new(&all).map(Box::new),
+            prefixes,
             action: options.action,
             message: options.message.clone(),
         })
