@@ -50,6 +50,7 @@ pub mod identity;
 pub mod idle_poll;
 pub mod keys;
 pub mod llm;
+pub mod loopback_tcp;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -263,6 +263,9 @@ impl Gateway {
                 return;
             }
         };
+        // Children inherit the listener's congestion control: a loopback
+        // listener's clients are on this machine.
+        crate::loopback_tcp::unpace(&listener, local.ip());
         let mut backoff = Duration::from_millis(5);
         loop {
             let permit = tokio::select! {

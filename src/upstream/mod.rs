@@ -378,7 +378,7 @@ impl Upstream {
                     });
                     continue;
                 }
-                match TcpStream::connect(sa).await {
+                match connect(sa).await {
                     Ok(s) => return Ok(s),
                     Err(source) => {
                         last = Some(UpstreamError::Connect {
@@ -736,6 +736,18 @@ impl Upstream {
             }
         });
     }
+}
+
+/// Opens a TCP connection to `sa`, unpaced when it stays on this machine
+/// (see [`crate::loopback_tcp`]).
+async fn connect(sa: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if sa.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    crate::loopback_tcp::unpace(&socket, sa.ip());
+    socket.connect(sa).await
 }
 
 /// Which ALPN protocols a new upstream connection offers.
