@@ -294,16 +294,18 @@ impl Upstream {
                 Ok(Prefixed::new(Bytes::new(), Link::Tcp(stream)))
             }
             Some(proxy) => {
-                let mut stream = self.to_proxy(proxy, &format!("{host}:{port}")).await?;
+                let mut stream = self
+                    .to_proxy(proxy, &HostPort(host, port).to_string())
+                    .await?;
                 let handshake = proxy.connect_through(&mut stream, addr, addr_port);
                 let leftover = tokio::time::timeout(self.timeouts.connect, handshake)
                     .await
                     .map_err(|_| UpstreamError::ConnectTimeout {
-                        target: format!("{host}:{port} via {proxy}"),
+                        target: format!("{} via {proxy}", HostPort(host, port)),
                     })?
                     .map_err(|source| UpstreamError::Chain {
                         proxy: proxy.to_string(),
-                        target: format!("{host}:{port}"),
+                        target: HostPort(host, port).to_string(),
                         source,
                     })?;
                 Ok(Prefixed::new(leftover, stream))
@@ -818,9 +820,10 @@ fn request_authority<B>(req: &Request<B>, origin: &Origin) -> String {
 /// Refuses an address literal kt must not reach, even when an upstream
 /// proxy would be the one to dial it.
 fn refuse_forbidden_literal(host: &str, port: u16) -> Result<(), UpstreamError> {
-    match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+    let bare = host.trim_matches(['[', ']']);
+    match bare.parse::<std::net::IpAddr>() {
         Ok(ip) if guard::is_forbidden(ip) => Err(UpstreamError::Forbidden {
-            target: format!("{host}:{port}"),
+            target: HostPort(bare, port).to_string(),
             addr: ip,
         }),
         _ => Ok(()),
@@ -1004,5 +1007,17 @@ mod tests {
             timeout.dialed_for("::1", 443).to_string(),
             "timed out connecting to [::1]:443 (via [::1]:9)"
         );
+    }
+
+    #[test]
+    fn a_refused_ipv6_literal_is_named_in_brackets() {
+        for host in ["fd00:ec2::254", "[fd00:ec2::254]"] {
+            let err = refuse_forbidden_literal(host, 80).map(|()| "allowed");
+            let Err(UpstreamError::Forbidden { target, .. }) = err else {
+                panic!("{host} was not refused: {err:?}");
+            };
+            assert_eq!(target, "[fd00:ec2::254]:80");
+        }
+        assert!(refuse_forbidden_literal("::1", 80).is_ok());
     }
 }
