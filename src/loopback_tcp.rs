@@ -74,6 +74,19 @@ mod tests {
         name
     }
 
+    /// `socket`, which `unpace` was given for a loopback peer, no longer
+    /// paces where the host's `default` does, and kept a default that
+    /// does not.
+    fn assert_unpaced(what: &str, socket: &impl std::os::fd::AsFd, default: &[u8]) {
+        let got = congestion(socket);
+        if paces(default) {
+            let got = String::from_utf8_lossy(&got);
+            assert!(!paces(got.as_bytes()), "{what} still paces: {got}");
+        } else {
+            assert_eq!(got, default, "{what} lost a default that does not pace");
+        }
+    }
+
     #[test]
     fn recognises_loopback_in_both_families() {
         assert!(is_loopback(Ipv4Addr::new(127, 0, 0, 1).into()));
@@ -98,16 +111,7 @@ mod tests {
 
         let local = tokio::net::TcpSocket::new_v4().unwrap();
         unpace(&local, Ipv4Addr::LOCALHOST.into());
-        let got = congestion(&local);
-        if paces(&default) {
-            assert!(
-                !paces(&got),
-                "a loopback socket still paces: {}",
-                String::from_utf8_lossy(&got)
-            );
-        } else {
-            assert_eq!(got, default, "a default that does not pace is kept");
-        }
+        assert_unpaced("a loopback socket", &local, &default);
     }
 
     #[test]
@@ -126,22 +130,7 @@ mod tests {
             let (dialed, accepted) = tokio::join!(socket.connect(addr), listener.accept());
             (dialed.unwrap(), accepted.unwrap().0)
         });
-        for (side, socket) in [
-            ("dialed", congestion(&dialed)),
-            ("accepted", congestion(&accepted)),
-        ] {
-            if paces(&default) {
-                assert!(
-                    !paces(&socket),
-                    "the {side} end paces: {}",
-                    String::from_utf8_lossy(&socket)
-                );
-            } else {
-                assert_eq!(
-                    socket, default,
-                    "the {side} end changed a default that does not pace"
-                );
-            }
-        }
+        assert_unpaced("the dialed end", &dialed, &default);
+        assert_unpaced("the accepted end", &accepted, &default);
     }
 }
