@@ -181,6 +181,9 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let local = listener.local_addr()?;
+    // At once, not when serving starts: an IDE reconnecting while the
+    // gateway starts up would keep a paced connection for its lifetime.
+    crate::loopback_tcp::unpace(&listener, local.ip());
     let also = bind_companion(local).await;
     // Before anything serves (or says it does): see `stop_signal`.
     let stop = stop_signal(args.policy_config.is_some());
@@ -335,7 +338,10 @@ fn companion_loopback(listen: SocketAddr) -> Option<SocketAddr> {
 async fn bind_companion(local: SocketAddr) -> Option<tokio::net::TcpListener> {
     let addr = companion_loopback(local)?;
     match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => Some(l),
+        Ok(l) => {
+            crate::loopback_tcp::unpace(&l, addr.ip());
+            Some(l)
+        }
         Err(e) => {
             tracing::info!(
                 address = %addr,

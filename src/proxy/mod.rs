@@ -235,19 +235,39 @@ impl Gateway {
 
     /// Serves `listener` until `shutdown` starts draining. Connection tasks
     /// are tracked by `shutdown`, so the caller's drain waits for them.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: Shutdown) {
-        self.serve_all(vec![listener], shutdown).await;
+    pub fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: Shutdown,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.serve_all(vec![listener], shutdown)
     }
 
     /// [`serve`](Self::serve) for several listeners at once (the loopback
     /// address of each IP family), under one connection limit.
-    pub async fn serve_all(self: Arc<Self>, listeners: Vec<TcpListener>, shutdown: Shutdown) {
-        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
-        let loops = listeners.into_iter().map(|l| {
-            self.clone()
-                .accept_loop(l, permits.clone(), shutdown.clone())
-        });
-        futures_util::future::join_all(loops).await;
+    ///
+    /// A loopback listener is made unpaced (see [`crate::loopback_tcp`])
+    /// here, before the returned future first runs: a connection the kernel
+    /// completes before the first accept takes the listener's congestion
+    /// control as it is then.
+    pub fn serve_all(
+        self: Arc<Self>,
+        listeners: Vec<TcpListener>,
+        shutdown: Shutdown,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        for listener in &listeners {
+            if let Ok(local) = listener.local_addr() {
+                crate::loopback_tcp::unpace(listener, local.ip());
+            }
+        }
+        async move {
+            let permits = Arc::new(Semaphore::new(self.limits.max_connections));
+            let loops = listeners.into_iter().map(|l| {
+                self.clone()
+                    .accept_loop(l, permits.clone(), shutdown.clone())
+            });
+            futures_util::future::join_all(loops).await;
+        }
     }
 
     async fn accept_loop(
@@ -263,9 +283,6 @@ impl Gateway {
                 return;
             }
         };
-        // Children inherit the listener's congestion control: a loopback
-        // listener's clients are on this machine.
-        crate::loopback_tcp::unpace(&listener, local.ip());
         let mut backoff = Duration::from_millis(5);
         loop {
             let permit = tokio::select! {

@@ -16,6 +16,7 @@ mod intercept;
 mod keys;
 mod lifecycle;
 mod limits;
+mod loopback;
 mod onboarding;
 mod policy;
 mod tunnel;
