@@ -51,6 +51,17 @@ pub fn unpace(socket: &impl std::os::fd::AsFd, ip: IpAddr) {
     }
 }
 
+/// A listener on `addr`, unpaced from the moment it is bound when `addr`
+/// is a loopback address: a connection the kernel completes before the
+/// first accept takes the listener's congestion control as it is then, and
+/// an IDE reconnecting while the gateway starts up would keep a paced
+/// connection for its lifetime.
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    unpace(&listener, addr.ip());
+    Ok(listener)
+}
+
 /// Other systems do not pace loopback sockets by default.
 #[cfg(not(target_os = "linux"))]
 pub fn unpace<S>(_socket: &S, _ip: IpAddr) {}

@@ -177,13 +177,10 @@ async fn serve(
     args: RunArgs,
     loaded: crate::policy::reload::Fingerprint,
 ) -> anyhow::Result<ExitCode> {
-    let listener = tokio::net::TcpListener::bind(settings.listen)
+    let listener = crate::loopback_tcp::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let local = listener.local_addr()?;
-    // At once, not when serving starts: an IDE reconnecting while the
-    // gateway starts up would keep a paced connection for its lifetime.
-    crate::loopback_tcp::unpace(&listener, local.ip());
     let also = bind_companion(local).await;
     // Before anything serves (or says it does): see `stop_signal`.
     let stop = stop_signal(args.policy_config.is_some());
@@ -337,11 +334,8 @@ fn companion_loopback(listen: SocketAddr) -> Option<SocketAddr> {
 /// leaves the gateway on its main address alone.
 async fn bind_companion(local: SocketAddr) -> Option<tokio::net::TcpListener> {
     let addr = companion_loopback(local)?;
-    match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => {
-            crate::loopback_tcp::unpace(&l, addr.ip());
-            Some(l)
-        }
+    match crate::loopback_tcp::bind(addr).await {
+        Ok(l) => Some(l),
         Err(e) => {
             tracing::info!(
                 address = %addr,

@@ -246,10 +246,10 @@ impl Gateway {
     /// [`serve`](Self::serve) for several listeners at once (the loopback
     /// address of each IP family), under one connection limit.
     ///
-    /// A loopback listener is made unpaced (see [`crate::loopback_tcp`])
-    /// here, before the returned future first runs: a connection the kernel
-    /// completes before the first accept takes the listener's congestion
-    /// control as it is then.
+    /// A loopback listener bound elsewhere than by
+    /// [`crate::loopback_tcp::bind`] is made unpaced here, before the
+    /// returned future first runs, for the same reason (a no-op for one
+    /// that already is).
     pub fn serve_all(
         self: Arc<Self>,
         listeners: Vec<TcpListener>,
