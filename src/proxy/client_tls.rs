@@ -13,7 +13,8 @@ pub enum ClientTlsFailure {
     UntrustedCa,
     /// The client refused the certificate with another certificate alert
     /// (`bad_certificate`, Go's answer to an unknown CA, or
-    /// `certificate_unknown`, `unsupported_certificate`, `..._expired`).
+    /// `certificate_unknown`, Chromium's, `unsupported_certificate`,
+    /// `..._expired`).
     CertificateRejected,
     /// The client closed the connection mid-handshake without an alert:
     /// what Node.js (so VS Code extensions) does when it does not trust

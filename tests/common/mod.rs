@@ -2,6 +2,7 @@
 //! gateways, and a client that talks through the proxy.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod chromium;
 pub mod client;
 pub mod origin;
 pub mod probe;

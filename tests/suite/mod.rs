@@ -1,3 +1,4 @@
+mod browser;
 mod cache;
 mod certs;
 mod chain;

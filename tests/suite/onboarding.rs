@@ -429,7 +429,6 @@ mod dashboard {
     use bytes::Bytes;
     use keeptrusts::config::PolicyConfig;
     use std::path::{Path, PathBuf};
-    use std::process::{Command, Stdio};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -481,39 +480,10 @@ mod dashboard {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    /// Runs headless Chromium on `url` with `args`, bounded in time.
-    async fn chromium(args: Vec<String>, url: String) -> String {
-        tokio::task::spawn_blocking(move || {
-            let profile = tempfile::tempdir().unwrap();
-            let mut child = Command::new("chromium")
-                .args([
-                    "--headless=new",
-                    "--disable-gpu",
-                    "--no-sandbox",
-                    "--no-first-run",
-                    "--disable-dev-shm-usage",
-                    "--virtual-time-budget=5000",
-                ])
-                .arg(format!("--user-data-dir={}", profile.path().display()))
-                .args(&args)
-                .arg(&url)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let started = Instant::now();
-            while child.try_wait().unwrap().is_none() {
-                if started.elapsed() > Duration::from_secs(90) {
-                    let _ = child.kill();
-                    panic!("chromium did not finish within 90 s");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let out = child.wait_with_output().unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        })
-        .await
-        .unwrap()
+    /// Runs headless Chromium on `url` with `args`.
+    async fn chromium(mut args: Vec<String>, url: String) -> String {
+        args.push("--virtual-time-budget=5000".into());
+        crate::common::chromium::run(args, url, None).await
     }
 
     fn events_tbody(dom: &str) -> &str {

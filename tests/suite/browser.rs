@@ -1,0 +1,171 @@
+//! Chromium's network stack, the one Electron apps such as VS Code use,
+//! through kt as its HTTP proxy: once the `certutil` commands `kt ca install`
+//! prints have put the kt CA in the user's NSS database, an LLM host is
+//! intercepted over HTTP/2 and a host kt does not intercept is tunnelled with
+//! the origin's own certificate; without the CA the browser refuses kt's
+//! certificate and kt counts the refusal.
+#![allow(clippy::unwrap_used)]
+
+use crate::common::origin::{Alpn, Origin};
+use crate::common::{chromium, connect_to, TestCa, TestGateway};
+use std::path::Path;
+use std::process::Command;
+
+const LLM_HOST: &str = "api.openai.com";
+const OTHER_HOST: &str = "git.example.test";
+
+/// Creates an empty NSS database where Chromium looks for it under `home`.
+fn new_nss_db(home: &Path) -> String {
+    let dir = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sql:{}", dir.display());
+    let out = Command::new("certutil")
+        .args(["-N", "-d", &db, "--empty-password"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "certutil -N: {out:?}");
+    db
+}
+
+/// Runs the `certutil` lines of `kt ca install --dry-run` (as a user would
+/// paste them) for the CA in `ca_dir`, with `home` as the user's home.
+fn install_in_nss(home: &Path, ca_dir: &Path) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_kt"))
+        .args(["ca", "install", "--dry-run", "--ca-dir"])
+        .arg(ca_dir)
+        .env("HOME", home)
+        .env_remove("SUDO_USER")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kt ca install --dry-run: {out:?}");
+    let plan = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<String> = plan
+        .lines()
+        .filter(|l| l.starts_with("certutil "))
+        .map(str::to_owned)
+        .collect();
+    assert!(!lines.is_empty(), "no NSS step in the plan:\n{plan}");
+    for line in &lines {
+        let run = Command::new("sh").args(["-c", line]).output().unwrap();
+        assert!(run.status.success(), "`{line}`: {run:?}");
+    }
+    lines
+}
+
+/// Headless Chromium, with `home` as its user's home (so its NSS
+/// database) and `proxy` as its only way out, prints the page at `url`.
+async fn chromium_through(proxy: std::net::SocketAddr, home: &Path, url: &str) -> String {
+    let args = vec![
+        "--disable-background-networking".into(),
+        "--dump-dom".into(),
+        format!("--proxy-server=http://{proxy}"),
+    ];
+    chromium::run(args, url.to_owned(), Some(home.to_path_buf())).await
+}
+
+/// The value of `name` (with its labels) in a Prometheus text page; 0 when
+/// the series is absent.
+fn sample(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|rest| match rest.strip_prefix('{') {
+            Some(labelled) => labelled.split_once('}').map(|(_, v)| v),
+            None => Some(rest),
+        })
+        .filter_map(|value| value.trim().parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_trusts_kt_after_ca_install_and_speaks_h2_through_it() {
+    for program in ["chromium", "certutil"] {
+        if !super::onboarding::has_program(program) {
+            println!("KT-TEST-SKIPPED: {program} is not installed; scripts/test.sh installs it");
+            return;
+        }
+    }
+    let test_ca = TestCa::new("browser test CA");
+    let origin = Origin::tls(&test_ca, &[LLM_HOST, OTHER_HOST], Alpn::Both).await;
+    let gw = TestGateway::start(&test_ca, |s| {
+        s.connect_to = vec![
+            connect_to(LLM_HOST, 443, origin.addr),
+            connect_to(OTHER_HOST, 443, origin.addr),
+        ];
+    })
+    .await;
+
+    let hits = || origin.hits.load(std::sync::atomic::Ordering::SeqCst);
+
+    // Without the kt CA, Chromium refuses the minted certificate: no page,
+    // nothing reaches the origin, and kt counts a client TLS failure.
+    let stranger = tempfile::tempdir().unwrap();
+    new_nss_db(stranger.path());
+    let llm_echo = format!("https://{LLM_HOST}/echo");
+    let refused = chromium_through(gw.addr, stranger.path(), &llm_echo).await;
+    assert!(
+        !refused.contains("\"method\""),
+        "loaded without the kt CA:\n{refused}"
+    );
+    assert_eq!(hits(), 0, "a refused connection reached the origin");
+    let metrics = gw.metrics_text().await;
+    let rejected = "kt_client_tls_failures_total{reason=\"certificate_rejected\"}";
+    let refusals = sample(&metrics, rejected);
+    assert!(
+        refusals >= 1,
+        "no refusal counted as {rejected}:\n{metrics}"
+    );
+    let failures = sample(&metrics, "kt_client_tls_failures_total");
+
+    // With the kt CA installed in the user's NSS database by the commands
+    // `kt ca install` prints, the LLM host loads over HTTP/2 end to end (kt
+    // mirrors the client's version where the upstream speaks it).
+    let home = tempfile::tempdir().unwrap();
+    let db = new_nss_db(home.path());
+    install_in_nss(home.path(), gw.ca_pem.parent().unwrap());
+    let page = chromium_through(gw.addr, home.path(), &llm_echo).await;
+    assert!(
+        page.contains("\"method\":\"GET\""),
+        "no echo through kt:\n{page}"
+    );
+    assert!(page.contains("\"version\":\"HTTP/2.0\""), "{page}");
+    let models_url = format!("https://{LLM_HOST}/v1/models");
+    let models = chromium_through(gw.addr, home.path(), &models_url).await;
+    assert!(models.contains("gpt-4.1"), "{models}");
+
+    // A host kt does not intercept is tunnelled blind: the browser sees the
+    // origin's own certificate, which it refuses while it knows only the kt
+    // CA and accepts once the origin's CA (standing in for the public
+    // roots) is trusted too. kt minted for the LLM host only.
+    let other_echo = format!("https://{OTHER_HOST}/echo");
+    let before = hits();
+    let untrusted = chromium_through(gw.addr, home.path(), &other_echo).await;
+    assert!(
+        !untrusted.contains("\"method\""),
+        "kt intercepted {OTHER_HOST}:\n{untrusted}"
+    );
+    assert_eq!(
+        hits(),
+        before,
+        "a refused tunnel reached the origin's routes"
+    );
+    let out = Command::new("certutil")
+        .args(["-A", "-d", &db, "-n", "test origin CA", "-t", "C,,", "-i"])
+        .arg(&test_ca.pem_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let tunnelled = chromium_through(gw.addr, home.path(), &other_echo).await;
+    assert!(
+        tunnelled.contains("\"method\":\"GET\""),
+        "no echo through the tunnel:\n{tunnelled}"
+    );
+    assert!(hits() > before);
+    let metrics = gw.metrics_text().await;
+    assert_eq!(sample(&metrics, "kt_cert_cache_hosts"), 1, "{metrics}");
+    assert_eq!(
+        sample(&metrics, "kt_client_tls_failures_total"),
+        failures,
+        "the trusted visits and the tunnel added no client TLS failure:\n{metrics}"
+    );
+}
