@@ -176,3 +176,25 @@ impl TestGateway {
 pub fn connect_to(host: &str, port: u16, addr: SocketAddr) -> String {
     format!("{host}:{port}:{}:{}", addr.ip(), addr.port())
 }
+
+/// Every event of the audit log in `dir`, oldest first, after checking
+/// its hash chain end to end.
+pub fn verified_events(dir: &std::path::Path) -> Vec<keeptrusts::events::Event> {
+    let report = keeptrusts::events::verify(dir).unwrap();
+    let all = keeptrusts::events::Filters::default();
+    let (events, _) = keeptrusts::events::read_last(dir, usize::MAX, &all).unwrap();
+    assert_eq!(
+        report.events,
+        events.len() as u64,
+        "verify and read disagree"
+    );
+    events
+}
+
+/// `(phase, action)` of each event: the shape of an audit trail.
+pub fn steps(events: &[keeptrusts::events::Event]) -> Vec<(&str, &str)> {
+    events
+        .iter()
+        .map(|e| (e.phase.as_str(), e.action.as_str()))
+        .collect()
+}

@@ -533,6 +533,16 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 .insert("content-type", "text/event-stream".parse().unwrap());
             r
         }
+        // A page of this origin that makes two streamed chat requests from
+        // the browser (`fetch`, same origin), the first with the `prompt`
+        // and `reply` of its query string, the second with `blocked`, and
+        // writes what came back into `#out` as JSON.
+        "/chat.html" => {
+            let mut r = Response::new(full(CHAT_PAGE));
+            r.headers_mut()
+                .insert("content-type", "text/html; charset=utf-8".parse().unwrap());
+            r
+        }
         "/hang" => {
             std::future::pending::<()>().await;
             unreachable!()
@@ -597,3 +607,41 @@ fn raw_stream(kind: &str) -> Response<OriginBody> {
         .insert("content-type", "text/event-stream".parse().unwrap());
     r
 }
+
+/// `/chat.html`: streamed chat requests made by a browser's `fetch`, read
+/// chunk by chunk as an IDE's webview or Electron fetch reads them.
+const CHAT_PAGE: &str = r#"<!doctype html><html><body><pre id="out"></pre><script>
+async function chat(content, headers) {
+  const r = await fetch('/v1/chat/completions', {method: 'POST',
+    headers: Object.assign({'content-type': 'application/json'}, headers),
+    body: JSON.stringify({model: 'gpt-4o', stream: true,
+      messages: [{role: 'user', content}]})});
+  if (!r.ok) return {status: r.status, body: await r.text()};
+  const reader = r.body.getReader(), dec = new TextDecoder();
+  let buf = '', text = '';
+  for (;;) {
+    const {done, value} = await reader.read();
+    if (done) break;
+    buf += dec.decode(value, {stream: true});
+    let i;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const event = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      for (const line of event.split('\n')) {
+        if (!line.startsWith('data: ') || line === 'data: [DONE]') continue;
+        for (const c of JSON.parse(line.slice(6)).choices || [])
+          text += (c.delta && c.delta.content) || '';
+      }
+    }
+  }
+  return {status: r.status, text, rest: buf};
+}
+(async () => {
+  const q = new URLSearchParams(location.search);
+  const first = await chat(q.get('prompt'),
+    {'x-test-reply': q.get('reply'), 'x-test-usage': '12,7'});
+  const second = await chat(q.get('blocked'), {});
+  document.getElementById('out').textContent = JSON.stringify({first, second});
+})().catch(e => { document.getElementById('out').textContent = 'error: ' + e; });
+</script></body></html>
+"#;

@@ -3,13 +3,16 @@
 //! prints have put the kt CA in the user's NSS database, an LLM host is
 //! intercepted over HTTP/2 and a host kt does not intercept is tunnelled with
 //! the origin's own certificate; without the CA the browser refuses kt's
-//! certificate and kt counts the refusal.
+//! certificate and kt counts the refusal. A page's own `fetch` streams a chat
+//! through the policy chain: redacted, blocked, recorded with its usage.
 #![allow(clippy::unwrap_used)]
 
 use crate::common::origin::{Alpn, Origin};
-use crate::common::{chromium, connect_to, TestCa, TestGateway};
+use crate::common::{chromium, connect_to, steps, verified_events, TestCa, TestGateway};
+use keeptrusts::config::PolicyConfig;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 const LLM_HOST: &str = "api.openai.com";
 const OTHER_HOST: &str = "git.example.test";
@@ -53,10 +56,12 @@ fn install_in_nss(home: &Path, ca_dir: &Path) -> Vec<String> {
 }
 
 /// Headless Chromium, with `home` as its user's home (so its NSS
-/// database) and `proxy` as its only way out, prints the page at `url`.
+/// database) and `proxy` as its only way out, prints the page at `url`
+/// (after its scripts' requests have finished).
 async fn chromium_through(proxy: std::net::SocketAddr, home: &Path, url: &str) -> String {
     let args = vec![
         "--disable-background-networking".into(),
+        "--virtual-time-budget=10000".into(),
         "--dump-dom".into(),
         format!("--proxy-server=http://{proxy}"),
     ];
@@ -79,11 +84,8 @@ fn sample(metrics: &str, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_trusts_kt_after_ca_install_and_speaks_h2_through_it() {
-    for program in ["chromium", "certutil"] {
-        if !super::onboarding::has_program(program) {
-            println!("KT-TEST-SKIPPED: {program} is not installed; scripts/test.sh installs it");
-            return;
-        }
+    if !browser_tools() {
+        return;
     }
     let test_ca = TestCa::new("browser test CA");
     let origin = Origin::tls(&test_ca, &[LLM_HOST, OTHER_HOST], Alpn::Both).await;
@@ -167,5 +169,92 @@ async fn chromium_trusts_kt_after_ca_install_and_speaks_h2_through_it() {
         sample(&metrics, "kt_client_tls_failures_total"),
         failures,
         "the trusted visits and the tunnel added no client TLS failure:\n{metrics}"
+    );
+}
+
+/// Whether the programs the browser tests drive are installed; prints the
+/// notice CI fails on when they are not.
+fn browser_tools() -> bool {
+    for program in ["chromium", "certutil"] {
+        if !super::onboarding::has_program(program) {
+            println!("KT-TEST-SKIPPED: {program} is not installed; scripts/test.sh installs it");
+            return false;
+        }
+    }
+    true
+}
+
+/// A GitHub token built at run time, so no secret-shaped literal sits in
+/// the repository.
+fn github_token() -> String {
+    let body: String = (0..36).map(|i| char::from(b"Qw3rTy7u"[i % 8])).collect();
+    format!("ghp_{body}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_in_chromium_streams_a_chat_through_the_policy_chain() {
+    if !browser_tools() {
+        return;
+    }
+    const CONFIG: &str = "policies:\n  chain: [audit-logger, secret-redaction, content-filter]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n  content-filter:\n    patterns: ['internal-project-\\w+']\n";
+    let test_ca = TestCa::new("browser chat CA");
+    let origin = Origin::tls(&test_ca, &[LLM_HOST], Alpn::Both).await;
+    let config = Arc::new(PolicyConfig::parse(CONFIG, Path::new("t.yaml")).unwrap());
+    let mut gw = TestGateway::start(&test_ca, |s| {
+        s.connect_to = vec![connect_to(LLM_HOST, 443, origin.addr)];
+        s.apply_config(&config);
+    })
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    new_nss_db(home.path());
+    install_in_nss(home.path(), gw.ca_pem.parent().unwrap());
+
+    // The page's own requests: a streamed chat whose prompt carries a
+    // token, then one the content filter blocks.
+    let token = github_token();
+    let reply = "Streaming through kt, one small delta after another, to the end.";
+    let query = format!(
+        "prompt=deploy%20with%20{token}&reply={reply}&blocked=about%20internal-project-zeus"
+    )
+    .replace(' ', "%20");
+    let dom = chromium_through(
+        gw.addr,
+        home.path(),
+        &format!("https://{LLM_HOST}/chat.html?{query}"),
+    )
+    .await;
+    let out = dom
+        .split_once("<pre id=\"out\">")
+        .and_then(|(_, rest)| rest.split_once("</pre>"))
+        .map(|(json, _)| json.replace("&quot;", "\"").replace("&amp;", "&"))
+        .unwrap_or_default();
+    let out: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("the page wrote no result ({e}):\n{dom}"));
+    let first = &out["first"];
+    assert_eq!(first["status"], 200, "{out}");
+    assert_eq!(
+        first["text"], reply,
+        "the stream's deltas, whole and in order"
+    );
+    assert_eq!(first["rest"], "", "the stream ended on an event boundary");
+    assert_eq!(out["second"]["status"], 409, "{out}");
+
+    let sent = origin.last_body.lock().unwrap().clone().unwrap();
+    let sent = String::from_utf8_lossy(&sent);
+    assert!(
+        !sent.contains(&token),
+        "the token reached the provider: {sent}"
+    );
+    assert!(sent.contains("deploy with "), "{sent}");
+
+    let events = verified_events(&gw.close_events().await);
+    assert_eq!(
+        steps(&events),
+        [("input", "redact"), ("output", "pass"), ("input", "block")]
+    );
+    let output = &events[1];
+    assert_eq!(
+        (output.status, output.tokens_in, output.tokens_out),
+        (Some(200), Some(12), Some(7))
     );
 }
