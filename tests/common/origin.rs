@@ -42,6 +42,8 @@ pub struct Origin {
     pub last_body: Arc<std::sync::Mutex<Option<Bytes>>>,
     /// The path and headers of the last LLM-shaped request.
     pub last_request: Arc<std::sync::Mutex<Option<(String, http::HeaderMap)>>>,
+    /// Bodies POSTed to `/report` (what a test page saw), in order.
+    pub reports: Arc<std::sync::Mutex<Vec<String>>>,
     pub cert_der: Option<rustls_pki_types::CertificateDer<'static>>,
 }
 
@@ -52,6 +54,7 @@ struct State {
     sse_gate: Arc<Semaphore>,
     last_body: Arc<std::sync::Mutex<Option<Bytes>>>,
     last_request: Arc<std::sync::Mutex<Option<(String, http::HeaderMap)>>>,
+    reports: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// A body fed from a channel, so the origin controls when each frame goes.
@@ -133,6 +136,7 @@ impl Origin {
         let sse_gate = Arc::new(Semaphore::new(0));
         let last_body = Arc::new(std::sync::Mutex::new(None));
         let last_request = Arc::new(std::sync::Mutex::new(None));
+        let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
         let state = Arc::new(State {
             hits: hits.clone(),
             aborted: aborted.clone(),
@@ -140,6 +144,7 @@ impl Origin {
             sse_gate: sse_gate.clone(),
             last_body: last_body.clone(),
             last_request: last_request.clone(),
+            reports: reports.clone(),
         });
         let conns2 = conns.clone();
         tokio::spawn(async move {
@@ -160,6 +165,7 @@ impl Origin {
             sse_gate,
             last_body,
             last_request,
+            reports,
             cert_der: None,
         }
     }
@@ -271,18 +277,32 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
             || (req.headers().contains_key("upgrade")
                 && (p == "/responses" || p == "/v1/realtime")) =>
         {
+            // `?frames`: a WebSocket peer a browser accepts (the accept
+            // hash, unmasked text frames answering `echo: ` + each text
+            // frame); otherwise the raw bytes come back as they are.
+            let framed = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "frames"));
+            let accept = req
+                .headers()
+                .get("sec-websocket-key")
+                .map(|key| websocket_accept(key.as_bytes()));
             let on = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
-                if let Ok(up) = on.await {
-                    let mut io = TokioIo::new(up);
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        match io.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                if io.write_all(&buf[..n]).await.is_err() {
-                                    return;
-                                }
+                let Ok(up) = on.await else { return };
+                let mut io = TokioIo::new(up);
+                if framed {
+                    let _ = echo_frames(io).await;
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                return;
                             }
                         }
                     }
@@ -294,6 +314,10 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 .insert("upgrade", "websocket".parse().unwrap());
             r.headers_mut()
                 .insert("connection", "upgrade".parse().unwrap());
+            if let Some(accept) = accept {
+                r.headers_mut()
+                    .insert("sec-websocket-accept", accept.parse().unwrap());
+            }
             r
         }
         // LLM-shaped routes. The reply text comes from the `x-test-reply`
@@ -543,6 +567,22 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
                 .insert("content-type", "text/html; charset=utf-8".parse().unwrap());
             r
         }
+        "/report" => {
+            if let Ok(body) = req.into_body().collect().await {
+                let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+                state.reports.lock().unwrap().push(text);
+            }
+            Response::new(full(Bytes::new()))
+        }
+        // A page that opens a WebSocket to `?to=PATH` on this origin
+        // (framed), sends one text message and reports the answer, or the
+        // close code, to `/report`.
+        "/ws.html" => {
+            let mut r = Response::new(full(WS_PAGE));
+            r.headers_mut()
+                .insert("content-type", "text/html; charset=utf-8".parse().unwrap());
+            r
+        }
         "/hang" => {
             std::future::pending::<()>().await;
             unreachable!()
@@ -645,3 +685,79 @@ async function chat(content, headers) {
 })().catch(e => { document.getElementById('out').textContent = 'error: ' + e; });
 </script></body></html>
 "#;
+
+/// `/ws.html`: a browser's WebSocket, one message each way.
+const WS_PAGE: &str = r#"<!doctype html><html><body><script>
+let reported = false;
+function report(text) {
+  if (reported) return;
+  reported = true;
+  fetch('/report', {method: 'POST', body: text});
+}
+const to = new URLSearchParams(location.search).get('to');
+const ws = new WebSocket('wss://' + location.host + to);
+ws.onopen = () => ws.send('hello over kt');
+ws.onmessage = (m) => { report('message: ' + m.data); ws.close(1000); };
+ws.onclose = (c) => report('closed: ' + c.code);
+</script></body></html>
+"#;
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455).
+fn websocket_accept(key: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut sha1 = sha1_smol::Sha1::new();
+    sha1.update(key);
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha1.digest().bytes())
+}
+
+/// Answers each masked text frame from a browser with an unmasked
+/// `echo: ` + its text, and a close with a close; small frames only.
+async fn echo_frames<IO>(mut io: IO) -> std::io::Result<()>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let mut head = [0u8; 2];
+        io.read_exact(&mut head).await?;
+        let (opcode, masked, len) = (head[0] & 0x0f, head[1] & 0x80 != 0, head[1] & 0x7f);
+        let len = match len {
+            126 => {
+                let mut ext = [0u8; 2];
+                io.read_exact(&mut ext).await?;
+                u16::from_be_bytes(ext) as usize
+            }
+            127 => return Ok(()),
+            n => n as usize,
+        };
+        let mut mask = [0u8; 4];
+        if masked {
+            io.read_exact(&mut mask).await?;
+        }
+        let mut payload = vec![0u8; len];
+        io.read_exact(&mut payload).await?;
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+        let reply = match opcode {
+            0x1 => [b"echo: ".as_slice(), &payload].concat(),
+            0x8 => {
+                io.write_all(&[0x88, payload.len() as u8]).await?;
+                io.write_all(&payload).await?;
+                return io.flush().await;
+            }
+            _ => continue,
+        };
+        let mut frame = vec![0x81];
+        match reply.len() {
+            n @ 0..=125 => frame.push(n as u8),
+            n => {
+                frame.push(126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&reply);
+        io.write_all(&frame).await?;
+        io.flush().await?;
+    }
+}

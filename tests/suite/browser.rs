@@ -4,15 +4,19 @@
 //! intercepted over HTTP/2 and a host kt does not intercept is tunnelled with
 //! the origin's own certificate; without the CA the browser refuses kt's
 //! certificate and kt counts the refusal. A page's own `fetch` streams a chat
-//! through the policy chain: redacted, blocked, recorded with its usage.
+//! through the policy chain: redacted, blocked, recorded with its usage;
+//! its WebSocket is bridged and recorded, or refused where a policy fails
+//! closed.
 #![allow(clippy::unwrap_used)]
 
 use crate::common::origin::{Alpn, Origin};
+use crate::common::probe::wait_until;
 use crate::common::{chromium, connect_to, steps, verified_events, TestCa, TestGateway};
 use keeptrusts::config::PolicyConfig;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 const LLM_HOST: &str = "api.openai.com";
 const OTHER_HOST: &str = "git.example.test";
@@ -68,17 +72,21 @@ async fn chromium_through(proxy: std::net::SocketAddr, home: &Path, url: &str) -
     chromium::run(args, url.to_owned(), Some(home.to_path_buf())).await
 }
 
-/// The value of `name` (with its labels) in a Prometheus text page; 0 when
-/// the series is absent.
-fn sample(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix(name))
-        .filter_map(|rest| match rest.strip_prefix('{') {
-            Some(labelled) => labelled.split_once('}').map(|(_, v)| v),
-            None => Some(rest),
+/// The sum of the `name` series whose labels include `labels`, from a
+/// Prometheus text page (0 when there is none).
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let scrape =
+        prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a plain number"),
         })
-        .filter_map(|value| value.trim().parse::<u64>().ok())
         .sum()
 }
 
@@ -111,13 +119,13 @@ async fn chromium_trusts_kt_after_ca_install_and_speaks_h2_through_it() {
     );
     assert_eq!(hits(), 0, "a refused connection reached the origin");
     let metrics = gw.metrics_text().await;
-    let rejected = "kt_client_tls_failures_total{reason=\"certificate_rejected\"}";
-    let refusals = sample(&metrics, rejected);
+    let failures = "kt_client_tls_failures_total";
+    let rejected = sample(&metrics, failures, &[("reason", "certificate_rejected")]);
     assert!(
-        refusals >= 1,
-        "no refusal counted as {rejected}:\n{metrics}"
+        rejected >= 1.0,
+        "no certificate_rejected counted:\n{metrics}"
     );
-    let failures = sample(&metrics, "kt_client_tls_failures_total");
+    let refusals = sample(&metrics, failures, &[]);
 
     // With the kt CA installed in the user's NSS database by the commands
     // `kt ca install` prints, the LLM host loads over HTTP/2 end to end (kt
@@ -164,12 +172,48 @@ async fn chromium_trusts_kt_after_ca_install_and_speaks_h2_through_it() {
     );
     assert!(hits() > before);
     let metrics = gw.metrics_text().await;
-    assert_eq!(sample(&metrics, "kt_cert_cache_hosts"), 1, "{metrics}");
     assert_eq!(
-        sample(&metrics, "kt_client_tls_failures_total"),
-        failures,
+        sample(&metrics, "kt_cert_cache_hosts", &[]),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, failures, &[]),
+        refusals,
         "the trusted visits and the tunnel added no client TLS failure:\n{metrics}"
     );
+}
+
+/// The text of the page's `#out` element in a dumped DOM.
+fn page_out(dom: &str) -> String {
+    dom.split_once("<pre id=\"out\">")
+        .and_then(|(_, rest)| rest.split_once("</pre>"))
+        .map(|(text, _)| {
+            text.replace("&quot;", "\"")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&")
+        })
+        .unwrap_or_default()
+}
+
+/// Opens the origin's WebSocket page in Chromium through `gw`: a socket
+/// to OpenAI's Realtime path (answered with real frames), one message
+/// each way; returns what the page reported.
+async fn websocket_page(gw: &TestGateway, origin: &Origin, home: &Path) -> String {
+    let to = "%2Fv1%2Frealtime%3Fmodel%3Dgpt-realtime%26frames";
+    let args = vec![
+        "--disable-background-networking".into(),
+        format!("--proxy-server=http://{}", gw.addr),
+    ];
+    let url = format!("https://{LLM_HOST}/ws.html?to={to}");
+    let _browser = chromium::open(args, url, Some(home.to_path_buf()));
+    let reported = || async { !origin.reports.lock().unwrap().is_empty() };
+    assert!(
+        wait_until(Duration::from_secs(60), reported).await,
+        "the WebSocket page reported nothing"
+    );
+    origin.reports.lock().unwrap().remove(0)
 }
 
 /// Whether the programs the browser tests drive are installed; prints the
@@ -223,12 +267,7 @@ async fn a_page_in_chromium_streams_a_chat_through_the_policy_chain() {
         &format!("https://{LLM_HOST}/chat.html?{query}"),
     )
     .await;
-    let out = dom
-        .split_once("<pre id=\"out\">")
-        .and_then(|(_, rest)| rest.split_once("</pre>"))
-        .map(|(json, _)| json.replace("&quot;", "\"").replace("&amp;", "&"))
-        .unwrap_or_default();
-    let out: serde_json::Value = serde_json::from_str(&out)
+    let out: serde_json::Value = serde_json::from_str(&page_out(&dom))
         .unwrap_or_else(|e| panic!("the page wrote no result ({e}):\n{dom}"));
     let first = &out["first"];
     assert_eq!(first["status"], 200, "{out}");
@@ -247,14 +286,61 @@ async fn a_page_in_chromium_streams_a_chat_through_the_policy_chain() {
     );
     assert!(sent.contains("deploy with "), "{sent}");
 
+    // A WebSocket to an LLM endpoint cannot be inspected, and redaction
+    // fails closed: the browser sees the upgrade refused.
+    let ws = websocket_page(&gw, &origin, home.path()).await;
+    assert_eq!(ws, "closed: 1006");
+
     let events = verified_events(&gw.close_events().await);
     assert_eq!(
         steps(&events),
-        [("input", "redact"), ("output", "pass"), ("input", "block")]
+        [
+            ("input", "redact"),
+            ("output", "pass"),
+            ("input", "block"),
+            ("input", "block")
+        ]
+    );
+    assert_eq!(
+        events[3].reason.as_deref(),
+        Some("not inspected: websocket; the policy fails closed")
     );
     let output = &events[1];
     assert_eq!(
         (output.status, output.tokens_in, output.tokens_out),
         (Some(200), Some(12), Some(7))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_from_chromium_is_bridged_and_recorded() {
+    if !browser_tools() {
+        return;
+    }
+    let test_ca = TestCa::new("browser websocket CA");
+    let origin = Origin::tls(&test_ca, &[LLM_HOST], Alpn::Both).await;
+    let mut gw = TestGateway::start(&test_ca, |s| {
+        s.connect_to = vec![connect_to(LLM_HOST, 443, origin.addr)];
+    })
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    new_nss_db(home.path());
+    install_in_nss(home.path(), gw.ca_pem.parent().unwrap());
+
+    // Chromium opens its WebSocket on a connection of its own over
+    // HTTP/1.1; kt bridges the upgrade and the frames both ways.
+    let ws = websocket_page(&gw, &origin, home.path()).await;
+    assert_eq!(ws, "message: echo: hello over kt");
+
+    let events = verified_events(&gw.close_events().await);
+    assert_eq!(steps(&events), [("input", "pass"), ("output", "pass")]);
+    let why = Some("not inspected: websocket");
+    assert_eq!(
+        (events[0].reason.as_deref(), events[0].path.as_deref()),
+        (why, Some("/v1/realtime"))
+    );
+    assert_eq!(
+        (events[1].reason.as_deref(), events[1].status),
+        (why, Some(101))
     );
 }
