@@ -175,6 +175,9 @@ pub struct Exchange {
     /// With limits: the drain's tracker, for their writes to shared
     /// counters made beside the request (shutdown waits for them).
     limit_writes: Option<TaskTracker>,
+    /// The rate limits admitted the request, each taking one from its
+    /// bucket: given back if a body policy then refuses it.
+    admitted: bool,
     /// An `audit-logger` with `log_bodies: true` applies.
     log_bodies: bool,
     /// A fail-closed (`immutable`) audit logger applies: no record, no
@@ -283,6 +286,7 @@ impl Exchange {
             cache,
             limits,
             limit_writes,
+            admitted: false,
             log_bodies,
             audit_required,
         }
@@ -365,7 +369,26 @@ impl Exchange {
         };
         self.record.blocked = Some((policy, format!("not inspected: {why}")));
         self.record.blocked_on_input = input;
+        if input {
+            self.refused_on_input();
+        }
         true
+    }
+
+    /// A body policy refused the request: it goes nowhere, so it counts
+    /// against no rate limit, as a request a limit refuses does not.
+    fn refused_on_input(&mut self) {
+        self.record.blocked_on_input = true;
+        if !std::mem::take(&mut self.admitted) {
+            return;
+        }
+        let now = Now::current();
+        let tasks = self.limit_writes.as_ref();
+        for (_, policy) in self.chain.selected(self.limits) {
+            if let Action::RateLimit(l) = &policy.action {
+                l.refund(&self.limit_key(l.options().per), now.mono, tasks);
+            }
+        }
     }
 
     /// The response's body is one the output policies cannot read (`why`:
@@ -534,7 +557,7 @@ impl Exchange {
             Ok(Applied::Same) => Input::Forward(body),
             Ok(Applied::Changed(new)) => Input::Forward(Bytes::from(new)),
             Ok(Applied::Blocked { policy, message }) => {
-                self.record.blocked_on_input = true;
+                self.refused_on_input();
                 Input::Respond(respond::blocked(self.info.api, &policy, &message))
             }
             Err(reason) => {
@@ -574,6 +597,8 @@ impl Exchange {
         if refused.is_some() {
             // The input phase will not run: the record still names the model.
             self.read_meta(body);
+        } else {
+            self.admitted = true;
         }
         self.record.policy_us += t.elapsed().as_micros() as u64;
         refused

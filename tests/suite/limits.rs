@@ -558,3 +558,37 @@ async fn a_request_one_limit_refuses_counts_against_none_of_the_others() {
     assert_eq!(status, 429, "{body}");
     assert_eq!(json(&body)["error"]["policy"], "all", "{body}");
 }
+
+#[tokio::test]
+async fn a_request_a_body_policy_refuses_counts_against_no_rate_limit() {
+    let s = setup(
+        "policies:\n  chain: [rl, secret-redaction, content-filter]\npolicy:\n  rl:\n    type: rate-limit\n    requests_per_minute: 2\n    burst: 2\n  secret-redaction:\n    type: redact\n  content-filter:\n    patterns: ['internal-project-\\w+']\n",
+    )
+    .await;
+    let dev = key(&s, "dev1", None);
+    let filtered = serde_json::json!({"model": "gpt-4o",
+        "messages": [{"role": "user", "content": "about internal-project-zeus"}]})
+    .to_string();
+    // Refused after the limit admitted them: by the content filter (409),
+    // and by redaction failing closed on a body it cannot read (400).
+    for (body, want) in [
+        (filtered.as_str(), 409),
+        ("{not json", 400),
+        (&filtered, 409),
+    ] {
+        let resp = call(s.gw.addr, "/v1/chat/completions", &dev, None, body).await;
+        let status = resp.status();
+        assert_eq!(status, want, "{}", body_string(resp).await);
+    }
+    // None of them took from the bucket: its burst of two is still whole.
+    assert_eq!(chat_as(&s, &dev, None).await.0, 200);
+    assert_eq!(chat_as(&s, &dev, None).await.0, 200);
+    let (status, _, body) = chat_as(&s, &dev, None).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(json(&body)["error"]["policy"], "rl", "{body}");
+    assert_eq!(
+        s.origin.hits.load(Ordering::SeqCst),
+        2,
+        "only the two passed"
+    );
+}
