@@ -202,8 +202,11 @@ fn bundle_contains(path: &Path, ca: &CertificateDer<'_>) -> std::io::Result<bool
 }
 
 /// Is the CA in `~/.pki/nssdb` (Chromium, Electron apps)? `None` when
-/// there is no such database.
-pub fn nss_check(home: Option<&Path>) -> Option<Check> {
+/// there is no such database. With `ca`, the certificate stored under the
+/// kt CA's name must be that one: after a new CA (another data dir, a
+/// deleted one) the database can still hold an earlier one by that name,
+/// which Chromium then checks kt's leaves against in vain.
+pub fn nss_check(home: Option<&Path>, ca: Option<&LoadedCa>) -> Option<Check> {
     let db = home?.join(".pki/nssdb");
     if !db.is_dir() {
         return None;
@@ -225,15 +228,32 @@ pub fn nss_check(home: Option<&Path>) -> Option<Check> {
     let out = std::process::Command::new(certutil)
         .arg("-d")
         .arg(format!("sql:{}", db.display()))
-        .args(["-L", "-n", CA_COMMON_NAME])
+        .args(["-L", "-a", "-n", CA_COMMON_NAME])
         .output();
+    let install = "kt ca install (adds it to every NSS database found, replacing an earlier one)";
     Some(match out {
-        Ok(o) if o.status.success() => Check::new(
-            "ca_nss_trust",
-            Status::Ok,
-            format!("trusted in {}", db.display()),
-            None,
-        ),
+        Ok(o) if o.status.success() => {
+            let stored: Vec<CertificateDer<'_>> = CertificateDer::pem_slice_iter(&o.stdout)
+                .filter_map(Result::ok)
+                .collect();
+            match ca {
+                Some(ca) if !stored.iter().any(|c| c.as_ref() == ca.der.as_ref()) => Check::new(
+                    "ca_nss_trust",
+                    Status::Fail,
+                    format!(
+                        "{} holds another certificate named \"{CA_COMMON_NAME}\" (an earlier kt CA), not this one: Chromium and Electron apps will reject intercepted hosts",
+                        db.display()
+                    ),
+                    Some(install.into()),
+                ),
+                _ => Check::new(
+                    "ca_nss_trust",
+                    Status::Ok,
+                    format!("trusted in {}", db.display()),
+                    None,
+                ),
+            }
+        }
         Ok(_) => Check::new(
             "ca_nss_trust",
             Status::Fail,
@@ -241,7 +261,7 @@ pub fn nss_check(home: Option<&Path>) -> Option<Check> {
                 "the kt CA is not in {}: Chromium and Electron apps will reject intercepted hosts",
                 db.display()
             ),
-            Some("kt ca install (adds it to every NSS database found)".into()),
+            Some(install.into()),
         ),
         Err(e) => Check::new(
             "ca_nss_trust",
@@ -285,6 +305,9 @@ mod tests {
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "hello").unwrap();
         assert_eq!(file_check(&junk).0.status, Status::Fail);
-        assert!(nss_check(Some(dir.path())).is_none(), "no nssdb, no check");
+        assert!(
+            nss_check(Some(dir.path()), None).is_none(),
+            "no nssdb, no check"
+        );
     }
 }

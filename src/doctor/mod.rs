@@ -148,7 +148,7 @@ pub async fn run(inputs: &Inputs) -> Vec<Check> {
     if let Some(ca) = &ca {
         checks.push(ca::os_trust_check(ca, inputs.ca_bundle.as_deref()));
     }
-    checks.extend(ca::nss_check(inputs.user_home.as_deref()));
+    checks.extend(ca::nss_check(inputs.user_home.as_deref(), ca.as_ref()));
     checks.extend(refusals);
     checks.extend(proxy_env::checks(
         &inputs.proxy_env,

@@ -59,6 +59,31 @@ fn install_in_nss(home: &Path, ca_dir: &Path) -> Vec<String> {
     lines
 }
 
+/// What `kt doctor` says of the kt CA in the NSS database under `home`
+/// (its `ca_nss_trust` check's status).
+async fn doctor_nss(gw: &TestGateway, home: &Path) -> String {
+    let mut doctor = Command::new(env!("CARGO_BIN_EXE_kt"));
+    doctor
+        .arg("--data-dir")
+        .arg(gw.home.path())
+        .args(["doctor", "--no-node", "--json", "--gateway"])
+        .arg(format!("http://{}", gw.addr))
+        .env("HOME", home)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .env_remove("NODE_EXTRA_CA_CERTS");
+    let out = tokio::task::spawn_blocking(move || doctor.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("kt doctor --json: {e}: {out:?}"));
+    let checks = report.as_array().cloned().unwrap_or_default();
+    let nss = checks.iter().find(|c| c["name"] == "ca_nss_trust");
+    let nss = nss.unwrap_or_else(|| panic!("no ca_nss_trust check: {report}"));
+    nss["status"].as_str().unwrap().to_owned()
+}
+
 /// Headless Chromium, with `home` as its user's home (so its NSS
 /// database) and `proxy` as its only way out, prints the page at `url`
 /// (after its scripts' requests have finished).
@@ -126,13 +151,52 @@ async fn chromium_trusts_kt_after_ca_install_and_speaks_h2_through_it() {
         "no certificate_rejected counted:\n{metrics}"
     );
     let refusals = sample(&metrics, failures, &[]);
+    // `kt doctor` sees the same: the CA is missing from that database.
+    assert_eq!(doctor_nss(&gw, stranger.path()).await, "fail");
 
-    // With the kt CA installed in the user's NSS database by the commands
-    // `kt ca install` prints, the LLM host loads over HTTP/2 end to end (kt
-    // mirrors the client's version where the upstream speaks it).
+    // A database that holds an earlier kt CA under the same name (the data
+    // dir was replaced since it was installed): Chromium refuses this CA's
+    // leaves as before, and `kt doctor` says which certificate is there.
     let home = tempfile::tempdir().unwrap();
     let db = new_nss_db(home.path());
-    install_in_nss(home.path(), gw.ca_pem.parent().unwrap());
+    let earlier = tempfile::tempdir().unwrap();
+    let init = Command::new(env!("CARGO_BIN_EXE_kt"))
+        .args(["ca", "init", "--ca-dir"])
+        .arg(earlier.path())
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let name = keeptrusts::tls::ca::CA_COMMON_NAME;
+    let out = Command::new("certutil")
+        .args(["-A", "-d", &db, "-n", name, "-t", "C,,", "-i"])
+        .arg(String::from_utf8(init.stdout).unwrap().trim())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(doctor_nss(&gw, home.path()).await, "fail");
+    let stale = chromium_through(gw.addr, home.path(), &llm_echo).await;
+    assert!(
+        !stale.contains("\"method\""),
+        "loaded with another CA:\n{stale}"
+    );
+    assert_eq!(hits(), 0);
+    let metrics = gw.metrics_text().await;
+    let refused_before = refusals;
+    let refusals = sample(&metrics, failures, &[]);
+    assert!(
+        refusals > refused_before,
+        "the refusal is counted:\n{metrics}"
+    );
+
+    // `kt ca install`'s commands replace it with this CA: the LLM host
+    // loads over HTTP/2 end to end (kt mirrors the client's version where
+    // the upstream speaks it).
+    let plan = install_in_nss(home.path(), gw.ca_pem.parent().unwrap());
+    assert!(
+        plan[0].starts_with("certutil -D"),
+        "the earlier CA is removed first: {plan:?}"
+    );
+    assert_eq!(doctor_nss(&gw, home.path()).await, "ok");
     let page = chromium_through(gw.addr, home.path(), &llm_echo).await;
     assert!(
         page.contains("\"method\":\"GET\""),
