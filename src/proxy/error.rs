@@ -44,6 +44,10 @@ pub enum ProxyError {
     /// revoked since.
     #[error("the access key this connection was opened with has been revoked; reconnect with a valid key")]
     KeyRevoked,
+    /// A web page's request to kt's own routes while keys are optional
+    /// (see `web_pages`): `refused` names the page or the host name.
+    #[error("kt does not answer {refused}: with access keys optional, its direct API and admin pages answer only programs on this machine and pages served from it (another site could otherwise spend the provider keys kt injects or read the audit trail); call it as http://localhost:PORT, or require keys (auth: {{required: true}}) to serve other names and pages")]
+    WebPage { refused: String },
     /// The bodies being read whole hold the gateway's whole budget.
     #[error("kt is already holding {limit_mib} MiB of bodies still arriving (--max-buffered-body-mib); try again shortly")]
     BodiesBusy { limit_mib: usize },
@@ -103,6 +107,7 @@ impl ProxyError {
             ProxyError::Route(RouteError::WrongShape { .. }) => "wrong_api_for_model",
             ProxyError::PortNotAllowed { .. } => "port_not_allowed",
             ProxyError::BodiesBusy { .. } => "bodies_busy",
+            ProxyError::WebPage { .. } => "web_page_refused",
         }
     }
 
@@ -129,6 +134,7 @@ impl ProxyError {
             ProxyError::Route(RouteError::WrongShape { .. }) => StatusCode::BAD_REQUEST,
             ProxyError::PortNotAllowed { .. } => StatusCode::FORBIDDEN,
             ProxyError::BodiesBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::WebPage { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -153,6 +159,7 @@ impl ProxyError {
                 ..
             } => "permission_error",
             ProxyError::Auth { .. } => "authentication_error",
+            ProxyError::WebPage { .. } => "permission_error",
             _ if status.is_server_error() => "gateway_error",
             _ => "invalid_request",
         };

@@ -19,6 +19,7 @@ mod outer;
 pub mod per_client;
 mod sightings;
 mod tunnel;
+mod web_pages;
 
 use crate::llm::hosts::HostSet;
 use crate::policy::Engine;

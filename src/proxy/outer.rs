@@ -3,7 +3,7 @@
 //! origin-form (the direct API under `/v1/`, and the admin routes).
 
 use super::{
-    authority, by_ip, direct, forward, intercept, tunnel, AuthRoute, ConnCtx, Gateway,
+    authority, by_ip, direct, forward, intercept, tunnel, web_pages, AuthRoute, ConnCtx, Gateway,
     InterceptMode, ProxyError,
 };
 use crate::body::{self, Body};
@@ -73,6 +73,8 @@ async fn route(ctx: ConnCtx, req: Request<Incoming>) -> Response<Body> {
         connect(ctx, req).await.map_err(|e| (e, true))
     } else if req.uri().scheme().is_some() {
         absolute_form(ctx, req).await.map_err(|e| (e, false))
+    } else if let Err(e) = web_pages::check(&ctx, &req) {
+        Err((e, false))
     } else if direct::owns(req.uri().path()) {
         return direct::serve(ctx, req).await;
     } else {
@@ -208,6 +210,7 @@ async fn absolute_form(
     let authority::Target { host, port } = absolute_target(auth.as_str(), default_port)?;
     let to_direct = direct::owns(uri.path());
     if is_self(&ctx, &host, port) {
+        web_pages::check(&ctx, &req)?;
         if to_direct {
             return Ok(direct::serve(ctx, req).await);
         }

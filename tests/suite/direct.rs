@@ -4,7 +4,7 @@
 //! the access key never forwarded, errors in each client's dialect, and the
 //! policy chain, cache and audit trail applied as for intercepted traffic.
 
-use crate::common::client::{body_string, Http};
+use crate::common::client::{self, body_string, Http};
 use crate::common::origin::{Alpn, Origin};
 use crate::common::{connect_to, TestCa, TestGateway};
 use bytes::Bytes;
@@ -705,4 +705,107 @@ async fn x_forwarded_for_names_the_client_only_through_trusted_proxies() {
         "an untrusted peer's header is ignored"
     );
     assert_eq!(events_of[1], [client.clone(), client]);
+}
+
+/// What a web page in the user's browser can make it send: a cross-site
+/// "simple" POST (no CORS preflight), and requests from a page whose own
+/// DNS name was pointed at this machine (DNS rebinding).
+#[tokio::test]
+async fn web_pages_cannot_drive_a_gateway_that_asks_for_no_key() {
+    let s = setup(TARGETS, None).await;
+    let body = chat("gpt-4o", false, "hello");
+    let simple = [("content-type", "text/plain")];
+    let from = |origin: &'static str| [simple[0], ("origin", origin)];
+
+    // Another site's page: refused before anything goes upstream.
+    for origin in ["https://evil.example", "http://evil.example:41002", "null"] {
+        let resp = call(
+            s.gw.addr,
+            "POST",
+            "/v1/chat/completions",
+            &from(origin),
+            &body,
+        )
+        .await;
+        assert_eq!(resp.status(), 403, "{origin}");
+        assert_eq!(resp.headers()["x-kt-error"], "web_page_refused");
+        let err = json(resp).await;
+        assert_eq!(err["error"]["type"], "permission_error");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(origin) && message.contains("auth: {required: true}"),
+            "{message}"
+        );
+    }
+    assert_eq!(s.public.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // A page served from this machine, an installed app's page, and a
+    // client that is no browser are answered, with the provider key.
+    for headers in [
+        &from("http://localhost:3000")[..],
+        &from("vscode-webview://4f2a")[..],
+        &simple[..],
+    ] {
+        let resp = call(s.gw.addr, "POST", "/v1/chat/completions", headers, &body).await;
+        assert_eq!(resp.status(), 200, "{headers:?}");
+        let (_, sent) = last_request(&s.public);
+        assert_eq!(sent["authorization"], "Bearer sk-test-openai");
+    }
+
+    // A rebound name reaches neither the direct API nor the audit feed;
+    // the probes, the CA and the metrics stay open to any name.
+    let port = s.gw.addr.port();
+    let get = |path: &str, host: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    };
+    for (path, host, want) in [
+        ("/v1/models", "rebind.example", "403"),
+        ("/_kt/events?n=1&follow=0", "rebind.example", "403"),
+        ("/_kt/events?n=1&follow=0", "localhost", "200"),
+        ("/v1/models", "127.0.0.1", "200"),
+        ("/v1/models", "host.docker.internal", "200"),
+        ("/healthz", "rebind.example", "200"),
+        ("/_kt/ca.pem", "rebind.example", "200"),
+        ("/metrics", "rebind.example", "200"),
+    ] {
+        let host = format!("{host}:{port}");
+        let answer = client::raw_exchange(s.gw.addr, get(path, &host).as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {want}")),
+            "{path} as {host}: {answer}"
+        );
+        if want == "403" {
+            assert!(
+                answer.contains(&format!("the host name {host}")),
+                "{answer}"
+            );
+        }
+    }
+}
+
+/// With keys required a request needs a key no page has: a browser
+/// client holding one (a web UI of the team's) is served.
+#[tokio::test]
+async fn with_keys_required_a_page_with_a_key_is_served() {
+    let s = setup(TARGETS, Some(true)).await;
+    let keys = s.gw.home.path().join("keys.json");
+    let key = file::create(&keys, "dev1", None, false).unwrap().key;
+    assert!(s.gw.gateway.auth().store().unwrap().refresh());
+    let bearer = format!("Bearer {key}");
+    let headers = [
+        ("origin", "https://chat.example"),
+        ("authorization", bearer.as_str()),
+    ];
+    let body = chat("gpt-4o", false, "hello");
+    let resp = call(s.gw.addr, "POST", "/v1/chat/completions", &headers, &body).await;
+    assert_eq!(resp.status(), 200);
+    let resp = call(
+        s.gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &headers[..1],
+        &body,
+    )
+    .await;
+    assert_eq!(resp.status(), 401, "no key, no answer");
 }

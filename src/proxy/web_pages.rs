@@ -1,0 +1,167 @@
+//! Keeps web pages in the user's browser from driving a gateway that asks
+//! for no access key (a laptop's, on loopback).
+//!
+//! Such a gateway answers its direct API with the provider keys it injects,
+//! and its admin pages with the audit trail. Any site the developer visits
+//! can reach it: a cross-site `POST` with a `text/plain` body needs no CORS
+//! preflight, and a site that points its own DNS name at 127.0.0.1 (DNS
+//! rebinding) even reads the answers. Jupyter, Vite and Ollama close the
+//! same hole the same two ways, which kt applies to its own routes (never
+//! to proxied traffic, which a page cannot send):
+//!
+//! - **Origin.** Browsers name the page behind a cross-site request, and
+//!   behind every `POST`, in `Origin`. An `http(s)` page not served from
+//!   this machine (`localhost`, `*.localhost`, a loopback address), or the
+//!   opaque `null` of sandboxed frames and `data:` pages, is refused.
+//!   Clients that are not browsers send no `Origin`; the pages of
+//!   installed apps (`vscode-webview://`, `app://`) are let through.
+//! - **Host.** A rebound page's requests carry its own name as `Host`. On a
+//!   loopback listener only names no outsider can point here are
+//!   answered: IP literals, single-label names (`localhost`), and the
+//!   private suffixes `.localhost`, `.internal` (`host.docker.internal`),
+//!   `.local` and `.home.arpa`.
+//!
+//! With keys required a request needs a key no page has, so neither check
+//! applies; nor do they to the probes, `/metrics` and the CA download.
+
+use super::error::ProxyError;
+use super::ConnCtx;
+use http::{header, Request};
+use std::net::IpAddr;
+
+/// Refuses a request to kt's own routes that a web page made, when keys
+/// are optional.
+pub(super) fn check<B>(ctx: &ConnCtx, req: &Request<B>) -> Result<(), ProxyError> {
+    if ctx.gw.auth.required()
+        || matches!(
+            req.uri().path(),
+            "/healthz" | "/readyz" | "/metrics" | "/_kt/ca.pem"
+        )
+    {
+        return Ok(());
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let origin = String::from_utf8_lossy(origin.as_bytes());
+        if !origin_allowed(&origin) {
+            return Err(ProxyError::WebPage {
+                refused: format!("the web page at {origin}"),
+            });
+        }
+    }
+    if ctx.local.ip().is_loopback() {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                let host = req.headers().get(header::HOST)?;
+                Some(String::from_utf8_lossy(host.as_bytes()).into_owned())
+            });
+        if let Some(host) = host.filter(|h| !host_allowed(h)) {
+            return Err(ProxyError::WebPage {
+                refused: format!("the host name {host}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The host of `authority` (`host`, `host:port`, `[v6]:port`), without
+/// userinfo, brackets or a final dot.
+fn host_of(authority: &str) -> &str {
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match hostport.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
+        None => hostport.split_once(':').map_or(hostport, |(h, _)| h),
+    };
+    host.strip_suffix('.').unwrap_or(host)
+}
+
+/// Whether a `Host` names this machine in a way no outsider controls.
+fn host_allowed(authority: &str) -> bool {
+    let host = host_of(authority).to_ascii_lowercase();
+    const PRIVATE: [&str; 4] = [".localhost", ".internal", ".local", ".home.arpa"];
+    host.parse::<IpAddr>().is_ok()
+        || (!host.is_empty() && !host.contains('.'))
+        || PRIVATE.iter().any(|s| host.ends_with(s))
+}
+
+/// Whether the page an `Origin` names may call the gateway.
+fn origin_allowed(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        // `null`, or not an origin at all.
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return true;
+    }
+    let host = host_of(rest).to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_from_this_machine_and_installed_apps_pass() {
+        for origin in [
+            "http://localhost:3000",
+            "http://LOCALHOST",
+            "http://app.localhost:5173",
+            "http://127.0.0.1:41002",
+            "http://127.1.2.3",
+            "http://[::1]:8080",
+            "vscode-webview://1a2b3c",
+            "app://obsidian.md",
+        ] {
+            assert!(origin_allowed(origin), "{origin}");
+        }
+    }
+
+    #[test]
+    fn other_pages_and_opaque_origins_are_refused() {
+        for origin in [
+            "https://evil.example",
+            "http://evil.example:41002",
+            "http://localhost.evil.example",
+            "http://192.168.1.5:3000",
+            "http://[::2]",
+            "null",
+            "",
+            "localhost",
+        ] {
+            assert!(!origin_allowed(origin), "{origin}");
+        }
+    }
+
+    #[test]
+    fn only_names_outsiders_cannot_point_here_are_answered() {
+        for host in [
+            "localhost:41002",
+            "localhost.:41002",
+            "127.0.0.1:41002",
+            "[::1]:41002",
+            "10.0.0.5",
+            "mylaptop",
+            "dev.localhost:41002",
+            "host.docker.internal:41002",
+            "printer.local",
+            "box.home.arpa:41002",
+        ] {
+            assert!(host_allowed(host), "{host}");
+        }
+        for host in [
+            "evil.example:41002",
+            "evil.example",
+            "localhost.evil.example",
+            "a.b.c",
+            "",
+            ":41002",
+        ] {
+            assert!(!host_allowed(host), "{host}");
+        }
+    }
+}
