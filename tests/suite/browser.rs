@@ -2,8 +2,9 @@
 //! through kt as its HTTP proxy: once the `certutil` commands `kt ca install`
 //! prints have put the kt CA in the user's NSS database, an LLM host is
 //! intercepted over HTTP/2 and a host kt does not intercept is tunnelled with
-//! the origin's own certificate; without the CA the browser refuses kt's
-//! certificate and kt counts the refusal. A page's own `fetch` streams a chat
+//! the origin's own certificate; without the CA, or with an earlier kt CA
+//! under its name, the browser refuses kt's certificate, kt counts the
+//! refusal and `kt doctor` reports it. A page's own `fetch` streams a chat
 //! through the policy chain: redacted, blocked, recorded with its usage;
 //! its WebSocket is bridged and recorded, or refused where a policy fails
 //! closed.
