@@ -6,16 +6,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-# The dashboard test and the browser test drive a real headless Chromium,
-# the browser test with NSS's certutil (Debian's chromium and
-# libnss3-tools); without them those tests print KT-TEST-SKIPPED, which CI
-# treats as a failure.
-if { ! command -v chromium || ! command -v certutil; } >/dev/null 2>&1 &&
+# The dashboard and browser tests drive a real headless Chromium, the
+# browser test with NSS's certutil, and the Node test Node.js's own HTTP
+# clients (Debian's chromium, libnss3-tools and nodejs); without them those
+# tests print KT-TEST-SKIPPED, which CI treats as a failure.
+clients="chromium libnss3-tools nodejs"
+if { ! command -v chromium || ! command -v certutil || ! command -v node; } >/dev/null 2>&1 &&
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "scripts/test.sh: installing chromium and libnss3-tools for the browser tests" >&2
+  echo "scripts/test.sh: installing $clients for the client tests" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq chromium libnss3-tools >/dev/null 2>&1 ||
-    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium libnss3-tools >/dev/null 2>&1; } ||
-    echo "scripts/test.sh: warning: could not install chromium and libnss3-tools" >&2
+  # shellcheck disable=SC2086 # a list of package names
+  apt-get install -y -qq $clients >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $clients >/dev/null 2>&1; } ||
+    echo "scripts/test.sh: warning: could not install $clients" >&2
 fi
 cargo test --locked "$@"

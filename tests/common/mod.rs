@@ -17,6 +17,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tempfile::TempDir;
 
+/// A chain that audits, redacts secrets and blocks prompts naming an
+/// `internal-project-…`.
+pub const AUDIT_REDACT_FILTER: &str = "policies:\n  chain: [audit-logger, secret-redaction, content-filter]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n  content-filter:\n    patterns: ['internal-project-\\w+']\n";
+
 /// A CA generated at test time, standing in for the public PKI.
 pub struct TestCa {
     pub issuer: Issuer<'static, KeyPair>,

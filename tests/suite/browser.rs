@@ -305,7 +305,7 @@ async fn a_page_in_chromium_streams_a_chat_through_the_policy_chain() {
     if !browser_tools() {
         return;
     }
-    const CONFIG: &str = "policies:\n  chain: [audit-logger, secret-redaction, content-filter]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n  content-filter:\n    patterns: ['internal-project-\\w+']\n";
+    const CONFIG: &str = crate::common::AUDIT_REDACT_FILTER;
     let test_ca = TestCa::new("browser chat CA");
     let origin = Origin::tls(&test_ca, &[LLM_HOST], Alpn::Both).await;
     let config = Arc::new(PolicyConfig::parse(CONFIG, Path::new("t.yaml")).unwrap());

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 const HOST: &str = "api.openai.com";
-const CONFIG: &str = "policies:\n  chain: [audit-logger, secret-redaction, content-filter]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n  content-filter:\n    patterns: ['internal-project-\\w+']\n";
+const CONFIG: &str = crate::common::AUDIT_REDACT_FILTER;
 
 fn chat(content: &str) -> Bytes {
     Bytes::from(

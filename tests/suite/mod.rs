@@ -18,6 +18,7 @@ mod keys;
 mod lifecycle;
 mod limits;
 mod loopback;
+mod node;
 mod onboarding;
 mod policy;
 mod tunnel;
