@@ -6,12 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-# The dashboard and browser tests drive a real headless Chromium, the
-# browser test with NSS's certutil, and the Node test Node.js's own HTTP
-# clients (Debian's chromium, libnss3-tools and nodejs); without them those
-# tests print KT-TEST-SKIPPED, which CI treats as a failure.
-clients="chromium libnss3-tools nodejs"
-if { ! command -v chromium || ! command -v certutil || ! command -v node; } >/dev/null 2>&1 &&
+# The client tests drive real clients: headless Chromium (the dashboard and
+# browser tests, the latter with NSS's certutil), Node.js's own HTTP
+# clients and curl (Debian's chromium, libnss3-tools, nodejs and curl);
+# without them those tests print KT-TEST-SKIPPED, which CI treats as a
+# failure.
+clients="chromium libnss3-tools nodejs curl"
+if { ! command -v chromium || ! command -v certutil || ! command -v node || ! command -v curl; } >/dev/null 2>&1 &&
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "scripts/test.sh: installing $clients for the client tests" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -4,6 +4,7 @@ mod certs;
 mod chain;
 mod cli;
 mod config;
+mod curl;
 mod deploy;
 mod direct;
 mod errors;
