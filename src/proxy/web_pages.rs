@@ -14,7 +14,9 @@
 //!   this machine (`localhost`, `*.localhost`, a loopback address), or the
 //!   opaque `null` of sandboxed frames and `data:` pages, is refused.
 //!   Clients that are not browsers send no `Origin`; the pages of
-//!   installed apps (`vscode-webview://`, `app://`) are let through.
+//!   installed apps (`vscode-webview://`, `app://`) and those kt serves
+//!   itself (the dashboard, under the `Host` it was asked by) are let
+//!   through.
 //! - **Host.** A rebound page's requests carry its own name as `Host`. On a
 //!   loopback listener only names no outsider can point here are
 //!   answered: IP literals, single-label names (`localhost`), and the
@@ -40,30 +42,40 @@ pub(super) fn check<B>(ctx: &ConnCtx, req: &Request<B>) -> Result<(), ProxyError
     {
         return Ok(());
     }
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let origin = String::from_utf8_lossy(origin.as_bytes());
-        if !origin_allowed(&origin) {
-            return Err(ProxyError::WebPage {
-                refused: format!("the web page at {origin}"),
-            });
-        }
-    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            let host = req.headers().get(header::HOST)?;
+            Some(String::from_utf8_lossy(host.as_bytes()).into_owned())
+        });
     if ctx.local.ip().is_loopback() {
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                let host = req.headers().get(header::HOST)?;
-                Some(String::from_utf8_lossy(host.as_bytes()).into_owned())
-            });
-        if let Some(host) = host.filter(|h| !host_allowed(h)) {
+        if let Some(host) = host.as_deref().filter(|h| !host_allowed(h)) {
             return Err(ProxyError::WebPage {
                 refused: format!("the host name {host}"),
             });
         }
     }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let origin = String::from_utf8_lossy(origin.as_bytes());
+        // A page kt serves itself (the dashboard) is its own origin; the
+        // host check above has already vouched for its name.
+        let own = host.as_deref().is_some_and(|h| same_authority(&origin, h));
+        if !own && !origin_allowed(&origin) {
+            return Err(ProxyError::WebPage {
+                refused: format!("the web page at {origin}"),
+            });
+        }
+    }
     Ok(())
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the authority `host`.
+fn same_authority(origin: &str, host: &str) -> bool {
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
 }
 
 /// The host of `authority` (`host`, `host:port`, `[v6]:port`), without
@@ -135,6 +147,21 @@ mod tests {
         ] {
             assert!(!origin_allowed(origin), "{origin}");
         }
+    }
+
+    #[test]
+    fn a_page_is_matched_to_the_host_it_was_served_by() {
+        assert!(same_authority("http://mylaptop:41002", "mylaptop:41002"));
+        assert!(same_authority(
+            "http://Gateway.Corp:41002",
+            "gateway.corp:41002"
+        ));
+        assert!(!same_authority("http://gateway.corp", "gateway.corp:41002"));
+        assert!(!same_authority(
+            "https://evil.example",
+            "gateway.corp:41002"
+        ));
+        assert!(!same_authority("null", "null"));
     }
 
     #[test]

@@ -781,6 +781,20 @@ async fn web_pages_cannot_drive_a_gateway_that_asks_for_no_key() {
             );
         }
     }
+    // A page kt serves itself under an accepted name is its own origin.
+    for (host, origin, want) in [
+        ("mylaptop", "http://mylaptop", "200"),
+        ("mylaptop", "http://other-box", "403"),
+    ] {
+        let request = format!(
+            "GET /v1/models HTTP/1.1\r\nHost: {host}:{port}\r\nOrigin: {origin}:{port}\r\nConnection: close\r\n\r\n"
+        );
+        let answer = client::raw_exchange(s.gw.addr, request.as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {want}")),
+            "{origin}: {answer}"
+        );
+    }
 }
 
 /// With keys required a request needs a key no page has: a browser
