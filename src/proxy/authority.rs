@@ -71,6 +71,23 @@ pub fn parse(authority: &str) -> Result<Target, AuthorityError> {
     Ok(Target { host, port })
 }
 
+/// An authority as an absolute-form request or a `Host` header gives it
+/// (userinfo ignored, `default_port` when none is given), checked like a
+/// CONNECT target.
+pub fn parse_or_default_port(authority: &str, default_port: u16) -> Result<Target, AuthorityError> {
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let has_port = if hostport.starts_with('[') {
+        hostport.contains("]:")
+    } else {
+        hostport.contains(':')
+    };
+    if has_port {
+        parse(hostport)
+    } else {
+        parse(&format!("{hostport}:{default_port}"))
+    }
+}
+
 fn is_hostname(host: &str) -> bool {
     let host = host.strip_suffix('.').unwrap_or(host);
     !host.is_empty()
@@ -120,5 +137,29 @@ mod tests {
         assert_eq!(parse("-x.com:443"), Err(AuthorityError::BadHost));
         let long = format!("{}.com:443", "a".repeat(10_000));
         assert_eq!(parse(&long), Err(AuthorityError::BadHost));
+    }
+
+    #[test]
+    fn absolute_form_hosts_are_checked_like_connect_targets() {
+        let t = parse_or_default_port("Example.com", 80).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("example.com", 80));
+        assert_eq!(
+            parse_or_default_port("u:p@h.test:8080", 80).unwrap().port,
+            8080
+        );
+        assert_eq!(parse_or_default_port("[::1]", 443).unwrap().host, "::1");
+        assert_eq!(parse_or_default_port("[::1]:8443", 443).unwrap().port, 8443);
+        assert_eq!(
+            parse_or_default_port("plain.test%0d%0aX:1", 80),
+            Err(AuthorityError::BadHost)
+        );
+        assert_eq!(
+            parse_or_default_port("h.test:99999", 80),
+            Err(AuthorityError::BadPort)
+        );
+        assert_eq!(
+            parse_or_default_port("h.test:0", 80),
+            Err(AuthorityError::BadPort)
+        );
     }
 }

@@ -207,7 +207,8 @@ async fn absolute_form(
     // The same strict check as a CONNECT target: a host like `a%0d%0ab`
     // or a port like 99999 would otherwise go to DNS (or port 80) and into
     // the audit trail.
-    let authority::Target { host, port } = absolute_target(auth.as_str(), default_port)?;
+    let authority::Target { host, port } =
+        authority::parse_or_default_port(auth.as_str(), default_port)?;
     let to_direct = direct::owns(uri.path());
     if is_self(&ctx, &host, port) {
         web_pages::check(&ctx, &req)?;
@@ -219,26 +220,6 @@ async fn absolute_form(
     proxy_identity(&mut ctx, &req)?;
     let origin = Origin::new(tls, &host, port);
     forward::forward(&ctx, &origin, req).await
-}
-
-/// The `host:port` of an absolute-form request's authority (userinfo
-/// ignored, the scheme's port when none is given), checked like a CONNECT
-/// target.
-fn absolute_target(
-    authority: &str,
-    default_port: u16,
-) -> Result<authority::Target, authority::AuthorityError> {
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let has_port = if hostport.starts_with('[') {
-        hostport.contains("]:")
-    } else {
-        hostport.contains(':')
-    };
-    if has_port {
-        authority::parse(hostport)
-    } else {
-        authority::parse(&format!("{hostport}:{default_port}"))
-    }
 }
 
 /// Origin-form requests to the gateway itself.
@@ -287,33 +268,5 @@ fn admin(ctx: &ConnCtx, req: &Request<Incoming>) -> Result<Response<Body>, Proxy
             ctx.gw.ca_pem.clone(),
         )),
         _ => Err(ProxyError::NotFound(path.to_string())),
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::absolute_target;
-    use crate::proxy::authority::AuthorityError;
-
-    #[test]
-    fn absolute_form_hosts_are_checked_like_connect_targets() {
-        let t = absolute_target("Example.com", 80).unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("example.com", 80));
-        assert_eq!(absolute_target("u:p@h.test:8080", 80).unwrap().port, 8080);
-        assert_eq!(absolute_target("[::1]", 443).unwrap().host, "::1");
-        assert_eq!(absolute_target("[::1]:8443", 443).unwrap().port, 8443);
-        assert_eq!(
-            absolute_target("plain.test%0d%0aX:1", 80),
-            Err(AuthorityError::BadHost)
-        );
-        assert_eq!(
-            absolute_target("h.test:99999", 80),
-            Err(AuthorityError::BadPort)
-        );
-        assert_eq!(
-            absolute_target("h.test:0", 80),
-            Err(AuthorityError::BadPort)
-        );
     }
 }

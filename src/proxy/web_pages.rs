@@ -78,23 +78,23 @@ fn same_authority(origin: &str, host: &str) -> bool {
         .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
 }
 
-/// The host of `authority` (`host`, `host:port`, `[v6]:port`), without
-/// userinfo, brackets or a final dot.
-fn host_of(authority: &str) -> &str {
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match hostport.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
-        None => hostport.split_once(':').map_or(hostport, |(h, _)| h),
-    };
-    host.strip_suffix('.').unwrap_or(host)
+/// The host `authority` names (lower-case, without brackets, port or a
+/// final dot), parsed as strictly as a CONNECT target; `None` when it is
+/// not a valid authority.
+fn host_of(authority: &str) -> Option<String> {
+    super::authority::parse_or_default_port(authority, 80)
+        .ok()
+        .map(|t| t.host)
 }
 
 /// Whether a `Host` names this machine in a way no outsider controls.
 fn host_allowed(authority: &str) -> bool {
-    let host = host_of(authority).to_ascii_lowercase();
+    let Some(host) = host_of(authority) else {
+        return false;
+    };
     const PRIVATE: [&str; 4] = [".localhost", ".internal", ".local", ".home.arpa"];
     host.parse::<IpAddr>().is_ok()
-        || (!host.is_empty() && !host.contains('.'))
+        || !host.contains('.')
         || PRIVATE.iter().any(|s| host.ends_with(s))
 }
 
@@ -107,7 +107,9 @@ fn origin_allowed(origin: &str) -> bool {
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
         return true;
     }
-    let host = host_of(rest).to_ascii_lowercase();
+    let Some(host) = host_of(rest) else {
+        return false;
+    };
     host == "localhost"
         || host.ends_with(".localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
