@@ -202,3 +202,48 @@ pub fn steps(events: &[keeptrusts::events::Event]) -> Vec<(&str, &str)> {
         .map(|e| (e.phase.as_str(), e.action.as_str()))
         .collect()
 }
+
+/// Runs `kt doctor` with exactly the proxy variables given (and a home
+/// folder without NSS databases), off the test's runtime so an
+/// in-process gateway keeps serving.
+pub async fn doctor(
+    home: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let user_home = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kt"));
+    cmd.arg("--data-dir").arg(home).arg("doctor").args(args);
+    for v in [
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "https_proxy",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "KEEPTRUSTS_ACCESS_KEY",
+        "KEEPTRUSTS_GATEWAY",
+        "NODE_EXTRA_CA_CERTS",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.env("HOME", user_home.path());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(user_home);
+    out
+}
+
+/// The check named `name` in `kt doctor --json`'s output.
+pub fn doctor_check<'a>(json: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    json.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {json:#}"))
+}

@@ -137,3 +137,22 @@ impl Rng {
         (0..n).map(|_| self.next() as u8).collect()
     }
 }
+
+/// True when `program` is on PATH.
+pub fn has_program(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+/// True when every one of `programs` (the real clients a test drives) is
+/// on PATH; otherwise prints the notice CI fails on, naming the first
+/// missing one.
+pub fn programs_present(programs: &[&str]) -> bool {
+    match programs.iter().find(|p| !has_program(p)) {
+        None => true,
+        Some(missing) => {
+            println!("KT-TEST-SKIPPED: {missing} is not installed; scripts/test.sh installs it");
+            false
+        }
+    }
+}

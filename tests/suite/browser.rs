@@ -11,8 +11,10 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common::origin::{Alpn, Origin};
-use crate::common::probe::wait_until;
-use crate::common::{chromium, connect_to, steps, verified_events, TestCa, TestGateway};
+use crate::common::probe::{programs_present, wait_until};
+use crate::common::{
+    chromium, connect_to, doctor, doctor_check, steps, verified_events, TestCa, TestGateway,
+};
 use keeptrusts::config::PolicyConfig;
 use std::path::Path;
 use std::process::Command;
@@ -63,26 +65,15 @@ fn install_in_nss(home: &Path, ca_dir: &Path) -> Vec<String> {
 /// What `kt doctor` says of the kt CA in the NSS database under `home`
 /// (its `ca_nss_trust` check's status).
 async fn doctor_nss(gw: &TestGateway, home: &Path) -> String {
-    let mut doctor = Command::new(env!("CARGO_BIN_EXE_kt"));
-    doctor
-        .arg("--data-dir")
-        .arg(gw.home.path())
-        .args(["doctor", "--no-node", "--json", "--gateway"])
-        .arg(format!("http://{}", gw.addr))
-        .env("HOME", home)
-        .env_remove("HTTPS_PROXY")
-        .env_remove("HTTP_PROXY")
-        .env_remove("NODE_EXTRA_CA_CERTS");
-    let out = tokio::task::spawn_blocking(move || doctor.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let url = format!("http://{}", gw.addr);
+    let args = ["--no-node", "--json", "--gateway", &url];
+    let out = doctor(gw.home.path(), &args, &[("HOME", home.to_str().unwrap())]).await;
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("kt doctor --json: {e}: {out:?}"));
-    let checks = report.as_array().cloned().unwrap_or_default();
-    let nss = checks.iter().find(|c| c["name"] == "ca_nss_trust");
-    let nss = nss.unwrap_or_else(|| panic!("no ca_nss_trust check: {report}"));
-    nss["status"].as_str().unwrap().to_owned()
+    doctor_check(&report, "ca_nss_trust")["status"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// Headless Chromium, with `home` as its user's home (so its NSS
@@ -118,7 +109,7 @@ fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_trusts_kt_after_ca_install_and_speaks_h2_through_it() {
-    if !browser_tools() {
+    if !programs_present(&["chromium", "certutil"]) {
         return;
     }
     let test_ca = TestCa::new("browser test CA");
@@ -281,18 +272,6 @@ async fn websocket_page(gw: &TestGateway, origin: &Origin, home: &Path) -> Strin
     origin.reports.lock().unwrap().remove(0)
 }
 
-/// Whether the programs the browser tests drive are installed; prints the
-/// notice CI fails on when they are not.
-fn browser_tools() -> bool {
-    for program in ["chromium", "certutil"] {
-        if !super::onboarding::has_program(program) {
-            println!("KT-TEST-SKIPPED: {program} is not installed; scripts/test.sh installs it");
-            return false;
-        }
-    }
-    true
-}
-
 /// A GitHub token built at run time, so no secret-shaped literal sits in
 /// the repository.
 fn github_token() -> String {
@@ -302,7 +281,7 @@ fn github_token() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_in_chromium_streams_a_chat_through_the_policy_chain() {
-    if !browser_tools() {
+    if !programs_present(&["chromium", "certutil"]) {
         return;
     }
     const CONFIG: &str = crate::common::AUDIT_REDACT_FILTER;
@@ -379,7 +358,7 @@ async fn a_page_in_chromium_streams_a_chat_through_the_policy_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_from_chromium_is_bridged_and_recorded() {
-    if !browser_tools() {
+    if !programs_present(&["chromium", "certutil"]) {
         return;
     }
     let test_ca = TestCa::new("browser websocket CA");

@@ -35,8 +35,7 @@ fn text(b: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_through_kt_as_the_readme_shows() {
-    if !super::onboarding::has_program("curl") {
-        println!("KT-TEST-SKIPPED: curl is not installed; scripts/test.sh installs it");
+    if !crate::common::probe::programs_present(&["curl"]) {
         return;
     }
     let ca = TestCa::new("curl test CA");

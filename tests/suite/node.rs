@@ -16,8 +16,7 @@ const CONFIG: &str = crate::common::AUDIT_REDACT_FILTER;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_https_and_http2_clients_reach_an_llm_through_kt() {
-    if !super::onboarding::has_program("node") {
-        println!("KT-TEST-SKIPPED: node is not installed; scripts/test.sh installs it");
+    if !crate::common::probe::programs_present(&["node"]) {
         return;
     }
     let ca = TestCa::new("node test CA");

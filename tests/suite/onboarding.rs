@@ -186,53 +186,12 @@ fn setup_without_write_prints_and_touches_nothing() {
 mod doctor {
     use super::text;
     use crate::common::origin::{Alpn, Origin};
-    use crate::common::{connect_to, TestCa, TestGateway};
+    use crate::common::{connect_to, doctor, doctor_check as check, TestCa, TestGateway};
     use std::path::Path;
-    use std::process::{Command, Output};
-
-    /// Runs `kt doctor` with exactly the proxy variables given (and a home
-    /// folder without NSS databases), off the test's runtime so an
-    /// in-process gateway keeps serving.
-    async fn doctor(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let user_home = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kt"));
-        cmd.arg("--data-dir").arg(home).arg("doctor").args(args);
-        for v in [
-            "HTTPS_PROXY",
-            "HTTP_PROXY",
-            "https_proxy",
-            "http_proxy",
-            "NO_PROXY",
-            "no_proxy",
-            "KEEPTRUSTS_ACCESS_KEY",
-            "KEEPTRUSTS_GATEWAY",
-            "NODE_EXTRA_CA_CERTS",
-        ] {
-            cmd.env_remove(v);
-        }
-        cmd.env("HOME", user_home.path());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = tokio::task::spawn_blocking(move || cmd.output())
-            .await
-            .unwrap()
-            .unwrap();
-        drop(user_home);
-        out
-    }
 
     fn free_port() -> u16 {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
-    }
-
-    fn check<'a>(json: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-        json.as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no check {name} in {json:#}"))
     }
 
     #[tokio::test]
@@ -377,7 +336,7 @@ mod doctor {
             origin.hits.load(std::sync::atomic::Ordering::SeqCst) >= 1,
             "the probe reached the origin"
         );
-        let node = super::has_program("node");
+        let node = crate::common::probe::has_program("node");
         assert_eq!(
             stdout.contains("ok    node_extra_ca "),
             node,
@@ -413,12 +372,6 @@ mod doctor {
         assert!(detail.contains("untrusted_ca 1"), "{detail}");
         assert!(c["fix"].as_str().unwrap().contains("kt ca install"), "{c}");
     }
-}
-
-/// True when `program` is on PATH.
-pub(crate) fn has_program(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 mod dashboard {
@@ -585,8 +538,7 @@ mod dashboard {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
-        if !super::has_program("chromium") {
-            println!("KT-TEST-SKIPPED: chromium is not installed; scripts/test.sh installs it");
+        if !crate::common::probe::programs_present(&["chromium"]) {
             return;
         }
         let base = format!("http://{}/_kt/?key={}", gw.addr, keys[2]);
