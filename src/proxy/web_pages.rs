@@ -42,16 +42,16 @@ pub(super) fn check<B>(ctx: &ConnCtx, req: &Request<B>) -> Result<(), ProxyError
     {
         return Ok(());
     }
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            let host = req.headers().get(header::HOST)?;
-            Some(String::from_utf8_lossy(host.as_bytes()).into_owned())
-        });
+    // A `Host` that is not text names nothing kt answers to.
+    let host = match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .map(|h| h.to_str().unwrap_or_default()),
+    };
     if ctx.local.ip().is_loopback() {
-        if let Some(host) = host.as_deref().filter(|h| !host_allowed(h)) {
+        if let Some(host) = host.filter(|h| !host_allowed(h)) {
             return Err(ProxyError::WebPage {
                 refused: format!("the host name {host}"),
             });
@@ -61,7 +61,7 @@ pub(super) fn check<B>(ctx: &ConnCtx, req: &Request<B>) -> Result<(), ProxyError
         let origin = String::from_utf8_lossy(origin.as_bytes());
         // A page kt serves itself (the dashboard) is its own origin; the
         // host check above has already vouched for its name.
-        let own = host.as_deref().is_some_and(|h| same_authority(&origin, h));
+        let own = host.is_some_and(|h| same_authority(&origin, h));
         if !own && !origin_allowed(&origin) {
             return Err(ProxyError::WebPage {
                 refused: format!("the web page at {origin}"),
