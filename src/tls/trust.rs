@@ -201,6 +201,26 @@ struct NssDb {
     has_ca: bool,
 }
 
+/// A JDK on this machine: JVM apps (`java.net.http`, Gradle, Maven) trust
+/// its `cacerts`, not the OS store.
+#[derive(Debug, Clone)]
+struct Jdk {
+    /// How to invoke its `keytool`.
+    keytool: String,
+    /// Its `cacerts` file is the system store's own export (Debian's
+    /// ca-certificates-java, Fedora's update-ca-trust): the system step
+    /// updates it.
+    follows_system: bool,
+    /// It holds the entry Debian's ca-certificates-java made for the CA,
+    /// which `update-ca-certificates --fresh` does not take out again.
+    holds_debian_entry: bool,
+}
+
+/// The alias `keytool` gives the CA in a JDK's `cacerts`.
+const JDK_ALIAS: &str = "keeptrusts-kt";
+/// The alias Debian's ca-certificates-java gives [`DEBIAN_FILE`].
+const DEBIAN_JDK_ALIAS: &str = "debian:keeptrusts-kt-ca.pem";
+
 /// Snapshot of what the plan depends on.
 #[derive(Debug, Clone, Default)]
 struct System {
@@ -217,6 +237,8 @@ struct System {
     system_has_ca: Option<bool>,
     /// Set when running as root through sudo (`SUDO_USER`).
     sudo_user: Option<String>,
+    /// The JDK `JAVA_HOME` names, or the one whose `keytool` is on PATH.
+    jdk: Option<Jdk>,
 }
 
 impl System {
@@ -256,6 +278,25 @@ impl System {
             }
             _ => None,
         };
+        let debian = linux_store(&sys) == Some(LinuxStore::Debian);
+        sys.jdk = find_jdk(&sys.os).map(|mut jdk| {
+            // A JVM start: asked only where the entry can be.
+            if jdk.follows_system && debian {
+                let list = [
+                    "-list",
+                    "-cacerts",
+                    "-storepass",
+                    "changeit",
+                    "-alias",
+                    DEBIAN_JDK_ALIAS,
+                ];
+                jdk.holds_debian_entry = quiet(&jdk.keytool, &list).is_some();
+            }
+            jdk
+        });
+        if let Some(jdk) = &sys.jdk {
+            sys.programs.insert("keytool".into(), jdk.keytool.clone());
+        }
         let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
         if let (Os::Linux, Some(home)) = (&sys.os, home) {
             let certutil = sys.program("certutil").map(str::to_string);
@@ -276,6 +317,47 @@ impl System {
     fn exists(&self, path: impl AsRef<Path>) -> bool {
         self.existing.contains(path.as_ref())
     }
+}
+
+/// The JDK whose `keytool` a user would run: `JAVA_HOME`'s (as mkcert
+/// picks it), else the one on PATH, followed through its symlinks
+/// (`/usr/bin/keytool` -> `/usr/lib/jvm/<jdk>/bin/keytool`) to its
+/// `cacerts`.
+fn find_jdk(os: &Os) -> Option<Jdk> {
+    let exe = if *os == Os::Windows {
+        "keytool.exe"
+    } else {
+        "keytool"
+    };
+    let from_home = std::env::var_os("JAVA_HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| Path::new(&h).join("bin").join(exe))
+        .filter(|k| k.is_file());
+    let (keytool, path) = match from_home {
+        Some(k) => (k.to_string_lossy().into_owned(), k),
+        None => {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let found = std::env::split_paths(&path)
+                .map(|d| d.join(exe))
+                .find(|k| k.is_file())?;
+            ("keytool".to_string(), found)
+        }
+    };
+    let home = std::fs::canonicalize(&path)
+        .ok()?
+        .parent()?
+        .parent()?
+        .to_path_buf();
+    let cacerts = ["lib/security/cacerts", "jre/lib/security/cacerts"]
+        .iter()
+        .map(|c| home.join(c))
+        .find_map(|c| std::fs::canonicalize(c).ok());
+    let follows_system = *os == Os::Linux && cacerts.is_some_and(|c| c.starts_with("/etc"));
+    Some(Jdk {
+        keytool,
+        follows_system,
+        holds_debian_entry: false,
+    })
 }
 
 /// How to invoke `name`: bare when on PATH, else its path in an sbin folder
@@ -459,7 +541,25 @@ impl<'a> Builder<'a> {
         } else {
             self.note("if you added `export NODE_EXTRA_CA_CERTS=...` to your shell profile, remove that line (and run `unset NODE_EXTRA_CA_CERTS`)");
         }
+        self.jdk(pem);
         self.plan
+    }
+
+    /// The JDK's own trust store, which `kt` leaves to the user: it belongs
+    /// to a JDK install, often one of several, and `keytool` asks for its
+    /// password. Nothing to say when the system step updates it.
+    fn jdk(&mut self, pem: &str) {
+        let Some(jdk) = self.sys.jdk.as_ref().filter(|j| !j.follows_system) else {
+            return;
+        };
+        let q = self.plan.quoting;
+        let keytool = quote(&jdk.keytool, q);
+        if self.verb == "install" {
+            self.note("JVM apps (java.net.http, Gradle, Maven) trust the JDK's cacerts, not the system store; import the CA there (as root for a system-wide JDK; the default store password is changeit):");
+            self.note(format!("{keytool} -importcert -noprompt -cacerts -storepass changeit -alias {JDK_ALIAS} -file {}", quote(pem, q)));
+        } else {
+            self.note(format!("if you imported the CA into a JDK's cacerts, remove it: {keytool} -delete -cacerts -storepass changeit -alias {JDK_ALIAS}"));
+        }
     }
 }
 
@@ -566,6 +666,13 @@ fn plan_uninstall(sys: &System, paths: &CaPaths) -> Result<TrustPlan, TrustError
         }
         _ => {}
     }
+    // Whether or not the system store still holds the CA: an uninstall by
+    // an earlier kt left this entry behind.
+    if sys.jdk.as_ref().is_some_and(|j| j.holds_debian_entry) {
+        let what = "remove the CA from the JDK's cacerts (Debian's ca-certificates-java keeps it when the system store drops it)";
+        let cmd = "keytool -delete -cacerts -storepass changeit -alias";
+        b.admin(what, cmd, &[DEBIAN_JDK_ALIAS]);
+    }
     b.nss(pem, false);
     Ok(b.finish(pem))
 }
@@ -650,6 +757,90 @@ mod tests {
         s.system_has_ca = Some(false);
         let plan = plan_uninstall(&s, &paths()).unwrap();
         assert!(plan.steps.is_empty() && has_note(&plan, "not in the system trust store"));
+    }
+
+    #[test]
+    fn a_jdk_with_its_own_store_gets_the_keytool_lines() {
+        let mut s = debian();
+        let plan = plan_install(&s, &paths()).unwrap();
+        assert!(!has_note(&plan, "keytool"), "no JDK, no JVM note");
+        s.jdk = Some(Jdk {
+            keytool: "keytool".into(),
+            follows_system: true,
+            holds_debian_entry: false,
+        });
+        let plan = plan_install(&s, &paths()).unwrap();
+        assert!(!has_note(&plan, "keytool"), "the system step covers it");
+        s.jdk = Some(Jdk {
+            keytool: "/opt/jdk 21/bin/keytool".into(),
+            follows_system: false,
+            holds_debian_entry: false,
+        });
+        let plan = plan_install(&s, &paths()).unwrap();
+        assert!(has_note(
+            &plan,
+            "trust the JDK's cacerts, not the system store"
+        ));
+        let import = format!("'/opt/jdk 21/bin/keytool' -importcert -noprompt -cacerts -storepass changeit -alias keeptrusts-kt -file {Q_PEM}");
+        assert!(has_note(&plan, &import), "{:?}", plan.notes);
+        s.system_has_ca = Some(true);
+        let plan = plan_uninstall(&s, &paths()).unwrap();
+        assert!(has_note(
+            &plan,
+            "'/opt/jdk 21/bin/keytool' -delete -cacerts -storepass changeit -alias keeptrusts-kt"
+        ));
+        // The line is for the user's shell: it must be one command there.
+        let win = sys(Os::Windows, &[], &[]);
+        let win = System {
+            jdk: Some(Jdk {
+                keytool: r"C:\Program Files\Java\bin\keytool.exe".into(),
+                follows_system: false,
+                holds_debian_entry: false,
+            }),
+            ..win
+        };
+        let plan = plan_install(&win, &paths()).unwrap();
+        assert!(
+            has_note(
+                &plan,
+                r#""C:\Program Files\Java\bin\keytool.exe" -importcert"#
+            ),
+            "{:?}",
+            plan.notes
+        );
+    }
+
+    #[test]
+    fn uninstall_takes_the_ca_out_of_a_debian_jdk_store() {
+        // ca-certificates-java copies the CA into the JDK's store on
+        // install, and keeps it through `update-ca-certificates --fresh`.
+        let mut s = debian();
+        s.system_has_ca = Some(true);
+        s.programs.insert("keytool".into(), "keytool".into());
+        s.jdk = Some(Jdk {
+            keytool: "keytool".into(),
+            follows_system: true,
+            holds_debian_entry: true,
+        });
+        let plan = plan_uninstall(&s, &paths()).unwrap();
+        let delete =
+            "keytool -delete -cacerts -storepass changeit -alias debian:keeptrusts-kt-ca.pem";
+        assert_eq!(lines(&plan).last().map(String::as_str), Some(delete));
+        // Left behind by an earlier uninstall: still taken out.
+        s.system_has_ca = Some(false);
+        let plan = plan_uninstall(&s, &paths()).unwrap();
+        assert_eq!(lines(&plan), [delete]);
+        s.is_root = false;
+        s.programs.insert("sudo".into(), "sudo".into());
+        let plan = plan_uninstall(&s, &paths()).unwrap();
+        assert_eq!(lines(&plan), [format!("sudo {delete}")]);
+        s.jdk = Some(Jdk {
+            keytool: "keytool".into(),
+            follows_system: true,
+            holds_debian_entry: false,
+        });
+        let plan = plan_uninstall(&s, &paths()).unwrap();
+        assert!(plan.steps.is_empty());
     }
 
     #[test]
