@@ -8,12 +8,15 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # The client tests drive real clients: headless Chromium (the dashboard and
 # browser tests, the latter with NSS's certutil), Node.js's own HTTP
-# clients and curl. Whichever is missing is installed from Debian's
-# packages; without them those tests print KT-TEST-SKIPPED, which CI
-# treats as a failure.
+# clients, curl, and the JDK's HTTP client (with its keytool). Whichever is
+# missing is installed from Debian's packages; without them those tests
+# print KT-TEST-SKIPPED, which CI treats as a failure.
 missing=""
-for pair in chromium:chromium certutil:libnss3-tools node:nodejs curl:curl; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair#*:}"
+for pair in chromium:chromium certutil:libnss3-tools node:nodejs curl:curl \
+  java:default-jdk-headless keytool:default-jdk-headless; do
+  package=${pair#*:}
+  case " $missing " in *" $package "*) continue ;; esac
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing $package"
 done
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "scripts/test.sh: installing$missing for the client tests" >&2

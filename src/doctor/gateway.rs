@@ -523,7 +523,7 @@ pub async fn refusals_check(gw: &GatewayTarget, dialer: &Dialer) -> Option<Check
         count("closed"),
     );
     let hung_up = if closed > 0 {
-        format!("; {closed} hung up mid-handshake (Node.js without the kt CA does that)")
+        format!("; {closed} hung up mid-handshake (Node.js and the JDK without the kt CA do that)")
     } else {
         String::new()
     };

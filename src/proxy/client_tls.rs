@@ -87,8 +87,9 @@ impl ClientTlsFailure {
             }
             ClientTlsFailure::Closed => {
                 "the client hung up during the handshake: Node.js clients (VS Code extensions) \
-                 do this when they do not trust the kt CA; launch them with \
-                 NODE_EXTRA_CA_CERTS set (see `kt doctor`)"
+                 and the JDK do this when they do not trust the kt CA; launch Node with \
+                 NODE_EXTRA_CA_CERTS set, and give a JDK the CA as `kt ca install` says \
+                 (see `kt doctor`)"
             }
             ClientTlsFailure::Timeout => "the client stopped answering during the handshake",
             ClientTlsFailure::Protocol => {

@@ -51,7 +51,7 @@ pub(super) fn render(gw: &Gateway) -> String {
         &mut out,
         "kt_client_tls_failures_total",
         "counter",
-        "Intercepted connections whose client TLS handshake failed, by reason (untrusted_ca, certificate_rejected, and closed for Node.js clients: the client does not trust the kt CA).",
+        "Intercepted connections whose client TLS handshake failed, by reason (untrusted_ca, certificate_rejected, and closed for Node.js and JDK clients: the client does not trust the kt CA).",
         &failures,
     );
     metric(

@@ -15,6 +15,7 @@ mod hardening;
 mod hosted;
 mod hostile;
 mod intercept;
+mod java;
 mod keys;
 mod lifecycle;
 mod limits;
