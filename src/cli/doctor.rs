@@ -76,6 +76,7 @@ pub fn run(home: &HomeArgs, args: DoctorArgs) -> anyhow::Result<ExitCode> {
         proxy_env: proxy_env::ProxyEnv::from_process(),
         proc_dir: PathBuf::from("/proc"),
         node: !args.no_node,
+        jdk: crate::tls::trust::local_jdk(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

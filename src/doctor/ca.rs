@@ -1,9 +1,10 @@
 //! The kt CA as clients see it: the certificate file (present, parsable,
-//! in date), the OS trust bundle, and the NSS database Chromium-based
-//! apps read.
+//! in date), the OS trust bundle, the NSS database Chromium-based apps
+//! read, and the JDK's `cacerts`.
 
 use super::{Check, Status};
 use crate::tls::ca::CA_COMMON_NAME;
+use crate::tls::trust::Jdk;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
@@ -269,6 +270,61 @@ pub fn nss_check(home: Option<&Path>, ca: Option<&LoadedCa>) -> Option<Check> {
             format!("cannot run certutil: {e}"),
             None,
         ),
+    })
+}
+
+/// Does the JDK's `cacerts` hold the CA? JVM apps that use the proxy
+/// (`java.net.http`, Gradle, Maven) read only that store. `None` without a
+/// JDK. A warning at worst: many machines have a JDK whose apps never go
+/// through the proxy.
+pub fn jdk_check(jdk: Option<&Jdk>, ca: Option<&LoadedCa>) -> Option<Check> {
+    let (jdk, ca) = (jdk?, ca?);
+    let store = match &jdk.cacerts {
+        Some(path) => format!("the JDK's cacerts ({})", path.display()),
+        None => "the JDK's cacerts".to_string(),
+    };
+    let mut list = std::process::Command::new(&jdk.keytool);
+    list.args(["-list", "-rfc", "-storepass", "changeit"]);
+    match &jdk.cacerts {
+        Some(path) => list.arg("-keystore").arg(path),
+        None => list.arg("-cacerts"),
+    };
+    let out = list.stdin(std::process::Stdio::null()).output();
+    let warn =
+        |detail: String, fix: Option<String>| Check::new("ca_jdk_trust", Status::Warn, detail, fix);
+    Some(match out {
+        Ok(o) if o.status.success() => {
+            let trusted = CertificateDer::pem_slice_iter(&o.stdout)
+                .filter_map(Result::ok)
+                .any(|c| c.as_ref() == ca.der.as_ref());
+            if trusted {
+                Check::new(
+                    "ca_jdk_trust",
+                    Status::Ok,
+                    format!("trusted in {store}"),
+                    None,
+                )
+            } else {
+                let fix = if jdk.follows_system {
+                    "sudo kt ca install (this JDK's store is rebuilt from the system store)"
+                } else {
+                    "kt ca install prints the keytool line that imports it"
+                };
+                warn(
+                    format!("the kt CA is not in {store}: JVM apps that use the proxy (java.net.http, Gradle, Maven) will reject intercepted hosts"),
+                    Some(fix.into()),
+                )
+            }
+        }
+        Ok(o) => {
+            let why = String::from_utf8_lossy(&o.stdout);
+            let why = why
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no reason given");
+            warn(format!("keytool cannot read {store}: {}", why.trim()), None)
+        }
+        Err(e) => warn(format!("cannot run {}: {e}", jdk.keytool), None),
     })
 }
 

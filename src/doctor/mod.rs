@@ -119,6 +119,8 @@ pub struct Inputs {
     pub proc_dir: PathBuf,
     /// Run the Node.js checks when `node` is installed.
     pub node: bool,
+    /// The JDK whose `cacerts` is checked for the CA.
+    pub jdk: Option<crate::tls::trust::Jdk>,
 }
 
 /// Runs every check, in the order a person would fix things.
@@ -149,6 +151,7 @@ pub async fn run(inputs: &Inputs) -> Vec<Check> {
         checks.push(ca::os_trust_check(ca, inputs.ca_bundle.as_deref()));
     }
     checks.extend(ca::nss_check(inputs.user_home.as_deref(), ca.as_ref()));
+    checks.extend(ca::jdk_check(inputs.jdk.as_ref(), ca.as_ref()));
     checks.extend(refusals);
     checks.extend(proxy_env::checks(
         &inputs.proxy_env,

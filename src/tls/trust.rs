@@ -204,13 +204,15 @@ struct NssDb {
 /// A JDK on this machine: JVM apps (`java.net.http`, Gradle, Maven) trust
 /// its `cacerts`, not the OS store.
 #[derive(Debug, Clone)]
-struct Jdk {
+pub struct Jdk {
     /// How to invoke its `keytool`.
-    keytool: String,
-    /// Its `cacerts` file is the system store's own export (Debian's
+    pub keytool: String,
+    /// Its `cacerts` file, through its symlinks, when there is one.
+    pub cacerts: Option<PathBuf>,
+    /// That file is the system store's own export (Debian's
     /// ca-certificates-java, Fedora's update-ca-trust): the system step
     /// updates it.
-    follows_system: bool,
+    pub follows_system: bool,
     /// It holds the entry Debian's ca-certificates-java made for the CA,
     /// which `update-ca-certificates --fresh` does not take out again.
     holds_debian_entry: bool,
@@ -319,42 +321,55 @@ impl System {
     }
 }
 
-/// The JDK whose `keytool` a user would run: `JAVA_HOME`'s (as mkcert
-/// picks it), else the one on PATH, followed through its symlinks
-/// (`/usr/bin/keytool` -> `/usr/lib/jvm/<jdk>/bin/keytool`) to its
-/// `cacerts`.
+/// The JDK whose `keytool` a user would run on this machine (see
+/// [`find_jdk`]).
+pub fn local_jdk() -> Option<Jdk> {
+    let os = if cfg!(windows) {
+        Os::Windows
+    } else if cfg!(target_os = "macos") {
+        Os::Mac
+    } else {
+        Os::Linux
+    };
+    find_jdk(&os)
+}
+
+/// The JDK `JAVA_HOME` names (as mkcert picks it), else the one whose
+/// `keytool` is on PATH, followed through its symlinks (`/usr/bin/keytool`
+/// -> `/usr/lib/jvm/<jdk>/bin/keytool`) to its `cacerts`.
 fn find_jdk(os: &Os) -> Option<Jdk> {
     let exe = if *os == Os::Windows {
         "keytool.exe"
     } else {
         "keytool"
     };
-    let from_home = std::env::var_os("JAVA_HOME")
+    let java_home = std::env::var_os("JAVA_HOME")
         .filter(|h| !h.is_empty())
-        .map(|h| Path::new(&h).join("bin").join(exe))
-        .filter(|k| k.is_file());
-    let (keytool, path) = match from_home {
-        Some(k) => (k.to_string_lossy().into_owned(), k),
+        .map(PathBuf::from)
+        .filter(|h| h.join("bin").join(exe).is_file());
+    let (keytool, home) = match java_home {
+        Some(home) => (
+            home.join("bin").join(exe).to_string_lossy().into_owned(),
+            home,
+        ),
         None => {
             let path = std::env::var_os("PATH").unwrap_or_default();
             let found = std::env::split_paths(&path)
                 .map(|d| d.join(exe))
                 .find(|k| k.is_file())?;
-            ("keytool".to_string(), found)
+            let bin = std::fs::canonicalize(found).ok()?;
+            ("keytool".to_string(), bin.parent()?.parent()?.to_path_buf())
         }
     };
-    let home = std::fs::canonicalize(&path)
-        .ok()?
-        .parent()?
-        .parent()?
-        .to_path_buf();
     let cacerts = ["lib/security/cacerts", "jre/lib/security/cacerts"]
         .iter()
         .map(|c| home.join(c))
         .find_map(|c| std::fs::canonicalize(c).ok());
-    let follows_system = *os == Os::Linux && cacerts.is_some_and(|c| c.starts_with("/etc"));
+    let follows_system =
+        *os == Os::Linux && cacerts.as_ref().is_some_and(|c| c.starts_with("/etc"));
     Some(Jdk {
         keytool,
+        cacerts,
         follows_system,
         holds_debian_entry: false,
     })
@@ -766,6 +781,7 @@ mod tests {
         assert!(!has_note(&plan, "keytool"), "no JDK, no JVM note");
         s.jdk = Some(Jdk {
             keytool: "keytool".into(),
+            cacerts: None,
             follows_system: true,
             holds_debian_entry: false,
         });
@@ -773,6 +789,7 @@ mod tests {
         assert!(!has_note(&plan, "keytool"), "the system step covers it");
         s.jdk = Some(Jdk {
             keytool: "/opt/jdk 21/bin/keytool".into(),
+            cacerts: None,
             follows_system: false,
             holds_debian_entry: false,
         });
@@ -794,6 +811,7 @@ mod tests {
         let win = System {
             jdk: Some(Jdk {
                 keytool: r"C:\Program Files\Java\bin\keytool.exe".into(),
+                cacerts: None,
                 follows_system: false,
                 holds_debian_entry: false,
             }),
@@ -819,6 +837,7 @@ mod tests {
         s.programs.insert("keytool".into(), "keytool".into());
         s.jdk = Some(Jdk {
             keytool: "keytool".into(),
+            cacerts: None,
             follows_system: true,
             holds_debian_entry: true,
         });
@@ -836,6 +855,7 @@ mod tests {
         assert_eq!(lines(&plan), [format!("sudo {delete}")]);
         s.jdk = Some(Jdk {
             keytool: "keytool".into(),
+            cacerts: None,
             follows_system: true,
             holds_debian_entry: false,
         });

@@ -175,3 +175,128 @@ async fn the_jdk_http_client_reaches_an_llm_through_kt_once_keytool_trusts_the_c
         .collect();
     assert!(usage.contains(&(Some(9), Some(4))), "{usage:?}");
 }
+
+/// Runs `keytool` with `args`; panics with its output when it fails.
+fn keytool(args: &[&str]) {
+    let out = std::process::Command::new("keytool")
+        .args(args)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "keytool {args:?}: {said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kt_ca_and_kt_doctor_look_after_the_jdk_java_home_names() {
+    if !crate::common::probe::programs_present(&["java", "keytool"]) {
+        return;
+    }
+    // A JDK of its own, as SDKMAN or an IDE's bundled runtime has: its
+    // keytool, and a cacerts that is not the system store's.
+    let home = tempfile::tempdir().unwrap();
+    let kt = |args: &[&str], java_home: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kt"))
+            .arg("--data-dir")
+            .arg(home.path())
+            .args(args)
+            .env("JAVA_HOME", java_home)
+            .output()
+            .unwrap()
+    };
+    let jdk = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(jdk.path().join("bin")).unwrap();
+    std::fs::create_dir_all(jdk.path().join("lib/security")).unwrap();
+    let real = which_keytool();
+    std::os::unix::fs::symlink(&real, jdk.path().join("bin/keytool")).unwrap();
+    let cacerts = jdk.path().join("lib/security/cacerts");
+    let cacerts_arg = cacerts.to_str().unwrap();
+    let other = TestCa::new("some public root");
+    let other_pem = other.pem_path.to_str().unwrap();
+    let store = ["-storepass", "changeit", "-keystore", cacerts_arg];
+    keytool(
+        &[
+            &[
+                "-importcert",
+                "-noprompt",
+                "-alias",
+                "other",
+                "-file",
+                other_pem,
+            ],
+            &store[..],
+        ]
+        .concat(),
+    );
+    assert!(kt(&["ca", "init"], jdk.path()).status.success());
+    let ca_pem = home.path().join("certs/kt-ca.pem");
+
+    // install and uninstall name this JDK's keytool.
+    let plan = kt(&["ca", "install", "--dry-run"], jdk.path());
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    let import = format!(
+        "{}/bin/keytool -importcert -noprompt -cacerts -storepass changeit -alias keeptrusts-kt -file {}",
+        jdk.path().display(),
+        ca_pem.display()
+    );
+    assert!(plan.contains(&import), "{plan}");
+    let plan = kt(&["ca", "uninstall", "--dry-run"], jdk.path());
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(
+        plan.contains("/bin/keytool -delete -cacerts -storepass changeit -alias keeptrusts-kt"),
+        "{plan}"
+    );
+
+    // doctor: not in the store, then in it.
+    let java_home = jdk.path().to_str().unwrap();
+    let doctor = || async {
+        let out = crate::common::doctor(
+            home.path(),
+            &["--no-node", "--json"],
+            &[("JAVA_HOME", java_home)],
+        )
+        .await;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        crate::common::doctor_check(&json, "ca_jdk_trust").clone()
+    };
+    let check = doctor().await;
+    assert_eq!(check["status"], "warn", "{check}");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "not in the JDK's cacerts ({})",
+            std::fs::canonicalize(&cacerts).unwrap().display()
+        )),
+        "{check}"
+    );
+    assert!(
+        check["fix"].as_str().unwrap().contains("keytool line"),
+        "{check}"
+    );
+    let ca_arg = ca_pem.to_str().unwrap();
+    keytool(
+        &[
+            &[
+                "-importcert",
+                "-noprompt",
+                "-alias",
+                "keeptrusts-kt",
+                "-file",
+                ca_arg,
+            ],
+            &store[..],
+        ]
+        .concat(),
+    );
+    let check = doctor().await;
+    assert_eq!(check["status"], "ok", "{check}");
+}
+
+/// The real `keytool`, through its symlinks.
+fn which_keytool() -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap();
+    let found = std::env::split_paths(&path)
+        .map(|d| d.join("keytool"))
+        .find(|k| k.is_file())
+        .unwrap();
+    std::fs::canonicalize(found).unwrap()
+}
