@@ -334,9 +334,10 @@ pub fn local_jdk() -> Option<Jdk> {
     find_jdk(&os)
 }
 
-/// The JDK `JAVA_HOME` names (as mkcert picks it), else the one whose
-/// `keytool` is on PATH, followed through its symlinks (`/usr/bin/keytool`
-/// -> `/usr/lib/jvm/<jdk>/bin/keytool`) to its `cacerts`.
+/// The JDK `JAVA_HOME` names (as mkcert picks it), else macOS's current
+/// one, else the one whose `keytool` is on PATH, followed through its
+/// symlinks (`/usr/bin/keytool` -> `/usr/lib/jvm/<jdk>/bin/keytool`) to its
+/// `cacerts`.
 fn find_jdk(os: &Os) -> Option<Jdk> {
     let exe = if *os == Os::Windows {
         "keytool.exe"
@@ -347,6 +348,15 @@ fn find_jdk(os: &Os) -> Option<Jdk> {
         .filter(|h| !h.is_empty())
         .map(PathBuf::from)
         .filter(|h| h.join("bin").join(exe).is_file());
+    // macOS's /usr/bin/keytool is a stub that fails when no JDK is
+    // installed; `java_home` names the one it would run.
+    let java_home = java_home.or_else(|| {
+        let home = (*os == Os::Mac).then(|| quiet("/usr/libexec/java_home", &[]))??;
+        Some(PathBuf::from(home.trim())).filter(|h| h.join("bin").join(exe).is_file())
+    });
+    if java_home.is_none() && *os == Os::Mac {
+        return None;
+    }
     let (keytool, home) = match java_home {
         Some(home) => (
             home.join("bin").join(exe).to_string_lossy().into_owned(),
