@@ -731,6 +731,17 @@ mod tests {
         }
     }
 
+    /// A JDK found at `keytool`: its store rebuilt from the system's or
+    /// not, holding Debian's entry for the CA or not.
+    fn jdk(keytool: &str, follows_system: bool, holds_debian_entry: bool) -> Jdk {
+        Jdk {
+            keytool: keytool.into(),
+            cacerts: None,
+            follows_system,
+            holds_debian_entry,
+        }
+    }
+
     fn debian() -> System {
         sys(Os::Linux, &["update-ca-certificates"], &[DEBIAN_DIR])
     }
@@ -789,20 +800,10 @@ mod tests {
         let mut s = debian();
         let plan = plan_install(&s, &paths()).unwrap();
         assert!(!has_note(&plan, "keytool"), "no JDK, no JVM note");
-        s.jdk = Some(Jdk {
-            keytool: "keytool".into(),
-            cacerts: None,
-            follows_system: true,
-            holds_debian_entry: false,
-        });
+        s.jdk = Some(jdk("keytool", true, false));
         let plan = plan_install(&s, &paths()).unwrap();
         assert!(!has_note(&plan, "keytool"), "the system step covers it");
-        s.jdk = Some(Jdk {
-            keytool: "/opt/jdk 21/bin/keytool".into(),
-            cacerts: None,
-            follows_system: false,
-            holds_debian_entry: false,
-        });
+        s.jdk = Some(jdk("/opt/jdk 21/bin/keytool", false, false));
         let plan = plan_install(&s, &paths()).unwrap();
         assert!(has_note(
             &plan,
@@ -819,12 +820,7 @@ mod tests {
         // The line is for the user's shell: it must be one command there.
         let win = sys(Os::Windows, &[], &[]);
         let win = System {
-            jdk: Some(Jdk {
-                keytool: r"C:\Program Files\Java\bin\keytool.exe".into(),
-                cacerts: None,
-                follows_system: false,
-                holds_debian_entry: false,
-            }),
+            jdk: Some(jdk(r"C:\Program Files\Java\bin\keytool.exe", false, false)),
             ..win
         };
         let plan = plan_install(&win, &paths()).unwrap();
@@ -845,12 +841,7 @@ mod tests {
         let mut s = debian();
         s.system_has_ca = Some(true);
         s.programs.insert("keytool".into(), "keytool".into());
-        s.jdk = Some(Jdk {
-            keytool: "keytool".into(),
-            cacerts: None,
-            follows_system: true,
-            holds_debian_entry: true,
-        });
+        s.jdk = Some(jdk("keytool", true, true));
         let plan = plan_uninstall(&s, &paths()).unwrap();
         let delete =
             "keytool -delete -cacerts -storepass changeit -alias debian:keeptrusts-kt-ca.pem";
@@ -863,12 +854,7 @@ mod tests {
         s.programs.insert("sudo".into(), "sudo".into());
         let plan = plan_uninstall(&s, &paths()).unwrap();
         assert_eq!(lines(&plan), [format!("sudo {delete}")]);
-        s.jdk = Some(Jdk {
-            keytool: "keytool".into(),
-            cacerts: None,
-            follows_system: true,
-            holds_debian_entry: false,
-        });
+        s.jdk = Some(jdk("keytool", true, false));
         let plan = plan_uninstall(&s, &paths()).unwrap();
         assert!(plan.steps.is_empty());
     }

@@ -203,6 +203,61 @@ pub fn steps(events: &[keeptrusts::events::Event]) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// Runs a client program off the test's runtime (so an in-process gateway
+/// keeps serving) and returns the one JSON document it printed; panics
+/// with its output when it prints none or fails.
+pub async fn client_json(mut cmd: std::process::Command) -> serde_json::Value {
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{seen}");
+    seen
+}
+
+/// Checks the audit trail a real client leaves after three chats and one
+/// filtered prompt (`AUDIT_REDACT_FILTER`): four requests, one blocked,
+/// three answers, one of them carrying the usage `9,4` the origin sent.
+pub fn assert_three_chats_and_a_block(events: &[keeptrusts::events::Event]) {
+    let mut trail = steps(events);
+    trail.sort();
+    assert_eq!(
+        trail,
+        [
+            ("input", "block"),
+            ("input", "pass"),
+            ("input", "pass"),
+            ("input", "pass"),
+            ("output", "pass"),
+            ("output", "pass"),
+            ("output", "pass"),
+        ]
+    );
+    let usage: Vec<_> = events
+        .iter()
+        .filter(|e| e.phase.as_str() == "output")
+        .map(|e| (e.tokens_in, e.tokens_out))
+        .collect();
+    assert!(usage.contains(&(Some(9), Some(4))), "{usage:?}");
+}
+
+/// The text of an OpenAI chat stream: its `data:` events' deltas, in order.
+pub fn sse_text(body: &str) -> String {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
 /// Runs `kt doctor` with exactly the proxy variables given (and a home
 /// folder without NSS databases), off the test's runtime so an
 /// in-process gateway keeps serving.

@@ -122,18 +122,7 @@ async fn curl_through_kt_as_the_readme_shows() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(stdout.ends_with("\nversion=2"), "{stdout}");
-    let streamed: String = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
-    assert_eq!(streamed, "streamed over h2");
+    assert_eq!(crate::common::sse_text(&stdout), "streamed over h2");
     assert!(stdout.contains("data: [DONE]"), "{stdout}");
 
     // A host kt does not intercept: curl verifies the origin's own

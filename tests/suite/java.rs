@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common::origin::{Alpn, Origin};
-use crate::common::{connect_to, steps, verified_events, TestCa, TestGateway};
+use crate::common::{connect_to, verified_events, TestCa, TestGateway};
 use keeptrusts::config::PolicyConfig;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -29,15 +29,7 @@ async fn java(gw: &TestGateway, jvm: Vec<String>, reply: &str, blocked: &str) ->
         .env_remove("JDK_JAVA_OPTIONS")
         .env_remove("HTTPS_PROXY")
         .env_remove("HTTP_PROXY");
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
-    assert!(out.status.success(), "{seen}");
-    seen
+    crate::common::client_json(cmd).await
 }
 
 /// The text of an OpenAI chat answer: whole JSON, or SSE deltas in order.
@@ -48,16 +40,7 @@ fn chat_text(body: &str) -> String {
             .unwrap_or_default()
             .to_owned();
     }
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect()
+    crate::common::sse_text(body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,26 +137,7 @@ async fn the_jdk_http_client_reaches_an_llm_through_kt_once_keytool_trusts_the_c
     );
 
     let events = verified_events(&gw.close_events().await);
-    let mut trail = steps(&events);
-    trail.sort();
-    assert_eq!(
-        trail,
-        [
-            ("input", "block"),
-            ("input", "pass"),
-            ("input", "pass"),
-            ("input", "pass"),
-            ("output", "pass"),
-            ("output", "pass"),
-            ("output", "pass"),
-        ]
-    );
-    let usage: Vec<_> = events
-        .iter()
-        .filter(|e| e.phase.as_str() == "output")
-        .map(|e| (e.tokens_in, e.tokens_out))
-        .collect();
-    assert!(usage.contains(&(Some(9), Some(4))), "{usage:?}");
+    crate::common::assert_three_chats_and_a_block(&events);
 }
 
 /// Runs `keytool` with `args`; panics with its output when it fails.

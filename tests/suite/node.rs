@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common::origin::{Alpn, Origin};
-use crate::common::{connect_to, steps, verified_events, TestCa, TestGateway};
+use crate::common::{connect_to, verified_events, TestCa, TestGateway};
 use keeptrusts::config::PolicyConfig;
 use std::path::Path;
 use std::sync::Arc;
@@ -38,14 +38,7 @@ async fn node_https_and_http2_clients_reach_an_llm_through_kt() {
         .env_remove("HTTPS_PROXY")
         .env_remove("HTTP_PROXY")
         .env_remove("NODE_OPTIONS");
-    let out = tokio::task::spawn_blocking(move || node.output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
-    assert!(out.status.success(), "{seen}");
+    let seen = crate::common::client_json(node).await;
 
     // HTTP/1.1: a stream, a whole answer and a block, on one connection.
     for (name, status, text) in [
@@ -64,24 +57,5 @@ async fn node_https_and_http2_clients_reach_an_llm_through_kt() {
     assert_eq!(seen["overH2"]["text"], reply, "{seen}");
 
     let events = verified_events(&gw.close_events().await);
-    let mut trail = steps(&events);
-    trail.sort();
-    assert_eq!(
-        trail,
-        [
-            ("input", "block"),
-            ("input", "pass"),
-            ("input", "pass"),
-            ("input", "pass"),
-            ("output", "pass"),
-            ("output", "pass"),
-            ("output", "pass"),
-        ]
-    );
-    let usage: Vec<_> = events
-        .iter()
-        .filter(|e| e.phase.as_str() == "output")
-        .map(|e| (e.tokens_in, e.tokens_out))
-        .collect();
-    assert!(usage.contains(&(Some(9), Some(4))), "{usage:?}");
+    crate::common::assert_three_chats_and_a_block(&events);
 }
