@@ -15,6 +15,8 @@ const OS_BUNDLES: &[&str] = &[
     "/etc/pki/tls/certs/ca-bundle.crt",   // Fedora, RHEL
     "/etc/ca-certificates/extracted/tls-ca-bundle.pem", // Arch
 ];
+/// Longest `keytool` may take to list the JDK's store.
+const JDK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Certificates closer than this to expiry get a warning.
 const EXPIRY_WARNING_DAYS: i64 = 30;
 
@@ -277,7 +279,7 @@ pub fn nss_check(home: Option<&Path>, ca: Option<&LoadedCa>) -> Option<Check> {
 /// (`java.net.http`, Gradle, Maven) read only that store. `None` without a
 /// JDK. A warning at worst: many machines have a JDK whose apps never go
 /// through the proxy.
-pub fn jdk_check(jdk: Option<&Jdk>, ca: Option<&LoadedCa>) -> Option<Check> {
+pub async fn jdk_check(jdk: Option<&Jdk>, ca: Option<&LoadedCa>) -> Option<Check> {
     let (jdk, ca) = (jdk?, ca?);
     let store = match &jdk.cacerts {
         Some(path) => format!("the JDK's cacerts ({})", path.display()),
@@ -289,9 +291,23 @@ pub fn jdk_check(jdk: Option<&Jdk>, ca: Option<&LoadedCa>) -> Option<Check> {
         Some(path) => list.arg("-keystore").arg(path),
         None => list.arg("-cacerts"),
     };
-    let out = list.stdin(std::process::Stdio::null()).output();
+    list.stdin(std::process::Stdio::null());
     let warn =
         |detail: String, fix: Option<String>| Check::new("ca_jdk_trust", Status::Warn, detail, fix);
+    // A JVM start: bounded like the Node probe, so a wedged JDK cannot
+    // hang the checklist.
+    let listed = tokio::time::timeout(
+        JDK_TIMEOUT,
+        tokio::task::spawn_blocking(move || list.output()),
+    )
+    .await;
+    let Ok(Ok(out)) = listed else {
+        let secs = JDK_TIMEOUT.as_secs();
+        return Some(warn(
+            format!("keytool did not list {store} within {secs} s"),
+            None,
+        ));
+    };
     Some(match out {
         Ok(o) if o.status.success() => {
             let trusted = CertificateDer::pem_slice_iter(&o.stdout)

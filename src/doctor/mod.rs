@@ -151,7 +151,7 @@ pub async fn run(inputs: &Inputs) -> Vec<Check> {
         checks.push(ca::os_trust_check(ca, inputs.ca_bundle.as_deref()));
     }
     checks.extend(ca::nss_check(inputs.user_home.as_deref(), ca.as_ref()));
-    checks.extend(ca::jdk_check(inputs.jdk.as_ref(), ca.as_ref()));
+    checks.extend(ca::jdk_check(inputs.jdk.as_ref(), ca.as_ref()).await);
     checks.extend(refusals);
     checks.extend(proxy_env::checks(
         &inputs.proxy_env,
