@@ -81,6 +81,7 @@ async fn handle(
         limits.max_inspected_body,
         limits.body_read,
         ctx.gw.bodies(),
+        super::inspected::expect_grace(&parts),
     )
     .await?;
     let meta = crate::llm::inspect::request_meta(&bytes)
@@ -313,7 +314,14 @@ async fn fetch(gw: &super::Gateway, t: &Target, path: &str) -> Result<Vec<String
             status: resp.status(),
         });
     }
-    let bytes = read_body(resp.into_body(), LIST_MAX_BYTES, LIST_TIMEOUT, gw.bodies()).await?;
+    let bytes = read_body(
+        resp.into_body(),
+        LIST_MAX_BYTES,
+        LIST_TIMEOUT,
+        gw.bodies(),
+        None,
+    )
+    .await?;
     let list: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| ListError::NotAList(e.to_string()))?;
     let data = list

@@ -31,6 +31,10 @@ pub enum ProxyError {
     BodyTimeout { secs: u64 },
     #[error("client request body failed: {0}")]
     ClientBody(String),
+    /// An HTTP/2 request asked `Expect: 100-continue` and sent no body:
+    /// kt's HTTP/2 server cannot send the `100`.
+    #[error("the request asked for 100 (Continue) over HTTP/2, which kt cannot send, and its body did not start within {secs} s; send the body without waiting for 100 (Continue), or use HTTP/1.1")]
+    ExpectationFailed { secs: u64 },
     /// Access key missing, invalid or lacking admin rights.
     #[error("{}", auth_message(*.route, *.denied))]
     Auth { route: AuthRoute, denied: Denied },
@@ -97,6 +101,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyTimeout { .. } => "body_timeout",
             ProxyError::ClientBody(_) => "client_body",
+            ProxyError::ExpectationFailed { .. } => "expectation_failed",
             ProxyError::Auth { route, denied } => match (route, denied) {
                 (AuthRoute::Proxy, _) => "proxy_auth_required",
                 (_, Denied::NotAdmin) => "forbidden",
@@ -125,6 +130,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ExpectationFailed { .. } => StatusCode::EXPECTATION_FAILED,
             ProxyError::Auth { route, denied } => match (route, denied) {
                 (AuthRoute::Proxy, _) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
                 (_, Denied::NotAdmin) => StatusCode::FORBIDDEN,

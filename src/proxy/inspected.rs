@@ -28,6 +28,24 @@ use std::task::{Context, Poll};
 /// refused: a queue full this long means the log is not being written.
 const AUDIT_ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long an HTTP/2 request that asked `Expect: 100-continue` may keep
+/// its body back before kt answers `417`. hyper's HTTP/2 server cannot send
+/// a `100` (hyper#2743): clients that wait about a second and then send
+/// (curl, Go, .NET) still pass, and one that waits for it with no limit of
+/// its own (the JDK's) gets an answer naming why instead of waiting out the
+/// body-read limit.
+const EXPECT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// [`EXPECT_GRACE`] when the request is HTTP/2 and asks for a `100`; over
+/// HTTP/1.1 hyper sends the `100` itself when the body is first read.
+pub(super) fn expect_grace(parts: &http::request::Parts) -> Option<std::time::Duration> {
+    let expects = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    (expects && parts.version == http::Version::HTTP_2).then_some(EXPECT_GRACE)
+}
+
 pub(super) async fn forward(
     ctx: &ConnCtx,
     origin: &Origin,
@@ -45,6 +63,7 @@ pub(super) async fn forward(
         limits.max_inspected_body,
         limits.body_read,
         ctx.gw.bodies(),
+        expect_grace(&parts),
     )
     .await
     {
@@ -276,6 +295,7 @@ async fn upstream_leg(
             limits.max_inspected_body,
             limits.body_read,
             ctx.gw.bodies(),
+            None,
         )
         .await;
         let bytes = match read {
@@ -335,12 +355,14 @@ async fn record_input_once_sent<F: std::future::Future>(
 
 /// Reads a whole body, at most `limit` bytes, within `timeout`; a body that
 /// does not come whole at once holds its bytes of `budget` while it
-/// arrives.
+/// arrives. With `expect_grace` (see [`expect_grace`]) a body that has not
+/// started within it is refused as [`ProxyError::ExpectationFailed`].
 pub(super) async fn read_body(
     mut incoming: Incoming,
     limit: usize,
     timeout: std::time::Duration,
     budget: &BodyBudget,
+    expect_grace: Option<std::time::Duration>,
 ) -> Result<Bytes, ProxyError> {
     // Most LLM requests (and JSON answers) arrive whole, in the reads that
     // brought their head: such a body is taken as its one frame, without
@@ -354,11 +376,22 @@ pub(super) async fn read_body(
         return Err(ProxyError::BodyTooLarge { limit });
     }
     let ready = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut incoming).poll_frame(cx)));
-    let head = match ready.await {
-        Poll::Pending => Bytes::new(),
-        Poll::Ready(None) => return Ok(Bytes::new()),
-        Poll::Ready(Some(Err(e))) => return Err(ProxyError::ClientBody(e.to_string())),
-        Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+    let first = match (ready.await, expect_grace) {
+        (Poll::Ready(first), _) => Some(first),
+        (Poll::Pending, None) => None,
+        (Poll::Pending, Some(grace)) => Some(
+            tokio::time::timeout(grace, incoming.frame())
+                .await
+                .map_err(|_| ProxyError::ExpectationFailed {
+                    secs: grace.as_secs(),
+                })?,
+        ),
+    };
+    let head = match first {
+        None => Bytes::new(),
+        Some(None) => return Ok(Bytes::new()),
+        Some(Some(Err(e))) => return Err(ProxyError::ClientBody(e.to_string())),
+        Some(Some(Ok(frame))) => match frame.into_data() {
             Ok(data) if data.len() > limit => return Err(ProxyError::BodyTooLarge { limit }),
             Ok(data) if incoming.is_end_stream() => return Ok(data),
             Ok(data) => data,

@@ -687,6 +687,80 @@ async fn a_trickling_llm_body_times_out_with_408() {
     );
 }
 
+/// An HTTP/2 request asking `Expect: 100-continue`: kt's HTTP/2 server
+/// cannot send the `100`, so a body sent without waiting goes through,
+/// and one held back for it gets `417` naming why after the grace, rather
+/// than a wait for the whole body-read limit (2 minutes by default).
+#[tokio::test]
+async fn an_h2_request_holding_its_body_for_a_100_gets_417() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    type Chunks = tokio::sync::mpsc::Receiver<Bytes>;
+    let mut e = env(|_| {}).await;
+    let (s, reply) = client::connect(e.gw.addr, &format!("{HOST}:443")).await;
+    assert_eq!(reply.status, 200);
+    let tls = client::tls(s, HOST, &[e.gw.ca_der()], &[b"h2"])
+        .await
+        .unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut send = |tx_body: Chunks| {
+        let frames = futures_util::stream::unfold(tx_body, |mut rx| async move {
+            let chunk = rx.recv().await?;
+            Some((Ok::<_, std::convert::Infallible>(Frame::data(chunk)), rx))
+        });
+        let req = http::Request::post(format!("https://{HOST}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("expect", "100-continue")
+            .body(StreamBody::new(Box::pin(frames)))
+            .unwrap();
+        h2.send_request(req)
+    };
+
+    // Sent at once, as Node's http2 client and most others do.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let answer = send(rx);
+    tx.send(chat("no waiting", false)).await.unwrap();
+    drop(tx);
+    let resp = tokio::time::timeout(BOUND, answer).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(e.tls.hits.load(Ordering::SeqCst), 1);
+
+    // Held back for a 100 that cannot come.
+    let (held, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(BOUND, send(rx))
+        .await
+        .unwrap()
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(resp.status(), 417);
+    assert_eq!(resp.headers()["x-kt-error"], "expectation_failed");
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+    let text = body_string(resp).await;
+    assert!(text.contains("100 (Continue) over HTTP/2"), "{text}");
+    drop(held);
+    assert_eq!(
+        e.tls.hits.load(Ordering::SeqCst),
+        1,
+        "nothing went upstream"
+    );
+
+    let events = events(&mut e.gw).await;
+    let refused = outputs(&events)
+        .into_iter()
+        .find(|ev| ev.status == Some(417))
+        .unwrap_or_else(|| panic!("no 417 output event: {events:?}"));
+    assert_eq!(refused.action.as_str(), "error");
+    let reason = refused.reason.as_deref().unwrap_or("");
+    assert!(reason.starts_with("expectation_failed"), "{reason}");
+}
+
 /// A body that arrives in pieces (its head and first part, then the rest
 /// once the gateway has answered nothing) is read whole before the
 /// policies run: the secret in its second part is redacted, the upstream
