@@ -239,7 +239,7 @@ struct System {
     system_has_ca: Option<bool>,
     /// Set when running as root through sudo (`SUDO_USER`).
     sudo_user: Option<String>,
-    /// The JDK `JAVA_HOME` names, or the one whose `keytool` is on PATH.
+    /// The JDK a user would run (see [`find_jdk`]).
     jdk: Option<Jdk>,
 }
 
