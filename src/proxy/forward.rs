@@ -6,9 +6,11 @@ use super::{ConnCtx, ProxyError};
 use crate::body::{self, Body};
 use crate::upstream::pool::Origin;
 use crate::upstream::UpstreamError;
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 
 /// Headers that describe one hop, never forwarded. The last two are not
@@ -85,7 +87,13 @@ async fn untouched(
     if upgrade {
         restore_upgrade_headers(&mut parts.headers);
     }
-    let up_req = Request::from_parts(parts, body::boxed(incoming));
+    let body = match super::inspected::expect_grace(&parts) {
+        Some(grace) if !http_body::Body::is_end_stream(&incoming) => {
+            Primed::read(incoming, grace).await?
+        }
+        _ => body::boxed(incoming),
+    };
+    let up_req = Request::from_parts(parts, body);
     let mut resp = match ctx.gw.upstream.send(origin, up_req).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -219,6 +227,66 @@ fn restore_upgrade_headers(headers: &mut HeaderMap) {
         header::CONNECTION,
         http::HeaderValue::from_static("upgrade"),
     );
+}
+
+/// The body of an HTTP/2 request that asked for a `100` kt cannot send
+/// (see `inspected::expect_grace`): its first frame, awaited before
+/// anything goes upstream, then the rest as it comes.
+struct Primed {
+    first: Option<Frame<Bytes>>,
+    rest: Incoming,
+}
+
+impl Primed {
+    /// Waits at most `grace` for the body's first frame.
+    async fn read(mut rest: Incoming, grace: std::time::Duration) -> Result<Body, ProxyError> {
+        let first = tokio::time::timeout(grace, rest.frame())
+            .await
+            .map_err(|_| ProxyError::ExpectationFailed {
+                secs: grace.as_secs(),
+            })?;
+        match first {
+            None => Ok(body::empty()),
+            Some(Err(e)) => Err(ProxyError::ClientBody(e.to_string())),
+            Some(Ok(frame)) => Ok(body::boxed(Primed {
+                first: Some(frame),
+                rest,
+            })),
+        }
+    }
+}
+
+impl http_body::Body for Primed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(frame) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(frame)));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let mut hint = self.rest.size_hint();
+        let held = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        hint.set_lower(hint.lower() + held);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint
+    }
 }
 
 #[cfg(test)]

@@ -39,11 +39,13 @@ const EXPECT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// [`EXPECT_GRACE`] when the request is HTTP/2 and asks for a `100`; over
 /// HTTP/1.1 hyper sends the `100` itself when the body is first read.
 pub(super) fn expect_grace(parts: &http::request::Parts) -> Option<std::time::Duration> {
-    let expects = parts
-        .headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    (expects && parts.version == http::Version::HTTP_2).then_some(EXPECT_GRACE)
+    // The version first: most requests are spared the header lookup.
+    let expects = parts.version == http::Version::HTTP_2
+        && parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    expects.then_some(EXPECT_GRACE)
 }
 
 pub(super) async fn forward(
@@ -658,8 +660,29 @@ impl Drop for PolicedStream {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::set_length;
+    use super::{expect_grace, set_length, EXPECT_GRACE};
     use http::{header, HeaderMap, HeaderValue};
+
+    #[test]
+    fn only_http2_requests_asking_for_a_100_get_the_grace() {
+        let parts = |version, expect: Option<&str>| {
+            let mut b = http::Request::post("https://api.openai.com/v1/x").version(version);
+            if let Some(e) = expect {
+                b = b.header(header::EXPECT, e);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        let h2 = http::Version::HTTP_2;
+        assert_eq!(
+            expect_grace(&parts(h2, Some("100-Continue"))),
+            Some(EXPECT_GRACE)
+        );
+        assert_eq!(expect_grace(&parts(h2, None)), None);
+        assert_eq!(expect_grace(&parts(h2, Some("something-else"))), None);
+        // hyper answers the 100 itself on HTTP/1.1.
+        let h1 = http::Version::HTTP_11;
+        assert_eq!(expect_grace(&parts(h1, Some("100-continue"))), None);
+    }
 
     fn lengths(h: &HeaderMap) -> Vec<&str> {
         h.get_all(header::CONTENT_LENGTH)
