@@ -14,9 +14,13 @@ use std::sync::Arc;
 
 const HOST: &str = "api.openai.com";
 
-/// Runs the JDK client through `gw` with `jvm` options, bounded in time,
-/// and returns what it printed.
-async fn java(gw: &TestGateway, jvm: Vec<String>, reply: &str, blocked: &str) -> serde_json::Value {
+const REPLY: &str = "Frost on the window: the kettle hums a single, patient note.";
+const BLOCKED: &str = "about internal-project-zeus";
+
+/// Runs the JDK client through `gw` with `jvm` options (and `login`, a
+/// user and key for the proxy), bounded in time, and returns what it
+/// printed.
+async fn java(gw: &TestGateway, jvm: &[String], login: &[&str]) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/java/LlmClient.java");
     let mut cmd = std::process::Command::new("timeout");
     cmd.arg("60")
@@ -24,12 +28,30 @@ async fn java(gw: &TestGateway, jvm: Vec<String>, reply: &str, blocked: &str) ->
         .args(jvm)
         .arg(script)
         .arg(gw.addr.to_string())
-        .args([HOST, reply, blocked])
+        .args([HOST, REPLY, BLOCKED])
+        .args(login)
         .env_remove("JAVA_TOOL_OPTIONS")
         .env_remove("JDK_JAVA_OPTIONS")
         .env_remove("HTTPS_PROXY")
         .env_remove("HTTP_PROXY");
     crate::common::client_json(cmd).await
+}
+
+/// An origin for the LLM host and a gateway in front of it with the
+/// redact-and-filter chain, asking for keys or not.
+async fn gateway(keys_required: bool) -> (TestCa, Origin, TestGateway) {
+    let ca = TestCa::new("java test CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let config = Arc::new(
+        PolicyConfig::parse(crate::common::AUDIT_REDACT_FILTER, Path::new("t.yaml")).unwrap(),
+    );
+    let gw = TestGateway::start(&ca, |s| {
+        s.auth_required = Some(keys_required);
+        s.connect_to = vec![connect_to(HOST, 443, origin.addr)];
+        s.apply_config(&config);
+    })
+    .await;
+    (ca, origin, gw)
 }
 
 /// The text of an OpenAI chat answer: whole JSON, or SSE deltas in order.
@@ -48,23 +70,11 @@ async fn the_jdk_http_client_reaches_an_llm_through_kt_once_keytool_trusts_the_c
     if !crate::common::probe::programs_present(&["java", "keytool"]) {
         return;
     }
-    let ca = TestCa::new("java test CA");
-    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
-    let config = Arc::new(
-        PolicyConfig::parse(crate::common::AUDIT_REDACT_FILTER, Path::new("t.yaml")).unwrap(),
-    );
-    let mut gw = TestGateway::start(&ca, |s| {
-        s.connect_to = vec![connect_to(HOST, 443, origin.addr)];
-        s.apply_config(&config);
-    })
-    .await;
-    let reply = "Frost on the window: the kettle hums a single, patient note.";
-    let blocked = "about internal-project-zeus";
-
+    let (_ca, origin, mut gw) = gateway(false).await;
     // The JDK's own trust store does not hold the kt CA: JSSE refuses the
     // leaf, nothing reaches the origin, and kt counts the refusal. Like
     // Node.js, JSSE hangs up without an alert.
-    let seen = java(&gw, Vec::new(), reply, blocked).await;
+    let seen = java(&gw, &[], &[]).await;
     let error = seen["error"].as_str().unwrap_or_default();
     assert!(error.contains("SSLHandshakeException"), "{seen}");
     assert_eq!(origin.hits.load(Ordering::SeqCst), 0);
@@ -76,34 +86,52 @@ async fn the_jdk_http_client_reaches_an_llm_through_kt_once_keytool_trusts_the_c
 
     // Imported with keytool, as a user does for a JDK that does not follow
     // the OS store (the README's line).
+    let (_store, trust) = truststore(&gw);
+    let seen = java(&gw, &trust, &[]).await;
+    assert_three_chats_and_a_block(&seen);
+    assert_eq!(
+        origin.hits.load(Ordering::SeqCst),
+        3,
+        "the refused prompt never left kt"
+    );
+
+    let events = verified_events(&gw.close_events().await);
+    crate::common::assert_three_chats_and_a_block(&events);
+}
+
+/// A PKCS12 trust store holding `gw`'s CA, made with keytool, and the JVM
+/// options that use it (the store lives as long as the returned folder).
+fn truststore(gw: &TestGateway) -> (tempfile::TempDir, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("truststore.p12");
-    let imported = std::process::Command::new("keytool")
-        .args([
-            "-importcert",
-            "-noprompt",
-            "-alias",
-            "keeptrusts-kt",
-            "-storetype",
-            "PKCS12",
-        ])
-        .args(["-storepass", "changeit", "-file"])
-        .arg(&gw.ca_pem)
-        .arg("-keystore")
-        .arg(&store)
-        .output()
-        .unwrap();
-    assert!(
-        imported.status.success(),
-        "{}",
-        String::from_utf8_lossy(&imported.stderr)
-    );
+    let store_arg = store.to_str().unwrap();
+    let ca = gw.ca_pem.to_str().unwrap();
+    keytool(&[
+        "-importcert",
+        "-noprompt",
+        "-alias",
+        "keeptrusts-kt",
+        "-storetype",
+        "PKCS12",
+        "-storepass",
+        "changeit",
+        "-file",
+        ca,
+        "-keystore",
+        store_arg,
+    ]);
     let trust = vec![
-        format!("-Djavax.net.ssl.trustStore={}", store.display()),
+        format!("-Djavax.net.ssl.trustStore={store_arg}"),
         "-Djavax.net.ssl.trustStorePassword=changeit".to_owned(),
         "-Djavax.net.ssl.trustStoreType=PKCS12".to_owned(),
     ];
-    let seen = java(&gw, trust, reply, blocked).await;
+    (dir, trust)
+}
+
+/// What the client saw of its three chats and one filtered prompt: streams
+/// that arrived as events, a whole answer and a `409`, over HTTP/1.1, and
+/// a stream over HTTP/2.
+fn assert_three_chats_and_a_block(seen: &serde_json::Value) {
     assert!(seen.get("error").is_none(), "{seen}");
     for (name, status, version) in [
         ("streamed", 200, "1.1"),
@@ -115,29 +143,54 @@ async fn the_jdk_http_client_reaches_an_llm_through_kt_once_keytool_trusts_the_c
         assert_eq!(seen[name]["version"], version, "{name}: {seen}");
         let body = seen[name]["body"].as_str().unwrap();
         if status == 200 {
-            assert_eq!(chat_text(body), reply, "{name}: {seen}");
+            assert_eq!(chat_text(body), REPLY, "{name}: {seen}");
         } else {
             let error: serde_json::Value = serde_json::from_str(body).unwrap();
             assert_eq!(error["error"]["code"], "blocked", "{seen}");
         }
     }
-    // The streams arrived as events: more than one line each.
     for name in ["streamed", "overH2"] {
-        let lines = seen[name]["body"]
+        let events = seen[name]["body"]
             .as_str()
             .unwrap()
             .matches("data: ")
             .count();
-        assert!(lines > 2, "{name}: {seen}");
+        assert!(events > 2, "{name}: {seen}");
     }
-    assert_eq!(
-        origin.hits.load(Ordering::SeqCst),
-        3,
-        "the refused prompt never left kt"
-    );
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jdk_client_authenticates_to_a_gateway_that_requires_keys() {
+    if !crate::common::probe::programs_present(&["java", "keytool"]) {
+        return;
+    }
+    let (_ca, origin, mut gw) = gateway(true).await;
+    let keys = gw.home.path().join("keys.json");
+    let key = keeptrusts::keys::file::create(&keys, "dev1", Some("ide"), false)
+        .unwrap()
+        .key;
+    assert!(gw.gateway.auth().store().unwrap().refresh());
+    let (_store, mut jvm) = truststore(&gw);
+
+    // The JDK answers a 407 for a CONNECT only with schemes not listed in
+    // jdk.http.auth.tunneling.disabledSchemes, which holds Basic by
+    // default: the key is never sent.
+    let seen = java(&gw, &jvm, &["dev1", &key]).await;
+    for name in ["streamed", "whole", "refused", "overH2"] {
+        assert_eq!(seen[name]["status"], 407, "{name}: {seen}");
+    }
+    assert_eq!(origin.hits.load(Ordering::SeqCst), 0);
+
+    // With Basic allowed for tunnels (the README's option) it is.
+    jvm.push("-Djdk.http.auth.tunneling.disabledSchemes=".to_owned());
+    let seen = java(&gw, &jvm, &["dev1", &key]).await;
+    assert_three_chats_and_a_block(&seen);
     let events = verified_events(&gw.close_events().await);
     crate::common::assert_three_chats_and_a_block(&events);
+    assert!(
+        events.iter().all(|e| e.user.as_deref() == Some("dev1")),
+        "{events:?}"
+    );
 }
 
 /// Runs `keytool` with `args`; panics with its output when it fails.
