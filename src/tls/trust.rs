@@ -86,7 +86,21 @@ pub fn install_plan(paths: &CaPaths) -> Result<TrustPlan, TrustError> {
 
 /// Plan for `kt ca uninstall` on this machine.
 pub fn uninstall_plan(paths: &CaPaths) -> Result<TrustPlan, TrustError> {
-    plan_uninstall(&System::detect(paths), paths)
+    let mut sys = System::detect(paths);
+    let debian = linux_store(&sys) == Some(LinuxStore::Debian);
+    if let Some(jdk) = sys.jdk.as_mut().filter(|j| j.follows_system && debian) {
+        // A JVM start, so asked only here, and only where the entry can be.
+        let list = [
+            "-list",
+            "-cacerts",
+            "-storepass",
+            "changeit",
+            "-alias",
+            DEBIAN_JDK_ALIAS,
+        ];
+        jdk.holds_debian_entry = quiet(&jdk.keytool, &list).is_some();
+    }
+    plan_uninstall(&sys, paths)
 }
 
 /// Runs the steps in order, stopping at the first failure.
@@ -280,22 +294,7 @@ impl System {
             }
             _ => None,
         };
-        let debian = linux_store(&sys) == Some(LinuxStore::Debian);
-        sys.jdk = find_jdk(&sys.os).map(|mut jdk| {
-            // A JVM start: asked only where the entry can be.
-            if jdk.follows_system && debian {
-                let list = [
-                    "-list",
-                    "-cacerts",
-                    "-storepass",
-                    "changeit",
-                    "-alias",
-                    DEBIAN_JDK_ALIAS,
-                ];
-                jdk.holds_debian_entry = quiet(&jdk.keytool, &list).is_some();
-            }
-            jdk
-        });
+        sys.jdk = find_jdk(&sys.os);
         if let Some(jdk) = &sys.jdk {
             sys.programs.insert("keytool".into(), jdk.keytool.clone());
         }
