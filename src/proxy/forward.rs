@@ -9,7 +9,6 @@ use crate::upstream::UpstreamError;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 
@@ -240,12 +239,7 @@ struct Primed {
 impl Primed {
     /// Waits at most `grace` for the body's first frame.
     async fn read(mut rest: Incoming, grace: std::time::Duration) -> Result<Body, ProxyError> {
-        let first = tokio::time::timeout(grace, rest.frame())
-            .await
-            .map_err(|_| ProxyError::ExpectationFailed {
-                secs: grace.as_secs(),
-            })?;
-        match first {
+        match super::inspected::first_frame_within(&mut rest, grace).await? {
             None => Ok(body::empty()),
             Some(Err(e)) => Err(ProxyError::ClientBody(e.to_string())),
             Some(Ok(frame)) => Ok(body::boxed(Primed {

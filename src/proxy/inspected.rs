@@ -48,6 +48,19 @@ pub(super) fn expect_grace(parts: &http::request::Parts) -> Option<std::time::Du
     expects.then_some(EXPECT_GRACE)
 }
 
+/// The body's first frame, awaited at most `grace` (see [`expect_grace`]):
+/// a body held back longer is refused as [`ProxyError::ExpectationFailed`].
+pub(super) async fn first_frame_within(
+    incoming: &mut Incoming,
+    grace: std::time::Duration,
+) -> Result<Option<Result<Frame<Bytes>, hyper::Error>>, ProxyError> {
+    tokio::time::timeout(grace, incoming.frame())
+        .await
+        .map_err(|_| ProxyError::ExpectationFailed {
+            secs: grace.as_secs(),
+        })
+}
+
 pub(super) async fn forward(
     ctx: &ConnCtx,
     origin: &Origin,
@@ -381,13 +394,7 @@ pub(super) async fn read_body(
     let first = match (ready.await, expect_grace) {
         (Poll::Ready(first), _) => Some(first),
         (Poll::Pending, None) => None,
-        (Poll::Pending, Some(grace)) => Some(
-            tokio::time::timeout(grace, incoming.frame())
-                .await
-                .map_err(|_| ProxyError::ExpectationFailed {
-                    secs: grace.as_secs(),
-                })?,
-        ),
+        (Poll::Pending, Some(grace)) => Some(first_frame_within(&mut incoming, grace).await?),
     };
     let head = match first {
         None => Bytes::new(),
