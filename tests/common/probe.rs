@@ -138,10 +138,17 @@ impl Rng {
     }
 }
 
+/// Where `program` is on PATH, if it is.
+pub fn program_path(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
 /// True when `program` is on PATH.
 pub fn has_program(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    program_path(program).is_some()
 }
 
 /// True when every one of `programs` (the real clients a test drives) is

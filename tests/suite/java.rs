@@ -223,7 +223,8 @@ async fn kt_ca_and_kt_doctor_look_after_the_jdk_java_home_names() {
     let jdk = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(jdk.path().join("bin")).unwrap();
     std::fs::create_dir_all(jdk.path().join("lib/security")).unwrap();
-    let real = which_keytool();
+    let keytool_on_path = crate::common::probe::program_path("keytool").unwrap();
+    let real = std::fs::canonicalize(keytool_on_path).unwrap();
     std::os::unix::fs::symlink(&real, jdk.path().join("bin/keytool")).unwrap();
     let cacerts = jdk.path().join("lib/security/cacerts");
     let cacerts_arg = cacerts.to_str().unwrap();
@@ -306,14 +307,4 @@ async fn kt_ca_and_kt_doctor_look_after_the_jdk_java_home_names() {
     );
     let check = doctor().await;
     assert_eq!(check["status"], "ok", "{check}");
-}
-
-/// The real `keytool`, through its symlinks.
-fn which_keytool() -> std::path::PathBuf {
-    let path = std::env::var_os("PATH").unwrap();
-    let found = std::env::split_paths(&path)
-        .map(|d| d.join("keytool"))
-        .find(|k| k.is_file())
-        .unwrap();
-    std::fs::canonicalize(found).unwrap()
 }
