@@ -560,7 +560,7 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
         // A page of this origin that makes two streamed chat requests from
         // the browser (`fetch`, same origin), the first with the `prompt`
         // and `reply` of its query string, the second with `blocked`, and
-        // writes what came back into `#out` as JSON.
+        // reports what came back, as JSON, to `/report`.
         "/chat.html" => {
             let mut r = Response::new(full(CHAT_PAGE));
             r.headers_mut()
@@ -650,7 +650,7 @@ fn raw_stream(kind: &str) -> Response<OriginBody> {
 
 /// `/chat.html`: streamed chat requests made by a browser's `fetch`, read
 /// chunk by chunk as an IDE's webview or Electron fetch reads them.
-const CHAT_PAGE: &str = r#"<!doctype html><html><body><pre id="out"></pre><script>
+const CHAT_PAGE: &str = r#"<!doctype html><html><body><script>
 async function chat(content, headers) {
   const r = await fetch('/v1/chat/completions', {method: 'POST',
     headers: Object.assign({'content-type': 'application/json'}, headers),
@@ -681,8 +681,8 @@ async function chat(content, headers) {
   const first = await chat(q.get('prompt'),
     {'x-test-reply': q.get('reply'), 'x-test-usage': '12,7'});
   const second = await chat(q.get('blocked'), {});
-  document.getElementById('out').textContent = JSON.stringify({first, second});
-})().catch(e => { document.getElementById('out').textContent = 'error: ' + e; });
+  return JSON.stringify({first, second});
+})().catch(e => 'error: ' + e).then(text => fetch('/report', {method: 'POST', body: text}));
 </script></body></html>
 "#;
 

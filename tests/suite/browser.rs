@@ -240,36 +240,31 @@ async fn chromium_trusts_kt_after_ca_install_and_speaks_h2_through_it() {
     );
 }
 
-/// The text of the page's `#out` element in a dumped DOM.
-fn page_out(dom: &str) -> String {
-    dom.split_once("<pre id=\"out\">")
-        .and_then(|(_, rest)| rest.split_once("</pre>"))
-        .map(|(text, _)| {
-            text.replace("&quot;", "\"")
-                .replace("&lt;", "<")
-                .replace("&gt;", ">")
-                .replace("&amp;", "&")
-        })
-        .unwrap_or_default()
-}
-
-/// Opens the origin's WebSocket page in Chromium through `gw`: a socket
-/// to OpenAI's Realtime path (answered with real frames), one message
-/// each way; returns what the page reported.
-async fn websocket_page(gw: &TestGateway, origin: &Origin, home: &Path) -> String {
-    let to = "%2Fv1%2Frealtime%3Fmodel%3Dgpt-realtime%26frames";
+/// Opens `url` (a page of `origin`) in Chromium through `gw` and returns
+/// the first thing the page reported to the origin's `/report`. A page
+/// that reports waits for its own requests, where `--dump-dom`'s virtual
+/// time may print it before a slow `fetch` has finished.
+async fn page_report(gw: &TestGateway, origin: &Origin, home: &Path, url: String) -> String {
     let args = vec![
         "--disable-background-networking".into(),
         format!("--proxy-server=http://{}", gw.addr),
     ];
-    let url = format!("https://{LLM_HOST}/ws.html?to={to}");
     let _browser = chromium::open(args, url, Some(home.to_path_buf()));
     let reported = || async { !origin.reports.lock().unwrap().is_empty() };
     assert!(
         wait_until(Duration::from_secs(60), reported).await,
-        "the WebSocket page reported nothing"
+        "the page reported nothing"
     );
     origin.reports.lock().unwrap().remove(0)
+}
+
+/// Opens the origin's WebSocket page in Chromium through `gw`: a socket
+/// to OpenAI's Realtime path (answered with real frames), one message
+/// each way; returns what the page reported once Chromium has closed.
+async fn websocket_page(gw: &TestGateway, origin: &Origin, home: &Path) -> String {
+    let to = "%2Fv1%2Frealtime%3Fmodel%3Dgpt-realtime%26frames";
+    let url = format!("https://{LLM_HOST}/ws.html?to={to}");
+    page_report(gw, origin, home, url).await
 }
 
 /// A GitHub token built at run time, so no secret-shaped literal sits in
@@ -305,14 +300,10 @@ async fn a_page_in_chromium_streams_a_chat_through_the_policy_chain() {
         "prompt=deploy%20with%20{token}&reply={reply}&blocked=about%20internal-project-zeus"
     )
     .replace(' ', "%20");
-    let dom = chromium_through(
-        gw.addr,
-        home.path(),
-        &format!("https://{LLM_HOST}/chat.html?{query}"),
-    )
-    .await;
-    let out: serde_json::Value = serde_json::from_str(&page_out(&dom))
-        .unwrap_or_else(|e| panic!("the page wrote no result ({e}):\n{dom}"));
+    let url = format!("https://{LLM_HOST}/chat.html?{query}");
+    let report = page_report(&gw, &origin, home.path(), url).await;
+    let out: serde_json::Value = serde_json::from_str(&report)
+        .unwrap_or_else(|e| panic!("the page reported no result ({e}): {report}"));
     let first = &out["first"];
     assert_eq!(first["status"], 200, "{out}");
     assert_eq!(
@@ -376,6 +367,12 @@ async fn a_websocket_from_chromium_is_bridged_and_recorded() {
     let ws = websocket_page(&gw, &origin, home.path()).await;
     assert_eq!(ws, "message: echo: hello over kt");
 
+    // The answer's event is written when the session ends, which the
+    // browser's exit (above) sets off: the drain waits for the bridge.
+    assert!(
+        gw.drain(Duration::from_secs(30)).await,
+        "the WebSocket bridge outlived the browser"
+    );
     let events = verified_events(&gw.close_events().await);
     assert_eq!(steps(&events), [("input", "pass"), ("output", "pass")]);
     let why = Some("not inspected: websocket");
