@@ -68,6 +68,12 @@ impl Redactor {
         }
     }
 
+    /// How long a stream may hold the word `text` ends in: see
+    /// [`Scanner::open_token_len`].
+    pub fn open_token_len(&self, text: &str) -> usize {
+        self.scanner.open_token_len(text)
+    }
+
     fn keeps(&self, f: &Finding) -> bool {
         let kind = &*f.kind;
         let rule = &*f.rule;

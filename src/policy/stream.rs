@@ -327,6 +327,25 @@ impl OutputStream {
         Some(Snapshot { full, restart })
     }
 
+    /// The longest hold a redact policy of this stream asks for the word
+    /// one of `windows` ends in (0 without one).
+    fn open_token_len(&self, windows: &[Window]) -> usize {
+        if !self.redacts {
+            return 0;
+        }
+        let redactors = self
+            .policies
+            .iter()
+            .filter_map(|&i| match &self.chain.get(i)?.action {
+                Action::Redact(r) => Some(r),
+                _ => None,
+            });
+        redactors
+            .flat_map(|r| windows.iter().map(|w| r.open_token_len(&w.text)))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Checks the held text; releases it unless it may still grow into a
     /// match (and `force` is false).
     fn release(&mut self, force: bool, out: &mut Vec<Bytes>) -> Flow {
@@ -368,7 +387,12 @@ impl OutputStream {
             w.text.len() > w.base
                 && ((self.redacts && may_grow(&w.text)) || self.filter_may_match(&w.text, limit))
         });
-        if !force && self.held_bytes < limit && grows {
+        // Past the usual bound, a word holding a credential's keyword is
+        // held to that credential's longest form (computed only then).
+        if !force
+            && grows
+            && (self.held_bytes < limit || self.held_bytes < self.open_token_len(&windows))
+        {
             return Flow::Continue;
         }
         self.notes.append(&mut found);
@@ -936,6 +960,55 @@ mod tests {
             );
             assert!(text.starts_with("Here is the key:"), "{text}");
         }
+    }
+
+    /// A JWT whose claims make it longer than the default hold-back, as
+    /// identity tokens with group lists are.
+    fn long_jwt() -> String {
+        let claims: String = (0..640)
+            .map(|i| char::from(b"aZ3kQ9x_Lm7-Rt2W"[(i * 7 + i / 16) % 16]))
+            .collect();
+        format!("eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJ{claims}.Qx7Lm2Rt9Wk3Zp8Vb5Nc1Hd4Jf6Gs0Ay")
+    }
+
+    #[test]
+    fn a_token_longer_than_the_hold_back_is_redacted_whole() {
+        let jwt = long_jwt();
+        assert!(jwt.len() > DEFAULT_HOLDBACK * 2);
+        let reply = format!("Send `Authorization: Bearer {jwt}` with each call.");
+        for size in [3, 16, 40] {
+            let (text, _) = run(&reply, size, 1000);
+            assert!(
+                !text.contains(&jwt[40..80]) && !text.contains(&jwt[jwt.len() - 40..]),
+                "size {size}: part of the token went out: {text}"
+            );
+            assert_eq!(
+                text, "Send `Authorization: Bearer [REDACTED:jwt]` with each call.",
+                "size {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_shaped_word_is_held_no_longer_than_its_longest_form() {
+        // `eyJ` and then more than any JWT: text must flow before the end.
+        let word: String = std::iter::once("eyJ")
+            .chain(std::iter::repeat_n("aZ3kQ9x_Lm7-Rt2W", 400))
+            .collect();
+        let mut s = redacting_stream();
+        let mut out = Vec::new();
+        let mut sent_before_end = 0;
+        for piece in word.as_bytes().chunks(16) {
+            let event = chunk_event(std::str::from_utf8(piece).unwrap());
+            assert_eq!(s.push(event.as_bytes(), &mut out), Flow::Continue);
+            sent_before_end = out.len();
+        }
+        assert!(
+            sent_before_end > 0,
+            "a {}-byte word was held whole",
+            word.len()
+        );
+        s.finish(&mut out);
     }
 
     #[test]

@@ -741,6 +741,32 @@ async fn provider_errors_after_a_200_are_recorded_as_errors() {
 /// One AWS key in a streamed answer is one redaction on the output event,
 /// however small the stream's chunks, in both stream shapes, as in a JSON
 /// answer and in `kt_policy_actions_total`.
+/// A token longer than the stream's usual hold-back (an identity JWT with
+/// its claims) is held whole and redacted, not sent in part.
+#[tokio::test]
+async fn a_token_longer_than_the_hold_back_is_redacted_whole_in_a_stream() {
+    let yaml =
+        "policies:\n  chain: [secret-redaction]\npolicy:\n  secret-redaction:\n    type: redact\n";
+    let (_origin, gw) = two_provider_gateway(yaml).await;
+    let claims: String = (0..700)
+        .map(|i| char::from(b"aZ3kQ9x_Lm7-Rt2W"[(i * 7 + i / 16) % 16]))
+        .collect();
+    let jwt =
+        format!("eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJ{claims}.Qx7Lm2Rt9Wk3Zp8Vb5Nc1Hd4Jf6");
+    let reply = format!("Use {jwt} as the bearer token.");
+    for host in [HOST, ANTHROPIC] {
+        let headers = [("x-test-reply", reply.as_str()), ("x-test-chunk", "5")];
+        let (status, body) = post_llm(&gw, host, true, &headers).await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 200);
+        assert!(
+            !body.contains(&claims[300..320]) && !body.contains("Jf6"),
+            "{host}: part of the token went out: {body}"
+        );
+        assert_eq!(body.matches("[REDACTED:jwt]").count(), 1, "{host}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn a_secret_in_a_stream_is_counted_once() {
     let yaml = "policies:\n  chain: [audit-logger, secret-redaction]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n";

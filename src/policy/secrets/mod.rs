@@ -385,6 +385,40 @@ impl Scanner {
             .min(MAX_SECRET_LEN_CAP)
     }
 
+    /// How long the word `text` ends in may grow and still be one secret:
+    /// the longest match of the rules whose keywords it holds (a JWT's
+    /// `eyJ`, a Copilot token's `tid=`), capped like
+    /// [`Scanner::max_secret_len`]; 0 when it holds none. A stream holds
+    /// such a word up to this rather than its usual hold-back, so a long
+    /// token is never half sent before it can be matched whole.
+    pub fn open_token_len(&self, text: &str) -> usize {
+        let start = text
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let word = text.get(start..).unwrap_or_default().as_bytes();
+        let mut longest = 0;
+        let mut note = |rule: usize| {
+            if let Some(r) = self.rules.get(rule) {
+                longest = longest.max(r.max_len);
+            }
+        };
+        if let Some(Ok(hits)) = self.prefilter.as_ref().map(|ac| ac.try_find_iter(word)) {
+            for m in hits {
+                for kr in &self.keyword_rules[m.pattern().as_usize()] {
+                    note(kr.rule);
+                }
+            }
+        }
+        for (finder, owners) in &self.short_keywords {
+            if finder.find(word).is_some() {
+                owners.iter().for_each(|&r| note(r));
+            }
+        }
+        longest.min(MAX_SECRET_LEN_CAP)
+    }
+
     /// `(rule id, kind)` of every rule, built-in first.
     pub fn rules(&self) -> impl Iterator<Item = (&str, &str)> {
         self.rules.iter().map(|r| (&*r.id, &*r.kind))

@@ -386,6 +386,25 @@ fn max_secret_len_covers_tokens_and_is_capped() {
 }
 
 #[test]
+fn a_word_holding_a_keyword_may_grow_to_its_rules_longest_match() {
+    let s = scanner();
+    let jwt_start = "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjM0";
+    assert_eq!(s.open_token_len(jwt_start), 4096);
+    assert_eq!(s.open_token_len("export TOKEN=eyJhbGci"), 4096, "after `=`");
+    assert_eq!(
+        s.open_token_len("token:\u{3000}eyJhbGci"),
+        4096,
+        "after any whitespace"
+    );
+    // The word that counts is the last one.
+    assert_eq!(s.open_token_len("eyJhbGciOiJSUzI1NiJ9 and then"), 0);
+    assert_eq!(s.open_token_len("the answer is forty two"), 0);
+    assert_eq!(s.open_token_len(""), 0);
+    assert!(s.open_token_len("x ghp_Ab3dE6") > 0);
+    assert!(s.open_token_len(&"eyJ".repeat(9000)) <= s.max_secret_len());
+}
+
+#[test]
 fn find_works_on_a_window_of_a_larger_text() {
     let mut g = Gen::new(8);
     let tok = format!("npm_{}", g.s(LOWER_ALNUM, 36));
