@@ -738,9 +738,6 @@ async fn provider_errors_after_a_200_are_recorded_as_errors() {
     }
 }
 
-/// One AWS key in a streamed answer is one redaction on the output event,
-/// however small the stream's chunks, in both stream shapes, as in a JSON
-/// answer and in `kt_policy_actions_total`.
 /// A token longer than the stream's usual hold-back (an identity JWT with
 /// its claims) is held whole and redacted, not sent in part.
 #[tokio::test]
@@ -767,6 +764,9 @@ async fn a_token_longer_than_the_hold_back_is_redacted_whole_in_a_stream() {
     }
 }
 
+/// One AWS key in a streamed answer is one redaction on the output event,
+/// however small the stream's chunks, in both stream shapes, as in a JSON
+/// answer and in `kt_policy_actions_total`.
 #[tokio::test]
 async fn a_secret_in_a_stream_is_counted_once() {
     let yaml = "policies:\n  chain: [audit-logger, secret-redaction]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n";
