@@ -710,26 +710,33 @@ async fn an_h2_request_holding_its_body_for_a_100_gets_417() {
     .await
     .unwrap();
     tokio::spawn(conn);
-    let mut send = |path: &str, body: Chunks| {
+    let mut send = |path: &str, body: Chunks, length: Option<usize>| {
         let frames = futures_util::stream::unfold(body, |mut rx| async move {
             let chunk = rx.recv().await?;
             Some((Ok::<_, std::convert::Infallible>(Frame::data(chunk)), rx))
         });
-        let req = http::Request::post(format!("https://{HOST}{path}"))
+        let mut req = http::Request::post(format!("https://{HOST}{path}"))
             .header("content-type", "application/json")
-            .header("expect", "100-continue")
-            .body(StreamBody::new(Box::pin(frames)))
-            .unwrap();
-        h2.send_request(req)
+            .header("expect", "100-continue");
+        if let Some(n) = length {
+            req = req.header("content-length", n);
+        }
+        h2.send_request(req.body(StreamBody::new(Box::pin(frames))).unwrap())
     };
 
     // An LLM path (read whole for the policies) and one kt streams
     // untouched.
-    for (n, path) in [(1, "/v1/chat/completions"), (2, "/echo")] {
+    // The second time, with its length declared, as the JDK does.
+    let paths = [
+        (1, "/v1/chat/completions", false),
+        (2, "/echo", false),
+        (3, "/echo", true),
+    ];
+    for (n, path, declared) in paths {
         // Sent at once, as Node's http2 client and most others do.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let answer = send(path, rx);
         let sent = chat("no waiting", false);
+        let answer = send(path, rx, declared.then_some(sent.len()));
         tx.send(sent.clone()).await.unwrap();
         drop(tx);
         let resp = tokio::time::timeout(BOUND, answer).await.unwrap().unwrap();
@@ -744,7 +751,7 @@ async fn an_h2_request_holding_its_body_for_a_100_gets_417() {
 
         // Held back for a 100 that cannot come.
         let (held, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-        let resp = tokio::time::timeout(BOUND, send(path, rx))
+        let resp = tokio::time::timeout(BOUND, send(path, rx, None))
             .await
             .unwrap()
             .unwrap();
