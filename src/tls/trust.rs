@@ -196,6 +196,18 @@ enum Os {
     Other(String),
 }
 
+impl Os {
+    /// The OS kt runs on.
+    fn this() -> Os {
+        match std::env::consts::OS {
+            "linux" => Os::Linux,
+            "macos" => Os::Mac,
+            "windows" => Os::Windows,
+            other => Os::Other(other.to_string()),
+        }
+    }
+}
+
 /// Which Linux system trust store tooling is in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LinuxStore {
@@ -261,12 +273,7 @@ impl System {
     /// Looks at the real machine (read-only: PATH, a few files, `id -u`,
     /// and listing commands of the trust tools).
     fn detect(paths: &CaPaths) -> System {
-        let os = match std::env::consts::OS {
-            "linux" => Os::Linux,
-            "macos" => Os::Mac,
-            "windows" => Os::Windows,
-            other => Os::Other(other.to_string()),
-        };
+        let os = Os::this();
         let found = |p: &str| find_program(p, &os).map(|how| (p.to_string(), how));
         let programs = PROGRAMS.split(' ').filter_map(found).collect();
         let files = [DEBIAN_DIR, DEBIAN_FILE, FEDORA_DIR, FEDORA_FILE].map(PathBuf::from);
@@ -323,14 +330,7 @@ impl System {
 /// The JDK whose `keytool` a user would run on this machine (see
 /// [`find_jdk`]).
 pub fn local_jdk() -> Option<Jdk> {
-    let os = if cfg!(windows) {
-        Os::Windows
-    } else if cfg!(target_os = "macos") {
-        Os::Mac
-    } else {
-        Os::Linux
-    };
-    find_jdk(&os)
+    find_jdk(&Os::this())
 }
 
 /// The JDK `JAVA_HOME` names (as mkcert picks it), else macOS's current
