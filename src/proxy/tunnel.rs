@@ -86,6 +86,9 @@ struct Direction {
     end: usize,
     read_eof: bool,
     shut_down: bool,
+    /// Written bytes may still sit in the writer (rustls keeps records it
+    /// could not send): a flush is owed before this direction sleeps.
+    need_flush: bool,
     total: u64,
 }
 
@@ -117,8 +120,14 @@ impl Direction {
                 if self.start == self.end {
                     self.start = 0;
                     self.end = 0;
-                    // Flush per burst so interactive protocols stay snappy.
-                    ready!(writer.as_mut().poll_flush(cx))?;
+                    // Flush per burst so interactive protocols stay snappy;
+                    // a flush that cannot finish now is retried before the
+                    // direction waits for more to read.
+                    self.need_flush = true;
+                    if let Poll::Ready(flushed) = writer.as_mut().poll_flush(cx) {
+                        flushed?;
+                        self.need_flush = false;
+                    }
                 }
                 continue;
             }
@@ -145,6 +154,10 @@ impl Direction {
                 Poll::Pending => {
                     // Nothing buffered: give the memory back while idle.
                     self.buf = None;
+                    if self.need_flush {
+                        ready!(writer.as_mut().poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
                     return Poll::Pending;
                 }
             }
@@ -194,6 +207,67 @@ mod tests {
         let res = dir.poll(&mut cx, Pin::new(&mut a), Pin::new(&mut b));
         assert!(res.is_pending());
         assert!(dir.buf.is_none());
+    }
+
+    /// A writer that, like rustls, keeps what it is given until flushed,
+    /// and whose first flush cannot finish at once.
+    #[derive(Default)]
+    struct SlowFlush {
+        kept: Vec<u8>,
+        flushed: Vec<u8>,
+        flushes: usize,
+    }
+
+    impl AsyncWrite for SlowFlush {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.kept.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
+            if self.flushes == 1 {
+                // The socket is full for now; it is writable again at once.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let kept = std::mem::take(&mut self.kept);
+            self.flushed.extend_from_slice(&kept);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flush_that_could_not_finish_is_retried_before_waiting_to_read() {
+        let (mut client, mut a) = tokio::io::duplex(64);
+        let mut writer = SlowFlush::default();
+        client.write_all(b"last words").await.unwrap();
+        // The client stays open and sends nothing more: only the owed flush
+        // can get the bytes out.
+        let mut dir = Direction::default();
+        let moved = tokio::time::timeout(
+            Duration::from_secs(10),
+            poll_fn(|cx| {
+                let _ = dir.poll(cx, Pin::new(&mut a), Pin::new(&mut writer));
+                match writer.flushed.is_empty() {
+                    true => Poll::Pending,
+                    false => Poll::Ready(()),
+                }
+            }),
+        )
+        .await;
+        assert!(moved.is_ok(), "the written bytes were never flushed");
+        assert_eq!(writer.flushed, b"last words");
+        assert!(!dir.need_flush);
+        drop(client);
     }
 
     fn futures_noop_waker() -> std::task::Waker {
