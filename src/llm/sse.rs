@@ -104,6 +104,41 @@ impl SseEvent {
     pub fn has_data(&self) -> bool {
         self.data.is_some()
     }
+
+    /// This frame with its data replaced by `data`: the same `event:`,
+    /// `id:` and `retry:` fields, comments dropped, one `data:` line per
+    /// line of `data`, ended by a blank line.
+    pub fn with_data(&self, data: &str) -> SseEvent {
+        let mut frame = String::with_capacity(data.len() + 64);
+        let mut field = |name: &str, value: &str| {
+            frame.push_str(name);
+            frame.push_str(": ");
+            frame.push_str(value);
+            frame.push('\n');
+        };
+        let event = self.event().map(|e| {
+            field("event", e);
+            e.to_owned()
+        });
+        let id = self.id().map(|i| {
+            field("id", i);
+            i.to_owned()
+        });
+        if let Some(retry) = self.retry {
+            field("retry", &retry.to_string());
+        }
+        for line in data.split('\n') {
+            field("data", line);
+        }
+        frame.push('\n');
+        SseEvent {
+            raw: Bytes::from(frame),
+            event: event.map(Text::Owned),
+            data: Some(Text::Owned(data.to_owned())),
+            id: id.map(Text::Owned),
+            retry: self.retry,
+        }
+    }
 }
 
 /// Fields of the frame being parsed; spans are offsets into the buffer,
@@ -299,6 +334,13 @@ impl SseDecoder {
                 let value = self.text(value_start, end);
                 self.partial.data = Some(match self.partial.data.take() {
                     None => value,
+                    // Appended in place: copying the joined lines for each
+                    // new one would cost the square of an event's lines.
+                    Some(Text::Owned(mut joined)) => {
+                        joined.push('\n');
+                        joined.push_str(self.resolve(&value));
+                        Text::Owned(joined)
+                    }
                     Some(prev) => {
                         let mut joined = self.resolve(&prev).to_owned();
                         joined.push('\n');
