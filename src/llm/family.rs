@@ -190,6 +190,37 @@ impl Family {
         }
     }
 
+    /// Patterns of the whole text inside the stream events that repeat
+    /// what the deltas before them carried (`stream::whole_text` tells
+    /// which): Responses' `….done` events and the response object of
+    /// `response.completed`; Anthropic's `content_block_start` and
+    /// `message_start`, whose blocks may come whole (a server tool's
+    /// result).
+    pub fn stream_whole_patterns(self) -> &'static [&'static str] {
+        match self {
+            Family::OpenAiResponses => &[
+                "/text",
+                "/refusal",
+                "/arguments",
+                "/part/text",
+                "/part/refusal",
+                "/item/content/*/text",
+                "/item/content/*/refusal",
+                "/item/arguments",
+                "/response/output/*/content/*/text",
+                "/response/output/*/content/*/refusal",
+                "/response/output/*/arguments",
+            ],
+            Family::AnthropicMessages => &[
+                "/content_block/text",
+                "/content_block/input/**",
+                "/message/content/*/text",
+                "/message/content/*/input/**",
+            ],
+            _ => &[],
+        }
+    }
+
     /// Patterns of the tool-call arguments inside one stream event's `data`
     /// JSON: pieces of JSON text that concatenate per tool call (OpenAI chat
     /// `tool_calls` deltas, Responses `response.function_call_arguments.delta`,
@@ -251,6 +282,11 @@ impl Family {
         &compiled()[self.slot()].stream
     }
 
+    /// [`Family::stream_whole_patterns`], compiled once.
+    pub fn stream_whole_pointers(self) -> &'static PointerSet {
+        &compiled()[self.slot()].stream_whole
+    }
+
     /// [`Family::stream_tool_patterns`], compiled once.
     pub fn stream_tool_pointers(self) -> &'static PointerSet {
         &compiled()[self.slot()].stream_tool
@@ -266,6 +302,7 @@ struct Compiled {
     output: PointerSet,
     stream: PointerSet,
     stream_tool: PointerSet,
+    stream_whole: PointerSet,
 }
 
 fn compiled() -> &'static [Compiled; 8] {
@@ -277,6 +314,7 @@ fn compiled() -> &'static [Compiled; 8] {
             output: PointerSet::new(f.output_patterns()).unwrap_or_default(),
             stream: PointerSet::new(f.stream_patterns()).unwrap_or_default(),
             stream_tool: PointerSet::new(f.stream_tool_patterns()).unwrap_or_default(),
+            stream_whole: PointerSet::new(f.stream_whole_patterns()).unwrap_or_default(),
         })
     });
     &SETS
@@ -296,6 +334,10 @@ mod tests {
             assert_eq!(
                 f.stream_tool_pointers().len(),
                 f.stream_tool_patterns().len()
+            );
+            assert_eq!(
+                f.stream_whole_pointers().len(),
+                f.stream_whole_patterns().len()
             );
             assert!(!f.prompt_patterns().is_empty(), "{f:?}");
             assert!(!f.usage_patterns().is_empty(), "{f:?}");

@@ -10,6 +10,7 @@
 
 use crate::llm::family::{Family, StreamEnd};
 use crate::llm::inspect::{opt_cow, InspectError, Usage, UsageWire};
+use crate::llm::json_text::PointerSet;
 use crate::llm::sse::SseEvent;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -103,6 +104,21 @@ fn event_type(ev: &SseEvent) -> Option<Cow<'_, str>> {
 
 fn is_done_sentinel(ev: &SseEvent) -> bool {
     ev.data().is_some_and(|d| d.trim() == "[DONE]")
+}
+
+/// Where `ev` repeats whole the text earlier deltas carried, the pointers
+/// of that text ([`Family::stream_whole_patterns`]); `None` for deltas and
+/// for families whose events carry only deltas.
+pub fn whole_text(family: Family, ev: &SseEvent) -> Option<&'static PointerSet> {
+    let whole = match family {
+        Family::OpenAiResponses => !event_type(ev)?.ends_with(".delta"),
+        Family::AnthropicMessages => matches!(
+            event_type(ev)?.as_ref(),
+            "content_block_start" | "message_start"
+        ),
+        _ => false,
+    };
+    whole.then(|| family.stream_whole_pointers())
 }
 
 /// True when `ev` is the family's normal end of stream (`[DONE]`,

@@ -4,22 +4,21 @@
 
 use super::chain::{Action, Chain, Policy, Selection};
 use super::limits::{Key, Now, Refusal};
-use super::redact::placeholder;
 use super::respond;
 use super::stream::{OutputStream, StreamNote};
+use super::whole::{self, Whole};
 use crate::body::Body;
-use crate::config::{FilterAction, OnError, PolicyKind};
+use crate::config::{OnError, PolicyKind};
 use crate::events::{Action as EventAction, Event, EventSink, Mode, Phase, Text};
 use crate::llm::family::Family;
 use crate::llm::inspect::Usage;
-use crate::llm::json_text::{rewrite_strings, Selector};
+use crate::llm::json_text::Selector;
 use crate::llm::recognize::{Api, Endpoint, Provider};
 use crate::llm::tap::{estimate_tokens, prompt_chars, TapResult};
 use crate::metrics::{ExchangeSample, Metrics};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::{Response, StatusCode};
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -730,15 +729,21 @@ impl Exchange {
 
     /// Takes in what a stream's policies did.
     pub fn absorb_stream_notes(&mut self, notes: Vec<StreamNote>) {
+        self.absorb_notes(notes, false);
+    }
+
+    /// Takes in what the policies of one phase did.
+    fn absorb_notes(&mut self, notes: Vec<StreamNote>, input: bool) {
+        let phase = usize::from(!input);
         for note in notes {
             match note {
                 StreamNote::Redacted { kind, policy } => {
-                    self.record.redactor[1].get_or_insert_with(|| policy.to_string());
-                    *self
-                        .record
-                        .redacted_out
-                        .entry(kind.to_string())
-                        .or_default() += 1;
+                    self.record.redactor[phase].get_or_insert_with(|| policy.to_string());
+                    let counts = match input {
+                        true => &mut self.record.redacted_in,
+                        false => &mut self.record.redacted_out,
+                    };
+                    *counts.entry(kind.to_string()).or_default() += 1;
                     *self
                         .record
                         .redacted_by
@@ -752,7 +757,7 @@ impl Exchange {
                     self.record.logged.push((policy.to_string(), rule));
                 }
                 StreamNote::Uninspected { reason } => {
-                    self.record.uninspected[1].get_or_insert(reason);
+                    self.record.uninspected[phase].get_or_insert(reason);
                 }
             }
         }
@@ -764,112 +769,36 @@ impl Exchange {
         policies: Selection,
         input: bool,
     ) -> Result<Applied, &'static str> {
-        let family = self.info.family;
+        // Filters read what the user wrote (or the model answered), not
+        // request metadata.
+        let pointers = self.info.family.map(|f| match input {
+            true => f.prompt_pointers(),
+            false => f.output_pointers(),
+        });
+        let text = pointers.map_or(Selector::AllStrings, Selector::Pointers);
         let chain = self.chain.clone();
-        let mut current: Cow<'_, [u8]> = Cow::Borrowed(body);
-        for (_, policy) in chain.selected(policies) {
-            match &policy.action {
-                Action::Filter(filter) => {
-                    // Filters read what the user wrote (or the model
-                    // answered), not request metadata.
-                    let selector = match (family, input) {
-                        (Some(f), true) => Selector::Pointers(f.prompt_pointers()),
-                        (Some(f), false) => Selector::Pointers(f.output_pointers()),
-                        (None, _) => Selector::AllStrings,
-                    };
-                    let mut hit = None;
-                    let mut count = 0;
-                    let label = placeholder(&policy.name);
-                    let rewritten = rewrite_strings(&current, selector, |s| {
-                        if hit.is_some() {
-                            return None;
-                        }
-                        match filter.action {
-                            FilterAction::Redact => {
-                                let (new, n) = filter.redact(s, &label);
-                                count += n;
-                                match new {
-                                    Cow::Owned(o) => Some(o),
-                                    Cow::Borrowed(_) => None,
-                                }
-                            }
-                            FilterAction::Block | FilterAction::Log => {
-                                hit = filter.find(s).map(|h| h.rule);
-                                None
-                            }
-                        }
-                    })
-                    .map_err(|e| e.kind())?;
-                    if let Some(rule) = hit {
-                        if filter.action == FilterAction::Block {
-                            let message = filter
-                                .message
-                                .clone()
-                                .unwrap_or_else(|| "blocked pattern detected".into());
-                            self.record.blocked = Some((policy.name.to_string(), rule));
-                            return Ok(Applied::Blocked {
-                                policy: policy.name.to_string(),
-                                message,
-                            });
-                        }
-                        self.record.logged.push((policy.name.to_string(), rule));
-                    }
-                    if count > 0 {
-                        self.record.redactor[usize::from(!input)]
-                            .get_or_insert_with(|| policy.name.to_string());
-                        let counts = if input {
-                            &mut self.record.redacted_in
-                        } else {
-                            &mut self.record.redacted_out
-                        };
-                        *counts.entry(policy.name.to_string()).or_default() += count;
-                        *self
-                            .record
-                            .redacted_by
-                            .entry(policy.name.to_string())
-                            .or_default() += count;
-                    }
-                    if let Cow::Owned(new) = rewritten {
-                        current = Cow::Owned(new);
-                    }
+        let mut notes = Vec::new();
+        let applied = whole::apply(
+            chain.selected(policies).map(|(_, p)| p),
+            body,
+            text,
+            &mut notes,
+        );
+        self.absorb_notes(notes, input);
+        Ok(match applied.map_err(|e| e.kind())? {
+            Whole::Same => Applied::Same,
+            Whole::Changed(new) => Applied::Changed(new),
+            Whole::Blocked {
+                policy,
+                rule,
+                message,
+            } => {
+                self.record.blocked = Some((policy.to_string(), rule));
+                Applied::Blocked {
+                    policy: policy.to_string(),
+                    message,
                 }
-                Action::Redact(redactor) => {
-                    // Secrets are redacted wherever they are in the body.
-                    let mut found = Vec::new();
-                    let rewritten = rewrite_strings(&current, Selector::AllStrings, |s| {
-                        match redactor.redact(s, &mut found) {
-                            Cow::Owned(o) => Some(o),
-                            Cow::Borrowed(_) => None,
-                        }
-                    })
-                    .map_err(|e| e.kind())?;
-                    let counts = if input {
-                        &mut self.record.redacted_in
-                    } else {
-                        &mut self.record.redacted_out
-                    };
-                    for f in &found {
-                        *counts.entry(f.kind.to_string()).or_default() += 1;
-                    }
-                    if !found.is_empty() {
-                        self.record.redactor[usize::from(!input)]
-                            .get_or_insert_with(|| policy.name.to_string());
-                        *self
-                            .record
-                            .redacted_by
-                            .entry(policy.name.to_string())
-                            .or_default() += found.len();
-                    }
-                    if let Cow::Owned(new) = rewritten {
-                        current = Cow::Owned(new);
-                    }
-                }
-                _ => {}
             }
-        }
-        Ok(match current {
-            Cow::Borrowed(_) => Applied::Same,
-            Cow::Owned(new) => Applied::Changed(new),
         })
     }
 

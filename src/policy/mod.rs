@@ -5,7 +5,8 @@
 //!   policies that apply, swaps chains on reload.
 //! - [`chain`]: the config's policies compiled, in order.
 //! - [`exchange`]: one exchange's input and output phases and its record.
-//! - [`stream`]: output policies on SSE streams with a bounded hold-back.
+//! - [`stream`]: output policies on SSE streams with a bounded hold-back;
+//!   [`whole`]: body policies over complete JSON (bodies, whole-text events).
 //! - [`redact`], [`filter`], [`secrets`]: the `redact` and `content-filter`
 //!   policies and the secret scanner behind them.
 //! - [`limits`]: the counters of the `rate-limit` and `budget` policies.
@@ -23,5 +24,6 @@ pub mod reload;
 pub mod respond;
 pub mod secrets;
 pub mod stream;
+mod whole;
 
 pub use engine::Engine;

@@ -23,13 +23,14 @@
 use super::chain::{Action, Chain};
 use super::redact::{placeholder, DEFAULT_HOLDBACK};
 use super::respond::stream_block_frame;
+use super::whole::{self, Whole};
 use crate::config::FilterAction;
 use crate::llm::family::Family;
 use crate::llm::json_text::PointerSet;
 use crate::llm::json_text::{rewrite_strings, visit_strings, Selector};
 use crate::llm::recognize::Api;
 use crate::llm::sse::{SseDecoder, SseError, SseEvent};
-use crate::llm::stream::{finder, is_stream_end, tool_arguments};
+use crate::llm::stream::{finder, is_stream_end, tool_arguments, whole_text};
 use bytes::Bytes;
 use std::ops::Range;
 use std::sync::Arc;
@@ -38,6 +39,10 @@ use std::sync::Arc;
 const CONTEXT: usize = 512;
 /// Hold-back bound while a PEM block is open.
 const PEM_HOLDBACK: usize = 8 * 1024;
+/// Most events with no text held behind a held word, and their most bytes:
+/// past either, what is held is released.
+const MAX_HELD_BARE: usize = 256;
+const MAX_HELD_BARE_BYTES: usize = 256 * 1024;
 
 /// What the caller does after [`OutputStream::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +122,9 @@ pub struct OutputStream {
     snapshot_out: String,
     held: Vec<Held>,
     held_bytes: usize,
+    /// Held events with no text, and their size.
+    held_bare: usize,
+    held_bare_bytes: usize,
     holdback: usize,
     /// A redact policy applies: text that could still grow into a secret
     /// is held.
@@ -129,7 +137,10 @@ pub struct OutputStream {
     fail_closed: bool,
     passthrough: bool,
     stopped: bool,
-    pub notes: Vec<StreamNote>,
+    notes: Vec<StreamNote>,
+    /// Findings of whole-text events, each with the most times one event
+    /// held it (see [`OutputStream::take_notes`]).
+    whole_found: Vec<(StreamNote, usize)>,
 }
 
 impl OutputStream {
@@ -167,6 +178,8 @@ impl OutputStream {
             snapshot_out: String::new(),
             held: Vec::new(),
             held_bytes: 0,
+            held_bare: 0,
+            held_bare_bytes: 0,
             holdback,
             redacts,
             filters,
@@ -174,6 +187,7 @@ impl OutputStream {
             passthrough: false,
             stopped: false,
             notes: Vec::new(),
+            whole_found: Vec::new(),
         }
     }
 
@@ -200,18 +214,25 @@ impl OutputStream {
         Flow::Continue
     }
 
-    /// The upstream ended: releases what is held (checked once more).
+    /// The upstream ended: an event it left unterminated is checked like
+    /// any other (line-reading clients still take it), then what is held is
+    /// released (checked once more).
     pub fn finish(&mut self, out: &mut Vec<Bytes>) {
         if self.stopped || self.passthrough {
             return;
         }
-        if self.release(true, out) == Flow::Stop {
-            return;
+        self.decoder.finish();
+        while let Some(next) = self.decoder.next_event() {
+            let flow = match next {
+                Ok(ev) => self.on_event(ev, out),
+                Err(SseError::Incomplete(ev)) => self.on_event(*ev, out),
+                Err(e) => self.on_decode_error(&e, out),
+            };
+            if flow == Flow::Stop || self.passthrough {
+                return;
+            }
         }
-        let rest = self.decoder.take_pending();
-        if !rest.is_empty() {
-            out.push(rest);
-        }
+        self.release(true, out);
     }
 
     fn on_decode_error(&mut self, e: &SseError, out: &mut Vec<Bytes>) -> Flow {
@@ -245,6 +266,10 @@ impl OutputStream {
     }
 
     fn on_event(&mut self, ev: SseEvent, out: &mut Vec<Bytes>) -> Flow {
+        let ev = match self.check_whole(ev, out) {
+            Ok(ev) => ev,
+            Err(flow) => return flow,
+        };
         let end = is_stream_end(self.family, &ev);
         let slot = tool_arguments(self.family, &ev).map(|t| t.slot);
         let mut texts = Vec::new();
@@ -290,11 +315,13 @@ impl OutputStream {
                 Flow::Continue
             };
         }
+        let bare = texts.is_empty() && args.is_empty();
         self.held_bytes += texts.iter().chain(&args).map(String::len).sum::<usize>();
         let separate = self.family == Family::Gemini
             && ev
                 .data()
                 .is_some_and(|d| finder!(b"\"functionCall\"").find(d.as_bytes()).is_some());
+        let raw_len = ev.raw().len();
         self.held.push(Held {
             ev,
             texts,
@@ -302,7 +329,86 @@ impl OutputStream {
             snapshot,
             separate,
         });
+        if bare && !end {
+            // No text: the window is what it was, nothing to check again.
+            // Such events add nothing to the hold-back bound, so their own
+            // bound keeps a flood of them (pings, empty deltas) from
+            // piling up behind a held word.
+            self.held_bare += 1;
+            self.held_bare_bytes += raw_len;
+            if self.held_bare > MAX_HELD_BARE || self.held_bare_bytes > MAX_HELD_BARE_BYTES {
+                return self.release(true, out);
+            }
+            return Flow::Continue;
+        }
         self.release(end, out)
+    }
+
+    /// For an event repeating whole text its deltas carried (a Responses
+    /// `response.output_text.done`, `response.completed`, ...; an
+    /// Anthropic `content_block_start`), the output policies run over its
+    /// complete strings, so it never carries what the deltas had cut.
+    fn check_whole(&mut self, ev: SseEvent, out: &mut Vec<Bytes>) -> Result<SseEvent, Flow> {
+        let Some(pointers) = whole_text(self.family, &ev) else {
+            return Ok(ev);
+        };
+        let Some(data) = ev.data() else {
+            return Ok(ev);
+        };
+        let mut notes = Vec::new();
+        let policies = self.policies.iter().filter_map(|&i| self.chain.get(i));
+        let applied = whole::apply(
+            policies,
+            data.as_bytes(),
+            Selector::Pointers(pointers),
+            &mut notes,
+        );
+        self.note_whole(notes);
+        match applied {
+            // Not JSON: forwarded like any event that has nothing to check.
+            Ok(Whole::Same) | Err(_) => Ok(ev),
+            Ok(Whole::Changed(new)) => Ok(ev.with_data(&String::from_utf8_lossy(&new))),
+            Ok(Whole::Blocked {
+                policy,
+                rule,
+                message,
+            }) => {
+                self.notes.push(StreamNote::Blocked {
+                    policy: policy.clone(),
+                    rule,
+                });
+                Err(self.stop(&message, &policy, out))
+            }
+        }
+    }
+
+    /// Keeps what a whole-text event's check found: the same secret is in
+    /// the deltas before it, and usually in a later summary event too, so
+    /// each finding counts once however many events repeat it.
+    fn note_whole(&mut self, notes: Vec<StreamNote>) {
+        let mut counted: Vec<(StreamNote, usize)> = Vec::new();
+        for note in notes {
+            match counted.iter_mut().find(|(n, _)| *n == note) {
+                Some((_, count)) => *count += 1,
+                None => counted.push((note, 1)),
+            }
+        }
+        for (note, count) in counted {
+            match self.whole_found.iter_mut().find(|(n, _)| *n == note) {
+                Some((_, most)) => *most = (*most).max(count),
+                None => self.whole_found.push((note, count)),
+            }
+        }
+    }
+
+    /// What the policies did to the stream, for the exchange's record.
+    pub fn take_notes(&mut self) -> Vec<StreamNote> {
+        let mut notes = std::mem::take(&mut self.notes);
+        for (note, most) in std::mem::take(&mut self.whole_found) {
+            let seen = notes.iter().filter(|n| **n == note).count();
+            notes.extend(std::iter::repeat_n(note, most.saturating_sub(seen)));
+        }
+        notes
     }
 
     /// For a snapshot frame, turns its text in `texts` into the increment
@@ -454,6 +560,8 @@ impl OutputStream {
             }
         }
         self.held_bytes = 0;
+        self.held_bare = 0;
+        self.held_bare_bytes = 0;
         push_context(&mut self.tail, &released);
         push_context(&mut self.args_tail, &released_args);
         Flow::Continue
@@ -477,6 +585,8 @@ impl OutputStream {
     fn stop(&mut self, message: &str, policy: &str, out: &mut Vec<Bytes>) -> Flow {
         self.held.clear();
         self.held_bytes = 0;
+        self.held_bare = 0;
+        self.held_bare_bytes = 0;
         self.stopped = true;
         out.push(stream_block_frame(self.api, policy, message));
         Flow::Stop
@@ -714,24 +824,7 @@ fn rebuild(ev: &SseEvent, edits: &[(&PointerSet, Vec<String>)]) -> Bytes {
             Err(_) => return ev.raw().clone(),
         };
     }
-    let mut frame = String::with_capacity(data.len() + 32);
-    if let Some(event) = ev.event() {
-        frame.push_str("event: ");
-        frame.push_str(event);
-        frame.push('\n');
-    }
-    if let Some(id) = ev.id() {
-        frame.push_str("id: ");
-        frame.push_str(id);
-        frame.push('\n');
-    }
-    for line in data.split('\n') {
-        frame.push_str("data: ");
-        frame.push_str(line);
-        frame.push('\n');
-    }
-    frame.push('\n');
-    Bytes::from(frame)
+    ev.with_data(&data).into_raw()
 }
 
 /// True when the window ends inside something that could still become a
@@ -1588,5 +1681,178 @@ mod tests {
             let counted = redactions(&s);
             assert_eq!(counted, 1, "cut {cut}");
         }
+    }
+
+    /// The Responses events that repeat the whole answer, in the order the
+    /// API sends them after its deltas.
+    fn responses_done_events(text: &str) -> String {
+        let events = [
+            serde_json::json!({"type": "response.output_text.done", "item_id": "m",
+                "output_index": 0, "content_index": 0, "text": text}),
+            serde_json::json!({"type": "response.content_part.done", "item_id": "m",
+                "output_index": 0, "content_index": 0,
+                "part": {"type": "output_text", "text": text, "annotations": []}}),
+            serde_json::json!({"type": "response.output_item.done", "output_index": 0,
+                "item": {"type": "message", "id": "m", "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}}),
+            serde_json::json!({"type": "response.completed", "response": {"id": "r",
+                "output": [{"type": "message", "id": "m", "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+                "usage": {"input_tokens": 5, "output_tokens": 9}}}),
+        ];
+        events
+            .iter()
+            .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+            .collect()
+    }
+
+    /// A Responses stream repeats its answer whole in its `….done` events
+    /// and in `response.completed`: a secret the deltas had cut is cut
+    /// there too, and still counts once.
+    #[test]
+    fn a_responses_stream_repeats_no_secret_in_its_whole_text_events() {
+        let token = format!("ghp_{GH_BODY}");
+        let reply = format!("use {token} now");
+        let yaml = "policies:\n  chain: [r]\npolicy:\n  r:\n    type: redact\n";
+        let chars: Vec<char> = reply.chars().collect();
+        let mut wire = String::new();
+        for piece in chars.chunks(5) {
+            let delta = serde_json::json!({"type": "response.output_text.delta", "item_id": "m",
+                "output_index": 0, "content_index": 0, "delta": piece.iter().collect::<String>()});
+            wire.push_str(&format!(
+                "event: response.output_text.delta\ndata: {delta}\n\n"
+            ));
+        }
+        wire.push_str(&responses_done_events(&reply));
+        let (raw, mut s, flow) = stream_through(yaml, Family::OpenAiResponses, &wire);
+        assert_eq!(flow, Flow::Continue);
+        assert!(!raw.contains(&GH_BODY[..8]), "{raw}");
+        let redacted = "use [REDACTED:github_pat] now";
+        let mut deltas = String::new();
+        let mut whole = Vec::new();
+        for data in raw.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            let v: serde_json::Value = serde_json::from_str(data).unwrap();
+            match v["type"].as_str().unwrap() {
+                "response.output_text.delta" => deltas.push_str(v["delta"].as_str().unwrap()),
+                "response.output_text.done" => whole.push(v["text"].clone()),
+                "response.content_part.done" => whole.push(v["part"]["text"].clone()),
+                "response.output_item.done" => whole.push(v["item"]["content"][0]["text"].clone()),
+                "response.completed" => {
+                    whole.push(v["response"]["output"][0]["content"][0]["text"].clone());
+                    assert_eq!(v["response"]["usage"]["output_tokens"], 9);
+                }
+                other => panic!("unexpected event {other}"),
+            }
+        }
+        assert_eq!(deltas, redacted);
+        assert_eq!(whole, vec![serde_json::json!(redacted); 4], "{raw}");
+        let notes = s.take_notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+    }
+
+    /// The arguments a Responses stream repeats whole in
+    /// `response.function_call_arguments.done` are redacted and stay JSON.
+    #[test]
+    fn a_responses_stream_repeats_no_secret_in_its_finished_arguments() {
+        let token = format!("ghp_{GH_BODY}");
+        let args =
+            serde_json::json!({"path": ".env", "content": format!("TOKEN={token}")}).to_string();
+        let yaml = "policies:\n  chain: [r]\npolicy:\n  r:\n    type: redact\n";
+        let mut wire = tool_call_wire(Family::OpenAiResponses, &args, 9);
+        let done = serde_json::json!({"type": "response.function_call_arguments.done",
+            "item_id": "fc_1", "output_index": 0, "arguments": args});
+        let end = wire.rfind("event: response.completed").unwrap();
+        wire.insert_str(
+            end,
+            &format!("event: response.function_call_arguments.done\ndata: {done}\n\n"),
+        );
+        let (raw, mut s, _) = stream_through(yaml, Family::OpenAiResponses, &wire);
+        assert!(!raw.contains(&GH_BODY[..8]), "{raw}");
+        let done = raw
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+            .find(|v| v["type"] == "response.function_call_arguments.done")
+            .unwrap();
+        let args: serde_json::Value =
+            serde_json::from_str(done["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args["content"], "TOKEN=[REDACTED:github_pat]");
+        assert_eq!(
+            streamed_args(Family::OpenAiResponses, &raw),
+            done["arguments"].as_str().unwrap()
+        );
+        assert_eq!(s.take_notes().len(), 1);
+    }
+
+    /// A blocked phrase in an event that carries text whole stops the
+    /// stream there, as in a delta.
+    #[test]
+    fn a_filtered_phrase_in_a_whole_text_event_blocks_the_stream() {
+        let yaml = "policies:\n  chain: [f]\npolicy:\n  f:\n    type: content-filter\n    keywords: ['Project Falcon']\n    action: block\n";
+        let wire = responses_done_events("the Project Falcon plan");
+        let (raw, mut s, flow) = stream_through(yaml, Family::OpenAiResponses, &wire);
+        assert_eq!(flow, Flow::Stop);
+        assert!(!raw.contains("Falcon"), "{raw}");
+        assert!(s
+            .take_notes()
+            .iter()
+            .any(|n| matches!(n, StreamNote::Blocked { policy, .. } if &**policy == "f")),);
+    }
+
+    /// A stream the upstream closes without the blank line that ends its
+    /// last event: that event is still checked (line-reading clients take
+    /// it) before it goes out.
+    #[test]
+    fn an_unterminated_last_event_is_checked_too() {
+        let token = format!("ghp_{GH_BODY}");
+        let yaml = "policies:\n  chain: [r]\npolicy:\n  r:\n    type: redact\n";
+        let first =
+            serde_json::json!({"candidates": [{"content": {"parts": [{"text": "Here: "}]}}]});
+        let last = serde_json::json!({"candidates": [{"content": {"parts": [{"text": format!("{token} ok")}]}}]});
+        for ending in ["\n", "\r\n", ""] {
+            let wire = format!("data: {first}\n\ndata: {last}{ending}");
+            let (raw, mut s, flow) = stream_through(yaml, Family::Gemini, &wire);
+            assert_eq!(flow, Flow::Continue);
+            assert!(!raw.contains(&GH_BODY[..8]), "{ending:?}: {raw}");
+            assert!(
+                raw.contains("[REDACTED:github_pat] ok"),
+                "{ending:?}: {raw}"
+            );
+            assert_eq!(s.take_notes().len(), 1);
+        }
+    }
+
+    /// Events with no text behind a held word keep their place, but a
+    /// flood of them is not piled up behind it.
+    #[test]
+    fn events_without_text_behind_a_held_word_are_bounded() {
+        let mut s = redacting_stream();
+        let mut out = Vec::new();
+        s.push(chunk_event("the key is ").as_bytes(), &mut out);
+        s.push(chunk_event("ghp_Ab3dE6").as_bytes(), &mut out);
+        let before = streamed_text(&String::from_utf8(out.concat()).unwrap());
+        assert_eq!(before, "the key is ", "the token's start is held");
+        // A few pings stay behind the held word, in order.
+        out.clear();
+        for _ in 0..10 {
+            s.push(b": ping\n\n", &mut out);
+        }
+        assert!(out.is_empty(), "released early");
+        s.push(
+            chunk_event(&format!("{} ok", &GH_BODY[6..])).as_bytes(),
+            &mut out,
+        );
+        let raw = String::from_utf8(out.concat()).unwrap();
+        assert_eq!(streamed_text(&raw), "[REDACTED:github_pat] ok");
+        assert_eq!(raw.matches(": ping").count(), 10);
+        assert!(raw.find(": ping") > raw.find("REDACTED"), "{raw}");
+        // A flood is released once it passes the bound.
+        out.clear();
+        s.push(chunk_event("next ghp_Zz9").as_bytes(), &mut out);
+        for _ in 0..MAX_HELD_BARE * 4 {
+            s.push(b": ping\n\n", &mut out);
+            assert!(s.held.len() <= MAX_HELD_BARE + 1, "{}", s.held.len());
+        }
+        assert!(!out.is_empty(), "never released");
     }
 }

@@ -602,7 +602,7 @@ struct PolicedStream {
 impl PolicedStream {
     fn close(&mut self) {
         self.done = true;
-        let notes = std::mem::take(&mut self.stream.notes);
+        let notes = self.stream.take_notes();
         self.exchange.absorb_stream_notes(notes);
         self.watch.close(&mut self.exchange);
         self.exchange.complete(Some(self.status));

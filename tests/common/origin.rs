@@ -348,8 +348,23 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
             && !p.ends_with("/chat/completions") =>
         {
             *state.last_request.lock().unwrap() = Some((p.to_string(), req.headers().clone()));
+            let reply = req
+                .headers()
+                .get("x-test-reply")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let body = req.into_body().collect().await.unwrap().to_bytes();
+            let streamed = serde_json::from_slice::<serde_json::Value>(&body)
+                .is_ok_and(|v| v["stream"] == true);
             *state.last_body.lock().unwrap() = Some(body);
+            // A streamed Responses answer: `x-test-reply` in deltas of 5
+            // characters, then the events that repeat it whole.
+            if let (true, true, Some(reply)) = (streamed, p.ends_with("/responses"), reply) {
+                let mut r = Response::new(full(responses_stream(&reply)));
+                r.headers_mut()
+                    .insert("content-type", "text/event-stream".parse().unwrap());
+                return r;
+            }
             let json = serde_json::json!({"object": "test", "path": p,
                 "choices": [{"index": 0, "text": "ok"}],
                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}});
@@ -608,6 +623,41 @@ data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\
 /// `{"error":{...}}` chunk after some text.
 pub const OPENAI_STREAM_ERROR: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n\
 data: {\"error\":{\"message\":\"The server had an error while processing your request.\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n";
+
+/// A Responses stream of `text`: its deltas, then the `….done` events and
+/// `response.completed`, which carry the text whole.
+fn responses_stream(text: &str) -> String {
+    let part = serde_json::json!({"type": "output_text", "text": text, "annotations": []});
+    let item = serde_json::json!({"type": "message", "id": "msg_1", "role": "assistant",
+        "status": "completed", "content": [part]});
+    let chars: Vec<char> = text.chars().collect();
+    let mut events: Vec<serde_json::Value> = chars
+        .chunks(5)
+        .map(|c| {
+            serde_json::json!({"type": "response.output_text.delta", "item_id": "msg_1",
+                "output_index": 0, "content_index": 0, "delta": c.iter().collect::<String>()})
+        })
+        .collect();
+    events.extend([
+        serde_json::json!({"type": "response.output_text.done", "item_id": "msg_1",
+            "output_index": 0, "content_index": 0, "text": text}),
+        serde_json::json!({"type": "response.content_part.done", "item_id": "msg_1",
+            "output_index": 0, "content_index": 0, "part": part}),
+        serde_json::json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+        serde_json::json!({"type": "response.completed", "response": {"id": "resp_1",
+            "status": "completed", "output": [item],
+            "usage": {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8}}}),
+    ]);
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "event: {}\ndata: {e}\n\n",
+                e["type"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
 
 /// `x-test-raw: json-error`: a 200 JSON answer that is an error, no choices.
 pub const JSON_ERROR: &[u8] = b"{\"error\":{\"message\":\"The server had an error while processing your request.\",\"type\":\"server_error\",\"param\":null,\"code\":null}}";

@@ -764,6 +764,66 @@ async fn a_token_longer_than_the_hold_back_is_redacted_whole_in_a_stream() {
     }
 }
 
+/// A streamed Responses answer (what Codex and newer Copilot builds ask
+/// for) repeats its text whole in its `….done` events and in
+/// `response.completed`: a secret is redacted in every one of them, not
+/// only in the deltas, and the audit counts it once.
+#[tokio::test]
+async fn a_responses_stream_repeats_no_secret_in_its_whole_text_events() {
+    use http_body_util::{BodyExt, Full};
+    let yaml = "policies:\n  chain: [audit-logger, secret-redaction]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n";
+    let (_origin, mut gw) = two_provider_gateway(yaml).await;
+    let key = format!("AKIA{}", "QX4B7ZK2M5RT6WLN");
+    let reply = format!("Your key is {key} and it is live.");
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"http/1.1"]).await;
+    let body = serde_json::json!({"model": "gpt-4.1", "stream": true, "input": "hi"});
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/v1/responses")
+        .header("host", HOST)
+        .header("content-type", "application/json")
+        .header("x-test-reply", reply.as_str())
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = http.request(req).await;
+    assert_eq!(resp.status(), 200);
+    let raw = resp.into_body().collect().await.unwrap().to_bytes();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(!raw.contains(&key[4..]), "{raw}");
+    let redacted = "Your key is [REDACTED:aws_access_key_id] and it is live.";
+    let mut deltas = String::new();
+    let mut whole = Vec::new();
+    for data in raw.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        match v["type"].as_str().unwrap_or_default() {
+            "response.output_text.delta" => deltas.push_str(v["delta"].as_str().unwrap()),
+            "response.output_text.done" => whole.push(v["text"].clone()),
+            "response.content_part.done" => whole.push(v["part"]["text"].clone()),
+            "response.output_item.done" => whole.push(v["item"]["content"][0]["text"].clone()),
+            "response.completed" => {
+                whole.push(v["response"]["output"][0]["content"][0]["text"].clone())
+            }
+            other => panic!("unexpected event {other}: {raw}"),
+        }
+    }
+    assert_eq!(deltas, redacted);
+    assert_eq!(whole, vec![serde_json::json!(redacted); 4], "{raw}");
+
+    let dir = gw.close_events().await;
+    let events = verified_events(&dir);
+    let output = events
+        .iter()
+        .find(|e| e.phase.as_str() == "output")
+        .expect("an output event");
+    let counts = output.redactions.as_ref().unwrap();
+    assert_eq!(
+        counts.iter().collect::<Vec<_>>(),
+        [(&"aws_access_key_id".to_string(), &1)],
+        "{output:?}"
+    );
+    assert_eq!(output.tokens_out, Some(5), "{output:?}");
+}
+
 /// One AWS key in a streamed answer is one redaction on the output event,
 /// however small the stream's chunks, in both stream shapes, as in a JSON
 /// answer and in `kt_policy_actions_total`.
