@@ -119,9 +119,9 @@ async fn untouched(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let activity = ctx.activity.clone();
         let idle = ctx.gw.limits.idle;
-        let permit = ctx.permit.clone();
+        let admission = ctx.admission.clone();
         ctx.shutdown.spawn(async move {
-            let _permit = permit;
+            let _admission = admission;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
                     super::tunnel::run(

@@ -319,10 +319,13 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let gw = self.clone();
             let sd = shutdown.clone();
+            let admission = Arc::new(Admission {
+                _permit: permit,
+                _slot: slot,
+            });
             shutdown.spawn(async move {
-                let _slot = slot;
                 gw.stats.connections.fetch_add(1, Ordering::Relaxed);
-                outer::serve(gw.clone(), stream, peer, local, sd, Arc::new(permit)).await;
+                outer::serve(gw.clone(), stream, peer, local, sd, admission).await;
                 gw.stats.connections.fetch_sub(1, Ordering::Relaxed);
             });
         }
@@ -347,6 +350,15 @@ async fn refuse_busy_client(mut stream: tokio::net::TcpStream, limit: usize) {
     let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
 }
 
+/// A client connection's places under the gateway's connection limit and
+/// its address's, given back when the last task serving it ends: a CONNECT
+/// tunnel or intercepted session outlives the HTTP connection it came on,
+/// and counts against both limits for as long as it lasts.
+pub(crate) struct Admission {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: per_client::Slot,
+}
+
 /// Per-connection facts handed to request handlers and spawned tasks.
 #[derive(Clone)]
 pub(crate) struct ConnCtx {
@@ -356,9 +368,8 @@ pub(crate) struct ConnCtx {
     pub peer: SocketAddr,
     pub shutdown: Shutdown,
     pub activity: crate::netio::Activity,
-    /// Held by every task serving this client connection (tunnels and
-    /// intercepted sessions outlive the listener's HTTP connection).
-    pub permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    /// Held by every task serving this client connection.
+    pub admission: Arc<Admission>,
     /// The caller, from the access key of the request (for an intercepted
     /// session, of its CONNECT).
     pub identity: crate::identity::Identity,

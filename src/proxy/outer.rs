@@ -25,7 +25,7 @@ pub(super) async fn serve(
     peer: SocketAddr,
     local: SocketAddr,
     shutdown: Shutdown,
-    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    admission: Arc<super::Admission>,
 ) {
     let activity = Activity::new();
     let io = TokioIo::new(Tracked::new(stream, activity.clone()));
@@ -35,7 +35,7 @@ pub(super) async fn serve(
         peer,
         shutdown: shutdown.clone(),
         activity: activity.clone(),
-        permit,
+        admission,
         identity: crate::identity::Identity::anonymous(),
         session_key: None,
     };

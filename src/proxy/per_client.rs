@@ -33,8 +33,11 @@ impl PerClient {
     }
 
     /// A slot for a new connection from `ip`, or `None` when it already
-    /// has `limit` open.
+    /// has `limit` open. An IPv4 client of a dual-stack listener comes as
+    /// `::ffff:a.b.c.d`: it is counted, and matched against IPv4 exempt
+    /// networks, as the IPv4 address it is.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let ip = ip.to_canonical();
         if self.limit == 0 || self.exempt.iter().any(|n| n.contains(&ip)) {
             return Some(Slot { owner: None, ip });
         }
@@ -109,5 +112,17 @@ mod tests {
         let slots: Vec<_> = (0..5).map(|_| limited.admit(a).unwrap()).collect();
         drop(slots);
         assert!(limited.open.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_ipv4_client_of_a_dual_stack_listener_is_its_ipv4_address() {
+        let pc = PerClient::new(1, &["10.0.0.0/8".parse().unwrap()]);
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let _held = pc.admit(mapped).unwrap();
+        assert_eq!(pc.open("192.0.2.1".parse().unwrap()), 1);
+        assert!(pc.admit("192.0.2.1".parse().unwrap()).is_none());
+        let lb: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| pc.admit(lb).unwrap()).collect();
+        assert_eq!(held.len(), 3, "a trusted proxy on IPv4 is exempt");
     }
 }

@@ -200,6 +200,49 @@ async fn secrets_and_keys_never_reach_the_logs() {
     assert!(!audit.contains(&token) && !audit.contains(&access_key));
 }
 
+/// Tunnels count against the per-client limit for as long as they are
+/// open: a CONNECT ends the HTTP connection it came on, not the tunnel, and
+/// one client holding many tunnels must not take every connection.
+#[tokio::test]
+async fn open_tunnels_count_against_the_per_client_limit() {
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &["registry.example"], Alpn::Both).await;
+    let gw = TestGateway::start(&ca, |s| {
+        s.limits.max_connections_per_client = 2;
+        s.connect_to
+            .push(connect_to("registry.example", 443, origin.addr));
+    })
+    .await;
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let (s, reply) = client::connect(gw.addr, "registry.example:443").await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        tunnels.push(s);
+    }
+    assert_eq!(
+        gw.gateway.per_client().open("127.0.0.1".parse().unwrap()),
+        2
+    );
+    let (_s, reply) = client::connect(gw.addr, "registry.example:443").await;
+    assert_eq!(reply.status, 429, "{reply:?}");
+    assert!(
+        reply.head.contains("x-kt-error: too_many_connections"),
+        "{reply:?}"
+    );
+    // A tunnel that ends gives its place back.
+    drop(tunnels.pop());
+    let wait = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gw.gateway.per_client().open("127.0.0.1".parse().unwrap()) != 1 {
+        assert!(
+            tokio::time::Instant::now() < wait,
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_s, reply) = client::connect(gw.addr, "registry.example:443").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
 #[tokio::test]
 async fn one_client_cannot_take_every_connection() {
     let ca = TestCa::new("ca");
