@@ -575,9 +575,12 @@ pub fn decode_into(raw: &str, base: usize, out: &mut String) -> Result<()> {
             Some(b'u') => {
                 let hi = hex4(bytes, at + 2).ok_or(esc.clone())?;
                 i = at + 6;
+                // A surrogate without its other half (JavaScript's
+                // JSON.stringify writes one for a string cut inside an
+                // emoji, and JSON parsers of JavaScript and Python take it)
+                // reads as U+FFFD: the text around it is still checked.
                 let code = match hi {
                     0xD800..=0xDBFF => {
-                        // A high surrogate must be followed by `\u` + a low one.
                         let lo = match (bytes.get(i), bytes.get(i + 1)) {
                             (Some(b'\\'), Some(b'u')) => hex4(bytes, i + 2),
                             _ => None,
@@ -587,10 +590,10 @@ pub fn decode_into(raw: &str, base: usize, out: &mut String) -> Result<()> {
                                 i += 6;
                                 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
                             }
-                            _ => return Err(esc),
+                            _ => 0xFFFD,
                         }
                     }
-                    0xDC00..=0xDFFF => return Err(esc),
+                    0xDC00..=0xDFFF => 0xFFFD,
                     c => c,
                 };
                 out.push(char::from_u32(code).ok_or(esc)?);

@@ -841,6 +841,51 @@ async fn an_llm_body_arriving_in_pieces_is_read_whole() {
     assert_eq!(input.action.as_str(), "redact");
 }
 
+/// A prompt holding a surrogate without its other half (what JavaScript's
+/// JSON.stringify writes for a string cut inside an emoji; OpenAI's and
+/// Anthropic's parsers take it) is read, not refused: a secret elsewhere in
+/// it is redacted, and a string without one reaches the upstream as sent.
+#[tokio::test]
+async fn a_lone_surrogate_in_a_prompt_is_read_not_refused() {
+    let mut e = env(|_| {}).await;
+    let token = format!("ghp_{}", "Qw3rTy7uIo9pAs2dFg4hJk6lZx8cVb1nM5eR");
+    let body = format!(
+        r#"{{"model":"gpt-4o","messages":[{{"role":"system","content":"cut \ud83d"}},{{"role":"user","content":"use {token} now \udc00"}}]}}"#
+    );
+    let mut http = client(&e.gw, false).await;
+    let resp = http
+        .send(
+            "POST",
+            HOST,
+            "/v1/chat/completions",
+            Bytes::from(body.clone()),
+        )
+        .await;
+    assert_eq!(resp.status(), 200, "{}", body_string(resp).await);
+    let sent = e
+        .tls
+        .last_body
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("no body upstream");
+    let sent = String::from_utf8(sent.to_vec()).unwrap();
+    assert_eq!(
+        sent,
+        body.replace(
+            &format!(r"use {token} now \udc00"),
+            "use [REDACTED:github_pat] now \u{FFFD}"
+        ),
+        "the untouched string keeps its escape; the redacted one is re-encoded"
+    );
+    let events = events(&mut e.gw).await;
+    let input = events
+        .iter()
+        .find(|ev| ev.phase == keeptrusts::events::Phase::Input)
+        .unwrap_or_else(|| panic!("no input event: {events:?}"));
+    assert_eq!(input.action.as_str(), "redact");
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_holds_bounded_memory() {
     let _serial = MEMORY.lock().await;
