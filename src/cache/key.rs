@@ -73,6 +73,10 @@ pub struct KeyParts<'a> {
     pub headers: &'a http::HeaderMap,
     pub stream: bool,
     pub scope: &'a str,
+    /// The output-phase policies that check the answer, in chain order: a
+    /// hit skips them, so exchanges they would treat differently must not
+    /// share an entry.
+    pub output_policies: &'a [&'a str],
     pub body: &'a [u8],
 }
 
@@ -80,7 +84,7 @@ pub struct KeyParts<'a> {
 pub fn key(parts: &KeyParts<'_>) -> Result<Key, KeyError> {
     let mut h = Sha256::new();
     // Versioned, so a change of the canonical form never reads old entries.
-    h.update(b"kt-cache-key-v1");
+    h.update(b"kt-cache-key-v2");
     field(&mut h, parts.provider.as_bytes());
     field(&mut h, normalise_host(parts.host).as_bytes());
     field(&mut h, parts.method.as_bytes());
@@ -96,6 +100,11 @@ pub fn key(parts: &KeyParts<'_>) -> Result<Key, KeyError> {
     }
     field(&mut h, if parts.stream { b"1" } else { b"0" });
     field(&mut h, parts.scope.as_bytes());
+    // Counted, so the names cannot run into the body's field.
+    h.update((parts.output_policies.len() as u64).to_le_bytes());
+    for name in parts.output_policies {
+        field(&mut h, name.as_bytes());
+    }
     let mut body = Vec::with_capacity(parts.body.len());
     canonical(parts.body, &mut body, true)?;
     field(&mut h, &body);
@@ -300,6 +309,7 @@ mod tests {
             headers,
             stream: false,
             scope: "team:default",
+            output_policies: &[],
             body,
         }
     }
@@ -345,7 +355,7 @@ mod tests {
         let k = key(&parts(body, &h)).unwrap();
         assert_eq!(
             k.hex(),
-            "6d59b1c09b7dc8034cbaff208befe95f89ebab2f9762fb640e0d6ec036c8c69e"
+            "31fcca9a0086b43ad007a5e30012da049b0599badc3fc7cd21c6f44b2ec053ff"
         );
     }
 
@@ -401,10 +411,30 @@ mod tests {
                 headers: &versioned,
                 ..parts(body, &h)
             },
+            KeyParts {
+                output_policies: &["secret-redaction"],
+                ..parts(body, &h)
+            },
         ];
         for v in variants {
             assert_ne!(key(&v).unwrap(), base, "{v:?}");
         }
+    }
+
+    #[test]
+    fn output_policy_lists_never_run_together() {
+        let h = http::HeaderMap::new();
+        let body = br#"{}"#;
+        let k = |output_policies: &'static [&'static str]| {
+            key(&KeyParts {
+                output_policies,
+                ..parts(body, &h)
+            })
+            .unwrap()
+        };
+        assert_ne!(k(&["a", "b"]), k(&["ab"]));
+        assert_ne!(k(&["a", "b"]), k(&["b", "a"]));
+        assert_ne!(k(&[]), k(&[""]));
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct CacheRequest<'a> {
     pub family: Option<Family>,
     pub user: Option<&'a str>,
     pub team: Option<&'a str>,
+    /// The output-phase policies that check the answer (see
+    /// [`KeyParts::output_policies`]).
+    pub output_policies: &'a [&'a str],
 }
 
 /// What to do with a request.
@@ -145,6 +148,7 @@ pub async fn lookup(store: &Arc<Store>, o: &CacheOptions, req: &CacheRequest<'_>
         headers: req.headers,
         stream: req.stream,
         scope: &scope,
+        output_policies: req.output_policies,
         body: req.body,
     }) {
         Ok(k) => k,

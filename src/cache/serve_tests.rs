@@ -42,6 +42,7 @@ fn request<'a>(headers: &'a HeaderMap, body: &'a [u8], user: Option<&'a str>) ->
         family: Some(Family::OpenAiChat),
         user,
         team: None,
+        output_policies: &[],
     }
 }
 

@@ -324,6 +324,19 @@ impl Exchange {
         }
     }
 
+    /// The names of the output-phase policies that check this exchange's
+    /// answer, in chain order. A cache hit skips them (the stored answer is
+    /// what they made of it for the exchange that stored it), so they are
+    /// part of the cache key.
+    pub fn output_policy_names(&self) -> impl Iterator<Item = &str> {
+        let checked = if self.needs_response_body() {
+            self.output_body
+        } else {
+            Selection::default()
+        };
+        self.chain.selected(checked).map(|(_, p)| &*p.name)
+    }
+
     /// True when bodies go into the audit log (`log_bodies`).
     pub fn logs_bodies(&self) -> bool {
         self.log_bodies

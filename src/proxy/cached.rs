@@ -62,6 +62,7 @@ pub(super) async fn lookup(
             }));
         }
     };
+    let output_policies: Vec<&str> = exchange.output_policy_names().collect();
     let info = &exchange.info;
     let req = CacheRequest {
         provider: info.provider.as_str(),
@@ -74,6 +75,7 @@ pub(super) async fn lookup(
         family: info.family,
         user: info.user.as_deref(),
         team: info.team.as_deref(),
+        output_policies: &output_policies,
     };
     let found = serve::lookup(&store, options, &req).await;
     let hit = matches!(found, Lookup::Hit(_));

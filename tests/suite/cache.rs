@@ -656,3 +656,27 @@ async fn answers_nobody_could_read_are_not_stored() {
         assert_eq!(got.cache, want);
     }
 }
+
+/// A hit skips the output policies, so an answer stored for an exchange
+/// no output policy checked is never served to one whose policies would
+/// redact it: the policies that apply are part of the key.
+#[tokio::test]
+async fn an_answer_is_never_served_past_output_policies_the_storer_lacked() {
+    let yaml = "policies:\n  chain: [audit-logger, codenames, ide-cache]\npolicy:\n  audit-logger: {}\n  codenames:\n    type: content-filter\n    phases: [output]\n    patterns: ['project-zeus']\n    action: redact\n    when:\n      headers:\n        x-strict: '1'\n  ide-cache:\n    type: cache\n    ttl_seconds: 600\n";
+    let (_ca, origin, gw) = setup(yaml).await;
+    let mut http = client(&gw, HOST).await;
+    let path = "/v1/chat/completions";
+    let reply = ("x-test-reply", "see project-zeus");
+    let open = post(&mut http, HOST, path, chat("codename?", false), &[reply]).await;
+    assert_eq!(open.cache, "miss");
+    assert!(String::from_utf8_lossy(&open.body).contains("project-zeus"));
+    let strict = [reply, ("x-strict", "1")];
+    let checked = post(&mut http, HOST, path, chat("codename?", false), &strict).await;
+    assert_eq!(checked.cache, "miss", "not the unchecked entry");
+    let text = String::from_utf8_lossy(&checked.body);
+    assert!(text.contains("see [REDACTED:codenames]"), "{text}");
+    assert_eq!(origin.hits.load(SeqCst), 2);
+    // Exchanges without the policy still share the first answer.
+    let again = post(&mut http, HOST, path, chat("codename?", false), &[reply]).await;
+    assert_eq!(again.cache, "hit");
+}
