@@ -66,7 +66,13 @@ pub struct KeyError(#[from] serde_json::Error);
 #[derive(Debug, Clone, Copy)]
 pub struct KeyParts<'a> {
     pub provider: &'a str,
+    /// `https` (else `http`) to the upstream.
+    pub tls: bool,
+    /// Without its port.
     pub host: &'a str,
+    /// The upstream's port, stated even when it is the scheme's default:
+    /// another scheme or port is another server.
+    pub port: u16,
     pub method: &'a str,
     /// Path and query as sent (normalised here).
     pub path_and_query: &'a str,
@@ -84,9 +90,11 @@ pub struct KeyParts<'a> {
 pub fn key(parts: &KeyParts<'_>) -> Result<Key, KeyError> {
     let mut h = Sha256::new();
     // Versioned, so a change of the canonical form never reads old entries.
-    h.update(b"kt-cache-key-v2");
+    h.update(b"kt-cache-key-v3");
     field(&mut h, parts.provider.as_bytes());
+    field(&mut h, if parts.tls { b"https" } else { b"http" });
     field(&mut h, normalise_host(parts.host).as_bytes());
+    field(&mut h, parts.port.to_string().as_bytes());
     field(&mut h, parts.method.as_bytes());
     let (path, query) = parts
         .path_and_query
@@ -117,9 +125,8 @@ fn field(h: &mut Sha256, bytes: &[u8]) {
     h.update(bytes);
 }
 
-/// Lower case, without the default HTTPS port or a trailing dot.
+/// Lower case, without a trailing dot.
 fn normalise_host(host: &str) -> Cow<'_, str> {
-    let host = host.strip_suffix(":443").unwrap_or(host);
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
@@ -303,7 +310,9 @@ mod tests {
     fn parts<'a>(body: &'a [u8], headers: &'a http::HeaderMap) -> KeyParts<'a> {
         KeyParts {
             provider: "openai",
+            tls: true,
             host: "api.openai.com",
+            port: 443,
             method: "POST",
             path_and_query: "/v1/chat/completions",
             headers,
@@ -355,7 +364,7 @@ mod tests {
         let k = key(&parts(body, &h)).unwrap();
         assert_eq!(
             k.hex(),
-            "31fcca9a0086b43ad007a5e30012da049b0599badc3fc7cd21c6f44b2ec053ff"
+            "457a144c24c87f598e997905a466770e2d70d14bd0837f4544dc3ca1840a3af3"
         );
     }
 
@@ -381,6 +390,19 @@ mod tests {
             },
             KeyParts {
                 host: "other.example",
+                ..parts(body, &h)
+            },
+            KeyParts {
+                tls: false,
+                ..parts(body, &h)
+            },
+            KeyParts {
+                port: 8443,
+                ..parts(body, &h)
+            },
+            KeyParts {
+                tls: false,
+                port: 80,
                 ..parts(body, &h)
             },
             KeyParts {
@@ -457,7 +479,7 @@ mod tests {
             base,
             k(
                 "/v1beta//models/gemini-2.0:generateContent/?x=1&alt=sse&key=SECRET",
-                "API.openai.com:443"
+                "API.openai.com."
             )
         );
         assert_ne!(

@@ -47,7 +47,10 @@ const PLACEHOLDER: &[u8] = b"[REDACTED:";
 #[derive(Debug, Clone, Copy)]
 pub struct CacheRequest<'a> {
     pub provider: &'a str,
+    pub tls: bool,
+    /// Without its port.
     pub host: &'a str,
+    pub port: u16,
     pub method: &'a http::Method,
     pub path_and_query: &'a str,
     pub headers: &'a HeaderMap,
@@ -142,7 +145,9 @@ pub async fn lookup(store: &Arc<Store>, o: &CacheOptions, req: &CacheRequest<'_>
     let scope = scope_id(o.scope, req.user, req.team);
     let key = match key::key(&KeyParts {
         provider: req.provider,
+        tls: req.tls,
         host: req.host,
+        port: req.port,
         method: req.method.as_str(),
         path_and_query: req.path_and_query,
         headers: req.headers,

@@ -33,7 +33,9 @@ fn signed() -> HeaderMap {
 fn request<'a>(headers: &'a HeaderMap, body: &'a [u8], user: Option<&'a str>) -> CacheRequest<'a> {
     CacheRequest {
         provider: "openai",
+        tls: true,
         host: "api.openai.com",
+        port: 443,
         method: &http::Method::POST,
         path_and_query: "/v1/chat/completions",
         headers,

@@ -6,6 +6,7 @@
 use crate::body::Body;
 use crate::cache::serve::{self, CacheRequest, Hit, Lookup, Ticket};
 use crate::policy::exchange::Exchange;
+use crate::upstream::pool::Origin;
 use bytes::Bytes;
 use http::Response;
 
@@ -42,6 +43,7 @@ impl Pending {
 /// when none does (nothing to do).
 pub(super) async fn lookup(
     ctx: &super::ConnCtx,
+    origin: &Origin,
     exchange: &mut Exchange,
     parts: &http::request::Parts,
     body: &Bytes,
@@ -66,7 +68,9 @@ pub(super) async fn lookup(
     let info = &exchange.info;
     let req = CacheRequest {
         provider: info.provider.as_str(),
-        host: &info.host,
+        tls: origin.tls,
+        host: &origin.host,
+        port: origin.port,
         method: &parts.method,
         path_and_query: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
         headers: &parts.headers,

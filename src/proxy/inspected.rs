@@ -214,7 +214,14 @@ pub(super) async fn forward_read(
             // trip) would otherwise enlarge every request's future, which
             // hyper moves per request.
             let step = if exchange.cache_options().is_some() {
-                Box::pin(super::cached::lookup(ctx, &mut exchange, &parts, &bytes)).await
+                Box::pin(super::cached::lookup(
+                    ctx,
+                    origin,
+                    &mut exchange,
+                    &parts,
+                    &bytes,
+                ))
+                .await
             } else {
                 None
             };

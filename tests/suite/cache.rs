@@ -657,6 +657,34 @@ async fn answers_nobody_could_read_are_not_stored() {
     }
 }
 
+/// The same request to another port of the same host is another server's
+/// answer: the key carries the scheme and the port.
+#[tokio::test]
+async fn another_port_of_the_same_host_has_its_own_entries() {
+    let ca = TestCa::new("cache upstream CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let config = Arc::new(PolicyConfig::parse(CACHE, Path::new("test.yaml")).unwrap());
+    let addr = origin.addr;
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(HOST, 443, addr));
+        s.connect_to.push(connect_to(HOST, 8443, addr));
+        s.apply_config(&config);
+    })
+    .await;
+    let path = "/v1/chat/completions";
+    for (port, want) in [(443, "miss"), (8443, "miss"), (8443, "hit"), (443, "hit")] {
+        let (s, reply) = crate::common::client::connect(gw.addr, &format!("{HOST}:{port}")).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let tls = crate::common::client::tls(s, HOST, &[gw.ca_der()], &[b"http/1.1"])
+            .await
+            .unwrap();
+        let mut http = Http::over(tls, false).await;
+        let got = post(&mut http, HOST, path, chat("which port?", false), &[]).await;
+        assert_eq!(got.cache, want, "port {port}");
+    }
+    assert_eq!(origin.hits.load(SeqCst), 2);
+}
+
 /// A hit skips the output policies, so an answer stored for an exchange
 /// no output policy checked is never served to one whose policies would
 /// redact it: the policies that apply are part of the key.
