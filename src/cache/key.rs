@@ -103,8 +103,16 @@ pub fn key(parts: &KeyParts<'_>) -> Result<Key, KeyError> {
     field(&mut h, normalise_path(path).as_bytes());
     field(&mut h, normalise_query(query).as_bytes());
     for name in VERSION_HEADERS {
-        let value = parts.headers.get(*name).map_or(&b""[..], |v| v.as_bytes());
-        field(&mut h, value.trim_ascii());
+        // Every line, in order: clients send each beta flag on its own
+        // line as often as in one list.
+        let mut value = Vec::new();
+        for (i, v) in parts.headers.get_all(*name).iter().enumerate() {
+            if i > 0 {
+                value.push(b',');
+            }
+            value.extend_from_slice(v.as_bytes().trim_ascii());
+        }
+        field(&mut h, &value);
     }
     field(&mut h, if parts.stream { b"1" } else { b"0" });
     field(&mut h, parts.scope.as_bytes());
@@ -441,6 +449,23 @@ mod tests {
         for v in variants {
             assert_ne!(key(&v).unwrap(), base, "{v:?}");
         }
+    }
+
+    #[test]
+    fn every_anthropic_beta_line_is_in_the_key() {
+        let body = br#"{}"#;
+        let mut one = http::HeaderMap::new();
+        one.append("anthropic-beta", "tools-2024-04-04".parse().unwrap());
+        let mut two = one.clone();
+        two.append("anthropic-beta", "pdfs-2024-09-25".parse().unwrap());
+        let mut listed = http::HeaderMap::new();
+        listed.insert(
+            "anthropic-beta",
+            "tools-2024-04-04,pdfs-2024-09-25".parse().unwrap(),
+        );
+        let k = |h: &http::HeaderMap| key(&parts(body, h)).unwrap();
+        assert_ne!(k(&one), k(&two));
+        assert_eq!(k(&two), k(&listed));
     }
 
     #[test]
