@@ -47,6 +47,8 @@ struct State {
     abandoned: bool,
     /// Too big to store; frames are kept only while followers need them.
     overflow: bool,
+    /// Followers waiting for the head or reading the frames (each
+    /// [`Follower`] counts itself out when dropped).
     followers: usize,
     wakers: Vec<Waker>,
 }
@@ -153,6 +155,16 @@ impl Flight {
     pub fn closed(&self) -> bool {
         !self.lock().joinable
     }
+
+    /// A follower gave up (timed out, or its client went away).
+    fn leave(&self) {
+        let mut s = self.lock();
+        s.followers = s.followers.saturating_sub(1);
+        if s.overflow && s.followers == 0 {
+            // Too big to store, and nobody left to read them.
+            s.frames = Vec::new();
+        }
+    }
 }
 
 /// The flights in progress, by key.
@@ -166,7 +178,7 @@ pub enum Join {
     /// Go upstream and tee the response into this flight.
     Leader(Leader),
     /// Someone is already fetching this: wait for their response.
-    Follower(Arc<Flight>),
+    Follower(Follower),
 }
 
 impl Flights {
@@ -182,7 +194,7 @@ impl Flights {
             if s.joinable {
                 s.followers += 1;
                 drop(s);
-                return Join::Follower(f.clone());
+                return Join::Follower(Follower { flight: f.clone() });
             }
         }
         let flight = Flight::new(max_bytes);
@@ -253,16 +265,36 @@ impl Drop for Leader {
     }
 }
 
+/// A follower's hold on its flight, counted among the followers until it
+/// is dropped: an oversized response keeps its frames only while one
+/// remains.
+pub struct Follower {
+    flight: Arc<Flight>,
+}
+
+impl Follower {
+    /// See [`Flight::head`].
+    pub async fn head(&self, wait: Duration) -> Option<Head> {
+        self.flight.head(wait).await
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.flight.leave();
+    }
+}
+
 /// A follower's response body: the flight's frames, from the first, as
 /// they arrive.
 pub struct FollowerBody {
-    flight: Arc<Flight>,
+    follower: Follower,
     next: usize,
 }
 
 impl FollowerBody {
-    pub fn new(flight: Arc<Flight>) -> Self {
-        FollowerBody { flight, next: 0 }
+    pub fn new(follower: Follower) -> Self {
+        FollowerBody { follower, next: 0 }
     }
 }
 
@@ -280,7 +312,7 @@ impl HttpBody for FollowerBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, FlightBroke>>> {
         let next = self.next;
-        let mut s = self.flight.lock();
+        let mut s = self.follower.flight.lock();
         if let Some(frame) = s.frames.get(next).cloned() {
             drop(s);
             self.next += 1;
@@ -380,6 +412,41 @@ mod tests {
         };
         tokio::time::pause();
         assert!(f.head(Duration::from_millis(50)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_response_stops_keeping_frames_once_its_followers_leave() {
+        let flights = Arc::new(Flights::default());
+        let key = Key([11; 32]);
+        let Join::Leader(leader) = flights.join(key, 4) else {
+            panic!()
+        };
+        let Join::Follower(gives_up) = flights.join(key, 4) else {
+            panic!()
+        };
+        let Join::Follower(reads) = flights.join(key, 4) else {
+            panic!()
+        };
+        // One follower times out waiting for the head.
+        tokio::time::pause();
+        assert!(gives_up.head(Duration::from_millis(50)).await.is_none());
+        drop(gives_up);
+        leader.flight.set_head(head());
+        let mut body = FollowerBody::new(reads);
+        leader.flight.push(&Bytes::from_static(b"abc"));
+        leader.flight.push(&Bytes::from_static(b"def"));
+        assert!(leader.flight.closed(), "over the limit");
+        assert_eq!(leader.flight.lock().frames.len(), 2, "kept for the reader");
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "abc"
+        );
+        // The reader's client goes away mid-stream.
+        drop(body);
+        assert_eq!(leader.flight.lock().followers, 0);
+        assert!(leader.flight.lock().frames.is_empty(), "released at once");
+        leader.flight.push(&Bytes::from_static(b"ghi"));
+        assert!(leader.flight.lock().frames.is_empty(), "nothing kept since");
     }
 
     #[test]
