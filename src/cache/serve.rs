@@ -607,9 +607,11 @@ impl Capture {
             Stored::Frames(frames)
         } else {
             let whole = concat(frames);
-            // A `200` whose body is the provider's error is no answer to
-            // give again.
-            let failed = crate::llm::stream::response_fault(&whole).is_some();
+            // A body cut short can still end cleanly (a connection closed
+            // early on a response without a length), and a `200` whose
+            // body is the provider's error is no answer to give again.
+            let failed = serde_json::from_slice::<serde::de::IgnoredAny>(&whole).is_err()
+                || crate::llm::stream::response_fault(&whole).is_some();
             if failed || (!t.allow_placeholder && contains(&whole, PLACEHOLDER)) {
                 Stats::bump(&stats.not_stored);
                 return;

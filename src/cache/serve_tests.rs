@@ -178,6 +178,14 @@ async fn incomplete_failed_and_error_responses_are_not_stored() {
             upstream(200, sse, &[Ok(b"data: [DONE]\n\n"), Ok(FRAMES[0])]),
         ),
         (
+            "a JSON answer cut short",
+            upstream(
+                200,
+                "application/json",
+                &[Ok(b"{\"choices\":[{\"message\":{\"content\":\"he")],
+            ),
+        ),
+        (
             "a JSON answer that is an error",
             upstream(
                 200,
