@@ -32,8 +32,9 @@
 //!
 //! Custom rules have no keywords and run over the whole text (the regex
 //! crate's own literal prefilter keeps that cheap for prefixed formats).
-//! At most [`Scanner::max_scan_len`] bytes are scanned per call; the rest is
-//! passed through and the result says `truncated`.
+//! With [`Scanner::with_max_scan_len`], at most that many bytes are scanned
+//! per call; the rest is passed through and the result says `truncated`
+//! (the default scans everything).
 //!
 //! # Kinds
 //!
@@ -114,8 +115,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
-/// Default cap on the bytes scanned per call.
-pub const DEFAULT_MAX_SCAN_LEN: usize = 4 << 20;
+/// Default cap on the bytes scanned per call: none. The scan is linear,
+/// and the gateway's body limits already bound what it reads; a cap below
+/// them would let a secret through past it (a text the redactor cannot
+/// finish must not go out half checked).
+pub const DEFAULT_MAX_SCAN_LEN: usize = usize::MAX;
 
 /// An inline marker that suppresses findings on its line (like
 /// `gitleaks:allow`): `API_KEY=… # kt:allow`.

@@ -379,6 +379,20 @@ fn scan_cap_reports_truncation() {
     assert_eq!(full.findings.len(), 2);
 }
 
+/// A pasted file of several MiB in one JSON string: a secret at its end
+/// is found like one at its start.
+#[test]
+fn a_secret_past_the_first_mebibytes_of_a_text_is_found() {
+    let mut g = Gen::new(7);
+    let token = format!("ghp_{}", g.s(ALNUM, 36));
+    let text = format!("{}\nTOKEN={token}\n", "let x = 1;\n".repeat(600_000));
+    assert!(text.len() > 6 << 20);
+    let r = scanner().redact(&text);
+    assert!(!r.truncated);
+    assert_eq!(r.findings.len(), 1);
+    assert!(r.text.ends_with("TOKEN=[REDACTED:github_pat]\n"));
+}
+
 #[test]
 fn max_secret_len_covers_tokens_and_is_capped() {
     let n = scanner().max_secret_len();
