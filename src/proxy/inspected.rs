@@ -138,6 +138,12 @@ fn unread_answer(mut exchange: Box<Exchange>, e: ProxyError) -> Response<Body> {
             "upstream_timeout",
             format!("the upstream's answer did not arrive whole within {secs} s"),
         ),
+        // kt's own memory for bodies is taken: nothing the upstream did.
+        ProxyError::BodiesBusy { .. } => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "bodies_busy",
+            format!("kt cannot hold the upstream's answer for its output policies now ({e}); retry"),
+        ),
         // `read_body` names a failing body the client's; here it is the upstream's.
         ProxyError::ClientBody(cause) => (
             http::StatusCode::BAD_GATEWAY,

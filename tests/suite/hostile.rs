@@ -1290,9 +1290,12 @@ async fn send_arriving(
 async fn bodies_still_arriving_share_one_memory_budget() {
     let ca = TestCa::new("ca");
     let origin = Origin::plain().await;
+    // Secret redaction reads JSON answers whole too.
+    let config = Arc::new(PolicyConfig::parse(AUDIT, Path::new("t.yaml")).unwrap());
     let gw = TestGateway::start(&ca, |s| {
         s.connect_to.push(connect_to(HOST, 80, origin.addr));
         s.limits.max_buffered_bodies = 64 * 1024;
+        s.apply_config(&config);
     })
     .await;
     // A sends 40 KB of a 60 KB body, then nothing.
@@ -1313,15 +1316,29 @@ async fn bodies_still_arriving_share_one_memory_budget() {
     );
     assert_eq!(origin.hits.load(Ordering::SeqCst), 0);
 
+    // An answer that would pass it while A holds the rest: `503
+    // bodies_busy` too, kt's own limit, not the upstream's fault.
+    let reply = "y".repeat(30_000);
+    let (head, body) = sized_chat(100);
+    let head = head.replace("\r\n\r\n", &format!("\r\nx-test-reply: {reply}\r\n\r\n"));
+    let answer = send_arriving(&gw, &head, &body, 1).await;
+    assert_eq!(answer.status, 503, "{}", answer.head);
+    assert!(
+        answer.head.contains("x-kt-error: bodies_busy") && answer.body.contains("retry"),
+        "{answer:?}"
+    );
+    assert_eq!(origin.hits.load(Ordering::SeqCst), 1);
+
     // A goes away: the same body now passes.
     drop(a);
     assert!(
         bodies_held(&gw, |n| n == 0).await,
         "bytes of a body that went away were kept"
     );
+    let (head, body) = sized_chat(30_000);
     let answer = send_arriving(&gw, &head, &body, 1).await;
     assert_eq!(answer.status, 200, "{}", answer.head);
-    assert_eq!(origin.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(origin.hits.load(Ordering::SeqCst), 2);
 
     // Past the 32 MiB body limit by its own word: refused before the body.
     let (head, _) = sized_chat(100);
