@@ -53,10 +53,17 @@ pub fn parse(authority: &str) -> Result<Target, AuthorityError> {
             // An unbracketed IPv6 literal is ambiguous.
             return Err(AuthorityError::BadHost);
         }
-        if host.parse::<Ipv4Addr>().is_err() && !is_hostname(host) {
+        let host = if ends_in_a_number(host) {
+            // `127.1`, `0x7f.1`, `2130706433`: what resolvers (and browsers)
+            // read as IPv4, spelled as kt checks addresses, so a loop to
+            // kt itself or a refused address is seen whatever the spelling.
+            ipv4(host).ok_or(AuthorityError::BadHost)?.to_string()
+        } else if is_hostname(host) {
+            host.trim_end_matches('.').to_ascii_lowercase()
+        } else {
             return Err(AuthorityError::BadHost);
-        }
-        (host.trim_end_matches('.').to_ascii_lowercase(), port)
+        };
+        (host, port)
     };
     if port.is_empty() {
         return Err(AuthorityError::MissingPort);
@@ -86,6 +93,62 @@ pub fn parse_or_default_port(authority: &str, default_port: u16) -> Result<Targe
     } else {
         parse(&format!("{hostport}:{default_port}"))
     }
+}
+
+/// Whether the last label of `host` is a number (decimal, or hex with
+/// `0x`): such a host is an IPv4 address or nothing (the URL standard's
+/// "ends in a number").
+fn ends_in_a_number(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let last = host.rsplit('.').next().unwrap_or_default();
+    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
+    last.strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The URL standard's IPv4 parser: one to four parts, each decimal, octal
+/// (leading `0`) or hex (`0x`), the last filling the bytes left.
+fn ipv4(host: &str) -> Option<Ipv4Addr> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.len() > 4 {
+        return None;
+    }
+    let mut numbers = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (digits, radix) =
+            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+                (hex, 16)
+            } else if part.len() > 1 && part.starts_with('0') {
+                (&part[1..], 8)
+            } else {
+                (*part, 10)
+            };
+        if part.is_empty() || !digits.bytes().all(|b| (b as char).is_digit(radix)) {
+            return None;
+        }
+        let n = match digits {
+            "" => 0,
+            d => u64::from_str_radix(d, radix).ok()?,
+        };
+        numbers.push(n);
+    }
+    let (last, rest) = numbers.split_last()?;
+    if rest.iter().any(|&n| n > 255) {
+        return None;
+    }
+    let room = 8 * (4 - rest.len() as u32);
+    if room < 64 && *last >= 1u64 << room {
+        return None;
+    }
+    let mut addr = *last;
+    for (i, &n) in rest.iter().enumerate() {
+        addr += n << (8 * (3 - i as u32));
+    }
+    u32::try_from(addr).ok().map(Ipv4Addr::from)
 }
 
 fn is_hostname(host: &str) -> bool {
@@ -137,6 +200,46 @@ mod tests {
         assert_eq!(parse("-x.com:443"), Err(AuthorityError::BadHost));
         let long = format!("{}.com:443", "a".repeat(10_000));
         assert_eq!(parse(&long), Err(AuthorityError::BadHost));
+    }
+
+    /// Hosts that end in a number are IPv4 addresses however they are
+    /// spelled (as resolvers and browsers read them), or refused.
+    #[test]
+    fn numeric_hosts_are_read_as_the_ipv4_address_they_spell() {
+        for (spelled, address) in [
+            ("127.1", "127.0.0.1"),
+            ("0", "0.0.0.0"),
+            ("2130706433", "127.0.0.1"),
+            ("0x7f.1", "127.0.0.1"),
+            ("0177.0.0.1", "127.0.0.1"),
+            ("0251.0376.0251.0376", "169.254.169.254"),
+            ("2852039166", "169.254.169.254"),
+            ("169.254.169.254.", "169.254.169.254"),
+            ("10.0.0.0x1", "10.0.0.1"),
+            ("1.2.3.4", "1.2.3.4"),
+        ] {
+            let t = parse(&format!("{spelled}:443")).unwrap();
+            assert_eq!(t.host, address, "{spelled}");
+            assert!(t.is_ip(), "{spelled}");
+        }
+        for bad in [
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "1.2.3.256",
+            "4294967296",
+            "09",
+            "1..2",
+            "a.1",
+        ] {
+            assert_eq!(
+                parse(&format!("{bad}:443")),
+                Err(AuthorityError::BadHost),
+                "{bad}"
+            );
+        }
+        // A label that is not all number is a name.
+        assert_eq!(parse("1.2.3.com:443").unwrap().host, "1.2.3.com");
+        assert_eq!(parse("0x1g:443").unwrap().host, "0x1g");
     }
 
     #[test]

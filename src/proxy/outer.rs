@@ -95,10 +95,12 @@ fn is_self(ctx: &ConnCtx, host: &str, port: u16) -> bool {
     if port != ctx.local.port() {
         return false;
     }
+    // `::ffff:127.0.0.1` is the IPv4 loopback too.
     host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip == ctx.local.ip() || ip.is_loopback() || ip.is_unspecified())
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+            let ip = ip.to_canonical();
+            ip == ctx.local.ip().to_canonical() || ip.is_loopback() || ip.is_unspecified()
+        })
 }
 
 /// The caller of a forward-proxy request, from its `Proxy-Authorization`

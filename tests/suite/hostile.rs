@@ -484,8 +484,19 @@ async fn bad_connect_targets_are_refused_without_dialing() {
         (format!("127.0.0.1:+{op}"), 400, Some("bad_target")),
         (format!("127.0.0.1:{op}/x"), 400, None),
         (long, 400, Some("bad_target")),
-        // Well-formed: IPv6 loopback to the gateway's own port is a loop.
+        // Well-formed: IPv6 loopback to the gateway's own port is a loop,
+        // and so is the IPv4 loopback however it is spelled.
         (format!("[::1]:{gp}"), 508, Some("loop_detected")),
+        (
+            format!("[::ffff:127.0.0.1]:{gp}"),
+            508,
+            Some("loop_detected"),
+        ),
+        (format!("127.1:{gp}"), 508, Some("loop_detected")),
+        (format!("2130706433:{gp}"), 508, Some("loop_detected")),
+        (format!("0x7f.0.0.1:{gp}"), 508, Some("loop_detected")),
+        // A host ending in a number that is no IPv4 address.
+        (format!("127.0.0.256:{op}"), 400, Some("bad_target")),
     ];
     for (target, status, kind) in &cases {
         let line = format!("CONNECT {target} HTTP/1.1\r\nHost: x\r\n\r\n");
