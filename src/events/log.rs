@@ -263,7 +263,7 @@ impl EventLog {
         options: LogOptions,
         today: fn() -> Date,
     ) -> Result<(EventSink, WriterHandle), EventsError> {
-        std::fs::create_dir_all(dir).map_err(|e| EventsError::io(dir, e))?;
+        private_dir(dir)?;
         // Before recovery: a second writer would cut the first one's line
         // in flight as torn, then fork the chain.
         let lock = lock_writer(dir)?;
@@ -434,11 +434,40 @@ fn last_hash(path: &Path, bytes: &[u8]) -> Result<Option<String>, EventsError> {
 }
 
 fn append(path: &Path) -> Result<File, EventsError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| EventsError::io(path, e))
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map_err(|e| EventsError::io(path, e))
+}
+
+/// Creates the log's folder for this user alone (0700), and narrows one
+/// that others can enter: events hold who asked what, and with
+/// `log_bodies` the prompts and answers themselves.
+fn private_dir(dir: &Path) -> Result<(), EventsError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(dir).map_err(|e| EventsError::io(dir, e))?;
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| EventsError::io(dir, e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            tracing::info!(path = %dir.display(), mode = format!("{:o}", mode & 0o777), "audit log folder was open to other users; narrowing it to 0700");
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| EventsError::io(dir, e))?;
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    builder.create(dir).map_err(|e| EventsError::io(dir, e))
 }
 
 struct Writer {

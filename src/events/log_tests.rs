@@ -588,3 +588,24 @@ async fn a_log_has_one_writer_at_a_time() {
     assert_eq!(events(dir).len(), 3);
     verify(dir).unwrap();
 }
+
+/// The log is this user's alone: a new folder is 0700 and its segments
+/// 0600, and a folder others could enter is narrowed.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_log_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let tmp = tempfile::tempdir().unwrap();
+    let fresh = tmp.path().join("new/events");
+    write(&fresh, opts(), 0..3).await;
+    assert_eq!(mode(&fresh), 0o700);
+    for (path, _) in lines(&fresh) {
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write(&open, opts(), 0..1).await;
+    assert_eq!(mode(&open), 0o700);
+}
