@@ -804,6 +804,9 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Authority the client asked for: Host header, else URI, else the origin.
 fn request_authority<B>(req: &Request<B>, origin: &Origin) -> String {
+    if let Some(authority) = target_authority(req) {
+        return authority;
+    }
     if let Some(host) = req
         .headers()
         .get(header::HOST)
@@ -811,10 +814,20 @@ fn request_authority<B>(req: &Request<B>, origin: &Origin) -> String {
     {
         return host.to_string();
     }
-    req.uri()
-        .authority()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| origin.authority())
+    origin.authority()
+}
+
+/// The authority of an absolute-form request target (or HTTP/2
+/// `:authority`), userinfo left out. It wins over a `Host` header that
+/// says otherwise (RFC 9112 §3.2.2: a proxy replaces `Host` with it;
+/// RFC 9113 §8.3.1): the request goes where its target names, and the
+/// upstream must hear the same name.
+fn target_authority<B>(req: &Request<B>) -> Option<String> {
+    let a = req.uri().authority()?;
+    Some(match a.port() {
+        Some(port) => format!("{}:{}", a.host(), port.as_str()),
+        None => a.host().to_string(),
+    })
 }
 
 /// Refuses an address literal kt must not reach, even when an upstream
@@ -862,7 +875,7 @@ pub(crate) fn authority_of(host: &str, port: u16, default: u16) -> String {
 
 /// HTTP/1.1 upstream: origin-form URI and a Host header.
 fn to_h1<B>(req: &mut Request<B>, origin: &Origin) {
-    if !req.headers().contains_key(header::HOST) {
+    if req.uri().authority().is_some() || !req.headers().contains_key(header::HOST) {
         let authority = request_authority(req, origin);
         if let Ok(v) = HeaderValue::from_str(&authority) {
             req.headers_mut().insert(header::HOST, v);

@@ -852,6 +852,24 @@ async fn an_llm_body_arriving_in_pieces_is_read_whole() {
     assert_eq!(input.action.as_str(), "redact");
 }
 
+/// An absolute-form request goes where its target names, and the upstream
+/// hears that name: a different `Host` is replaced (RFC 9112 §3.2.2), so a
+/// name-based upstream cannot answer for another site than the one kt
+/// dialed, checked and recorded.
+#[tokio::test]
+async fn an_absolute_form_request_carries_its_targets_host() {
+    let e = env(|_| {}).await;
+    let request = format!(
+        "GET http://{PLAIN}/v1/models HTTP/1.1\r\nHost: elsewhere.test\r\nConnection: close\r\n\r\n"
+    );
+    let answer = client::raw_exchange(e.gw.addr, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (path, headers) = e.plain.last_request.lock().unwrap().clone().unwrap();
+    assert_eq!(path, "/v1/models");
+    let hosts: Vec<_> = headers.get_all("host").iter().collect();
+    assert_eq!(hosts, [PLAIN], "{headers:?}");
+}
+
 /// A prompt holding a surrogate without its other half (what JavaScript's
 /// JSON.stringify writes for a string cut inside an emoji; OpenAI's and
 /// Anthropic's parsers take it) is read, not refused: a secret elsewhere in
