@@ -333,10 +333,15 @@ pub fn classify_with<'a>(
     let websocket = method == Method::GET
         && header_is(headers, &http::header::UPGRADE, "websocket")
         && (route.llm || path.ends_with("/realtime"));
+    // Autocomplete answers skip the output policies, so a client's header
+    // counts only where its product sends it: elsewhere it would be a way
+    // round them.
     let autocomplete = route.llm
         && (route.endpoint == Endpoint::Completions
-            || header_is(headers, &OPENAI_INTENT, "copilot-ghost")
-            || header_is(headers, &SOURCEGRAPH_FEATURE, "code_completions"));
+            || (provider == Provider::GithubCopilot
+                && header_is(headers, &OPENAI_INTENT, "copilot-ghost"))
+            || (provider == Provider::Sourcegraph
+                && header_is(headers, &SOURCEGRAPH_FEATURE, "code_completions")));
     Classification {
         provider,
         endpoint: route.endpoint,

@@ -170,6 +170,10 @@ fn table() -> Vec<Row> {
         llm("api.openai.com", "/v1/completions", "openai", COMPLETIONS, "openai-completions", F::OpenAiCompletions)
             .autocomplete(),
         llm("api.openai.com", "/v1/responses", "openai", CHAT, "openai-responses", F::OpenAiResponses),
+        // Another product's autocomplete header is no autocomplete here: it
+        // would skip the output policies.
+        llm("api.openai.com", "/v1/chat/completions", "openai", CHAT, "openai-chat", F::OpenAiChat)
+            .headers(&[("openai-intent", "copilot-ghost"), ("x-sourcegraph-feature", "code_completions")]),
         llm("api.openai.com", "/v1/embeddings", "openai", "embeddings", "openai-embeddings", F::Embeddings),
         pass("api.openai.com", GET, "/v1/models", "openai", "models"),
         pass("api.openai.com", GET, "/v1/models/gpt-4o", "openai", "models"),
