@@ -506,7 +506,8 @@ impl OutputStream {
         text_reps.sort_by_key(|r| r.range.start);
         // Arguments are JSON text: a replacement takes whole escapes.
         for r in &mut args_reps {
-            r.range = escape_safe(windows[1].text.as_bytes(), windows[1].base, r.range.clone());
+            let text = windows[1].text.as_bytes();
+            r.range = within_string(text, escape_safe(text, windows[1].base, r.range.clone()));
         }
         args_reps.retain(|r| !r.range.is_empty());
         args_reps.sort_by_key(|r| r.range.start);
@@ -747,6 +748,27 @@ fn escape_safe(text: &[u8], base: usize, range: Range<usize>) -> Range<usize> {
         end = esc.end.min(text.len());
     }
     start..end.max(start)
+}
+
+/// `range` of the JSON text `text` (starting outside any escape) cut at
+/// the end of the string it starts in: a filter's match (`project-\S+`)
+/// can run on past the closing quote into the JSON around it, which its
+/// label must not replace. A match that starts on a quote is kept whole:
+/// what it found must go, even at the cost of the arguments' shape.
+fn within_string(text: &[u8], range: Range<usize>) -> Range<usize> {
+    if text.get(range.start) == Some(&b'"') {
+        return range;
+    }
+    let mut i = range.start;
+    while i < range.end {
+        match text.get(i) {
+            Some(b'\\') => i += 2,
+            Some(b'"') => return range.start..i,
+            Some(_) => i += 1,
+            None => break,
+        }
+    }
+    range
 }
 
 /// The escape sequence of the JSON text `text` that has `at` strictly
@@ -1638,6 +1660,33 @@ mod tests {
         assert_eq!(escape_safe(br#"ab\ncd"#, 0, 3..5), 2..5);
         assert_eq!(escape_safe(br#"ab\ncd"#, 3, 3..5), 4..5);
         assert_eq!(escape_safe(br#"ab\"cd"#, 0, 0..3), 0..4);
+    }
+
+    /// A filter's match that runs on past the end of a string in streamed
+    /// arguments (`\S+` takes the closing `"}` too) is cut at the string's
+    /// end: the arguments stay JSON.
+    #[test]
+    fn a_filter_match_in_arguments_stops_at_the_end_of_its_string() {
+        let yaml = "policies:\n  chain: [f]\npolicy:\n  f:\n    type: content-filter\n    patterns: ['project-\\S+']\n    action: redact\n";
+        let args = r#"{"q":"project-zeus","n":1}"#;
+        for family in [
+            Family::OpenAiChat,
+            Family::AnthropicMessages,
+            Family::OpenAiResponses,
+        ] {
+            for size in [1, 5, 100] {
+                let wire = tool_call_wire(family, args, size);
+                let (raw, _, _) = stream_through(yaml, family, &wire);
+                let got = streamed_args(family, &raw);
+                let v: serde_json::Value = serde_json::from_str(&got)
+                    .unwrap_or_else(|e| panic!("{family:?} size {size}: {e}: {got}"));
+                assert_eq!(v["q"], "[REDACTED:f]", "{family:?} size {size}: {got}");
+                assert_eq!(v["n"], 1, "{family:?} size {size}: {got}");
+            }
+        }
+        assert_eq!(within_string(br#"ab"},"c"#, 0..6), 0..2);
+        assert_eq!(within_string(br#"a\"b"}"#, 0..6), 0..4);
+        assert_eq!(within_string(br#"","x"#, 0..4), 0..4);
     }
 
     /// Sourcegraph before api-version 2 sends the whole completion so far in
