@@ -73,6 +73,10 @@ impl Idle {
     }
 }
 
+/// How long an origin's ALPN choice is remembered once it has no
+/// connection left.
+const ALPN_MEMORY: Duration = Duration::from_secs(600);
+
 #[derive(Default)]
 struct HostConns {
     h2: Option<http2::SendRequest<Body>>,
@@ -82,6 +86,8 @@ struct HostConns {
     /// The origin chose HTTP/1.1 when offered h2: h2 clients share its
     /// HTTP/1.1 connections.
     h1_only: bool,
+    /// When one of the flags above was last learned.
+    learned: Option<Instant>,
 }
 
 impl HostConns {
@@ -148,12 +154,18 @@ impl Pool {
 
     /// Remembers that `origin` only speaks h2.
     pub fn mark_h2_only(&self, origin: &Origin) {
-        self.lock().entry(origin.clone()).or_default().h2_only = true;
+        let mut hosts = self.lock();
+        let conns = hosts.entry(origin.clone()).or_default();
+        conns.h2_only = true;
+        conns.learned = Some(Instant::now());
     }
 
     /// Remembers that `origin` chose HTTP/1.1 over h2.
     pub fn mark_h1_only(&self, origin: &Origin) {
-        self.lock().entry(origin.clone()).or_default().h1_only = true;
+        let mut hosts = self.lock();
+        let conns = hosts.entry(origin.clone()).or_default();
+        conns.h1_only = true;
+        conns.learned = Some(Instant::now());
     }
 
     /// True when `origin` is known to refuse HTTP/1.1.
@@ -213,14 +225,29 @@ impl Pool {
 
     /// Drops expired and closed connections; called periodically.
     pub fn sweep(&self) {
+        self.sweep_at(Instant::now());
+    }
+
+    /// [`sweep`](Self::sweep) as of `now`. What an origin's ALPN choice
+    /// taught is kept for [`ALPN_MEMORY`] after its last connection: an
+    /// entry per origin ever seen would grow without bound (`--intercept
+    /// all` across many hosts), and learning it again costs one handshake.
+    fn sweep_at(&self, now: Instant) {
         let mut hosts = self.lock();
-        let now = Instant::now();
         hosts.retain(|_, c| {
             if c.h2.as_ref().is_some_and(|h| h.is_closed()) {
                 c.h2 = None;
             }
             c.h1.retain(|i| i.alive(now, self.idle_timeout));
-            c.h2.is_some() || !c.h1.is_empty() || c.h2_only || c.h1_only
+            if c.h2.is_some() || !c.h1.is_empty() {
+                // In use: its lesson counts from its last connection.
+                if c.learned.is_some() {
+                    c.learned = Some(now);
+                }
+                return true;
+            }
+            c.learned
+                .is_some_and(|at| now.saturating_duration_since(at) < ALPN_MEMORY)
         });
     }
 
@@ -299,5 +326,22 @@ mod tests {
         pool.put_h1(&origin, sender(&listener).await);
         pool.sweep();
         assert_eq!(pool.idle_count(), 0, "the sweep drops them too");
+    }
+
+    /// What an origin's ALPN choice taught outlives its connections only
+    /// for a while: one entry per origin ever seen would grow for good.
+    #[test]
+    fn an_origins_alpn_lesson_is_forgotten_once_unused() {
+        let pool = Pool::new(2, Duration::from_secs(60));
+        let h1 = Origin::new(true, "h1.example.test", 443);
+        let h2 = Origin::new(true, "h2.example.test", 443);
+        pool.mark_h1_only(&h1);
+        pool.mark_h2_only(&h2);
+        pool.sweep();
+        assert!(pool.is_h2_only(&h2), "kept while recent");
+        assert_eq!(pool.lock().len(), 2);
+        pool.sweep_at(Instant::now() + ALPN_MEMORY + Duration::from_secs(1));
+        assert!(!pool.is_h2_only(&h2));
+        assert!(pool.lock().is_empty(), "entries of origins not used since");
     }
 }
