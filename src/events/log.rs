@@ -20,7 +20,7 @@ pub use crate::config::Fsync;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::Date;
@@ -219,6 +219,9 @@ fn returned(msg: Msg) -> SendError {
 pub struct WriterHandle {
     tx: mpsc::Sender<Msg>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set before the close is queued: a writer retrying a batch on a
+    /// failing disk would otherwise never reach the close behind it.
+    closing: Arc<AtomicBool>,
 }
 
 impl WriterHandle {
@@ -226,6 +229,7 @@ impl WriterHandle {
     /// started but before the writer saw it), fsyncs and stops the writer.
     /// Later sends fail with [`SendError`].
     pub async fn close(mut self) -> Result<(), EventsError> {
+        self.closing.store(true, Ordering::Release);
         let (reply, done) = oneshot::channel();
         self.tx
             .send(Msg::Close(reply))
@@ -271,6 +275,7 @@ impl EventLog {
         let (tx, rx) = mpsc::channel(options.capacity.max(1));
         let (feed, _) = broadcast::channel(options.feed_capacity.max(1));
         let stats = Arc::new(WriterStats::default());
+        let closing = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             dir: dir.to_path_buf(),
             options,
@@ -282,6 +287,7 @@ impl EventLog {
             dirty: false,
             last_sync: Instant::now(),
             buffers: BatchBuffers::default(),
+            closing: closing.clone(),
             _lock: lock,
         };
         let thread = std::thread::Builder::new()
@@ -297,6 +303,7 @@ impl EventLog {
             WriterHandle {
                 tx,
                 thread: Some(thread),
+                closing,
             },
         ))
     }
@@ -485,6 +492,8 @@ struct Writer {
     /// A batch's buffers, kept between batches so that sealing and writing
     /// an event allocates nothing but its hash.
     buffers: BatchBuffers,
+    /// See [`WriterHandle::closing`].
+    closing: Arc<AtomicBool>,
     /// Held while the writer runs: one writer per log.
     _lock: Option<File>,
 }
@@ -746,7 +755,11 @@ impl Writer {
         while let Err(e) = self.write_lines(&lines, &mut done) {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             tries += 1;
-            if attempts.is_some_and(|max| tries >= max) {
+            let closing = self.closing.load(Ordering::Acquire);
+            if attempts
+                .or(closing.then_some(CLOSING_ATTEMPTS))
+                .is_some_and(|max| tries >= max)
+            {
                 tracing::error!(error = %e, lost = ends.len() - done,
                     "audit log write failed at shutdown; giving up on the rest of the queue");
                 // The chain continues from the last line on disk.

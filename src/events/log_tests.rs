@@ -609,3 +609,41 @@ async fn the_log_is_readable_by_its_owner_only() {
     write(&open, opts(), 0..1).await;
     assert_eq!(mode(&open), 0o700);
 }
+
+/// A failing disk holds traffic (events wait for their write) but not the
+/// shutdown: once a close is asked for, a batch that cannot be written is
+/// given up after a few attempts, and the close ends, reporting it.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_close_ends_the_writer_even_on_a_failing_disk() {
+    use crate::events::segment::Segment;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("events");
+    // Every event after the first rolls to a new segment.
+    let options = LogOptions {
+        segment_max_bytes: 1,
+        linger: Duration::ZERO,
+        ..opts()
+    };
+    let (sink, handle) = EventLog::open(&dir, options).unwrap();
+    sink.send(ev(0)).await.unwrap();
+    sink.flush().await.unwrap();
+    let first = list(&dir).unwrap().remove(0);
+    // The next segment is a device that refuses every write (ENOSPC).
+    let next = Segment::new(&dir, first.date, first.seq + 1);
+    std::os::unix::fs::symlink("/dev/full", &next.path).unwrap();
+    sink.send(ev(1)).await.unwrap();
+    let failing = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sink.stats().write_errors() == 0 {
+        assert!(
+            tokio::time::Instant::now() < failing,
+            "the write never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(30), handle.close()).await;
+    let result = closed.expect("the close hung on the failing disk");
+    assert!(result.is_err(), "the event it could not write is reported");
+    std::fs::remove_file(&next.path).unwrap();
+    assert_eq!(events(&dir).len(), 1, "what was written stays");
+}
