@@ -16,7 +16,7 @@ pub const POLL: Duration = Duration::from_secs(1);
 /// taken when the task first runs instead, an edit made in between would
 /// never be noticed.
 pub async fn watch(path: PathBuf, engine: Arc<Engine>, poll: Duration, loaded: Fingerprint) {
-    let mut last = loaded;
+    let mut settle = Settle::new(loaded);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -33,13 +33,11 @@ pub async fn watch(path: PathBuf, engine: Arc<Engine>, poll: Duration, loaded: F
         let signalled = std::future::pending::<()>();
         tokio::select! {
             _ = signalled => {
-                last = fingerprint(&path);
+                settle.loaded(fingerprint(&path));
                 reload(&path, &engine, "SIGHUP");
             }
             _ = tokio::time::sleep(poll) => {
-                let now = fingerprint(&path);
-                if now != last {
-                    last = now;
+                if settle.poll(fingerprint(&path)) {
                     reload(&path, &engine, "file changed");
                 }
             }
@@ -47,8 +45,54 @@ pub async fn watch(path: PathBuf, engine: Arc<Engine>, poll: Duration, loaded: F
     }
 }
 
-/// Loads `path` and swaps its chain in; returns whether it did.
+/// When a changed file is reloaded: once it has stopped changing (the
+/// same fingerprint at two polls in a row). A file caught while it is
+/// rewritten (truncated by `cp` or an editor, half written) would
+/// otherwise be loaded as it stood: an empty one is the built-in chain,
+/// and swapping to it and back drops every policy and resets the rate and
+/// budget counters.
+struct Settle {
+    /// The file as last loaded.
+    loaded: Fingerprint,
+    /// The file at the last poll.
+    seen: Fingerprint,
+}
+
+impl Settle {
+    fn new(loaded: Fingerprint) -> Settle {
+        Settle {
+            loaded,
+            seen: loaded,
+        }
+    }
+
+    /// The file at this poll; true when it is due for a reload.
+    fn poll(&mut self, now: Fingerprint) -> bool {
+        let still = now == self.seen;
+        self.seen = now;
+        if still && now != self.loaded {
+            self.loaded = now;
+            return true;
+        }
+        false
+    }
+
+    /// The file was loaded as it is now (SIGHUP).
+    fn loaded(&mut self, now: Fingerprint) {
+        self.loaded = now;
+        self.seen = now;
+    }
+}
+
+/// Loads `path` and swaps its chain in; returns whether it did. An empty
+/// file is refused here, though it is the built-in chain at start-up: on a
+/// running gateway it is far likelier a failed write (a template that
+/// rendered nothing) than a wish to drop every policy; `{}` says that.
 pub fn reload(path: &Path, engine: &Engine, why: &str) -> bool {
+    if std::fs::read(path).is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace)) {
+        tracing::error!(path = %path.display(), why, "policy config is empty, keeping the old one (write `{{}}` for the built-in chain)");
+        return false;
+    }
     match PolicyConfig::load(path) {
         Ok(config) => match engine.reload(&config) {
             Ok(()) => {
@@ -125,6 +169,46 @@ mod tests {
         .is_ok();
         watcher.abort();
         assert!(reloaded, "the edit was missed: {:?}", names(&engine));
+    }
+
+    /// A change is reloaded once the file holds still for a poll: a file
+    /// caught mid-rewrite is not loaded, and what it settles on is.
+    #[test]
+    fn a_change_is_reloaded_once_the_file_holds_still() {
+        let at = |secs: u64, len: u64| {
+            Some((SystemTime::UNIX_EPOCH + Duration::from_secs(secs), len, 7))
+        };
+        let mut s = Settle::new(at(1, 100));
+        assert!(!s.poll(at(1, 100)), "unchanged");
+        assert!(!s.poll(at(2, 0)), "truncated: caught mid-rewrite");
+        assert!(!s.poll(at(3, 40)), "still being written");
+        assert!(s.poll(at(3, 40)), "settled");
+        assert!(!s.poll(at(3, 40)), "loaded already");
+        // Back to what was loaded before it settled: nothing to do.
+        assert!(!s.poll(at(4, 0)));
+        assert!(!s.poll(at(3, 40)));
+        assert!(!s.poll(at(3, 40)));
+        s.loaded(at(5, 50));
+        assert!(!s.poll(at(5, 50)), "SIGHUP loaded it");
+    }
+
+    /// An emptied file keeps the policies in force: on a running gateway
+    /// it is a failed write, not a wish to drop them.
+    #[test]
+    fn an_empty_file_is_not_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, "policies:\n  chain: [audit-logger, passthrough]\n").unwrap();
+        let engine = Engine::new(Some(&Config::load(&path).unwrap())).unwrap();
+        std::fs::write(&path, " \n").unwrap();
+        assert!(!reload(&path, &engine, "test"));
+        assert_eq!(names(&engine), ["audit-logger", "passthrough"]);
+        std::fs::write(&path, "{}\n").unwrap();
+        assert!(
+            reload(&path, &engine, "test"),
+            "`{{}}` is the built-in chain"
+        );
+        assert_ne!(names(&engine), ["audit-logger", "passthrough"]);
     }
 
     /// Kubernetes updates a mounted ConfigMap by writing the new files into
