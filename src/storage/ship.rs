@@ -15,7 +15,7 @@
 
 use super::{Db, StorageError};
 use crate::events::{position_after, LineTail, Position};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -253,10 +253,7 @@ impl Shipper {
             }
         };
         if pending.is_empty() {
-            let placeholder = LineTail::new(&self.dir, Position::default());
-            let (tail, lines) = read_batch(std::mem::replace(&mut c.tail, placeholder)).await?;
-            c.tail = tail;
-            *pending = lines;
+            *pending = next_batch(&self.dir, c).await?;
         }
         if pending.is_empty() {
             return Ok(0);
@@ -369,6 +366,17 @@ impl Shipper {
     }
 }
 
+/// The next batch after the cursor. On an error the cursor stays where it
+/// was: its reader is lent to a blocking task, and what stands in for it
+/// meanwhile is a reader at the same place (a reader left at the start of
+/// the log would ship every kept event again under new sequence numbers).
+async fn next_batch(dir: &Path, c: &mut Cursor) -> Result<Vec<Line>, StorageError> {
+    let here = LineTail::new(dir, c.tail.position()).with_read_limit(READ_LIMIT);
+    let (tail, lines) = read_batch(std::mem::replace(&mut c.tail, here)).await?;
+    c.tail = tail;
+    Ok(lines)
+}
+
 /// Reads up to one batch of new complete lines (file I/O, off the async
 /// workers).
 async fn read_batch(mut tail: LineTail) -> Result<(LineTail, Vec<Line>), StorageError> {
@@ -411,5 +419,60 @@ async fn recv(wake: &mut Option<broadcast::Receiver<Arc<crate::events::Event>>>)
             }
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::events::{Action, Event, EventLog, LogOptions, Phase};
+
+    /// A log of `n` events in `dir`, closed; the hashes in order.
+    async fn log(dir: &Path, n: usize) -> Vec<String> {
+        let (sink, writer) = EventLog::open(dir, LogOptions::default()).unwrap();
+        let mut feed = sink.subscribe();
+        for _ in 0..n {
+            sink.send(Event::new(Phase::Input, Action::Pass))
+                .await
+                .unwrap();
+        }
+        writer.close().await.unwrap();
+        let mut hashes = Vec::new();
+        for _ in 0..n {
+            hashes.push(feed.recv().await.unwrap().hash.clone());
+        }
+        hashes
+    }
+
+    fn cursor_after(dir: &Path, hash: &str) -> Cursor {
+        let at = position_after(dir, hash).unwrap().unwrap();
+        Cursor {
+            tail: LineTail::new(dir, at).with_read_limit(READ_LIMIT),
+            seq: 1,
+            hash: Some(hash.to_string()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_leaves_the_cursor_where_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("events");
+        let hashes = log(&dir, 3).await;
+        let mut c = cursor_after(&dir, &hashes[0]);
+        // The folder briefly unreadable: a file stands in its place.
+        let aside = tmp.path().join("aside");
+        std::fs::rename(&dir, &aside).unwrap();
+        std::fs::write(&dir, "").unwrap();
+        assert!(next_batch(&dir, &mut c).await.is_err());
+        std::fs::remove_file(&dir).unwrap();
+        std::fs::rename(&aside, &dir).unwrap();
+        let lines = next_batch(&dir, &mut c).await.unwrap();
+        let got: Vec<&str> = lines.iter().map(|l| l.hash.as_str()).collect();
+        assert_eq!(
+            got,
+            [&hashes[1], &hashes[2]],
+            "the events after the cursor, once"
+        );
     }
 }
