@@ -65,6 +65,26 @@ const STEPS: &[&str] = &[
         version    bigint  NOT NULL DEFAULT nextval('kt_keys_version')
     );
     "#,
+    // 2: the queryable copy tolerates NUL. jsonb refuses the escape
+    // \u0000, which a sealed line holds when a client sent a NUL (a model
+    // name, a prompt), so the generated column failed the insert and the
+    // replica's shipping stopped at that event for good. The copy is now
+    // set on insert with each \u0000 spelled \ufffd; the line, what the
+    // hash covers, stays exact. Replacing the six characters even where
+    // they follow an escaped backslash keeps the JSON valid (that text
+    // then reads \ufffd in the copy). DROP EXPRESSION keeps existing rows'
+    // values, without rewriting the table.
+    r#"
+    ALTER TABLE kt_events ALTER COLUMN event DROP EXPRESSION;
+    CREATE FUNCTION kt_events_queryable() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            NEW.event := replace(NEW.line, E'\\u0000', E'\\ufffd')::jsonb;
+            RETURN NEW;
+        END $$;
+    CREATE TRIGGER kt_events_event BEFORE INSERT ON kt_events
+        FOR EACH ROW EXECUTE FUNCTION kt_events_queryable();
+    "#,
 ];
 
 /// The schema version this kt writes.

@@ -750,3 +750,52 @@ async fn shipping_resumes_after_a_restart_without_gaps_or_repeats() {
         "the log rolled into several segments"
     );
 }
+
+/// Ships `events` as replica `replica` from a log of their own.
+async fn ship_events(db: &Db, replica: &str, events: Vec<Event>) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events");
+    let (sink, writer) = EventLog::open(&log, LogOptions::default()).unwrap();
+    let n = events.len() as u64;
+    for e in events {
+        sink.send(e).await.unwrap();
+    }
+    writer.close().await.unwrap();
+    let ready = tokio::sync::watch::channel(true).1;
+    let shipper = ship::start(db.clone(), log, replica.into(), None, ready);
+    let stats = Arc::clone(shipper.stats());
+    shipper.finish(Duration::from_secs(20)).await;
+    assert_eq!(stats.shipped(), n, "{} failed attempts", stats.failures());
+}
+
+/// PostgreSQL's jsonb refuses the escape `\u0000`: an event with a NUL in
+/// a client's text stopped its replica's shipping for good. It ships, the
+/// queryable copy reads U+FFFD there, and the line stays what was hashed.
+#[tokio::test]
+async fn an_event_with_a_nul_ships_and_verifies() {
+    let Some(tdb) = TestDb::create("an_event_with_a_nul_ships_and_verifies").await else {
+        return;
+    };
+    let db = Db::open(&tdb.url).await.unwrap();
+    let nul = Event {
+        model: Some("x\u{0}".into()),
+        ..event(0)
+    };
+    ship_events(&db, "r1.test", vec![event(1), nul, event(2)]).await;
+    let c = tdb.client().await;
+    let row = c
+        .query_one(
+            "SELECT line, event->>'model' FROM kt_events WHERE seq = 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (line, model): (String, String) = (row.get(0), row.get(1));
+    assert!(line.contains(r#""model":"x\u0000""#), "{line}");
+    assert_eq!(model, "x\u{fffd}");
+    let report = audit::verify(&db, &mut Checkpoints::default())
+        .await
+        .unwrap();
+    assert!(report.broken.is_empty(), "{:?}", report.broken);
+    assert_eq!(report.chains[0].events, 3);
+}
