@@ -121,7 +121,11 @@ impl TeamFeed {
         }
     }
 
-    /// Fetches the rows of every replica whose head moved.
+    /// Fetches the rows of every replica whose head moved. What was
+    /// fetched and the heads it moves to are taken in together, after the
+    /// last query: a query that fails, or a caller that stops waiting
+    /// (`next` raced against a keep-alive), leaves the feed where it was,
+    /// to fetch the same rows again, rather than past rows never handed out.
     async fn poll(&mut self) -> Result<(), StorageError> {
         let conn = self.db.conn().await?;
         let db = &self.db;
@@ -138,6 +142,7 @@ impl TeamFeed {
             })
             .collect();
         let mut fresh: Vec<Event> = Vec::new();
+        let mut heads = Vec::with_capacity(moved.len());
         for (replica, mut seen, head) in moved {
             while seen < head {
                 let rows = conn
@@ -161,10 +166,11 @@ impl TeamFeed {
                         .filter(|e| self.filters.matches(e)),
                 );
             }
-            self.heads.insert(replica, seen);
+            heads.push((replica, seen));
         }
         // Interleave replicas by time; ids are time-ordered too.
         fresh.sort_by(|a, b| a.ts.cmp(&b.ts).then_with(|| a.id.cmp(&b.id)));
+        self.heads.extend(heads);
         self.ready.extend(fresh);
         Ok(())
     }

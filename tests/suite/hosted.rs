@@ -12,7 +12,8 @@ use crate::common::TestCa;
 use crate::suite::cache::{chat, post, redis_config, redis_url, unique_prefix, Killed};
 use crate::suite::cli::spawn_gateway;
 use base64::Engine as _;
-use keeptrusts::events::{Action, Checkpoints, Event, EventLog, LogOptions, Phase};
+use keeptrusts::events::{Action, Checkpoints, Event, EventLog, Filters, LogOptions, Phase};
+use keeptrusts::storage::feed::TeamFeed;
 use keeptrusts::storage::{audit, ship, Db};
 use std::net::SocketAddr;
 use std::process::{Command, Output};
@@ -798,4 +799,63 @@ async fn an_event_with_a_nul_ships_and_verifies() {
         .unwrap();
     assert!(report.broken.is_empty(), "{:?}", report.broken);
     assert_eq!(report.chains[0].events, 3);
+}
+
+/// A feed poll that fails part-way (here: reading one replica's rows)
+/// hands out nothing and keeps its place, so the rows of the replicas read
+/// before the failure come with the next poll instead of being skipped.
+#[tokio::test]
+async fn a_feed_poll_that_fails_part_way_loses_no_event() {
+    let Some(tdb) = TestDb::create("a_feed_poll_that_fails_part_way_loses_no_event").await else {
+        return;
+    };
+    let db = Db::open(&tdb.url).await.unwrap();
+    // The feed reads through views that fail for a replica listed in
+    // trap.fail, replicas in name order.
+    tdb.client()
+        .await
+        .batch_execute(
+            r#"
+            CREATE SCHEMA trap;
+            CREATE TABLE trap.fail (replica text);
+            CREATE FUNCTION trap.pass(r text) RETURNS boolean LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF EXISTS (SELECT 1 FROM trap.fail WHERE replica = r) THEN
+                        RAISE EXCEPTION 'reading %: trapped', r;
+                    END IF;
+                    RETURN true;
+                END $$;
+            CREATE VIEW trap.kt_replicas AS
+                SELECT * FROM public.kt_replicas ORDER BY replica;
+            CREATE VIEW trap.kt_events AS
+                SELECT * FROM public.kt_events WHERE trap.pass(replica);
+            "#,
+        )
+        .await
+        .unwrap();
+    let trapped = Db::new(&format!("{}?options=-c%20search_path%3Dtrap", tdb.url)).unwrap();
+    let (history, mut feed) = TeamFeed::start(&trapped, 10, Filters::default())
+        .await
+        .unwrap();
+    assert!(history.is_empty());
+    ship_events(&db, "a.test", vec![event(0), event(1)]).await;
+    ship_events(&db, "b.test", vec![event(2), event(3)]).await;
+    let c = tdb.client().await;
+    c.execute("INSERT INTO trap.fail VALUES ('b.test')", &[])
+        .await
+        .unwrap();
+    // Polls read a's rows, then fail on b's.
+    assert!(tokio::time::timeout(Duration::from_secs(2), feed.next())
+        .await
+        .is_err());
+    c.execute("DELETE FROM trap.fail", &[]).await.unwrap();
+    let mut users = Vec::new();
+    for _ in 0..4 {
+        let e = tokio::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .unwrap_or_else(|_| panic!("an event is missing; got {users:?}"));
+        users.push(e.user.unwrap().to_string());
+    }
+    users.sort();
+    assert_eq!(users, ["u0", "u1", "u2", "u3"]);
 }
