@@ -39,6 +39,8 @@ pub enum Broken {
         after: i64,
         seq: i64,
     },
+    #[error("replica {replica}: rows up to seq {last_seq} but no head in kt_replicas: its head row was deleted")]
+    Headless { replica: String, last_seq: i64 },
     #[error("replica {replica}: its head says seq {head_seq} ({head_hash}) but the last row is seq {last_seq}: rows deleted or added behind the shipper")]
     Head {
         replica: String,
@@ -57,12 +59,17 @@ pub struct TableReport {
 
 /// Checks every replica's chain: each row's hash, its link to the row
 /// before, the sequence without gaps, and the head matching the last row;
-/// notes in `checkpoints` each of them some chain holds.
+/// notes in `checkpoints` each of them some chain holds. Replicas are
+/// those with a head or with rows: rows whose head was deleted still count
+/// in reports and feeds, so they are checked too, and reported.
 pub async fn verify(db: &Db, checkpoints: &mut Checkpoints) -> Result<TableReport, StorageError> {
     let conn = db.conn().await?;
     let heads = conn
         .query(
-            "SELECT replica, last_seq, last_hash FROM kt_replicas ORDER BY replica",
+            "SELECT r.replica, h.last_seq, h.last_hash
+             FROM (SELECT replica FROM kt_replicas UNION SELECT replica FROM kt_events) AS r
+             LEFT JOIN kt_replicas AS h USING (replica)
+             ORDER BY r.replica",
             &[],
         )
         .await
@@ -70,7 +77,9 @@ pub async fn verify(db: &Db, checkpoints: &mut Checkpoints) -> Result<TableRepor
     let mut out = TableReport::default();
     for head in heads {
         let replica: String = head.get(0);
-        let (head_seq, head_hash): (i64, String) = (head.get(1), head.get(2));
+        let stored: Option<(i64, String)> = head
+            .get::<_, Option<i64>>(1)
+            .zip(head.get::<_, Option<String>>(2));
         let rows = conn
             .query_raw(
                 "SELECT seq, hash, line FROM kt_events WHERE replica = $1 ORDER BY seq",
@@ -120,14 +129,24 @@ pub async fn verify(db: &Db, checkpoints: &mut Checkpoints) -> Result<TableRepor
             checkpoints.see(hash);
             last = seq;
         }
-        if broken.is_none() && (last != head_seq || chain.last_hash.as_deref() != Some(&head_hash))
-        {
-            broken = Some(Broken::Head {
-                replica: replica.clone(),
-                head_seq,
-                head_hash,
-                last_seq: last,
-            });
+        if broken.is_none() {
+            broken = match stored {
+                None => Some(Broken::Headless {
+                    replica: replica.clone(),
+                    last_seq: last,
+                }),
+                Some((head_seq, head_hash))
+                    if last != head_seq || chain.last_hash.as_deref() != Some(&head_hash) =>
+                {
+                    Some(Broken::Head {
+                        replica: replica.clone(),
+                        head_seq,
+                        head_hash,
+                        last_seq: last,
+                    })
+                }
+                Some(_) => None,
+            };
         }
         match broken {
             Some(b) => out.broken.push(b),

@@ -859,3 +859,38 @@ async fn a_feed_poll_that_fails_part_way_loses_no_event() {
     users.sort();
     assert_eq!(users, ["u0", "u1", "u2", "u3"]);
 }
+
+/// Rows whose head row was deleted still count in reports and feeds:
+/// verification checks them and reports the missing head.
+#[tokio::test]
+async fn verify_reports_rows_whose_head_was_deleted() {
+    let Some(tdb) = TestDb::create("verify_reports_rows_whose_head_was_deleted").await else {
+        return;
+    };
+    let db = Db::open(&tdb.url).await.unwrap();
+    ship_events(&db, "a.test", vec![event(0)]).await;
+    ship_events(&db, "b.test", vec![event(1), event(2)]).await;
+    let c = tdb.client().await;
+    c.execute("DELETE FROM kt_replicas WHERE replica = 'b.test'", &[])
+        .await
+        .unwrap();
+    let report = audit::verify(&db, &mut Checkpoints::default())
+        .await
+        .unwrap();
+    assert_eq!(report.chains.len(), 1, "{:?}", report.chains);
+    assert_eq!(report.chains[0].replica, "a.test");
+    assert_eq!(
+        report.broken,
+        [audit::Broken::Headless {
+            replica: "b.test".into(),
+            last_seq: 2
+        }]
+    );
+    let out = kt(&["events", "verify", "--storage", &tdb.url]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("replica b.test: rows up to seq 2 but no head"),
+        "{stderr}"
+    );
+}
