@@ -17,7 +17,8 @@ const MAX_NAME: usize = 48;
 /// Reads the replica name kept in `events_dir`, or makes and keeps a new
 /// one. A kept name whose NAME part no longer matches the configured one
 /// (KT_REPLICA_ID changed) is replaced: the chain continues under the new
-/// name from the first event not yet shipped.
+/// name from the first event not yet shipped (the shipper keeps the last
+/// one shipped beside the log: [`super::ship::SHIPPED`]).
 pub fn id(events_dir: &Path) -> std::io::Result<String> {
     let name = configured_name();
     let path = events_dir.join(FILE);

@@ -12,6 +12,12 @@
 //! back-off while the local log keeps growing; when it answers again
 //! everything written meanwhile follows. On a restart, shipping resumes
 //! after the line whose hash is the stored head.
+//!
+//! The hash of the last event shipped is also kept beside the log
+//! ([`SHIPPED`]), whatever chain name it went under: a chain that has no
+//! head yet (the host name or `KT_REPLICA_ID` changed, or `replica.id` was
+//! removed) starts after it, linked to it, instead of shipping the whole
+//! log again; and retention keeps the segments not yet shipped.
 
 use super::{Db, StorageError};
 use crate::events::{position_after, LineTail, Position};
@@ -33,6 +39,12 @@ const READ_LIMIT: u64 = 1 << 20;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the log is looked at when no write woke the shipper.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// The file, in the events folder, that holds the hash of the last event
+/// shipped. Written after each batch lands and not fsynced: a copy a crash
+/// left behind is older, which costs a renamed chain a few events stored
+/// twice and retention a segment kept longer, never an event.
+pub const SHIPPED: &str = "replica.shipped";
 
 /// Counters, for metrics and tests.
 #[derive(Debug, Default)]
@@ -83,7 +95,10 @@ impl Line {
 /// position just after that event.
 struct Cursor {
     tail: LineTail,
+    /// The stored head's seq; 0: the chain has no head yet.
     seq: i64,
+    /// The hash of the event just before `tail`: the stored head, or for a
+    /// chain without one, the last event shipped under another name.
     hash: Option<String>,
 }
 
@@ -265,6 +280,7 @@ impl Shipper {
                 self.known_seq.store(c.seq, Ordering::Relaxed);
                 c.hash = pending.last().map(|l| l.hash.clone());
                 pending.clear();
+                self.note_shipped(c.hash.clone()).await;
                 self.stats.shipped.fetch_add(n as u64, Ordering::Relaxed);
                 Ok(n)
             }
@@ -290,11 +306,7 @@ impl Shipper {
             .map_err(|e| self.db.err(e))?;
         drop(conn);
         let Some(head) = head else {
-            return Ok(Cursor {
-                tail: LineTail::new(&self.dir, Position::default()).with_read_limit(READ_LIMIT),
-                seq: 0,
-                hash: None,
-            });
+            return self.start_chain().await;
         };
         let (seq, hash): (i64, String) = (head.get(0), head.get(1));
         let dir = self.dir.clone();
@@ -303,20 +315,75 @@ impl Shipper {
             .await
             .map_err(StorageError::task)??;
         match found {
-            Some(position) => Ok(Cursor {
-                tail: LineTail::new(&self.dir, position).with_read_limit(READ_LIMIT),
-                seq,
-                hash: Some(hash),
-            }),
+            Some(position) => {
+                // A log shipped before the marker existed gets one.
+                self.note_shipped(Some(hash.clone())).await;
+                Ok(Cursor {
+                    tail: LineTail::new(&self.dir, position).with_read_limit(READ_LIMIT),
+                    seq,
+                    hash: Some(hash),
+                })
+            }
             None => Err(StorageError::Spool(crate::events::EventsError::Corrupt {
                 path: self.dir.clone(),
                 line: 0,
                 problem: format!(
-                    "the shared store's last event of replica {} ({hash}) is not in the local log; remove {} to start a new chain",
+                    "the shared store's last event of replica {} ({hash}) is not in the local log; remove {} and {} to ship the local log again as a new chain",
                     self.replica,
-                    self.dir.join(super::replica::FILE).display()
+                    self.dir.join(super::replica::FILE).display(),
+                    self.dir.join(SHIPPED).display()
                 ),
             })),
+        }
+    }
+
+    /// Where a chain without a head starts: after the last event this log
+    /// shipped under any name, else at the log's start.
+    async fn start_chain(&self) -> Result<Cursor, StorageError> {
+        let dir = self.dir.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let Some(hash) = last_shipped(&dir)? else {
+                return Ok(None);
+            };
+            let position = position_after(&dir, &hash)?;
+            Ok::<_, crate::events::EventsError>(Some((hash, position)))
+        })
+        .await
+        .map_err(StorageError::task)??;
+        let (position, hash) = match found {
+            None => (Position::default(), None),
+            Some((hash, Some(position))) => {
+                tracing::info!(replica = %self.replica, after = %hash, "audit events: a new chain, continuing after the last event shipped");
+                (position, Some(hash))
+            }
+            Some((hash, None)) => {
+                return Err(StorageError::Spool(crate::events::EventsError::Corrupt {
+                    path: self.dir.join(SHIPPED),
+                    line: 1,
+                    problem: format!(
+                        "the last event shipped ({hash}) is not in the local log; remove this file to ship the local log again as a new chain"
+                    ),
+                }))
+            }
+        };
+        Ok(Cursor {
+            tail: LineTail::new(&self.dir, position).with_read_limit(READ_LIMIT),
+            seq: 0,
+            hash,
+        })
+    }
+
+    /// Keeps `hash` as the last event shipped (see [`SHIPPED`]).
+    async fn note_shipped(&self, hash: Option<String>) {
+        let Some(hash) = hash else { return };
+        let path = self.dir.join(SHIPPED);
+        let tmp = self.dir.join(format!("{SHIPPED}.tmp"));
+        let written = tokio::task::spawn_blocking(move || {
+            std::fs::write(&tmp, format!("{hash}\n")).and_then(|()| std::fs::rename(&tmp, &path))
+        })
+        .await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(error = %e, "audit events: cannot note the last event shipped");
         }
     }
 
@@ -332,7 +399,7 @@ impl Shipper {
             .await
             .map_err(db)?;
         let stored = head.map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)));
-        let expected = c.hash.clone().map(|h| (c.seq, h));
+        let expected = c.hash.clone().filter(|_| c.seq > 0).map(|h| (c.seq, h));
         if stored != expected {
             return Err(Failed::Moved);
         }
@@ -375,6 +442,27 @@ async fn next_batch(dir: &Path, c: &mut Cursor) -> Result<Vec<Line>, StorageErro
     let (tail, lines) = read_batch(std::mem::replace(&mut c.tail, here)).await?;
     c.tail = tail;
     Ok(lines)
+}
+
+/// The hash of the last event shipped from the log in `dir`, if noted.
+pub fn last_shipped(dir: &Path) -> Result<Option<String>, crate::events::EventsError> {
+    let path = dir.join(SHIPPED);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let hash = text.trim();
+            if crate::events::chain::is_hash(hash) {
+                Ok(Some(hash.to_string()))
+            } else {
+                Err(crate::events::EventsError::Corrupt {
+                    path,
+                    line: 1,
+                    problem: "not an event hash".into(),
+                })
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(crate::events::EventsError::io(&path, e)),
+    }
 }
 
 /// Reads up to one batch of new complete lines (file I/O, off the async

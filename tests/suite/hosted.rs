@@ -894,3 +894,48 @@ async fn verify_reports_rows_whose_head_was_deleted() {
         "{stderr}"
     );
 }
+
+/// A chain under a new name (the host name or `KT_REPLICA_ID` changed, or
+/// `replica.id` was removed) continues after the last event the log
+/// shipped under the old one, instead of shipping the whole log again.
+#[tokio::test]
+async fn a_renamed_replica_continues_after_what_was_shipped() {
+    let Some(tdb) = TestDb::create("a_renamed_replica_continues_after_what_was_shipped").await
+    else {
+        return;
+    };
+    let db = Db::open(&tdb.url).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    let ready = tokio::sync::watch::channel(true).1;
+    for (name, range) in [("a.test", 0..3), ("b.test", 3..5)] {
+        let (sink, writer) = EventLog::open(&events, LogOptions::default()).unwrap();
+        for i in range.clone() {
+            sink.send(event(i)).await.unwrap();
+        }
+        writer.close().await.unwrap();
+        let shipper = ship::start(db.clone(), events.clone(), name.into(), None, ready.clone());
+        let stats = Arc::clone(shipper.stats());
+        shipper.finish(Duration::from_secs(20)).await;
+        assert_eq!(
+            stats.shipped(),
+            range.len() as u64,
+            "{name} ships only what was not shipped"
+        );
+    }
+    assert_eq!(tdb.events().await, 5);
+    let report = audit::verify(&db, &mut Checkpoints::default())
+        .await
+        .unwrap();
+    assert!(report.broken.is_empty(), "{:?}", report.broken);
+    let renamed = &report.chains[1];
+    assert_eq!(
+        (
+            renamed.replica.as_str(),
+            renamed.events,
+            renamed.from_genesis
+        ),
+        ("b.test", 2, false),
+        "linked to the old chain's last event"
+    );
+}
