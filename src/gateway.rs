@@ -221,7 +221,7 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
             let (sink, handle) = EventLog::open(dir, options)?;
             // Only the log's writer prunes it.
             if let Some(days) = audit.and_then(|a| a.retention_days) {
-                start_pruning(dir.clone(), days);
+                start_pruning(dir.clone(), days, settings.shared_store.is_some());
             }
             (Some((sink, dir.clone())), Some(handle))
         }
@@ -338,18 +338,26 @@ fn audit_options(config: Option<&Config>) -> Option<&crate::config::AuditLoggerO
 const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
 
 /// Removes whole segments older than `days` now and every few hours
-/// (the newest segment always stays, so the chain stays verifiable).
-fn start_pruning(dir: PathBuf, days: u32) {
-    let prune = move || match crate::events::prune(&dir, days) {
-        Ok(removed) if !removed.is_empty() => {
-            tracing::info!(
-                segments = removed.len(),
-                retention_days = days,
-                "pruned expired audit log segments"
-            )
+/// (the newest segment always stays, so the chain stays verifiable); in
+/// hosted mode never one not yet shipped.
+fn start_pruning(dir: PathBuf, days: u32, shipped: bool) {
+    let prune = move || {
+        let pruned = if shipped {
+            crate::storage::ship::prune(&dir, days)
+        } else {
+            crate::events::prune(&dir, days)
+        };
+        match pruned {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(
+                    segments = removed.len(),
+                    retention_days = days,
+                    "pruned expired audit log segments"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("audit log retention: {e}"),
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("audit log retention: {e}"),
     };
     prune();
     tokio::spawn(async move {

@@ -37,7 +37,7 @@ pub use read::{
     format_line, position_after, read_last, Filter, FilterError, Filters, Follower, LineTail,
     Position, FILTER_KEYS,
 };
-pub use segment::{prune, prune_before, Segment};
+pub use segment::{prune, prune_before, prune_until, Segment};
 pub use verify::{verify, verify_with, Checkpoints, Problem, VerifyError, VerifyReport};
 
 use serde::{Deserialize, Serialize};

@@ -112,13 +112,35 @@ pub fn prune(dir: &Path, retention_days: u32) -> Result<Vec<PathBuf>, EventsErro
     prune_before(dir, cutoff)
 }
 
+/// [`prune`], keeping also `keep` and every segment after it: what a
+/// reader of the log (the hosted-mode shipper) has yet to read.
+pub fn prune_until(
+    dir: &Path,
+    retention_days: u32,
+    keep: &Path,
+) -> Result<Vec<PathBuf>, EventsError> {
+    let today = time::OffsetDateTime::now_utc().date();
+    let cutoff = today
+        .checked_sub(time::Duration::days(i64::from(retention_days)))
+        .unwrap_or(Date::MIN);
+    remove_before(dir, cutoff, Some(keep))
+}
+
 /// Removes whole segments dated before `cutoff` (never the newest one).
 pub fn prune_before(dir: &Path, cutoff: Date) -> Result<Vec<PathBuf>, EventsError> {
+    remove_before(dir, cutoff, None)
+}
+
+fn remove_before(
+    dir: &Path,
+    cutoff: Date,
+    keep: Option<&Path>,
+) -> Result<Vec<PathBuf>, EventsError> {
     let segments = list(dir)?;
     let keep_from = segments.len().saturating_sub(1);
     let mut removed = Vec::new();
     for seg in segments.into_iter().take(keep_from) {
-        if seg.date >= cutoff {
+        if seg.date >= cutoff || keep.is_some_and(|k| k.file_name() == seg.path.file_name()) {
             // Sorted: everything after is newer.
             break;
         }

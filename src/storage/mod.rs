@@ -63,6 +63,8 @@ pub enum StorageError {
     Keys(#[from] crate::keys::KeysError),
     #[error("a storage task failed: {0}")]
     Task(String),
+    #[error("local audit log: events not yet shipped are gone (the next kept one follows {next}, not {after}, the last one shipped); shipping waits: `kt events verify` shows where the log is cut")]
+    Gap { after: String, next: String },
 }
 
 impl StorageError {
@@ -77,6 +79,7 @@ impl StorageError {
             StorageError::Spool(_) => "storage_spool",
             StorageError::Keys(_) => "storage_keys",
             StorageError::Task(_) => "storage_task",
+            StorageError::Gap { .. } => "storage_gap",
         }
     }
 }

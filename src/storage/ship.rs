@@ -273,6 +273,16 @@ impl Shipper {
         if pending.is_empty() {
             return Ok(0);
         }
+        // Events removed before they were shipped (retention, a hand) must
+        // stop shipping, not leave a silent hole in the shared chain.
+        if let (Some(after), Some(first)) = (&c.hash, pending.first()) {
+            if first.prev_hash != *after {
+                return Err(StorageError::Gap {
+                    after: after.clone(),
+                    next: first.prev_hash.clone(),
+                });
+            }
+        }
         match self.insert(c, pending).await {
             Ok(()) => {
                 let n = pending.len();
@@ -444,6 +454,20 @@ async fn next_batch(dir: &Path, c: &mut Cursor) -> Result<Vec<Line>, StorageErro
     Ok(lines)
 }
 
+/// Retention of a shipped log: whole segments older than `retention_days`
+/// UTC days, but never the one holding the last event shipped nor any
+/// after it (shipping resumes there), and none while no event is known to
+/// have been shipped.
+pub fn prune(dir: &Path, retention_days: u32) -> Result<Vec<PathBuf>, crate::events::EventsError> {
+    let Some(hash) = last_shipped(dir)? else {
+        return Ok(Vec::new());
+    };
+    match position_after(dir, &hash)?.and_then(|p| p.segment) {
+        Some(keep) => crate::events::prune_until(dir, retention_days, &keep),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// The hash of the last event shipped from the log in `dir`, if noted.
 pub fn last_shipped(dir: &Path) -> Result<Option<String>, crate::events::EventsError> {
     let path = dir.join(SHIPPED);
@@ -540,6 +564,41 @@ mod tests {
             seq: 1,
             hash: Some(hash.to_string()),
         }
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_what_is_not_shipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("events");
+        let mut hashes = Vec::new();
+        // One segment a day, long ago.
+        fn day(d: u8) -> time::Date {
+            time::Date::from_calendar_date(2020, time::Month::January, d).unwrap()
+        }
+        let days: [fn() -> time::Date; 3] = [|| day(1), || day(2), || day(3)];
+        for today in days {
+            let (sink, writer) =
+                EventLog::open_with_clock(&dir, LogOptions::default(), today).unwrap();
+            let mut feed = sink.subscribe();
+            sink.send(Event::new(Phase::Input, Action::Pass))
+                .await
+                .unwrap();
+            writer.close().await.unwrap();
+            hashes.push(feed.recv().await.unwrap().hash.clone());
+        }
+        assert!(prune(&dir, 30).unwrap().is_empty(), "nothing shipped yet");
+        std::fs::write(dir.join(SHIPPED), format!("{}\n", hashes[1])).unwrap();
+        assert_eq!(prune(&dir, 30).unwrap(), [dir.join("2020-01-01.jsonl")]);
+        let mut c = cursor_after(&dir, &hashes[1]);
+        // The first read only steps over the end of the cursor's segment.
+        let mut lines = next_batch(&dir, &mut c).await.unwrap();
+        if lines.is_empty() {
+            lines = next_batch(&dir, &mut c).await.unwrap();
+        }
+        assert_eq!(
+            lines[0].hash, hashes[2],
+            "shipping goes on from the kept segment"
+        );
     }
 
     #[tokio::test]

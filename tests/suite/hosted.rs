@@ -939,3 +939,64 @@ async fn a_renamed_replica_continues_after_what_was_shipped() {
         "linked to the old chain's last event"
     );
 }
+
+/// Events removed from the local log before they were shipped stop
+/// shipping with an error instead of leaving a silent hole in the shared
+/// chain.
+#[tokio::test]
+async fn events_lost_before_shipping_stop_shipping() {
+    let Some(tdb) = TestDb::create("events_lost_before_shipping_stop_shipping").await else {
+        return;
+    };
+    let db = Db::open(&tdb.url).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    // A segment per event.
+    let options = || LogOptions {
+        segment_max_bytes: 1,
+        ..LogOptions::default()
+    };
+    let ready = tokio::sync::watch::channel(true).1;
+    let write = |range: std::ops::Range<usize>| {
+        let events = events.clone();
+        async move {
+            let (sink, writer) = EventLog::open(&events, options()).unwrap();
+            for i in range {
+                sink.send(event(i)).await.unwrap();
+            }
+            writer.close().await.unwrap();
+        }
+    };
+    write(0..2).await;
+    let shipper = ship::start(
+        db.clone(),
+        events.clone(),
+        "r1.test".into(),
+        None,
+        ready.clone(),
+    );
+    shipper.finish(Duration::from_secs(20)).await;
+    assert_eq!(tdb.events().await, 2);
+    write(2..4).await;
+    let mut segments: Vec<_> = std::fs::read_dir(&events)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    segments.sort_by_key(|p| {
+        keeptrusts::events::segment::parse_name(p.file_name().unwrap().to_str().unwrap())
+    });
+    assert_eq!(segments.len(), 4);
+    // The first event not yet shipped goes.
+    std::fs::remove_file(&segments[2]).unwrap();
+    let shipper = ship::start(db.clone(), events.clone(), "r1.test".into(), None, ready);
+    let stats = Arc::clone(shipper.stats());
+    eventually("the gap refused", Duration::from_secs(20), || {
+        let stats = Arc::clone(&stats);
+        async move { stats.failures() >= 2 }
+    })
+    .await;
+    shipper.finish(Duration::from_millis(100)).await;
+    assert_eq!(stats.shipped(), 0);
+    assert_eq!(tdb.events().await, 2, "nothing shipped across the gap");
+}
