@@ -250,7 +250,7 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
                 db.clone(),
                 dir.clone(),
                 replica,
-                Some(sink.subscribe()),
+                Some(sink.synced()),
                 watcher,
             );
             (Some(store), Some(hosted), Some(db))

@@ -15,7 +15,7 @@
 
 use super::chain::{is_hash, seal_into, GENESIS_HASH};
 use super::segment::{self, Segment};
-use super::{Event, EventsError};
+use super::{Event, EventsError, Position};
 pub use crate::config::Fsync;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::Date;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// Settings of the writer.
 #[derive(Debug, Clone)]
@@ -125,6 +125,7 @@ pub struct EventSink {
     tx: mpsc::Sender<Msg>,
     stats: Arc<WriterStats>,
     feed: broadcast::Sender<Arc<Event>>,
+    synced: watch::Receiver<Position>,
 }
 
 impl EventSink {
@@ -190,6 +191,14 @@ impl EventSink {
     /// A live feed of events as they are written (with their hashes).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.feed.subscribe()
+    }
+
+    /// How far the log is durable: the end of the last fsynced write
+    /// (with `fsync: never`, of the last write), changed after each.
+    /// Whatever copies the log elsewhere reads no further, or a power loss
+    /// could leave the copy holding events the log no longer has.
+    pub fn synced(&self) -> watch::Receiver<Position> {
+        self.synced.clone()
     }
 
     /// Counters for metrics.
@@ -272,6 +281,19 @@ impl EventLog {
         // in flight as torn, then fork the chain.
         let lock = lock_writer(dir)?;
         let (prev_hash, current) = recover(dir)?;
+        // What a crashed process wrote may still be in the page cache
+        // only: made durable before it counts as such.
+        let at_open = match &current {
+            Some(open) if options.fsync != Fsync::Never => {
+                open.file
+                    .sync_data()
+                    .map_err(|e| EventsError::io(&open.seg.path, e))?;
+                open.position()
+            }
+            Some(open) => open.position(),
+            None => Position::default(),
+        };
+        let (synced, synced_rx) = watch::channel(at_open);
         let (tx, rx) = mpsc::channel(options.capacity.max(1));
         let (feed, _) = broadcast::channel(options.feed_capacity.max(1));
         let stats = Arc::new(WriterStats::default());
@@ -283,6 +305,7 @@ impl EventLog {
             prev_hash,
             stats: stats.clone(),
             feed: feed.clone(),
+            synced,
             today,
             dirty: false,
             last_sync: Instant::now(),
@@ -299,6 +322,7 @@ impl EventLog {
                 tx: tx.clone(),
                 stats,
                 feed,
+                synced: synced_rx,
             },
             WriterHandle {
                 tx,
@@ -358,6 +382,16 @@ struct OpenSegment {
     seg: Segment,
     file: File,
     len: u64,
+}
+
+impl OpenSegment {
+    /// Its end.
+    fn position(&self) -> Position {
+        Position {
+            segment: Some(self.seg.path.clone()),
+            offset: self.len,
+        }
+    }
 }
 
 /// Finds the hash to continue from and the newest segment (opened for append).
@@ -485,6 +519,8 @@ struct Writer {
     prev_hash: String,
     stats: Arc<WriterStats>,
     feed: broadcast::Sender<Arc<Event>>,
+    /// See [`EventSink::synced`].
+    synced: watch::Sender<Position>,
     today: fn() -> Date,
     /// Written to the current segment and not yet fsynced (`fsync: batch`).
     dirty: bool,
@@ -683,6 +719,7 @@ impl Writer {
             .sync_data()
             .map_err(|e| EventsError::io(&open.seg.path, e))?;
         self.dirty = false;
+        self.synced.send_replace(open.position());
         Ok(())
     }
 
@@ -818,7 +855,10 @@ impl Writer {
             match self.options.fsync {
                 Fsync::Always => self.sync()?,
                 Fsync::Batch => self.dirty = true,
-                Fsync::Never => {}
+                // Durable is as durable as it gets.
+                Fsync::Never => {
+                    self.synced.send_replace(open.position());
+                }
             }
         }
         Ok(())

@@ -455,6 +455,8 @@ pub struct LineTail {
     partial: Vec<u8>,
     /// Most bytes read from the file per call.
     limit: u64,
+    /// How far to read: see [`until`](LineTail::until).
+    end: Option<Position>,
 }
 
 impl LineTail {
@@ -465,7 +467,16 @@ impl LineTail {
             position,
             partial: Vec::new(),
             limit: u64::MAX,
+            end: None,
         }
+    }
+
+    /// Reads no further than `end` (`None`: to the end of the log): in its
+    /// segment up to its offset, nothing of later segments. The shipper
+    /// reads up to what the writer has fsynced, so the shared store never
+    /// holds an event that a power loss could take from the local log.
+    pub fn until(&mut self, end: Option<Position>) {
+        self.end = end;
     }
 
     /// Reads at most `bytes` per [`read`](LineTail::read), so a long
@@ -508,9 +519,13 @@ impl LineTail {
             .into_iter()
             .find(|s| key.is_none_or(|k| (s.date, s.seq) > k));
         if let Some(next) = next {
-            // The writer finished this segment before it created the next
-            // one, but it may have written to it since the read above.
-            self.read_more(&current, &mut f)?;
+            // The writer finished (and synced) this segment before it
+            // created the next one, but it may have written to it since
+            // the read above: read it to its end, whatever `end` said then.
+            let end = self.end.take();
+            let rest = self.read_more(&current, &mut f);
+            self.end = end;
+            rest?;
             if !self.partial.is_empty() {
                 tracing::warn!(path = %current.display(), "audit segment ends with an incomplete line");
                 self.partial.clear();
@@ -543,7 +558,8 @@ impl LineTail {
             self.position.offset = len;
             return Ok(false);
         }
-        if len == self.position.offset {
+        let len = self.cap(path).map_or(len, |cap| cap.min(len));
+        if len <= self.position.offset {
             return Ok(false);
         }
         file.seek(SeekFrom::Start(self.position.offset))
@@ -563,6 +579,24 @@ impl LineTail {
             }
         }
         Ok(!fresh.is_empty())
+    }
+}
+
+impl LineTail {
+    /// How much of `path` [`until`](LineTail::until) lets be read.
+    fn cap(&self, path: &Path) -> Option<u64> {
+        let end = self.end.as_ref()?;
+        let Some(last) = &end.segment else {
+            return Some(0);
+        };
+        if last == path {
+            return Some(end.offset);
+        }
+        let key = |p: &Path| p.file_name().and_then(|n| n.to_str()).and_then(parse_name);
+        match (key(path), key(last)) {
+            (Some(this), Some(last)) if this < last => None,
+            _ => Some(0),
+        }
     }
 }
 

@@ -4,11 +4,11 @@
 use super::keys::KeyWatcher;
 use super::ship::{self, ShipperHandle};
 use super::{schema, Db};
-use crate::events::Event;
+use crate::events::Position;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Longest wait between attempts to reach the database on start.
@@ -32,7 +32,7 @@ impl Hosted {
         db: Db,
         events_dir: PathBuf,
         replica: String,
-        wake: Option<broadcast::Receiver<Arc<Event>>>,
+        synced: Option<watch::Receiver<Position>>,
         watcher: KeyWatcher,
     ) -> Hosted {
         let (set_ready, ready) = watch::channel(false);
@@ -66,7 +66,13 @@ impl Hosted {
             let _ = set_ready.send(true);
             watcher.run(seen).await;
         });
-        let shipper = ship::start(db.clone(), events_dir, replica.clone(), wake, ready.clone());
+        let shipper = ship::start(
+            db.clone(),
+            events_dir,
+            replica.clone(),
+            synced,
+            ready.clone(),
+        );
         Hosted {
             db,
             replica,

@@ -13,6 +13,12 @@
 //! everything written meanwhile follows. On a restart, shipping resumes
 //! after the line whose hash is the stored head.
 //!
+//! Only what the writer has fsynced is shipped ([`EventSink::synced`]): a
+//! power loss can take the last unsynced writes from the local log, and a
+//! store holding events the log lost could never be resumed from it.
+//!
+//! [`EventSink::synced`]: crate::events::EventSink::synced
+//!
 //! The hash of the last event shipped is also kept beside the log
 //! ([`SHIPPED`]), whatever chain name it went under: a chain that has no
 //! head yet (the host name or `KT_REPLICA_ID` changed, or `replica.id` was
@@ -25,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Most events per transaction.
@@ -140,13 +146,16 @@ impl ShipperHandle {
 }
 
 /// Starts shipping the log in `dir` as replica `replica` once `ready`
-/// (the schema is in place). `wake` (the writer's feed of written events)
-/// makes shipping prompt; without it the log is polled.
+/// (the schema is in place). `synced` (the writer's durable end of the
+/// log, [`EventSink::synced`]) bounds what is shipped and makes shipping
+/// prompt; without it (no writer runs) the whole log is shipped, polled.
+///
+/// [`EventSink::synced`]: crate::events::EventSink::synced
 pub fn start(
     db: Db,
     dir: PathBuf,
     replica: String,
-    wake: Option<broadcast::Receiver<Arc<crate::events::Event>>>,
+    synced: Option<watch::Receiver<Position>>,
     ready: watch::Receiver<bool>,
 ) -> ShipperHandle {
     let (stop, stopping) = watch::channel(false);
@@ -169,7 +178,7 @@ pub fn start(
             r = ready.wait_for(|r| *r) => if r.is_err() { return },
             _ = until_stop.wait_for(|s| *s) => return,
         }
-        shipper.run(wake, stopping).await
+        shipper.run(synced, stopping).await
     });
     ShipperHandle { stop, task, stats }
 }
@@ -188,7 +197,7 @@ struct Shipper {
 impl Shipper {
     async fn run(
         self,
-        mut wake: Option<broadcast::Receiver<Arc<crate::events::Event>>>,
+        mut synced: Option<watch::Receiver<Position>>,
         mut stopping: watch::Receiver<bool>,
     ) {
         let mut cursor: Option<Cursor> = None;
@@ -198,13 +207,14 @@ impl Shipper {
         loop {
             // A handle dropped without `finish` stops the shipper the same way.
             let stop = *stopping.borrow() || stopping.has_changed().is_err();
-            let step = self.step(&mut cursor, &mut pending).await;
+            let end = synced.as_mut().map(|s| s.borrow_and_update().clone());
+            let step = self.step(&mut cursor, &mut pending, end).await;
             match step {
                 Ok(0) if stop => return,
                 Ok(0) => {
                     // Caught up: sleep until a write, a tick or the stop.
                     tokio::select! {
-                        _ = recv(&mut wake) => {}
+                        _ = synced_more(&mut synced) => {}
                         _ = tokio::time::sleep(IDLE_POLL) => {}
                         _ = stopping.changed() => {}
                     }
@@ -254,6 +264,7 @@ impl Shipper {
         &self,
         cursor: &mut Option<Cursor>,
         pending: &mut Vec<Line>,
+        end: Option<Position>,
     ) -> Result<usize, StorageError> {
         let c = match cursor {
             Some(c) => c,
@@ -268,7 +279,7 @@ impl Shipper {
             }
         };
         if pending.is_empty() {
-            *pending = next_batch(&self.dir, c).await?;
+            *pending = next_batch(&self.dir, c, end).await?;
         }
         if pending.is_empty() {
             return Ok(0);
@@ -447,7 +458,13 @@ impl Shipper {
 /// was: its reader is lent to a blocking task, and what stands in for it
 /// meanwhile is a reader at the same place (a reader left at the start of
 /// the log would ship every kept event again under new sequence numbers).
-async fn next_batch(dir: &Path, c: &mut Cursor) -> Result<Vec<Line>, StorageError> {
+/// `end`: how far the log is durable.
+async fn next_batch(
+    dir: &Path,
+    c: &mut Cursor,
+    end: Option<Position>,
+) -> Result<Vec<Line>, StorageError> {
+    c.tail.until(end);
     let here = LineTail::new(dir, c.tail.position()).with_read_limit(READ_LIMIT);
     let (tail, lines) = read_batch(std::mem::replace(&mut c.tail, here)).await?;
     c.tail = tail;
@@ -522,16 +539,15 @@ async fn read_batch(mut tail: LineTail) -> Result<(LineTail, Vec<Line>), Storage
     .map_err(StorageError::task)?
 }
 
-async fn recv(wake: &mut Option<broadcast::Receiver<Arc<crate::events::Event>>>) {
-    match wake {
-        // A lag is still news that something was written.
-        Some(rx) => {
-            if let Err(broadcast::error::RecvError::Closed) = rx.recv().await {
-                *wake = None;
-            }
+/// Waits until the writer has made more of the log durable; never once
+/// it has stopped (what it made durable stays readable).
+async fn synced_more(synced: &mut Option<watch::Receiver<Position>>) {
+    if let Some(rx) = synced {
+        if rx.changed().await.is_ok() {
+            return;
         }
-        None => std::future::pending().await,
     }
+    std::future::pending().await
 }
 
 #[cfg(test)]
@@ -591,14 +607,44 @@ mod tests {
         assert_eq!(prune(&dir, 30).unwrap(), [dir.join("2020-01-01.jsonl")]);
         let mut c = cursor_after(&dir, &hashes[1]);
         // The first read only steps over the end of the cursor's segment.
-        let mut lines = next_batch(&dir, &mut c).await.unwrap();
+        let mut lines = next_batch(&dir, &mut c, None).await.unwrap();
         if lines.is_empty() {
-            lines = next_batch(&dir, &mut c).await.unwrap();
+            lines = next_batch(&dir, &mut c, None).await.unwrap();
         }
         assert_eq!(
             lines[0].hash, hashes[2],
             "shipping goes on from the kept segment"
         );
+    }
+
+    #[tokio::test]
+    async fn only_what_the_writer_fsynced_is_shipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("events");
+        let options = LogOptions {
+            sync_interval: Duration::from_secs(60),
+            ..LogOptions::default()
+        };
+        let (sink, writer) = EventLog::open(&dir, options).unwrap();
+        let synced = sink.synced();
+        sink.send(Event::new(Phase::Input, Action::Pass))
+            .await
+            .unwrap();
+        while sink.stats().written() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut c = Cursor {
+            tail: LineTail::new(&dir, Position::default()).with_read_limit(READ_LIMIT),
+            seq: 0,
+            hash: None,
+        };
+        let end = || Some(synced.borrow().clone());
+        let lines = next_batch(&dir, &mut c, end()).await.unwrap();
+        assert!(lines.is_empty(), "written, not yet fsynced");
+        sink.flush().await.unwrap();
+        let lines = next_batch(&dir, &mut c, end()).await.unwrap();
+        assert_eq!(lines.len(), 1, "fsynced");
+        writer.close().await.unwrap();
     }
 
     #[tokio::test]
@@ -611,10 +657,10 @@ mod tests {
         let aside = tmp.path().join("aside");
         std::fs::rename(&dir, &aside).unwrap();
         std::fs::write(&dir, "").unwrap();
-        assert!(next_batch(&dir, &mut c).await.is_err());
+        assert!(next_batch(&dir, &mut c, None).await.is_err());
         std::fs::remove_file(&dir).unwrap();
         std::fs::rename(&aside, &dir).unwrap();
-        let lines = next_batch(&dir, &mut c).await.unwrap();
+        let lines = next_batch(&dir, &mut c, None).await.unwrap();
         let got: Vec<&str> = lines.iter().map(|l| l.hash.as_str()).collect();
         assert_eq!(
             got,

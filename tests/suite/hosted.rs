@@ -580,7 +580,7 @@ async fn a_shipper_finishing_during_a_database_outage_retries_within_its_grace()
         db,
         events.clone(),
         "r1.test".into(),
-        Some(sink.subscribe()),
+        Some(sink.synced()),
         tokio::sync::watch::channel(true).1,
     );
     for i in 0..7 {
@@ -706,7 +706,7 @@ async fn shipping_resumes_after_a_restart_without_gaps_or_repeats() {
             db.clone(),
             events.clone(),
             "r1.test".into(),
-            Some(sink.subscribe()),
+            Some(sink.synced()),
             ready.clone(),
         );
         for i in 0..7 {
