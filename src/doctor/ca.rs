@@ -14,6 +14,7 @@ const OS_BUNDLES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt", // Debian, Ubuntu, Alpine
     "/etc/pki/tls/certs/ca-bundle.crt",   // Fedora, RHEL
     "/etc/ca-certificates/extracted/tls-ca-bundle.pem", // Arch
+    "/var/lib/ca-certificates/ca-bundle.pem", // openSUSE, SLES
 ];
 /// Longest `keytool` may take to list the JDK's store.
 const JDK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);

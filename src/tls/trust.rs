@@ -17,6 +17,9 @@ const DEBIAN_DIR: &str = "/usr/local/share/ca-certificates";
 const DEBIAN_FILE: &str = "/usr/local/share/ca-certificates/keeptrusts-kt-ca.crt";
 const FEDORA_DIR: &str = "/etc/pki/ca-trust/source/anchors";
 const FEDORA_FILE: &str = "/etc/pki/ca-trust/source/anchors/keeptrusts-kt-ca.pem";
+/// openSUSE's update-ca-certificates reads its anchors here, not Debian's folder.
+const SUSE_DIR: &str = "/etc/pki/trust/anchors";
+const SUSE_FILE: &str = "/etc/pki/trust/anchors/keeptrusts-kt-ca.pem";
 const MAC_KEYCHAIN: &str = "/Library/Keychains/System.keychain";
 const NSS_PACKAGES: &str = "libnss3-tools (Debian/Ubuntu), nss-tools (Fedora) or nss (Arch)";
 /// Programs detection looks for.
@@ -215,6 +218,8 @@ enum LinuxStore {
     Debian,
     /// Fedora/RHEL: update-ca-trust with /etc/pki/ca-trust.
     Fedora,
+    /// openSUSE/SLES: update-ca-certificates with /etc/pki/trust/anchors.
+    Suse,
     /// Arch and others with p11-kit's `trust`.
     Arch,
 }
@@ -276,7 +281,15 @@ impl System {
         let os = Os::this();
         let found = |p: &str| find_program(p, &os).map(|how| (p.to_string(), how));
         let programs = PROGRAMS.split(' ').filter_map(found).collect();
-        let files = [DEBIAN_DIR, DEBIAN_FILE, FEDORA_DIR, FEDORA_FILE].map(PathBuf::from);
+        let files = [
+            DEBIAN_DIR,
+            DEBIAN_FILE,
+            FEDORA_DIR,
+            FEDORA_FILE,
+            SUSE_DIR,
+            SUSE_FILE,
+        ]
+        .map(PathBuf::from);
         let ca = [paths.cert.clone(), paths.der.clone()];
         let existing = files.into_iter().chain(ca).filter(|p| p.exists()).collect();
         let is_root = match os {
@@ -295,6 +308,7 @@ impl System {
         sys.system_has_ca = match (&sys.os, linux_store(&sys)) {
             (Os::Linux, Some(LinuxStore::Debian)) => Some(sys.exists(DEBIAN_FILE)),
             (Os::Linux, Some(LinuxStore::Fedora)) => Some(sys.exists(FEDORA_FILE)),
+            (Os::Linux, Some(LinuxStore::Suse)) => Some(sys.exists(SUSE_FILE)),
             (Os::Mac, _) => Some(quiet("security", &find).is_some()),
             (Os::Windows, _) => {
                 Some(quiet("certutil", &["-store", "root", CA_COMMON_NAME]).is_some())
@@ -436,7 +450,10 @@ fn quiet(program: &str, args: &[&str]) -> Option<String> {
 }
 
 fn linux_store(sys: &System) -> Option<LinuxStore> {
-    if sys.program("update-ca-certificates").is_some() {
+    // openSUSE ships a command of Debian's name that reads another folder.
+    if sys.program("update-ca-certificates").is_some() && sys.exists(SUSE_DIR) {
+        Some(LinuxStore::Suse)
+    } else if sys.program("update-ca-certificates").is_some() {
         Some(LinuxStore::Debian)
     } else if sys.program("update-ca-trust").is_some() && sys.exists(FEDORA_DIR) {
         Some(LinuxStore::Fedora)
@@ -620,6 +637,7 @@ fn plan_install(sys: &System, paths: &CaPaths) -> Result<TrustPlan, TrustError> 
                 Some(LinuxStore::Arch) => ("", "", ""),
                 Some(LinuxStore::Debian) => (DEBIAN_DIR, DEBIAN_FILE, "update-ca-certificates"),
                 Some(LinuxStore::Fedora) => (FEDORA_DIR, FEDORA_FILE, "update-ca-trust extract"),
+                Some(LinuxStore::Suse) => (SUSE_DIR, SUSE_FILE, "update-ca-certificates"),
             };
             if update.is_empty() {
                 let what = "add the CA as a p11-kit trust anchor";
@@ -667,6 +685,10 @@ fn plan_uninstall(sys: &System, paths: &CaPaths) -> Result<TrustPlan, TrustError
         (Os::Linux, Some(LinuxStore::Fedora)) if !absent => {
             b.admin(&format!("remove {FEDORA_FILE}"), "rm -f", &[FEDORA_FILE]);
             b.admin(BUNDLE, "update-ca-trust extract", &[]);
+        }
+        (Os::Linux, Some(LinuxStore::Suse)) if !absent => {
+            b.admin(&format!("remove {SUSE_FILE}"), "rm -f", &[SUSE_FILE]);
+            b.admin(BUNDLE, "update-ca-certificates", &[]);
         }
         (Os::Linux, Some(LinuxStore::Arch)) if !absent => {
             if !sys.exists(&paths.cert) {
@@ -867,6 +889,14 @@ mod tests {
         let plan = plan_uninstall(&fedora, &paths()).unwrap();
         let rm = format!("rm -f {FEDORA_FILE}");
         assert_eq!(lines(&plan), [rm.as_str(), "update-ca-trust extract"]);
+        // openSUSE: Debian's command name, its own anchors folder.
+        let suse = sys(Os::Linux, &["update-ca-certificates"], &[SUSE_DIR]);
+        let plan = plan_install(&suse, &paths()).unwrap();
+        let copy = format!("install -m 0644 {Q_PEM} {SUSE_FILE}");
+        assert_eq!(lines(&plan), [copy.as_str(), "update-ca-certificates"]);
+        let plan = plan_uninstall(&suse, &paths()).unwrap();
+        let rm = format!("rm -f {SUSE_FILE}");
+        assert_eq!(lines(&plan), [rm.as_str(), "update-ca-certificates"]);
         // Arch ships update-ca-trust too, but not /etc/pki/ca-trust.
         let arch = sys(Os::Linux, &["update-ca-trust", "trust"], &[]);
         let plan = plan_install(&arch, &paths()).unwrap();
