@@ -234,9 +234,13 @@ impl Shipper {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     if down_since.is_none() {
                         down_since = Some(self.stats.failures() - 1);
-                        tracing::warn!(
-                            "audit events: {e}; they stay in the local log and are shipped when the shared store answers"
-                        );
+                        // A gap is the local log's, and waits for an
+                        // operator, not for the store.
+                        let wait = match e {
+                            StorageError::Gap { .. } => "",
+                            _ => "; they stay in the local log and are shipped when the shared store answers",
+                        };
+                        tracing::warn!("audit events: {e}{wait}");
                     }
                     if stop {
                         // Finishing: a blip at shutdown is retried for as
