@@ -19,6 +19,8 @@ pub enum FileError {
     },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("{link} is a symbolic link to {target}, which does not exist; kt does not replace the link with a file: create {target} (or remove the link) and run again")]
+    DanglingLink { link: PathBuf, target: PathBuf },
 }
 
 /// The file's text, or `None` when it does not exist.
@@ -35,11 +37,20 @@ pub fn read_optional(path: &Path) -> Result<Option<String>, FileError> {
 
 /// Replaces `path` with `text`, copying an existing file to
 /// `PATH.bak-YYYYMMDD-HHMMSS` first; returns the backup's path.
+///
+/// A symbolic link (a dotfiles repository, home-manager) is written
+/// through: its target gets the new text and the link stays a link. A hard
+/// link is not: the rename gives `path` a new file, and the other names
+/// keep the old text.
 pub fn replace_with_backup(path: &Path, text: &str) -> Result<Option<PathBuf>, FileError> {
     let write_err = |source| FileError::Write {
         path: path.to_path_buf(),
         source,
     };
+    // The backup stays next to the name the user gave (not in the
+    // dotfiles folder); the temporary file and the rename go to the target.
+    let target = link_target(path)?;
+    let target = target.as_deref().unwrap_or(path);
     let backup = if path.exists() {
         let backup = backup_path(path);
         fs::copy(path, &backup).map_err(|source| FileError::Backup {
@@ -54,16 +65,45 @@ pub fn replace_with_backup(path: &Path, text: &str) -> Result<Option<PathBuf>, F
         }
         None
     };
-    let mut tmp = path.as_os_str().to_owned();
+    let mut tmp = target.as_os_str().to_owned();
     tmp.push(".kt-tmp");
     let tmp = PathBuf::from(tmp);
     fs::write(&tmp, text).map_err(write_err)?;
     // Keep the mode of the file being replaced (a shell profile may be 0600).
-    if let Ok(meta) = fs::metadata(path) {
+    if let Ok(meta) = fs::metadata(target) {
         let _ = fs::set_permissions(&tmp, meta.permissions());
     }
-    fs::rename(&tmp, path).map_err(write_err)?;
+    fs::rename(&tmp, target).map_err(write_err)?;
     Ok(backup)
+}
+
+/// The file a symbolic link at `path` leads to (through any chain of
+/// links); `None` when `path` is not a link. A link to nothing is an error:
+/// writing there would replace the link, and creating its target could
+/// mean creating folders in someone's dotfiles.
+fn link_target(path: &Path) -> Result<Option<PathBuf>, FileError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {}
+        _ => return Ok(None),
+    }
+    match fs::canonicalize(path) {
+        Ok(target) => Ok(Some(target)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let to = fs::read_link(path).unwrap_or_default();
+            let target = match path.parent() {
+                Some(dir) => dir.join(to),
+                None => to,
+            };
+            Err(FileError::DanglingLink {
+                link: path.to_path_buf(),
+                target,
+            })
+        }
+        Err(source) => Err(FileError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// `PATH.bak-YYYYMMDD-HHMMSS` (UTC), with `-N` added if that exists.
@@ -170,5 +210,41 @@ mod tests {
         assert_eq!(fs::read_to_string(&b2).unwrap(), "{\"a\": 1}\n");
         assert_eq!(read_optional(&f).unwrap().as_deref(), Some("{\"a\": 2}\n"));
         assert_eq!(read_optional(&dir.path().join("none")).unwrap(), None);
+    }
+
+    /// `~/.bashrc -> dotfiles/bashrc`: the target gets the new text and
+    /// the link is still a link (it became a regular file before).
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_file_is_written_through_and_stays_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let dotfiles = dir.path().join("dotfiles");
+        fs::create_dir(&dotfiles).unwrap();
+        let target = dotfiles.join("bashrc");
+        fs::write(&target, "alias ll='ls -l'\n").unwrap();
+        let link = dir.path().join(".bashrc");
+        std::os::unix::fs::symlink("dotfiles/bashrc", &link).unwrap();
+        let backup = replace_with_backup(&link, "export A=1\n").unwrap().unwrap();
+        let meta = fs::symlink_metadata(&link).unwrap();
+        assert!(meta.file_type().is_symlink(), "the link was replaced");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "export A=1\n");
+        assert_eq!(fs::read_to_string(&backup).unwrap(), "alias ll='ls -l'\n");
+        assert!(!dotfiles.join("bashrc.kt-tmp").exists());
+
+        // A link to nothing is refused, naming both, and left as it is.
+        let dangling = dir.path().join(".zshrc");
+        std::os::unix::fs::symlink("dotfiles/zshrc", &dangling).unwrap();
+        let err = replace_with_backup(&dangling, "x\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, FileError::DanglingLink { .. }), "{msg}");
+        assert!(
+            msg.contains(".zshrc") && msg.contains("dotfiles/zshrc"),
+            "{msg}"
+        );
+        assert!(fs::symlink_metadata(&dangling)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(!dotfiles.join("zshrc").exists());
     }
 }

@@ -183,6 +183,47 @@ fn setup_without_write_prints_and_touches_nothing() {
     assert!(!file.exists());
 }
 
+/// `~/.bashrc -> dotfiles/bashrc`: `kt setup shell --write` edits the
+/// dotfiles copy and `~/.bashrc` is still the link (kt replaced it with a
+/// regular file before, cutting it off from the dotfiles).
+#[cfg(unix)]
+#[test]
+fn setup_write_keeps_a_symlinked_profile_a_link() {
+    let home = tempfile::tempdir().unwrap();
+    let dotfiles = home.path().join("dotfiles");
+    std::fs::create_dir(&dotfiles).unwrap();
+    std::fs::write(dotfiles.join("bashrc"), "alias ll='ls -l'\n").unwrap();
+    let link = home.path().join(".bashrc");
+    std::os::unix::fs::symlink(dotfiles.join("bashrc"), &link).unwrap();
+    let f = link.to_str().unwrap();
+    let out = kt_in(home.path(), &["setup", "shell", "--write", "--file", f]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let meta = std::fs::symlink_metadata(&link).unwrap();
+    assert!(
+        meta.file_type().is_symlink(),
+        "~/.bashrc is no longer a link"
+    );
+    let merged = std::fs::read_to_string(dotfiles.join("bashrc")).unwrap();
+    assert!(merged.starts_with("alias ll='ls -l'\n"), "{merged}");
+    assert!(merged.contains("HTTPS_PROXY"), "{merged}");
+    let again = kt_in(home.path(), &["setup", "shell", "--write", "--file", f]);
+    assert!(text(&again.stdout).contains("already up to date"));
+
+    // A link to nothing: refused, naming both paths; nothing created.
+    let dangling = home.path().join(".zshrc");
+    std::os::unix::fs::symlink(dotfiles.join("zshrc"), &dangling).unwrap();
+    let f = dangling.to_str().unwrap();
+    let out = kt_in(home.path(), &["setup", "shell", "--write", "--file", f]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(f) && err.contains("dotfiles/zshrc"), "{err}");
+    assert!(std::fs::symlink_metadata(&dangling)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(!dotfiles.join("zshrc").exists());
+}
+
 mod doctor {
     use super::text;
     use crate::common::origin::{Alpn, Origin};
