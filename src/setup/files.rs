@@ -137,10 +137,21 @@ fn markers(comment: &str) -> (String, String) {
     )
 }
 
+/// kt's start marker with no end marker after it (the end line was
+/// deleted or edited): where the block ends is unknown, so nothing after
+/// the start line can be told apart from the user's own lines.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line} starts kt's block (`{start}`) but no `{end}` line follows it, so kt cannot tell its lines from yours and changed nothing: put the end line back after kt's lines (or delete them with the start line) and run again")]
+pub struct UnclosedBlock {
+    pub line: usize,
+    pub start: String,
+    pub end: String,
+}
+
 /// `text` with kt's marked block set to `body`: an existing block is
 /// replaced in place, otherwise the block is appended. `None` when the
 /// block already says exactly that.
-pub fn set_block(text: &str, comment: &str, body: &str) -> Option<String> {
+pub fn set_block(text: &str, comment: &str, body: &str) -> Result<Option<String>, UnclosedBlock> {
     let (start, end) = markers(comment);
     let mut block = format!("{start}\n{body}");
     if !block.ends_with('\n') {
@@ -148,17 +159,11 @@ pub fn set_block(text: &str, comment: &str, body: &str) -> Option<String> {
     }
     block.push_str(&end);
     block.push('\n');
-    if let Some(a) = text.find(&format!("{start}\n")) {
-        if let Some(len) = text[a..].find(&end) {
-            let mut b = a + len + end.len();
-            if text[b..].starts_with('\n') {
-                b += 1;
-            }
-            if text[a..b] == block {
-                return None;
-            }
-            return Some(format!("{}{block}{}", &text[..a], &text[b..]));
+    if let Some((a, b)) = find_block(text, &start, &end)? {
+        if text[a..b] == block {
+            return Ok(None);
         }
+        return Ok(Some(format!("{}{block}{}", &text[..a], &text[b..])));
     }
     let mut out = text.to_string();
     if !out.is_empty() && !out.ends_with('\n') {
@@ -168,7 +173,41 @@ pub fn set_block(text: &str, comment: &str, body: &str) -> Option<String> {
         out.push('\n');
     }
     out.push_str(&block);
-    Some(out)
+    Ok(Some(out))
+}
+
+/// The byte range of kt's block in `text`, from its start line to the end
+/// of its end line. A start line without an end line before the next start
+/// line (or the end of the text) is an error: appending another block
+/// would leave the orphan, and the next run would take everything from it
+/// to the new end line for kt's own.
+fn find_block(text: &str, start: &str, end: &str) -> Result<Option<(usize, usize)>, UnclosedBlock> {
+    let unclosed = |line| UnclosedBlock {
+        line,
+        start: start.to_string(),
+        end: end.to_string(),
+    };
+    // The open block's line number and byte offset.
+    let mut open: Option<(usize, usize)> = None;
+    let mut at = 0;
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let content = line.strip_suffix('\n').unwrap_or(line);
+        if content == start {
+            if let Some((first, _)) = open {
+                return Err(unclosed(first));
+            }
+            open = Some((n + 1, at));
+        } else if content == end {
+            if let Some((_, a)) = open {
+                return Ok(Some((a, at + line.len())));
+            }
+        }
+        at += line.len();
+    }
+    match open {
+        Some((line, _)) => Err(unclosed(line)),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -178,23 +217,42 @@ mod tests {
     #[test]
     fn blocks_are_appended_once_then_replaced_in_place() {
         let profile = "alias ll='ls -l'\n";
-        let once = set_block(profile, "#", "export A=1").unwrap();
+        let once = set_block(profile, "#", "export A=1").unwrap().unwrap();
         assert_eq!(
             once,
             "alias ll='ls -l'\n\n# >>> kt setup >>>\nexport A=1\n# <<< kt setup <<<\n"
         );
-        assert_eq!(set_block(&once, "#", "export A=1"), None);
+        assert_eq!(set_block(&once, "#", "export A=1").unwrap(), None);
         let mut edited = once.clone();
         edited.push_str("export PATH=$PATH:~/bin\n");
-        let changed = set_block(&edited, "#", "export A=2\n").unwrap();
+        let changed = set_block(&edited, "#", "export A=2\n").unwrap().unwrap();
         assert_eq!(
             changed,
             "alias ll='ls -l'\n\n# >>> kt setup >>>\nexport A=2\n# <<< kt setup <<<\nexport PATH=$PATH:~/bin\n"
         );
         assert_eq!(
-            set_block("", ";;", "(x)").unwrap(),
+            set_block("", ";;", "(x)").unwrap().unwrap(),
             ";; >>> kt setup >>>\n(x)\n;; <<< kt setup <<<\n"
         );
+    }
+
+    /// The end line deleted: before, the first run appended a second
+    /// block and the second run took the user's lines between the orphan
+    /// start and the new end for kt's block and deleted them.
+    #[test]
+    fn a_block_without_its_end_line_is_refused() {
+        let profile = "alias ll='ls -l'\n# >>> kt setup >>>\nexport A=1\nexport MINE=1\n";
+        let err = set_block(profile, "#", "export A=2").unwrap_err();
+        assert_eq!(err.line, 2);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("line 2") && msg.contains("# <<< kt setup <<<"),
+            "{msg}"
+        );
+        // What the old first run left: the orphan start, the user's line,
+        // then a whole block.
+        let doubled = format!("{profile}\n# >>> kt setup >>>\nexport A=1\n# <<< kt setup <<<\n");
+        assert_eq!(set_block(&doubled, "#", "export A=2").unwrap_err().line, 2);
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod files;
 pub mod jsonc;
 
 use continue_yaml::{ContinueModel, ContinueYamlError};
-use files::FileError;
+use files::{FileError, UnclosedBlock};
 use jsonc::{JsonChange, JsonEdit, JsoncError};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -104,6 +104,11 @@ pub enum SetupError {
     ContinueYaml {
         path: PathBuf,
         source: ContinueYamlError,
+    },
+    #[error("{path}: {source}")]
+    Block {
+        path: PathBuf,
+        source: UnclosedBlock,
     },
     #[error(transparent)]
     File(#[from] FileError),
@@ -448,11 +453,17 @@ impl Plan {
                 }
             },
             Settings::Block { comment, body } => match files::set_block(text, comment, body) {
-                Some(new) => {
+                Ok(Some(new)) => {
                     let lines = body.lines().map(|l| format!("+ {l}")).collect();
                     (new, lines)
                 }
-                None => (text.to_string(), Vec::new()),
+                Ok(None) => (text.to_string(), Vec::new()),
+                Err(source) => {
+                    return Err(SetupError::Block {
+                        path: file.clone(),
+                        source,
+                    })
+                }
             },
         };
         if changes.is_empty() && old.is_some() {

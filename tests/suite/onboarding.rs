@@ -224,6 +224,27 @@ fn setup_write_keeps_a_symlinked_profile_a_link() {
     assert!(!dotfiles.join("zshrc").exists());
 }
 
+/// A profile whose kt block lost its end line: `kt setup shell --write`
+/// fails naming the file and the start line, and changes nothing (before,
+/// it appended a second block, and the run after that deleted the lines
+/// between the two).
+#[test]
+fn setup_write_refuses_a_block_without_its_end_line() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join(".bashrc");
+    let original = "alias ll='ls -l'\n# >>> kt setup >>>\nexport HTTPS_PROXY=x\nexport MINE=1\n";
+    std::fs::write(&file, original).unwrap();
+    let f = file.to_str().unwrap();
+    for _ in 0..2 {
+        let out = kt_in(home.path(), &["setup", "shell", "--write", "--file", f]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{}", text(&out.stdout));
+        assert!(err.contains(f) && err.contains("line 2"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
+    }
+    assert!(backups(home.path(), ".bashrc").is_empty());
+}
+
 mod doctor {
     use super::text;
     use crate::common::origin::{Alpn, Origin};
