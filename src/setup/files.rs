@@ -150,15 +150,21 @@ pub struct UnclosedBlock {
 
 /// `text` with kt's marked block set to `body`: an existing block is
 /// replaced in place, otherwise the block is appended. `None` when the
-/// block already says exactly that.
+/// block already says exactly that. The block's lines end as the file's
+/// first line does (CRLF in a profile or init.el saved on Windows).
 pub fn set_block(text: &str, comment: &str, body: &str) -> Result<Option<String>, UnclosedBlock> {
     let (start, end) = markers(comment);
-    let mut block = format!("{start}\n{body}");
-    if !block.ends_with('\n') {
-        block.push('\n');
+    let eol = match text.find('\n') {
+        Some(i) if text[..i].ends_with('\r') => "\r\n",
+        _ => "\n",
+    };
+    let mut block = format!("{start}{eol}");
+    for line in body.lines() {
+        block.push_str(line);
+        block.push_str(eol);
     }
     block.push_str(&end);
-    block.push('\n');
+    block.push_str(eol);
     if let Some((a, b)) = find_block(text, &start, &end)? {
         if text[a..b] == block {
             return Ok(None);
@@ -167,10 +173,10 @@ pub fn set_block(text: &str, comment: &str, body: &str) -> Result<Option<String>
     }
     let mut out = text.to_string();
     if !out.is_empty() && !out.ends_with('\n') {
-        out.push('\n');
+        out.push_str(eol);
     }
     if !out.is_empty() {
-        out.push('\n');
+        out.push_str(eol);
     }
     out.push_str(&block);
     Ok(Some(out))
@@ -192,6 +198,9 @@ fn find_block(text: &str, start: &str, end: &str) -> Result<Option<(usize, usize
     let mut at = 0;
     for (n, line) in text.split_inclusive('\n').enumerate() {
         let content = line.strip_suffix('\n').unwrap_or(line);
+        // A CRLF file's marker lines: before, they were not recognised
+        // and every run appended another block.
+        let content = content.strip_suffix('\r').unwrap_or(content);
         if content == start {
             if let Some((first, _)) = open {
                 return Err(unclosed(first));
@@ -253,6 +262,23 @@ mod tests {
         // then a whole block.
         let doubled = format!("{profile}\n# >>> kt setup >>>\nexport A=1\n# <<< kt setup <<<\n");
         assert_eq!(set_block(&doubled, "#", "export A=2").unwrap_err().line, 2);
+    }
+
+    /// A profile with CRLF line ends gets a CRLF block, found again by
+    /// the next run (before: an LF block, and once the file was saved with
+    /// CRLF throughout, a new block appended on every run).
+    #[test]
+    fn crlf_files_get_a_crlf_block_replaced_in_place() {
+        let profile = "alias ll='ls -l'\r\n";
+        let once = set_block(profile, "#", "export A=1\n").unwrap().unwrap();
+        assert_eq!(
+            once,
+            "alias ll='ls -l'\r\n\r\n# >>> kt setup >>>\r\nexport A=1\r\n# <<< kt setup <<<\r\n"
+        );
+        assert_eq!(set_block(&once, "#", "export A=1").unwrap(), None);
+        let changed = set_block(&once, "#", "export A=2").unwrap().unwrap();
+        assert_eq!(changed, once.replace("A=1", "A=2"));
+        assert_eq!(changed.matches(">>> kt setup >>>").count(), 1);
     }
 
     #[test]
