@@ -2,7 +2,7 @@
 //! without disturbing anything else in it: comments, trailing commas,
 //! key order and formatting are kept; only the named keys change.
 
-use jsonc_parser::cst::{CstInputValue, CstObject, CstRootNode};
+use jsonc_parser::cst::{CstInputValue, CstObject, CstObjectProp, CstRootNode};
 use jsonc_parser::ParseOptions;
 use serde_json::Value;
 
@@ -84,14 +84,16 @@ fn set(top: &CstObject, edit: &JsonEdit) -> Result<Option<JsonChange>, JsoncErro
     let mut walked = Vec::new();
     for name in parents {
         walked.push(name.as_str());
-        object = object
-            .object_value_or_create(name)
-            .ok_or_else(|| JsoncError::NotAnObjectAt {
-                key: walked.join(" > "),
-            })?;
+        let found = match last_prop(&object, name) {
+            Some(prop) => prop.object_value(),
+            None => object.object_value_or_create(name),
+        };
+        object = found.ok_or_else(|| JsoncError::NotAnObjectAt {
+            key: walked.join(" > "),
+        })?;
     }
     let input = to_input(&edit.value);
-    match object.get(last) {
+    match last_prop(&object, last) {
         Some(prop) => {
             let old = prop.value().and_then(|v| v.to_serde_value());
             if old.as_ref() == Some(&edit.value) {
@@ -113,6 +115,17 @@ fn set(top: &CstObject, edit: &JsonEdit) -> Result<Option<JsonChange>, JsoncErro
             }))
         }
     }
+}
+
+/// The property `name` of `object`; the last one when the key is there
+/// more than once, as VS Code (and `get`) read it. The CST's own `get`
+/// returns the first, which is ignored: kt changed a line nothing reads.
+fn last_prop(object: &CstObject, name: &str) -> Option<CstObjectProp> {
+    object
+        .properties()
+        .into_iter()
+        .rev()
+        .find(|p| p.decoded_name().as_deref() == Some(name))
 }
 
 fn to_input(value: &Value) -> CstInputValue {
@@ -228,6 +241,33 @@ mod tests {
             Some(json!({}))
         );
         assert_eq!(get(&out, &["theme"]), Some(json!("One Dark")));
+    }
+
+    /// A key set twice: VS Code uses the last, so that is the one kt
+    /// changes and reports (before, it edited the first and said the
+    /// proxy was set while VS Code kept the old one).
+    #[test]
+    fn a_duplicate_key_is_edited_where_it_counts() {
+        let twice = "{\n  \"http.proxy\": \"http://first:1\",\n  \"http.proxy\": \"http://last:2\",\n  \"lm\": {\"a\": 1},\n  \"lm\": {\"b\": 2}\n}\n";
+        let edits = [
+            JsonEdit::new(&["http.proxy"], json!("http://127.0.0.1:41002")),
+            JsonEdit::new(&["lm", "url"], json!("u")),
+        ];
+        let (out, changes) = apply(twice, &edits).unwrap();
+        assert_eq!(
+            get(&out, &["http.proxy"]),
+            Some(json!("http://127.0.0.1:41002")),
+            "{out}"
+        );
+        assert_eq!(changes[0].old, Some(json!("http://last:2")));
+        assert_eq!(
+            get(&out, &["lm"]),
+            Some(json!({"b": 2, "url": "u"})),
+            "{out}"
+        );
+        let (again, changes) = apply(&out, &edits).unwrap();
+        assert!(changes.is_empty(), "{changes:?}");
+        assert_eq!(again, out);
     }
 
     #[test]
