@@ -48,10 +48,18 @@ pub fn run(home: &HomeArgs, cmd: CaCommand) -> anyhow::Result<ExitCode> {
             println!("{}", paths.cert.display());
         }
         CaCommand::Install { dry_run } => {
-            if !dry_run {
+            // The real run creates a missing CA first, so the dry run
+            // shows that and the steps for the CA it would create (it
+            // failed with "run `kt ca init` first" before).
+            let plan = if !dry_run {
                 CertificateAuthority::load_or_create(&paths)?;
-            }
-            let plan = trust::install_plan(&paths)?;
+                trust::install_plan(&paths)?
+            } else if paths.cert.is_file() {
+                trust::install_plan(&paths)?
+            } else {
+                println!("# would create a new CA in {} first", paths.dir.display());
+                trust::install_plan_for_new_ca(&paths)?
+            };
             execute(plan, dry_run, "installed")?;
         }
         CaCommand::Uninstall { dry_run } => {

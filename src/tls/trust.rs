@@ -87,6 +87,15 @@ pub fn install_plan(paths: &CaPaths) -> Result<TrustPlan, TrustError> {
     plan_install(&System::detect(paths), paths)
 }
 
+/// Plan for `kt ca install` on this machine before the CA exists: the
+/// steps it runs once it has created the CA at `paths` (for `--dry-run`,
+/// which creates nothing).
+pub fn install_plan_for_new_ca(paths: &CaPaths) -> Result<TrustPlan, TrustError> {
+    let mut sys = System::detect(paths);
+    sys.existing.extend([paths.cert.clone(), paths.der.clone()]);
+    plan_install(&sys, paths)
+}
+
 /// Plan for `kt ca uninstall` on this machine.
 pub fn uninstall_plan(paths: &CaPaths) -> Result<TrustPlan, TrustError> {
     let mut sys = System::detect(paths);

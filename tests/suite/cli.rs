@@ -93,6 +93,32 @@ fn ca_install_dry_run_prints_commands_and_node_line() {
     assert!(un.status.success() || !text(&un.stderr).is_empty());
 }
 
+/// Before `kt ca init`, the dry run shows what the real run does: create
+/// the CA (where), then trust it with that path; it creates nothing
+/// (before, it failed with "run `kt ca init` first").
+#[test]
+fn ca_install_dry_run_before_the_ca_exists_says_it_would_create_it() {
+    let home = tempfile::tempdir().unwrap();
+    let d = home.path().to_str().unwrap();
+    let out = kt(&["ca", "install", "--dry-run", "--data-dir", d]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!stderr.contains("kt ca init"), "{stderr}");
+    let cert = home.path().join("certs/kt-ca.pem");
+    if out.status.success() {
+        let dir = home.path().join("certs");
+        let create = format!("would create a new CA in {}", dir.display());
+        assert!(stdout.contains(&create), "{stdout}");
+        assert!(stdout.contains(cert.to_str().unwrap()), "{stdout}");
+    } else {
+        // Unsupported platform: the error says how to do it by hand.
+        assert!(stderr.contains(cert.to_str().unwrap()), "{stderr}");
+    }
+    assert!(
+        !home.path().join("certs").exists(),
+        "the dry run created it"
+    );
+}
+
 #[test]
 fn bad_input_fails_with_one_clear_line() {
     let home = tempfile::tempdir().unwrap();
