@@ -497,35 +497,42 @@ impl LineTail {
     /// Calls `f` with each complete line written since the last call (and
     /// the segment it is in), switching segments when the current one is
     /// finished and a newer one exists.
+    ///
+    /// A call that finishes a segment without a line from it goes on into
+    /// the next: a reader told "nothing new" at a segment's end would take
+    /// the log for read (a shipper that is stopping ends there).
     pub fn read(&mut self, mut f: impl FnMut(&Path, &[u8])) -> Result<(), EventsError> {
-        let Some(current) = self.position.segment.clone() else {
-            if let Some(first) = segment::list(&self.dir)?.into_iter().next() {
+        loop {
+            let Some(current) = self.position.segment.clone() else {
+                let Some(first) = segment::list(&self.dir)?.into_iter().next() else {
+                    return Ok(());
+                };
                 self.position = Position {
                     segment: Some(first.path),
                     offset: 0,
                 };
-                return self.read(f);
+                continue;
+            };
+            if self.read_more(&current, &mut f)? {
+                return Ok(());
             }
-            return Ok(());
-        };
-        if self.read_more(&current, &mut f)? {
-            return Ok(());
-        }
-        let key = current
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(parse_name);
-        let next = segment::list(&self.dir)?
-            .into_iter()
-            .find(|s| key.is_none_or(|k| (s.date, s.seq) > k));
-        if let Some(next) = next {
+            let key = current
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_name);
+            let next = segment::list(&self.dir)?
+                .into_iter()
+                .find(|s| key.is_none_or(|k| (s.date, s.seq) > k));
+            let Some(next) = next else {
+                return Ok(());
+            };
             // The writer finished (and synced) this segment before it
             // created the next one, but it may have written to it since
             // the read above: read it to its end, whatever `end` said then.
             let end = self.end.take();
             let rest = self.read_more(&current, &mut f);
             self.end = end;
-            rest?;
+            let handed_out = rest?;
             if !self.partial.is_empty() {
                 tracing::warn!(path = %current.display(), "audit segment ends with an incomplete line");
                 self.partial.clear();
@@ -534,8 +541,10 @@ impl LineTail {
                 segment: Some(next.path),
                 offset: 0,
             };
+            if handed_out {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     /// Reads `path` from the current offset to its end; whether anything

@@ -395,3 +395,31 @@ async fn last_n_ignores_a_torn_tail_and_positions_before_it() {
     assert_eq!(users(&last).last().map(String::as_str), Some("u2"));
     assert_eq!(pos.offset, len);
 }
+
+/// A read that finishes a segment goes on into the next one: "nothing new"
+/// at a segment's end would tell a stopping reader the log is read.
+#[tokio::test]
+async fn a_read_crosses_into_the_next_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        segment_max_bytes: 1,
+        ..LogOptions::default()
+    };
+    let (sink, writer) = EventLog::open(dir.path(), options).unwrap();
+    for _ in 0..3 {
+        sink.send(Event::new(Phase::Input, Action::Pass))
+            .await
+            .unwrap();
+    }
+    writer.close().await.unwrap();
+    assert_eq!(list(dir.path()).unwrap().len(), 3, "one event per segment");
+    let mut tail = LineTail::new(dir.path(), Position::default());
+    let mut lines = 0;
+    for read in 1..=3 {
+        let before = lines;
+        tail.read(|_, _| lines += 1).unwrap();
+        assert_eq!(lines, before + 1, "read {read} handed out no line");
+    }
+    tail.read(|_, _| lines += 1).unwrap();
+    assert_eq!(lines, 3);
+}
