@@ -734,7 +734,7 @@ fn push_context(tail: &mut String, released: &str) {
 /// ends inside an escape sequence (`\n`, `\"`, `\u00e9`): a label put in
 /// its place leaves the JSON valid. Text before `base` has been sent: an
 /// escape begun there is completed before the label, never cut.
-fn escape_safe(text: &[u8], base: usize, range: Range<usize>) -> Range<usize> {
+pub(super) fn escape_safe(text: &[u8], base: usize, range: Range<usize>) -> Range<usize> {
     let mut start = range.start;
     let mut end = range.end;
     if let Some(esc) = escape_around(text, start.max(base)) {
@@ -755,7 +755,7 @@ fn escape_safe(text: &[u8], base: usize, range: Range<usize>) -> Range<usize> {
 /// can run on past the closing quote into the JSON around it, which its
 /// label must not replace. A match that starts on a quote is kept whole:
 /// what it found must go, even at the cost of the arguments' shape.
-fn within_string(text: &[u8], range: Range<usize>) -> Range<usize> {
+pub(super) fn within_string(text: &[u8], range: Range<usize>) -> Range<usize> {
     if text.get(range.start) == Some(&b'"') {
         return range;
     }
@@ -1675,13 +1675,37 @@ mod tests {
             Family::OpenAiResponses,
         ] {
             for size in [1, 5, 100] {
-                let wire = tool_call_wire(family, args, size);
+                let mut wire = tool_call_wire(family, args, size);
+                if family == Family::OpenAiResponses {
+                    // The arguments again, whole, before the end.
+                    let done = serde_json::json!({"type": "response.function_call_arguments.done",
+                        "item_id": "fc_1", "output_index": 0, "arguments": args});
+                    let end = wire.rfind("event: response.completed").unwrap();
+                    wire.insert_str(
+                        end,
+                        &format!("event: response.function_call_arguments.done\ndata: {done}\n\n"),
+                    );
+                }
                 let (raw, _, _) = stream_through(yaml, family, &wire);
                 let got = streamed_args(family, &raw);
                 let v: serde_json::Value = serde_json::from_str(&got)
                     .unwrap_or_else(|e| panic!("{family:?} size {size}: {e}: {got}"));
                 assert_eq!(v["q"], "[REDACTED:f]", "{family:?} size {size}: {got}");
                 assert_eq!(v["n"], 1, "{family:?} size {size}: {got}");
+                if family == Family::OpenAiResponses {
+                    let done = raw
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data: "))
+                        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+                        .find(|v| v["type"] == "response.function_call_arguments.done")
+                        .unwrap();
+                    let whole: serde_json::Value =
+                        serde_json::from_str(done["arguments"].as_str().unwrap()).unwrap();
+                    assert_eq!(
+                        whole, v,
+                        "size {size}: the whole arguments match the deltas"
+                    );
+                }
             }
         }
         assert_eq!(within_string(br#"ab"},"c"#, 0..6), 0..2);

@@ -4,12 +4,50 @@
 //! checks and rewrites every string it reads in one pass, no hold-back.
 
 use super::chain::{Action, Policy};
+use super::filter::ContentFilter;
 use super::redact::placeholder;
-use super::stream::StreamNote;
+use super::stream::{escape_safe, within_string, StreamNote};
 use crate::config::FilterAction;
 use crate::llm::json_text::{rewrite_strings, JsonTextError, Selector};
 use std::borrow::Cow;
 use std::sync::Arc;
+
+/// A string that is itself JSON text (a tool call's `arguments`).
+fn is_json_text(s: &str) -> bool {
+    s.trim_start().starts_with(['{', '['])
+        && serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+}
+
+/// `text`, JSON text, with each of the filter's matches replaced by
+/// `label`, a match cut at the end of the string it starts in and widened
+/// to whole escapes (as the stream does for streamed arguments): a pattern
+/// like `project-\S+` must not take the closing `"}` and leave the tool
+/// call invalid JSON.
+fn redact_json_text<'t>(
+    filter: &ContentFilter,
+    text: &'t str,
+    label: &str,
+) -> (Cow<'t, str>, usize) {
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    let mut at = 0;
+    let mut count = 0;
+    for hit in filter.find_all(text) {
+        let range = within_string(bytes, escape_safe(bytes, 0, hit.range));
+        if range.start < at || range.is_empty() {
+            continue;
+        }
+        out.push_str(text.get(at..range.start).unwrap_or_default());
+        out.push_str(label);
+        at = range.end;
+        count += 1;
+    }
+    if count == 0 {
+        return (Cow::Borrowed(text), 0);
+    }
+    out.push_str(text.get(at..).unwrap_or_default());
+    (Cow::Owned(out), count)
+}
 
 /// What the policies made of a document.
 #[derive(Debug)]
@@ -47,7 +85,10 @@ pub(crate) fn apply<'p>(
                     }
                     match filter.action {
                         FilterAction::Redact => {
-                            let (new, n) = filter.redact(s, &label);
+                            let (new, n) = match is_json_text(s) {
+                                true => redact_json_text(filter, s, &label),
+                                false => filter.redact(s, &label),
+                            };
                             count += n;
                             match new {
                                 Cow::Owned(o) => Some(o),
@@ -108,4 +149,51 @@ pub(crate) fn apply<'p>(
         Cow::Borrowed(_) => Whole::Same,
         Cow::Owned(new) => Whole::Changed(new),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::llm::json_text::PointerSet;
+    use std::path::Path;
+
+    /// A filter's match in a tool call's arguments (JSON text in a string)
+    /// stops at the end of the string it starts in: the arguments stay
+    /// JSON, in a whole answer and in a stream's whole-text events alike.
+    #[test]
+    fn a_filter_match_in_arguments_keeps_them_json() {
+        let yaml = "policies:\n  chain: [f]\npolicy:\n  f:\n    type: content-filter\n    patterns: ['project-\\S+']\n    action: redact\n";
+        let chain =
+            super::super::chain::Chain::build(&Config::parse(yaml, Path::new("t")).unwrap())
+                .unwrap();
+        let args = r#"{"q":"project-zeus","n":1,"note":"see project-apollo"}"#;
+        let doc = serde_json::json!({"arguments": args, "text": "project-zeus ok"}).to_string();
+        let pointers = PointerSet::new(["/arguments", "/text"]).unwrap();
+        let mut notes = Vec::new();
+        let out = match apply(
+            chain.policies().iter(),
+            doc.as_bytes(),
+            Selector::Pointers(&pointers),
+            &mut notes,
+        )
+        .unwrap()
+        {
+            Whole::Changed(out) => out,
+            other => panic!("{other:?}"),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let args: serde_json::Value =
+            serde_json::from_str(v["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            args,
+            serde_json::json!({"q": "[REDACTED:f]", "n": 1, "note": "see [REDACTED:f]"})
+        );
+        assert_eq!(
+            v["text"], "[REDACTED:f] ok",
+            "plain text is redacted as before"
+        );
+        assert_eq!(notes.len(), 3);
+    }
 }
