@@ -633,6 +633,9 @@ impl Writer {
         let mut busy = false;
         // Emptied by each write and kept: no allocation per batch.
         let mut batch = Vec::new();
+        // A batch given up once a close was asked for (only then does a
+        // write give up): the close reports it.
+        let mut given_up: Option<EventsError> = None;
         while let Some((first, waited)) = self.next_msg(&mut rx) {
             // Lingering gathers a quiet gateway's events into one write;
             // when the last batch was full the queue is busy and there is
@@ -670,8 +673,15 @@ impl Writer {
                 let _ = reply.send(self.sync());
             }
             if let Some(reply) = close {
-                let _ = reply.send(written.and_then(|()| self.sync()));
+                let result = match given_up.take() {
+                    Some(e) => Err(e),
+                    None => written.and_then(|()| self.sync()),
+                };
+                let _ = reply.send(result);
                 return;
+            }
+            if let Err(e) = written {
+                given_up.get_or_insert(e);
             }
         }
         // Every sender is gone without a close: still make it durable.
