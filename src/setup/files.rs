@@ -38,8 +38,10 @@ pub fn read_optional(path: &Path) -> Result<Option<String>, FileError> {
 /// Replaces `path` with `text`, copying an existing file to
 /// `PATH.bak-YYYYMMDD-HHMMSS` first; returns the backup's path.
 ///
-/// A symbolic link (a dotfiles repository, home-manager) is written
-/// through: its target gets the new text and the link stays a link. A hard
+/// A symbolic link (a dotfiles repository) is written through: its
+/// target gets the new text and the link stays a link; a target that
+/// cannot be written (home-manager's, in the read-only /nix/store) is an
+/// error naming it, the link untouched. A hard
 /// link is not: the rename gives `path` a new file, and the other names
 /// keep the old text.
 pub fn replace_with_backup(path: &Path, text: &str) -> Result<Option<PathBuf>, FileError> {
@@ -64,6 +66,12 @@ pub fn replace_with_backup(path: &Path, text: &str) -> Result<Option<PathBuf>, F
             fs::create_dir_all(dir).map_err(write_err)?;
         }
         None
+    };
+    // Named after the file written, the link's target (a read-only one,
+    // as home-manager's in /nix/store, is refused there).
+    let write_err = |source| FileError::Write {
+        path: target.to_path_buf(),
+        source,
     };
     let mut tmp = target.as_os_str().to_owned();
     tmp.push(".kt-tmp");

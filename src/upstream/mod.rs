@@ -802,7 +802,8 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::UPGRADE)
 }
 
-/// Authority the client asked for: Host header, else URI, else the origin.
+/// Authority the client asked for: the URI's (absolute form, HTTP/2
+/// `:authority`), else the Host header, else the origin.
 fn request_authority<B>(req: &Request<B>, origin: &Origin) -> String {
     if let Some(authority) = target_authority(req) {
         return authority;
