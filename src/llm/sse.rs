@@ -105,10 +105,10 @@ impl SseEvent {
         self.data.is_some()
     }
 
-    /// This frame with its data replaced by `data`: the same `event:`,
-    /// `id:` and `retry:` fields, comments dropped, one `data:` line per
-    /// line of `data`, ended by a blank line.
-    pub fn with_data(&self, data: &str) -> SseEvent {
+    /// The bytes of this frame with its data replaced by `data`: the same
+    /// `event:`, `id:` and `retry:` fields, comments dropped, one `data:`
+    /// line per line of `data`, ended by a blank line.
+    pub fn frame_with_data(&self, data: &str) -> Bytes {
         let mut frame = String::with_capacity(data.len() + 64);
         let mut field = |name: &str, value: &str| {
             frame.push_str(name);
@@ -116,14 +116,12 @@ impl SseEvent {
             frame.push_str(value);
             frame.push('\n');
         };
-        let event = self.event().map(|e| {
+        if let Some(e) = self.event() {
             field("event", e);
-            e.to_owned()
-        });
-        let id = self.id().map(|i| {
+        }
+        if let Some(i) = self.id() {
             field("id", i);
-            i.to_owned()
-        });
+        }
         if let Some(retry) = self.retry {
             field("retry", &retry.to_string());
         }
@@ -131,11 +129,17 @@ impl SseEvent {
             field("data", line);
         }
         frame.push('\n');
+        Bytes::from(frame)
+    }
+
+    /// This frame with its data replaced by `data` (see
+    /// [`frame_with_data`](SseEvent::frame_with_data)).
+    pub fn with_data(&self, data: &str) -> SseEvent {
         SseEvent {
-            raw: Bytes::from(frame),
-            event: event.map(Text::Owned),
+            raw: self.frame_with_data(data),
+            event: self.event().map(|e| Text::Owned(e.to_owned())),
             data: Some(Text::Owned(data.to_owned())),
-            id: id.map(Text::Owned),
+            id: self.id().map(|i| Text::Owned(i.to_owned())),
             retry: self.retry,
         }
     }

@@ -846,7 +846,7 @@ fn rebuild(ev: &SseEvent, edits: &[(&PointerSet, Vec<String>)]) -> Bytes {
             Err(_) => return ev.raw().clone(),
         };
     }
-    ev.with_data(&data).into_raw()
+    ev.frame_with_data(&data)
 }
 
 /// True when the window ends inside something that could still become a
@@ -1259,6 +1259,31 @@ mod tests {
             _ => "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{}}\n\n",
         });
         wire
+    }
+
+    /// Adds to a Responses `wire` the `response.function_call_arguments.done`
+    /// event that repeats `args` whole, before the stream's end, as the API
+    /// sends it.
+    fn with_arguments_done(wire: &mut String, args: &str) {
+        let done = serde_json::json!({"type": "response.function_call_arguments.done",
+            "item_id": "fc_1", "output_index": 0, "arguments": args});
+        let end = wire.rfind("event: response.completed").unwrap();
+        wire.insert_str(
+            end,
+            &format!("event: response.function_call_arguments.done\ndata: {done}\n\n"),
+        );
+    }
+
+    /// The arguments of the `response.function_call_arguments.done` event
+    /// the client sees in `raw`.
+    fn arguments_done(raw: &str) -> String {
+        let done = raw
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+            .find(|v| v["type"] == "response.function_call_arguments.done")
+            .unwrap();
+        done["arguments"].as_str().unwrap().to_owned()
     }
 
     /// The tool-call arguments the client sees in `raw`.
@@ -1677,14 +1702,7 @@ mod tests {
             for size in [1, 5, 100] {
                 let mut wire = tool_call_wire(family, args, size);
                 if family == Family::OpenAiResponses {
-                    // The arguments again, whole, before the end.
-                    let done = serde_json::json!({"type": "response.function_call_arguments.done",
-                        "item_id": "fc_1", "output_index": 0, "arguments": args});
-                    let end = wire.rfind("event: response.completed").unwrap();
-                    wire.insert_str(
-                        end,
-                        &format!("event: response.function_call_arguments.done\ndata: {done}\n\n"),
-                    );
+                    with_arguments_done(&mut wire, args);
                 }
                 let (raw, _, _) = stream_through(yaml, family, &wire);
                 let got = streamed_args(family, &raw);
@@ -1693,14 +1711,8 @@ mod tests {
                 assert_eq!(v["q"], "[REDACTED:f]", "{family:?} size {size}: {got}");
                 assert_eq!(v["n"], 1, "{family:?} size {size}: {got}");
                 if family == Family::OpenAiResponses {
-                    let done = raw
-                        .lines()
-                        .filter_map(|l| l.strip_prefix("data: "))
-                        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
-                        .find(|v| v["type"] == "response.function_call_arguments.done")
-                        .unwrap();
                     let whole: serde_json::Value =
-                        serde_json::from_str(done["arguments"].as_str().unwrap()).unwrap();
+                        serde_json::from_str(&arguments_done(&raw)).unwrap();
                     assert_eq!(
                         whole, v,
                         "size {size}: the whole arguments match the deltas"
@@ -1832,28 +1844,13 @@ mod tests {
             serde_json::json!({"path": ".env", "content": format!("TOKEN={token}")}).to_string();
         let yaml = "policies:\n  chain: [r]\npolicy:\n  r:\n    type: redact\n";
         let mut wire = tool_call_wire(Family::OpenAiResponses, &args, 9);
-        let done = serde_json::json!({"type": "response.function_call_arguments.done",
-            "item_id": "fc_1", "output_index": 0, "arguments": args});
-        let end = wire.rfind("event: response.completed").unwrap();
-        wire.insert_str(
-            end,
-            &format!("event: response.function_call_arguments.done\ndata: {done}\n\n"),
-        );
+        with_arguments_done(&mut wire, &args);
         let (raw, mut s, _) = stream_through(yaml, Family::OpenAiResponses, &wire);
         assert!(!raw.contains(&GH_BODY[..8]), "{raw}");
-        let done = raw
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
-            .find(|v| v["type"] == "response.function_call_arguments.done")
-            .unwrap();
-        let args: serde_json::Value =
-            serde_json::from_str(done["arguments"].as_str().unwrap()).unwrap();
+        let done = arguments_done(&raw);
+        let args: serde_json::Value = serde_json::from_str(&done).unwrap();
         assert_eq!(args["content"], "TOKEN=[REDACTED:github_pat]");
-        assert_eq!(
-            streamed_args(Family::OpenAiResponses, &raw),
-            done["arguments"].as_str().unwrap()
-        );
+        assert_eq!(streamed_args(Family::OpenAiResponses, &raw), done);
         assert_eq!(s.take_notes().len(), 1);
     }
 
