@@ -3,7 +3,7 @@
 //! a bad config is logged and the old chain stays in force.
 
 use super::Engine;
-use crate::config::PolicyConfig;
+use crate::config::{ConfigError, PolicyConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -89,11 +89,23 @@ impl Settle {
 /// running gateway it is far likelier a failed write (a template that
 /// rendered nothing) than a wish to drop every policy; `{}` says that.
 pub fn reload(path: &Path, engine: &Engine, why: &str) -> bool {
-    if std::fs::read(path).is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace)) {
+    // Read once: the emptiness check and the parse see the same text.
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) => {
+            let e = ConfigError::Read {
+                path: path.to_path_buf(),
+                error,
+            };
+            tracing::error!(why, "policy config rejected, keeping the old one: {e}");
+            return false;
+        }
+    };
+    if text.bytes().all(|b| b.is_ascii_whitespace()) {
         tracing::error!(path = %path.display(), why, "policy config is empty, keeping the old one (write `{{}}` for the built-in chain)");
         return false;
     }
-    match PolicyConfig::load(path) {
+    match PolicyConfig::parse(&text, path) {
         Ok(config) => match engine.reload(&config) {
             Ok(()) => {
                 tracing::info!(path = %path.display(), why, "policy config reloaded");
