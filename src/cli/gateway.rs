@@ -177,11 +177,8 @@ async fn serve(
     args: RunArgs,
     loaded: crate::policy::reload::Fingerprint,
 ) -> anyhow::Result<ExitCode> {
-    let listener = crate::loopback_tcp::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let (listener, also) = bind_listeners(settings.listen).await?;
     let local = listener.local_addr()?;
-    let also = bind_companion(local).await;
     // Before anything serves (or says it does): see `stop_signal`.
     let stop = stop_signal(args.policy_config.is_some());
     let built = gateway::build(&settings)?;
@@ -329,21 +326,44 @@ fn companion_loopback(listen: SocketAddr) -> Option<SocketAddr> {
     }
 }
 
-/// Binds [`companion_loopback`] of the address the gateway listens on. A
-/// machine without that family, or another program on that port there,
-/// leaves the gateway on its main address alone.
-async fn bind_companion(local: SocketAddr) -> Option<tokio::net::TcpListener> {
-    let addr = companion_loopback(local)?;
-    match crate::loopback_tcp::bind(addr).await {
-        Ok(l) => Some(l),
-        Err(e) => {
-            tracing::info!(
-                address = %addr,
-                error = %e,
-                "not listening on the other loopback address; clients that resolve localhost to it must use {}",
-                local.ip()
-            );
-            None
+/// How many ephemeral ports `--listen 127.0.0.1:0` tries for one that is
+/// free on both loopback addresses: the kernel picks the port on one family
+/// only, and the other family's port can be held by any other program.
+const EPHEMERAL_PAIR_TRIES: usize = 16;
+
+/// The gateway's listener on `listen`, and on [`companion_loopback`] of it
+/// when that can be had. A machine without that family, or another program
+/// on that port there, leaves the gateway on its main address alone; with
+/// port 0 the gateway first tries other ports for a pair.
+async fn bind_listeners(
+    listen: SocketAddr,
+) -> anyhow::Result<(tokio::net::TcpListener, Option<tokio::net::TcpListener>)> {
+    let mut tries = if listen.port() == 0 {
+        EPHEMERAL_PAIR_TRIES
+    } else {
+        1
+    };
+    loop {
+        let listener = crate::loopback_tcp::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let local = listener.local_addr()?;
+        let Some(addr) = companion_loopback(local) else {
+            return Ok((listener, None));
+        };
+        tries -= 1;
+        match crate::loopback_tcp::bind(addr).await {
+            Ok(also) => return Ok((listener, Some(also))),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries > 0 => continue,
+            Err(e) => {
+                tracing::info!(
+                    address = %addr,
+                    error = %e,
+                    "not listening on the other loopback address; clients that resolve localhost to it must use {}",
+                    local.ip()
+                );
+                return Ok((listener, None));
+            }
         }
     }
 }
@@ -385,6 +405,32 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::parse_listen;
+
+    /// Port 0 picks a port on one family; when other programs hold many
+    /// ports on the other, the gateway still finds a pair. Without the
+    /// retry about one pick in seven here comes back alone.
+    #[tokio::test]
+    async fn an_ephemeral_listen_port_is_free_on_both_loopback_addresses() {
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("no IPv6 loopback here: nothing to pair");
+            return;
+        }
+        let _ = rlimit::increase_nofile_limit(16_384);
+        let held: Vec<_> = (0..4_000)
+            .map_while(|_| std::net::TcpListener::bind("[::1]:0").ok())
+            .collect();
+        assert!(held.len() >= 2_000, "held only {} ports", held.len());
+        for _ in 0..40 {
+            let (main, also) = super::bind_listeners("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            let also = also.expect("a companion on ::1");
+            assert_eq!(
+                main.local_addr().unwrap().port(),
+                also.local_addr().unwrap().port()
+            );
+        }
+    }
 
     #[test]
     fn a_loopback_listener_has_the_other_familys_loopback_as_companion() {

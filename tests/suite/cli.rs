@@ -373,8 +373,17 @@ async fn gateway_binary_answers_on_both_loopback_addresses() {
 
     // Another program on ::1 at the port: kt serves on 127.0.0.1 alone,
     // and the other program keeps its connections.
-    let held = std::net::TcpListener::bind("[::1]:0").unwrap();
-    let port = held.local_addr().unwrap().port();
+    // The port must be free on 127.0.0.1, where other tests' sockets come
+    // and go: one that was free a moment ago is the best to be had.
+    let (held, port) = (0..16)
+        .find_map(|_| {
+            let held = std::net::TcpListener::bind("[::1]:0").unwrap();
+            let port = held.local_addr().unwrap().port();
+            std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+                .is_ok()
+                .then_some((held, port))
+        })
+        .expect("a port free on both loopback addresses");
     let listen = format!("127.0.0.1:{port}");
     let gw = spawn_gateway(&ca, &origin, &["--listen".as_ref(), listen.as_ref()]);
     echo_through(gw.addr, gw.ca_der()).await;
