@@ -3,7 +3,7 @@
 //! and the arithmetic that turns an exchange's usage into `cost_usd`.
 //!
 //! Models are matched by name, case-insensitively, ignoring a vendor prefix
-//! (`openai/gpt-4o`) and treating `.` like `-` (Copilot says
+//! (`openai/gpt-4o`, Sourcegraph's `anthropic::2024-10-22::claude-…`) and treating `.` like `-` (Copilot says
 //! `claude-3.5-sonnet`, Anthropic `claude-3-5-sonnet-20241022`). The longest
 //! table entry that is the whole name or a prefix of it ending at a `-`
 //! wins, so dated snapshots (`gpt-4o-2024-08-06`) find their family while
@@ -165,7 +165,9 @@ impl Pricing {
 }
 
 fn normalise(model: &str) -> Cow<'_, str> {
-    let base = model.rsplit('/').next().unwrap_or(model).trim();
+    let base = model.rsplit('/').next().unwrap_or(model);
+    // Cody names models `provider::api-version::model`.
+    let base = base.rsplit("::").next().unwrap_or(base).trim();
     // Most names a client sends are already in this form: no copy.
     if !base
         .bytes()
@@ -209,6 +211,16 @@ mod tests {
         assert_eq!(input("claude-3-5-sonnet-20241022"), Some(3.0));
         assert_eq!(input("anthropic/claude-sonnet-4-20250514"), Some(3.0));
         assert_eq!(input("models/gemini-1.5-flash"), Some(0.075));
+        // Sourcegraph Cody: provider::api-version::model.
+        assert_eq!(
+            input("anthropic::2024-10-22::claude-3-5-sonnet-latest"),
+            Some(3.0)
+        );
+        assert_eq!(input("openai::2024-02-01::gpt-4o"), Some(2.50));
+        assert_eq!(
+            input("google::v1::gemini-2.5-flash-preview-05-20"),
+            Some(0.30)
+        );
         // A prefix that does not end at a word boundary is not a match.
         assert_eq!(input("gpt-4omega"), None);
         assert_eq!(input("o1x"), None);
