@@ -194,7 +194,8 @@ pub enum UsageSource {
     Provider,
     /// Counted from the text: the provider reported none.
     Estimated,
-    /// The usage of the cached answer replayed: nothing was billed.
+    /// A cache hit: nothing was billed. The counts are the replayed
+    /// answer's usage, or the estimate when it reported none.
     Cached,
 }
 
@@ -817,15 +818,17 @@ impl Exchange {
 
     /// The exchange's token counts: the provider's when its response
     /// reported them, else an estimate from the text when it answered 2xx,
-    /// else unknown (never zero for want of a report).
+    /// else unknown (never zero for want of a report). A cache hit's counts
+    /// are [`UsageSource::Cached`] either way: nothing was billed, and the
+    /// counts are what its first fetch was recorded with.
     pub fn usage(&self) -> Option<(Usage, UsageSource)> {
         let r = &self.record;
         let tap = r.tap.as_ref()?;
+        let hit = r.cache_hit == Some(true);
         if !tap.usage.is_empty() {
-            let source = if r.cache_hit == Some(true) {
-                UsageSource::Cached
-            } else {
-                UsageSource::Provider
+            let source = match hit {
+                true => UsageSource::Cached,
+                false => UsageSource::Provider,
             };
             return Some((tap.usage, source));
         }
@@ -846,13 +849,17 @@ impl Exchange {
         if tokens_in.is_none() && tokens_out.is_none() {
             return None;
         }
+        let source = match hit {
+            true => UsageSource::Cached,
+            false => UsageSource::Estimated,
+        };
         Some((
             Usage {
                 tokens_in,
                 tokens_out,
                 ..Usage::default()
             },
-            UsageSource::Estimated,
+            source,
         ))
     }
 

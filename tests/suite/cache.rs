@@ -5,6 +5,7 @@
 
 use crate::common::client::{through_proxy, Http};
 use crate::common::origin::{Alpn, Origin};
+use crate::common::probe::wait_until;
 use crate::common::{connect_to, TestCa, TestGateway};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -341,6 +342,71 @@ async fn a_hit_is_recorded_as_cache_hit() {
         .unwrap();
     assert_eq!(first.usage_source.as_deref(), Some("provider"));
     assert_eq!(first.cost_saved_usd, None);
+}
+
+#[tokio::test]
+async fn a_hit_without_reported_usage_costs_nothing_and_saves_the_estimate() {
+    // Copilot ghost text and streams without `include_usage` report no
+    // usage: the first fetch is estimated, and the hit must still be free.
+    // gpt-4o, "audit me" in and "hello" out: about 2 + 2 tokens, $0.000025,
+    // so a second charge would spend this budget and refuse the third ask.
+    let yaml = "policies:\n  chain: [audit-logger, spend, ide-cache]\npolicy:\n  audit-logger: {}\n  spend:\n    type: budget\n    usd_per_day: 0.00004\n  ide-cache:\n    type: cache\n    ttl_seconds: 600\n";
+    let (_ca, origin, mut gw) = setup(yaml).await;
+    let mut http = client(&gw, HOST).await;
+    let mut got = Vec::new();
+    for n in 1..=3u64 {
+        let r = post(
+            &mut http,
+            HOST,
+            "/v1/chat/completions",
+            chat("audit me", false),
+            &[],
+        )
+        .await;
+        got.push((r.status, r.cache));
+        // Charged when the exchange closes, which may be after the client
+        // has the answer.
+        let metrics = gw.gateway.engine().metrics().clone();
+        let closed = wait_until(Duration::from_secs(5), || {
+            let m = metrics.clone();
+            async move { m.by_action().iter().map(|(_, c)| c).sum::<u64>() >= n }
+        })
+        .await;
+        assert!(closed, "exchange {n} did not close");
+    }
+    assert_eq!(
+        got,
+        [
+            (200, "miss".to_string()),
+            (200, "hit".to_string()),
+            (200, "hit".to_string())
+        ],
+        "a hit spends no budget"
+    );
+    assert_eq!(origin.hits.load(SeqCst), 1);
+    drop(http);
+    let dir = gw.close_events().await;
+    let (events, _) =
+        keeptrusts::events::read_last(&dir, 10, &keeptrusts::events::Filters::default()).unwrap();
+    let outputs: Vec<_> = events
+        .iter()
+        .filter(|e| e.phase.as_str() == "output")
+        .collect();
+    assert_eq!(outputs.len(), 3);
+    let first = outputs[0];
+    assert_eq!(first.usage_source.as_deref(), Some("estimated"));
+    assert!(first.cost_usd.is_some_and(|c| c > 0.0), "{first:?}");
+    for hit in &outputs[1..] {
+        assert_eq!(hit.action.as_str(), "cache_hit");
+        assert_eq!(hit.usage_source.as_deref(), Some("cached"), "{hit:?}");
+        assert_eq!(
+            (hit.tokens_in, hit.tokens_out),
+            (first.tokens_in, first.tokens_out),
+            "the estimate the first fetch was recorded with"
+        );
+        assert_eq!(hit.cost_usd, Some(0.0), "{hit:?}");
+        assert_eq!(hit.cost_saved_usd, first.cost_usd, "{hit:?}");
+    }
 }
 
 #[tokio::test]
