@@ -212,6 +212,9 @@ pub fn response_usage(family: Family, body: &[u8]) -> Result<Option<Usage>, Insp
         Family::Gemini => "usageMetadata",
         _ => "usage",
     };
+    if family == Family::Gemini && json_scan::is_array(body) {
+        return array_usage(family, key, body);
+    }
     let mut at = None;
     json_scan::members(body, &[key], |_, rest| {
         at.get_or_insert(rest);
@@ -221,6 +224,22 @@ pub fn response_usage(family: Family, body: &[u8]) -> Result<Option<Usage>, Insp
         None => None,
     };
     Ok(wire.map(|w| w.normalise(family)).filter(|u| !u.is_empty()))
+}
+
+/// Usage of Gemini's `:streamGenerateContent` answered without `alt=sse`:
+/// one JSON array of the chunks an event stream would carry. Their
+/// `usageMetadata` is cumulative, so each report is folded in as a
+/// stream's is and the last one's counts stand.
+fn array_usage(family: Family, key: &str, body: &[u8]) -> Result<Option<Usage>, InspectError> {
+    let mut reports = Vec::new();
+    json_scan::element_members(body, &[key], |_, rest| reports.push(rest))?;
+    let mut usage = Usage::default();
+    for rest in reports {
+        if let Some(wire) = value::<Option<UsageWire>>(rest)? {
+            usage.merge(wire.normalise(family));
+        }
+    }
+    Ok(Some(usage).filter(|u| !u.is_empty()))
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Finds the top-level members of a JSON object without parsing the rest.
+//! Finds the top-level members of a JSON object (or of each object in an
+//! array) without parsing the rest.
 //!
 //! Audit and routing read a handful of top-level fields (`model`, `stream`,
 //! `usage`) from bodies that are mostly one long string: a prompt with whole
@@ -26,6 +27,42 @@ pub fn members<'d>(doc: &'d [u8], keys: &[&str], found: impl FnMut(usize, &'d [u
     let mut s = Scanner { doc, at: 0 };
     s.object_members(keys, found)?;
     s.end()
+}
+
+/// Calls `found(i, rest)` as [`members`] does, for each member of each
+/// object in the array `doc` (Gemini's `:streamGenerateContent` without
+/// `alt=sse` answers one array of chunks). Elements are visited in order;
+/// every element must be an object.
+pub fn element_members<'d>(
+    doc: &'d [u8],
+    keys: &[&str],
+    mut found: impl FnMut(usize, &'d [u8]),
+) -> Result<()> {
+    let mut s = Scanner { doc, at: 0 };
+    s.expect(b'[', "'['")?;
+    if s.peek_after_ws()? == b']' {
+        s.at += 1;
+        return s.end();
+    }
+    loop {
+        s.object_members(keys, &mut found)?;
+        match s.peek_after_ws()? {
+            b',' => s.at += 1,
+            b']' => {
+                s.at += 1;
+                return s.end();
+            }
+            _ => return Err(s.syntax("',' or ']'")),
+        }
+    }
+}
+
+/// Whether `doc` is a JSON array (by its first byte that is not
+/// whitespace; the rest is not read).
+pub fn is_array(doc: &[u8]) -> bool {
+    doc.iter()
+        .find(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+        .is_some_and(|&b| b == b'[')
 }
 
 /// Whether the object at the start of `doc` (what follows it is not read)
@@ -314,6 +351,42 @@ mod tests {
             found(&deep, &["b"]),
             Err(JsonTextError::TooDeep { max: MAX_DEPTH })
         );
+    }
+
+    #[test]
+    fn element_members_reads_each_object_of_an_array() {
+        let collect = |doc: &str| {
+            let mut out = Vec::new();
+            element_members(doc.as_bytes(), &["usageMetadata"], |i, rest| {
+                let mut de = serde_json::Deserializer::from_slice(rest);
+                let v: serde_json::Value = serde::Deserialize::deserialize(&mut de).unwrap();
+                out.push((i, v.to_string()));
+            })
+            .map(|()| out)
+        };
+        let doc = r#" [{"candidates":[{"usageMetadata":0}]},
+            {"usageMetadata":{"promptTokenCount":8}} ,{"usageMetadata":2}] "#;
+        assert_eq!(
+            collect(doc).unwrap(),
+            [
+                (0, r#"{"promptTokenCount":8}"#.to_string()),
+                (0, "2".to_string())
+            ]
+        );
+        assert_eq!(collect(" [ ] ").unwrap(), []);
+        for bad in [
+            "",
+            "{}",
+            "[1]",
+            "[{}",
+            "[{},]",
+            "[{}]]",
+            r#"[{"a":1} {"b":2}]"#,
+        ] {
+            assert!(collect(bad).is_err(), "{bad:?}");
+        }
+        assert!(is_array(b" \n[{}]"));
+        assert!(!is_array(b"{}") && !is_array(b"") && !is_array(b" "));
     }
 
     #[test]

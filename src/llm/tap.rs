@@ -359,6 +359,27 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
     }
 
     #[test]
+    fn gemini_stream_as_one_json_array_reports_its_usage() {
+        // `:streamGenerateContent` without `alt=sse`: the chunks in an array,
+        // usage repeated and cumulative, the last one the total.
+        let body = br#"[{"candidates":[{"content":{"role":"model","parts":[{"text":"Hel"}]}}],"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":3}},
+{"candidates":[{"content":{"role":"model","parts":[{"text":"lo"}]},"finishReason":"STOP"}]},
+{"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":12,"totalTokenCount":20}}]"#;
+        for step in [1, 17, body.len()] {
+            let mut tap = UsageTap::json(Family::Gemini);
+            run(&mut tap, body, step);
+            let r = tap.finish();
+            assert_eq!(
+                (r.usage.tokens_in, r.usage.tokens_out),
+                (Some(8), Some(12)),
+                "step {step}"
+            );
+            assert!(r.ended);
+            assert_eq!(r.error, None);
+        }
+    }
+
+    #[test]
     fn json_over_the_cap_is_not_parsed() {
         let body = br#"{"usage":{"prompt_tokens":5,"completion_tokens":2},"pad":""#;
         let mut tap = UsageTap::json(Family::OpenAiChat);

@@ -375,7 +375,13 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
         }
         // Gemini's streamed generation: a text part and a function call
         // whose `args` is the JSON object in `x-test-reply`, then the end.
+        // As Gemini does, SSE with `alt=sse`, else one JSON array of the
+        // same chunks.
         p if p.ends_with(":streamGenerateContent") => {
+            let sse = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"));
             *state.last_request.lock().unwrap() = Some((p.to_string(), req.headers().clone()));
             let args: serde_json::Value = req
                 .headers()
@@ -388,6 +394,12 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>) -> Response<Origin
             let end = serde_json::json!({"candidates": [{"content": {"role": "model",
                 "parts": [{"text": "Done."}]}, "finishReason": "STOP"}],
                 "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 7}});
+            if !sse {
+                let mut r = Response::new(full(format!("[{call},\r\n{end}]")));
+                r.headers_mut()
+                    .insert("content-type", "application/json".parse().unwrap());
+                return r;
+            }
             let mut r = Response::new(full(format!("data: {call}\r\n\r\ndata: {end}\r\n\r\n")));
             r.headers_mut()
                 .insert("content-type", "text/event-stream".parse().unwrap());

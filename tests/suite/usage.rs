@@ -192,6 +192,49 @@ async fn streams_without_usage_are_estimated_and_config_prices_apply() {
     assert_eq!((out[1].tokens_in, out[1].tokens_out), (Some(1), Some(2)));
 }
 
+/// Gemini's `:streamGenerateContent` without `alt=sse` answers one JSON
+/// array of chunks; its last `usageMetadata` is the exchange's usage,
+/// whether the answer goes by untouched or output policies read it whole.
+#[tokio::test]
+async fn a_gemini_stream_sent_as_a_json_array_reports_provider_usage() {
+    const GEMINI: &str = "generativelanguage.googleapis.com";
+    let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
+    let body = r#"{"contents":[{"role":"user","parts":[{"text":"deploy"}]}]}"#;
+    let ca = TestCa::new("usage CA");
+    let origin = Origin::tls(&ca, &[GEMINI], Alpn::Both).await;
+    for config in [
+        "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger: {}\n",
+        "policies:\n  chain: [audit-logger, secret-redaction]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n",
+    ] {
+        let config = Arc::new(PolicyConfig::parse(config, Path::new("t.yaml")).unwrap());
+        let mut gw = TestGateway::start(&ca, |s| {
+            s.connect_to.push(connect_to(GEMINI, 443, origin.addr));
+            s.apply_config(&config);
+        })
+        .await;
+        let (mut http, _) = through_proxy(gw.addr, GEMINI, &[gw.ca_der()], &[b"http/1.1"]).await;
+        let req = Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("host", GEMINI)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = http.request(req).await;
+        assert_eq!(resp.status(), 200);
+        let answer = body_string(resp).await;
+        assert!(answer.starts_with('[') && answer.contains("Done."), "{answer}");
+        drop(http);
+        let dir = gw.close_events().await;
+        let (events, _) = read_last(&dir, 10, &Filters::default()).unwrap();
+        let out = events.iter().find(|e| e.phase == Phase::Output).unwrap();
+        assert_eq!(out.usage_source.as_deref(), Some("provider"), "{out:?}");
+        assert_eq!((out.tokens_in, out.tokens_out), (Some(5), Some(7)), "{out:?}");
+        // gemini-2.5-flash: 5 in at $0.30/M + 7 out at $2.50/M.
+        assert!(close(out.cost_usd, 0.000019), "{out:?}");
+    }
+}
+
 #[tokio::test]
 async fn log_bodies_records_bodies_after_redaction() {
     let token = format!("ghp_{}", "Qw3rTy7uIo9pAs2dFg4hJk6lZx8cVb1nM5eR");
