@@ -157,9 +157,13 @@ impl Family {
             Family::OpenAiCompletions => &["/choices/*/text"],
             Family::OpenAiResponses => &["/output/*/content/*/text", "/output/*/arguments"],
             Family::AnthropicMessages => &["/content/*/text", "/content/*/input/**"],
+            // `:streamGenerateContent` without `alt=sse` answers the
+            // stream's chunks as one JSON array: the same paths, one down.
             Family::Gemini => &[
                 "/candidates/*/content/parts/*/text",
                 "/candidates/*/content/parts/*/functionCall/args/**",
+                "/*/candidates/*/content/parts/*/text",
+                "/*/candidates/*/content/parts/*/functionCall/args/**",
             ],
             Family::Sourcegraph => &["/completion"],
             Family::Embeddings => &[],

@@ -436,6 +436,39 @@ async fn secrets_and_filtered_words_in_streamed_gemini_function_calls_are_caught
     assert!(!raw.contains("Done."), "the stream went on: {raw}");
 }
 
+/// Without `alt=sse` a Gemini stream is one JSON array of its chunks, read
+/// whole: the output policies read the text in each chunk as they do in
+/// the event stream.
+#[tokio::test]
+async fn output_policies_read_a_gemini_stream_sent_as_a_json_array() {
+    let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
+    let body = Bytes::from(r#"{"contents":[{"role":"user","parts":[{"text":"deploy"}]}]}"#);
+    let ask = |args: serde_json::Value| {
+        http::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("host", GEMINI)
+            .header("content-type", "application/json")
+            .header("x-test-reply", args.to_string())
+            .body(http_body_util::Full::new(body.clone()))
+            .unwrap()
+    };
+    let (_ca, _origin, gw) = setup(FILTER_OUT).await;
+    let mut http = client(&gw, GEMINI).await;
+    let resp = http
+        .request(ask(serde_json::json!({"query": "status of project-zeus"})))
+        .await;
+    let raw = body_string(resp).await;
+    assert!(!raw.contains("project-zeus"), "{raw}");
+    assert!(!raw.contains("Done."), "{raw}");
+    let resp = http
+        .request(ask(serde_json::json!({"query": "status of the build"})))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let raw = body_string(resp).await;
+    assert!(raw.starts_with('[') && raw.contains("Done."), "{raw}");
+}
+
 #[tokio::test]
 async fn clean_streams_pass_unchanged() {
     let (_ca, _origin, gw) = setup(REDACT).await;
