@@ -817,8 +817,9 @@ impl Exchange {
     }
 
     /// The exchange's token counts: the provider's when its response
-    /// reported them, else an estimate from the text when it answered 2xx,
-    /// else unknown (never zero for want of a report). A cache hit's counts
+    /// reported them, else an estimate from the text when it answered 2xx
+    /// (of what went by, when the answer was cut short), else unknown
+    /// (never zero for want of a report). A cache hit's counts
     /// are [`UsageSource::Cached`] either way: nothing was billed, and the
     /// counts are what its first fetch was recorded with.
     pub fn usage(&self) -> Option<(Usage, UsageSource)> {
@@ -832,15 +833,16 @@ impl Exchange {
             };
             return Some((tap.usage, source));
         }
-        // A failed or cut-off exchange has no usage to estimate: what went
-        // by is not what the provider would have billed.
-        if !r.status.is_some_and(|s| (200..300).contains(&s))
-            || r.blocked.is_some()
-            || r.error.is_some()
-        {
+        // The tap follows 2xx answers only: the provider took the request
+        // and bills what it generated, also when the client went away, the
+        // upstream broke off or a policy stopped the stream before the
+        // usage came. Only an answer that was an error in its body is not
+        // estimated.
+        if tap.error.is_some() {
             return None;
         }
-        let tokens_out = tap.ended.then(|| estimate_tokens(tap.output_chars));
+        let tokens_out =
+            (tap.ended || tap.output_chars > 0).then(|| estimate_tokens(tap.output_chars));
         let tokens_in = match &r.request_body {
             Some(body) => self.prompt_length(body),
             None => r.prompt_chars,

@@ -454,3 +454,64 @@ async fn report_costs_sums_what_went_through_the_proxy() {
     let out = kt(&["report", "costs", "--by", "colour"]);
     assert!(!out.status.success());
 }
+
+/// A stream the client cuts off before its end (a user pressing Stop)
+/// reports no usage, but the provider bills what it began: the exchange is
+/// estimated from the prompt and the text that went by, and a
+/// `tokens_per_minute` limit counts it.
+#[tokio::test]
+async fn a_stream_cut_off_by_the_client_is_estimated_and_counted() {
+    use crate::common::probe::{wait_until, BOUND};
+    use http_body_util::BodyExt;
+    let ca = TestCa::new("usage CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let config = "policies:\n  chain: [audit-logger, per-dev]\npolicy:\n  audit-logger: {}\n  per-dev:\n    type: rate-limit\n    requests_per_minute: 100\n    tokens_per_minute: 5\n";
+    let config = Arc::new(PolicyConfig::parse(config, Path::new("t.yaml")).unwrap());
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(HOST, 443, origin.addr));
+        s.apply_config(&config);
+    })
+    .await;
+    let dir = gw.home.path().join("events");
+    let ask = || {
+        // 40 prompt characters: 10 tokens, over the limit's 5.
+        let body = serde_json::json!({"model": "gpt-4o", "stream": true,
+            "messages": [{"role": "user", "content": "x".repeat(40)}]});
+        Request::builder()
+            .method("POST")
+            .uri("/v1/chat/completions")
+            .header("host", HOST)
+            .header("content-type", "application/json")
+            .header("x-test-gated", "1")
+            .header("x-test-reply", "aaaa bbbb cccc dddd")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"h2"]).await;
+    let resp = http.request(ask()).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    assert!(body.frame().await.unwrap().unwrap().data_ref().is_some());
+    drop((body, http));
+
+    let output = || {
+        read_last(&dir, 10, &Filters::default())
+            .map(|(e, _)| e)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.phase == Phase::Output)
+    };
+    assert!(
+        wait_until(BOUND, || async { output().is_some() }).await,
+        "the cut-off exchange was never closed"
+    );
+    let out = output().unwrap();
+    assert_eq!(out.usage_source.as_deref(), Some("estimated"), "{out:?}");
+    assert_eq!(out.tokens_in, Some(10), "{out:?}");
+    assert!(out.tokens_out.is_some_and(|n| n >= 1), "{out:?}");
+
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"h2"]).await;
+    let resp = http.request(ask()).await;
+    assert_eq!(resp.status(), 429, "the cut-off exchange was not counted");
+    origin.sse_gate.add_permits(64);
+}
