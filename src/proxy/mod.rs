@@ -277,7 +277,7 @@ impl Gateway {
         permits: Arc<Semaphore>,
         shutdown: Shutdown,
     ) {
-        let local = match listener.local_addr() {
+        let bound = match listener.local_addr() {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "listener has no local address");
@@ -316,6 +316,9 @@ impl Gateway {
                 tokio::spawn(refuse_busy_client(stream, self.per_client.limit()));
                 continue;
             };
+            // A listener on 0.0.0.0 is reached at a real address: the
+            // connection's own is the one `ctx.local` means.
+            let local = stream.local_addr().unwrap_or(bound);
             let _ = stream.set_nodelay(true);
             let gw = self.clone();
             let sd = shutdown.clone();
@@ -363,6 +366,7 @@ pub(crate) struct Admission {
 #[derive(Clone)]
 pub(crate) struct ConnCtx {
     pub gw: Arc<Gateway>,
+    /// The address the client connected to (never `0.0.0.0`).
     pub local: SocketAddr,
     /// The TCP peer of the client connection.
     pub peer: SocketAddr,

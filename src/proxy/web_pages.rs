@@ -17,11 +17,14 @@
 //!   installed apps (`vscode-webview://`, `app://`) and those kt serves
 //!   itself (the dashboard, under the `Host` it was asked by) are let
 //!   through.
-//! - **Host.** A rebound page's requests carry its own name as `Host`. On a
-//!   loopback listener only names no outsider can point here are
-//!   answered: IP literals, single-label names (`localhost`), and the
-//!   private suffixes `.localhost`, `.internal` (`host.docker.internal`),
-//!   `.local` and `.home.arpa`.
+//! - **Host.** A rebound page's requests carry its own name as `Host`. Only
+//!   names no outsider can point here are answered: IP literals,
+//!   single-label names (`localhost`), and the private suffixes
+//!   `.localhost`, `.internal` (`host.docker.internal`), `.local` and
+//!   `.home.arpa`. This holds on every address the gateway listens on, not
+//!   only loopback: a page can rebind its name to a LAN address as easily,
+//!   and a container's gateway published on the host's loopback sees its
+//!   connections arrive at the container's own address.
 //!
 //! With keys required a request needs a key no page has, so neither check
 //! applies; nor do they to the probes, `/metrics` and the CA download.
@@ -50,18 +53,16 @@ pub(super) fn check<B>(ctx: &ConnCtx, req: &Request<B>) -> Result<(), ProxyError
             .get(header::HOST)
             .map(|h| h.to_str().unwrap_or_default()),
     };
-    if ctx.local.ip().is_loopback() {
-        if let Some(host) = host.filter(|h| !host_allowed(h)) {
-            return Err(ProxyError::WebPage {
-                refused: format!("the host name {host}"),
-            });
-        }
+    if let Some(host) = host.filter(|h| !host_allowed(h)) {
+        return Err(ProxyError::WebPage {
+            refused: format!("the host name {host}"),
+        });
     }
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let origin = String::from_utf8_lossy(origin.as_bytes());
-        // A page kt serves itself (the dashboard) is its own origin; the
-        // host check above has already vouched for its name.
-        let own = host.is_some_and(|h| same_authority(&origin, h));
+        // A page kt serves itself (the dashboard) is its own origin: its
+        // name passed the host check above, so no outsider chose it.
+        let own = host.is_some_and(|h| host_allowed(h) && same_authority(&origin, h));
         if !own && !origin_allowed(&origin) {
             return Err(ProxyError::WebPage {
                 refused: format!("the web page at {origin}"),

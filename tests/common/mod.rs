@@ -116,10 +116,25 @@ impl TestGateway {
         upstream_ca: &TestCa,
         configure: impl FnOnce(&mut GatewaySettings),
     ) -> TestGateway {
+        Self::start_on("127.0.0.1:0", upstream_ca, configure).await
+    }
+
+    /// [`TestGateway::start`] listening on `bind` (`0.0.0.0:0` for every
+    /// address); `addr` is then its port on 127.0.0.1.
+    pub async fn start_on(
+        bind: &str,
+        upstream_ca: &TestCa,
+        configure: impl FnOnce(&mut GatewaySettings),
+    ) -> TestGateway {
         let home = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut settings = GatewaySettings::new(addr, home.path().join("certs"));
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+        let bound = listener.local_addr().unwrap();
+        let addr = if bound.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], bound.port()))
+        } else {
+            bound
+        };
+        let mut settings = GatewaySettings::new(bound, home.path().join("certs"));
         settings.upstream_ca = vec![upstream_ca.pem_path.clone()];
         settings.os_roots = false;
         settings.env_proxy = false;

@@ -61,12 +61,17 @@ struct Setup {
 }
 
 async fn setup(yaml: &str, auth_required: Option<bool>) -> Setup {
+    setup_on("127.0.0.1:0", yaml, auth_required).await
+}
+
+/// [`setup`] with the gateway listening on `bind`.
+async fn setup_on(bind: &str, yaml: &str, auth_required: Option<bool>) -> Setup {
     provider_keys();
     let ca = TestCa::new("direct API CA");
     let public = Origin::tls(&ca, &[OPENAI, ANTHROPIC], Alpn::Both).await;
     let local = Origin::tls(&ca, &[LOCAL], Alpn::H1).await;
     let config = Arc::new(PolicyConfig::parse(yaml, Path::new("t.yaml")).unwrap());
-    let gw = TestGateway::start(&ca, |s| {
+    let gw = TestGateway::start_on(bind, &ca, |s| {
         s.connect_to.push(connect_to(OPENAI, 443, public.addr));
         s.connect_to.push(connect_to(ANTHROPIC, 443, public.addr));
         s.connect_to.push(connect_to(LOCAL, 443, local.addr));
@@ -795,6 +800,60 @@ async fn web_pages_cannot_drive_a_gateway_that_asks_for_no_key() {
             "{origin}: {answer}"
         );
     }
+}
+
+/// A gateway listening on every address (a container's, published on the
+/// host's loopback) with keys optional: a rebound page's name is refused
+/// there too, though the listener is not loopback, and its matching
+/// `Origin` does not make it the gateway's own page.
+#[tokio::test]
+async fn web_pages_cannot_drive_a_keyless_gateway_listening_on_every_address() {
+    let s = setup_on("0.0.0.0:0", TARGETS, Some(false)).await;
+    let port = s.gw.addr.port();
+    let body = chat("gpt-4o", false, "hello");
+    let post = |host: &str, origin: Option<&str>| {
+        let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n{origin}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let rebound = format!("evil.example:{port}");
+    let answer = client::raw_exchange(
+        s.gw.addr,
+        post(&rebound, Some(&format!("http://{rebound}"))).as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("x-kt-error: web_page_refused"), "{answer}");
+    assert!(
+        answer.contains(&format!("the host name {rebound}")),
+        "{answer}"
+    );
+    let events = format!(
+        "GET /_kt/events?n=1&follow=0 HTTP/1.1\r\nHost: {rebound}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = client::raw_exchange(s.gw.addr, events.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert_eq!(s.public.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Its address, a LAN address (and a page served under one), or a
+    // private name are answered.
+    for (host, origin) in [
+        (format!("127.0.0.1:{port}"), None),
+        (format!("192.168.1.5:{port}"), None),
+        (
+            format!("192.168.1.5:{port}"),
+            Some(format!("http://192.168.1.5:{port}")),
+        ),
+        (format!("gateway.internal:{port}"), None),
+    ] {
+        let answer =
+            client::raw_exchange(s.gw.addr, post(&host, origin.as_deref()).as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{host}: {answer}");
+    }
+    let (_, sent) = last_request(&s.public);
+    assert_eq!(sent["authorization"], "Bearer sk-test-openai");
 }
 
 /// With keys required a request needs a key no page has: a browser
