@@ -262,13 +262,18 @@ impl Routes {
     }
 
     /// The target for a request of `shape` naming `model`: the first target
-    /// whose `models:` lists it, else the first target of that shape.
+    /// of that shape whose `models:` lists it, else the first target of
+    /// that shape. A model only targets of the other shape list is an
+    /// error naming the first of them.
     pub fn route(&self, shape: Shape, model: Option<&str>) -> Result<&Target, RouteError> {
         if let Some(model) = model {
-            if let Some(t) = self.targets.iter().find(|t| t.serves(model)) {
-                if t.shape == shape {
-                    return Ok(t);
-                }
+            // One model may be listed in both shapes (Claude on a LiteLLM
+            // target and on Anthropic's): the request's shape decides.
+            let mut serving = self.targets.iter().filter(|t| t.serves(model));
+            if let Some(t) = serving.clone().find(|t| t.shape == shape) {
+                return Ok(t);
+            }
+            if let Some(t) = serving.next() {
                 return Err(RouteError::WrongShape {
                     model: model.to_string(),
                     target: t.id.to_string(),
@@ -323,19 +328,21 @@ impl Routes {
             .filter(|t| t.listed_models().next().is_none() && t.credential.is_some())
     }
 
-    /// Every model the direct API offers, with its target: each target's
-    /// listed `models:`, then what `fetched` says providers offer, keeping
-    /// only the models its patterns (if any) match and a request would be
-    /// routed to that same target for. Each model once.
+    /// Every model the direct API offers, with the target a request for it
+    /// goes to: each target's listed `models:` (owned by the target a
+    /// request of that target's shape is routed to, which an earlier
+    /// pattern may claim), then what `fetched` says providers offer,
+    /// keeping only the models its patterns (if any) match and a request
+    /// would be routed to that same target for. Each model once.
     pub fn model_list<'a>(
         &'a self,
         fetched: &'a [(&'a Target, Arc<[String]>)],
     ) -> Vec<(&'a str, &'a Target)> {
         let mut seen = std::collections::HashSet::new();
-        let listed = self
-            .targets
-            .iter()
-            .flat_map(|t| t.listed_models().map(move |m| (m, t)));
+        let listed = self.targets.iter().flat_map(|t| {
+            t.listed_models()
+                .map(move |m| (m, self.route(t.shape, Some(m)).unwrap_or(t)))
+        });
         let offered = fetched.iter().flat_map(|(t, ids)| {
             ids.iter()
                 .map(String::as_str)
@@ -423,6 +430,51 @@ mod tests {
             .unwrap_err();
         assert!(matches!(&err, RouteError::WrongShape { target, .. } if target == "anthropic"));
         assert!(err.to_string().contains("/v1/messages"), "{err}");
+    }
+
+    /// A LiteLLM-style OpenAI target serving Claude, listed before
+    /// Anthropic's own, and a catch-all pattern before a target that lists
+    /// one of its models.
+    const OVERLAPPING: &str = "providers:\n  targets:\n    - id: gateway\n      provider:\n        type: openai\n        base_url: http://127.0.0.1:4001/v1\n        models: ['gpt-*']\n    - id: litellm\n      provider:\n        type: openai\n        base_url: http://127.0.0.1:4000/v1\n        models: ['claude-*', gpt-4o]\n    - id: anthropic\n      provider:\n        models: ['claude-*', claude-opus-4]\n";
+
+    #[test]
+    fn a_model_served_in_both_shapes_goes_to_the_target_of_the_requests_shape() {
+        let r = routes(OVERLAPPING);
+        let id = |shape, model| r.route(shape, Some(model)).map(|t| t.id.to_string());
+        assert_eq!(
+            id(Shape::Anthropic, "claude-sonnet-4-5").unwrap(),
+            "anthropic"
+        );
+        assert_eq!(id(Shape::Anthropic, "claude-opus-4").unwrap(), "anthropic");
+        assert_eq!(id(Shape::OpenAi, "claude-sonnet-4-5").unwrap(), "litellm");
+        assert_eq!(id(Shape::OpenAi, "gpt-4o").unwrap(), "gateway");
+        // Only OpenAI-shaped targets list it: the first is named.
+        let err = r.route(Shape::Anthropic, Some("gpt-4o")).unwrap_err();
+        assert!(matches!(&err, RouteError::WrongShape { target, .. } if target == "gateway"));
+    }
+
+    #[test]
+    fn the_model_list_names_the_target_requests_go_to() {
+        let r = routes(OVERLAPPING);
+        let list: Vec<(&str, &str)> = r
+            .model_list(&[])
+            .into_iter()
+            .map(|(m, t)| (m, &*t.id))
+            .collect();
+        assert_eq!(
+            list,
+            [("gpt-4o", "gateway"), ("claude-opus-4", "anthropic")]
+        );
+        // A provider's own list: Claude models reach litellm in the OpenAI
+        // shape, so they are offered under it.
+        let litellm = r.targets().iter().find(|t| &*t.id == "litellm").unwrap();
+        let fetched = [(litellm, Arc::from(["claude-sonnet-4-5".to_string()]))];
+        let list: Vec<(&str, &str)> = r
+            .model_list(&fetched)
+            .into_iter()
+            .map(|(m, t)| (m, &*t.id))
+            .collect();
+        assert!(list.contains(&("claude-sonnet-4-5", "litellm")), "{list:?}");
     }
 
     #[test]
