@@ -195,12 +195,29 @@ fn bearer(headers: &HeaderMap) -> Presented<'_> {
     let Ok(value) = value.to_str() else {
         return Presented::Malformed;
     };
-    match value.trim().split_once(' ') {
-        Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => {
-            Presented::Key(key.trim().into())
-        }
-        _ => Presented::Malformed,
+    match bearer_token(value) {
+        Some(key) => Presented::Key(key.into()),
+        None => Presented::Malformed,
     }
+}
+
+/// The token of a `Bearer TOKEN` credential; `None` for another scheme.
+/// Auth schemes are case-insensitive (RFC 9110 §11.1): `BEARER` counts.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// True when a credential header's value (`Authorization`, `x-api-key`,
+/// `api-key`) is a kt access key, bare or as a `Bearer` token: the check
+/// that keeps one from going upstream, so it reads the value as loosely as
+/// the gate or any provider might.
+pub fn is_access_key(value: &http::HeaderValue) -> bool {
+    let value = String::from_utf8_lossy(value.as_bytes());
+    let token = bearer_token(&value).unwrap_or(value.trim());
+    token.starts_with(super::key::KEY_PREFIX)
 }
 
 #[cfg(test)]
@@ -253,6 +270,24 @@ mod tests {
     /// Who a forward-proxy request is.
     fn proxy(gate: &AuthGate, headers: &HeaderMap) -> Result<Identity, Denied> {
         gate.proxy(headers).map(|(id, _)| id)
+    }
+
+    #[test]
+    fn access_keys_are_recognised_in_any_scheme_case() {
+        for value in [
+            "Bearer kt_x",
+            "BEARER kt_x",
+            "bEaReR\tkt_x",
+            "kt_x",
+            " kt_x ",
+        ] {
+            assert!(is_access_key(&HeaderValue::from_static(value)), "{value}");
+        }
+        for value in ["Bearer sk-x", "Basic kt_x", "sk-kt_x", "Bearer", ""] {
+            assert!(!is_access_key(&HeaderValue::from_static(value)), "{value}");
+        }
+        assert_eq!(bearer_token("BEARER  kt_x "), Some("kt_x"));
+        assert_eq!(bearer_token("Basic kt_x"), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::inspected::{forward_read, read_body};
 use super::{AuthRoute, ConnCtx, ProxyError};
 use crate::body::{self, Body};
 use crate::direct::{Routes, Shape, Target};
+use crate::keys::gate::is_access_key;
 use crate::llm::content::is_event_stream;
 use crate::llm::recognize::Api;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -19,8 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Client headers that carry its credentials to kt, never forwarded: the
-/// access key goes no further than the gateway.
-const CLIENT_CREDENTIALS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
+/// access key goes no further than the gateway (nor, through the proxy,
+/// a kt key a client put in one of them).
+pub(super) const CLIENT_CREDENTIALS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
 
 /// The Anthropic API version sent when the client names none.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -140,11 +142,15 @@ async fn handle(
 fn upstream_headers(headers: &mut HeaderMap, target: &Target, auth_required: bool) {
     let mut own: Option<(HeaderName, HeaderValue)> = None;
     for name in CLIENT_CREDENTIALS {
-        if let Some(value) = headers.remove(name) {
-            if own.is_none() && !is_access_key(&value) {
-                own = Some((HeaderName::from_static(name), value));
-            }
+        // Every value: a second `Authorization` may hold the kt key.
+        if own.is_none() {
+            own = headers
+                .get_all(name)
+                .iter()
+                .find(|v| !is_access_key(v))
+                .map(|v| (HeaderName::from_static(name), v.clone()));
         }
+        headers.remove(name);
     }
     headers.remove(header::HOST);
     headers.remove(header::COOKIE);
@@ -167,16 +173,6 @@ fn upstream_headers(headers: &mut HeaderMap, target: &Target, auth_required: boo
             HeaderValue::from_static(ANTHROPIC_VERSION),
         );
     }
-}
-
-/// A kt access key, bare or after `Bearer `.
-pub(super) fn is_access_key(value: &HeaderValue) -> bool {
-    let v = value.as_bytes();
-    let v = v
-        .strip_prefix(b"Bearer ")
-        .or_else(|| v.strip_prefix(b"bearer "))
-        .unwrap_or(v);
-    v.trim_ascii_start().starts_with(b"kt_")
 }
 
 /// `GET /v1/models` (the list) and `GET /v1/models/ID` (one).
@@ -409,10 +405,24 @@ mod tests {
         let mut h = headers(&[("authorization", "Bearer sk-mine")]);
         upstream_headers(&mut h, t, true);
         assert!(!h.contains_key("authorization"));
-        // A kt key is never passed on, required or not.
-        let mut h = headers(&[("authorization", "Bearer kt_abc")]);
+        // A kt key is never passed on, required or not, whatever the
+        // scheme's case or however many values there are.
+        for kt in [
+            "Bearer kt_abc",
+            "BEARER kt_abc",
+            "bearer\tkt_abc",
+            " kt_abc",
+        ] {
+            let mut h = headers(&[("authorization", kt)]);
+            upstream_headers(&mut h, t, false);
+            assert!(!h.contains_key("authorization"), "{kt}");
+        }
+        let mut h = HeaderMap::new();
+        h.append("authorization", HeaderValue::from_static("BEARER kt_abc"));
+        h.append("authorization", HeaderValue::from_static("Bearer sk-mine"));
         upstream_headers(&mut h, t, false);
-        assert!(!h.contains_key("authorization"));
+        let sent: Vec<_> = h.get_all("authorization").iter().collect();
+        assert_eq!(sent, ["Bearer sk-mine"]);
     }
 
     #[test]

@@ -165,15 +165,22 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// client set up for the direct API, then pointed at the proxy): it means
 /// nothing to the provider, and a kt key never leaves the gateway.
 fn drop_kt_keys(headers: &mut HeaderMap) {
-    use super::direct::is_access_key;
-    if headers
-        .get(header::AUTHORIZATION)
-        .is_some_and(is_access_key)
-    {
-        headers.remove(header::AUTHORIZATION);
-    }
-    if headers.get("x-api-key").is_some_and(is_access_key) {
-        headers.remove("x-api-key");
+    use crate::keys::gate::is_access_key;
+    for name in super::direct::CLIENT_CREDENTIALS {
+        // Every value, not only the first: a client may send two.
+        if !headers.get_all(name).iter().any(is_access_key) {
+            continue;
+        }
+        let others: Vec<_> = headers
+            .get_all(name)
+            .iter()
+            .filter(|v| !is_access_key(v))
+            .cloned()
+            .collect();
+        headers.remove(name);
+        for value in others {
+            headers.append(name, value);
+        }
     }
 }
 
@@ -284,6 +291,26 @@ impl http_body::Body for Primed {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kt_keys_are_dropped_in_any_scheme_case_and_any_value() {
+        let mut h = HeaderMap::new();
+        h.append(header::AUTHORIZATION, "BEARER kt_abc".parse().unwrap());
+        h.append(header::AUTHORIZATION, "Bearer sk-prov".parse().unwrap());
+        h.append("x-api-key", "sk-ant".parse().unwrap());
+        h.append("x-api-key", "kt_abc".parse().unwrap());
+        h.append("api-key", "bearer kt_abc".parse().unwrap());
+        drop_kt_keys(&mut h);
+        let values = |name| h.get_all(name).iter().cloned().collect::<Vec<_>>();
+        assert_eq!(values("authorization"), ["Bearer sk-prov"]);
+        assert_eq!(values("x-api-key"), ["sk-ant"]);
+        assert!(!h.contains_key("api-key"));
+        // Other credentials pass untouched.
+        let mut h = HeaderMap::new();
+        h.append(header::AUTHORIZATION, "Basic a3RfYWJj".parse().unwrap());
+        drop_kt_keys(&mut h);
+        assert_eq!(h[header::AUTHORIZATION], "Basic a3RfYWJj");
+    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
