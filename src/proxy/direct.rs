@@ -24,6 +24,10 @@ use std::time::Duration;
 /// a kt key a client put in one of them).
 pub(super) const CLIENT_CREDENTIALS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
 
+/// Client headers that pick an account under the client's own key, dropped
+/// when kt puts its key in that key's place.
+const CLIENT_ACCOUNT_SCOPE: [&str; 2] = ["openai-organization", "openai-project"];
+
 /// The Anthropic API version sent when the client names none.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 
@@ -158,6 +162,12 @@ fn upstream_headers(headers: &mut HeaderMap, target: &Target, auth_required: boo
         Some(credential) => {
             let (name, value) = credential.header();
             headers.insert(name, value.clone());
+            // The client's SDK names its own organization and project
+            // (OPENAI_ORG_ID, OPENAI_PROJECT_ID): with kt's key OpenAI
+            // answers 401 mismatched_organization, or bills that project.
+            for scope in CLIENT_ACCOUNT_SCOPE {
+                headers.remove(scope);
+            }
         }
         None if !auth_required => {
             if let Some((name, mut value)) = own {
@@ -423,6 +433,31 @@ mod tests {
         upstream_headers(&mut h, t, false);
         let sent: Vec<_> = h.get_all("authorization").iter().collect();
         assert_eq!(sent, ["Bearer sk-mine"]);
+    }
+
+    #[test]
+    fn the_clients_organization_and_project_go_only_with_its_own_key() {
+        let scoped = || {
+            headers(&[
+                ("authorization", "Bearer sk-mine"),
+                ("openai-organization", "org-mine"),
+                ("openai-project", "proj_mine"),
+            ])
+        };
+        let provider = routes(
+            "providers:\n  targets:\n    - id: openai\n",
+            Some("sk-prov"),
+        );
+        let mut h = scoped();
+        upstream_headers(&mut h, provider.route(Shape::OpenAi, None).unwrap(), false);
+        assert_eq!(h["authorization"], "Bearer sk-prov");
+        assert!(!h.contains_key("openai-organization") && !h.contains_key("openai-project"));
+        let own = routes("providers:\n  targets:\n    - id: openai\n", None);
+        let mut h = scoped();
+        upstream_headers(&mut h, own.route(Shape::OpenAi, None).unwrap(), false);
+        assert_eq!(h["authorization"], "Bearer sk-mine");
+        assert_eq!(h["openai-organization"], "org-mine");
+        assert_eq!(h["openai-project"], "proj_mine");
     }
 
     #[test]
