@@ -81,6 +81,9 @@ pub struct Target {
     /// The base URL's path without a trailing `/` (`/v1`, `/openai/v1`, or
     /// empty).
     base_path: String,
+    /// The base URL's query (Azure's `api-version=…`), put on every
+    /// upstream request.
+    base_query: Option<String>,
     /// The provider key read from `api_key_env` when the config loaded.
     pub credential: Option<Credential>,
     /// The variable it came from (for messages when it is unset).
@@ -92,14 +95,38 @@ impl Target {
     /// The upstream path and query for a direct-API request path
     /// (`/v1/chat/completions?x`): the part after `/v1` appended to the base
     /// path, or the whole path when the base URL has none (Anthropic's).
+    /// The base URL's query parameters come first, and a client parameter
+    /// of the same name is dropped: the config's `api-version` is the one
+    /// the deployment serves.
     pub fn upstream_path(&self, path_and_query: &str) -> String {
+        let (path, client_query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
+        };
+        let mut out = String::with_capacity(self.base_path.len() + path_and_query.len());
         if self.base_path.is_empty() {
-            return path_and_query.to_string();
+            out.push_str(path);
+        } else {
+            out.push_str(&self.base_path);
+            out.push_str(path.strip_prefix("/v1").unwrap_or(path));
         }
-        let rest = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
-        let mut out = String::with_capacity(self.base_path.len() + rest.len());
-        out.push_str(&self.base_path);
-        out.push_str(rest);
+        let Some(base_query) = &self.base_query else {
+            if let Some(query) = client_query {
+                out.push('?');
+                out.push_str(query);
+            }
+            return out;
+        };
+        out.push('?');
+        out.push_str(base_query);
+        let name = |param: &str| param.split('=').next().unwrap_or_default().to_owned();
+        let configured: Vec<String> = base_query.split('&').map(name).collect();
+        for param in client_query.into_iter().flat_map(|q| q.split('&')) {
+            if !param.is_empty() && !configured.contains(&name(param)) {
+                out.push('&');
+                out.push_str(param);
+            }
+        }
         out
     }
 
@@ -229,6 +256,7 @@ impl Routes {
             uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
         );
         let base_path = uri.path().trim_end_matches('/').to_string();
+        let base_query = uri.query().filter(|q| !q.is_empty()).map(str::to_string);
         let credential = t
             .api_key_env
             .as_deref()
@@ -255,6 +283,7 @@ impl Routes {
             shape,
             origin,
             base_path,
+            base_query,
             credential,
             key_env: t.api_key_env.clone(),
             models: t.models.clone(),
@@ -504,6 +533,30 @@ mod tests {
         assert_eq!(
             g.upstream_path("/v1/chat/completions"),
             "/v1beta/openai/chat/completions"
+        );
+    }
+
+    #[test]
+    fn the_base_urls_query_goes_on_every_upstream_request() {
+        let azure = routes("providers:\n  targets:\n    - id: azure-openai\n      provider:\n        base_url: https://r.openai.azure.com/openai/v1?api-version=preview\n");
+        let t = azure.route(Shape::OpenAi, None).unwrap();
+        assert_eq!(
+            t.upstream_path("/v1/chat/completions"),
+            "/openai/v1/chat/completions?api-version=preview"
+        );
+        assert_eq!(
+            t.upstream_path("/v1/chat/completions?api-version=2024-02-01&x=1"),
+            "/openai/v1/chat/completions?api-version=preview&x=1"
+        );
+        assert_eq!(
+            t.upstream_path("/v1/models?"),
+            "/openai/v1/models?api-version=preview"
+        );
+        let root = routes("providers:\n  targets:\n    - id: anthropic\n      provider:\n        base_url: https://proxy.example?team=a\n");
+        let t = root.route(Shape::Anthropic, None).unwrap();
+        assert_eq!(
+            t.upstream_path("/v1/messages?beta=true"),
+            "/v1/messages?team=a&beta=true"
         );
     }
 
