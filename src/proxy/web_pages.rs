@@ -21,10 +21,13 @@
 //!   names no outsider can point here are answered: IP literals,
 //!   single-label names (`localhost`), and the private suffixes
 //!   `.localhost`, `.internal` (`host.docker.internal`), `.local` and
-//!   `.home.arpa`. This holds on every address the gateway listens on, not
-//!   only loopback: a page can rebind its name to a LAN address as easily,
-//!   and a container's gateway published on the host's loopback sees its
-//!   connections arrive at the container's own address.
+//!   `.home.arpa`. On a loopback connection this holds for every request.
+//!   On any other (a LAN address, or a container's own address, where a
+//!   gateway published on the host's loopback sees its connections
+//!   arrive) it holds for requests a browser makes, which name their page
+//!   in `Origin` or their context in `Sec-Fetch-*`: a page can rebind its
+//!   name to a LAN address as easily, while IDEs and SDKs may reach a
+//!   team's gateway by any DNS name.
 //!
 //! With keys required a request needs a key no page has, so neither check
 //! applies; nor do they to the probes, `/metrics` and the CA download.
@@ -45,6 +48,12 @@ pub(super) fn check<B>(ctx: &ConnCtx, req: &Request<B>) -> Result<(), ProxyError
     {
         return Ok(());
     }
+    refusal(ctx.local.ip().is_loopback(), req)
+}
+
+/// Why a request to kt's own routes is refused as a web page's, arriving on
+/// a loopback connection or not.
+fn refusal<B>(on_loopback: bool, req: &Request<B>) -> Result<(), ProxyError> {
     // A `Host` that is not text names nothing kt answers to.
     let host = match req.uri().authority() {
         Some(a) => Some(a.as_str()),
@@ -53,7 +62,8 @@ pub(super) fn check<B>(ctx: &ConnCtx, req: &Request<B>) -> Result<(), ProxyError
             .get(header::HOST)
             .map(|h| h.to_str().unwrap_or_default()),
     };
-    if let Some(host) = host.filter(|h| !host_allowed(h)) {
+    let checked = on_loopback || from_a_browser(req);
+    if let Some(host) = host.filter(|h| checked && !host_allowed(h)) {
         return Err(ProxyError::WebPage {
             refused: format!("the host name {host}"),
         });
@@ -70,6 +80,17 @@ pub(super) fn check<B>(ctx: &ConnCtx, req: &Request<B>) -> Result<(), ProxyError
         }
     }
     Ok(())
+}
+
+/// Whether a browser sent `req`: browsers name the page behind a request
+/// in `Origin` (every cross-site request and every `POST`) and describe
+/// every request in `Sec-Fetch-Site` / `Sec-Fetch-Mode` (Chrome 76,
+/// Firefox 90, Safari 16.4); other clients send neither.
+fn from_a_browser<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
+    h.contains_key(header::ORIGIN)
+        || h.contains_key("sec-fetch-site")
+        || h.contains_key("sec-fetch-mode")
 }
 
 /// Whether `origin` (`scheme://host[:port]`) names the authority `host`.
@@ -119,6 +140,39 @@ fn origin_allowed(origin: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Off loopback (a LAN address, a container's own) IDEs and SDKs may
+    /// use any name; a browser's request is held to the names no outsider
+    /// controls, as every request is on loopback.
+    #[test]
+    fn off_loopback_only_browsers_are_held_to_private_names() {
+        let req = |host: &str, extra: Option<(&str, &str)>| {
+            let mut b = Request::builder()
+                .uri("/v1/chat/completions")
+                .header("host", host);
+            if let Some((k, v)) = extra {
+                b = b.header(k, v);
+            }
+            b.body(()).unwrap()
+        };
+        let name = "kt.corp.example:41002";
+        assert!(refusal(false, &req(name, None)).is_ok());
+        assert!(refusal(true, &req(name, None)).is_err());
+        for browser in [
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-mode", "cors"),
+            ("origin", "http://kt.corp.example:41002"),
+        ] {
+            assert!(
+                refusal(false, &req(name, Some(browser))).is_err(),
+                "{browser:?}"
+            );
+            let ip = req("192.168.1.5:41002", Some(browser));
+            // An IP literal passes; a page from elsewhere still does not.
+            let from_elsewhere = browser.0 == "origin";
+            assert_eq!(refusal(false, &ip).is_err(), from_elsewhere, "{browser:?}");
+        }
+    }
 
     #[test]
     fn pages_from_this_machine_and_installed_apps_pass() {
