@@ -558,22 +558,25 @@ impl Spend {
         }
     }
 
-    /// Starts the new day or month when `today` is in one.
+    /// Starts the new day or month when `today` is in one. Never rolls
+    /// back: a `today` before the tracked day (a wall clock stepped back,
+    /// or a request whose time was taken just before another rolled the
+    /// day) must not wipe what the later day has spent.
     fn roll(&mut self, today: Date) {
-        if today != self.day {
+        if today > self.day {
             self.day = today;
             self.day_usd = 0.0;
         }
         let month = first_of_month(today);
-        if month != self.month {
+        if month > self.month {
             self.month = month;
             self.month_usd = 0.0;
         }
     }
 
     fn at_rest(&self, today: Date) -> bool {
-        (self.day != today || self.day_usd == 0.0)
-            && (self.month != first_of_month(today) || self.month_usd == 0.0)
+        (today > self.day || self.day_usd == 0.0)
+            && (first_of_month(today) > self.month || self.month_usd == 0.0)
     }
 }
 

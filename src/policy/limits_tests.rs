@@ -260,6 +260,32 @@ fn nothing_spent_costs_nothing_and_budgets_at_rest_are_fresh() {
     assert!(s.at_rest(datetime!(2026-03-01 00:00:00 UTC).date()));
 }
 
+#[test]
+fn a_date_before_the_tracked_day_does_not_wipe_its_spend() {
+    let b = budget(Some(1.0), Some(5.0), BudgetAction::Block);
+    let k = Key::Global;
+    let after_midnight = datetime!(2026-12-01 00:00:01 UTC);
+    let before_midnight = datetime!(2026-11-30 23:59:59 UTC);
+    b.spend(&k, 1.0, after_midnight, None);
+    // A check stamped just before midnight (or a clock stepped back)
+    // sees the spend, and leaves it in place for the day it belongs to.
+    assert!(b.check(&k, before_midnight).is_err());
+    assert_eq!(
+        b.check(&k, after_midnight).unwrap_err().limit,
+        Limit::UsdPerDay
+    );
+    // The same across a month's end.
+    b.spend(&k, 4.0, after_midnight, None);
+    b.spend(&k, 0.5, before_midnight, None);
+    let refused = b.check(&k, datetime!(2026-12-02 00:00:00 UTC)).unwrap_err();
+    assert_eq!(refused.limit, Limit::UsdPerMonth);
+    // Nor is a spend on a later day swept as at rest.
+    let mut s = Spend::fresh(after_midnight.date());
+    s.day_usd = 1.0;
+    s.month_usd = 1.0;
+    assert!(!s.at_rest(before_midnight.date()));
+}
+
 /// The Redis of `KT_TEST_REDIS_URL`, or `None` with the skip notice.
 fn test_redis(test: &str) -> Option<String> {
     match std::env::var("KT_TEST_REDIS_URL") {
