@@ -57,9 +57,9 @@ pub(super) async fn forward(
 
 /// Forwards `req` with its body streamed as is, bridging a protocol
 /// upgrade after the `101`. `exchange`: a WebSocket to an LLM endpoint,
-/// refused when a policy that cannot read its frames fails closed, else
-/// recorded: the request's event once the upgrade is answered, the
-/// answer's when the session ends.
+/// refused when a rate limit or budget refuses it or a policy that cannot
+/// read its frames fails closed, else recorded: the request's event once
+/// the upgrade is answered, the answer's when the session ends.
 async fn untouched(
     ctx: &ConnCtx,
     origin: &Origin,
@@ -72,6 +72,15 @@ async fn untouched(
                 ex,
                 "the audit log is not accepting events and the audit-logger is immutable",
             ));
+        }
+        // A session is one request to the limits, checked before the
+        // upgrade as any request is. Its frames are never read, so no
+        // tokens or dollars are known to charge when it ends.
+        if ex.is_limited() {
+            if let Some(resp) = Box::pin(ex.admit(&[])).await {
+                ex.complete(Some(resp.status().as_u16()));
+                return Ok(resp);
+            }
         }
         if let Some(resp) = ex.websocket() {
             ex.complete(Some(resp.status().as_u16()));

@@ -592,3 +592,76 @@ async fn a_request_a_body_policy_refuses_counts_against_no_rate_limit() {
         "only the two passed"
     );
 }
+
+/// A WebSocket session to an LLM endpoint is one request to the limits:
+/// over the limit, the upgrade is refused with the `429` before the
+/// upstream, and recorded as any refusal is.
+#[tokio::test]
+async fn a_websocket_over_the_request_limit_is_refused_before_the_upgrade() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let policies = format!(
+        "policies:\n  chain: [audit-logger, rl]\npolicy:\n{AUDIT}  rl:\n    type: rate-limit\n    requests_per_minute: 1\n    burst: 1\n"
+    );
+    let ca = TestCa::new("limits websocket CA");
+    let origin = Origin::tls(&ca, &[OPENAI], Alpn::Both).await;
+    let config = Arc::new(PolicyConfig::parse(&policies, Path::new("t.yaml")).unwrap());
+    let mut gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(OPENAI, 443, origin.addr));
+        s.apply_config(&config);
+    })
+    .await;
+    let roots = [gw.ca_der()];
+    let websocket = || crate::common::client::websocket(gw.addr, OPENAI, "/responses", &roots);
+
+    let (head, mut tls) = websocket().await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tls.write_all(b"frame").await.unwrap();
+    let mut echo = [0u8; 5];
+    tls.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"frame");
+    drop(tls);
+    let hits = origin.hits.load(Ordering::SeqCst);
+
+    let (head, mut tls) = websocket().await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    let retry: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .unwrap_or_else(|| panic!("no retry-after: {head}"))
+        .parse()
+        .unwrap();
+    assert!((59..=60).contains(&retry), "one request a minute: {retry}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap_or_else(|| panic!("no content-length: {head}"))
+        .parse()
+        .unwrap();
+    let mut body = vec![0; length];
+    tls.read_exact(&mut body).await.unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("\"rate_limit_exceeded\""), "{body}");
+    assert_eq!(
+        origin.hits.load(Ordering::SeqCst),
+        hits,
+        "the refused upgrade never reached the upstream"
+    );
+    drop(tls);
+
+    let evs = events(&mut gw).await;
+    let refused = evs
+        .iter()
+        .find(|e| e.action.as_str() == "block")
+        .unwrap_or_else(|| panic!("no block event: {evs:#?}"));
+    assert_eq!(refused.phase, Phase::Input);
+    assert_eq!(refused.policy.as_deref(), Some("rl"));
+    assert_eq!(refused.status, Some(429));
+    assert_eq!(refused.path.as_deref(), Some("/responses"));
+    // The session that went through is charged no tokens or dollars.
+    let session = evs
+        .iter()
+        .find(|e| e.phase == Phase::Output)
+        .unwrap_or_else(|| panic!("no output event: {evs:#?}"));
+    assert_eq!(session.status, Some(101));
+    assert_eq!((session.tokens_in, session.cost_usd), (None, None));
+}
