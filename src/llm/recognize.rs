@@ -253,32 +253,62 @@ impl<'a> Classification<'a> {
     }
 }
 
-/// The path of `path_and_query` as an upstream that decodes it before
-/// routing would see it: `%XX` escapes decoded (`%2F` included) and each
-/// segment's `;parameters` dropped, the query kept. `None` when the path
-/// has neither, the common case. Recognition and path rules read this form,
-/// so `/v1/chat/%63ompletions` is no way around the policies.
+/// The path of `path_and_query` as an upstream that decodes and tidies it
+/// before routing would see it: `%XX` escapes decoded (`%2F` included),
+/// each segment's `;parameters` dropped, then dot segments resolved (RFC
+/// 3986 §5.2.4), repeated slashes merged and a trailing slash dropped; the
+/// query kept. `None` when the path is already in that form, the common
+/// case. Recognition and path rules read this form, so
+/// `/v1/chat/%63ompletions`, `//v1/chat/completions` and
+/// `/v1/x/../chat/completions/` are no way around the policies.
 pub fn normalized_path(path_and_query: &str) -> Option<String> {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    if !path.contains(['%', ';']) {
+    // Not origin-form (`*`): nothing to tidy.
+    if !path.starts_with('/') {
         return None;
     }
-    let mut out = String::with_capacity(path_and_query.len());
+    let untidy = path.contains("//")
+        || (path.len() > 1 && path.ends_with('/'))
+        || path.split('/').any(|s| s == "." || s == "..");
+    if !untidy && !path.contains(['%', ';']) {
+        return None;
+    }
+    let mut decoded = String::with_capacity(path.len());
     for (i, segment) in path.split('/').enumerate() {
         if i > 0 {
-            out.push('/');
+            decoded.push('/');
         }
         let segment = segment.split_once(';').map_or(segment, |(s, _)| s);
-        out.push_str(&percent_encoding::percent_decode_str(segment).decode_utf8_lossy());
+        decoded.push_str(&percent_encoding::percent_decode_str(segment).decode_utf8_lossy());
+    }
+    // Empty segments (repeated or trailing slashes) are dropped with `.`;
+    // `..` takes back the segment before it, never above the root.
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(path_and_query.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() {
+        out.push('/');
     }
     if let Some(q) = query {
         out.push('?');
         out.push_str(q);
     }
-    Some(out)
+    (out != path_and_query).then_some(out)
 }
 
 /// Classifies a request by the built-in host table plus path rules.

@@ -431,6 +431,23 @@ fn encoded_paths_are_read_as_a_decoding_upstream_reads_them() {
         ("/v1;a=b/messages%3Bq", Some("/v1/messages;q")),
         ("/v1/chat/completions?q=%20;x", None),
         ("/v1/chat/completions", None),
+        ("/v1/chat/completions/", Some("/v1/chat/completions")),
+        (
+            "//v1//chat/completions?a=/",
+            Some("/v1/chat/completions?a=/"),
+        ),
+        ("/v1/x/../chat/./completions", Some("/v1/chat/completions")),
+        ("/../../v1/chat/completions", Some("/v1/chat/completions")),
+        (
+            "/v1/x/%2e%2e/chat/completions",
+            Some("/v1/chat/completions"),
+        ),
+        ("/v1/x/..;p/chat/completions", Some("/v1/chat/completions")),
+        ("/v1/chat/completions/..", Some("/v1/chat")),
+        ("/.api/completions/stream", None),
+        ("/", None),
+        ("/..", Some("/")),
+        ("*", None),
     ] {
         assert_eq!(normalized_path(raw).as_deref(), want, "{raw}");
     }

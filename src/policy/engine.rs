@@ -8,7 +8,7 @@ use crate::config::{Config, RequestFacts};
 use crate::direct::{Routes, Target};
 use crate::identity::Identity;
 use crate::llm::hosts::HostSet;
-use crate::llm::recognize::{classify_with, Classification, Provider};
+use crate::llm::recognize::{classify_with, normalized_path, Classification, Provider};
 use std::sync::{Arc, RwLock};
 
 /// Shared by every connection.
@@ -158,16 +158,19 @@ impl Engine {
         headers: &http::HeaderMap,
         identity: &Identity,
     ) -> Option<Box<Exchange>> {
+        let client_normalized = normalized_path(client_path);
         let class = classify_with(
             Some(target.provider),
             &target.origin.host,
             method,
-            client_path,
+            client_normalized.as_deref().unwrap_or(client_path),
             headers,
         );
         if !class.inspect() {
             return None;
         }
+        let upstream_normalized = normalized_path(upstream_path);
+        let upstream_path = upstream_normalized.as_deref().unwrap_or(upstream_path);
         let path = upstream_path
             .split_once('?')
             .map_or(upstream_path, |(p, _)| p);
@@ -193,7 +196,7 @@ impl Engine {
         identity: &Identity,
     ) -> Option<Box<Exchange>> {
         let raw = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let normalized = crate::llm::recognize::normalized_path(raw);
+        let normalized = normalized_path(raw);
         let path_and_query = normalized.as_deref().unwrap_or(raw);
         let hint = {
             let hosts = self
@@ -422,6 +425,49 @@ mod tests {
         let engine = Engine::new(Some(&config(scoped))).unwrap();
         assert!(begin(&engine, "/v1/chat/completions").is_none());
         assert!(begin(&engine, "/v1/embeddings").is_some());
+    }
+
+    #[test]
+    fn when_paths_match_the_path_the_classifier_and_upstream_read() {
+        for pattern in ["/v1/chat/completions", "/v1/*"] {
+            let scoped = format!("{BLOCK}    when:\n      paths: ['{pattern}']\n");
+            let engine = Engine::new(Some(&config(&scoped))).unwrap();
+            for path in [
+                "/v1/chat/completions",
+                "/v1/chat/completions/",
+                "//v1/chat/completions",
+                "/v1/x/../chat/completions",
+                "/v1/./chat//completions?x=1",
+            ] {
+                assert!(begin(&engine, path).is_some(), "{pattern} {path}");
+            }
+            assert!(
+                begin(&engine, "/v2/chat/completions").is_none(),
+                "{pattern}"
+            );
+        }
+    }
+
+    #[test]
+    fn direct_api_when_paths_match_without_the_trailing_slash() {
+        let yaml = format!(
+            "providers:\n  targets:\n    - id: openai\n      provider:\n        base_url: https://api.openai.com/v1/\n{BLOCK}    when:\n      paths: ['/v1/chat/completions']\n"
+        );
+        let engine = Engine::new(Some(&config(&yaml))).unwrap();
+        let routes = engine.routes();
+        let target = routes
+            .route(crate::direct::Shape::OpenAi, Some("gpt-4o"))
+            .unwrap();
+        let client = "/v1/chat/completions/";
+        let exchange = engine.begin_direct(
+            target,
+            &http::Method::POST,
+            client,
+            &target.upstream_path(client),
+            &http::HeaderMap::new(),
+            &Identity::anonymous(),
+        );
+        assert!(exchange.is_some());
     }
 
     #[test]
