@@ -123,16 +123,23 @@ fn verify_cmd(dir: PathBuf, mut checkpoints: Checkpoints) -> anyhow::Result<Exit
     }) {
         Ok(report) => {
             println!(
-                "{}: ok: {} events in {} segments{}",
+                "{}: ok: {} events in {} segments{}{}",
                 dir.display(),
                 report.events,
                 report.segments,
+                start_note(&report),
                 if report.incomplete_tail {
                     " (the last line is still being written)"
                 } else {
                     ""
                 }
             );
+            if report.unanchored_segments > 0 {
+                eprintln!(
+                    "kt: note: {} segment(s) before the recorded start are left from a prune that was cut short; the next prune removes them",
+                    report.unanchored_segments
+                );
+            }
             if let Some(hash) = &report.last_hash {
                 println!("last event: {hash}");
             }
@@ -153,6 +160,17 @@ fn verify_cmd(dir: PathBuf, mut checkpoints: Checkpoints) -> anyhow::Result<Exit
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(e).context("cannot check the audit log"),
+    }
+}
+
+/// Where the chain checked starts, when not at the log's first event.
+fn start_note(report: &crate::events::VerifyReport) -> &'static str {
+    if report.events == 0 || report.from_genesis() {
+        ""
+    } else if report.adopted {
+        " from an adopted anchor (the log was pruned by an older kt, which recorded no start: events missing before it cannot be ruled out)"
+    } else {
+        " from a retained anchor"
     }
 }
 

@@ -281,6 +281,7 @@ impl EventLog {
         // in flight as torn, then fork the chain.
         let lock = lock_writer(dir)?;
         let (prev_hash, current) = recover(dir)?;
+        super::anchor::ensure(dir)?;
         // What a crashed process wrote may still be in the page cache
         // only: made durable before it counts as such.
         let at_open = match &current {
@@ -451,7 +452,7 @@ fn line_count(bytes: &[u8]) -> usize {
 }
 
 /// The `hash` of the last non-empty line of a segment's complete lines.
-fn last_hash(path: &Path, bytes: &[u8]) -> Result<Option<String>, EventsError> {
+pub(super) fn last_hash(path: &Path, bytes: &[u8]) -> Result<Option<String>, EventsError> {
     let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
     let Some((idx, line)) = lines
         .iter()

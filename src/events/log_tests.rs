@@ -1,6 +1,7 @@
 //! Tests of the writer, recovery, segments, retention and verification together.
 
 use super::*;
+use crate::events::anchor::{read as read_anchor, write as write_anchor, Anchor, ANCHOR_FILE};
 use crate::events::chain::GENESIS_HASH;
 use crate::events::segment::{list, prune, prune_before};
 use crate::events::verify::{verify, Problem, VerifyError};
@@ -226,6 +227,29 @@ async fn verify_detects_an_edited_field() {
     edit(&path, |v| v[2] = v[2].replace("\"u2\"", "\"u9\""));
     let (file, line, problem) = tampered(tmp.path());
     assert_eq!((file, line, problem), (path, 3, Problem::HashMismatch));
+}
+
+#[tokio::test]
+async fn verify_detects_lines_deleted_from_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), opts(), 0..5).await;
+    let (path, _) = lines(tmp.path()).remove(0);
+    edit(&path, |v| {
+        v.drain(..2);
+    });
+    let (file, line, problem) = tampered(tmp.path());
+    assert_eq!(
+        (file, line, problem.kind()),
+        (path.clone(), 1, "missing_before")
+    );
+    // Without the anchor file the start is no more trusted.
+    std::fs::remove_file(tmp.path().join(ANCHOR_FILE)).unwrap();
+    let (file, line, problem) = tampered(tmp.path());
+    assert_eq!((file, line, problem.kind()), (path, 1, "unanchored"));
+    assert!(verify(tmp.path())
+        .unwrap_err()
+        .to_string()
+        .contains("events are missing before this line"));
 }
 
 #[tokio::test]
@@ -478,13 +502,111 @@ async fn prune_keeps_the_rest_of_the_chain_verifiable() {
     assert_eq!(removed, vec![tmp.path().join("2020-01-01.jsonl")]);
     let report = verify(tmp.path()).unwrap();
     assert!(!report.from_genesis());
+    assert!(!report.adopted);
     assert_eq!(report.events, 10 - lines_in_removed(&segs));
+    let recorded = read_anchor(tmp.path()).unwrap().unwrap();
+    assert_eq!(recorded.first_segment.as_deref(), Some("2020-01-02.jsonl"));
+    assert_eq!(recorded.segments_pruned, 1);
+    assert_eq!(Some(recorded.prev_hash), report.anchor);
     let removed = prune(tmp.path(), 30).unwrap();
     assert_eq!(removed, vec![tmp.path().join("2020-01-02.jsonl")]);
     verify(tmp.path()).unwrap();
     // And the writer continues the chain after pruning.
     write(tmp.path(), tiny(), 10..12).await;
     verify(tmp.path()).unwrap();
+}
+
+/// A log of `tiny` segments whose first two are dated in 2020.
+async fn log_with_old_segments(dir: &Path) -> Vec<Segment> {
+    write(dir, tiny(), 0..10).await;
+    let segs = list(dir).unwrap();
+    assert!(segs.len() >= 3);
+    std::fs::rename(&segs[0].path, dir.join("2020-01-01.jsonl")).unwrap();
+    std::fs::rename(&segs[1].path, dir.join("2020-01-02.jsonl")).unwrap();
+    list(dir).unwrap()
+}
+
+fn jan_2020(d: u8) -> time::Date {
+    time::Date::from_calendar_date(2020, time::Month::January, d).unwrap()
+}
+
+#[tokio::test]
+async fn verify_detects_lines_deleted_from_the_start_of_a_pruned_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let segs = log_with_old_segments(tmp.path()).await;
+    prune_before(tmp.path(), jan_2020(2)).unwrap();
+    edit(&segs[1].path, |v| {
+        v.remove(0);
+    });
+    let (file, line, problem) = tampered(tmp.path());
+    assert_eq!(
+        (file, line, problem.kind()),
+        (segs[1].path.clone(), 1, "missing_before")
+    );
+}
+
+#[tokio::test]
+async fn verify_refuses_a_forged_anchor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let segs = log_with_old_segments(tmp.path()).await;
+    prune_before(tmp.path(), jan_2020(2)).unwrap();
+    let genuine = read_anchor(tmp.path()).unwrap().unwrap();
+    let forged = Anchor {
+        prev_hash: "ab".repeat(32),
+        ..genuine.clone()
+    };
+    write_anchor(tmp.path(), &forged).unwrap();
+    let (file, line, problem) = tampered(tmp.path());
+    assert_eq!(
+        (file, line, problem.kind()),
+        (segs[1].path.clone(), 1, "missing_before")
+    );
+    // Naming a segment that is not there as the start.
+    write_anchor(
+        tmp.path(),
+        &Anchor {
+            first_segment: Some("2099-01-01.jsonl".into()),
+            ..genuine.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(tampered(tmp.path()).2.kind(), "anchor_segment_missing");
+    std::fs::write(tmp.path().join(ANCHOR_FILE), "{}").unwrap();
+    assert_eq!(tampered(tmp.path()).2.kind(), "bad_anchor");
+    write_anchor(tmp.path(), &genuine).unwrap();
+    verify(tmp.path()).unwrap();
+}
+
+#[tokio::test]
+async fn a_prune_cut_short_still_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let segs = log_with_old_segments(tmp.path()).await;
+    // The anchor is recorded, then the process dies before removing.
+    let anchor = crate::events::anchor::after_removing(tmp.path(), &segs[..1], &segs[1]).unwrap();
+    write_anchor(tmp.path(), &anchor).unwrap();
+    let report = verify(tmp.path()).unwrap();
+    assert_eq!((report.events, report.unanchored_segments), (10, 1));
+    // The next prune finishes the job.
+    prune_before(tmp.path(), jan_2020(2)).unwrap();
+    let report = verify(tmp.path()).unwrap();
+    assert_eq!(report.unanchored_segments, 0);
+    assert_eq!(read_anchor(tmp.path()).unwrap().unwrap().segments_pruned, 1);
+}
+
+#[tokio::test]
+async fn a_log_pruned_by_an_older_kt_is_adopted_when_the_writer_opens_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    log_with_old_segments(tmp.path()).await;
+    // What an older kt left: segments pruned, no anchor.
+    std::fs::remove_file(tmp.path().join("2020-01-01.jsonl")).unwrap();
+    std::fs::remove_file(tmp.path().join(ANCHOR_FILE)).unwrap();
+    assert_eq!(tampered(tmp.path()).2.kind(), "unanchored");
+    write(tmp.path(), tiny(), 10..11).await;
+    let report = verify(tmp.path()).unwrap();
+    assert!(report.adopted && !report.from_genesis());
+    // Once retention runs, the start is recorded, not adopted.
+    prune_before(tmp.path(), jan_2020(3)).unwrap();
+    assert!(!verify(tmp.path()).unwrap().adopted);
 }
 
 /// Lines that were in the first segment before it was renamed and pruned.

@@ -9,6 +9,8 @@
 //!   listing them in order, and retention ([`prune`]).
 //! - [`log`]: the writer: [`EventLog::open`] gives an [`EventSink`] (cheap to
 //!   clone, bounded, never drops) and a [`WriterHandle`] (flush on shutdown).
+//! - [`anchor`]: where the chain starts (`anchor.json`), recorded by the
+//!   writer and by retention.
 //! - [`verify`](mod@verify): walks every segment and checks the chain.
 //! - [`report`]: spend per user, team, model or provider (`kt report costs`).
 //! - [`read`]: last N events, following the log as it grows, `--filter`
@@ -20,9 +22,10 @@
 //! for the first event of a brand new log) and
 //! `hash = hex(SHA-256(prev_hash || canonical_json(event without hash)))`,
 //! where canonical JSON has sorted keys and no whitespace. The chain runs
-//! across segments. After retention removed old segments, the first
-//! `prev_hash` of the oldest kept segment is trusted as the anchor.
+//! across segments. It starts at 64 zeros or, after retention removed old
+//! segments, at the hash recorded in the log's [`anchor`] file.
 
+pub mod anchor;
 pub mod chain;
 mod json;
 pub mod log;

@@ -100,8 +100,9 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>, EventsError> {
 /// dated today minus `retention_days` is kept). Returns what was removed.
 ///
 /// The newest segment is never removed (the writer appends to it), and only
-/// a prefix of the chain goes, so the rest stays verifiable: [`verify`]
-/// trusts the first `prev_hash` of the oldest remaining segment as its anchor.
+/// a prefix of the chain goes, so the rest stays verifiable: the hash of
+/// the last event removed is recorded first in the log's
+/// [`anchor`](super::anchor), where [`verify`] expects the chain to start.
 ///
 /// [`verify`]: super::verify()
 pub fn prune(dir: &Path, retention_days: u32) -> Result<Vec<PathBuf>, EventsError> {
@@ -138,12 +139,22 @@ fn remove_before(
 ) -> Result<Vec<PathBuf>, EventsError> {
     let segments = list(dir)?;
     let keep_from = segments.len().saturating_sub(1);
+    // Sorted: the first segment kept ends the run.
+    let doomed = segments[..keep_from]
+        .iter()
+        .take_while(|seg| {
+            seg.date < cutoff && keep.is_none_or(|k| k.file_name() != seg.path.file_name())
+        })
+        .count();
+    let Some(first_kept) = segments.get(doomed).filter(|_| doomed > 0) else {
+        return Ok(Vec::new());
+    };
+    // Recorded first: a prune cut short leaves segments the anchor says are
+    // gone, which `verify` accepts, never an unrecorded start.
+    let anchor = super::anchor::after_removing(dir, &segments[..doomed], first_kept)?;
+    super::anchor::write(dir, &anchor)?;
     let mut removed = Vec::new();
-    for seg in segments.into_iter().take(keep_from) {
-        if seg.date >= cutoff || keep.is_some_and(|k| k.file_name() == seg.path.file_name()) {
-            // Sorted: everything after is newer.
-            break;
-        }
+    for seg in segments.into_iter().take(doomed) {
         std::fs::remove_file(&seg.path).map_err(|e| EventsError::io(&seg.path, e))?;
         removed.push(seg.path);
     }

@@ -1,17 +1,21 @@
 //! `kt events verify`: walks every segment in order and checks each event's hash and its link to the event before.
 //!
 //! The check works on the stored bytes (see [`chain`](super::chain)). The
-//! first `prev_hash` of the oldest segment is trusted as the anchor: 64 zeros
-//! for a log that still has its first event, otherwise the hash of the last
-//! event retention removed. So removing whole *oldest* segments is not
-//! detected (that is what retention does); any other edit, deletion,
-//! insertion or reordering, including a deleted middle segment, is.
+//! chain must start where the log's [`anchor`](super::anchor) says: 64
+//! zeros for a log that still has its first event, otherwise the hash of
+//! the last event retention removed, at the first segment it kept. So
+//! whole oldest segments removed by retention pass; any other edit,
+//! deletion (events cut from the start of the log included), insertion or
+//! reordering is reported. Segments older than the anchor's first segment
+//! are what a prune cut short left behind: checked for their links, but
+//! their own start is not anchored.
 //!
 //! What is left of a log cut back at its end, or of one whose newest events
 //! were rewritten and re-chained, still links up. Only a hash recorded
 //! outside the log shows it: [`Checkpoints`] are such hashes (the last hash
 //! an earlier `verify` printed), and each must still be in the chain.
 
+use super::anchor::{self, Anchor};
 use super::chain::{hash_of, is_hash, unsealed, GENESIS_HASH};
 use super::segment;
 use std::collections::HashSet;
@@ -30,6 +34,12 @@ pub struct VerifyReport {
     /// progress, or a crash the writer will repair on its next start). That
     /// line is not counted and not checked.
     pub incomplete_tail: bool,
+    /// The start was adopted from a log pruned before kt recorded anchors:
+    /// events missing before it cannot be ruled out.
+    pub adopted: bool,
+    /// Segments before the anchor's first segment, left by a prune that was
+    /// cut short (their own start is not anchored).
+    pub unanchored_segments: usize,
 }
 
 impl VerifyReport {
@@ -56,6 +66,14 @@ pub enum Problem {
     ChainBreak { expected: String, found: String },
     #[error("incomplete last line in a segment that is not the newest")]
     Incomplete,
+    #[error("prev_hash {found} is not the recorded start of the chain ({expected}, in {ANCHOR}): events are missing before this line, or the anchor was altered", ANCHOR = anchor::ANCHOR_FILE)]
+    MissingBefore { expected: String, found: String },
+    #[error("prev_hash {found} is not the first event's (64 zeros) and no start is recorded ({ANCHOR} is missing): events are missing before this line", ANCHOR = anchor::ANCHOR_FILE)]
+    Unanchored { found: String },
+    #[error("the chain's recorded start names segment {0}, which is missing: events are missing")]
+    AnchorSegmentMissing(String),
+    #[error("not a valid chain anchor: {0}")]
+    BadAnchor(String),
 }
 
 impl Problem {
@@ -69,6 +87,10 @@ impl Problem {
             Problem::HashMismatch => "hash_mismatch",
             Problem::ChainBreak { .. } => "chain_break",
             Problem::Incomplete => "incomplete",
+            Problem::MissingBefore { .. } => "missing_before",
+            Problem::Unanchored { .. } => "unanchored",
+            Problem::AnchorSegmentMissing(_) => "anchor_segment_missing",
+            Problem::BadAnchor(_) => "bad_anchor",
         }
     }
 }
@@ -141,20 +163,45 @@ pub fn verify_with(
     dir: &std::path::Path,
     checkpoints: &mut Checkpoints,
 ) -> Result<VerifyReport, VerifyError> {
-    let segments = segment::list(dir).map_err(|e| match e {
+    let io = |e: super::EventsError| match e {
         super::EventsError::Io { path, source } => VerifyError::Io { path, source },
         other => VerifyError::Io {
             path: dir.to_path_buf(),
             source: std::io::Error::other(other.to_string()),
         },
+    };
+    let recorded = anchor::read(dir).map_err(|e| match e {
+        super::EventsError::Corrupt { path, problem, .. } => VerifyError::Tampered {
+            file: path,
+            line: 1,
+            problem: Problem::BadAnchor(problem),
+        },
+        other => io(other),
     })?;
+    let segments = segment::list(dir).map_err(io)?;
+    // Where the recorded start applies: the first line from that segment on.
+    let start_at = match recorded.as_ref().and_then(|a| a.first_segment.as_deref()) {
+        None => 0,
+        Some(_) if segments.is_empty() => 0,
+        Some(name) => segments
+            .iter()
+            .position(|s| s.name() == name)
+            .ok_or_else(|| VerifyError::Tampered {
+                file: anchor::path(dir),
+                line: 1,
+                problem: Problem::AnchorSegmentMissing(name.to_string()),
+            })?,
+    };
     let mut report = VerifyReport {
         segments: segments.len(),
         events: 0,
         anchor: None,
         last_hash: None,
         incomplete_tail: false,
+        adopted: recorded.as_ref().is_some_and(|a| a.adopted),
+        unanchored_segments: start_at,
     };
+    let mut start_pending = true;
     let count = segments.len();
     for (si, seg) in segments.into_iter().enumerate() {
         let bytes = std::fs::read(&seg.path).map_err(|source| VerifyError::Io {
@@ -165,11 +212,25 @@ pub fn verify_with(
         // The piece after the last newline: empty, or an incomplete line.
         let tail = lines.pop().unwrap_or_default();
         for (i, line) in lines.iter().enumerate() {
-            check_line(line, &mut report).map_err(|problem| VerifyError::Tampered {
+            let tampered = |problem| VerifyError::Tampered {
                 file: seg.path.clone(),
                 line: i + 1,
                 problem,
-            })?;
+            };
+            let at_start = start_pending && si >= start_at;
+            let before = if at_start {
+                report.last_hash.clone()
+            } else {
+                None
+            };
+            check_line(line, &mut report).map_err(tampered)?;
+            if at_start {
+                start_pending = false;
+                // The line's prev_hash: the hash before it, or for the very
+                // first line the anchor check_line took from it.
+                let found = before.or_else(|| report.anchor.clone()).unwrap_or_default();
+                check_start(&found, recorded.as_ref()).map_err(tampered)?;
+            }
             if let Some(hash) = &report.last_hash {
                 checkpoints.see(hash);
             }
@@ -187,6 +248,22 @@ pub fn verify_with(
         }
     }
     Ok(report)
+}
+
+/// Whether the chain may start with `prev_hash`: the first event ever
+/// written, or where the recorded anchor says.
+fn check_start(prev_hash: &str, recorded: Option<&Anchor>) -> Result<(), Problem> {
+    match recorded {
+        _ if prev_hash == GENESIS_HASH => Ok(()),
+        Some(a) if a.prev_hash == prev_hash => Ok(()),
+        Some(a) => Err(Problem::MissingBefore {
+            expected: a.prev_hash.clone(),
+            found: prev_hash.to_string(),
+        }),
+        None => Err(Problem::Unanchored {
+            found: prev_hash.to_string(),
+        }),
+    }
 }
 
 /// Checks one stored line against the chain so far in `report` (the first

@@ -94,6 +94,8 @@ pub async fn verify(db: &Db, checkpoints: &mut Checkpoints) -> Result<TableRepor
             anchor: None,
             last_hash: None,
             incomplete_tail: false,
+            adopted: false,
+            unanchored_segments: 0,
         };
         let (mut first, mut last) = (0i64, 0i64);
         let mut broken = None;
