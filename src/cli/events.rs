@@ -254,6 +254,7 @@ mod remote {
     use crate::llm::sse::SseDecoder;
     use anyhow::{bail, Context as _};
     use http_body_util::BodyExt;
+    use std::collections::HashSet;
     use std::process::ExitCode;
 
     pub fn tail(
@@ -273,7 +274,7 @@ mod remote {
             let resp = gateway
                 .ask(
                     http::Method::GET,
-                    &format!("/_kt/events?n={n}"),
+                    &feed_path(n, &filters),
                     key,
                     Some("text/event-stream"),
                     std::time::Duration::from_secs(10),
@@ -286,6 +287,8 @@ mod remote {
             let mut body = resp.into_body();
             let mut decoder = SseDecoder::new();
             let mut out = std::io::stdout().lock();
+            let mut repeats = Repeats::default();
+            let mut in_history = true;
             while let Some(frame) = body.frame().await {
                 let frame = frame.context("the gateway's feed broke off")?;
                 let Ok(data) = frame.into_data() else {
@@ -294,13 +297,17 @@ mod remote {
                 decoder.feed(&data);
                 while let Some(ev) = decoder.next_event() {
                     let ev = ev.context("the gateway's feed is not valid SSE")?;
-                    if ev.raw().as_ref() == crate::proxy::feed::HISTORY_END && !follow {
-                        return Ok(ExitCode::SUCCESS);
+                    if ev.raw().as_ref() == crate::proxy::feed::HISTORY_END {
+                        if !follow {
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        in_history = false;
                     }
                     let Some(json_text) = ev.data() else { continue };
                     let event: Event = serde_json::from_str(json_text)
                         .context("the gateway's feed carried an event kt cannot read")?;
-                    if filters.matches(&event) {
+                    // A gateway older than server-side filters sends them all.
+                    if filters.matches(&event) && repeats.is_new(&event.id, in_history) {
                         if let Err(err) = print(&mut out, &event, json, colour) {
                             return broken_pipe_is_success(err);
                         }
@@ -309,6 +316,65 @@ mod remote {
             }
             Ok(ExitCode::SUCCESS)
         })
+    }
+
+    /// The feed's path: the last `n` events matching `filters`, selected by
+    /// the gateway.
+    pub(super) fn feed_path(n: usize, filters: &Filters) -> String {
+        let mut path = format!("/_kt/events?n={n}");
+        for f in &filters.0 {
+            path.push_str("&filter=");
+            path.extend(percent_encoding::utf8_percent_encode(
+                &f.to_string(),
+                percent_encoding::NON_ALPHANUMERIC,
+            ));
+        }
+        path
+    }
+
+    /// The feed subscribes to live events before it reads the history, so
+    /// an event written in between comes in both; this remembers the
+    /// history's ids to print such an event once.
+    #[derive(Default)]
+    pub(super) struct Repeats {
+        history: HashSet<String>,
+    }
+
+    impl Repeats {
+        /// Whether the event `id` is to be printed: always in the history,
+        /// afterwards unless the history had it (each repeats at most once).
+        pub(super) fn is_new(&mut self, id: &str, in_history: bool) -> bool {
+            if in_history {
+                self.history.insert(id.to_string());
+                true
+            } else {
+                !self.history.remove(id)
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn an_event_in_the_history_and_the_live_feed_prints_once() {
+            let mut repeats = Repeats::default();
+            assert!(repeats.is_new("a", true));
+            assert!(repeats.is_new("b", true));
+            assert!(!repeats.is_new("b", false), "b came in both");
+            assert!(repeats.is_new("c", false));
+            assert!(repeats.is_new("b", false), "a repeat is skipped once only");
+        }
+
+        #[test]
+        fn filters_travel_percent_encoded() {
+            let filters = Filters::parse(["user=dev 1&x", "action=block"]).unwrap();
+            assert_eq!(
+                feed_path(5, &filters),
+                "/_kt/events?n=5&filter=user%3Ddev%201%26x&filter=action%3Dblock"
+            );
+        }
     }
 }
 

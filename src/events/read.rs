@@ -104,6 +104,13 @@ impl std::str::FromStr for Filter {
     }
 }
 
+/// `KEY=VALUE`, as parsed.
+impl std::fmt::Display for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.key, self.value)
+    }
+}
+
 impl Filter {
     /// Whether `event` matches.
     pub fn matches(&self, event: &Event) -> bool {

@@ -1,6 +1,10 @@
 //! `GET /_kt/events`: the audit events as Server-Sent Events — the last N
 //! from the log (`?n=N`), then each new one as it is written (unless
 //! `follow=0`) — for `kt events tail --gateway` and dashboards.
+//!
+//! `filter=KEY%3DVALUE` (repeatable, ANDed, as `--filter`) selects events
+//! here, so the last N are the last N that match rather than the last N
+//! of all; a client that does not send it gets every event.
 
 use super::ConnCtx;
 use crate::body::{self, Body};
@@ -40,25 +44,33 @@ pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
         *r.status_mut() = StatusCode::NOT_FOUND;
         return r;
     };
-    let n = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
+    let params = || query.into_iter().flat_map(|q| q.split('&'));
+    let n = params()
         .find_map(|kv| kv.strip_prefix("n="))
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0)
         .min(MAX_HISTORY);
     // `follow=0`: the history only, then the stream ends (for snapshots).
-    let follow = !query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .any(|kv| kv == "follow=0" || kv == "follow=false");
+    let follow = !params().any(|kv| kv == "follow=0" || kv == "follow=false");
+    let filters = match Filters::parse(
+        params()
+            .filter_map(|kv| kv.strip_prefix("filter="))
+            .map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy()),
+    ) {
+        Ok(filters) => filters,
+        Err(e) => {
+            let mut r = Response::new(body::full(format!("{e}\n")));
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            return r;
+        }
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let shutdown = ctx.shutdown.clone();
     match feed.shared.clone() {
         Some(db) => {
             let local = feed.clone();
             tokio::spawn(async move {
-                match TeamFeed::start(&db, n, Filters::default()).await {
+                match TeamFeed::start(&db, n, filters.clone()).await {
                     Ok((history, team)) => shared(history, team, follow, tx, shutdown).await,
                     Err(e) => {
                         tracing::warn!("events feed: {e}; serving this replica's events only");
@@ -67,14 +79,14 @@ pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
                             e.kind()
                         );
                         if tx.send(Bytes::from(note)).await.is_ok() {
-                            local_feed(local, n, follow, tx, shutdown).await;
+                            local_feed(local, n, filters, follow, tx, shutdown).await;
                         }
                     }
                 }
             });
         }
         None => {
-            tokio::spawn(local_feed(feed.clone(), n, follow, tx, shutdown));
+            tokio::spawn(local_feed(feed.clone(), n, filters, follow, tx, shutdown));
         }
     }
     let mut r = Response::new(body::channel(rx));
@@ -105,6 +117,7 @@ async fn shared(
 async fn local_feed(
     feed: EventsFeed,
     n: usize,
+    filters: Filters,
     follow: bool,
     tx: tokio::sync::mpsc::Sender<Bytes>,
     shutdown: crate::shutdown::Shutdown,
@@ -115,14 +128,14 @@ async fn local_feed(
     let dir = feed.dir.clone();
     let mut history = Vec::new();
     if n > 0 {
-        let read =
-            tokio::task::spawn_blocking(move || read_last(&dir, n, &Filters::default())).await;
+        let wanted = filters.clone();
+        let read = tokio::task::spawn_blocking(move || read_last(&dir, n, &wanted)).await;
         if let Ok(Ok((events, _))) = read {
             history = events;
         }
     }
     if send_history(&tx, history, follow).await {
-        stream(&tx, &shutdown, Live::Local(live)).await;
+        stream(&tx, &shutdown, Live::Local(live, filters)).await;
     }
 }
 
@@ -130,8 +143,11 @@ async fn local_feed(
 enum Live {
     /// The shared store: every replica's events.
     Team(TeamFeed),
-    /// This gateway's writer.
-    Local(tokio::sync::broadcast::Receiver<std::sync::Arc<crate::events::Event>>),
+    /// This gateway's writer, and which of its events the client wants.
+    Local(
+        tokio::sync::broadcast::Receiver<std::sync::Arc<crate::events::Event>>,
+        Filters,
+    ),
 }
 
 impl Live {
@@ -139,12 +155,17 @@ impl Live {
     async fn next(&mut self) -> Option<Bytes> {
         match self {
             Live::Team(team) => Some(frame(&team.next().await)),
-            Live::Local(rx) => match rx.recv().await {
-                Ok(e) => Some(frame(&e)),
-                Err(RecvError::Lagged(missed)) => Some(Bytes::from(format!(
-                    ": {missed} events skipped (client too slow)\n\n"
-                ))),
-                Err(RecvError::Closed) => None,
+            Live::Local(rx, filters) => loop {
+                match rx.recv().await {
+                    Ok(e) if filters.matches(&e) => return Some(frame(&e)),
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => {
+                        return Some(Bytes::from(format!(
+                            ": {missed} events skipped (client too slow)\n\n"
+                        )))
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
             },
         }
     }

@@ -276,6 +276,61 @@ async fn the_live_feed_streams_new_events_and_tail_reads_it() {
     );
 }
 
+#[tokio::test]
+async fn remote_tail_gives_the_last_n_events_that_match_its_filter() {
+    use keeptrusts::events::{Action, Event, Phase};
+    let ca = TestCa::new("feed filter CA");
+    let gw = TestGateway::start(&ca, |_| {}).await;
+    let sink = gw.gateway.events_feed().unwrap().sink.clone();
+    // dev1 only among the oldest: the last 5 of all events have none.
+    for n in 0..30 {
+        let mut e = Event::new(Phase::Input, Action::Pass);
+        e.provider = Some("openai".into());
+        e.endpoint = Some("chat/completions".into());
+        e.user = Some(if n < 5 { "dev1" } else { "dev2" }.into());
+        e.model = Some(format!("m{n}").into());
+        sink.send(e).await.unwrap();
+    }
+    sink.flush().await.unwrap();
+    let url = format!("http://{}", gw.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_kt"))
+            .args(["events", "tail", "--gateway", &url, "-n", "5"])
+            .args(["--filter", "user=dev1", "--no-follow", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let models: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let e: Event = serde_json::from_str(l).unwrap();
+            assert_eq!(e.user.as_deref(), Some("dev1"));
+            e.model.unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(models, ["m0", "m1", "m2", "m3", "m4"]);
+
+    // A filter the gateway cannot parse is refused, not ignored.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut http = crate::common::client::Http::over(tcp, false).await;
+    let resp = http
+        .send(
+            "GET",
+            "kt",
+            "/_kt/events?n=5&filter=nosuchfield%3Dx",
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+}
+
 /// A TLS terminator for `localhost` (certificate from `ca`) relaying each
 /// connection to `backend`, as an ingress in front of a gateway does.
 async fn tls_front(ca: &TestCa, backend: std::net::SocketAddr) -> std::net::SocketAddr {
