@@ -834,11 +834,11 @@ impl Exchange {
             return Some((tap.usage, source));
         }
         // The tap follows 2xx answers only: the provider took the request
-        // and bills what it generated, also when the client went away, the
-        // upstream broke off or a policy stopped the stream before the
-        // usage came. Only an answer that was an error in its body is not
-        // estimated.
-        if tap.error.is_some() {
+        // and bills what it generated, also when the client went away (a
+        // user pressing Stop) or a policy stopped the stream before the
+        // usage came. An answer that was an error in its body, or that the
+        // upstream broke off, bills what nobody here can tell.
+        if tap.error.is_some() || r.error.is_some() {
             return None;
         }
         let tokens_out =
