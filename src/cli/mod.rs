@@ -49,18 +49,82 @@ pub fn user_home() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// What decides the default home folder, read from the process once so
+/// tests can pass their own.
+#[derive(Debug, Clone, Default)]
+struct HomeEnv {
+    keeptrusts_home: Option<PathBuf>,
+    /// `$HOME` (`%USERPROFILE%`).
+    home: Option<PathBuf>,
+    /// `$SUDO_USER`, kept only when the process runs as root and it names
+    /// another user.
+    sudo_user: Option<String>,
+}
+
+impl HomeEnv {
+    /// The process's environment; `SUDO_USER` only when `with_sudo` (it
+    /// costs an `id -u`).
+    fn from_process(with_sudo: bool) -> Self {
+        let keeptrusts_home = std::env::var_os("KEEPTRUSTS_HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from);
+        let sudo_user = std::env::var("SUDO_USER")
+            .ok()
+            .filter(|u| with_sudo && !u.is_empty() && u != "root")
+            .filter(|_| running_as_root());
+        HomeEnv {
+            keeptrusts_home,
+            home: user_home(),
+            sudo_user,
+        }
+    }
+}
+
+#[cfg(unix)]
+fn running_as_root() -> bool {
+    let id = std::process::Command::new("id")
+        .arg("-u")
+        .stderr(std::process::Stdio::null())
+        .output();
+    id.is_ok_and(|out| out.status.success() && out.stdout.trim_ascii() == b"0")
+}
+
+#[cfg(not(unix))]
+fn running_as_root() -> bool {
+    false
+}
+
+/// Where `kt ca` works, and for whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CaTarget {
+    /// The CA folder.
+    pub dir: PathBuf,
+    /// The user who ran `sudo kt ca ...`, when kt runs as root through it.
+    pub sudo_user: Option<String>,
+    /// That user's home folder (else `$HOME`): where their NSS databases are.
+    pub user_home: Option<PathBuf>,
+    /// `dir` is the default one in `sudo_user`'s home (no flag or
+    /// `KEEPTRUSTS_HOME` chose it): root must not create the CA there, or
+    /// the user's gateway would find root's files.
+    pub in_sudo_users_home: bool,
+}
+
 impl HomeArgs {
     /// The home folder: `--data-dir`, else `$KEEPTRUSTS_HOME`, else `~/.keeptrusts`.
     /// Absolute: its paths go into client settings (the CA for
     /// `NODE_EXTRA_CA_CERTS`) and install commands, read from elsewhere.
     pub fn home(&self) -> anyhow::Result<PathBuf> {
+        self.home_in(&HomeEnv::from_process(false))
+    }
+
+    fn home_in(&self, env: &HomeEnv) -> anyhow::Result<PathBuf> {
         if let Some(d) = &self.data_dir {
             return absolute(d);
         }
-        if let Some(h) = std::env::var_os("KEEPTRUSTS_HOME").filter(|h| !h.is_empty()) {
-            return absolute(Path::new(&h));
+        if let Some(h) = &env.keeptrusts_home {
+            return absolute(h);
         }
-        let home = user_home().ok_or_else(|| {
+        let home = env.home.as_ref().ok_or_else(|| {
             anyhow::anyhow!("cannot find a home folder: set KEEPTRUSTS_HOME or pass --data-dir")
         })?;
         Ok(home.join(".keeptrusts"))
@@ -73,6 +137,93 @@ impl HomeArgs {
             None => Ok(self.home()?.join("certs")),
         }
     }
+
+    /// The CA folder and user for `kt ca`. Run as `sudo kt ca install`
+    /// (the Quick start), sudo usually resets `$HOME` to root's and drops
+    /// `KEEPTRUSTS_HOME`: the default home is then the one of the user
+    /// who ran sudo, from the user database, so root trusts the CA that
+    /// user's gateway signs with.
+    pub(crate) fn ca_target(&self) -> anyhow::Result<CaTarget> {
+        self.ca_target_in(&HomeEnv::from_process(true), passwd_home)
+    }
+
+    fn ca_target_in(
+        &self,
+        env: &HomeEnv,
+        passwd_home: impl Fn(&str) -> Option<PathBuf>,
+    ) -> anyhow::Result<CaTarget> {
+        let chosen = self.data_dir.is_some() || env.keeptrusts_home.is_some();
+        let explicit = self.ca_dir.is_some() || chosen;
+        let user_home = match &env.sudo_user {
+            None => env.home.clone(),
+            Some(user) => match passwd_home(user) {
+                Some(home) => Some(home),
+                None if explicit => None,
+                None => anyhow::bail!(
+                    "kt runs as root through sudo for {user}, but {user}'s home folder is not in the user database; pass --data-dir (or --ca-dir) to say where the CA is"
+                ),
+            },
+        };
+        let dir = match &self.ca_dir {
+            Some(d) => absolute(d)?,
+            None if chosen => self.home_in(env)?.join("certs"),
+            None => {
+                let env = HomeEnv {
+                    home: user_home.clone(),
+                    ..env.clone()
+                };
+                self.home_in(&env)?.join("certs")
+            }
+        };
+        Ok(CaTarget {
+            dir,
+            in_sudo_users_home: env.sudo_user.is_some() && !explicit,
+            sudo_user: env.sudo_user.clone(),
+            user_home,
+        })
+    }
+}
+
+/// `user`'s home folder from the user database: `getent` (which also asks
+/// LDAP or sssd), else macOS's directory service, else `/etc/passwd`.
+fn passwd_home(user: &str) -> Option<PathBuf> {
+    let valid = |c: char| !c.is_whitespace() && !matches!(c, ':' | '/' | '\\');
+    if user.starts_with('-') || !user.chars().all(valid) {
+        return None;
+    }
+    let output = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    if let Some(line) = output("getent", &["passwd", user]) {
+        return home_in_passwd(&line, user);
+    }
+    let record = format!("/Users/{user}");
+    if let Some(out) = output("dscl", &[".", "-read", &record, "NFSHomeDirectory"]) {
+        return home_in_dscl(&out);
+    }
+    home_in_passwd(&std::fs::read_to_string("/etc/passwd").ok()?, user)
+}
+
+/// The home field of `user`'s line in passwd(5) text.
+fn home_in_passwd(text: &str, user: &str) -> Option<PathBuf> {
+    text.lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|fields| fields.len() == 7 && fields[0] == user)
+        .map(|fields| PathBuf::from(fields[5]))
+        .filter(|home| home.is_absolute())
+}
+
+/// The path in `dscl . -read /Users/NAME NFSHomeDirectory` output.
+fn home_in_dscl(text: &str) -> Option<PathBuf> {
+    let value = text.trim().strip_prefix("NFSHomeDirectory:")?.trim();
+    Some(PathBuf::from(value)).filter(|home| home.is_absolute())
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
@@ -283,6 +434,119 @@ mod tests {
         // A cause the message does not name is still printed.
         let e = anyhow::Error::new(io()).context("cannot open /x");
         assert_eq!(error_line(&e), "cannot open /x: Not a directory");
+    }
+
+    fn home_args(data_dir: Option<&str>, ca_dir: Option<&str>) -> HomeArgs {
+        HomeArgs {
+            data_dir: data_dir.map(PathBuf::from),
+            ca_dir: ca_dir.map(PathBuf::from),
+        }
+    }
+
+    /// The environment `sudo kt ca install` sees: root's `$HOME`, no
+    /// `KEEPTRUSTS_HOME`, and the user who ran sudo.
+    fn under_sudo(user: &str) -> HomeEnv {
+        HomeEnv {
+            keeptrusts_home: None,
+            home: Some("/root".into()),
+            sudo_user: Some(user.into()),
+        }
+    }
+
+    fn alice_only(user: &str) -> Option<PathBuf> {
+        (user == "alice").then(|| PathBuf::from("/home/alice"))
+    }
+
+    #[test]
+    fn kt_ca_under_sudo_uses_the_sudo_users_home() {
+        let t = home_args(None, None)
+            .ca_target_in(&under_sudo("alice"), alice_only)
+            .unwrap();
+        assert_eq!(t.dir, Path::new("/home/alice/.keeptrusts/certs"));
+        assert_eq!(t.user_home.as_deref(), Some(Path::new("/home/alice")));
+        assert_eq!(t.sudo_user.as_deref(), Some("alice"));
+        assert!(t.in_sudo_users_home, "root must not create a CA there");
+        // Without sudo: $HOME, as every other command.
+        let plain = HomeEnv {
+            home: Some("/home/bob".into()),
+            ..HomeEnv::default()
+        };
+        let t = home_args(None, None)
+            .ca_target_in(&plain, alice_only)
+            .unwrap();
+        assert_eq!(t.dir, Path::new("/home/bob/.keeptrusts/certs"));
+        assert!(t.sudo_user.is_none() && !t.in_sudo_users_home);
+        assert_eq!(
+            t.dir,
+            home_args(None, None).home_in(&plain).unwrap().join("certs")
+        );
+    }
+
+    #[test]
+    fn kt_ca_under_sudo_keeps_a_folder_given_by_flag_or_environment() {
+        let t = home_args(Some("/d"), None)
+            .ca_target_in(&under_sudo("alice"), alice_only)
+            .unwrap();
+        assert_eq!(t.dir, Path::new("/d/certs"));
+        assert!(!t.in_sudo_users_home);
+        // The NSS databases are still alice's.
+        assert_eq!(t.user_home.as_deref(), Some(Path::new("/home/alice")));
+        let t = home_args(None, Some("/c"))
+            .ca_target_in(&under_sudo("alice"), alice_only)
+            .unwrap();
+        assert_eq!(
+            (t.dir.as_path(), t.in_sudo_users_home),
+            (Path::new("/c"), false)
+        );
+        let env = HomeEnv {
+            keeptrusts_home: Some("/k".into()),
+            ..under_sudo("alice")
+        };
+        let t = home_args(None, None)
+            .ca_target_in(&env, alice_only)
+            .unwrap();
+        assert_eq!(
+            (t.dir.as_path(), t.in_sudo_users_home),
+            (Path::new("/k/certs"), false)
+        );
+    }
+
+    #[test]
+    fn kt_ca_under_sudo_for_an_unknown_user_does_not_fall_back_to_roots_home() {
+        let err = home_args(None, None)
+            .ca_target_in(&under_sudo("carol"), alice_only)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("carol's home folder") && err.contains("--data-dir"),
+            "{err}"
+        );
+        let t = home_args(Some("/d"), None)
+            .ca_target_in(&under_sudo("carol"), alice_only)
+            .unwrap();
+        assert_eq!(
+            (t.dir.as_path(), t.user_home),
+            (Path::new("/d/certs"), None)
+        );
+    }
+
+    #[test]
+    fn home_folders_from_the_user_database() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n\
+                      alice2:x:1001:1001::/home/alice2:/bin/sh\n\
+                      alice:x:1000:1000:Alice A,,,:/home/alice:/bin/bash\n\
+                      broken:x:1002\n";
+        let home = |u| home_in_passwd(passwd, u);
+        assert_eq!(home("alice"), Some(PathBuf::from("/home/alice")));
+        assert_eq!(home("alice2"), Some(PathBuf::from("/home/alice2")));
+        assert_eq!(home("ali"), None);
+        assert_eq!(home("broken"), None);
+        let dscl = "NFSHomeDirectory: /Users/alice\n";
+        assert_eq!(home_in_dscl(dscl), Some(PathBuf::from("/Users/alice")));
+        assert_eq!(home_in_dscl("No such key: NFSHomeDirectory\n"), None);
+        // Not a user name: never passed to a program.
+        assert_eq!(passwd_home("-s"), None);
+        assert_eq!(passwd_home("a:b"), None);
     }
 
     #[test]

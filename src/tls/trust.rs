@@ -82,23 +82,36 @@ fn failure_detail(stderr: &str) -> String {
     }
 }
 
+/// The user whose NSS databases (Chromium, Electron apps, Firefox) a
+/// plan updates.
+#[derive(Debug, Clone, Default)]
+pub struct NssUser {
+    /// Their home folder, where the databases are.
+    pub home: Option<PathBuf>,
+    /// Set when kt runs as root through sudo: the user who ran it. The
+    /// NSS steps then run as that user (`sudo -u`), on their databases,
+    /// which stay theirs: the same databases `--dry-run` run by that user
+    /// shows.
+    pub sudo_user: Option<String>,
+}
+
 /// Plan for `kt ca install` on this machine.
-pub fn install_plan(paths: &CaPaths) -> Result<TrustPlan, TrustError> {
-    plan_install(&System::detect(paths), paths)
+pub fn install_plan(paths: &CaPaths, user: &NssUser) -> Result<TrustPlan, TrustError> {
+    plan_install(&System::detect(paths, user), paths)
 }
 
 /// Plan for `kt ca install` on this machine before the CA exists: the
 /// steps it runs once it has created the CA at `paths` (for `--dry-run`,
 /// which creates nothing).
-pub fn install_plan_for_new_ca(paths: &CaPaths) -> Result<TrustPlan, TrustError> {
-    let mut sys = System::detect(paths);
+pub fn install_plan_for_new_ca(paths: &CaPaths, user: &NssUser) -> Result<TrustPlan, TrustError> {
+    let mut sys = System::detect(paths, user);
     sys.existing.extend([paths.cert.clone(), paths.der.clone()]);
     plan_install(&sys, paths)
 }
 
 /// Plan for `kt ca uninstall` on this machine.
-pub fn uninstall_plan(paths: &CaPaths) -> Result<TrustPlan, TrustError> {
-    let mut sys = System::detect(paths);
+pub fn uninstall_plan(paths: &CaPaths, user: &NssUser) -> Result<TrustPlan, TrustError> {
+    let mut sys = System::detect(paths, user);
     let debian = linux_store(&sys) == Some(LinuxStore::Debian);
     if let Some(jdk) = sys.jdk.as_mut().filter(|j| j.follows_system && debian) {
         // A JVM start, so asked only here, and only where the entry can be.
@@ -277,7 +290,8 @@ struct System {
     nss_dbs: Vec<NssDb>,
     /// Whether the system store holds the CA; `None` when unknown.
     system_has_ca: Option<bool>,
-    /// Set when running as root through sudo (`SUDO_USER`).
+    /// Set when running as root through sudo: whose NSS databases these
+    /// are, and as whom their steps run.
     sudo_user: Option<String>,
     /// The JDK a user would run (see [`find_jdk`]).
     jdk: Option<Jdk>,
@@ -286,7 +300,7 @@ struct System {
 impl System {
     /// Looks at the real machine (read-only: PATH, a few files, `id -u`,
     /// and listing commands of the trust tools).
-    fn detect(paths: &CaPaths) -> System {
+    fn detect(paths: &CaPaths, user: &NssUser) -> System {
         let os = Os::this();
         let found = |p: &str| find_program(p, &os).map(|how| (p.to_string(), how));
         let programs = PROGRAMS.split(' ').filter_map(found).collect();
@@ -305,7 +319,7 @@ impl System {
             Os::Windows => quiet("net", &["session"]).is_some(),
             _ => quiet("id", &["-u"]).is_some_and(|s| s.trim() == "0"),
         };
-        let sudo_user = std::env::var("SUDO_USER").ok().filter(|_| is_root);
+        let sudo_user = user.sudo_user.clone().filter(|_| is_root);
         let mut sys = System {
             os,
             is_root,
@@ -328,10 +342,9 @@ impl System {
         if let Some(jdk) = &sys.jdk {
             sys.programs.insert("keytool".into(), jdk.keytool.clone());
         }
-        let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
-        if let (Os::Linux, Some(home)) = (&sys.os, home) {
+        if let (Os::Linux, Some(home)) = (&sys.os, &user.home) {
             let certutil = sys.program("certutil").map(str::to_string);
-            for dir in find_nss_dbs(Path::new(&home)) {
+            for dir in find_nss_dbs(home) {
                 let db = format!("sql:{}", dir.to_string_lossy());
                 let list = ["-L", "-d", &db, "-n", CA_COMMON_NAME];
                 let has_ca = certutil.as_ref().is_some_and(|c| quiet(c, &list).is_some());
@@ -530,6 +543,16 @@ impl<'a> Builder<'a> {
         });
     }
 
+    /// Prefixes the last step with `sudo -u USER` when `as_user` is set.
+    fn run_last_step_as(&mut self, as_user: Option<(&str, &str)>) {
+        let (Some((sudo, user)), Some(step)) = (as_user, self.plan.steps.last_mut()) else {
+            return;
+        };
+        let program = std::mem::replace(&mut step.program, sudo.to_string());
+        let prefix = ["-u".to_string(), user.to_string(), program];
+        step.args.splice(0..0, prefix);
+    }
+
     fn note(&mut self, note: impl Into<String>) {
         self.plan.notes.push(note.into());
     }
@@ -548,6 +571,13 @@ impl<'a> Builder<'a> {
             let dirs = dirs.iter().map(ToString::to_string).collect::<Vec<_>>();
             return self.note(format!("warning: NSS databases found ({}) but NSS `certutil` is not installed; install {NSS_PACKAGES}, then re-run `kt ca {verb}` so Chromium/Electron apps and Firefox are updated", dirs.join(", ")));
         }
+        // Root's certutil would leave root-owned files in the user's
+        // databases; `sudo -u` keeps them the user's.
+        let as_user = match (&sys.sudo_user, sys.program("sudo")) {
+            (None, _) => None,
+            (Some(user), Some(sudo)) => Some((sudo, user.as_str())),
+            (Some(user), None) => return self.note(format!("warning: sudo was not found to update {user}'s NSS databases as {user}; run `kt ca {verb}` as {user} (without sudo) so Chromium/Electron apps and Firefox are updated")),
+        };
         for db in &sys.nss_dbs {
             let dir = db.dir.to_string_lossy();
             let sql = format!("sql:{dir}");
@@ -555,20 +585,19 @@ impl<'a> Builder<'a> {
                 let what = format!("remove the CA from the NSS database {dir}");
                 let extra = [&sql, "-n", CA_COMMON_NAME];
                 self.step(false, &what, "certutil -D -d", &extra);
+                self.run_last_step_as(as_user);
             }
             if install {
                 let what = format!("trust the CA in the NSS database {dir}");
                 let extra = [&sql, "-n", CA_COMMON_NAME, "-t", "C,,", "-i", pem];
                 self.step(false, &what, "certutil -A -d", &extra);
+                self.run_last_step_as(as_user);
             }
         }
     }
 
     fn finish(mut self, pem: &str) -> TrustPlan {
         let (sys, verb) = (self.sys, self.verb);
-        if let (Os::Linux, Some(user)) = (&sys.os, &sys.sudo_user) {
-            self.note(format!("note: running as root via sudo, so only root's NSS databases were considered; run `kt ca {verb}` as {user} (without sudo) to update {user}'s browsers and Electron apps"));
-        }
         if self.plan.blocked.is_some() {
             self.note(match sys.os {
                 Os::Windows => "warning: the commands above must run from an elevated terminal (Run as administrator)",
@@ -1036,11 +1065,35 @@ mod tests {
         assert!(has_note(&plan, "libnss3-tools") && has_note(&plan, "/home/u/.pki/nssdb"));
     }
 
+    /// `sudo kt ca install` updates the NSS databases of the user who ran
+    /// sudo (found in that user's home), as that user.
     #[test]
-    fn sudo_user_note() {
-        let mut s = debian();
+    fn nss_databases_of_the_sudo_user_are_updated_as_that_user() {
+        let mut s = sys(
+            Os::Linux,
+            &["update-ca-certificates", "sudo", "certutil"],
+            &[DEBIAN_DIR],
+        );
         s.sudo_user = Some("alice".into());
+        s.nss_dbs = vec![nss("/home/alice/.pki/nssdb", true)];
+        let nick = "-n 'Keeptrusts kt local CA'";
+        let db = "sql:/home/alice/.pki/nssdb";
         let plan = plan_install(&s, &paths()).unwrap();
+        assert_eq!(
+            lines(&plan)[2..],
+            [
+                format!("sudo -u alice certutil -D -d {db} {nick}"),
+                format!("sudo -u alice certutil -A -d {db} {nick} -t C,, -i {Q_PEM}"),
+            ]
+        );
+        assert!(!has_note(&plan, "root's NSS"), "{:?}", plan.notes);
+        let plan = plan_uninstall(&s, &paths()).unwrap();
+        let remove = format!("sudo -u alice certutil -D -d {db} {nick}");
+        assert_eq!(lines(&plan).last(), Some(&remove));
+        // Without sudo, root's certutil would leave root's files in them.
+        s.programs.remove("sudo");
+        let plan = plan_install(&s, &paths()).unwrap();
+        assert_eq!(plan.steps.len(), 2);
         assert!(has_note(&plan, "run `kt ca install` as alice"));
     }
 

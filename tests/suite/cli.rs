@@ -119,6 +119,49 @@ fn ca_install_dry_run_before_the_ca_exists_says_it_would_create_it() {
     );
 }
 
+/// `sudo kt ca install`, as the Quick start says: root, with root's
+/// `$HOME` and `SUDO_USER` naming the user. kt takes the CA folder from
+/// that user's home, not root's, and root does not create a CA there;
+/// the dry run says so as the real run would. Needs root (and the `nobody`
+/// user, whose home is /nonexistent); skipped otherwise.
+#[test]
+fn ca_commands_through_sudo_use_the_sudo_users_home() {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    let nobody = Command::new("getent").args(["passwd", "nobody"]).output();
+    let nobody_home = nobody.map(|o| text(&o.stdout)).unwrap_or_default();
+    if text(&uid.stdout).trim() != "0" || !nobody_home.contains(":/nonexistent:") {
+        eprintln!("skipped: needs root and the user nobody with home /nonexistent");
+        return;
+    }
+    let root_home = tempfile::tempdir().unwrap();
+    let as_sudo = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kt"))
+            .args(args)
+            .env("HOME", root_home.path())
+            .env("SUDO_USER", "nobody")
+            .env_remove("KEEPTRUSTS_HOME")
+            .output()
+            .unwrap()
+    };
+    let path = as_sudo(&["ca", "path"]);
+    assert_eq!(
+        text(&path.stdout).trim(),
+        "/nonexistent/.keeptrusts/certs/kt-ca.pem"
+    );
+    // Only the dry run: a broken real run would change this machine's
+    // trust store (the unit tests in src/cli/ca.rs cover the refusal).
+    let out = as_sudo(&["ca", "install", "--dry-run"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("no CA in /nonexistent/.keeptrusts/certs")
+            && err.contains("run `kt ca init` as nobody (without sudo) first"),
+        "{err}"
+    );
+    assert!(!root_home.path().join(".keeptrusts").exists());
+    assert!(!std::path::Path::new("/nonexistent").exists());
+}
+
 #[test]
 fn bad_input_fails_with_one_clear_line() {
     let home = tempfile::tempdir().unwrap();
