@@ -15,6 +15,9 @@ use time::{Duration, OffsetDateTime};
 const CERT_FILE: &str = "kt-ca.pem";
 const KEY_FILE: &str = "kt-ca-key.pem";
 const DER_FILE: &str = "kt-ca.cer";
+/// Held (an OS file lock) while a CA is created, so two first starts at
+/// once make one CA, not a key of one and a certificate of the other.
+const CREATE_LOCK_FILE: &str = ".kt-ca.lock";
 
 /// Common name of CAs this tool creates; also the nickname used in trust stores.
 pub const CA_COMMON_NAME: &str = "Keeptrusts kt local CA";
@@ -43,6 +46,8 @@ pub enum CaError {
         "CA key {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
     )]
     KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("the CA key {key} does not belong to the certificate {cert}; put the matching pair there (or move both away to create a new CA)")]
+    KeyMismatch { key: PathBuf, cert: PathBuf },
     #[error("no CA in {dir}; run `kt ca init`")]
     Missing { dir: PathBuf },
     #[error("cannot generate CA: {0}")]
@@ -103,6 +108,12 @@ impl CertificateAuthority {
         if paths.exists() {
             return Ok((Self::load(paths)?, false));
         }
+        create_private_dir(&paths.dir)?;
+        let _lock = lock_creation(&paths.dir)?;
+        // Another process may have created it while this one waited.
+        if paths.exists() {
+            return Ok((Self::load(paths)?, false));
+        }
         if paths.cert.exists() != paths.key.exists() {
             let present = if paths.cert.exists() {
                 &paths.cert
@@ -136,6 +147,12 @@ impl CertificateAuthority {
             path: paths.cert.clone(),
             reason: "no CERTIFICATE block".into(),
         })?;
+        if !key_matches_cert(&key, &cert_der) {
+            return Err(CaError::KeyMismatch {
+                key: paths.key.clone(),
+                cert: paths.cert.clone(),
+            });
+        }
         let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| CaError::Invalid {
             path: paths.cert.clone(),
             reason: e.to_string(),
@@ -149,7 +166,6 @@ impl CertificateAuthority {
     }
 
     fn create(paths: &CaPaths) -> Result<(), CaError> {
-        create_private_dir(&paths.dir)?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -201,6 +217,38 @@ pub(crate) fn random_serial() -> SerialNumber {
     bytes[0] &= 0x7f;
     bytes[0] |= 0x40; // keep the full width so the DER length is stable
     SerialNumber::from_slice(&bytes)
+}
+
+/// Whether `key` is the private half of the certificate's public key: a
+/// mismatch would sign every leaf with a signature no client accepts.
+fn key_matches_cert(key: &KeyPair, cert: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert).is_ok_and(|(_, x509)| {
+        x509.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+    })
+}
+
+/// Takes the CA folder's creation lock, waiting for another creator. `None`
+/// where the file system has no locks (some network mounts).
+fn lock_creation(dir: &Path) -> Result<Option<fs::File>, CaError> {
+    let path = dir.join(CREATE_LOCK_FILE);
+    let err = |source| CaError::Write {
+        path: path.clone(),
+        source,
+    };
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(err)?;
+    match file.lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::warn!(path = %path.display(), "the file system cannot lock the CA folder: make sure only one kt creates the CA");
+            Ok(None)
+        }
+        Err(e) => Err(err(e)),
+    }
 }
 
 fn read_to_string(path: &Path) -> Result<String, CaError> {
@@ -275,4 +323,49 @@ fn write_atomic(path: &Path, data: &[u8], private: bool) -> Result<(), CaError> 
     file.sync_all().map_err(err)?;
     drop(file);
     fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_of_another_ca_is_refused_naming_both_files() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (CaPaths::in_dir(a.path()), CaPaths::in_dir(b.path()));
+        CertificateAuthority::load_or_create(&a).unwrap();
+        CertificateAuthority::load_or_create(&b).unwrap();
+        fs::copy(&b.key, &a.key).unwrap();
+        let err = CertificateAuthority::load(&a).unwrap_err();
+        assert!(matches!(err, CaError::KeyMismatch { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(a.key.to_str().unwrap()), "{msg}");
+        assert!(msg.contains(a.cert.to_str().unwrap()), "{msg}");
+        assert!(CertificateAuthority::load_or_create(&a).is_err());
+    }
+
+    /// Two first starts at once (a gateway and `kt ca init`, say): one
+    /// creates the CA, the others load that one.
+    #[test]
+    fn concurrent_creators_end_with_one_matching_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CaPaths::in_dir(dir.path().join("certs"));
+        let start = std::sync::Barrier::new(8);
+        let results: Vec<_> = std::thread::scope(|s| {
+            let creators: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        let (ca, created) = CertificateAuthority::load_or_create(&paths).unwrap();
+                        (ca.cert_pem().to_string(), created)
+                    })
+                })
+                .collect();
+            creators.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        assert_eq!(results.iter().filter(|(_, created)| *created).count(), 1);
+        let loaded = CertificateAuthority::load(&paths).unwrap();
+        assert!(results.iter().all(|(pem, _)| pem == loaded.cert_pem()));
+    }
 }
