@@ -157,6 +157,7 @@ impl CertificateAuthority {
             path: paths.cert.clone(),
             reason: e.to_string(),
         })?;
+        refresh_der(paths, &cert_der);
         Ok(CertificateAuthority {
             paths: paths.clone(),
             cert_pem,
@@ -217,6 +218,22 @@ pub(crate) fn random_serial() -> SerialNumber {
     bytes[0] &= 0x7f;
     bytes[0] |= 0x40; // keep the full width so the DER length is stable
     SerialNumber::from_slice(&bytes)
+}
+
+/// Keeps the DER copy (Windows' `certutil -addstore` installs it) the
+/// PEM's certificate: the PEM may have been replaced (a company CA put in,
+/// as certs/README.md allows) or the copy lost. A folder kt cannot write (a
+/// mounted Secret) is left as it is.
+fn refresh_der(paths: &CaPaths, cert: &CertificateDer<'_>) {
+    if fs::read(&paths.der).is_ok_and(|der| der == cert.as_ref()) {
+        return;
+    }
+    match write_atomic(&paths.der, cert, false) {
+        Ok(()) => {
+            tracing::info!(path = %paths.der.display(), "wrote the CA certificate's DER copy")
+        }
+        Err(e) => tracing::warn!("{e}; the DER copy of the CA certificate is out of date"),
+    }
 }
 
 /// Whether `key` is the private half of the certificate's public key: a
@@ -304,7 +321,9 @@ fn create_private_dir(dir: &Path) -> Result<(), CaError> {
 /// Writes `data` to a temporary file created with the final mode, then renames
 /// it into place, so readers never see a partial file.
 fn write_atomic(path: &Path, data: &[u8], private: bool) -> Result<(), CaError> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per writer: two threads may refresh the DER copy at once.
+    let unique = format!("tmp{}-{:08x}", std::process::id(), rand::random::<u32>());
+    let tmp = path.with_extension(unique);
     let err = |source| CaError::Write {
         path: path.to_path_buf(),
         source,
@@ -343,6 +362,32 @@ mod tests {
         assert!(msg.contains(a.key.to_str().unwrap()), "{msg}");
         assert!(msg.contains(a.cert.to_str().unwrap()), "{msg}");
         assert!(CertificateAuthority::load_or_create(&a).is_err());
+    }
+
+    #[test]
+    fn the_der_copy_follows_the_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CaPaths::in_dir(dir.path());
+        let (ca, _) = CertificateAuthority::load_or_create(&paths).unwrap();
+        assert_eq!(fs::read(&paths.der).unwrap(), ca.cert_der().as_ref());
+        // Lost: written again at the next load.
+        fs::remove_file(&paths.der).unwrap();
+        CertificateAuthority::load(&paths).unwrap();
+        assert_eq!(fs::read(&paths.der).unwrap(), ca.cert_der().as_ref());
+        // Another CA put in its place (a company CA): the copy follows.
+        let other = tempfile::tempdir().unwrap();
+        let other = CaPaths::in_dir(other.path());
+        let (company, _) = CertificateAuthority::load_or_create(&other).unwrap();
+        fs::copy(&other.cert, &paths.cert).unwrap();
+        fs::copy(&other.key, &paths.key).unwrap();
+        CertificateAuthority::load(&paths).unwrap();
+        assert_eq!(fs::read(&paths.der).unwrap(), company.cert_der().as_ref());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&paths.der).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
     }
 
     /// Two first starts at once (a gateway and `kt ca init`, say): one
