@@ -7,7 +7,9 @@ use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
+};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -20,6 +22,9 @@ use time::OffsetDateTime;
 const BACKDATE: time::Duration = time::Duration::days(1);
 /// Total validity span including the backdate: Chromium rejects leaves over 199 days.
 const VALIDITY: time::Duration = time::Duration::days(199);
+
+/// TLS sessions kept for resumption, shared by every host's config.
+const SESSION_CACHE_SIZE: usize = 4096;
 
 /// Errors minting a leaf.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +56,11 @@ pub struct LeafMinter {
     leaf_key: KeyPair,
     signing_key: Arc<dyn rustls::sign::SigningKey>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// One store for all hosts: a store per config (rustls's default, 256
+    /// sessions each) let one client fill a store for each of up to the
+    /// cache's 10,000 hosts. rustls resumes a session only for the name
+    /// it was made for.
+    sessions: Arc<dyn StoresServerSessions>,
 }
 
 impl LeafMinter {
@@ -65,6 +75,7 @@ impl LeafMinter {
             leaf_key,
             signing_key,
             provider,
+            sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
         })
     }
 
@@ -125,6 +136,7 @@ impl LeafMinter {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(FixedCert(certified)));
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config.session_storage = self.sessions.clone();
         // rustls follows the client's suite order unless told otherwise, and
         // OpenSSL, Node and rustls clients all list AES-256-GCM/SHA-384
         // first: without this kt's leg ran the costlier cipher and key
@@ -223,5 +235,83 @@ impl CertCache {
     pub async fn cached_hosts(&self) -> u64 {
         self.cache.run_pending_tasks().await;
         self.cache.entry_count()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use rustls::client::ClientConnection;
+    use rustls::server::ServerConnection;
+    use rustls::{ClientConfig, HandshakeKind, RootCertStore};
+
+    fn minter() -> LeafMinter {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = crate::tls::CaPaths::in_dir(dir.path());
+        let (ca, _) = CertificateAuthority::load_or_create(&paths).unwrap();
+        LeafMinter::new(Arc::new(ca)).unwrap()
+    }
+
+    fn client(minter: &LeafMinter) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(minter.ca().cert_der().clone()).unwrap();
+        let config = ClientConfig::builder_with_provider(minter.provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
+    /// A full exchange in memory, until neither side has anything to send
+    /// (so the client also reads the server's session tickets).
+    fn handshake(
+        client: &Arc<ClientConfig>,
+        server: Arc<ServerConfig>,
+        host: &str,
+    ) -> HandshakeKind {
+        let name = host.to_string().try_into().unwrap();
+        let mut c = ClientConnection::new(client.clone(), name).unwrap();
+        let mut s = ServerConnection::new(server).unwrap();
+        while c.wants_write() || s.wants_write() {
+            let mut bytes = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut bytes).unwrap();
+            }
+            let mut rd = &bytes[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+                s.process_new_packets().unwrap();
+            }
+            let mut bytes = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut bytes).unwrap();
+            }
+            let mut rd = &bytes[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+                c.process_new_packets().unwrap();
+            }
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+        c.handshake_kind().unwrap()
+    }
+
+    #[test]
+    fn configs_of_all_hosts_share_one_session_store() {
+        let minter = minter();
+        let a = minter.server_config("a.test", CLIENT_ALPN).unwrap();
+        let b = minter.server_config("b.test", CLIENT_ALPN).unwrap();
+        let store = |c: &ServerConfig| Arc::as_ptr(&c.session_storage);
+        assert!(std::ptr::addr_eq(store(&a), store(&b)));
+        // Resumption still works, and outlives a config: a host minted
+        // again (after the cache let it go) resumes the session too.
+        let client = client(&minter);
+        assert_eq!(handshake(&client, a.clone(), "a.test"), HandshakeKind::Full);
+        assert_eq!(handshake(&client, a, "a.test"), HandshakeKind::Resumed);
+        let again = minter.server_config("a.test", CLIENT_ALPN).unwrap();
+        assert_eq!(handshake(&client, again, "a.test"), HandshakeKind::Resumed);
+        assert_eq!(handshake(&client, b, "b.test"), HandshakeKind::Full);
     }
 }
