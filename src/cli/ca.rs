@@ -55,6 +55,9 @@ pub fn run(home: &HomeArgs, cmd: CaCommand) -> anyhow::Result<ExitCode> {
         }
         CaCommand::Install { dry_run } => {
             refuse_to_create_for_another_user(&target, &paths)?;
+            // The real run refuses a lone certificate or key before any
+            // step; the dry run says so too, not a plan it will not run.
+            paths.check_not_lone()?;
             // The real run creates a missing CA first, so the dry run
             // shows that and the steps for the CA it would create (it
             // failed with "run `kt ca init` first" before).

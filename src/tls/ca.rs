@@ -82,6 +82,23 @@ impl CaPaths {
     pub fn exists(&self) -> bool {
         self.cert.is_file() && self.key.is_file()
     }
+
+    /// Refuses a certificate without its key, or a key without its
+    /// certificate: kt does not create a new half for a lone file.
+    pub fn check_not_lone(&self) -> Result<(), CaError> {
+        if self.cert.exists() == self.key.exists() {
+            return Ok(());
+        }
+        let present = if self.cert.exists() {
+            &self.cert
+        } else {
+            &self.key
+        };
+        Err(CaError::Invalid {
+            path: present.clone(),
+            reason: "the CA certificate and key must both exist; remove the lone file to create a new CA".into(),
+        })
+    }
 }
 
 /// A loaded CA, able to sign leaf certificates.
@@ -114,17 +131,7 @@ impl CertificateAuthority {
         if paths.exists() {
             return Ok((Self::load(paths)?, false));
         }
-        if paths.cert.exists() != paths.key.exists() {
-            let present = if paths.cert.exists() {
-                &paths.cert
-            } else {
-                &paths.key
-            };
-            return Err(CaError::Invalid {
-                path: present.clone(),
-                reason: "the CA certificate and key must both exist; remove the lone file to create a new CA".into(),
-            });
-        }
+        paths.check_not_lone()?;
         Self::create(paths)?;
         Ok((Self::load(paths)?, true))
     }

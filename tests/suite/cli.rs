@@ -162,6 +162,24 @@ fn ca_commands_through_sudo_use_the_sudo_users_home() {
     assert!(!std::path::Path::new("/nonexistent").exists());
 }
 
+/// A certificate without its key: `kt ca install` refuses it, and the
+/// dry run fails the same way instead of printing a plan.
+#[test]
+fn ca_install_dry_run_refuses_a_lone_certificate_as_the_real_run_does() {
+    let home = tempfile::tempdir().unwrap();
+    let d = home.path().to_str().unwrap();
+    assert!(kt(&["ca", "init", "--data-dir", d]).status.success());
+    std::fs::remove_file(home.path().join("certs/kt-ca-key.pem")).unwrap();
+    let out = kt(&["ca", "install", "--dry-run", "--data-dir", d]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        err.contains("kt-ca.pem") && err.contains("certificate and key must both exist"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+}
+
 #[test]
 fn bad_input_fails_with_one_clear_line() {
     let home = tempfile::tempdir().unwrap();
