@@ -125,7 +125,27 @@ pub fn uninstall_plan(paths: &CaPaths, user: &NssUser) -> Result<TrustPlan, Trus
         ];
         jdk.holds_debian_entry = quiet(&jdk.keytool, &list).is_some();
     }
+    let arch = linux_store(&sys) == Some(LinuxStore::Arch);
+    if let (true, false, Some(trust)) = (arch, sys.exists(&paths.cert), sys.program("trust")) {
+        let anchors = quiet(trust, &["list", "--filter=ca-anchors"]).unwrap_or_default();
+        sys.p11_anchors = anchor_uris(&anchors, CA_COMMON_NAME);
+    }
     plan_uninstall(&sys, paths)
+}
+
+/// The URIs of the entries labelled `label` in `trust list` output: each
+/// entry is its `pkcs11:` URI, then indented `key: value` lines.
+fn anchor_uris(list: &str, label: &str) -> Vec<String> {
+    let mut uris = Vec::new();
+    let mut uri = None;
+    for line in list.lines() {
+        if line.starts_with("pkcs11:") {
+            uri = Some(line.trim());
+        } else if line.trim().strip_prefix("label: ") == Some(label) {
+            uris.extend(uri.take().map(String::from));
+        }
+    }
+    uris
 }
 
 /// Runs the steps in order, stopping at the first failure.
@@ -295,6 +315,9 @@ struct System {
     sudo_user: Option<String>,
     /// The JDK a user would run (see [`find_jdk`]).
     jdk: Option<Jdk>,
+    /// PKCS#11 URIs of p11-kit anchors labelled as the CA; asked only to
+    /// uninstall on Arch without the PEM, which would name the anchor.
+    p11_anchors: Vec<String>,
 }
 
 impl System {
@@ -729,11 +752,17 @@ fn plan_uninstall(sys: &System, paths: &CaPaths) -> Result<TrustPlan, TrustError
             b.admin(BUNDLE, "update-ca-certificates", &[]);
         }
         (Os::Linux, Some(LinuxStore::Arch)) if !absent => {
-            if !sys.exists(&paths.cert) {
-                return Err(missing(&paths.cert));
-            }
+            // Without the PEM the anchor is named by its URI, found by the
+            // CA's label; the NSS steps below need neither.
             let what = "remove the p11-kit trust anchor";
-            b.admin(what, "trust anchor --remove", &[pem]);
+            if sys.exists(&paths.cert) {
+                b.admin(what, "trust anchor --remove", &[pem]);
+            } else if sys.p11_anchors.is_empty() {
+                b.note(format!("warning: {pem} is gone and `trust list --filter=ca-anchors` shows no anchor labelled \"{CA_COMMON_NAME}\"; if the CA is still trusted, remove it with `trust anchor --remove` and the pkcs11: URI `trust list` prints for it"));
+            }
+            for uri in &sys.p11_anchors {
+                b.admin(what, "trust anchor --remove", &[uri]);
+            }
         }
         (Os::Mac, _) if !absent => {
             if sys.exists(&paths.cert) {
@@ -941,6 +970,29 @@ mod tests {
         assert_eq!(lines(&plan), [format!("trust anchor --store {Q_PEM}")]);
         let plan = plan_uninstall(&arch, &paths()).unwrap();
         assert_eq!(lines(&plan), [format!("trust anchor --remove {Q_PEM}")]);
+    }
+
+    /// Uninstall on Arch after the CA folder is gone: the anchor by the
+    /// URI `trust list` gives for the CA's label, and the NSS databases
+    /// by nickname; what cannot be found is said.
+    #[test]
+    fn arch_uninstall_without_the_pem_removes_what_it_can() {
+        let mut arch = sys(Os::Linux, &["trust", "certutil"], &[]);
+        arch.existing.clear();
+        arch.nss_dbs = vec![nss("/home/u/.pki/nssdb", true)];
+        let nick = "-n 'Keeptrusts kt local CA'";
+        let nss_delete = format!("certutil -D -d sql:/home/u/.pki/nssdb {nick}");
+        let plan = plan_uninstall(&arch, &paths()).unwrap();
+        assert_eq!(lines(&plan), [nss_delete.as_str()]);
+        assert!(has_note(&plan, "is gone") && has_note(&plan, "trust list"));
+        let list = "pkcs11:id=%AA%01;type=cert\n    type: certificate\n    label: ACCVRAIZ1\n    trust: anchor\n    category: authority\n\n\
+                    pkcs11:id=%BB%02;type=cert\n    type: certificate\n    label: Keeptrusts kt local CA\n    trust: anchor\n    category: authority\n";
+        arch.p11_anchors = anchor_uris(list, CA_COMMON_NAME);
+        assert_eq!(arch.p11_anchors, ["pkcs11:id=%BB%02;type=cert"]);
+        let plan = plan_uninstall(&arch, &paths()).unwrap();
+        let remove = "trust anchor --remove 'pkcs11:id=%BB%02;type=cert'";
+        assert_eq!(lines(&plan), [remove, nss_delete.as_str()]);
+        assert!(!has_note(&plan, "is gone"));
     }
 
     #[test]
