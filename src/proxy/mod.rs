@@ -317,8 +317,13 @@ impl Gateway {
                 continue;
             };
             // A listener on 0.0.0.0 is reached at a real address: the
-            // connection's own is the one `ctx.local` means.
-            let local = stream.local_addr().unwrap_or(bound);
+            // connection's own is the one `ctx.local` means. A listener on
+            // one address is reached there (no syscall per connection).
+            let local = if bound.ip().is_unspecified() {
+                stream.local_addr().unwrap_or(bound)
+            } else {
+                bound
+            };
             let _ = stream.set_nodelay(true);
             let gw = self.clone();
             let sd = shutdown.clone();

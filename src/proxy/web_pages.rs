@@ -24,10 +24,12 @@
 //!   `.home.arpa`. On a loopback connection this holds for every request.
 //!   On any other (a LAN address, or a container's own address, where a
 //!   gateway published on the host's loopback sees its connections
-//!   arrive) it holds for requests a browser makes, which name their page
-//!   in `Origin` or their context in `Sec-Fetch-*`: a page can rebind its
-//!   name to a LAN address as easily, while IDEs and SDKs may reach a
-//!   team's gateway by any DNS name.
+//!   arrive) it holds for kt's own pages under `/_kt/` and for requests
+//!   that show a browser (`Origin`, which every `POST` carries, or
+//!   `Sec-Fetch-*`): a page can rebind its name to a LAN address as
+//!   easily, while IDEs and SDKs may reach a team's gateway by any DNS
+//!   name. A same-origin `GET` from an `http` page shows neither, which
+//!   leaves it the direct API's `GET`s (the model list).
 //!
 //! With keys required a request needs a key no page has, so neither check
 //! applies; nor do they to the probes, `/metrics` and the CA download.
@@ -48,7 +50,8 @@ pub(super) fn check<B>(ctx: &ConnCtx, req: &Request<B>) -> Result<(), ProxyError
     {
         return Ok(());
     }
-    refusal(ctx.local.ip().is_loopback(), req)
+    // `::ffff:127.0.0.1` on a dual-stack listener is loopback too.
+    refusal(crate::loopback_tcp::is_loopback(ctx.local.ip()), req)
 }
 
 /// Why a request to kt's own routes is refused as a web page's, arriving on
@@ -62,7 +65,10 @@ fn refusal<B>(on_loopback: bool, req: &Request<B>) -> Result<(), ProxyError> {
             .get(header::HOST)
             .map(|h| h.to_str().unwrap_or_default()),
     };
-    let checked = on_loopback || from_a_browser(req);
+    // Off loopback, a browser's same-origin GET from an `http` page
+    // carries neither `Origin` nor `Sec-Fetch-*`: kt's own pages (the
+    // audit trail) are held to the names whoever asks, as IDEs never ask.
+    let checked = on_loopback || from_a_browser(req) || req.uri().path().starts_with("/_kt/");
     if let Some(host) = host.filter(|h| checked && !host_allowed(h)) {
         return Err(ProxyError::WebPage {
             refused: format!("the host name {host}"),
@@ -158,6 +164,14 @@ mod tests {
         let name = "kt.corp.example:41002";
         assert!(refusal(false, &req(name, None)).is_ok());
         assert!(refusal(true, &req(name, None)).is_err());
+        // kt's own pages, whoever asks: a same-origin GET from an `http`
+        // page names no origin and no fetch context.
+        let events = Request::builder()
+            .uri("/_kt/events?n=1")
+            .header("host", name)
+            .body(())
+            .unwrap();
+        assert!(refusal(false, &events).is_err());
         for browser in [
             ("sec-fetch-site", "same-origin"),
             ("sec-fetch-mode", "cors"),
