@@ -170,7 +170,16 @@ pub(super) fn after_removing(
     removed: &[Segment],
     first_kept: &Segment,
 ) -> Result<Anchor, EventsError> {
-    let previous = read(dir)?;
+    // A damaged anchor must not stop retention for good (the log would
+    // grow without end): the new one is recorded from the segments removed,
+    // and `verify` has reported the damaged one until now.
+    let previous = match read(dir) {
+        Err(e @ EventsError::Corrupt { .. }) => {
+            tracing::warn!(error = %e, "the audit log's anchor is damaged; retention records a new one");
+            None
+        }
+        read => read?,
+    };
     let mut prev_hash = None;
     for seg in removed.iter().rev() {
         let bytes = std::fs::read(&seg.path).map_err(|e| EventsError::io(&seg.path, e))?;

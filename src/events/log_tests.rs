@@ -593,6 +593,20 @@ async fn a_prune_cut_short_still_verifies() {
     assert_eq!(read_anchor(tmp.path()).unwrap().unwrap().segments_pruned, 1);
 }
 
+/// A damaged anchor fails `verify`, but retention still runs (the log
+/// would otherwise grow for good) and records a sound one.
+#[tokio::test]
+async fn a_damaged_anchor_does_not_stop_retention() {
+    let tmp = tempfile::tempdir().unwrap();
+    log_with_old_segments(tmp.path()).await;
+    std::fs::write(tmp.path().join(ANCHOR_FILE), "nonsense").unwrap();
+    assert_eq!(tampered(tmp.path()).2.kind(), "bad_anchor");
+    prune_before(tmp.path(), jan_2020(2)).unwrap();
+    assert!(!tmp.path().join("2020-01-01.jsonl").exists());
+    let report = verify(tmp.path()).unwrap();
+    assert!(!report.from_genesis());
+}
+
 #[tokio::test]
 async fn a_log_pruned_by_an_older_kt_is_adopted_when_the_writer_opens_it() {
     let tmp = tempfile::tempdir().unwrap();

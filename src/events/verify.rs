@@ -170,15 +170,28 @@ pub fn verify_with(
             source: std::io::Error::other(other.to_string()),
         },
     };
-    let recorded = anchor::read(dir).map_err(|e| match e {
-        super::EventsError::Corrupt { path, problem, .. } => VerifyError::Tampered {
-            file: path,
-            line: 1,
-            problem: Problem::BadAnchor(problem),
-        },
-        other => io(other),
-    })?;
-    let segments = segment::list(dir).map_err(io)?;
+    let read_anchor = || {
+        anchor::read(dir).map_err(|e| match e {
+            super::EventsError::Corrupt { path, problem, .. } => VerifyError::Tampered {
+                file: path,
+                line: 1,
+                problem: Problem::BadAnchor(problem),
+            },
+            other => io(other),
+        })
+    };
+    // A prune records its anchor, then removes segments: an anchor read
+    // before a prune with segments listed after it would not match, so a
+    // listing counts only with the same anchor on both sides of it.
+    let mut tries = 0;
+    let (recorded, segments) = loop {
+        let recorded = read_anchor()?;
+        let segments = segment::list(dir).map_err(io)?;
+        tries += 1;
+        if tries == 3 || read_anchor()? == recorded {
+            break (recorded, segments);
+        }
+    };
     // Where the recorded start applies: the first line from that segment on.
     let start_at = match recorded.as_ref().and_then(|a| a.first_segment.as_deref()) {
         None => 0,
