@@ -91,6 +91,11 @@ pub struct Target {
     models: Vec<String>,
 }
 
+/// The name of a query parameter (`name=value`, or a bare `name`).
+fn param_name(param: &str) -> &str {
+    param.split_once('=').map_or(param, |(name, _)| name)
+}
+
 impl Target {
     /// The upstream path and query for a direct-API request path
     /// (`/v1/chat/completions?x`): the part after `/v1` appended to the base
@@ -119,10 +124,13 @@ impl Target {
         };
         out.push('?');
         out.push_str(base_query);
-        let name = |param: &str| param.split('=').next().unwrap_or_default().to_owned();
-        let configured: Vec<String> = base_query.split('&').map(name).collect();
         for param in client_query.into_iter().flat_map(|q| q.split('&')) {
-            if !param.is_empty() && !configured.contains(&name(param)) {
+            let configured = || {
+                base_query
+                    .split('&')
+                    .any(|b| param_name(b) == param_name(param))
+            };
+            if !param.is_empty() && !configured() {
                 out.push('&');
                 out.push_str(param);
             }
