@@ -164,19 +164,26 @@ async fn events(gw: &mut TestGateway) -> Vec<Event> {
 
 const AUDIT: &str = "  audit-logger: {}\n";
 
+/// A gateway with `policies` in front of an OpenAI-like origin, reached
+/// through its forward proxy (as an IDE reaches it).
+async fn through_the_proxy(policies: &str) -> (Origin, TestGateway) {
+    let ca = TestCa::new("limits proxy CA");
+    let origin = Origin::tls(&ca, &[OPENAI], Alpn::Both).await;
+    let config = Arc::new(PolicyConfig::parse(policies, Path::new("t.yaml")).unwrap());
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(OPENAI, 443, origin.addr));
+        s.apply_config(&config);
+    })
+    .await;
+    (origin, gw)
+}
+
 #[tokio::test]
 async fn requests_per_minute_with_burst_refuses_the_third_before_the_upstream() {
     let policies = format!(
         "policies:\n  chain: [audit-logger, rl]\npolicy:\n{AUDIT}  rl:\n    type: rate-limit\n    requests_per_minute: 2\n    burst: 2\n"
     );
-    let ca = TestCa::new("limits proxy CA");
-    let origin = Origin::tls(&ca, &[OPENAI], Alpn::Both).await;
-    let config = Arc::new(PolicyConfig::parse(&policies, Path::new("t.yaml")).unwrap());
-    let mut gw = TestGateway::start(&ca, |s| {
-        s.connect_to.push(connect_to(OPENAI, 443, origin.addr));
-        s.apply_config(&config);
-    })
-    .await;
+    let (origin, mut gw) = through_the_proxy(&policies).await;
     // Through the forward proxy, as an IDE sends it (anonymous).
     let (mut http, _) = through_proxy(gw.addr, OPENAI, &[gw.ca_der()], &[b"http/1.1"]).await;
     let hits = origin.hits.load(Ordering::SeqCst);
@@ -602,14 +609,7 @@ async fn a_websocket_over_the_request_limit_is_refused_before_the_upgrade() {
     let policies = format!(
         "policies:\n  chain: [audit-logger, rl]\npolicy:\n{AUDIT}  rl:\n    type: rate-limit\n    requests_per_minute: 1\n    burst: 1\n"
     );
-    let ca = TestCa::new("limits websocket CA");
-    let origin = Origin::tls(&ca, &[OPENAI], Alpn::Both).await;
-    let config = Arc::new(PolicyConfig::parse(&policies, Path::new("t.yaml")).unwrap());
-    let mut gw = TestGateway::start(&ca, |s| {
-        s.connect_to.push(connect_to(OPENAI, 443, origin.addr));
-        s.apply_config(&config);
-    })
-    .await;
+    let (origin, mut gw) = through_the_proxy(&policies).await;
     let roots = [gw.ca_der()];
     let websocket = || crate::common::client::websocket(gw.addr, OPENAI, "/responses", &roots);
 
