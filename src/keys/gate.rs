@@ -215,6 +215,12 @@ pub fn bearer_token(value: &str) -> Option<&str> {
 /// that keeps one from going upstream, so it reads the value as loosely as
 /// the gate or any provider might.
 pub fn is_access_key(value: &http::HeaderValue) -> bool {
+    // Every intercepted request's credential comes here: most are a
+    // provider's key, told apart by a scan for the prefix alone.
+    let prefix = super::key::KEY_PREFIX.as_bytes();
+    if !value.as_bytes().windows(prefix.len()).any(|w| w == prefix) {
+        return false;
+    }
     let value = String::from_utf8_lossy(value.as_bytes());
     let token = bearer_token(&value).unwrap_or(value.trim());
     token.starts_with(super::key::KEY_PREFIX)

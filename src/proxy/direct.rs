@@ -22,7 +22,11 @@ use std::time::Duration;
 /// Client headers that carry its credentials to kt, never forwarded: the
 /// access key goes no further than the gateway (nor, through the proxy,
 /// a kt key a client put in one of them).
-pub(super) const CLIENT_CREDENTIALS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
+pub(super) const CLIENT_CREDENTIALS: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+];
 
 /// Client headers that pick an account under the client's own key, dropped
 /// when kt puts its key in that key's place.
@@ -149,12 +153,12 @@ fn upstream_headers(headers: &mut HeaderMap, target: &Target, auth_required: boo
         // Every value: a second `Authorization` may hold the kt key.
         if own.is_none() {
             own = headers
-                .get_all(name)
+                .get_all(&name)
                 .iter()
                 .find(|v| !is_access_key(v))
-                .map(|v| (HeaderName::from_static(name), v.clone()));
+                .map(|v| (name.clone(), v.clone()));
         }
-        headers.remove(name);
+        headers.remove(&name);
     }
     headers.remove(header::HOST);
     headers.remove(header::COOKIE);

@@ -175,7 +175,8 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// nothing to the provider, and a kt key never leaves the gateway.
 fn drop_kt_keys(headers: &mut HeaderMap) {
     use crate::keys::gate::is_access_key;
-    for name in super::direct::CLIENT_CREDENTIALS {
+    // Constant names: no header name parsed per request.
+    for name in &super::direct::CLIENT_CREDENTIALS {
         // Every value, not only the first: a client may send two.
         if !headers.get_all(name).iter().any(is_access_key) {
             continue;
@@ -188,7 +189,7 @@ fn drop_kt_keys(headers: &mut HeaderMap) {
             .collect();
         headers.remove(name);
         for value in others {
-            headers.append(name, value);
+            headers.append(name.clone(), value);
         }
     }
 }
