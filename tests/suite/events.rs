@@ -200,25 +200,20 @@ async fn the_live_feed_streams_new_events_and_tail_reads_it() {
     );
 
     // The same events through `kt events tail --gateway`, history only.
-    let out = tokio::task::spawn_blocking({
-        let url = format!("http://{}", gw.addr);
-        move || {
-            Command::new(env!("CARGO_BIN_EXE_kt"))
-                .args([
-                    "events",
-                    "tail",
-                    "--gateway",
-                    &url,
-                    "-n",
-                    "2",
-                    "--no-follow",
-                ])
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let url = format!("http://{}", gw.addr);
+    let out = kt(
+        &[
+            "events",
+            "tail",
+            "--gateway",
+            &url,
+            "-n",
+            "2",
+            "--no-follow",
+        ],
+        &[],
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -239,23 +234,16 @@ async fn the_live_feed_streams_new_events_and_tail_reads_it() {
     // against the roots SSL_CERT_FILE names.
     let front = tls_front(&ca, gw.addr).await;
     let tail = |url: String, roots: std::path::PathBuf| async move {
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_kt"))
-                .args([
-                    "events",
-                    "tail",
-                    "--gateway",
-                    &url,
-                    "-n",
-                    "2",
-                    "--no-follow",
-                ])
-                .env("SSL_CERT_FILE", roots)
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap()
+        let args = [
+            "events",
+            "tail",
+            "--gateway",
+            &url,
+            "-n",
+            "2",
+            "--no-follow",
+        ];
+        kt(&args, &[("SSL_CERT_FILE", roots.as_os_str())]).await
     };
     let url = format!("https://localhost:{}", front.port());
     let out = tail(url.clone(), ca.pem_path.clone()).await;
@@ -293,15 +281,9 @@ async fn remote_tail_gives_the_last_n_events_that_match_its_filter() {
     }
     sink.flush().await.unwrap();
     let url = format!("http://{}", gw.addr);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_kt"))
-            .args(["events", "tail", "--gateway", &url, "-n", "5"])
-            .args(["--filter", "user=dev1", "--no-follow", "--json"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let args = ["events", "tail", "--gateway", &url, "-n", "5"];
+    let filter = ["--filter", "user=dev1", "--no-follow", "--json"];
+    let out = kt(&[&args[..], &filter[..]].concat(), &[]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -977,4 +959,23 @@ async fn tail_colours_a_terminal_unless_no_color_is_set() {
         plain.contains("BLOCK") && !plain.contains("\x1b["),
         "{plain:?}"
     );
+}
+
+/// Runs `kt ARGS` with `env` added, off the runtime (the gateway under test
+/// runs on it), and gives its output.
+async fn kt(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env: Vec<(String, std::ffi::OsString)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_os_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_kt"))
+            .args(args)
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
 }
