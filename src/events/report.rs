@@ -190,29 +190,34 @@ pub fn parse_since(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, St
             "`{text}` is not a time: use a span like 30m, 24h, 7d or 2w, a day like 2026-11-01, or an RFC 3339 time"
         )
     };
-    if let Some(unit) = text.chars().last().filter(char::is_ascii_alphabetic) {
-        let n: i64 = text[..text.len() - 1].parse().map_err(|_| bad())?;
-        if n < 0 {
-            return Err(bad());
-        }
-        let span = match unit {
-            'm' => time::Duration::minutes(n),
-            'h' => time::Duration::hours(n),
-            'd' => time::Duration::days(n),
-            'w' => time::Duration::weeks(n),
-            _ => return Err(bad()),
-        };
-        return now.checked_sub(span).ok_or_else(bad);
-    }
+    // The time forms first: an RFC 3339 time in UTC ends in a letter too
+    // (`Z`), and taking every trailing letter for a span's unit refused it.
     if let Ok(t) = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
         return Ok(t);
     }
-    let day = time::Date::parse(
+    if let Ok(day) = time::Date::parse(
         text,
         &time::macros::format_description!("[year]-[month]-[day]"),
-    )
-    .map_err(|_| bad())?;
-    Ok(day.midnight().assume_utc())
+    ) {
+        return Ok(day.midnight().assume_utc());
+    }
+    let Some(unit) = text.chars().last() else {
+        return Err(bad());
+    };
+    let digits = &text[..text.len() - unit.len_utf8()];
+    // Digits only: `parse` would also take a sign (`+7d`, `-1d`).
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: i64 = digits.parse().map_err(|_| bad())?;
+    let span = match unit {
+        'm' => time::Duration::minutes(n),
+        'h' => time::Duration::hours(n),
+        'd' => time::Duration::days(n),
+        'w' => time::Duration::weeks(n),
+        _ => return Err(bad()),
+    };
+    now.checked_sub(span).ok_or_else(bad)
 }
 
 #[cfg(test)]
@@ -319,7 +324,21 @@ mod tests {
         assert_eq!(ts("2w"), "2026-11-09T10:00:00.000Z");
         assert_eq!(ts("2026-11-01"), "2026-11-01T00:00:00.000Z");
         assert_eq!(ts("2026-11-20T08:00:00+01:00"), "2026-11-20T07:00:00.000Z");
-        for bad in ["", "7", "7x", "-1d", "d", "yesterday", "2026-13-01"] {
+        // UTC times end in a letter, as spans do; both cases are RFC 3339.
+        assert_eq!(ts("2026-11-20T08:00:00Z"), "2026-11-20T08:00:00.000Z");
+        assert_eq!(ts("2026-11-20t08:00:00.5z"), "2026-11-20T08:00:00.500Z");
+        for bad in [
+            "",
+            "7",
+            "7x",
+            "-1d",
+            "+1d",
+            "d",
+            "yesterday",
+            "2026-13-01",
+            "2026-11-20T08:00:00",
+            "7\u{e9}",
+        ] {
             assert!(parse_since(bad, now).is_err(), "{bad}");
         }
     }
