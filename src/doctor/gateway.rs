@@ -67,15 +67,25 @@ pub async fn reach_check(
     dialer: &Dialer,
     proc: &Path,
 ) -> (Check, Option<Reached>) {
-    let start = format!(
-        "kt gateway run --listen {}:{}",
-        if gw.is_local() {
-            "127.0.0.1"
-        } else {
-            "0.0.0.0"
-        },
-        gw.port
-    );
+    let listen_ip = if gw.is_local() {
+        "127.0.0.1"
+    } else {
+        "0.0.0.0"
+    };
+    let start = format!("kt gateway run --listen {listen_ip}:{}", gw.port);
+    // Another program holds the port: the fix names a whole other address
+    // (appending a digit to this one gave `:410021`, no port at all).
+    let elsewhere = {
+        let port = other_port(gw.port);
+        format!(
+            "stop that program, or run kt on another port (kt gateway run --listen {listen_ip}:{port}) and pass --gateway http://{}:{port}",
+            if gw.host.contains(':') {
+                format!("[{}]", gw.host)
+            } else {
+                gw.host.clone()
+            }
+        )
+    };
     let owners = || {
         if gw.is_local() {
             sockets::listeners(proc, gw.port)
@@ -132,9 +142,7 @@ pub async fn reach_check(
                     "gateway",
                     Status::Fail,
                     format!("{} does not answer like kt: {e}{who}", gw.url),
-                    Some(format!(
-                        "stop that program, or run kt on a free port ({start}1) and pass --gateway"
-                    )),
+                    Some(elsewhere),
                 ),
                 None,
             )
@@ -164,9 +172,7 @@ pub async fn reach_check(
                             "{} answers HTTP {} on /healthz but is not kt: the port is held by {who}",
                             gw.url, head.status
                         ),
-                        Some(format!(
-                            "stop that program, or run kt on a free port ({start}1) and pass --gateway"
-                        )),
+                        Some(elsewhere),
                     ),
                     None,
                 );
@@ -182,6 +188,12 @@ pub async fn reach_check(
             )
         }
     }
+}
+
+/// The port to suggest when `port` is taken: the next one up (down from
+/// the last one, which has none above it).
+fn other_port(port: u16) -> u16 {
+    port.checked_add(1).unwrap_or(port - 1)
 }
 
 /// Where a local gateway listens, and whether that suits this machine:
@@ -788,6 +800,65 @@ mod tests {
         );
         assert!(ProbeTarget::parse("http://a/").is_err());
         assert_eq!(human(Duration::from_secs(3 * 3600)), "3h");
+    }
+
+    /// The `--listen` and `--gateway` of a fix, parsed as kt would.
+    fn suggested(fix: &str) -> (std::net::SocketAddr, GatewayTarget) {
+        let after = |flag: &str| {
+            let at = fix
+                .find(flag)
+                .unwrap_or_else(|| panic!("no {flag} in {fix}"));
+            fix[at + flag.len()..]
+                .split([' ', ')'])
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let listen = after("--listen ");
+        let listen = listen
+            .parse()
+            .unwrap_or_else(|e| panic!("--listen {listen}: {e} ({fix})"));
+        let gateway = after("--gateway ");
+        let gateway = GatewayTarget::parse(&gateway).unwrap();
+        (listen, gateway)
+    }
+
+    /// A port held by something that is not kt: before, the fix read
+    /// `--listen 127.0.0.1:410021`, no port at all.
+    #[tokio::test]
+    async fn a_port_held_by_another_program_gets_a_fix_with_a_valid_address() {
+        use tokio::io::AsyncWriteExt;
+        let proc = tempfile::tempdir().unwrap();
+        for answer in [
+            // Answers HTTP, not as kt.
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"[..],
+            // Does not answer HTTP at all.
+            &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = listener.accept().await {
+                    let _ = s.write_all(answer).await;
+                }
+            });
+            let gw = GatewayTarget::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+            let (c, reached) = reach_check(&gw, &Dialer::default(), proc.path()).await;
+            assert_eq!(c.status, Status::Fail, "{c:?}");
+            assert!(reached.is_none());
+            let fix = c.fix.unwrap();
+            let (listen, gateway) = suggested(&fix);
+            assert_eq!(
+                listen.to_string(),
+                format!("127.0.0.1:{}", other_port(port))
+            );
+            assert_eq!(
+                (gateway.host.as_str(), gateway.port),
+                ("127.0.0.1", listen.port())
+            );
+        }
+        assert_eq!(other_port(41002), 41003);
+        assert_eq!(other_port(u16::MAX), u16::MAX - 1);
     }
 
     #[test]
