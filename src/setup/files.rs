@@ -73,16 +73,50 @@ pub fn replace_with_backup(path: &Path, text: &str) -> Result<Option<PathBuf>, F
         path: target.to_path_buf(),
         source,
     };
-    let mut tmp = target.as_os_str().to_owned();
-    tmp.push(".kt-tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, text).map_err(write_err)?;
-    // Keep the mode of the file being replaced (a shell profile may be 0600).
-    if let Ok(meta) = fs::metadata(target) {
-        let _ = fs::set_permissions(&tmp, meta.permissions());
-    }
-    fs::rename(&tmp, target).map_err(write_err)?;
+    write_atomically(target, text).map_err(write_err)?;
     Ok(backup)
+}
+
+/// Replaces `target` with `text` through a new file beside it and a
+/// rename, so a reader sees the old text or the new, never a part.
+///
+/// The temporary file is created exclusively (a link planted under its
+/// name is not followed), under a name no other run uses, and with the
+/// replaced file's mode from the start: a 0600 profile's new text is
+/// never readable by others, not even until a chmod. It is removed when
+/// anything fails.
+fn write_atomically(target: &Path, text: &str) -> io::Result<()> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = target
+        .file_name()
+        .map_or_else(|| "settings".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.kt-tmp-{:016x}", rand::random::<u64>()));
+    let old_mode = fs::metadata(target).ok().map(|m| m.permissions());
+    let written = (|| {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        if let Some(perm) = &old_mode {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            options.mode(perm.mode() & 0o7777);
+        }
+        let mut f = options.open(&tmp)?;
+        // The umask may have narrowed the mode given at creation
+        // (a 0664 file under umask 022): set it exactly.
+        if let Some(perm) = old_mode {
+            f.set_permissions(perm)?;
+        }
+        io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, target)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// The file a symbolic link at `path` leads to (through any chain of
@@ -304,6 +338,44 @@ mod tests {
         assert_eq!(read_optional(&dir.path().join("none")).unwrap(), None);
     }
 
+    /// The files kt's writes left in `dir` under a temporary name.
+    fn temporaries(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("kt-tmp"))
+            .collect()
+    }
+
+    /// A 0600 profile keeps its mode (the new file is made with it).
+    #[cfg(unix)]
+    #[test]
+    fn a_private_file_stays_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join(".bashrc");
+        fs::write(&f, "alias ll='ls -l'\n").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+        replace_with_backup(&f, "export A=1\n").unwrap().unwrap();
+        assert_eq!(fs::read_to_string(&f).unwrap(), "export A=1\n");
+        let mode = fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+    }
+
+    /// A rename that fails (here: the target is a folder) leaves no
+    /// temporary file behind; before, `NAME.kt-tmp` stayed.
+    #[test]
+    fn a_failed_replacement_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("settings.json");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("inside"), "x").unwrap();
+        assert!(write_atomically(&target, "{}\n").is_err());
+        assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+        assert_eq!(fs::read_to_string(target.join("inside")).unwrap(), "x");
+    }
+
     /// `~/.bashrc -> dotfiles/bashrc`: the target gets the new text and
     /// the link is still a link (it became a regular file before).
     #[cfg(unix)]
@@ -321,7 +393,7 @@ mod tests {
         assert!(meta.file_type().is_symlink(), "the link was replaced");
         assert_eq!(fs::read_to_string(&target).unwrap(), "export A=1\n");
         assert_eq!(fs::read_to_string(&backup).unwrap(), "alias ll='ls -l'\n");
-        assert!(!dotfiles.join("bashrc.kt-tmp").exists());
+        assert_eq!(temporaries(&dotfiles), Vec::<String>::new());
 
         // A link to nothing is refused, naming both, and left as it is.
         let dangling = dir.path().join(".zshrc");
