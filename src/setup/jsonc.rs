@@ -53,7 +53,11 @@ pub struct JsonChange {
 /// changed something (keys already holding the value are left untouched,
 /// so a second run changes nothing). Empty text is treated as `{}`.
 pub fn apply(text: &str, edits: &[JsonEdit]) -> Result<(String, Vec<JsonChange>), JsoncError> {
-    let source = if text.trim().is_empty() { "{}\n" } else { text };
+    // Notepad and some Windows tools start UTF-8 files with a byte order
+    // mark, which VS Code and Zed read past but the parser refuses as a
+    // stray character: it is set aside here and put back on the output.
+    let (bom, body) = split_bom(text);
+    let source = if body.trim().is_empty() { "{}\n" } else { body };
     let root = CstRootNode::parse(source, &ParseOptions::default())
         .map_err(|e| JsoncError::Parse(e.to_string()))?;
     let object = match root.value() {
@@ -69,11 +73,20 @@ pub fn apply(text: &str, edits: &[JsonEdit]) -> Result<(String, Vec<JsonChange>)
     if changes.is_empty() {
         return Ok((text.to_string(), changes));
     }
-    let mut out = root.to_string();
+    let mut out = bom.to_string();
+    out.push_str(&root.to_string());
     if !out.ends_with('\n') {
         out.push('\n');
     }
     Ok((out, changes))
+}
+
+/// `text`'s leading UTF-8 byte order mark (or "") and the rest.
+fn split_bom(text: &str) -> (&str, &str) {
+    match text.strip_prefix('\u{FEFF}') {
+        Some(rest) => ("\u{FEFF}", rest),
+        None => ("", text),
+    }
 }
 
 fn set(top: &CstObject, edit: &JsonEdit) -> Result<Option<JsonChange>, JsoncError> {
@@ -143,7 +156,7 @@ fn to_input(value: &Value) -> CstInputValue {
 
 /// The value `text` holds at `path`, if it parses and has one.
 pub fn get(text: &str, path: &[&str]) -> Option<Value> {
-    let value = CstRootNode::parse(text, &ParseOptions::default())
+    let value = CstRootNode::parse(split_bom(text).1, &ParseOptions::default())
         .ok()?
         .value()?
         .to_serde_value()?;
@@ -268,6 +281,28 @@ mod tests {
         let (again, changes) = apply(&out, &edits).unwrap();
         assert!(changes.is_empty(), "{changes:?}");
         assert_eq!(again, out);
+    }
+
+    /// A file saved with a byte order mark (Notepad): before, it was
+    /// refused as invalid JSON; now it is merged and keeps its mark.
+    #[test]
+    fn a_leading_byte_order_mark_is_kept_and_not_an_error() {
+        let text = "\u{FEFF}{\"a\":1}\n";
+        let (out, changes) = apply(text, &proxy_edits()).unwrap();
+        assert_eq!(changes.len(), 2);
+        assert!(out.starts_with("\u{FEFF}{"), "{out:?}");
+        assert_eq!(out.matches('\u{FEFF}').count(), 1, "{out:?}");
+        assert_eq!(get(&out, &["a"]), Some(json!(1)));
+        assert_eq!(
+            get(&out, &["http.proxy"]),
+            Some(json!("http://127.0.0.1:41002"))
+        );
+        let (again, changes) = apply(&out, &proxy_edits()).unwrap();
+        assert!(changes.is_empty());
+        assert_eq!(again, out);
+        // A file that is only the mark is as good as empty.
+        let (out, _) = apply("\u{FEFF}", &proxy_edits()).unwrap();
+        assert!(out.starts_with("\u{FEFF}{"), "{out:?}");
     }
 
     #[test]
