@@ -2,7 +2,7 @@
 //! lines, so the user's comments and layout stay as they were; the result
 //! is parsed before it is written.
 
-use saphyr_parser::Parser;
+use saphyr_parser::{Event, Parser};
 
 /// Why the Continue config could not be edited.
 #[derive(Debug, thiserror::Error)]
@@ -59,18 +59,23 @@ impl ContinueModel {
     }
 }
 
-/// `text` with the gateway model added (`None` when a model with this
-/// `apiBase` is already there). Absent or empty text gives a new file.
+/// `text` with the gateway model added (`None` when an entry of
+/// `models:` already asks this `apiBase` for this `model`). Absent or
+/// empty text gives a new file.
+///
+/// An entry for the gateway with another model does not count: a user
+/// who runs `kt setup continue --model claude-sonnet-4` next to an
+/// existing `gpt-4o` entry wants both (before, the second model was
+/// never added and kt said "already up to date").
 pub fn add_model(text: &str, model: &ContinueModel) -> Result<Option<String>, ContinueYamlError> {
-    check(text)?;
+    let entries = model_entries(text)?;
     if text.trim().is_empty() {
         return Ok(Some(model.new_file()));
     }
-    let wanted = yaml_scalar(&model.api_base);
-    if text.lines().any(|l| {
-        l.trim_start().strip_prefix("apiBase:").is_some_and(|v| {
-            v.trim().trim_matches(['"', '\'']) == model.api_base || v.trim() == wanted
-        })
+    let base = model.api_base.trim_end_matches('/');
+    if entries.iter().any(|e| {
+        e.model.as_deref() == Some(model.model.as_str())
+            && e.api_base.as_deref().map(|b| b.trim_end_matches('/')) == Some(base)
     }) {
         return Ok(None);
     }
@@ -126,18 +131,113 @@ fn item_indent(rest: &[&str]) -> Option<usize> {
 }
 
 fn check(text: &str) -> Result<(), ContinueYamlError> {
+    model_entries(text).map(drop)
+}
+
+/// What one item of the top-level `models:` list says.
+#[derive(Debug, Default, PartialEq)]
+struct Entry {
+    model: Option<String>,
+    api_base: Option<String>,
+}
+
+/// A node of the document, as far as finding the entries needs: scalars
+/// by their value (quoted or not), anything else opaque. Aliases are not
+/// followed (an entry written as `*anchor` is not recognised, at worst
+/// giving a second kt entry) so a small file cannot expand into a huge
+/// tree.
+enum Node {
+    Scalar(String),
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+    Other,
+}
+
+impl Node {
+    fn get(&self, key: &str) -> Option<&Node> {
+        match self {
+            // The last of a repeated key, as YAML readers that allow
+            // repeats keep it.
+            Node::Map(entries) => entries
+                .iter()
+                .rev()
+                .find(|(k, _)| matches!(k, Node::Scalar(s) if s == key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn scalar(&self) -> Option<String> {
+        match self {
+            Node::Scalar(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// A list or mapping being read: a mapping's key waits for its value.
+enum Frame {
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>, Option<Node>),
+}
+
+/// The items of the top-level `models:` list; an error for text that is
+/// not valid YAML.
+fn model_entries(text: &str) -> Result<Vec<Entry>, ContinueYamlError> {
+    // Built with an explicit stack, not recursion: nesting depth is the
+    // file's to choose.
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut root: Option<Node> = None;
     for event in Parser::new_from_str(text) {
-        if let Err(e) = event {
+        let (event, _) = event.map_err(|e| {
             let m = e.marker();
-            return Err(ContinueYamlError::Invalid(format!(
+            ContinueYamlError::Invalid(format!(
                 "line {} column {}: {}",
                 m.line(),
                 m.col() + 1,
                 e.info()
-            )));
+            ))
+        })?;
+        let done = match event {
+            Event::SequenceStart(..) => {
+                stack.push(Frame::Seq(Vec::new()));
+                continue;
+            }
+            Event::MappingStart(..) => {
+                stack.push(Frame::Map(Vec::new(), None));
+                continue;
+            }
+            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
+                Some(Frame::Seq(items)) => Node::Seq(items),
+                Some(Frame::Map(entries, _)) => Node::Map(entries),
+                None => continue,
+            },
+            Event::Scalar(value, ..) => Node::Scalar(value.into_owned()),
+            Event::Alias(_) => Node::Other,
+            _ => continue,
+        };
+        match stack.last_mut() {
+            Some(Frame::Seq(items)) => items.push(done),
+            Some(Frame::Map(entries, key)) => match key.take() {
+                Some(k) => entries.push((k, done)),
+                None => *key = Some(done),
+            },
+            // Only the first document's root counts.
+            None => {
+                root.get_or_insert(done);
+            }
         }
     }
-    Ok(())
+    let Some(Node::Seq(items)) = root.as_ref().and_then(|r| r.get("models")) else {
+        return Ok(Vec::new());
+    };
+    Ok(items
+        .iter()
+        .map(|item| Entry {
+            model: item.get("model").and_then(Node::scalar),
+            api_base: item.get("apiBase").and_then(Node::scalar),
+        })
+        .collect())
 }
 
 /// A plain scalar when safe, else a double-quoted one.
@@ -193,6 +293,45 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(out.starts_with("name: Mine\nmodels:\n  - name: kt gateway\n"));
+    }
+
+    /// A kt entry for another model: before, any entry with the
+    /// gateway's `apiBase` made every model "already up to date".
+    #[test]
+    fn another_model_through_the_gateway_is_added_beside_the_first() {
+        let first = add_model("", &model()).unwrap().unwrap();
+        let claude = ContinueModel {
+            name: "kt gateway (claude-sonnet-4)".into(),
+            model: "claude-sonnet-4".into(),
+            api_base: "http://localhost:41002/v1".into(),
+        };
+        let both = add_model(&first, &claude).unwrap().unwrap();
+        assert!(both.contains("    model: claude-sonnet-4\n"), "{both}");
+        assert!(both.contains("    model: gpt-4o\n"), "{both}");
+        assert_eq!(
+            both.matches("apiBase: http://localhost:41002/v1").count(),
+            2
+        );
+        assert_eq!(add_model(&both, &claude).unwrap(), None, "idempotent");
+        assert_eq!(add_model(&both, &model()).unwrap(), None);
+    }
+
+    /// The same entry written by hand, quoted, in flow style or with a
+    /// trailing slash is the same entry; the model of another provider
+    /// (another `apiBase`) is not.
+    #[test]
+    fn an_identical_entry_is_recognised_however_it_is_written() {
+        for text in [
+            "models:\n  - name: mine\n    provider: openai\n    model: \"gpt-4o\"\n    apiBase: 'http://localhost:41002/v1/'\n",
+            "models:\n  - {name: mine, model: gpt-4o, apiBase: \"http://localhost:41002/v1\"}\n",
+        ] {
+            assert_eq!(add_model(text, &model()).unwrap(), None, "{text}");
+        }
+        let elsewhere = "models:\n  - name: openai\n    provider: openai\n    model: gpt-4o\n    apiBase: https://api.openai.com/v1\n";
+        assert!(add_model(elsewhere, &model()).unwrap().is_some());
+        // `apiBase` outside `models:` says nothing about the models.
+        let unrelated = "context:\n  - provider: x\n    model: gpt-4o\n    apiBase: http://localhost:41002/v1\nmodels: []\n";
+        assert!(add_model(unrelated, &model()).unwrap().is_some());
     }
 
     #[test]
