@@ -43,6 +43,12 @@ impl Memory {
             .max_capacity(max_bytes)
             .weigher(|_k: &Key, v: &Arc<Item>| u32::try_from(v.entry.size()).unwrap_or(u32::MAX))
             .expire_after(Expiry)
+            // Plain LRU. moka's default (TinyLFU) admits a new entry into a
+            // full tier only if its key was asked for more often than the
+            // entries it would push out; a key is stored right after its
+            // first miss, so once the tier filled most new answers were
+            // dropped just after being stored.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
         Memory { map }
     }
@@ -136,6 +142,34 @@ mod tests {
         for i in 0..64u8 {
             m.insert(Key([i; 32]), entry("global", &BIG), Duration::from_secs(60));
         }
+        let (_, bytes) = m.usage();
+        assert!(bytes <= 16 * 1024, "{bytes}");
+    }
+
+    /// A full tier makes room for what it is given: the answer just stored
+    /// is the one the next identical request reads, not one turned away
+    /// for being new (frequency-based admission did that, while the store
+    /// was counted).
+    #[test]
+    fn a_full_tier_keeps_the_newest_entry() {
+        static BIG: [u8; 4096] = [b'x'; 4096];
+        let m = Memory::new(16 * 1024);
+        for i in 0..3u8 {
+            m.insert(Key([i; 32]), entry("global", &BIG), Duration::from_secs(60));
+            // Read often, as popular entries are.
+            for _ in 0..4 {
+                assert!(m.get(&Key([i; 32])).is_some());
+            }
+        }
+        m.usage();
+        for i in 3..8u8 {
+            let k = Key([i; 32]);
+            m.insert(k, entry("global", &BIG), Duration::from_secs(60));
+            m.usage();
+            assert!(m.get(&k).is_some(), "entry {i} was turned away");
+        }
+        // The least recently used went out to make room.
+        assert!(m.get(&Key([0; 32])).is_none());
         let (_, bytes) = m.usage();
         assert!(bytes <= 16 * 1024, "{bytes}");
     }
