@@ -95,7 +95,9 @@
 //!   password needs 6+ characters. Values with spaces, `--password VALUE`
 //!   flags and `<password>…</password>` XML are not recognised.
 //! - JSON escapes are the caller's business (scan decoded strings), but
-//!   literal `\n` escapes inside a pasted PEM or before a token are handled.
+//!   literal `\n` escapes inside a pasted PEM, before a token or after an
+//!   assigned value (a `.env` file in a tool call's JSON arguments) are
+//!   handled.
 //! - Keywords are case-sensitive (step 1): a name spelled in odd case
 //!   (`aPiKeY = …`) is not seen by the generic rules. To stay within the
 //!   SIMD prefilter's 64 keywords, rare formats were left out: Hugging Face

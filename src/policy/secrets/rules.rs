@@ -141,10 +141,13 @@ const fn prefixed(
 /// `ident`, then an optional type annotation (`password: str = …`), one of
 /// the usual assignment or comparison operators, an optional quote, and the
 /// value, which must end at a quote, a blank, a delimiter or the line end
-/// (so `token = request.headers.get(…)` is not a value). Repetitions are
+/// (so `token = request.headers.get(…)` is not a value), or at the JSON
+/// escape of a line end or tab: a `.env` file written through a tool call
+/// reaches the scanner as JSON text (`A_PASSWORD=v\nB=…`), where a value
+/// ends at the two characters `\n`. Repetitions are
 /// unbounded on purpose: lengths are checked in Rust, and a small NFA keeps
 /// capture extraction cheap on this, the most often run regex.
-const ASSIGNMENT: &str = r#"(?P<ident>[A-Za-z_][A-Za-z0-9_.-]*)(?:\\?["'`]|\])*[ \t]*(?::[ \t]*[A-Za-z_&][A-Za-z0-9_.<>\[\]|&' ]*?[ \t]*)?(?:={1,3}|!==?|:=|=>|:|\|\|=|\?\?=)[ \t]*(?:\\?["'`])?(?P<secret>[A-Za-z0-9_+/=.~!@#$%^&*:?-]+)(?:\\?["'`]|[ \t,;)}\]\r\n]|$)"#;
+const ASSIGNMENT: &str = r#"(?P<ident>[A-Za-z_][A-Za-z0-9_.-]*)(?:\\?["'`]|\])*[ \t]*(?::[ \t]*[A-Za-z_&][A-Za-z0-9_.<>\[\]|&' ]*?[ \t]*)?(?:={1,3}|!==?|:=|=>|:|\|\|=|\?\?=)[ \t]*(?:\\?["'`])?(?P<secret>[A-Za-z0-9_+/=.~!@#$%^&*:?-]+)(?:\\?["'`]|\\[nrt]|[ \t,;)}\]\r\n]|$)"#;
 
 /// AWS access key id prefixes.
 const AWS_ID: &[&str] = &["AKIA", "ASIA", "ABIA", "ACCA", "A3T"];

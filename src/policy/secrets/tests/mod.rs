@@ -341,6 +341,35 @@ fn several_secrets_in_one_text() {
     }
 }
 
+/// A `.env` file written through a tool call is JSON text: its lines end
+/// in the two characters `\n`, and an assigned value ends there as at a
+/// real line end.
+#[test]
+fn assignment_values_end_at_a_json_escape() {
+    let mut g = Gen::new(8);
+    let pw = format!("{}7", g.s(ALNUM, 11));
+    let key = g.s(ALNUM, 16);
+    let content = format!("DB_PASSWORD={pw}\nAPI_KEY={key}\r\n\tTOKEN={key}\tx\n");
+    let args = serde_json::json!({"path": ".env", "content": content}).to_string();
+    assert!(args.contains(r"\n"), "{args}");
+    let r = scanner().redact(&args);
+    let kinds: Vec<_> = r.findings.iter().map(|f| &*f.kind).collect();
+    assert_eq!(
+        kinds,
+        ["password", "generic_secret", "generic_secret"],
+        "{args}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.text).unwrap();
+    assert_eq!(
+        v["content"],
+        "DB_PASSWORD=[REDACTED:password]\nAPI_KEY=[REDACTED:generic_secret]\r\n\t\
+         TOKEN=[REDACTED:generic_secret]\tx\n"
+    );
+    // `\"` closes a quoted value in JSON text, as it did before.
+    let quoted = serde_json::json!({"cmd": format!("export DB_PASSWORD=\"{pw}\"")}).to_string();
+    assert_eq!(scanner().find(&quoted).len(), 1, "{quoted}");
+}
+
 #[test]
 fn utf8_around_secrets_keeps_char_boundaries() {
     let mut g = Gen::new(5);
