@@ -757,11 +757,55 @@ fn group_index(regex: &Regex, name: &str) -> Option<usize> {
     regex.capture_names().position(|n| n == Some(name))
 }
 
-/// Whether the lines spanned by `span` carry the allow marker.
+/// Whether the lines spanned by `span` carry the allow marker. A line also
+/// ends at the JSON escape of a line break (`\n`, `\r` as two characters):
+/// in JSON text, such as a tool call's arguments, a whole file is one line
+/// of bytes, and one marker in it must not let every later secret through.
 fn allowed(text: &[u8], span: &Range<usize>) -> bool {
-    let start = memchr::memrchr(b'\n', &text[..span.start]).map_or(0, |i| i + 1);
-    let end = memchr::memchr(b'\n', &text[span.end..]).map_or(text.len(), |i| span.end + i);
+    let start = line_start(text, span.start);
+    let end = line_end(text, span.end);
     memchr::memmem::find(&text[start..end], ALLOW_MARKER.as_bytes()).is_some()
+}
+
+/// Where the line holding `at` starts: just after the last newline, or
+/// escaped newline, that ends before `at`.
+fn line_start(text: &[u8], at: usize) -> usize {
+    let mut i = at;
+    while let Some(p) = memchr::memrchr2(b'\n', b'\\', &text[..i]) {
+        if text[p] == b'\n' {
+            return p + 1;
+        }
+        // `p` is the last backslash of a run; it starts an escape when the
+        // run's length is odd (`\\n` is a backslash, then an `n`).
+        let run = text[..p].iter().rev().take_while(|&&b| b == b'\\').count();
+        if run % 2 == 0 && p + 2 <= at && matches!(text.get(p + 1), Some(b'n' | b'r')) {
+            return p + 2;
+        }
+        // The whole run is done with: each backslash is looked at once.
+        i = p - run;
+    }
+    0
+}
+
+/// Where the line holding `at` ends: at the first newline, or escaped
+/// newline, from `at` on (the text's end without one).
+fn line_end(text: &[u8], at: usize) -> usize {
+    let mut i = at;
+    while let Some(off) = memchr::memchr2(b'\n', b'\\', &text[i..]) {
+        let p = i + off;
+        if text[p] == b'\n' {
+            return p;
+        }
+        // The run of backslashes `p` is part of, which may have begun
+        // before `at`; its last one starts an escape when its length is odd.
+        let before = text[..p].iter().rev().take_while(|&&b| b == b'\\').count();
+        let run_end = p + text[p..].iter().take_while(|&&b| b == b'\\').count();
+        if (before + run_end - p) % 2 == 1 && matches!(text.get(run_end), Some(b'n' | b'r')) {
+            return run_end - 1;
+        }
+        i = run_end;
+    }
+    text.len()
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {

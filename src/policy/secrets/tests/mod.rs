@@ -174,6 +174,30 @@ fn allow_marker_suppresses_its_line_only() {
     assert_eq!(found[0].range.start, 5);
 }
 
+/// In JSON text (a tool call's arguments writing a file) the file's lines
+/// end at escaped line breaks: a marker covers its own line of the file,
+/// not every later one.
+#[test]
+fn allow_marker_in_json_text_covers_its_own_line_only() {
+    let tok = format!("ghp_{}", Gen::new(1).s(ALNUM, 36));
+    let content = format!("A={tok} # kt:allow\nB={tok}\r\nC={tok}\n");
+    let args = serde_json::json!({"path": ".env", "content": content}).to_string();
+    let found = scanner().find(&args);
+    assert_eq!(found.len(), 2, "{args}");
+    assert!(args[..found[0].range.start].ends_with(r"\nB="), "{args}");
+    // A marker after the secret on its line still covers it.
+    let after = serde_json::json!({"c": format!("x\nA={tok} # kt:allow\ny")}).to_string();
+    assert!(scanner().find(&after).is_empty(), "{after}");
+    // An escaped backslash before an `n` is no line break: one line.
+    let one = serde_json::json!({"c": format!("A={tok} \\n B={tok} # kt:allow")}).to_string();
+    assert!(one.contains(r"\\n B"), "{one}");
+    assert!(scanner().find(&one).is_empty(), "{one}");
+    assert_eq!(line_start(br"a\\\nb", 5), 5);
+    assert_eq!(line_start(br"a\\nb", 4), 0);
+    assert_eq!(line_end(br"a\\\nb", 1), 3);
+    assert_eq!(line_end(br"a\\nb", 1), 5);
+}
+
 #[test]
 fn custom_rules() {
     let mut g = Gen::new(2);
