@@ -2,7 +2,7 @@
 //! built from, and the raw forms read from config with their checks.
 
 use super::de::Spanned;
-use super::error::Problem;
+use super::error::{did_you_mean, one_of, Problem};
 use serde::de::{self, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -404,8 +404,9 @@ fn positive<T: PartialOrd + Default + fmt::Display>(
     }
 }
 
-/// Kind names of the built-in secret catalog are checked by the redactor
-/// when the chain is built; here only their shape.
+/// The shape of a secret kind name: that of a custom pattern's name, and
+/// all that is checked of `kinds:`/`disable:` entries when some pattern
+/// could not be read (see [`known_kind`]).
 fn kind_name_ok(k: &Spanned<String>, problems: &mut Vec<Problem>) -> bool {
     let ok = !k.value.is_empty()
         && k.value
@@ -471,7 +472,23 @@ impl RawRedact {
                 kinds.mark.line
             )));
         }
-        if let Some(kinds) = self.kinds {
+        // A name the scanner does not know would silently match nothing:
+        // `kinds: [github_token]` (for `github_pat`) would let every GitHub
+        // token through. The names of this policy's own patterns count
+        // (they are kinds too), so the check needs all of them read.
+        let written: Vec<&str> = self
+            .patterns
+            .iter()
+            .map(|p| p.name.value.as_str())
+            .collect();
+        let name_ok = |k: &Spanned<String>, problems: &mut Vec<Problem>| {
+            if complete {
+                known_kind(k, &written, problems)
+            } else {
+                kind_name_ok(k, problems)
+            }
+        };
+        if let Some(kinds) = &self.kinds {
             if complete && kinds.value.is_empty() && self.patterns.is_empty() {
                 problems.push(kinds.problem(
                     "an empty `kinds` list and no `patterns` redact nothing; use `enabled: false` instead",
@@ -480,20 +497,54 @@ impl RawRedact {
             out.kinds = Some(
                 kinds
                     .value
-                    .into_iter()
-                    .filter(|k| kind_name_ok(k, problems))
-                    .map(|k| k.value)
+                    .iter()
+                    .filter(|k| name_ok(k, problems))
+                    .map(|k| k.value.clone())
                     .collect(),
             );
         }
         out.disable = self
             .disable
-            .into_iter()
-            .filter(|k| kind_name_ok(k, problems))
-            .map(|k| k.value)
+            .iter()
+            .filter(|k| name_ok(k, problems))
+            .map(|k| k.value.clone())
             .collect();
         out
     }
+}
+
+/// Whether `k` names a built-in secret kind or rule id, or one of the
+/// policy's own `patterns` (`custom`); if not, the problem says which
+/// names there are.
+fn known_kind(k: &Spanned<String>, custom: &[&str], problems: &mut Vec<Problem>) -> bool {
+    use crate::policy::secrets::{builtin_kinds, builtin_rule_ids};
+    let name = k.value.as_str();
+    let kinds = builtin_kinds();
+    if kinds.contains(&name) || custom.contains(&name) || builtin_rule_ids().any(|id| id == name) {
+        return true;
+    }
+    let mut candidates: Vec<&str> = Vec::new();
+    candidates.extend(&kinds);
+    candidates.extend(custom);
+    // Pushed one by one: `extend` would ask `custom` to live for 'static.
+    for id in builtin_rule_ids() {
+        candidates.push(id);
+    }
+    let mut msg = format!("unknown secret kind `{name}`");
+    if let Some(s) = did_you_mean(name, &candidates) {
+        msg.push_str(&format!(" (did you mean `{s}`?)"));
+    }
+    // Every kind is listed: a near miss may not be the one meant
+    // (`github_token` is closest to `gitlab_token`, not `github_pat`).
+    msg.push_str(&format!(", expected a built-in kind ({})", one_of(&kinds)));
+    if !custom.is_empty() {
+        msg.push_str(&format!(
+            " or a name of this policy's `patterns` ({})",
+            one_of(custom)
+        ));
+    }
+    problems.push(k.problem(msg));
+    false
 }
 
 impl RawContentFilter {

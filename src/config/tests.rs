@@ -710,7 +710,7 @@ policy:
   rl: {type: rate-limit, burst: 5}
   b: {type: budget, usd_per_day: 0}
   c: {type: cache, backend: memcached://x, ttl_seconds: 0, max_bytes: 10, max_entry_bytes: 1KiB, key_prefix: 'a b'}
-  r: {type: redact, kinds: [aws, 'bad kind'], disable: [jwt], patterns: [{name: a, regex: x}, {name: a, regex: y}]}
+  r: {type: redact, kinds: [aws_access_key_id, 'bad kind'], disable: [jwt], patterns: [{name: a, regex: x}, {name: a, regex: y}]}
 ");
     let msgs: Vec<String> = ps
         .iter()
@@ -737,6 +737,47 @@ policy:
         );
     }
     assert_eq!(ps.len(), want.len(), "{msgs:#?}");
+}
+
+#[test]
+fn redact_kinds_must_name_a_kind_the_scanner_knows() {
+    // `github_token` is no kind (GitHub's classic tokens are `github_pat`):
+    // accepted, it would redact nothing and every token would go upstream.
+    let ps = problems(
+        "\
+policies:
+  chain: [r, d]
+policy:
+  r: {type: redact, kinds: [github_token, github_pat, openai-api-key, ticket], patterns: [{name: ticket, regex: 'TCK-[0-9]+'}]}
+  d: {type: redact, disable: [jtw]}
+",
+    );
+    assert_eq!(
+        where_(&ps),
+        [(4, 29, "policy.r.kinds[0]"), (5, 31, "policy.d.disable[0]")],
+        "{ps:#?}"
+    );
+    let m = &ps[0].message;
+    assert!(m.starts_with("unknown secret kind `github_token`"), "{m}");
+    // Every kind is listed, and the policy's own pattern names.
+    assert!(m.contains("github_pat, ") && m.contains("password"), "{m}");
+    assert!(m.contains("patterns` (ticket)"), "{m}");
+    assert!(
+        ps[1].message.contains("(did you mean `jwt`?)"),
+        "{}",
+        ps[1].message
+    );
+    // Built-in kinds, rule ids and pattern names are all accepted.
+    ok("policies:\n  chain: [r]\npolicy:\n  r: {type: redact, kinds: [github_pat, openai-api-key, ticket], patterns: [{name: ticket, regex: x}]}\n");
+}
+
+#[test]
+fn the_readme_lists_every_secret_kind() {
+    // Users pick `kinds:` names from the README's list.
+    let readme = include_str!("../../README.md");
+    for kind in crate::policy::secrets::builtin_kinds() {
+        assert!(readme.contains(&format!("`{kind}`")), "{kind}");
+    }
 }
 
 #[test]

@@ -137,6 +137,26 @@ const CUSTOM_RULE_MAX_LEN: usize = 1024;
 /// Compiled-size cap for custom regexes, so a config cannot blow up memory.
 const CUSTOM_REGEX_SIZE_LIMIT: usize = 1 << 20;
 
+/// The kinds of the built-in rules (`github_pat`), each once, in rule
+/// order: the names `[REDACTED:<kind>]` shows and a `redact` policy's
+/// `kinds:` and `disable:` take.
+pub fn builtin_kinds() -> Vec<&'static str> {
+    let mut kinds: Vec<&'static str> = Vec::new();
+    for def in rules::BUILTIN {
+        if !kinds.contains(&def.kind) {
+            kinds.push(def.kind);
+        }
+    }
+    kinds
+}
+
+/// The ids of the built-in rules (`github-pat`), in rule order. `kinds:`
+/// and `disable:` also take these, to name one rule of a kind that
+/// several share.
+pub fn builtin_rule_ids() -> impl Iterator<Item = &'static str> {
+    rules::BUILTIN.iter().map(|def| def.id)
+}
+
 /// Why a scanner could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
