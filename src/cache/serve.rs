@@ -85,14 +85,11 @@ fn client_bypass(headers: &HeaderMap) -> Option<(&'static str, bool)> {
                 .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
-    if has_token(&X_KT_CACHE, "bypass") {
-        return Some(("client", true));
-    }
+    // The reasons that forbid storing come first: a request that also
+    // asks to skip the lookup (`no-cache`, `x-kt-cache: bypass`) must not
+    // turn a refusal to store into a refresh that stores.
     if has_token(&header::CACHE_CONTROL, "no-store") {
         return Some(("no-store", false));
-    }
-    if has_token(&header::CACHE_CONTROL, "no-cache") || has_token(&header::PRAGMA, "no-cache") {
-        return Some(("no-cache", true));
     }
     // Copilot's speculative requests are prefetches whose answers are
     // mostly thrown away; they must not fill (or read) the cache.
@@ -100,7 +97,16 @@ fn client_bypass(headers: &HeaderMap) -> Option<(&'static str, bool)> {
         let v = v.as_bytes().trim_ascii();
         !(v.eq_ignore_ascii_case(b"false") || v == b"0")
     });
-    speculative.then_some(("speculative", false))
+    if speculative {
+        return Some(("speculative", false));
+    }
+    if has_token(&X_KT_CACHE, "bypass") {
+        return Some(("client", true));
+    }
+    if has_token(&header::CACHE_CONTROL, "no-cache") || has_token(&header::PRAGMA, "no-cache") {
+        return Some(("no-cache", true));
+    }
+    None
 }
 
 /// Whether the request carries a credential for its provider: one of the
