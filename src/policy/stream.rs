@@ -855,9 +855,13 @@ fn may_grow(window: &str) -> bool {
     if pem_open(window) {
         return true;
     }
+    // Just past the separator: a space may be wider than a byte (U+00A0,
+    // U+3000), and a word cut inside it would read as empty, held by nothing.
     let word_start = window
-        .rfind(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`')
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let word = window.get(word_start..).unwrap_or_default();
     if SECRET_PREFIXES.iter().any(|p| {
         let (w, p) = (word.as_bytes(), p.as_bytes());
@@ -1124,6 +1128,26 @@ mod tests {
             word.len()
         );
         s.finish(&mut out);
+    }
+
+    /// A token after a space wider than a byte (no-break, narrow no-break,
+    /// ideographic) is held like one after an ASCII space, however the
+    /// stream cuts it.
+    #[test]
+    fn a_token_after_a_wide_space_is_held() {
+        let token = format!("ghp_{GH_BODY}");
+        for space in ['\u{a0}', '\u{202f}', '\u{3000}'] {
+            assert!(may_grow(&format!("key{space}gh")), "{space:?}");
+            let reply = format!("key{space}{token} ok");
+            for size in [2, 3, 5, 11] {
+                let (text, _) = run(&reply, size, 1000);
+                assert_eq!(
+                    text,
+                    format!("key{space}[REDACTED:github_pat] ok"),
+                    "{space:?} size {size}"
+                );
+            }
+        }
     }
 
     #[test]
