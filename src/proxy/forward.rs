@@ -228,6 +228,12 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
+    // A message framed by Transfer-Encoding that also names a length (RFC
+    // 9112 §6.3): the body arrives decoded, so the length describes nothing
+    // kt sends, and framing by it would cut the body or break the stream.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     for name in &HOP_BY_HOP {
         if !(keep_upgrade && *name == header::UPGRADE) {
             headers.remove(name);
@@ -380,6 +386,25 @@ mod tests {
         let before = h.clone();
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h, before);
+    }
+
+    /// A message framed by chunks that also names a length goes on without
+    /// the length: kt frames the decoded body itself.
+    #[test]
+    fn a_length_beside_transfer_encoding_is_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "3".parse().unwrap());
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key(header::CONTENT_LENGTH), "{h:?}");
+        assert!(!h.contains_key(header::TRANSFER_ENCODING), "{h:?}");
+        // A length alone is the message's framing and stays.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, "3".parse().unwrap());
+        h.insert(header::CONNECTION, "keep-alive".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h[header::CONTENT_LENGTH], "3");
     }
 
     #[test]
