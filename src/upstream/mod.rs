@@ -13,7 +13,7 @@ use crate::netio::Prefixed;
 use bytes::Bytes;
 use chain::{ChainError, ProxyRules, ProxyUrl};
 use connect_to::ConnectToRules;
-use http::{header, HeaderValue, Request, Response, Uri, Version};
+use http::{header, HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use link::Link;
@@ -896,7 +896,35 @@ fn to_h1<B>(req: &mut Request<B>, origin: &Origin) {
         req.headers_mut()
             .append(header::CONNECTION, HeaderValue::from_static("te"));
     }
+    if req.version() == Version::HTTP_2 {
+        join_cookies(req.headers_mut());
+    }
     *req.version_mut() = Version::HTTP_11;
+}
+
+/// An HTTP/2 client may send each cookie as a field of its own (it
+/// compresses better); an HTTP/1.1 server reads one `Cookie` line, so they
+/// are joined with "; " on the way (RFC 9113 §8.2.3). Some servers read
+/// only the first line, or join lines with ",", which is not a cookie
+/// separator.
+fn join_cookies(headers: &mut HeaderMap) {
+    let joined = {
+        let mut values = headers.get_all(header::COOKIE).iter();
+        let Some(first) = values.next() else { return };
+        let mut rest = values.peekable();
+        if rest.peek().is_none() {
+            return;
+        }
+        let mut joined = first.as_bytes().to_vec();
+        for v in rest {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(v.as_bytes());
+        }
+        joined
+    };
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// HTTP/2 upstream: absolute URI carrying :authority, no Host header.
@@ -1021,6 +1049,31 @@ mod tests {
             timeout.dialed_for("::1", 443).to_string(),
             "timed out connecting to [::1]:443 (via [::1]:9)"
         );
+    }
+
+    /// An HTTP/2 client's cookie fields reach an HTTP/1.1 upstream as one
+    /// line; an HTTP/1.1 request's headers are left as they came.
+    #[test]
+    fn cookie_fields_from_http2_are_joined_for_http1() {
+        let origin = Origin::new(true, "api.example.test", 443);
+        let request = |version| {
+            let mut req = Request::builder()
+                .version(version)
+                .uri("https://api.example.test/v1/models")
+                .header(header::COOKIE, "a=1")
+                .header(header::COOKIE, "b=2")
+                .header(header::COOKIE, "c=3")
+                .body(())
+                .unwrap();
+            to_h1(&mut req, &origin);
+            req.headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(request(Version::HTTP_2), ["a=1; b=2; c=3"]);
+        assert_eq!(request(Version::HTTP_11), ["a=1", "b=2", "c=3"]);
     }
 
     #[test]
