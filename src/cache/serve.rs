@@ -18,6 +18,7 @@ use crate::body::{self, Body, BoxError};
 use crate::config::{CacheOptions, Scope};
 use crate::llm::content::{is_encoded, is_event_stream, is_json};
 use crate::llm::family::{Family, StreamEnd};
+use crate::llm::recognize::Provider;
 use crate::llm::sse::{SseDecoder, SseEvent};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -109,23 +110,49 @@ fn client_bypass(headers: &HeaderMap) -> Option<(&'static str, bool)> {
     None
 }
 
-/// Whether the request carries a credential for its provider: one of the
-/// headers providers read (OpenAI, Copilot and Sourcegraph `Authorization`,
-/// Anthropic `x-api-key`, Azure `api-key`, Gemini `x-goog-api-key`) with a
-/// value, or Gemini's `key` query parameter. The direct API's provider key
-/// is in the headers by the time the cache looks.
-fn carries_credential(headers: &HeaderMap, path_and_query: &str) -> bool {
-    const HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
-    HEADERS.iter().any(|name| {
+/// Credential headers besides `Authorization`, as constants: the check
+/// runs on every request the cache sees.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const API_KEY: HeaderName = HeaderName::from_static("api-key");
+const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+
+/// Whether the request carries a credential its provider reads: a header
+/// with a value, or Gemini's `key` query parameter. A credential the
+/// provider ignores (an `x-goog-api-key` sent to OpenAI) does not count:
+/// the provider would refuse the request, so a cached answer must not
+/// accept it. The direct API's provider key is in the headers by the time
+/// the cache looks.
+fn carries_credential(provider: &str, headers: &HeaderMap, path_and_query: &str) -> bool {
+    let has = |name: &HeaderName| {
         headers
-            .get_all(*name)
+            .get_all(name)
             .iter()
             .any(|v| !v.as_bytes().trim_ascii().is_empty())
-    }) || path_and_query.split_once('?').is_some_and(|(_, query)| {
-        query
-            .split('&')
-            .any(|p| p.strip_prefix("key=").is_some_and(|v| !v.is_empty()))
-    })
+    };
+    let query_key = || {
+        path_and_query.split_once('?').is_some_and(|(_, query)| {
+            query
+                .split('&')
+                .any(|p| p.strip_prefix("key=").is_some_and(|v| !v.is_empty()))
+        })
+    };
+    // Every provider kt knows reads `Authorization`: OpenAI, Copilot,
+    // Sourcegraph and Mistral only that; Anthropic for OAuth tokens, Azure
+    // for Entra ID tokens, Gemini for Vertex and its OpenAI-compatible
+    // surface.
+    let bearer = has(&header::AUTHORIZATION);
+    match Provider::parse(provider).unwrap_or(Provider::Unknown) {
+        Provider::OpenAi | Provider::GithubCopilot | Provider::Sourcegraph | Provider::Mistral => {
+            bearer
+        }
+        Provider::Anthropic => bearer || has(&X_API_KEY),
+        Provider::AzureOpenAi => bearer || has(&API_KEY),
+        Provider::Gemini => bearer || has(&X_GOOG_API_KEY) || query_key(),
+        // A host kt does not know may read any of them.
+        Provider::Unknown => {
+            bearer || has(&X_API_KEY) || has(&API_KEY) || has(&X_GOOG_API_KEY) || query_key()
+        }
+    }
 }
 
 /// Looks `req` up: a tier, then a concurrent identical request, else a
@@ -142,7 +169,7 @@ pub async fn lookup(store: &Arc<Store>, o: &CacheOptions, req: &CacheRequest<'_>
     }
     // The provider checks every request's credential; an answer from the
     // cache must not be the way round that check.
-    if !carries_credential(req.headers, req.path_and_query) {
+    if !carries_credential(req.provider, req.headers, req.path_and_query) {
         return bypass("no_credential", None);
     }
     if let Err(u) = key::uncacheable(req.body, o.allow_nondeterministic) {

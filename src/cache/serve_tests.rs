@@ -445,23 +445,52 @@ async fn requests_without_a_provider_credential_go_upstream() {
             _ => panic!("a request without a credential must go upstream"),
         }
     }
-    for name in ["x-api-key", "api-key", "x-goog-api-key"] {
-        let mut h = HeaderMap::new();
-        h.insert(HeaderName::from_static(name), HeaderValue::from_static("k"));
-        assert!(
-            matches!(
-                lookup(&store, &o, &request(&h, BODY, None)).await,
-                Lookup::Hit(_)
-            ),
-            "{name}"
+    // Only a credential the request's provider reads counts: each
+    // provider's own forms, and no other provider's.
+    let provider_reads: [(&str, &[&str], bool); 8] = [
+        ("openai", &["authorization"], false),
+        ("github-copilot", &["authorization"], false),
+        ("sourcegraph", &["authorization"], false),
+        ("mistral", &["authorization"], false),
+        ("anthropic", &["authorization", "x-api-key"], false),
+        ("azure-openai", &["authorization", "api-key"], false),
+        ("gemini", &["authorization", "x-goog-api-key"], true),
+        (
+            "unknown",
+            &["authorization", "x-api-key", "api-key", "x-goog-api-key"],
+            true,
+        ),
+    ];
+    let no_credential = |found: &Lookup| matches!(found, Lookup::Bypass("no_credential", _));
+    for (provider, reads, query_key) in provider_reads {
+        for name in ["authorization", "x-api-key", "api-key", "x-goog-api-key"] {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("k"));
+            let req = CacheRequest {
+                provider,
+                ..request(&h, BODY, None)
+            };
+            assert_eq!(
+                no_credential(&lookup(&store, &o, &req).await),
+                !reads.contains(&name),
+                "{provider}: {name}"
+            );
+        }
+        let keyed = CacheRequest {
+            provider,
+            path_and_query: "/v1beta/models/g:streamGenerateContent?alt=sse&key=AIza",
+            ..request(&blank, BODY, None)
+        };
+        assert_eq!(
+            no_credential(&lookup(&store, &o, &keyed).await),
+            !query_key,
+            "{provider}: key="
         );
     }
-    let gemini = CacheRequest {
-        path_and_query: "/v1/chat/completions?alt=sse&key=AIza",
-        ..request(&blank, BODY, None)
-    };
-    assert!(!matches!(
-        lookup(&store, &o, &gemini).await,
-        Lookup::Bypass("no_credential", _)
+    // The entry stored above is answered to every form of its provider's
+    // credential.
+    assert!(matches!(
+        lookup(&store, &o, &request(&signed(), BODY, None)).await,
+        Lookup::Hit(_)
     ));
 }
