@@ -210,13 +210,19 @@ pub fn parse_since(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, St
         return Err(bad());
     }
     let n: i64 = digits.parse().map_err(|_| bad())?;
-    let span = match unit {
-        'm' => time::Duration::minutes(n),
-        'h' => time::Duration::hours(n),
-        'd' => time::Duration::days(n),
-        'w' => time::Duration::weeks(n),
+    let unit_seconds: i64 = match unit {
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        'w' => 604_800,
         _ => return Err(bad()),
     };
+    // Multiplied here, checked: the time crate's days() and weeks() panic
+    // on a span too long to hold (`--since 999999999999999d`).
+    let span = n
+        .checked_mul(unit_seconds)
+        .map(time::Duration::seconds)
+        .ok_or_else(bad)?;
     now.checked_sub(span).ok_or_else(bad)
 }
 
@@ -338,6 +344,10 @@ mod tests {
             "2026-13-01",
             "2026-11-20T08:00:00",
             "7\u{e9}",
+            // Too long for any clock: refused, not a panic.
+            "999999999999999d",
+            "99999999999999999w",
+            "9223372036854775807m",
         ] {
             assert!(parse_since(bad, now).is_err(), "{bad}");
         }
