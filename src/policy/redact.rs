@@ -20,7 +20,8 @@ pub enum RedactError {
 #[derive(Debug)]
 pub struct Redactor {
     scanner: Arc<Scanner>,
-    /// Only these kinds are redacted (all when `None`).
+    /// Only these built-in kinds are redacted (all when `None`); the
+    /// policy's own patterns always are.
     kinds: Option<Vec<String>>,
     disable: Vec<String>,
     /// Upper bound on the stream text held back at once.
@@ -80,9 +81,14 @@ impl Redactor {
         if self.disable.iter().any(|d| d == kind || d == rule) {
             return false;
         }
-        self.kinds
-            .as_ref()
-            .is_none_or(|k| k.iter().any(|k| k == kind || k == rule))
+        // `kinds` picks among the built-in kinds (RedactOptions::kinds):
+        // a custom pattern is written to be redacted, and `kinds: []` with
+        // patterns (which the config allows) means "only my patterns".
+        f.custom
+            || self
+                .kinds
+                .as_ref()
+                .is_none_or(|k| k.iter().any(|k| k == kind || k == rule))
     }
 
     /// The secrets in `text` this policy redacts, in text order.
@@ -158,11 +164,58 @@ mod tests {
     }
 
     #[test]
+    fn kinds_narrow_the_built_in_rules_only() {
+        let ticket = || crate::config::NamedPattern {
+            name: "ticket".into(),
+            regex: regex::Regex::new("TCK-[0-9]{6}").unwrap(),
+        };
+        let text = format!("see TCK-123456 with token {PAT} and jwt");
+        let redacted = |o: RedactOptions| {
+            let mut found = Vec::new();
+            Redactor::new(&o)
+                .unwrap()
+                .redact(&text, &mut found)
+                .into_owned()
+        };
+        // A built-in kind named in `kinds` and the policy's own pattern.
+        let out = redacted(RedactOptions {
+            patterns: vec![ticket()],
+            kinds: Some(vec!["github_pat".into()]),
+            ..RedactOptions::default()
+        });
+        assert_eq!(
+            out,
+            "see [REDACTED:ticket] with token [REDACTED:github_pat] and jwt"
+        );
+        // `kinds: []` with patterns: only the patterns.
+        let out = redacted(RedactOptions {
+            patterns: vec![ticket()],
+            kinds: Some(Vec::new()),
+            ..RedactOptions::default()
+        });
+        assert_eq!(
+            out,
+            format!("see [REDACTED:ticket] with token {PAT} and jwt")
+        );
+        // `disable` still switches a pattern off.
+        let out = redacted(RedactOptions {
+            patterns: vec![ticket()],
+            disable: vec!["ticket".into()],
+            ..RedactOptions::default()
+        });
+        assert_eq!(
+            out,
+            "see TCK-123456 with token [REDACTED:github_pat] and jwt"
+        );
+    }
+
+    #[test]
     fn replace_ranges_clips_to_the_window() {
         let f = Finding {
             kind: "k".into(),
             rule: "r".into(),
             range: 3..9,
+            custom: false,
         };
         // The window starts at byte 5 of the scanned text: bytes 5..9 of the
         // secret are in it.

@@ -205,6 +205,10 @@ pub struct Finding {
     pub rule: Arc<str>,
     /// Byte range of the secret in the scanned text, on char boundaries.
     pub range: Range<usize>,
+    /// Found by a custom rule (the rule it is named after, when matches
+    /// overlapped), not a built-in one: a `redact` policy's `kinds`
+    /// narrows only the built-in rules.
+    pub custom: bool,
 }
 
 /// The result of [`Scanner::scan`].
@@ -260,6 +264,8 @@ struct Rule {
     /// The regex is the rule's pattern rewritten for ASCII-lowercased text
     /// ([`fold`](crate::policy::fold)) and runs over the text's lowered copy.
     folded: bool,
+    /// A [`CustomRule`], not a built-in one.
+    custom: bool,
 }
 
 impl Rule {
@@ -279,6 +285,7 @@ impl Rule {
             check: def.check,
             priority: def.priority,
             folded: false,
+            custom: false,
         }
     }
 }
@@ -380,6 +387,7 @@ impl Scanner {
                 check: None,
                 priority: rules::CUSTOM,
                 folded,
+                custom: true,
             };
             rules.push((rule, &[][..]));
         }
@@ -753,6 +761,7 @@ impl Scanner {
                     kind: rule.kind.clone(),
                     rule: rule.id.clone(),
                     range: span,
+                    custom: rule.custom,
                 }
             })
             .collect()
