@@ -855,12 +855,17 @@ fn may_grow(window: &str) -> bool {
     if pem_open(window) {
         return true;
     }
-    // Just past the separator: a space may be wider than a byte (U+00A0,
-    // U+3000), and a word cut inside it would read as empty, held by nothing.
+    // Secrets are ASCII: the word that may grow into one is the trailing
+    // run of ASCII, ended by a blank, a quote or any other character.
+    // Scripts written without spaces (Chinese, Japanese) would otherwise
+    // make one long word of everything released before, held as if a
+    // token, and their stream would come out in hold-back-sized bursts.
+    // The word starts just past that character, which may be wider than a
+    // byte (U+00A0, U+3000): cut inside it, the word would read as empty.
     let word_start = window
         .char_indices()
         .rev()
-        .find(|&(_, c)| c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
+        .find(|&(_, c)| c.is_whitespace() || matches!(c, '"' | '\'' | '`') || !c.is_ascii())
         .map_or(0, |(i, c)| i + c.len_utf8());
     let word = window.get(word_start..).unwrap_or_default();
     if SECRET_PREFIXES.iter().any(|p| {
@@ -1148,6 +1153,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Chinese or Japanese, written without spaces, is released delta by
+    /// delta as it comes, not piled up as if one long token-shaped word;
+    /// a token inside it is still held and redacted.
+    #[test]
+    fn text_without_spaces_is_released_as_it_comes() {
+        let mut s = redacting_stream();
+        let mut out = Vec::new();
+        for i in 0..300 {
+            out.clear();
+            s.push(chunk_event("密钥").as_bytes(), &mut out);
+            let sent = streamed_text(&String::from_utf8(out.concat()).unwrap());
+            assert_eq!(sent, "密钥", "delta {i} was held");
+        }
+        let reply = format!("说明：令牌是ghp_{GH_BODY}，请保存。");
+        for size in [1, 2, 5] {
+            let (text, _) = run(&reply, size, 1000);
+            assert_eq!(
+                text, "说明：令牌是[REDACTED:github_pat]，请保存。",
+                "size {size}"
+            );
+        }
+        assert!(!may_grow("这是一个很长的句子没有空格"));
+        assert!(may_grow("令牌是gh"));
     }
 
     #[test]
