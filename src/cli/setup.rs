@@ -36,6 +36,7 @@ pub fn run(home: &HomeArgs, args: SetupArgs) -> anyhow::Result<ExitCode> {
         ca_cert: crate::tls::CaPaths::in_dir(home.ca_dir()?).cert,
         model: args.model,
         home: super::user_home(),
+        xdg_config_home: std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from),
     };
     let plan = plan(args.client, &ctx);
     if !ctx.ca_cert.is_file() {

@@ -62,6 +62,9 @@ pub struct SetupContext {
     pub model: String,
     /// The user's home folder, for default file locations.
     pub home: Option<PathBuf>,
+    /// `$XDG_CONFIG_HOME`, where VS Code and Zed keep their settings on
+    /// Linux when it is set (read by the caller, so tests pass their own).
+    pub xdg_config_home: Option<PathBuf>,
 }
 
 impl SetupContext {
@@ -184,7 +187,7 @@ pub fn plan(client: Client, ctx: &SetupContext) -> Plan {
             JsonEdit::new(&["http.systemCertificates"], json!(true)),
         ]
     };
-    let vscode_file = vscode_settings(ctx.home.as_deref());
+    let vscode_file = vscode_settings(ctx.home.as_deref(), ctx.xdg_config_home.as_deref());
     match client {
         Client::Vscode => Plan {
             client,
@@ -248,7 +251,7 @@ pub fn plan(client: Client, ctx: &SetupContext) -> Plan {
                 &["language_models", "openai", "api_url"],
                 json!(ctx.api_base()),
             )]),
-            default_file: zed_settings(ctx.home.as_deref()),
+            default_file: zed_settings(ctx.home.as_deref(), ctx.xdg_config_home.as_deref()),
             notes: vec![
                 "Zed sends the OpenAI API key you enter in its Agent settings; with access keys required, enter a kt access key there".into(),
             ],
@@ -332,26 +335,39 @@ fn continue_json_instead(yaml: &Path) -> Option<PathBuf> {
     json.is_file().then_some(json)
 }
 
+/// The XDG config folder: `$XDG_CONFIG_HOME` when set and absolute (the
+/// XDG spec ignores a relative one), else `~/.config`. Electron's appData
+/// (VS Code) and Zed on Linux use it; before, `~/.config` was assumed and
+/// a user with XDG_CONFIG_HOME elsewhere got settings nothing reads.
+fn xdg_config_home(home: Option<&Path>, xdg_config_home: Option<&Path>) -> Option<PathBuf> {
+    match xdg_config_home.filter(|p| p.is_absolute()) {
+        Some(dir) => Some(dir.to_path_buf()),
+        None => home.map(|h| h.join(".config")),
+    }
+}
+
 /// VS Code's user `settings.json` for this OS.
-pub fn vscode_settings(home: Option<&Path>) -> Option<PathBuf> {
+pub fn vscode_settings(home: Option<&Path>, xdg_config: Option<&Path>) -> Option<PathBuf> {
     if cfg!(windows) {
         return std::env::var_os("APPDATA")
             .map(|a| PathBuf::from(a).join("Code/User/settings.json"));
     }
-    let home = home?;
     if cfg!(target_os = "macos") {
-        Some(home.join("Library/Application Support/Code/User/settings.json"))
-    } else {
-        Some(home.join(".config/Code/User/settings.json"))
+        return home.map(|h| h.join("Library/Application Support/Code/User/settings.json"));
     }
+    xdg_config_home(home, xdg_config).map(|c| c.join("Code/User/settings.json"))
 }
 
 /// Zed's `settings.json` for this OS.
-pub fn zed_settings(home: Option<&Path>) -> Option<PathBuf> {
+pub fn zed_settings(home: Option<&Path>, xdg_config: Option<&Path>) -> Option<PathBuf> {
     if cfg!(windows) {
         return std::env::var_os("APPDATA").map(|a| PathBuf::from(a).join("Zed/settings.json"));
     }
-    home.map(|h| h.join(".config/zed/settings.json"))
+    // Zed on macOS always uses ~/.config/zed.
+    if cfg!(target_os = "macos") {
+        return home.map(|h| h.join(".config/zed/settings.json"));
+    }
+    xdg_config_home(home, xdg_config).map(|c| c.join("zed/settings.json"))
 }
 
 impl Plan {
@@ -515,6 +531,38 @@ mod tests {
             ca_cert: PathBuf::from("/h/.keeptrusts/certs/kt-ca.pem"),
             model: "gpt-4o".into(),
             home: Some(PathBuf::from("/h")),
+            xdg_config_home: None,
+        }
+    }
+
+    /// On Linux, VS Code and Zed keep their settings under
+    /// $XDG_CONFIG_HOME when it is set and absolute, else ~/.config.
+    #[cfg(all(unix, not(target_os = "macos")))]
+    #[test]
+    fn vscode_and_zed_settings_follow_xdg_config_home() {
+        let default_file = |xdg: Option<&str>, client| {
+            let mut c = ctx();
+            c.xdg_config_home = xdg.map(PathBuf::from);
+            plan(client, &c).default_file.unwrap()
+        };
+        for (xdg, dir) in [
+            (None, "/h/.config"),
+            (Some("/x/cfg"), "/x/cfg"),
+            // Relative: not a valid XDG_CONFIG_HOME, ignored.
+            (Some("cfg"), "/h/.config"),
+        ] {
+            for client in [Client::Vscode, Client::Cody, Client::Copilot] {
+                assert_eq!(
+                    default_file(xdg, client),
+                    PathBuf::from(format!("{dir}/Code/User/settings.json")),
+                    "{xdg:?}"
+                );
+            }
+            assert_eq!(
+                default_file(xdg, Client::Zed),
+                PathBuf::from(format!("{dir}/zed/settings.json")),
+                "{xdg:?}"
+            );
         }
     }
 

@@ -140,18 +140,22 @@ fn setup_zed_merges_the_openai_api_url() {
 fn setup_write_creates_no_folder_for_a_client_that_is_not_there() {
     let home = tempfile::tempdir().unwrap();
     let user = tempfile::tempdir().unwrap();
-    let write = || {
-        Command::new(env!("CARGO_BIN_EXE_kt"))
-            .arg("--data-dir")
+    let write_with = |xdg_config_home: Option<&Path>| {
+        let mut kt = Command::new(env!("CARGO_BIN_EXE_kt"));
+        kt.arg("--data-dir")
             .arg(home.path())
             .args(["setup", "vscode", "--write"])
             .env("HOME", user.path())
+            .env_remove("XDG_CONFIG_HOME")
             .env_remove("HTTPS_PROXY")
             .env_remove("HTTP_PROXY")
-            .env_remove("KEEPTRUSTS_GATEWAY")
-            .output()
-            .unwrap()
+            .env_remove("KEEPTRUSTS_GATEWAY");
+        if let Some(dir) = xdg_config_home {
+            kt.env("XDG_CONFIG_HOME", dir);
+        }
+        kt.output().unwrap()
     };
+    let write = || write_with(None);
     let out = write();
     assert!(!out.status.success(), "{out:?}");
     let err = text(&out.stderr);
@@ -166,6 +170,15 @@ fn setup_write_creates_no_folder_for_a_client_that_is_not_there() {
     let out = write();
     assert!(out.status.success(), "{out:?}");
     let written = std::fs::read_to_string(folder.join("settings.json")).unwrap();
+    assert!(written.contains("\"http.proxy\""), "{written}");
+
+    // VS Code (Electron) keeps its settings under $XDG_CONFIG_HOME when
+    // that is set: so does kt.
+    let xdg = user.path().join("xdg");
+    std::fs::create_dir_all(xdg.join("Code/User")).unwrap();
+    let out = write_with(Some(&xdg));
+    assert!(out.status.success(), "{out:?}");
+    let written = std::fs::read_to_string(xdg.join("Code/User/settings.json")).unwrap();
     assert!(written.contains("\"http.proxy\""), "{written}");
 }
 
