@@ -23,6 +23,7 @@
 use super::chain::{Action, Chain};
 use super::redact::{placeholder, DEFAULT_HOLDBACK};
 use super::respond::stream_block_frame;
+use super::secrets::assigned_to_credential;
 use super::whole::{self, Whole};
 use crate::config::FilterAction;
 use crate::llm::family::Family;
@@ -315,7 +316,9 @@ impl OutputStream {
                 Flow::Continue
             };
         }
-        let bare = texts.is_empty() && args.is_empty();
+        // An empty delta adds no text either, and counts as bare: else a
+        // flood of them behind a held word would never reach a bound.
+        let bare = texts.iter().chain(&args).all(String::is_empty);
         self.held_bytes += texts.iter().chain(&args).map(String::len).sum::<usize>();
         let separate = self.family == Family::Gemini
             && ev
@@ -868,6 +871,11 @@ fn may_grow(window: &str) -> bool {
         .find(|&(_, c)| c.is_whitespace() || matches!(c, '"' | '\'' | '`') || !c.is_ascii())
         .map_or(0, |(i, c)| i + c.len_utf8());
     let word = window.get(word_start..).unwrap_or_default();
+    // A password or key assigned to a name (`password = "correct` + `horse
+    // battery9"`) looks like any word until it ends: only the name tells.
+    if !word.is_empty() && assigned_to_credential(window.as_bytes(), word_start) {
+        return true;
+    }
     if SECRET_PREFIXES.iter().any(|p| {
         let (w, p) = (word.as_bytes(), p.as_bytes());
         // The word may be the start of a prefix, or contain one.
@@ -1203,6 +1211,31 @@ mod tests {
         assert!(may_grow("AKIA"));
         assert!(may_grow("-----BEGIN PRIVATE KEY-----\nMIIE"));
         assert!(!may_grow("-----BEGIN X-----\nabc\n-----END X-----\n"));
+        // A value assigned to a credential's name, in code, prose or JSON.
+        assert!(may_grow("password = \"correct"));
+        assert!(may_grow("DB_PASSWORD=correct"));
+        assert!(may_grow("Password: correct"));
+        assert!(may_grow(r#"{\"api_key\": \"correct"#));
+        assert!(may_grow("secret => 'correct"));
+        assert!(!may_grow("password = \"correct\""), "the value has ended");
+        assert!(!may_grow("Note: correct"), "not a credential's name");
+        assert!(!may_grow("password_hint = correct"));
+    }
+
+    /// A password streamed in pieces that each look like plain words: no
+    /// piece of it reaches the client, however the stream is cut.
+    #[test]
+    fn a_password_split_into_plain_words_is_redacted_whole() {
+        let reply = "Connect with password = \"correcthorsebattery9\" and retry.";
+        for size in [1, 3, 7, 12, 30] {
+            for split in [5, 1000] {
+                let (text, _) = run(reply, size, split);
+                assert_eq!(
+                    text, "Connect with password = \"[REDACTED:password]\" and retry.",
+                    "size {size} split {split}"
+                );
+            }
+        }
     }
 
     /// One secret in a streamed answer is one redaction, however small the
@@ -1975,6 +2008,14 @@ mod tests {
         s.push(chunk_event("next ghp_Zz9").as_bytes(), &mut out);
         for _ in 0..MAX_HELD_BARE * 4 {
             s.push(b": ping\n\n", &mut out);
+            assert!(s.held.len() <= MAX_HELD_BARE + 1, "{}", s.held.len());
+        }
+        assert!(!out.is_empty(), "never released");
+        // So is a flood of deltas whose text is empty.
+        out.clear();
+        s.push(chunk_event("then ghp_Yy8").as_bytes(), &mut out);
+        for _ in 0..MAX_HELD_BARE * 4 {
+            s.push(chunk_event("").as_bytes(), &mut out);
             assert!(s.held.len() <= MAX_HELD_BARE + 1, "{}", s.held.len());
         }
         assert!(!out.is_empty(), "never released");

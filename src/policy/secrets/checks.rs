@@ -254,6 +254,35 @@ pub(crate) fn assignment_password(
         .then_some(start..line_end.min(op + 320))
 }
 
+/// Whether the value starting at `at` is being assigned to a name that reads
+/// as a secret or a password (`password = "`, `\"api_key\": \"`,
+/// `DB_PASS: `): a stream must hold such a value until it ends, as its first
+/// part looks like any word and would otherwise be sent before the rest
+/// makes it a match.
+pub(crate) fn assigned_to_credential(hay: &[u8], at: usize) -> bool {
+    let mut p = at.min(hay.len());
+    if p > 0 && is_quote(hay[p - 1]) {
+        p -= 1;
+        if p > 0 && hay[p - 1] == b'\\' {
+            p -= 1;
+        }
+    }
+    p = scan_back(hay, p, 8, is_blank);
+    let op_end = p;
+    p = scan_back(hay, p, 3, |b| {
+        matches!(b, b'=' | b':' | b'>' | b'!' | b'|' | b'?')
+    });
+    if p == op_end || operator_len(hay, p) != Some(op_end - p) {
+        return false;
+    }
+    p = scan_back(hay, p, 8, is_blank);
+    p = scan_back(hay, p, 4, |b| {
+        matches!(b, b'"' | b'\'' | b'`' | b']' | b'\\')
+    });
+    let start = scan_back(hay, p, 80, is_ident);
+    start < p && !matches!(classify(&hay[start..p]), Named::Nothing)
+}
+
 /// `api-key:` / `Ocp-Apim-Subscription-Key:` headers (Azure).
 pub(crate) fn api_key_header(
     hay: &[u8],

@@ -106,6 +106,8 @@
 mod checks;
 mod rules;
 
+pub(crate) use checks::assigned_to_credential;
+
 #[cfg(test)]
 mod tests;
 
