@@ -670,8 +670,11 @@ impl HttpBody for PolicedStream {
 impl Drop for PolicedStream {
     fn drop(&mut self) {
         // A client that went away mid-stream: keep what was learnt (the
-        // provider may still bill the tokens it sent).
+        // provider may still bill the tokens it sent), and what the
+        // policies did to the part it was sent.
         if !self.done {
+            let notes = self.stream.take_notes();
+            self.exchange.absorb_stream_notes(notes);
             self.watch.close(&mut self.exchange);
         }
     }

@@ -916,6 +916,64 @@ async fn a_secret_in_a_stream_is_counted_once() {
     }
 }
 
+/// A client that stops reading a stream after a redacted secret went by
+/// leaves that redaction on the output event: the audit trail says what
+/// was cut from what the client did receive.
+#[tokio::test]
+async fn a_stream_the_client_stops_keeps_its_redactions_on_record() {
+    use crate::common::probe::wait_until;
+    use http_body_util::{BodyExt, Full};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let yaml = "policies:\n  chain: [audit-logger, secret-redaction]\npolicy:\n  audit-logger: {}\n  secret-redaction:\n    type: redact\n";
+    let (origin, mut gw) = two_provider_gateway(yaml).await;
+    let key = format!("AKIA{}", "QX4B7ZK2M5RT6WLN");
+    // The first event carries the whole key and a word after it; the rest
+    // waits on the origin's gate, which never opens.
+    let reply = format!("Your key is {key} and it is live, the rest never comes.");
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"h2"]).await;
+    assert!(http.is_h2());
+    let body = serde_json::json!({"model": "gpt-4o", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("host", HOST)
+        .header("content-type", "application/json")
+        .header("x-test-reply", reply.as_str())
+        .header("x-test-chunk", "40")
+        .header("x-test-gated", "1")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let mut resp = http.request(req).await;
+    assert_eq!(resp.status(), 200);
+    let first = resp.body_mut().frame().await.unwrap().unwrap();
+    let first = String::from_utf8_lossy(first.data_ref().unwrap()).into_owned();
+    assert!(first.contains("[REDACTED:aws_access_key_id]"), "{first}");
+    assert!(!first.contains(&key[4..]), "{first}");
+    drop(resp);
+    drop(http);
+    let aborted = wait_until(Duration::from_secs(10), || async {
+        origin.aborted.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(aborted, "the upstream stream was not cancelled");
+
+    let dir = gw.close_events().await;
+    let events = verified_events(&dir);
+    let output = events
+        .iter()
+        .find(|e| e.phase.as_str() == "output")
+        .expect("an output event");
+    assert!(output.status.is_none(), "{output:?}");
+    let counts = output.redactions.as_ref().expect("redactions on record");
+    assert_eq!(
+        counts.iter().collect::<Vec<_>>(),
+        [(&"aws_access_key_id".to_string(), &1)],
+        "{output:?}"
+    );
+}
+
 /// `kt events tail` colours its lines on a terminal, and not when
 /// `NO_COLOR` is set (no-color.org), like the logs. The terminal is a real
 /// pseudo-terminal from util-linux `script`.
