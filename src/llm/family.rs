@@ -124,12 +124,18 @@ impl Family {
                 "/messages/*/content/*/content/*/source[type=text]/data",
                 "/tools/*/description",
             ],
+            // Google's JSON parser takes each field in proto (snake_case)
+            // as well as JSON (camelCase) spelling: both are read.
             Family::Gemini => &[
                 "/contents/*/parts/*/text",
                 "/contents/*/parts/*/functionCall/args/**",
+                "/contents/*/parts/*/function_call/args/**",
                 "/contents/*/parts/*/functionResponse/response/**",
+                "/contents/*/parts/*/function_response/response/**",
                 "/systemInstruction/parts/*/text",
+                "/system_instruction/parts/*/text",
                 "/tools/*/functionDeclarations/*/description",
+                "/tools/*/function_declarations/*/description",
             ],
             Family::Sourcegraph => &[
                 "/messages/*/text",

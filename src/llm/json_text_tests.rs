@@ -280,6 +280,20 @@ fn family_prompt_pointers_read_tool_inputs_and_text_documents() {
             "/contents/1/parts/0/functionResponse/response/content",
         ]
     );
+    // The same fields in proto spelling, which Google's API accepts too.
+    let snake = br#"{"system_instruction":{"parts":[{"text":"sys"}]},
+        "contents":[{"role":"model","parts":[{"function_call":{"name":"read","args":{"path":"x"}}}]},
+        {"role":"user","parts":[{"function_response":{"name":"read","response":{"content":"z"}}}]}],
+        "tools":[{"function_declarations":[{"name":"read","description":"reads"}]}]}"#;
+    assert_eq!(
+        selected(snake, Selector::Pointers(Family::Gemini.prompt_pointers())),
+        [
+            "/system_instruction/parts/0/text",
+            "/contents/0/parts/0/function_call/args/path",
+            "/contents/1/parts/0/function_response/response/content",
+            "/tools/0/function_declarations/0/description",
+        ]
+    );
     let responses = br#"{"input":[{"type":"function_call_output","call_id":"c","output":[{"type":"input_text","text":"out"}]}]}"#;
     assert_eq!(
         selected(
