@@ -7,8 +7,10 @@
 //! provider may treat them differently, and re-printing floats is where
 //! other gateways lost determinism). Top-level fields that differ on every
 //! call without changing the answer (request ids, the `user` tag,
-//! `stream_options`, `metadata`) are left out.
+//! `metadata`) are left out; `stream_options` stays, as it changes what a
+//! stream carries (`include_usage` adds the usage chunk).
 
+use crate::llm::family::Family;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -17,13 +19,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// Top-level request fields that never change the answer.
-const VOLATILE: &[&str] = &[
-    "user",
-    "stream_options",
-    "metadata",
-    "request_id",
-    "requestId",
-];
+const VOLATILE: &[&str] = &["user", "metadata", "request_id", "requestId"];
+
+/// The same for OpenAI Responses, whose response object repeats the
+/// request's `user` and `metadata`: there they are part of the answer.
+const VOLATILE_RESPONSES: &[&str] = &["request_id", "requestId"];
 
 /// Query parameters that carry credentials, not request meaning (Gemini's
 /// `?key=`): tenancy is the scope's job, and a key must never be hashed
@@ -66,6 +66,8 @@ pub struct KeyError(#[from] serde_json::Error);
 #[derive(Debug, Clone, Copy)]
 pub struct KeyParts<'a> {
     pub provider: &'a str,
+    /// The request's API shape, where kt knows it.
+    pub family: Option<Family>,
     /// `https` (else `http`) to the upstream.
     pub tls: bool,
     /// Without its port.
@@ -122,7 +124,11 @@ pub fn key(parts: &KeyParts<'_>) -> Result<Key, KeyError> {
         field(&mut h, name.as_bytes());
     }
     let mut body = Vec::with_capacity(parts.body.len());
-    canonical(parts.body, &mut body, true)?;
+    let volatile = match parts.family {
+        Some(Family::OpenAiResponses) => VOLATILE_RESPONSES,
+        _ => VOLATILE,
+    };
+    canonical(parts.body, &mut body, volatile)?;
     field(&mut h, &body);
     Ok(Key(h.finalize().into()))
 }
@@ -185,9 +191,9 @@ struct BorrowedKey<'a>(#[serde(borrow)] Cow<'a, str>);
 /// Writes the canonical form of the JSON value in `raw` to `out`: objects
 /// with keys sorted by their decoded text (duplicates: the last wins, as in
 /// most parsers), strings re-escaped minimally, numbers and literals as
-/// sent, no whitespace. `top` drops the volatile fields of the request
-/// object.
-pub(crate) fn canonical(raw: &[u8], out: &mut Vec<u8>, top: bool) -> Result<(), KeyError> {
+/// sent, no whitespace. The fields named in `drop` are left out of the
+/// outermost object.
+pub(crate) fn canonical(raw: &[u8], out: &mut Vec<u8>, drop: &[&str]) -> Result<(), KeyError> {
     let text = raw.trim_ascii();
     match text.first() {
         Some(b'{') => {
@@ -195,7 +201,7 @@ pub(crate) fn canonical(raw: &[u8], out: &mut Vec<u8>, top: bool) -> Result<(), 
             out.push(b'{');
             let mut first = true;
             for (k, v) in &map {
-                if top && VOLATILE.contains(&k.0.as_ref()) {
+                if drop.contains(&k.0.as_ref()) {
                     continue;
                 }
                 if !first {
@@ -204,7 +210,7 @@ pub(crate) fn canonical(raw: &[u8], out: &mut Vec<u8>, top: bool) -> Result<(), 
                 first = false;
                 serde_json::to_writer(&mut *out, k.0.as_ref())?;
                 out.push(b':');
-                canonical(v.get().as_bytes(), out, false)?;
+                canonical(v.get().as_bytes(), out, &[])?;
             }
             out.push(b'}');
         }
@@ -215,7 +221,7 @@ pub(crate) fn canonical(raw: &[u8], out: &mut Vec<u8>, top: bool) -> Result<(), 
                 if i > 0 {
                     out.push(b',');
                 }
-                canonical(v.get().as_bytes(), out, false)?;
+                canonical(v.get().as_bytes(), out, &[])?;
             }
             out.push(b']');
         }
@@ -254,8 +260,9 @@ impl Ord for BorrowedKey<'_> {
 pub enum Uncacheable {
     /// `n` > 1 or `temperature` > 0: the caller asked for varied answers.
     Sampling,
-    /// `previous_response_id` or `store: true`: the answer depends on (or
-    /// creates) state at the provider.
+    /// `previous_response_id`, `conversation`, `background` or `store:
+    /// true` (which a Responses request means unless it says `false`): the
+    /// answer depends on (or creates) state at the provider.
     Stateful,
 }
 
@@ -276,28 +283,59 @@ struct Knobs<'a> {
     temperature: Option<f64>,
     #[serde(borrow, default)]
     previous_response_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    conversation: Option<&'a RawValue>,
+    #[serde(default)]
+    background: Option<bool>,
     #[serde(default)]
     store: Option<bool>,
+    /// Gemini's sampling knobs, in either of the spellings its API takes.
+    #[serde(default, rename = "generationConfig", alias = "generation_config")]
+    generation: Option<GenerationConfig>,
+}
+
+#[derive(Deserialize)]
+struct GenerationConfig {
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default, rename = "candidateCount", alias = "candidate_count")]
+    candidate_count: Option<f64>,
+}
+
+fn not_null(v: Option<&RawValue>) -> bool {
+    v.is_some_and(|v| v.get().trim() != "null")
 }
 
 /// Checks the request fields that rule caching out. A temperature that is
 /// absent counts as not stated: clients that want determinism say 0, and
 /// treating every chat without one as random would cache nothing.
-pub fn uncacheable(body: &[u8], allow_nondeterministic: bool) -> Result<(), Uncacheable> {
+pub fn uncacheable(
+    body: &[u8],
+    family: Option<Family>,
+    allow_nondeterministic: bool,
+) -> Result<(), Uncacheable> {
     // Bodies that do not parse this way (e.g. `store` not a bool) were
     // already canonicalised as JSON; a field of an unexpected type is left
     // to the provider.
     let Ok(k) = serde_json::from_slice::<Knobs<'_>>(body) else {
         return Ok(());
     };
-    let stateful = k
-        .previous_response_id
-        .is_some_and(|v| v.get().trim() != "null")
-        || k.store == Some(true);
+    // A Responses request is stored at the provider unless it says not:
+    // answered from the cache, it would never be stored, and the client
+    // would continue from a response made for another request.
+    let store = k.store.unwrap_or(family == Some(Family::OpenAiResponses));
+    let stateful = not_null(k.previous_response_id)
+        || not_null(k.conversation)
+        || k.background == Some(true)
+        || store;
     if stateful {
         return Err(Uncacheable::Stateful);
     }
-    let sampling = k.n.is_some_and(|n| n > 1.0) || k.temperature.is_some_and(|t| t > 0.0);
+    let (gen_t, gen_n) = k
+        .generation
+        .map_or((None, None), |g| (g.temperature, g.candidate_count));
+    let sampling =
+        k.n.or(gen_n).is_some_and(|n| n > 1.0) || k.temperature.or(gen_t).is_some_and(|t| t > 0.0);
     if sampling && !allow_nondeterministic {
         return Err(Uncacheable::Sampling);
     }
@@ -311,13 +349,14 @@ mod tests {
 
     fn canon(s: &str) -> String {
         let mut out = Vec::new();
-        canonical(s.as_bytes(), &mut out, true).unwrap();
+        canonical(s.as_bytes(), &mut out, VOLATILE).unwrap();
         String::from_utf8(out).unwrap()
     }
 
     fn parts<'a>(body: &'a [u8], headers: &'a http::HeaderMap) -> KeyParts<'a> {
         KeyParts {
             provider: "openai",
+            family: Some(Family::OpenAiChat),
             tls: true,
             host: "api.openai.com",
             port: 443,
@@ -347,7 +386,7 @@ mod tests {
     fn volatile_fields_are_dropped_only_at_the_top() {
         assert_eq!(
             canon(
-                r#"{"user":"u1","stream_options":{"include_usage":true},"metadata":{"user_id":"x"},"request_id":"r","m":{"user":"kept"}}"#
+                r#"{"user":"u1","metadata":{"user_id":"x"},"request_id":"r","m":{"user":"kept"}}"#
             ),
             r#"{"m":{"user":"kept"}}"#
         );
@@ -356,9 +395,9 @@ mod tests {
     #[test]
     fn invalid_json_is_an_error() {
         let mut out = Vec::new();
-        assert!(canonical(b"{\"a\":", &mut out, true).is_err());
-        assert!(canonical(b"nope", &mut out, true).is_err());
-        assert!(canonical(b"", &mut out, true).is_err());
+        assert!(canonical(b"{\"a\":", &mut out, VOLATILE).is_err());
+        assert!(canonical(b"nope", &mut out, VOLATILE).is_err());
+        assert!(canonical(b"", &mut out, VOLATILE).is_err());
     }
 
     #[test]
@@ -380,8 +419,30 @@ mod tests {
     fn key_ignores_order_whitespace_and_volatile_fields() {
         let h = http::HeaderMap::new();
         let a = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"user":"a"}"#;
-        let b = br#"{ "messages" : [ {"content":"hi","role":"user"} ] , "model":"gpt-4o", "user":"b", "stream_options":{"include_usage":true}}"#;
+        let b = br#"{ "messages" : [ {"content":"hi","role":"user"} ] , "model":"gpt-4o", "user":"b", "metadata":{"x":"1"}}"#;
         assert_eq!(key(&parts(a, &h)).unwrap(), key(&parts(b, &h)).unwrap());
+    }
+
+    /// `stream_options` changes what a stream carries (`include_usage`
+    /// adds the usage chunk), and a Responses answer repeats the request's
+    /// `user` and `metadata`: these are in the key.
+    #[test]
+    fn fields_the_answer_depends_on_stay_in_the_key() {
+        let h = http::HeaderMap::new();
+        let a = br#"{"model":"gpt-4o","messages":[],"stream":true}"#;
+        let b = br#"{"model":"gpt-4o","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#;
+        assert_ne!(key(&parts(a, &h)).unwrap(), key(&parts(b, &h)).unwrap());
+        let responses = |body| KeyParts {
+            family: Some(Family::OpenAiResponses),
+            path_and_query: "/v1/responses",
+            ..parts(body, &h)
+        };
+        let a = br#"{"model":"gpt-4o","input":"hi","store":false,"metadata":{"t":"1"}}"#;
+        let b = br#"{"model":"gpt-4o","input":"hi","store":false,"metadata":{"t":"2"}}"#;
+        assert_ne!(key(&responses(a)).unwrap(), key(&responses(b)).unwrap());
+        let a = br#"{"model":"gpt-4o","input":"hi","store":false,"user":"a"}"#;
+        let b = br#"{"model":"gpt-4o","input":"hi","store":false,"user":"b"}"#;
+        assert_ne!(key(&responses(a)).unwrap(), key(&responses(b)).unwrap());
     }
 
     #[test]
@@ -518,30 +579,76 @@ mod tests {
 
     #[test]
     fn sampling_and_stateful_requests_are_not_cacheable() {
-        assert_eq!(uncacheable(br#"{"temperature":0}"#, false), Ok(()));
-        assert_eq!(uncacheable(br#"{"messages":[]}"#, false), Ok(()));
-        assert_eq!(uncacheable(br#"{"n":1,"temperature":0.0}"#, false), Ok(()));
+        assert_eq!(uncacheable(br#"{"temperature":0}"#, None, false), Ok(()));
+        assert_eq!(uncacheable(br#"{"messages":[]}"#, None, false), Ok(()));
         assert_eq!(
-            uncacheable(br#"{"temperature":0.7}"#, false),
-            Err(Uncacheable::Sampling)
-        );
-        assert_eq!(
-            uncacheable(br#"{"n":2}"#, false),
-            Err(Uncacheable::Sampling)
-        );
-        assert_eq!(uncacheable(br#"{"n":2,"temperature":1}"#, true), Ok(()));
-        assert_eq!(
-            uncacheable(br#"{"previous_response_id":"resp_1"}"#, true),
-            Err(Uncacheable::Stateful)
-        );
-        assert_eq!(
-            uncacheable(br#"{"previous_response_id":null}"#, false),
+            uncacheable(br#"{"n":1,"temperature":0.0}"#, None, false),
             Ok(())
         );
         assert_eq!(
-            uncacheable(br#"{"store":true}"#, true),
+            uncacheable(br#"{"temperature":0.7}"#, None, false),
+            Err(Uncacheable::Sampling)
+        );
+        assert_eq!(
+            uncacheable(br#"{"n":2}"#, None, false),
+            Err(Uncacheable::Sampling)
+        );
+        assert_eq!(
+            uncacheable(br#"{"n":2,"temperature":1}"#, None, true),
+            Ok(())
+        );
+        assert_eq!(
+            uncacheable(br#"{"previous_response_id":"resp_1"}"#, None, true),
             Err(Uncacheable::Stateful)
         );
-        assert_eq!(uncacheable(br#"{"store":false}"#, false), Ok(()));
+        assert_eq!(
+            uncacheable(br#"{"previous_response_id":null}"#, None, false),
+            Ok(())
+        );
+        assert_eq!(
+            uncacheable(br#"{"store":true}"#, None, true),
+            Err(Uncacheable::Stateful)
+        );
+        assert_eq!(uncacheable(br#"{"store":false}"#, None, false), Ok(()));
+        // Responses stores unless told not to; conversations and
+        // background runs live at the provider.
+        let responses = Some(Family::OpenAiResponses);
+        assert_eq!(
+            uncacheable(br#"{"input":"hi"}"#, responses, false),
+            Err(Uncacheable::Stateful)
+        );
+        assert_eq!(
+            uncacheable(br#"{"input":"hi","store":false}"#, responses, false),
+            Ok(())
+        );
+        assert_eq!(
+            uncacheable(
+                br#"{"store":false,"conversation":"conv_1"}"#,
+                responses,
+                false
+            ),
+            Err(Uncacheable::Stateful)
+        );
+        assert_eq!(
+            uncacheable(br#"{"store":false,"background":true}"#, responses, false),
+            Err(Uncacheable::Stateful)
+        );
+        assert_eq!(
+            uncacheable(br#"{"messages":[]}"#, Some(Family::OpenAiChat), false),
+            Ok(())
+        );
+        // Gemini's sampling knobs sit in `generationConfig`.
+        let gemini = Some(Family::Gemini);
+        for body in [
+            br#"{"generationConfig":{"temperature":0.9}}"#.as_slice(),
+            br#"{"generationConfig":{"candidateCount":2}}"#,
+            br#"{"generation_config":{"candidate_count":3}}"#,
+        ] {
+            assert_eq!(uncacheable(body, gemini, false), Err(Uncacheable::Sampling));
+        }
+        assert_eq!(
+            uncacheable(br#"{"generationConfig":{"temperature":0}}"#, gemini, false),
+            Ok(())
+        );
     }
 }

@@ -172,12 +172,13 @@ pub async fn lookup(store: &Arc<Store>, o: &CacheOptions, req: &CacheRequest<'_>
     if !carries_credential(req.provider, req.headers, req.path_and_query) {
         return bypass("no_credential", None);
     }
-    if let Err(u) = key::uncacheable(req.body, o.allow_nondeterministic) {
+    if let Err(u) = key::uncacheable(req.body, req.family, o.allow_nondeterministic) {
         return bypass(u.as_str(), None);
     }
     let scope = scope_id(o.scope, req.user, req.team);
     let key = match key::key(&KeyParts {
         provider: req.provider,
+        family: req.family,
         tls: req.tls,
         host: req.host,
         port: req.port,
