@@ -215,6 +215,8 @@ pub struct BudgetOptions {
 }
 
 pub(crate) const DEFAULT_CACHE_TTL: u64 = 3600;
+/// The longest cache TTL a config may ask for: one year.
+pub(crate) const MAX_CACHE_TTL: u64 = 365 * 24 * 3600;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -590,6 +592,14 @@ impl RawContentFilter {
 impl RawCache {
     pub(crate) fn validate(self, problems: &mut Vec<Problem>) -> CacheOptions {
         let ttl_seconds = match &self.ttl_seconds {
+            Some(t) if t.value > MAX_CACHE_TTL => {
+                // Clocks and Redis's PX overflow long before u64 does.
+                problems.push(t.problem(format!(
+                    "must be at most {MAX_CACHE_TTL} (a year), found {}",
+                    t.value
+                )));
+                DEFAULT_CACHE_TTL
+            }
             Some(t) if positive(t, problems) => t.value,
             _ => DEFAULT_CACHE_TTL,
         };

@@ -739,6 +739,24 @@ policy:
     assert_eq!(ps.len(), want.len(), "{msgs:#?}");
 }
 
+/// A TTL no clock can add is refused at load, not a panic on the first
+/// store; a year is the most.
+#[test]
+fn a_cache_ttl_past_a_year_is_refused() {
+    let yaml = |ttl: u64| {
+        format!("policies:\n  chain: [c]\npolicy:\n  c: {{type: cache, ttl_seconds: {ttl}}}\n")
+    };
+    let ps = problems(&yaml(u64::MAX));
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    assert_eq!(ps[0].path, "policy.c.ttl_seconds");
+    assert!(
+        ps[0].message.contains("at most 31536000"),
+        "{}",
+        ps[0].message
+    );
+    assert!(Config::parse(&yaml(31_536_000), Path::new("p.yaml")).is_ok());
+}
+
 #[test]
 fn redact_kinds_must_name_a_kind_the_scanner_knows() {
     // `github_token` is no kind (GitHub's classic tokens are `github_pat`):
