@@ -108,8 +108,14 @@ pub fn costs(
             continue;
         }
         let file = std::fs::File::open(&seg.path).map_err(|e| EventsError::io(&seg.path, e))?;
-        for line in std::io::BufReader::new(file).lines() {
-            tally.add_line(&line.map_err(|e| EventsError::io(&seg.path, e))?);
+        // Split on bytes: a line that is not UTF-8 (a damaged file) is one
+        // unreadable line, not the end of the report.
+        for line in std::io::BufReader::new(file).split(b'\n') {
+            let line = line.map_err(|e| EventsError::io(&seg.path, e))?;
+            match std::str::from_utf8(&line) {
+                Ok(text) => tally.add_line(text),
+                Err(_) => tally.report.unreadable += 1,
+            }
         }
     }
     Ok(tally.finish())
@@ -306,14 +312,21 @@ mod tests {
         let seg = segment::list(tmp.path()).unwrap().pop().unwrap();
         let mut text = std::fs::read_to_string(&seg.path).unwrap();
         text.push_str("{torn\n");
-        std::fs::write(&seg.path, text).unwrap();
+        let mut bytes = text.into_bytes();
+        // A damaged line that is not even UTF-8, with a good one after it.
+        bytes.extend_from_slice(b"{\"ts\":\"\xff\xfe\"}\n");
+        let after =
+            serde_json::to_string(&output(Some("dev3"), "gpt-4o", (1, 1), Some(4.0))).unwrap();
+        bytes.extend_from_slice(after.as_bytes());
+        bytes.push(b'\n');
+        std::fs::write(&seg.path, bytes).unwrap();
 
         let all = costs(tmp.path(), GroupBy::User, None).unwrap();
-        assert!((all.total.cost_usd - 3.0).abs() < 1e-12);
-        assert_eq!(all.unreadable, 1);
+        assert!((all.total.cost_usd - 7.0).abs() < 1e-12, "{all:?}");
+        assert_eq!(all.unreadable, 2);
         let since = parse_since("7d", OffsetDateTime::now_utc()).unwrap();
         let recent = costs(tmp.path(), GroupBy::User, Some(since)).unwrap();
-        assert!((recent.total.cost_usd - 2.0).abs() < 1e-12);
+        assert!((recent.total.cost_usd - 6.0).abs() < 1e-12);
     }
 
     #[test]
