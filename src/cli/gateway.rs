@@ -14,6 +14,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The most `--max-connections` can be: past a million open sockets the
+/// process runs out of descriptors long before the limit means anything.
+const MAX_CONNECTIONS: u64 = 1 << 20;
+
 #[derive(Debug, Subcommand)]
 pub enum GatewayCommand {
     /// Run the gateway in the foreground.
@@ -43,7 +47,8 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = InterceptArg::Llm)]
     pub intercept: InterceptArg,
     /// Most concurrent client connections (tunnels included).
-    #[arg(long, value_name = "N", default_value_t = 16384)]
+    #[arg(long, value_name = "N", default_value_t = 16384,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_CONNECTIONS))]
     pub max_connections: usize,
     /// Most concurrent connections from one client address (0: no limit;
     /// `auth.trusted_proxies` are exempt).
@@ -130,9 +135,6 @@ pub fn run(home: &HomeArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
         InterceptArg::All => InterceptMode::All,
         InterceptArg::None => InterceptMode::None,
     };
-    if args.max_connections == 0 {
-        anyhow::bail!("--max-connections must be at least 1");
-    }
     settings.limits.max_connections = args.max_connections;
     settings.limits.max_connections_per_client = args.max_connections_per_client;
     settings.limits.max_buffered_bodies =
@@ -232,6 +234,11 @@ async fn serve(
     );
     let drained = trigger.drain(Duration::from_secs(args.drain_seconds)).await;
     let _ = server.await;
+    // Before the wait for events still being sent: a writer stuck on a
+    // full disk must start giving up, or they never get in.
+    if let Some(events) = &built.events {
+        events.begin_close();
+    }
     built.gateway.engine().settle().await;
     if let Some(events) = built.events {
         match events.close().await {

@@ -234,6 +234,15 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
+    /// Tells the writer a close is coming, before it is queued: from now
+    /// on a batch the disk refuses is given up after a few attempts rather
+    /// than retried for ever. Shutdown calls this before waiting for the
+    /// events still being sent, which a writer stuck on a full disk would
+    /// otherwise never take.
+    pub fn begin_close(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
     /// Writes everything queued (including events queued after this call
     /// started but before the writer saw it), fsyncs and stops the writer.
     /// Later sends fail with [`SendError`].

@@ -785,3 +785,52 @@ async fn a_close_ends_the_writer_even_on_a_failing_disk() {
     std::fs::remove_file(&next.path).unwrap();
     assert_eq!(events(&dir).len(), 1, "what was written stays");
 }
+
+/// Sends waiting for room behind a batch the disk refuses get in once a
+/// close is announced: shutdown waits for them before it queues the close,
+/// and must not wait for ever.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn waiting_sends_get_in_once_a_close_is_announced_on_a_failing_disk() {
+    use crate::events::segment::Segment;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("events");
+    let options = LogOptions {
+        segment_max_bytes: 1,
+        linger: Duration::ZERO,
+        capacity: 2,
+        max_batch: 1,
+        ..opts()
+    };
+    let (sink, handle) = EventLog::open(&dir, options).unwrap();
+    sink.send(ev(0)).await.unwrap();
+    sink.flush().await.unwrap();
+    let first = list(&dir).unwrap().remove(0);
+    let next = Segment::new(&dir, first.date, first.seq + 1);
+    std::os::unix::fs::symlink("/dev/full", &next.path).unwrap();
+    // More events than the queue holds: the last ones wait for room.
+    let senders: Vec<_> = (1..8)
+        .map(|i| {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.send(ev(i)).await })
+        })
+        .collect();
+    let failing = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sink.stats().write_errors() == 0 {
+        assert!(
+            tokio::time::Instant::now() < failing,
+            "the write never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle.begin_close();
+    for s in senders {
+        let sent = tokio::time::timeout(Duration::from_secs(60), s).await;
+        sent.expect("a send still waits behind the failing disk")
+            .unwrap()
+            .unwrap();
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(30), handle.close()).await;
+    let _ = closed.expect("the close hung");
+    std::fs::remove_file(&next.path).unwrap();
+}

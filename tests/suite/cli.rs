@@ -798,7 +798,7 @@ async fn no_event_is_lost_under_1000_concurrent_requests_and_sigterm() {
 #[test]
 fn usage_errors_are_one_line() {
     let missing = "the following required arguments were not provided: ";
-    let cases: [(&[&str], &[&str]); 7] = [
+    let cases: [(&[&str], &[&str]); 9] = [
         (
             &["keys", "create"],
             &[&format!(
@@ -818,6 +818,14 @@ fn usage_errors_are_one_line() {
         (
             &["gateway", "run", "--intercept", "some"],
             &["invalid value 'some'", "possible values: llm, all, none"],
+        ),
+        (
+            &["gateway", "run", "--max-connections", "0"],
+            &["invalid value '0'", "1..=1048576"],
+        ),
+        (
+            &["gateway", "run", "--max-connections", "4611686018427387904"],
+            &["invalid value '4611686018427387904'", "1..=1048576"],
         ),
         (
             &["events", "tail", "--jsn"],
