@@ -28,10 +28,19 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             for w in &config.warnings {
                 eprintln!("{}", w.display_warning_in(&file));
             }
-            // What the gateway would fail to start on, checked here too.
-            if let Err(e) = crate::upstream::tls::UpstreamTls::new(&config.upstream.ca_files, false)
-            {
-                eprintln!("{}: upstream.ca_files: {e}", file.display());
+            // What the gateway would fail to start on (or refuse on a
+            // reload), checked here too: the CA files, and compiling the
+            // chain (a pattern that matches nothing but the empty string,
+            // more policies than a chain holds).
+            let refused =
+                match crate::upstream::tls::UpstreamTls::new(&config.upstream.ca_files, false) {
+                    Err(e) => Some(format!("upstream.ca_files: {e}")),
+                    Ok(_) => crate::policy::chain::Chain::build(&config)
+                        .err()
+                        .map(|e| e.to_string()),
+                };
+            if let Some(why) = refused {
+                eprintln!("{}: {why}", file.display());
                 eprintln!(
                     "kt: error: {} is not a valid policy config (1 problem)",
                     file.display()

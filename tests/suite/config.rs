@@ -197,6 +197,32 @@ fn policy_check_reads_the_upstream_ca_files() {
     }
 }
 
+/// `kt policy check` compiles the chain as the gateway does: a pattern
+/// that matches the empty string, or more policies than a chain holds,
+/// is refused here and not only at start-up or on a reload.
+#[test]
+fn policy_check_compiles_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let many: Vec<String> = (0..65).map(|i| format!("p{i}")).collect();
+    let mut too_many = format!("policies:\n  chain: [{}]\npolicy:\n", many.join(", "));
+    for p in &many {
+        too_many.push_str(&format!("  {p}: {{type: passthrough}}\n"));
+    }
+    let empty = "policies:\n  chain: [r]\npolicy:\n  r:\n    type: redact\n    patterns: [{name: anything, regex: 'x*'}]\n";
+    for (yaml, said) in [
+        (too_many.as_str(), "at most 64"),
+        (empty, "matches the empty string"),
+    ] {
+        let config = dir.path().join("p.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let out = kt(&["policy", "check", config.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(said), "{err}");
+        assert!(err.contains("is not a valid policy config"), "{err}");
+    }
+}
+
 /// Users copy the README's YAML into their policy config: every block is a
 /// whole config that loads (the indented ones inside lists too).
 #[test]
