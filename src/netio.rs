@@ -127,9 +127,10 @@ async fn quiet_for(limit: Duration, mut busy: impl FnMut() -> bool) {
     }
 }
 
-/// The requests of one HTTP/2 connection, for its idle limit. Bytes cannot
-/// tell there: hyper PINGs every client (and the client answers) while no
-/// request is open, so a connection nobody uses still moves bytes.
+/// The requests of one connection, for its idle limit: bytes alone cannot
+/// tell. On HTTP/2, hyper PINGs every client (and the client answers)
+/// while no request is open, so a connection nobody uses still moves
+/// bytes; on HTTP/1.1, a request waiting for a slow answer moves none.
 #[derive(Debug, Clone, Default)]
 pub struct Requests {
     inner: Arc<RequestsInner>,
@@ -162,11 +163,24 @@ impl Requests {
 
     /// Resolves once no request has been open or started for `limit`.
     pub async fn idle_timeout(&self, limit: Duration) {
+        quiet_for(limit, || self.busy()).await;
+    }
+
+    /// Resolves once, for `limit`, no request has been open or started and
+    /// no byte has moved (an HTTP/1.1 connection: a request waiting for
+    /// its answer moves none).
+    pub async fn idle_timeout_with(&self, activity: &Activity, limit: Duration) {
         quiet_for(limit, || {
-            let started = self.inner.started.swap(false, Ordering::Relaxed);
-            started || self.inner.open.load(Ordering::Relaxed) > 0
+            // Both asked every time: each clears what it saw.
+            let moved = activity.moved.swap(false, Ordering::Relaxed);
+            self.busy() || moved
         })
         .await;
+    }
+
+    fn busy(&self) -> bool {
+        let started = self.inner.started.swap(false, Ordering::Relaxed);
+        started || self.inner.open.load(Ordering::Relaxed) > 0
     }
 }
 

@@ -1,5 +1,7 @@
 //! Graceful drain: one signal that tells every connection task to finish
-//! what it is doing and stop taking new work, plus a tracker to wait for them.
+//! what it is doing and stop taking new work, plus a tracker to wait for them;
+//! and, once the drain's grace is over, a second one that cuts what is still
+//! open, so each exchange records how it ended before the audit log closes.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -11,6 +13,8 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone)]
 pub struct Shutdown {
     rx: watch::Receiver<bool>,
+    /// Set when the grace is over: what is still open is cut.
+    cut: watch::Receiver<bool>,
     tracker: TaskTracker,
     /// The queue of [`Deferrer`], shared by every clone.
     deferred: Arc<OnceLock<mpsc::UnboundedSender<Deferred>>>,
@@ -19,20 +23,24 @@ pub struct Shutdown {
 /// Owner side: triggers the drain and waits for tasks.
 pub struct ShutdownTrigger {
     tx: watch::Sender<bool>,
+    cut: watch::Sender<bool>,
     tracker: TaskTracker,
 }
 
 /// Creates a linked trigger and handle.
 pub fn channel() -> (ShutdownTrigger, Shutdown) {
     let (tx, rx) = watch::channel(false);
+    let (cut_tx, cut) = watch::channel(false);
     let tracker = TaskTracker::new();
     (
         ShutdownTrigger {
             tx,
+            cut: cut_tx,
             tracker: tracker.clone(),
         },
         Shutdown {
             rx,
+            cut,
             tracker,
             deferred: Arc::default(),
         },
@@ -50,6 +58,13 @@ impl Shutdown {
         let mut rx = self.rx.clone();
         // An error means the trigger is gone, which also means "stop".
         let _ = rx.wait_for(|v| *v).await;
+    }
+
+    /// Resolves when the drain's grace is over and whatever is still open
+    /// must end now (never, while the trigger lives and has not said so).
+    pub async fn cut(&self) {
+        let mut cut = self.cut.clone();
+        let _ = cut.wait_for(|v| *v).await;
     }
 
     /// Spawns a task that the drain waits for.
@@ -166,15 +181,28 @@ impl Drop for Deferred {
     }
 }
 
+/// How long tasks told to stop at the end of the grace get to end (and
+/// record how their exchanges ended).
+const CUT_GRACE: Duration = Duration::from_secs(2);
+
 impl ShutdownTrigger {
     /// Starts the drain, then waits up to `grace` for tracked tasks to end.
-    /// Returns false when the grace period ran out with tasks still running.
+    /// Returns false when the grace period ran out with tasks still running:
+    /// those are then told to stop at once, and given a moment to.
     pub async fn drain(self, grace: Duration) -> bool {
         let _ = self.tx.send(true);
         self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait())
+        if tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_ok()
+        {
+            return true;
+        }
+        // Cut, not left to the runtime's end: an exchange dropped then
+        // would find the audit log closed, and its record would be lost.
+        let _ = self.cut.send(true);
+        let _ = tokio::time::timeout(CUT_GRACE, self.tracker.wait()).await;
+        false
     }
 }
 
@@ -185,6 +213,30 @@ mod tests {
     use hyper::rt::Executor;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+
+    /// Past the grace, what is still open is told to stop, and the drain
+    /// waits a moment for it: the task's last act (an exchange's record)
+    /// happens before the drain returns.
+    #[tokio::test]
+    async fn tasks_still_open_after_the_grace_are_cut_and_waited_for() {
+        let (trigger, shutdown) = channel();
+        let recorded = Arc::new(AtomicBool::new(false));
+        let flag = recorded.clone();
+        let sd = shutdown.clone();
+        shutdown.spawn(async move {
+            // A stream that ignores the drain and never ends on its own.
+            tokio::select! {
+                _ = std::future::pending::<()>() => {}
+                _ = sd.cut() => {}
+            }
+            flag.store(true, Ordering::SeqCst);
+        });
+        assert!(!trigger.drain(Duration::from_millis(50)).await);
+        assert!(
+            recorded.load(Ordering::SeqCst),
+            "the cut task had not ended"
+        );
+    }
 
     #[tokio::test]
     async fn the_drain_waits_for_tasks_of_the_tracked_executor() {

@@ -129,6 +129,7 @@ async fn untouched(
         let activity = ctx.activity.clone();
         let idle = ctx.gw.limits.idle;
         let admission = ctx.admission.clone();
+        let shutdown = ctx.shutdown.clone();
         ctx.shutdown.spawn(async move {
             let _admission = admission;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -138,6 +139,7 @@ async fn untouched(
                         TokioIo::new(upstream),
                         activity,
                         idle,
+                        &shutdown,
                     )
                     .await;
                 }

@@ -90,7 +90,14 @@ async fn serve_session<IO>(
         };
         match dialed {
             Ok(upstream) => {
-                tunnel::run(io, upstream, ctx.activity.clone(), limits.idle).await;
+                tunnel::run(
+                    io,
+                    upstream,
+                    ctx.activity.clone(),
+                    limits.idle,
+                    &ctx.shutdown,
+                )
+                .await;
             }
             Err(e) => tracing::warn!(target = %target, error = %e, "tunnel dial failed"),
         }
@@ -111,7 +118,10 @@ async fn serve_session<IO>(
         let ctx = svc_ctx.clone();
         let origin = origin.clone();
         let mut attached = attached.clone();
-        let open = h2.then(|| svc_requests.start());
+        // Open while the request waits for its answer: on HTTP/1.1 no byte
+        // moves then (an upstream thinking for longer than the idle limit
+        // is bounded by the response timeout, not the idle one).
+        let open = svc_requests.start();
         async move {
             if let Some(attached) = attached.as_mut() {
                 // Ends at once when the upstream handshake is over (whatever
@@ -124,9 +134,9 @@ async fn serve_session<IO>(
                     .await
                     .unwrap_or_else(super::ProxyError::into_response),
             };
-            Ok::<_, Infallible>(match open {
+            Ok::<_, Infallible>(match h2 {
                 // Open until its body has gone (or the client reset it).
-                Some(open) => resp.map(|body| {
+                true => resp.map(|body| {
                     crate::body::boxed(Holding {
                         body,
                         _open: open,
@@ -135,7 +145,11 @@ async fn serve_session<IO>(
                         moved: true,
                     })
                 }),
-                None => resp,
+                // On HTTP/1.1 the body's bytes tell from here on.
+                false => {
+                    drop(open);
+                    resp
+                }
             })
         }
     });
@@ -165,7 +179,7 @@ async fn serve_session<IO>(
             .max_header_size(limits.max_header_bytes)
             .serve_connection(io, svc)
             .with_upgrades();
-        let idle = ctx.activity.idle_timeout(limits.idle);
+        let idle = requests.idle_timeout_with(&ctx.activity, limits.idle);
         drive(&ctx, conn, |c| c.graceful_shutdown(), idle).await;
     }
     if !served.load(Ordering::Relaxed) && !ctx.shutdown.is_draining() {
@@ -315,7 +329,11 @@ where
         res = conn.as_mut() => res,
         _ = ctx.shutdown.draining() => {
             graceful(conn.as_mut());
-            conn.await
+            tokio::select! {
+                res = conn.as_mut() => res,
+                // Dropped: its exchanges record how they ended.
+                _ = ctx.shutdown.cut() => Ok(()),
+            }
         }
         _ = idle => Ok(()),
     };

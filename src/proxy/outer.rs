@@ -54,7 +54,10 @@ pub(super) async fn serve(
         res = conn.as_mut() => log_conn_end(res),
         _ = shutdown.draining() => {
             conn.as_mut().graceful_shutdown();
-            log_conn_end(conn.await);
+            tokio::select! {
+                res = conn.as_mut() => log_conn_end(res),
+                _ = shutdown.cut() => {}
+            }
         }
         _ = activity.idle_timeout(gw.limits.idle) => {}
     }

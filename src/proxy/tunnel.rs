@@ -7,6 +7,7 @@
 
 use super::ConnCtx;
 use crate::netio::{Activity, Tracked};
+use crate::shutdown::Shutdown;
 use crate::upstream::Dialed;
 use std::future::poll_fn;
 use std::io;
@@ -28,7 +29,14 @@ where
     stats
         .tunnels
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    run(client, upstream, ctx.activity.clone(), ctx.gw.limits.idle).await;
+    run(
+        client,
+        upstream,
+        ctx.activity.clone(),
+        ctx.gw.limits.idle,
+        &ctx.shutdown,
+    )
+    .await;
     stats
         .tunnels
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -36,8 +44,13 @@ where
 
 /// Copies until both sides close, or nothing moves for `idle`.
 /// `client` must already record into `activity`.
-pub async fn run<C, U>(mut client: C, upstream: U, activity: Activity, idle: Duration)
-where
+pub async fn run<C, U>(
+    mut client: C,
+    upstream: U,
+    activity: Activity,
+    idle: Duration,
+    shutdown: &Shutdown,
+) where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
@@ -52,6 +65,7 @@ where
         _ = activity.idle_timeout(idle) => {
             tracing::debug!(idle_secs = idle.as_secs(), "tunnel idle, closing");
         }
+        _ = shutdown.cut() => tracing::debug!("drain period over; tunnel closed"),
     }
 }
 

@@ -371,6 +371,31 @@ async fn a_silent_provider_is_504_and_a_stalled_stream_is_cut_at_the_idle_limit(
     assert_eq!(out[1].action.as_str(), "error");
 }
 
+/// An HTTP/1.1 request moves no byte while its provider thinks: the idle
+/// limit does not cut it, the response timeout answers it.
+#[tokio::test]
+async fn an_http1_request_waiting_longer_than_the_idle_limit_gets_its_answer() {
+    let ca = TestCa::new("faults CA");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let idle = Duration::from_millis(300);
+    let gw = gateway(&ca, AUDIT, origin.addr, |s| {
+        s.upstream_timeouts.response_head = idle * 5;
+        s.limits.idle = idle;
+    })
+    .await;
+    let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[b"http/1.1"]).await;
+    assert!(!http.is_h2());
+    let asked = Instant::now();
+    let resp = post_chat(&mut http, false, &[("x-test-hang", "1")]).await;
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["x-kt-error"], "upstream_timeout");
+    assert!(asked.elapsed() >= idle * 4, "{:?}", asked.elapsed());
+    assert!(body_string(resp).await.contains(HOST));
+    // The connection serves the next request too.
+    let resp = post_chat(&mut http, false, &[]).await;
+    assert_eq!(resp.status(), 200);
+}
+
 #[tokio::test]
 async fn the_response_timeout_comes_from_the_config() {
     let ca = TestCa::new("faults CA");

@@ -99,3 +99,76 @@ async fn drain_lets_streams_finish() {
         .unwrap();
     assert!(ok, "drain finished within the grace period");
 }
+
+/// When the drain's grace runs out, what is still open (a stream on each
+/// HTTP version, a bridged WebSocket) is cut before the audit log closes:
+/// each exchange's output event is on record, none lost with the process.
+#[tokio::test]
+async fn exchanges_cut_at_the_end_of_the_grace_are_recorded() {
+    use crate::common::verified_events;
+    const HOST: &str = "api.openai.com";
+    let ca = TestCa::new("ca");
+    let origin = Origin::tls(&ca, &[HOST], Alpn::Both).await;
+    let addr = origin.addr;
+    let mut gw =
+        TestGateway::start(&ca, |s| s.connect_to = vec![connect_to(HOST, 443, addr)]).await;
+    let chat = serde_json::json!({"model": "gpt-4o", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let mut bodies = Vec::new();
+    let mut clients = Vec::new();
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let (mut http, _) = through_proxy(gw.addr, HOST, &[gw.ca_der()], &[alpn]).await;
+        let req = match http.is_h2() {
+            true => http::Request::builder().uri(format!("https://{HOST}/v1/chat/completions")),
+            false => http::Request::builder()
+                .uri("/v1/chat/completions")
+                .header("host", HOST),
+        };
+        let req = req
+            .method("POST")
+            .header("content-type", "application/json")
+            .header("x-test-gated", "1")
+            .header("x-test-reply", "one two three four")
+            .body(http_body_util::Full::new(Bytes::from(chat.clone())))
+            .unwrap();
+        let mut resp = http.request(req).await;
+        assert_eq!(resp.status(), 200);
+        let first = resp.body_mut().frame().await.unwrap().unwrap();
+        assert!(first.data_ref().is_some());
+        bodies.push(resp);
+        clients.push(http);
+    }
+    let (head, mut ws) =
+        crate::common::client::websocket(gw.addr, HOST, "/v1/realtime", &[gw.ca_der()]).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    ws.write_all(b"frame").await.unwrap();
+    let mut echo = [0u8; 5];
+    ws.read_exact(&mut echo).await.unwrap();
+
+    let drained = tokio::time::timeout(
+        Duration::from_secs(20),
+        gw.drain(Duration::from_millis(300)),
+    )
+    .await
+    .expect("the drain never ended");
+    assert!(!drained, "the gated streams cannot have finished");
+    let dir = gw.close_events().await;
+    let events = verified_events(&dir);
+    let outputs: Vec<_> = events
+        .iter()
+        .filter(|e| e.phase.as_str() == "output")
+        .map(|e| (e.path.as_deref().unwrap_or_default().to_string(), e.status))
+        .collect();
+    assert_eq!(outputs.len(), 3, "{events:#?}");
+    assert!(
+        outputs.contains(&("/v1/realtime".to_string(), Some(101))),
+        "{outputs:?}"
+    );
+    let streams = outputs
+        .iter()
+        .filter(|(p, _)| p == "/v1/chat/completions")
+        .count();
+    assert_eq!(streams, 2, "{outputs:?}");
+    drop((bodies, clients, ws));
+}
