@@ -4,12 +4,12 @@
 //! checks and rewrites every string it reads in one pass, no hold-back.
 
 use super::chain::{Action, Policy};
-use super::filter::ContentFilter;
-use super::redact::placeholder;
+use super::redact::{placeholder, replace_ranges};
 use super::stream::{escape_safe, within_string, StreamNote};
 use crate::config::FilterAction;
 use crate::llm::json_text::{rewrite_strings, JsonTextError, Selector};
 use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// A string that is itself JSON text (a tool call's `arguments`).
@@ -18,35 +18,35 @@ fn is_json_text(s: &str) -> bool {
         && serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
 }
 
-/// `text`, JSON text, with each of the filter's matches replaced by
-/// `label`, a match cut at the end of the string it starts in and widened
+/// `text`, JSON text, with each of `hits` (in text order) replaced by its
+/// label, a match cut at the end of the string it starts in and widened
 /// to whole escapes (as the stream does for streamed arguments): a pattern
-/// like `project-\S+` must not take the closing `"}` and leave the tool
-/// call invalid JSON.
-fn redact_json_text<'t>(
-    filter: &ContentFilter,
+/// like `project-\S+` must not take the closing `"}`, nor a secret's end
+/// half an escape, and leave the tool call invalid JSON. Also returns
+/// which hits were replaced (one inside another's widened range is not).
+fn replace_in_json_text<'t>(
     text: &'t str,
-    label: &str,
-) -> (Cow<'t, str>, usize) {
+    hits: impl Iterator<Item = (Range<usize>, String)>,
+) -> (Cow<'t, str>, Vec<usize>) {
     let bytes = text.as_bytes();
     let mut out = String::new();
     let mut at = 0;
-    let mut count = 0;
-    for hit in filter.find_all(text) {
-        let range = within_string(bytes, escape_safe(bytes, 0, hit.range));
+    let mut replaced = Vec::new();
+    for (i, (range, label)) in hits.enumerate() {
+        let range = within_string(bytes, escape_safe(bytes, 0, range));
         if range.start < at || range.is_empty() {
             continue;
         }
         out.push_str(text.get(at..range.start).unwrap_or_default());
-        out.push_str(label);
+        out.push_str(&label);
         at = range.end;
-        count += 1;
+        replaced.push(i);
     }
-    if count == 0 {
-        return (Cow::Borrowed(text), 0);
+    if replaced.is_empty() {
+        return (Cow::Borrowed(text), replaced);
     }
     out.push_str(text.get(at..).unwrap_or_default());
-    (Cow::Owned(out), count)
+    (Cow::Owned(out), replaced)
 }
 
 /// What the policies made of a document.
@@ -86,7 +86,14 @@ pub(crate) fn apply<'p>(
                     match filter.action {
                         FilterAction::Redact => {
                             let (new, n) = match is_json_text(s) {
-                                true => redact_json_text(filter, s, &label),
+                                true => {
+                                    let hits = filter
+                                        .find_all(s)
+                                        .into_iter()
+                                        .map(|h| (h.range, label.clone()));
+                                    let (new, replaced) = replace_in_json_text(s, hits);
+                                    (new, replaced.len())
+                                }
                                 false => filter.redact(s, &label),
                             };
                             count += n;
@@ -126,13 +133,31 @@ pub(crate) fn apply<'p>(
             }
             Action::Redact(redactor) => {
                 let mut found = Vec::new();
-                let rewritten =
-                    rewrite_strings(&current, Selector::AllStrings, |s| {
-                        match redactor.redact(s, &mut found) {
-                            Cow::Owned(o) => Some(o),
-                            Cow::Borrowed(_) => None,
-                        }
-                    })?;
+                let rewritten = rewrite_strings(&current, Selector::AllStrings, |s| {
+                    let findings = redactor.find(s);
+                    if findings.is_empty() {
+                        return None;
+                    }
+                    if !is_json_text(s) {
+                        let out = replace_ranges(s, &findings, 0);
+                        found.extend(findings);
+                        return Some(out);
+                    }
+                    // A tool call's arguments: JSON text, kept JSON.
+                    let hits = findings
+                        .iter()
+                        .map(|f| (f.range.clone(), placeholder(&f.kind)));
+                    let (new, replaced) = replace_in_json_text(s, hits);
+                    found.extend(
+                        replaced
+                            .into_iter()
+                            .filter_map(|i| findings.get(i).cloned()),
+                    );
+                    match new {
+                        Cow::Owned(o) => Some(o),
+                        Cow::Borrowed(_) => None,
+                    }
+                })?;
                 notes.extend(found.into_iter().map(|f| StreamNote::Redacted {
                     policy: policy.name.clone(),
                     kind: f.kind,
@@ -195,5 +220,37 @@ mod tests {
             "plain text is redacted as before"
         );
         assert_eq!(notes.len(), 3);
+    }
+
+    /// The same for a redact policy's own patterns: a tool call's
+    /// arguments keep their shape whatever the pattern takes.
+    #[test]
+    fn a_secret_pattern_in_arguments_keeps_them_json() {
+        let yaml = "policies:\n  chain: [r]\npolicy:\n  r:\n    type: redact\n    kinds: []\n    patterns: [{name: internal, regex: 'int-\\S+'}]\n";
+        let chain =
+            super::super::chain::Chain::build(&Config::parse(yaml, Path::new("t")).unwrap())
+                .unwrap();
+        let args = r#"{"key":"int-abc123","n":1,"note":"see int-x\"y"}"#;
+        let doc = serde_json::json!({"arguments": args}).to_string();
+        let mut notes = Vec::new();
+        let out = match apply(
+            chain.policies().iter(),
+            doc.as_bytes(),
+            Selector::AllStrings,
+            &mut notes,
+        )
+        .unwrap()
+        {
+            Whole::Changed(out) => out,
+            other => panic!("{other:?}"),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let args: serde_json::Value = serde_json::from_str(v["arguments"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("arguments no longer JSON ({e}): {v}"));
+        assert_eq!(args["key"], "[REDACTED:internal]");
+        assert_eq!(args["n"], 1);
+        assert!(!args.to_string().contains("abc123"), "{args}");
+        assert!(!args.to_string().contains("int-x"), "{args}");
+        assert_eq!(notes.len(), 2, "{notes:?}");
     }
 }
