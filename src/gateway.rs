@@ -219,10 +219,6 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
                 options.fsync = audit.fsync;
             }
             let (sink, handle) = EventLog::open(dir, options)?;
-            // Only the log's writer prunes it.
-            if let Some(days) = audit.and_then(|a| a.retention_days) {
-                start_pruning(dir.clone(), days, settings.shared_store.is_some());
-            }
             (Some((sink, dir.clone())), Some(handle))
         }
         None => (None, None),
@@ -231,6 +227,11 @@ pub fn build(settings: &GatewaySettings) -> Result<Built, BuildError> {
         settings.policy.as_deref(),
         sink.as_ref().map(|(s, _)| s.clone()),
     )?);
+    // Only the log's writer prunes it, by the retention of the chain in
+    // force (a reload may set or change it).
+    if let Some((_, dir)) = &sink {
+        start_pruning(dir.clone(), engine.clone(), settings.shared_store.is_some());
+    }
     let (store, hosted, shared) = match (&settings.shared_store, &sink) {
         (Some(url), Some((sink, dir))) => {
             let db = Db::new(url)?;
@@ -337,11 +338,22 @@ fn audit_options(config: Option<&Config>) -> Option<&crate::config::AuditLoggerO
 /// How often expired segments are looked for.
 const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
 
-/// Removes whole segments older than `days` now and every few hours
-/// (the newest segment always stays, so the chain stays verifiable); in
-/// hosted mode never one not yet shipped.
-fn start_pruning(dir: PathBuf, days: u32, shipped: bool) {
-    let prune = move || {
+/// How often the retention in force is read: a reload that sets or
+/// changes `retention_days` is applied within this.
+const RETENTION_CHECK: Duration = Duration::from_secs(60);
+
+/// Removes whole segments older than the audit logger's `retention_days`
+/// now and every few hours, and at once when a reload changes it (the
+/// newest segment always stays, so the chain stays verifiable); in hosted
+/// mode never one not yet shipped.
+fn start_pruning(dir: PathBuf, engine: Arc<Engine>, shipped: bool) {
+    let retention = move || {
+        engine
+            .chain()
+            .audit_options()
+            .and_then(|o| o.retention_days)
+    };
+    let prune = move |days: u32| {
         let pruned = if shipped {
             crate::storage::ship::prune(&dir, days)
         } else {
@@ -359,14 +371,25 @@ fn start_pruning(dir: PathBuf, days: u32, shipped: bool) {
             Err(e) => tracing::warn!("audit log retention: {e}"),
         }
     };
-    prune();
+    let mut last = retention();
+    if let Some(days) = last {
+        prune(days);
+    }
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        let mut pruned_at = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(RETENTION_CHECK);
         tick.tick().await;
         loop {
             tick.tick().await;
+            let days = retention();
+            let due = days != last || pruned_at.elapsed() >= PRUNE_EVERY;
+            last = days;
+            let Some(days) = days.filter(|_| due) else {
+                continue;
+            };
+            pruned_at = tokio::time::Instant::now();
             let prune = prune.clone();
-            let _ = tokio::task::spawn_blocking(prune).await;
+            let _ = tokio::task::spawn_blocking(move || prune(days)).await;
         }
     });
 }
@@ -398,5 +421,45 @@ mod tests {
             "127.0.0.1:41002",
             Some(listed)
         )));
+    }
+
+    /// A reload that sets `retention_days` prunes at the next check, not
+    /// only after a restart.
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_applies_its_retention() {
+        let audit = |extra: &str| {
+            PolicyConfig::parse(
+                &format!(
+                    "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger: {{{extra}}}\n"
+                ),
+                std::path::Path::new("t.yaml"),
+            )
+            .unwrap()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("events");
+        std::fs::create_dir_all(&dir).unwrap();
+        let old: Vec<PathBuf> = ["2020-01-01", "2020-01-02"]
+            .iter()
+            .map(|day| dir.join(format!("{day}.jsonl")))
+            .collect();
+        for path in &old {
+            std::fs::write(path, "").unwrap();
+        }
+        let engine = Arc::new(Engine::new(Some(&audit(""))).unwrap());
+        start_pruning(dir.clone(), engine.clone(), false);
+        tokio::time::sleep(RETENTION_CHECK * 2).await;
+        assert!(old[0].exists(), "pruned without a retention");
+        engine.reload(&audit("retention_days: 30")).unwrap();
+        for _ in 0..500 {
+            if !old[0].exists() {
+                break;
+            }
+            tokio::time::sleep(RETENTION_CHECK).await;
+            // The prune runs on a blocking thread, in real time.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!old[0].exists(), "the reloaded retention was not applied");
+        assert!(old[1].exists(), "the newest segment stays");
     }
 }

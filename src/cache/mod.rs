@@ -100,6 +100,20 @@ struct Spec {
     prefix: String,
 }
 
+impl Spec {
+    fn of(o: &CacheOptions) -> Spec {
+        Spec {
+            backend: o.backend.clone(),
+            max_bytes: o.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
+            prefix: o
+                .key_prefix
+                .as_deref()
+                .unwrap_or(DEFAULT_KEY_PREFIX)
+                .to_string(),
+        }
+    }
+}
+
 /// One set of tiers.
 pub struct Store {
     spec: Spec,
@@ -162,6 +176,18 @@ impl Caches {
         });
         stores.push(store.clone());
         Ok(store)
+    }
+
+    /// Drops the stores that none of `options` (the cache policies of a
+    /// reloaded chain) uses: their in-process entries would otherwise hold
+    /// memory, up to their old `max_bytes`, for as long as the gateway
+    /// runs. An exchange still using one keeps it until it ends.
+    pub fn keep_only<'o>(&self, options: impl IntoIterator<Item = &'o CacheOptions>) {
+        let specs: Vec<Spec> = options.into_iter().map(Spec::of).collect();
+        self.stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| specs.contains(&s.spec));
     }
 
     /// Counters over every store.

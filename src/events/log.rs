@@ -117,6 +117,8 @@ enum Msg {
     Flush(oneshot::Sender<Result<(), EventsError>>),
     /// Like `Flush`, then stop.
     Close(oneshot::Sender<Result<(), EventsError>>),
+    /// From the next batch on, fsync this way (a policy reload).
+    SetFsync(Fsync),
 }
 
 /// Where request handlers send events. Cheap to clone.
@@ -188,6 +190,16 @@ impl EventSink {
         done.await.map_err(|_| EventsError::WriterGone)?
     }
 
+    /// Changes when the writer fsyncs, from the events after those already
+    /// queued: a policy reload's `fsync:`. What was written before and
+    /// awaits its deferred fsync is synced first.
+    pub async fn set_fsync(&self, fsync: Fsync) -> Result<(), EventsError> {
+        self.tx
+            .send(Msg::SetFsync(fsync))
+            .await
+            .map_err(|_| EventsError::WriterGone)
+    }
+
     /// A live feed of events as they are written (with their hashes).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.feed.subscribe()
@@ -217,7 +229,7 @@ fn returned(msg: Msg) -> SendError {
         Msg::Event(e) => SendError(e),
         // Unreachable: `send` only ever sends `Msg::Event`. An error event
         // stands in rather than a panic.
-        Msg::Flush(_) | Msg::Close(_) => SendError(Box::new(Event::new(
+        Msg::Flush(_) | Msg::Close(_) | Msg::SetFsync(_) => SendError(Box::new(Event::new(
             super::Phase::Input,
             super::Action::Error,
         ))),
@@ -631,15 +643,21 @@ const ALWAYS_MAX_BATCH: usize = 32;
 const CLOSING_ATTEMPTS: u32 = 5;
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut max_batch = self.options.max_batch.max(1);
+    /// The most events taken as one batch.
+    fn max_batch(&self) -> usize {
+        let max_batch = self.options.max_batch.max(1);
         if self.options.fsync == Fsync::Always {
             // Syncing every event, a large batch saves nothing, and taking
             // the whole queue at once would free all its room in one go and
             // then leave it full while the batch syncs: new exchanges would
             // stop and go. Small batches free room at the disk's pace.
-            max_batch = max_batch.min(ALWAYS_MAX_BATCH);
+            return max_batch.min(ALWAYS_MAX_BATCH);
         }
+        max_batch
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut max_batch = self.max_batch();
         let mut busy = false;
         // Emptied by each write and kept: no allocation per batch.
         let mut batch = Vec::new();
@@ -656,11 +674,17 @@ impl Writer {
             }
             let mut flushes = Vec::new();
             let mut close = None;
+            let mut fsync = None;
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Event(e) => batch.push(e),
                     Msg::Flush(reply) => flushes.push(reply),
+                    // Taken after this batch, which was queued before it.
+                    Msg::SetFsync(f) => {
+                        fsync = Some(f);
+                        break;
+                    }
                     Msg::Close(reply) => {
                         // Stop new sends but drain what is already queued,
                         // so a send that returned Ok is never lost.
@@ -692,6 +716,14 @@ impl Writer {
             }
             if let Err(e) = written {
                 given_up.get_or_insert(e);
+            }
+            if let Some(f) = fsync.filter(|f| *f != self.options.fsync) {
+                if self.dirty {
+                    self.sync_logged();
+                }
+                self.options.fsync = f;
+                max_batch = self.max_batch();
+                tracing::info!(fsync = ?f, "audit log fsync changed");
             }
         }
         // Every sender is gone without a close: still make it durable.

@@ -834,3 +834,39 @@ async fn waiting_sends_get_in_once_a_close_is_announced_on_a_failing_disk() {
     let _ = closed.expect("the close hung");
     std::fs::remove_file(&next.path).unwrap();
 }
+
+/// A reload's `fsync:` reaches the writer: from the events after it, the
+/// log is synced the new way.
+#[tokio::test]
+async fn the_fsync_mode_can_change_while_the_log_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        fsync: Fsync::Never,
+        linger: Duration::ZERO,
+        ..opts()
+    };
+    let (sink, handle) = EventLog::open(tmp.path(), options).unwrap();
+    let written = |n: u64| {
+        let sink = sink.clone();
+        async move {
+            let by = tokio::time::Instant::now() + Duration::from_secs(10);
+            while sink.stats().written() < n {
+                assert!(tokio::time::Instant::now() < by, "never written");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    for i in 0..3 {
+        sink.send(ev(i)).await.unwrap();
+    }
+    written(3).await;
+    assert_eq!(sink.stats().syncs(), 0, "fsync: never synced");
+    sink.set_fsync(Fsync::Always).await.unwrap();
+    for i in 3..6 {
+        sink.send(ev(i)).await.unwrap();
+    }
+    written(6).await;
+    assert!(sink.stats().syncs() >= 3, "{} fsyncs", sink.stats().syncs());
+    handle.close().await.unwrap();
+    assert_eq!(events(tmp.path()).len(), 6);
+}

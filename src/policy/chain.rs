@@ -117,6 +117,14 @@ impl Chain {
         })
     }
 
+    /// The options of the chain's audit logger, if it has one.
+    pub fn audit_options(&self) -> Option<&AuditLoggerOptions> {
+        self.policies.iter().find_map(|p| match &p.action {
+            Action::Audit(o) => Some(o),
+            _ => None,
+        })
+    }
+
     /// The model price table in force with this chain.
     pub fn pricing(&self) -> &Pricing {
         &self.pricing

@@ -72,7 +72,20 @@ impl Engine {
     /// and budgets whose policy kept its name and options keep counting.
     pub fn reload(&self, config: &Config) -> Result<(), ChainError> {
         let (chain, hosts) = Self::compile(Some(config), Some(&self.chain()))?;
+        self.caches
+            .keep_only(chain.policies().iter().filter_map(|p| match &p.action {
+                super::chain::Action::Cache(o) => Some(o),
+                _ => None,
+            }));
+        let fsync = chain.audit_options().map(|o| o.fsync).unwrap_or_default();
         *self.chain.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(chain);
+        // The audit log's writer takes the new `fsync:` after what is queued.
+        if let (Some(sink), Ok(_)) = (&self.sink, tokio::runtime::Handle::try_current()) {
+            let sink = sink.clone();
+            self.sends.spawn(async move {
+                let _ = sink.set_fsync(fsync).await;
+            });
+        }
         *self
             .configured_hosts
             .write()
@@ -315,6 +328,37 @@ mod tests {
     }
 
     const BODY: &[u8] = br#"{"model":"m","messages":[{"role":"user","content":"about zeus"}]}"#;
+
+    /// A reload that changes a cache policy's store (its size here) drops
+    /// the old store and its entries; one that keeps it keeps them.
+    #[test]
+    fn a_reload_drops_the_cache_stores_no_policy_uses() {
+        let cache = |size: &str| {
+            config(&format!(
+                "policies:\n  chain: [c]\npolicy:\n  c: {{type: cache, max_bytes: {size}}}\n"
+            ))
+        };
+        let engine = Engine::new(Some(&cache("1MiB"))).unwrap();
+        let options = |engine: &Engine| {
+            engine
+                .chain()
+                .policies()
+                .iter()
+                .find_map(|p| match &p.action {
+                    super::super::chain::Action::Cache(o) => Some(o.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let store = engine.caches().store(&options(&engine)).unwrap();
+        assert_eq!(Arc::strong_count(&store), 2, "held by the gateway");
+        engine.reload(&cache("1MiB")).unwrap();
+        assert_eq!(Arc::strong_count(&store), 2, "the same store stays");
+        engine.reload(&cache("2MiB")).unwrap();
+        assert_eq!(Arc::strong_count(&store), 1, "the old store was kept");
+        let new = engine.caches().store(&options(&engine)).unwrap();
+        assert!(!Arc::ptr_eq(&store, &new));
+    }
 
     #[tokio::test]
     async fn an_immutable_audit_refuses_what_it_cannot_record() {
