@@ -76,12 +76,26 @@ async fn serve_session<IO>(
 {
     let limits = &ctx.gw.limits;
     let mut first = BytesMut::with_capacity(512);
-    match tokio::time::timeout(limits.client_tls_handshake, io.read_buf(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => return,
-    }
+    let client_hello = tokio::time::timeout(limits.client_tls_handshake, io.read_buf(&mut first));
+    // A server that speaks first (SMTP, SSH, ... after a CONNECT that
+    // `--intercept all` selects) is no TLS server: its bytes, here or
+    // already come through an upstream proxy, make the session a tunnel.
+    let server_first = match &predialed {
+        Some(up) if !up.prefix().is_empty() => true,
+        Some(up) => tokio::select! {
+            read = client_hello => match read {
+                Ok(Ok(n)) if n > 0 => false,
+                _ => return,
+            },
+            _ = up.get_ref().readable() => true,
+        },
+        None => match client_hello.await {
+            Ok(Ok(n)) if n > 0 => false,
+            _ => return,
+        },
+    };
     let io = Prefixed::new(first.freeze(), io);
-    let is_tls = io.prefix().first() == Some(&TLS_HANDSHAKE);
+    let is_tls = !server_first && io.prefix().first() == Some(&TLS_HANDSHAKE);
     if !is_tls {
         // Plain bytes after CONNECT (e.g. ws:// through the proxy): tunnel.
         let dialed = match predialed {
@@ -104,7 +118,8 @@ async fn serve_session<IO>(
         return;
     }
 
-    let Some((tls, attached)) = accept_tls(&ctx, io, &target, &origin, predialed).await else {
+    let Some((tls, attached, origin)) = accept_tls(&ctx, io, &target, &origin, predialed).await
+    else {
         return;
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -243,6 +258,7 @@ async fn accept_tls<IO>(
 ) -> Option<(
     tokio_rustls::server::TlsStream<Prefixed<IO>>,
     Option<tokio::sync::watch::Receiver<bool>>,
+    Origin,
 )>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -274,6 +290,15 @@ where
         {
             tracing::debug!(connect = %target, sni = ?sni, "SNI differs from the CONNECT host");
         }
+        // A CONNECT to an address whose ClientHello names the service
+        // (`--intercept all`): the upstream's certificate is for that name,
+        // not the address, and is verified against it.
+        let origin = match &sni {
+            Some(name) if target.is_ip() && name.parse::<std::net::IpAddr>().is_err() => {
+                Origin::new(true, name, target.port)
+            }
+            _ => origin.clone(),
+        };
         // The upstream handshake runs beside the client's: the first
         // request waits for it (see `attached`) instead of the handshake.
         let attached = predialed.map(|dialed| {
@@ -295,7 +320,7 @@ where
             Err(e) => return Err(Refused::new(ClientTlsFailure::NoCertificate, &e, None)),
         };
         match start.into_stream(config).into_fallible().await {
-            Ok(tls) => Ok((tls, attached)),
+            Ok(tls) => Ok((tls, attached, origin)),
             Err((e, io)) => Err(Refused::new(ClientTlsFailure::of(&e), &e, Some(io))),
         }
     };

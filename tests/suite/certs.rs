@@ -200,6 +200,38 @@ async fn ip_target_without_sni_gets_an_ip_san() {
     );
 }
 
+/// With `--intercept all`, a CONNECT to an address whose ClientHello names
+/// the service is verified upstream against that name (the origin's
+/// certificate has no IP SAN), not the address, and the request goes
+/// through.
+#[tokio::test]
+async fn an_address_connect_is_verified_against_its_sni_name() {
+    let ca = TestCa::new("origin CA");
+    let origin = Origin::tls(&ca, &["example.org"], Alpn::H1).await;
+    let port = origin.addr.port();
+    let gw = TestGateway::start(&ca, |s| {
+        s.intercept = InterceptMode::All;
+        s.limits.allowed_connect_ports.push(port);
+        s.connect_to = vec![connect_to("example.org", port, origin.addr)];
+    })
+    .await;
+    let (s, reply) = client::connect(gw.addr, &format!("127.0.0.1:{port}")).await;
+    assert_eq!(reply.status, 200);
+    let tls = client::tls(s, "example.org", &[gw.ca_der()], &[b"http/1.1"])
+        .await
+        .unwrap();
+    let mut http = client::Http::over(tls, false).await;
+    let resp = http
+        .send(
+            "POST",
+            "example.org",
+            "/echo",
+            bytes::Bytes::from_static(b"hi"),
+        )
+        .await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+}
+
 /// kt's leg towards the client picks AES-128-GCM/SHA-256 even when the
 /// client lists AES-256-GCM/SHA-384 first (as OpenSSL, Node and rustls
 /// do), and still serves a client that offers nothing else.

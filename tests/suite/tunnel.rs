@@ -220,39 +220,45 @@ async fn a_connect_to_an_address_is_intercepted_when_its_client_hello_names_an_l
 }
 
 /// A server that speaks first (SSH, SMTP) behind a CONNECT to an address
-/// is not kept waiting for a ClientHello that will never come.
+/// is not kept waiting for a ClientHello that will never come: not when
+/// the address decides by the ClientHello (the default), nor when
+/// `--intercept all` would decrypt it.
 #[tokio::test]
 async fn a_server_that_speaks_first_behind_an_address_is_tunnelled_at_once() {
+    use keeptrusts::proxy::InterceptMode;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        s.write_all(b"SSH-2.0-test\r\n").await.unwrap();
+    for mode in [InterceptMode::Llm, InterceptMode::All] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"SSH-2.0-test\r\n").await.unwrap();
+            let mut echo = [0u8; 5];
+            s.read_exact(&mut echo).await.unwrap();
+            s.write_all(&echo).await.unwrap();
+        });
+        let ca = TestCa::new("unused");
+        let gw = TestGateway::start(&ca, |s| {
+            s.intercept = mode;
+            s.limits.allowed_connect_ports.push(port);
+            // Far longer than the test waits: the banner must not wait for it.
+            s.limits.client_tls_handshake = std::time::Duration::from_secs(60);
+        })
+        .await;
+        let (mut s, reply) = client::connect(gw.addr, &format!("127.0.0.1:{port}")).await;
+        assert_eq!(reply.status, 200);
+        let mut banner = [0u8; 14];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            s.read_exact(&mut banner),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{mode:?}: the server's banner waited for the client"))
+        .unwrap();
+        assert_eq!(&banner, b"SSH-2.0-test\r\n");
+        s.write_all(b"hello").await.unwrap();
         let mut echo = [0u8; 5];
         s.read_exact(&mut echo).await.unwrap();
-        s.write_all(&echo).await.unwrap();
-    });
-    let ca = TestCa::new("unused");
-    let gw = TestGateway::start(&ca, |s| {
-        s.limits.allowed_connect_ports.push(port);
-        // Far longer than the test waits: the banner must not wait for it.
-        s.limits.client_tls_handshake = std::time::Duration::from_secs(60);
-    })
-    .await;
-    let (mut s, reply) = client::connect(gw.addr, &format!("127.0.0.1:{port}")).await;
-    assert_eq!(reply.status, 200);
-    let mut banner = [0u8; 14];
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        s.read_exact(&mut banner),
-    )
-    .await
-    .expect("the server's banner waited for the client")
-    .unwrap();
-    assert_eq!(&banner, b"SSH-2.0-test\r\n");
-    s.write_all(b"hello").await.unwrap();
-    let mut echo = [0u8; 5];
-    s.read_exact(&mut echo).await.unwrap();
-    assert_eq!(&echo, b"hello");
+        assert_eq!(&echo, b"hello", "{mode:?}");
+    }
 }
