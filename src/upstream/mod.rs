@@ -6,6 +6,7 @@ pub mod connect_to;
 pub mod guard;
 pub mod link;
 pub mod pool;
+pub mod race;
 pub mod tls;
 
 use crate::body::Body;
@@ -371,32 +372,20 @@ impl Upstream {
                     target: target(),
                     source,
                 })?;
-            let mut last = None;
-            for sa in resolved {
-                if guard::is_forbidden(sa.ip()) {
-                    last = Some(UpstreamError::Forbidden {
-                        target: target(),
-                        addr: sa.ip(),
-                    });
-                    continue;
-                }
-                match connect(sa).await {
-                    Ok(s) => return Ok(s),
-                    Err(source) => {
-                        last = Some(UpstreamError::Connect {
-                            target: target(),
-                            source,
-                        })
-                    }
-                }
+            let (allowed, forbidden): (Vec<_>, Vec<_>) =
+                resolved.partition(|sa| !guard::is_forbidden(sa.ip()));
+            if let (true, Some(sa)) = (allowed.is_empty(), forbidden.first()) {
+                return Err(UpstreamError::Forbidden {
+                    target: target(),
+                    addr: sa.ip(),
+                });
             }
-            Err(last.unwrap_or_else(|| UpstreamError::Connect {
-                target: target(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "the name has no addresses",
-                ),
-            }))
+            race::first_connected(allowed, connect)
+                .await
+                .map_err(|source| UpstreamError::Connect {
+                    target: target(),
+                    source,
+                })
         };
         let stream = tokio::time::timeout(self.timeouts.connect, connect)
             .await
