@@ -72,6 +72,10 @@ impl CacheError {
 pub struct Stats {
     /// Answered from a tier or a concurrent identical request.
     pub hits: AtomicU64,
+    /// Of the hits, those read from this process's memory. Counted on its
+    /// own rather than derived from the others: a scrape between a hit's
+    /// two bumps would otherwise see this counter go down.
+    pub memory_hits: AtomicU64,
     /// Of the hits, those that followed another request's upstream call.
     pub followed: AtomicU64,
     /// Of the hits, those read from Redis.

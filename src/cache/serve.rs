@@ -217,6 +217,7 @@ pub async fn lookup(store: &Arc<Store>, o: &CacheOptions, req: &CacheRequest<'_>
     if let Some(item) = store.memory.get(&key) {
         if item.entry.scope == scope {
             Stats::bump(&stats.hits);
+            Stats::bump(&stats.memory_hits);
             return Lookup::Hit(Hit::Stored { item, key });
         }
     }

@@ -139,6 +139,13 @@ async fn a_complete_stream_is_replayed_byte_for_byte_with_its_framing() {
     let resp = hit.respond(Box::new(|_| {}));
     assert_eq!(resp.headers()[X_KT_CACHE], "hit");
     assert_eq!(resp.headers()[header::CONTENT_TYPE], sse);
+    // Counted as a memory hit in its own right (metrics never derive it).
+    let stats = caches.stats();
+    assert_eq!(stats.hits.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        stats.memory_hits.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     // Frame by frame, exactly as the client first received them.
     let mut body = resp.into_body();
     let mut got = Vec::new();

@@ -160,8 +160,9 @@ fn cache_tiers(
 ) {
     let caches = gw.engine().caches();
     let k = caches.stats();
-    let (hits, redis, followed) = (
+    let (hits, memory, redis, followed) = (
         k.hits.load(Relaxed),
+        k.memory_hits.load(Relaxed),
         k.redis_hits.load(Relaxed),
         k.followed.load(Relaxed),
     );
@@ -182,7 +183,7 @@ fn cache_tiers(
         "counter",
         "Cache hits by where the answer came from (flight: a concurrent identical request).",
         &[
-            ("{source=\"memory\"}", hits.saturating_sub(redis + followed)),
+            ("{source=\"memory\"}", memory),
             ("{source=\"redis\"}", redis),
             ("{source=\"flight\"}", followed),
         ],
