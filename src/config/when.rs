@@ -264,6 +264,46 @@ impl<'de> Deserialize<'de> for HeaderPairs {
     }
 }
 
+/// One header value as written: text, or a plain YAML scalar (`true`, `42`)
+/// taken as the text it spells.
+struct HeaderText(String);
+
+struct TextVisitor;
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a header value")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+        // `1.50` reads as 1.5: the header's spelling is lost, and a
+        // value matched against text must be the text.
+        Err(E::custom(format!(
+            "a number with a fraction ({v}) loses its spelling in YAML; write the header value in quotes"
+        )))
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderText {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // The deserializer reads a plain `true`/`1.5` as typed values;
+        // header values are text, so ask for whatever was written.
+        d.deserialize_any(TextVisitor).map(HeaderText)
+    }
+}
+
 impl<'de> Deserialize<'de> for OneOrMany {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -273,24 +313,29 @@ impl<'de> Deserialize<'de> for OneOrMany {
                 f.write_str("a header value or a list of values")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
-                Ok(OneOrMany(vec![v.to_string()]))
+                TextVisitor.visit_str(v).map(|t| OneOrMany(vec![t]))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<OneOrMany, E> {
-                Ok(OneOrMany(vec![v.to_string()]))
+                TextVisitor.visit_i64(v).map(|t| OneOrMany(vec![t]))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<OneOrMany, E> {
-                Ok(OneOrMany(vec![v.to_string()]))
+                TextVisitor.visit_u64(v).map(|t| OneOrMany(vec![t]))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<OneOrMany, E> {
+                TextVisitor.visit_bool(v).map(|t| OneOrMany(vec![t]))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<OneOrMany, E> {
+                TextVisitor.visit_f64(v).map(|t| OneOrMany(vec![t]))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
                 let mut out = Vec::new();
-                while let Some(v) = seq.next_element::<String>()? {
+                while let Some(HeaderText(v)) = seq.next_element()? {
                     out.push(v);
                 }
                 Ok(OneOrMany(out))
             }
         }
-        // The deserializer reads a plain `true`/`1.5` as typed values;
-        // header values are text, so ask for whatever was written.
+        // As for one value: whatever was written.
         d.deserialize_any(V)
     }
 }
@@ -514,6 +559,33 @@ mod tests {
             http::HeaderValue::from_static("conversation-panel"),
         );
         assert!(!w.matches(&facts("h", "/", &h)));
+    }
+
+    /// A plain `true` or number is the text it spells, alone or in a
+    /// list; a fraction, whose spelling YAML loses, must be quoted.
+    #[test]
+    fn unquoted_scalars_are_header_text() {
+        let w = when("headers:\n  X-Private: true\n  X-Count: 3\n  X-Mode: [false, auto]\n");
+        let mut h = http::HeaderMap::new();
+        h.insert("x-private", http::HeaderValue::from_static("true"));
+        h.insert("x-count", http::HeaderValue::from_static("3"));
+        h.insert("x-mode", http::HeaderValue::from_static("false"));
+        assert!(w.matches(&facts("h", "/", &h)));
+        h.insert("x-private", http::HeaderValue::from_static("false"));
+        assert!(!w.matches(&facts("h", "/", &h)));
+
+        let root = yaml::parse("headers:\n  X-Version: 1.50\n")
+            .unwrap()
+            .unwrap();
+        let sink = Sink::default();
+        let raw = from_node::<RawWhen>(&root, "when", &sink, &[]);
+        let mut problems = sink.into_inner();
+        if let Some(raw) = raw {
+            raw.compile(&["openai", "unknown"], &mut problems);
+        }
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("quotes"), "{problems:?}");
+        assert_eq!(problems[0].mark.line, 2, "{problems:?}");
     }
 
     #[test]
