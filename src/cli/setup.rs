@@ -49,7 +49,21 @@ pub fn run(home: &HomeArgs, args: SetupArgs) -> anyhow::Result<ExitCode> {
         print!("{}", plan.render(args.file.as_deref()));
         return Ok(ExitCode::SUCCESS);
     }
-    let written = plan.write(args.file.as_deref())?;
+    let written = match plan.write(args.file.as_deref()) {
+        Ok(written) => written,
+        Err(e) => {
+            // The error stays one line; what to add by hand follows it, on
+            // stdout, where it can be redirected into a file.
+            eprintln!("kt: error: {e}");
+            if let Some(entry) = e.manual_entry() {
+                print!("{entry}");
+                if !entry.ends_with('\n') {
+                    println!();
+                }
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     if written.changes.is_empty() {
         println!("{}: already up to date", written.file.display());
     } else {

@@ -9,7 +9,9 @@ use saphyr_parser::{Event, Parser};
 pub enum ContinueYamlError {
     #[error("not valid YAML: {0}")]
     Invalid(String),
-    #[error("`models:` is written in flow style (`[...]`); add this entry by hand:\n{0}")]
+    #[error(
+        "`models:` is written in flow style (`[...]`); add the entry printed below to it by hand"
+    )]
     FlowModels(String),
 }
 

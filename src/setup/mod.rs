@@ -98,6 +98,21 @@ impl SetupContext {
     }
 }
 
+impl SetupError {
+    /// The settings a user must add by hand when kt could not, printed
+    /// after the (one-line) error.
+    pub fn manual_entry(&self) -> Option<&str> {
+        match self {
+            SetupError::ContinueJson { entry, .. } => Some(entry),
+            SetupError::ContinueYaml {
+                source: ContinueYamlError::FlowModels(entry),
+                ..
+            } => Some(entry),
+            _ => None,
+        }
+    }
+}
+
 /// Why `kt setup --write` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -116,7 +131,7 @@ pub enum SetupError {
     #[error(transparent)]
     File(#[from] FileError),
     #[error(
-        "{} holds your Continue settings and {} does not exist: Continue reads config.yaml instead of config.json once it exists, so creating it would hide your models. Add this entry to the \"models\" list of {} instead:\n{entry}",
+        "{} holds your Continue settings and {} does not exist: Continue reads config.yaml instead of config.json once it exists, so creating it would hide your models; add the entry printed below to the \"models\" list of {} instead",
         .json.display(), .yaml.display(), .json.display()
     )]
     ContinueJson {
@@ -640,10 +655,12 @@ mod tests {
         );
         let err = p.write(Some(&yaml)).unwrap_err();
         assert!(matches!(err, SetupError::ContinueJson { .. }), "{err}");
+        // One line of error; the entry to add by hand comes with it.
+        assert_eq!(err.to_string().lines().count(), 1, "{err}");
         assert!(
-            err.to_string()
-                .contains("\"title\": \"kt gateway (gpt-4o)\""),
-            "{err}"
+            err.manual_entry()
+                .is_some_and(|e| e.contains("\"title\": \"kt gateway (gpt-4o)\"")),
+            "{err:?}"
         );
         assert!(!yaml.exists());
         assert_eq!(std::fs::read_to_string(&json).unwrap(), mine);

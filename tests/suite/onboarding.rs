@@ -660,3 +660,36 @@ mod dashboard {
         );
     }
 }
+
+/// When kt cannot add Continue's model itself (`models:` in flow style),
+/// the error is one line and the entry to add by hand is printed on
+/// stdout, ready to paste; the file is left as it was.
+#[test]
+fn an_entry_kt_cannot_add_is_printed_after_a_one_line_error() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    let original = "name: a\nversion: 1.0.0\nschema: v1\nmodels: [{name: mine}]\n";
+    std::fs::write(&file, original).unwrap();
+    let f = file.to_str().unwrap();
+    let out = kt_in(home.path(), &["setup", "continue", "--write", "--file", f]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("kt: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("flow style"), "{err}");
+    assert!(
+        err.lines().all(|l| l.starts_with("kt: ")),
+        "the entry leaked into stderr: {err}"
+    );
+    let entry = text(&out.stdout);
+    assert!(entry.contains("- name: kt gateway (gpt-4o)"), "{entry}");
+    assert!(
+        entry.contains("apiBase: http://127.0.0.1:41002/v1"),
+        "{entry}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
+}
