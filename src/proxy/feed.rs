@@ -37,8 +37,15 @@ const MAX_HISTORY: usize = 10_000;
 /// A comment line this often keeps proxies from timing the stream out and
 /// finds clients that went away.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How often an open feed asks whether its viewer may still read it: a
+/// revoked key stops reading within this.
+const RECHECK: Duration = Duration::from_secs(1);
 
-pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
+/// Whether the viewer who opened a feed may still read it (their admin key
+/// not revoked since).
+pub(super) type Allowed = Arc<dyn Fn() -> bool + Send + Sync>;
+
+pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>, allowed: Allowed) -> Response<Body> {
     let Some(feed) = ctx.gw.events_feed() else {
         let mut r = Response::new(body::full("this gateway writes no audit log\n"));
         *r.status_mut() = StatusCode::NOT_FOUND;
@@ -71,7 +78,9 @@ pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
             let local = feed.clone();
             tokio::spawn(async move {
                 match TeamFeed::start(&db, n, filters.clone()).await {
-                    Ok((history, team)) => shared(history, team, follow, tx, shutdown).await,
+                    Ok((history, team)) => {
+                        shared(history, team, follow, tx, shutdown, allowed).await
+                    }
                     Err(e) => {
                         tracing::warn!("events feed: {e}; serving this replica's events only");
                         let note = format!(
@@ -79,14 +88,22 @@ pub(super) fn serve(ctx: &ConnCtx, query: Option<&str>) -> Response<Body> {
                             e.kind()
                         );
                         if tx.send(Bytes::from(note)).await.is_ok() {
-                            local_feed(local, n, filters, follow, tx, shutdown).await;
+                            local_feed(local, n, filters, follow, tx, shutdown, allowed).await;
                         }
                     }
                 }
             });
         }
         None => {
-            tokio::spawn(local_feed(feed.clone(), n, filters, follow, tx, shutdown));
+            tokio::spawn(local_feed(
+                feed.clone(),
+                n,
+                filters,
+                follow,
+                tx,
+                shutdown,
+                allowed,
+            ));
         }
     }
     let mut r = Response::new(body::channel(rx));
@@ -107,9 +124,10 @@ async fn shared(
     follow: bool,
     tx: tokio::sync::mpsc::Sender<Bytes>,
     shutdown: crate::shutdown::Shutdown,
+    allowed: Allowed,
 ) {
     if send_history(&tx, history, follow).await {
-        stream(&tx, &shutdown, Live::Team(team)).await;
+        stream(&tx, &shutdown, Live::Team(team), &allowed).await;
     }
 }
 
@@ -121,6 +139,7 @@ async fn local_feed(
     follow: bool,
     tx: tokio::sync::mpsc::Sender<Bytes>,
     shutdown: crate::shutdown::Shutdown,
+    allowed: Allowed,
 ) {
     // Subscribe before reading history, so nothing falls in between (an
     // event may then come twice; the client can skip repeated ids).
@@ -135,7 +154,7 @@ async fn local_feed(
         }
     }
     if send_history(&tx, history, follow).await {
-        stream(&tx, &shutdown, Live::Local(live, filters)).await;
+        stream(&tx, &shutdown, Live::Local(live, filters), &allowed).await;
     }
 }
 
@@ -188,15 +207,19 @@ async fn send_history(
 }
 
 /// Sends what `live` yields, with keep-alive comments between, until the
-/// client leaves, `live` ends or the gateway drains (a live feed never ends
-/// by itself, so it must end for draining to finish).
+/// client leaves, `live` ends, the gateway drains (a live feed never ends
+/// by itself, so it must end for draining to finish) or the viewer's key
+/// is revoked.
 async fn stream(
     tx: &tokio::sync::mpsc::Sender<Bytes>,
     shutdown: &crate::shutdown::Shutdown,
     mut live: Live,
+    allowed: &Allowed,
 ) {
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.tick().await;
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.tick().await;
     loop {
         let bytes = tokio::select! {
             b = live.next() => match b {
@@ -204,6 +227,13 @@ async fn stream(
                 None => return,
             },
             _ = keepalive.tick() => Bytes::from_static(b": keep-alive\n\n"),
+            _ = recheck.tick() => {
+                if allowed() {
+                    continue;
+                }
+                let _ = tx.send(Bytes::from_static(b": access revoked\n\n")).await;
+                return;
+            }
             _ = shutdown.draining() => return,
         };
         if tx.send(bytes).await.is_err() {

@@ -129,7 +129,7 @@ async fn untouched(
         let activity = ctx.activity.clone();
         let idle = ctx.gw.limits.idle;
         let admission = ctx.admission.clone();
-        let shutdown = ctx.shutdown.clone();
+        let ends = super::tunnel::ends(ctx);
         ctx.shutdown.spawn(async move {
             let _admission = admission;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -139,7 +139,7 @@ async fn untouched(
                         TokioIo::new(upstream),
                         activity,
                         idle,
-                        &shutdown,
+                        ends,
                     )
                     .await;
                 }

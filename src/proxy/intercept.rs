@@ -109,7 +109,7 @@ async fn serve_session<IO>(
                     upstream,
                     ctx.activity.clone(),
                     limits.idle,
-                    &ctx.shutdown,
+                    tunnel::ends(&ctx),
                 )
                 .await;
             }

@@ -262,7 +262,16 @@ fn admin(ctx: &ConnCtx, req: &Request<Incoming>) -> Result<Response<Body>, Proxy
         "/_kt" | "/_kt/" if read_only => Ok(super::dashboard::page()),
         "/_kt/cache" | "/_kt/cache/purge" => super::cached::admin(ctx, req),
         "/_kt/events" if *req.method() == Method::GET => {
-            Ok(super::feed::serve(ctx, req.uri().query()))
+            // Asked again while the feed is open: a key revoked meanwhile
+            // stops it (keys are looked up, not remembered).
+            let mut creds = http::HeaderMap::new();
+            let presented = super::dashboard::admin_credentials(req.headers());
+            if let Some(v) = presented.get(http::header::AUTHORIZATION) {
+                creds.insert(http::header::AUTHORIZATION, v.clone());
+            }
+            let gw = ctx.gw.clone();
+            let allowed = std::sync::Arc::new(move || gw.auth.admin(&creds).is_ok());
+            Ok(super::feed::serve(ctx, req.uri().query(), allowed))
         }
         "/readyz" if ctx.shutdown.is_draining() => {
             Ok(text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"))

@@ -6,12 +6,14 @@
 //! dominate their memory.
 
 use super::ConnCtx;
+use super::Gateway;
 use crate::netio::{Activity, Tracked};
 use crate::shutdown::Shutdown;
 use crate::upstream::Dialed;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -34,7 +36,7 @@ where
         upstream,
         ctx.activity.clone(),
         ctx.gw.limits.idle,
-        &ctx.shutdown,
+        ends(ctx),
     )
     .await;
     stats
@@ -49,7 +51,7 @@ pub async fn run<C, U>(
     upstream: U,
     activity: Activity,
     idle: Duration,
-    shutdown: &Shutdown,
+    stop: impl std::future::Future<Output = ()>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -65,7 +67,41 @@ pub async fn run<C, U>(
         _ = activity.idle_timeout(idle) => {
             tracing::debug!(idle_secs = idle.as_secs(), "tunnel idle, closing");
         }
-        _ = shutdown.cut() => tracing::debug!("drain period over; tunnel closed"),
+        _ = stop => tracing::debug!("tunnel closed: drain period over or its key revoked"),
+    }
+}
+
+/// How often a tunnel asks whether the key that opened it is still valid.
+const KEY_RECHECK: Duration = Duration::from_secs(1);
+
+/// Resolves when a tunnel opened for `ctx` must end before its peers say
+/// so: the drain's grace is over, or the access key that opened it was
+/// revoked (a leaked key must not keep a connection past that).
+pub(super) fn ends(ctx: &ConnCtx) -> impl std::future::Future<Output = ()> + Send + 'static {
+    stops(
+        ctx.shutdown.clone(),
+        ctx.gw.clone(),
+        ctx.session_key.clone(),
+    )
+}
+
+async fn stops(shutdown: Shutdown, gw: Arc<Gateway>, key: Option<Arc<str>>) {
+    let revoked = async {
+        let Some(key) = key else {
+            return std::future::pending::<()>().await;
+        };
+        let mut tick = tokio::time::interval(KEY_RECHECK);
+        loop {
+            tick.tick().await;
+            if !gw.auth.still_valid(&key) {
+                tracing::info!("access key revoked: its tunnel is closed");
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cut() => {}
+        _ = revoked => {}
     }
 }
 

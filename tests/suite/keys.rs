@@ -449,6 +449,82 @@ async fn admin_routes_need_an_admin_key_when_keys_are_required() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
+/// An open `/_kt/events` feed ends once its admin key is revoked: a leaked
+/// key cannot keep reading the audit trail past its revocation.
+#[tokio::test]
+async fn an_open_feed_ends_when_its_admin_key_is_revoked() {
+    use http_body_util::BodyExt;
+    let ca = TestCa::new("keys CA");
+    let gw = TestGateway::start(&ca, |s| s.auth_required = Some(true)).await;
+    let keys = gw.home.path().join("keys.json");
+    let ops = file::create(&keys, "ops", None, true).unwrap();
+    let other = file::create(&keys, "ops2", None, true).unwrap();
+    assert!(gw.gateway.auth().store().unwrap().refresh());
+    let mut feeds = Vec::new();
+    for key in [&ops.key, &other.key] {
+        let resp = admin_get(gw.addr, "/_kt/events?n=0", Some(key)).await;
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(first.starts_with(b": end of history"), "{first:?}");
+        feeds.push(body);
+    }
+    file::revoke(&keys, &ops.record.id).unwrap();
+    assert!(gw.gateway.auth().store().unwrap().refresh());
+    let mut revoked = feeds.remove(0);
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut rest = Vec::new();
+        while let Some(Ok(f)) = revoked.frame().await {
+            rest.extend_from_slice(&f.into_data().unwrap_or_default());
+        }
+        rest
+    })
+    .await
+    .expect("the feed of a revoked key stayed open");
+    assert!(
+        String::from_utf8_lossy(&rest).contains("access revoked"),
+        "{rest:?}"
+    );
+    // The other admin's feed is still open.
+    let still = tokio::time::timeout(Duration::from_millis(1500), feeds[0].frame()).await;
+    assert!(still.is_err(), "the feed of a valid key ended: {still:?}");
+}
+
+/// A blind tunnel opened with a key is closed once the key is revoked, as
+/// an intercepted session refuses its next request.
+#[tokio::test]
+async fn a_tunnel_ends_when_its_key_is_revoked() {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = echo.accept().await.unwrap();
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    let ca = TestCa::new("keys CA");
+    let gw = TestGateway::start(&ca, |s| {
+        s.auth_required = Some(true);
+        s.connect_to.push(connect_to("example.org", 443, echo_addr));
+    })
+    .await;
+    let keys = gw.home.path().join("keys.json");
+    let dev = file::create(&keys, "dev1", None, false).unwrap();
+    assert!(gw.gateway.auth().store().unwrap().refresh());
+    let auth = basic("dev1", &dev.key);
+    let (mut s, reply) = connect(gw.addr, "example.org:443", Some(&auth)).await;
+    assert_eq!(reply.status, 200);
+    s.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    s.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+    file::revoke(&keys, &dev.record.id).unwrap();
+    assert!(gw.gateway.auth().store().unwrap().refresh());
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the tunnel outlived its key's revocation");
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
 #[tokio::test]
 async fn without_required_keys_valid_ones_still_name_the_user() {
     let ca = TestCa::new("keys CA");
