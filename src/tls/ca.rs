@@ -145,6 +145,19 @@ impl CertificateAuthority {
         }
         check_key_mode(&paths.key)?;
         let cert_pem = read_to_string(&paths.cert)?;
+        // The certificate file is public: served at `/_kt/ca.pem`, copied
+        // into trust stores (mode 0644), named in NODE_EXTRA_CA_CERTS. A
+        // key+certificate bundle (mitmproxy's `mitmproxy-ca.pem` layout)
+        // dropped in its place would hand the CA's key to anyone.
+        if cert_pem.contains("PRIVATE KEY-----") {
+            return Err(CaError::Invalid {
+                path: paths.cert.clone(),
+                reason: format!(
+                    "it holds a private key, and this file is public (served to clients and installed in trust stores): keep only the certificate in it and the key in {} (mode 0600)",
+                    paths.key.display()
+                ),
+            });
+        }
         let key_pem = read_to_string(&paths.key)?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| CaError::Invalid {
             path: paths.key.clone(),
@@ -369,6 +382,23 @@ mod tests {
         assert!(msg.contains(a.key.to_str().unwrap()), "{msg}");
         assert!(msg.contains(a.cert.to_str().unwrap()), "{msg}");
         assert!(CertificateAuthority::load_or_create(&a).is_err());
+    }
+
+    /// A key+certificate bundle put in the public certificate file is
+    /// refused: the gateway would serve and install the CA's key.
+    #[test]
+    fn a_certificate_file_holding_the_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CaPaths::in_dir(dir.path());
+        CertificateAuthority::load_or_create(&paths).unwrap();
+        let bundle =
+            fs::read_to_string(&paths.key).unwrap() + &fs::read_to_string(&paths.cert).unwrap();
+        fs::write(&paths.cert, bundle).unwrap();
+        let err = CertificateAuthority::load(&paths).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("holds a private key"), "{msg}");
+        assert!(msg.contains(paths.cert.to_str().unwrap()), "{msg}");
+        assert!(CertificateAuthority::load_or_create(&paths).is_err());
     }
 
     #[test]
