@@ -176,18 +176,31 @@ fn proxy_credentials(headers: &HeaderMap) -> Presented<'_> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return Presented::Malformed;
     }
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim()) else {
-        return Presented::Malformed;
-    };
-    let Ok(decoded) = String::from_utf8(decoded) else {
-        return Presented::Malformed;
-    };
-    let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
-    let key = if password.is_empty() { user } else { password };
-    Presented::Key(key.to_string().into())
+    basic_key(rest).map_or(Presented::Malformed, |k| Presented::Key(k.into()))
 }
 
-/// `Authorization: Bearer KEY`.
+/// The key in `Basic` credentials (`base64(user:key)`): the password, or
+/// the user name when the password is empty (`key:`).
+fn basic_key(encoded: &str) -> Option<String> {
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
+    Some(if password.is_empty() { user } else { password }.to_string())
+}
+
+/// The key of `Basic` credentials in a header value, if it is one.
+fn basic_value_key(value: &str) -> Option<String> {
+    let (scheme, rest) = value.trim().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("basic")
+        .then(|| basic_key(rest))
+        .flatten()
+}
+
+/// `Authorization: Bearer KEY`, or `Basic` credentials holding the key (a
+/// base URL written `http://user:KEY@host/v1`).
 fn bearer(headers: &HeaderMap) -> Presented<'_> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Presented::Nothing;
@@ -197,7 +210,7 @@ fn bearer(headers: &HeaderMap) -> Presented<'_> {
     };
     match bearer_token(value) {
         Some(key) => Presented::Key(key.into()),
-        None => Presented::Malformed,
+        None => basic_value_key(value).map_or(Presented::Malformed, |k| Presented::Key(k.into())),
     }
 }
 
@@ -211,19 +224,34 @@ pub fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// True when a credential header's value (`Authorization`, `x-api-key`,
-/// `api-key`) is a kt access key, bare or as a `Bearer` token: the check
-/// that keeps one from going upstream, so it reads the value as loosely as
-/// the gate or any provider might.
+/// `api-key`) is a kt access key, bare, as a `Bearer` token or inside
+/// `Basic` credentials: the check that keeps one from going upstream, so
+/// it reads the value as loosely as the gate or any provider might.
 pub fn is_access_key(value: &http::HeaderValue) -> bool {
+    let bytes = value.as_bytes();
     // Every intercepted request's credential comes here: most are a
     // provider's key, told apart by a scan for the prefix alone.
     let prefix = super::key::KEY_PREFIX.as_bytes();
-    if !value.as_bytes().windows(prefix.len()).any(|w| w == prefix) {
-        return false;
+    if bytes.windows(prefix.len()).any(|w| w == prefix) {
+        let value = String::from_utf8_lossy(bytes);
+        let token = bearer_token(&value).unwrap_or(value.trim());
+        if token.starts_with(super::key::KEY_PREFIX) {
+            return true;
+        }
     }
-    let value = String::from_utf8_lossy(value.as_bytes());
-    let token = bearer_token(&value).unwrap_or(value.trim());
-    token.starts_with(super::key::KEY_PREFIX)
+    // Base64 hides the prefix: only `Basic` values are decoded.
+    let basic = bytes
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case(b"basic "));
+    basic
+        && std::str::from_utf8(bytes).is_ok_and(|v| {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(v.get(6..).unwrap_or_default().trim())
+                .unwrap_or_default();
+            let decoded = String::from_utf8_lossy(&decoded);
+            let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
+            user.starts_with(super::key::KEY_PREFIX) || password.starts_with(super::key::KEY_PREFIX)
+        })
 }
 
 #[cfg(test)]
@@ -294,6 +322,18 @@ mod tests {
         }
         assert_eq!(bearer_token("BEARER  kt_x "), Some("kt_x"));
         assert_eq!(bearer_token("Basic kt_x"), None);
+        // `Basic base64(user:key)`, as a base URL `http://dev1:KEY@host`
+        // makes clients send: the key is there once decoded.
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        for creds in ["dev1:kt_x", "kt_x:", "kt_x"] {
+            let value = HeaderValue::from_str(&format!("basic {}", b64(creds))).unwrap();
+            assert!(is_access_key(&value), "{creds}");
+        }
+        for creds in ["dev1:sk-x", "user:"] {
+            let value = HeaderValue::from_str(&format!("Basic {}", b64(creds))).unwrap();
+            assert!(!is_access_key(&value), "{creds}");
+        }
     }
 
     #[test]

@@ -426,6 +426,8 @@ mod tests {
             "BEARER kt_abc",
             "bearer\tkt_abc",
             " kt_abc",
+            // base64("dev1:kt_abc"): a base URL `http://dev1:KEY@host/v1`.
+            "Basic ZGV2MTprdF9hYmM=",
         ] {
             let mut h = headers(&[("authorization", kt)]);
             upstream_headers(&mut h, t, false);

@@ -323,11 +323,19 @@ mod tests {
         assert_eq!(values("authorization"), ["Bearer sk-prov"]);
         assert_eq!(values("x-api-key"), ["sk-ant"]);
         assert!(!h.contains_key("api-key"));
-        // Other credentials pass untouched.
+        // A kt key inside Basic credentials (base64 of `kt_abc`) goes too.
         let mut h = HeaderMap::new();
         h.append(header::AUTHORIZATION, "Basic a3RfYWJj".parse().unwrap());
         drop_kt_keys(&mut h);
-        assert_eq!(h[header::AUTHORIZATION], "Basic a3RfYWJj");
+        assert!(!h.contains_key(header::AUTHORIZATION));
+        // Other credentials pass untouched (base64 of `user:hunter2`).
+        let mut h = HeaderMap::new();
+        h.append(
+            header::AUTHORIZATION,
+            "Basic dXNlcjpodW50ZXIy".parse().unwrap(),
+        );
+        drop_kt_keys(&mut h);
+        assert_eq!(h[header::AUTHORIZATION], "Basic dXNlcjpodW50ZXIy");
     }
 
     #[test]
