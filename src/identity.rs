@@ -2,7 +2,7 @@
 //! (anonymous when keys are not in use), for policies, events and costs,
 //! and the client's address (through trusted reverse proxies).
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -74,31 +74,32 @@ impl Identity {
 /// `trusted` proxies, `X-Forwarded-For` is read from the right (each proxy
 /// appends the address it saw) past every trusted hop, and the first other
 /// address is the client. From an untrusted peer the header is ignored: it
-/// is whatever the client wrote.
+/// is whatever the client wrote. Only entries right of the client matter:
+/// garbage a client wrote to the left of what the proxies appended (the
+/// load balancer appends the real address after it) changes nothing, and
+/// garbage reached before any untrusted address stops the walk at the last
+/// trusted hop.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let peer = peer.to_canonical();
     if !is_trusted(&peer) {
         return peer;
     }
-    let mut hops: Vec<IpAddr> = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
-        let Ok(value) = value.to_str() else {
-            return peer;
-        };
-        for item in value.split(',') {
-            match parse_hop(item) {
-                Some(ip) => hops.push(ip),
-                // A garbled chain cannot be trusted past this point.
-                None => return peer,
-            }
-        }
-    }
+    let values: Vec<&HeaderValue> = headers.get_all("x-forwarded-for").iter().collect();
     let mut client = peer;
-    for hop in hops.into_iter().rev() {
-        client = hop;
-        if !is_trusted(&hop) {
-            break;
+    for value in values.into_iter().rev() {
+        // A value that is not text is one garbled entry.
+        let Ok(value) = value.to_str() else {
+            return client;
+        };
+        for item in value.rsplit(',') {
+            let Some(hop) = parse_hop(item) else {
+                return client;
+            };
+            client = hop;
+            if !is_trusted(&hop) {
+                return hop;
+            }
         }
     }
     client
@@ -192,6 +193,14 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8"]);
         let h = xff(&["198.51.100.7, not-an-ip"]);
         assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("10.0.0.1"));
+        // Garbage past a trusted hop stops the walk there.
+        let h = xff(&["198.51.100.7, junk, 10.2.2.2"]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("10.2.2.2"));
+        // Garbage a client wrote left of the address its load balancer
+        // appended cannot hide that address.
+        for h in [xff(&["junk, 198.51.100.7"]), xff(&["junk", "198.51.100.7"])] {
+            assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("198.51.100.7"));
+        }
         // IPv4-mapped IPv6 peers match IPv4 blocks.
         assert_eq!(
             client_ip(ip("::ffff:10.0.0.1"), &xff(&["198.51.100.7"]), &trusted),
