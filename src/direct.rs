@@ -109,7 +109,13 @@ impl Target {
             None => (path_and_query, None),
         };
         let mut out = String::with_capacity(self.base_path.len() + path_and_query.len());
-        if self.base_path.is_empty() {
+        // OpenAI-style base URLs end in their version (`…/v1`,
+        // `…/v1beta/openai`), which stands for the client's `/v1`.
+        // Anthropic's stop before it (its SDK appends `/v1/messages` to a
+        // gateway's `…/anthropic`), unless one was written with it.
+        let keeps_version = self.shape == Shape::Anthropic && !self.base_path.ends_with("/v1");
+        if self.base_path.is_empty() || keeps_version {
+            out.push_str(&self.base_path);
             out.push_str(path);
         } else {
             out.push_str(&self.base_path);
@@ -536,6 +542,18 @@ mod tests {
         );
         let anthropic = r.route(Shape::Anthropic, None).unwrap();
         assert_eq!(anthropic.upstream_path("/v1/messages"), "/v1/messages");
+        // An Anthropic base URL with a path is a gateway's prefix, to which
+        // Anthropic's SDK appends `/v1/messages`; one ending in `/v1` has it.
+        for (base, want) in [
+            ("https://gw.example/anthropic", "/anthropic/v1/messages"),
+            ("https://gw.example/anthropic/v1", "/anthropic/v1/messages"),
+        ] {
+            let r = routes(&format!(
+                "providers:\n  targets:\n    - id: anthropic\n      provider:\n        base_url: {base}\n"
+            ));
+            let t = r.route(Shape::Anthropic, None).unwrap();
+            assert_eq!(t.upstream_path("/v1/messages"), want, "{base}");
+        }
         let gemini = routes("providers:\n  targets:\n    - id: gemini\n      provider:\n        base_url: https://generativelanguage.googleapis.com/v1beta/openai/\n");
         let g = gemini.route(Shape::OpenAi, None).unwrap();
         assert_eq!(
