@@ -85,9 +85,40 @@ fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustStor
             reason: e.to_string(),
         })?;
     if certs.is_empty() {
+        // Not PEM: one DER certificate (`.cer`, what kt writes beside its
+        // own CA for Windows) is as good.
+        if x509_parser::parse_x509_certificate(&data).is_ok_and(|(rest, _)| rest.is_empty()) {
+            return Ok(vec![CertificateDer::from(data)]);
+        }
         return Err(TrustStoreError::Empty {
             path: path.to_path_buf(),
         });
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A DER certificate file (`.cer`) is read as one certificate, not
+    /// called empty; bytes that are neither PEM nor DER still are.
+    #[test]
+    fn a_der_ca_file_is_read_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["ca.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = dir.path().join("ca.cer");
+        std::fs::write(&der, cert.der()).unwrap();
+        let tls = UpstreamTls::new(&[der], false).unwrap();
+        assert_eq!(tls.roots, 1);
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, b"not a certificate\n").unwrap();
+        let err = UpstreamTls::new(&[junk], false).err().unwrap();
+        assert!(matches!(err, TrustStoreError::Empty { .. }), "{err}");
+    }
 }
