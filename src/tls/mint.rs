@@ -37,6 +37,8 @@ pub enum MintError {
     Rustls(#[from] rustls::Error),
     #[error("minting task failed: {0}")]
     Join(String),
+    #[error("the CA's subject ({subject}) does not come out whole in the leaves it signs (an attribute type that appears twice, such as DC=com, DC=corp, keeps one value), so no client would find their issuer: use a CA whose subject names each attribute type once")]
+    IssuerMismatch { subject: String },
 }
 
 impl MintError {
@@ -46,6 +48,7 @@ impl MintError {
             MintError::BadName(_) => "bad_name",
             MintError::Rcgen(_) | MintError::Rustls(_) => "mint_failed",
             MintError::Join(_) => "mint_task_failed",
+            MintError::IssuerMismatch { .. } => "issuer_mismatch",
         }
     }
 }
@@ -70,12 +73,41 @@ impl LeafMinter {
         let provider = Arc::new(crate::crypto_provider());
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         let signing_key = provider.key_provider.load_private_key(der)?;
-        Ok(LeafMinter {
+        let minter = LeafMinter {
             ca,
             leaf_key,
             signing_key,
             provider,
             sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
+        };
+        minter.check_issuer()?;
+        Ok(minter)
+    }
+
+    /// Mints one leaf and checks that its issuer is, byte for byte, the
+    /// CA's subject, which clients match to find the CA. rcgen rebuilds
+    /// the issuer name from the CA certificate and keeps one value per
+    /// attribute type: a company CA named `DC=com, DC=corp, CN=…` (Active
+    /// Directory's default) would sign leaves no client can chain, and the
+    /// gateway would seem to work while every handshake failed.
+    fn check_issuer(&self) -> Result<(), MintError> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let chain = self.mint("issuer-check.kt.invalid")?;
+        let (Some(leaf), Some(ca)) = (chain.first(), chain.get(1)) else {
+            return Ok(());
+        };
+        let (Ok((_, leaf)), Ok((_, ca))) = (
+            X509Certificate::from_der(leaf),
+            X509Certificate::from_der(ca),
+        ) else {
+            // rustls and clients will judge certificates kt cannot parse.
+            return Ok(());
+        };
+        if leaf.issuer().as_raw() == ca.subject().as_raw() {
+            return Ok(());
+        }
+        Err(MintError::IssuerMismatch {
+            subject: ca.subject().to_string(),
         })
     }
 
@@ -251,6 +283,47 @@ mod tests {
         let paths = crate::tls::CaPaths::in_dir(dir.path());
         let (ca, _) = CertificateAuthority::load_or_create(&paths).unwrap();
         LeafMinter::new(Arc::new(ca)).unwrap()
+    }
+
+    /// A company CA whose subject repeats an attribute type (Active
+    /// Directory's `DC=com, DC=corp`) is refused at start-up: leaves it
+    /// signed would name another issuer, and no client would chain them.
+    /// The CA is made by openssl, as rcgen cannot write such a name.
+    #[test]
+    fn a_ca_whose_subject_leaves_cannot_copy_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = crate::tls::CaPaths::in_dir(dir.path());
+        std::fs::create_dir_all(&paths.dir).unwrap();
+        let made = |subject: &str| {
+            std::process::Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+                .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "30"])
+                .arg("-keyout")
+                .arg(&paths.key)
+                .arg("-out")
+                .arg(&paths.cert)
+                .args(["-subj", subject])
+                .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+                .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+                .output()
+        };
+        let Ok(out) = made("/DC=com/DC=corp/CN=Corp Issuing CA") else {
+            eprintln!("KT-TEST-NOTICE: openssl is missing; the company-CA case is not run");
+            return;
+        };
+        assert!(out.status.success(), "{out:?}");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&paths.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let ca = CertificateAuthority::load(&paths).unwrap();
+        let err = LeafMinter::new(Arc::new(ca)).err().expect("refused");
+        assert!(matches!(err, MintError::IssuerMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("DC=corp"), "{err}");
+        // The same CA with each attribute type once is fine.
+        let out = made("/DC=corp/O=Corp/CN=Corp Issuing CA").unwrap();
+        assert!(out.status.success(), "{out:?}");
+        std::fs::set_permissions(&paths.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let ca = CertificateAuthority::load(&paths).unwrap();
+        LeafMinter::new(Arc::new(ca)).unwrap();
     }
 
     fn client(minter: &LeafMinter) -> Arc<ClientConfig> {
