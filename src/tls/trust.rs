@@ -318,6 +318,10 @@ struct System {
     /// PKCS#11 URIs of p11-kit anchors labelled as the CA; asked only to
     /// uninstall on Arch without the PEM, which would name the anchor.
     p11_anchors: Vec<String>,
+    /// The CA certificate's SHA-1 thumbprint (upper-case hex), by which
+    /// macOS's `security` and Windows' `certutil` name one certificate:
+    /// every kt CA has the same name, and a company CA another one.
+    thumbprint: Option<String>,
 }
 
 impl System {
@@ -350,14 +354,24 @@ impl System {
             ..System::default()
         };
         (sys.existing, sys.sudo_user) = (existing, sudo_user);
-        let find = ["find-certificate", "-c", CA_COMMON_NAME, MAC_KEYCHAIN];
+        sys.thumbprint = thumbprint(paths);
         sys.system_has_ca = match (&sys.os, linux_store(&sys)) {
             (Os::Linux, Some(LinuxStore::Debian)) => Some(sys.exists(DEBIAN_FILE)),
             (Os::Linux, Some(LinuxStore::Fedora)) => Some(sys.exists(FEDORA_FILE)),
             (Os::Linux, Some(LinuxStore::Suse)) => Some(sys.exists(SUSE_FILE)),
-            (Os::Mac, _) => Some(quiet("security", &find).is_some()),
+            (Os::Mac, _) => Some(match &sys.thumbprint {
+                // `-Z` prints each certificate's SHA-1 hash.
+                Some(hash) => quiet("security", &["find-certificate", "-a", "-Z", MAC_KEYCHAIN])
+                    .is_some_and(|out| out.to_ascii_uppercase().contains(hash.as_str())),
+                None => quiet(
+                    "security",
+                    &["find-certificate", "-c", CA_COMMON_NAME, MAC_KEYCHAIN],
+                )
+                .is_some(),
+            }),
             (Os::Windows, _) => {
-                Some(quiet("certutil", &["-store", "root", CA_COMMON_NAME]).is_some())
+                let id = sys.thumbprint.as_deref().unwrap_or(CA_COMMON_NAME);
+                Some(quiet("certutil", &["-store", "root", id]).is_some())
             }
             _ => None,
         };
@@ -728,6 +742,24 @@ fn plan_install(sys: &System, paths: &CaPaths) -> Result<TrustPlan, TrustError> 
     Ok(b.finish(pem))
 }
 
+/// The SHA-1 thumbprint of the CA certificate in `paths` (upper-case hex,
+/// as `certutil` and `security -Z` print it); `None` when it is gone.
+fn thumbprint(paths: &CaPaths) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = match std::fs::read(&paths.der) {
+        Ok(der) => der,
+        Err(_) => rustls_pki_types::CertificateDer::from_pem_file(&paths.cert)
+            .ok()?
+            .to_vec(),
+    };
+    Some(
+        sha1_smol::Sha1::from(der)
+            .digest()
+            .to_string()
+            .to_ascii_uppercase(),
+    )
+}
+
 fn plan_uninstall(sys: &System, paths: &CaPaths) -> Result<TrustPlan, TrustError> {
     let pem = &paths.cert.to_string_lossy().into_owned();
     let mut b = Builder::new(sys, "uninstall");
@@ -770,12 +802,24 @@ fn plan_uninstall(sys: &System, paths: &CaPaths) -> Result<TrustPlan, TrustError
                 b.admin(what, "security remove-trusted-cert -d", &[pem]);
             }
             let what = "delete the CA from the System keychain";
-            let cmd = "security delete-certificate -c";
-            b.admin(what, cmd, &[CA_COMMON_NAME, MAC_KEYCHAIN]);
+            match &sys.thumbprint {
+                Some(hash) => {
+                    b.admin(
+                        what,
+                        "security delete-certificate -Z",
+                        &[hash, MAC_KEYCHAIN],
+                    );
+                }
+                None => {
+                    let cmd = "security delete-certificate -c";
+                    b.admin(what, cmd, &[CA_COMMON_NAME, MAC_KEYCHAIN]);
+                }
+            }
         }
         (Os::Windows, _) if !absent => {
             let what = "remove the CA from the machine's Trusted Root store";
-            b.admin(what, "certutil -delstore root", &[CA_COMMON_NAME]);
+            let id = sys.thumbprint.as_deref().unwrap_or(CA_COMMON_NAME);
+            b.admin(what, "certutil -delstore root", &[id]);
         }
         _ => {}
     }
@@ -1041,6 +1085,25 @@ mod tests {
         );
     }
 
+    /// The thumbprint is the certificate's SHA-1 as the trust tools print
+    /// it, read from the DER copy or, without it, from the PEM.
+    #[test]
+    fn the_thumbprint_names_this_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CaPaths::in_dir(dir.path());
+        let (ca, _) = crate::tls::CertificateAuthority::load_or_create(&paths).unwrap();
+        let want = sha1_smol::Sha1::from(ca.cert_der().as_ref())
+            .digest()
+            .to_string()
+            .to_ascii_uppercase();
+        assert_eq!(want.len(), 40);
+        assert_eq!(thumbprint(&paths).as_deref(), Some(want.as_str()));
+        std::fs::remove_file(&paths.der).unwrap();
+        assert_eq!(thumbprint(&paths).as_deref(), Some(want.as_str()));
+        std::fs::remove_file(&paths.cert).unwrap();
+        assert_eq!(thumbprint(&paths), None);
+    }
+
     #[test]
     fn macos_plans() {
         let mut s = sys(Os::Mac, &["security", "sudo"], &[]);
@@ -1055,6 +1118,15 @@ mod tests {
         assert_eq!(lines(&plan), [remove, del.clone()]);
         s.existing.clear();
         assert_eq!(lines(&plan_uninstall(&s, &paths()).unwrap()), [del]);
+        // With the certificate at hand, this certificate is deleted, not
+        // whichever carries kt's name (a company CA has another).
+        s.thumbprint = Some("0A1B".into());
+        assert_eq!(
+            lines(&plan_uninstall(&s, &paths()).unwrap()),
+            [format!(
+                "sudo security delete-certificate -Z 0A1B {MAC_KEYCHAIN}"
+            )]
+        );
     }
 
     #[test]
@@ -1073,6 +1145,10 @@ mod tests {
             lines(&plan),
             [r#"certutil -delstore root "Keeptrusts kt local CA""#]
         );
+        s.thumbprint = Some("0A1B".into());
+        let plan = plan_uninstall(&s, &paths()).unwrap();
+        assert_eq!(lines(&plan), ["certutil -delstore root 0A1B"]);
+        s.thumbprint = None;
         assert!(has_note(&plan, "reg delete"));
         s.is_root = false;
         let plan = plan_install(&s, &paths()).unwrap();
