@@ -87,7 +87,7 @@ async fn serve_session<IO>(
                 Ok(Ok(n)) if n > 0 => false,
                 _ => return,
             },
-            _ = up.get_ref().readable() => true,
+            _ = up.get_ref().sends_data() => true,
         },
         None => match client_hello.await {
             Ok(Ok(n)) if n > 0 => false,

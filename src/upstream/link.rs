@@ -28,6 +28,21 @@ impl Link {
             Link::ProxyTls(s) => s.get_ref().0.readable().await,
         }
     }
+
+    /// Resolves once the peer has sent bytes (without taking them); never
+    /// when it only closes or fails: a server that hangs up at once is no
+    /// server that speaks first, and the request path reports it.
+    pub async fn sends_data(&self) {
+        let tcp = match self {
+            Link::Tcp(s) => s,
+            Link::ProxyTls(s) => s.get_ref().0,
+        };
+        let mut byte = [0u8; 1];
+        match tcp.peek(&mut byte).await {
+            Ok(n) if n > 0 => {}
+            _ => std::future::pending::<()>().await,
+        }
+    }
 }
 
 impl AsyncRead for Link {
