@@ -31,6 +31,11 @@ pub struct TapResult {
     pub output_chars: u64,
     /// True when a stream's end-of-stream event was seen.
     pub ended: bool,
+    /// Anthropic's `message_start` output count: a placeholder (1) until
+    /// `message_delta` reports the real one. It stands in for `usage`'s
+    /// `tokens_out` only in a stream that ended normally without one; a
+    /// stream cut short keeps it here, as a floor for the estimate.
+    pub placeholder_out: Option<u64>,
     /// The error the provider reported in the body of its (2xx) answer: an
     /// error event in the stream, or a JSON answer that is an error. A
     /// short reason for the record, e.g. `upstream stream error:
@@ -56,10 +61,6 @@ enum Kind {
         snapshot_chars: u64,
         /// Stopped reading after a malformed frame.
         gave_up: bool,
-        /// Anthropic's `message_start` output count: a placeholder (1)
-        /// until `message_delta` reports the real one, so it counts only
-        /// for a stream that ended normally without one.
-        provisional_out: Option<u64>,
     },
     Json {
         /// Most answers come in one chunk, kept without a `Vec`.
@@ -78,7 +79,6 @@ impl UsageTap {
                 decoder: SseDecoder::new(),
                 snapshot_chars: 0,
                 gave_up: false,
-                provisional_out: None,
             },
             result: TapResult::default(),
         }
@@ -117,7 +117,6 @@ impl UsageTap {
                 decoder,
                 snapshot_chars,
                 gave_up,
-                provisional_out,
             } => {
                 if *gave_up {
                     return;
@@ -129,7 +128,6 @@ impl UsageTap {
                     &mut self.result,
                     snapshot_chars,
                     gave_up,
-                    provisional_out,
                 );
             }
         }
@@ -166,7 +164,6 @@ impl UsageTap {
                 decoder,
                 snapshot_chars,
                 gave_up,
-                provisional_out,
             } => {
                 if !*gave_up {
                     decoder.finish();
@@ -176,13 +173,12 @@ impl UsageTap {
                         &mut self.result,
                         snapshot_chars,
                         gave_up,
-                        provisional_out,
                     );
                 }
                 self.result.output_chars += *snapshot_chars;
                 let r = &mut self.result;
                 if r.ended && r.error.is_none() && r.usage.tokens_out.is_none() {
-                    r.usage.tokens_out = *provisional_out;
+                    r.usage.tokens_out = r.placeholder_out;
                 }
             }
         }
@@ -196,7 +192,6 @@ fn drain(
     result: &mut TapResult,
     snapshot_chars: &mut u64,
     gave_up: &mut bool,
-    provisional_out: &mut Option<u64>,
 ) {
     while let Some(next) = decoder.next_event() {
         let Ok(ev) = next else {
@@ -209,7 +204,7 @@ fn drain(
         // `stream_usage` skips events without the word cheaply.
         if let Ok(Some(mut u)) = stream_usage(family, &ev) {
             if family == Family::AnthropicMessages && is_message_start(&ev) {
-                *provisional_out = u.tokens_out.take().or(*provisional_out);
+                result.placeholder_out = u.tokens_out.take().or(result.placeholder_out);
             }
             result.usage.merge(u);
         }

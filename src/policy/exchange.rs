@@ -192,7 +192,8 @@ pub const LOGGED_BODY_MAX: usize = 64 << 10;
 pub enum UsageSource {
     /// The provider's usage fields.
     Provider,
-    /// Counted from the text: the provider reported none.
+    /// Counted from the text: the provider reported none, or (a stream cut
+    /// short) only the prompt's, the output's then estimated.
     Estimated,
     /// A cache hit: nothing was billed. The counts are the replayed
     /// answer's usage, or the estimate when it reported none.
@@ -817,8 +818,10 @@ impl Exchange {
     }
 
     /// The exchange's token counts: the provider's when its response
-    /// reported them, else an estimate from the text when it answered 2xx
-    /// (of what went by, when the answer was cut short), else unknown
+    /// reported them (with the output's estimated when a stream cut short
+    /// reported only the prompt's), else an estimate from the text when it
+    /// answered 2xx (of what went by, when the answer was cut short), else
+    /// unknown
     /// (never zero for want of a report). A cache hit's counts
     /// are [`UsageSource::Cached`] either way: nothing was billed, and the
     /// counts are what its first fetch was recorded with.
@@ -826,19 +829,31 @@ impl Exchange {
         let r = &self.record;
         let tap = r.tap.as_ref()?;
         let hit = r.cache_hit == Some(true);
-        if !tap.usage.is_empty() {
-            let source = match hit {
-                true => UsageSource::Cached,
-                false => UsageSource::Provider,
-            };
-            return Some((tap.usage, source));
-        }
         // The tap follows 2xx answers only: the provider took the request
         // and bills what it generated, also when the client went away (a
         // user pressing Stop) or a policy stopped the stream before the
         // usage came. An answer that was an error in its body, or that the
         // upstream broke off, bills what nobody here can tell.
-        if tap.error.is_some() || r.error.is_some() {
+        let estimable = tap.error.is_none() && r.error.is_none();
+        if !tap.usage.is_empty() {
+            let mut usage = tap.usage;
+            let mut source = UsageSource::Provider;
+            // Anthropic and Gemini report the prompt's count first and the
+            // output's last: a stream cut before the last report still
+            // billed the text that went by.
+            if usage.tokens_out.is_none() && !tap.ended && estimable {
+                let seen = (tap.output_chars > 0).then(|| estimate_tokens(tap.output_chars));
+                usage.tokens_out = seen.max(tap.placeholder_out);
+                if usage.tokens_out.is_some() {
+                    source = UsageSource::Estimated;
+                }
+            }
+            if hit {
+                source = UsageSource::Cached;
+            }
+            return Some((usage, source));
+        }
+        if !estimable {
             return None;
         }
         let tokens_out =
@@ -1216,18 +1231,118 @@ mod tests {
     use crate::policy::Engine;
 
     fn exchange() -> Box<Exchange> {
+        exchange_at("api.openai.com", "/v1/chat/completions")
+    }
+
+    fn exchange_at(host: &str, path: &str) -> Box<Exchange> {
         let yaml = "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger: {}\n";
         let config = Config::parse(yaml, std::path::Path::new("t.yaml")).unwrap();
         let engine = Engine::new(Some(&config)).unwrap();
         engine
             .begin(
-                &std::sync::Arc::from("api.openai.com"),
+                &std::sync::Arc::from(host),
                 &http::Method::POST,
-                &"/v1/chat/completions".parse().unwrap(),
+                &path.parse().unwrap(),
                 &http::HeaderMap::new(),
                 &Identity::anonymous(),
             )
             .unwrap()
+    }
+
+    /// The usage of a 2xx stream whose body was `body`, through the tap
+    /// the proxy uses.
+    fn stream_usage(
+        host: &str,
+        path: &str,
+        family: crate::llm::family::Family,
+        body: &[u8],
+        error: Option<&str>,
+    ) -> Option<(crate::llm::inspect::Usage, super::UsageSource)> {
+        let mut tap = crate::llm::tap::UsageTap::stream(family);
+        for piece in body.chunks(7) {
+            tap.feed(&bytes::Bytes::copy_from_slice(piece));
+        }
+        let mut ex = exchange_at(host, path);
+        ex.record.status = Some(200);
+        ex.record.error = error.map(str::to_owned);
+        ex.record.tap = Some(tap.finish());
+        ex.usage()
+    }
+
+    /// Anthropic reports the output count last (`message_delta`): a stream
+    /// cut before it (Stop, an output policy) keeps the provider's input
+    /// count and estimates the output from the text that went by.
+    #[test]
+    fn an_anthropic_stream_cut_before_its_output_count_estimates_it() {
+        use super::UsageSource;
+        use crate::llm::family::Family;
+        let text = "x".repeat(400);
+        let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n";
+        let delta = format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n");
+        let cut = format!("{start}{delta}");
+        let anthropic = |body: &str, error| {
+            stream_usage(
+                "api.anthropic.com",
+                "/v1/messages",
+                Family::AnthropicMessages,
+                body.as_bytes(),
+                error,
+            )
+        };
+        let (u, source) = anthropic(&cut, None).unwrap();
+        assert_eq!((u.tokens_in, u.tokens_out), (Some(20), Some(100)));
+        assert_eq!(source, UsageSource::Estimated);
+
+        // Cut before any text: the placeholder is all that is known.
+        let (u, source) = anthropic(start, None).unwrap();
+        assert_eq!(
+            (u.tokens_in, u.tokens_out, source),
+            (Some(20), Some(1), UsageSource::Estimated)
+        );
+
+        // The upstream broke off: what it bills is nobody's guess here.
+        let (u, source) = anthropic(&cut, Some("upstream_stream: reset")).unwrap();
+        assert_eq!(
+            (u.tokens_in, u.tokens_out, source),
+            (Some(20), None, UsageSource::Provider)
+        );
+
+        // A whole stream keeps the provider's counts.
+        let whole = format!("{cut}event: message_delta\ndata: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":93}}}}\n\nevent: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n");
+        let (u, source) = anthropic(&whole, None).unwrap();
+        assert_eq!(
+            (u.tokens_in, u.tokens_out, source),
+            (Some(20), Some(93), UsageSource::Provider)
+        );
+    }
+
+    /// Gemini's early chunks may carry only the prompt's count: a stream
+    /// cut before the last chunk estimates the output it saw.
+    #[test]
+    fn a_gemini_stream_cut_before_its_last_chunk_estimates_the_output() {
+        use super::UsageSource;
+        use crate::llm::family::Family;
+        let chunk = |text: &str, usage: &str| {
+            format!("data: {{\"candidates\":[{{\"content\":{{\"role\":\"model\",\"parts\":[{{\"text\":\"{text}\"}}]}}}}],\"usageMetadata\":{{{usage}}}}}\r\n\r\n")
+        };
+        let (host, path) = (
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        );
+        let first = chunk(&"y".repeat(200), "\"promptTokenCount\":8");
+        let second = chunk(&"y".repeat(200), "\"promptTokenCount\":8");
+        let cut = format!("{first}{second}");
+        let (u, source) = stream_usage(host, path, Family::Gemini, cut.as_bytes(), None).unwrap();
+        assert_eq!((u.tokens_in, u.tokens_out), (Some(8), Some(100)));
+        assert_eq!(source, UsageSource::Estimated);
+
+        let last = chunk("", "\"promptTokenCount\":8,\"candidatesTokenCount\":97");
+        let whole = format!("{cut}{last}");
+        let (u, source) = stream_usage(host, path, Family::Gemini, whole.as_bytes(), None).unwrap();
+        assert_eq!(
+            (u.tokens_in, u.tokens_out, source),
+            (Some(8), Some(97), UsageSource::Provider)
+        );
     }
 
     fn output(status: Option<u16>, error: Option<&str>) -> (String, Option<String>) {

@@ -515,3 +515,71 @@ async fn a_stream_cut_off_by_the_client_is_estimated_and_counted() {
     assert_eq!(resp.status(), 429, "the cut-off exchange was not counted");
     origin.sse_gate.add_permits(64);
 }
+
+/// An Anthropic stream reports its input count first (`message_start`) and
+/// its output count last (`message_delta`): cut off by the client in
+/// between, the exchange keeps the provider's input count and estimates the
+/// output from the text that went by, rather than recording none.
+#[tokio::test]
+async fn an_anthropic_stream_cut_before_its_output_count_estimates_the_output() {
+    use crate::common::probe::{wait_until, BOUND};
+    use http_body_util::BodyExt;
+    const ANTHROPIC: &str = "api.anthropic.com";
+    let ca = TestCa::new("usage CA");
+    let origin = Origin::tls(&ca, &[ANTHROPIC], Alpn::Both).await;
+    let config = "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger: {}\n";
+    let config = Arc::new(PolicyConfig::parse(config, Path::new("t.yaml")).unwrap());
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(ANTHROPIC, 443, origin.addr));
+        s.apply_config(&config);
+    })
+    .await;
+    let body = serde_json::json!({"model": "claude-sonnet-4-5", "stream": true, "max_tokens": 512,
+        "messages": [{"role": "user", "content": "hi"}]});
+    // Two pieces of 400 characters; the second waits for a permit that
+    // never comes, so the output count is never sent.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/messages")
+        .header("host", ANTHROPIC)
+        .header("content-type", "application/json")
+        .header("x-test-gated", "1")
+        .header("x-test-usage", "20,200")
+        .header("x-test-chunk", "400")
+        .header("x-test-reply", "x".repeat(800))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let (mut http, _) = through_proxy(gw.addr, ANTHROPIC, &[gw.ca_der()], &[b"h2"]).await;
+    let resp = http.request(req).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("text_delta") {
+        let frame = body.frame().await.unwrap().unwrap();
+        seen.extend_from_slice(frame.data_ref().unwrap());
+    }
+    drop((body, http));
+
+    let dir = gw.home.path().join("events");
+    let output = || {
+        read_last(&dir, 10, &Filters::default())
+            .map(|(e, _)| e)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.phase == Phase::Output)
+    };
+    assert!(
+        wait_until(BOUND, || async { output().is_some() }).await,
+        "the cut-off exchange was never closed"
+    );
+    let out = output().unwrap();
+    assert_eq!(out.usage_source.as_deref(), Some("estimated"), "{out:?}");
+    // The provider's 20 in; 400 characters out, about 100 tokens.
+    assert_eq!(
+        (out.tokens_in, out.tokens_out),
+        (Some(20), Some(100)),
+        "{out:?}"
+    );
+    assert!(out.cost_usd.is_some_and(|c| c > 0.0), "{out:?}");
+    origin.sse_gate.add_permits(64);
+}
