@@ -7,8 +7,11 @@
 //! `claude-3.5-sonnet`, Anthropic `claude-3-5-sonnet-20241022`). The longest
 //! table entry that is the whole name or a prefix of it ending at a `-`
 //! wins, so dated snapshots (`gpt-4o-2024-08-06`) find their family while
-//! `gpt-4o-mini` keeps its own price. An unknown model has no cost (absent,
-//! never zero).
+//! `gpt-4o-mini` keeps its own price. A word that names a separately priced
+//! variant (`-pro`, `-mini`, `-preview`, `-32k`, …) is never dropped to
+//! reach a shorter entry: `o3-pro` costs ten times `o3`, so a variant the
+//! table does not know goes unpriced rather than priced as its base. An
+//! unknown model has no cost (absent, never zero).
 
 use super::inspect::Usage;
 use rustc_hash::FxHashMap;
@@ -33,6 +36,16 @@ impl Price {
             input,
             output,
             cached_input: Some(cached_input),
+            cache_write: None,
+        }
+    }
+
+    /// A model whose cached input gets no discount (or cannot be cached).
+    const fn uncached(input: f64, output: f64) -> Price {
+        Price {
+            input,
+            output,
+            cached_input: None,
             cache_write: None,
         }
     }
@@ -78,18 +91,28 @@ const BUILT_IN: &[(&str, Price)] = &[
     ("gpt-5", Price::new(1.25, 10.0, 0.125)),
     ("gpt-5-mini", Price::new(0.25, 2.0, 0.025)),
     ("gpt-5-nano", Price::new(0.05, 0.40, 0.005)),
+    ("gpt-5-pro", Price::uncached(15.0, 120.0)),
     ("gpt-4-1", Price::new(2.0, 8.0, 0.50)),
     ("gpt-4-1-mini", Price::new(0.40, 1.60, 0.10)),
     ("gpt-4-1-nano", Price::new(0.10, 0.40, 0.025)),
     ("gpt-4o", Price::new(2.50, 10.0, 1.25)),
+    // The first gpt-4o snapshot kept its launch price.
+    ("gpt-4o-2024-05-13", Price::uncached(5.0, 15.0)),
     ("gpt-4o-mini", Price::new(0.15, 0.60, 0.075)),
     ("gpt-4-turbo", Price::new(10.0, 30.0, 10.0)),
+    // GPT-4 Turbo's previews, priced as it.
+    ("gpt-4-turbo-preview", Price::uncached(10.0, 30.0)),
+    ("gpt-4-1106-preview", Price::uncached(10.0, 30.0)),
+    ("gpt-4-0125-preview", Price::uncached(10.0, 30.0)),
     ("gpt-4", Price::new(30.0, 60.0, 30.0)),
+    ("gpt-4-32k", Price::uncached(60.0, 120.0)),
     ("gpt-3-5-turbo", Price::new(0.50, 1.50, 0.50)),
     ("o1", Price::new(15.0, 60.0, 7.50)),
     ("o1-mini", Price::new(1.10, 4.40, 0.55)),
+    ("o1-pro", Price::uncached(150.0, 600.0)),
     ("o3", Price::new(2.0, 8.0, 0.50)),
     ("o3-mini", Price::new(1.10, 4.40, 0.55)),
+    ("o3-pro", Price::uncached(20.0, 80.0)),
     ("o4-mini", Price::new(1.10, 4.40, 0.275)),
     ("text-embedding-3-small", Price::new(0.02, 0.0, 0.02)),
     ("text-embedding-3-large", Price::new(0.13, 0.0, 0.13)),
@@ -107,6 +130,7 @@ const BUILT_IN: &[(&str, Price)] = &[
     // Google
     ("gemini-2-5-pro", Price::new(1.25, 10.0, 0.31)),
     ("gemini-2-5-flash", Price::new(0.30, 2.50, 0.075)),
+    ("gemini-2-5-flash-lite", Price::new(0.10, 0.40, 0.025)),
     ("gemini-2-0-flash", Price::new(0.10, 0.40, 0.025)),
     ("gemini-1-5-pro", Price::new(1.25, 5.0, 0.3125)),
     ("gemini-1-5-flash", Price::new(0.075, 0.30, 0.01875)),
@@ -154,6 +178,9 @@ impl Pricing {
             }
             // Shorten to the previous `-`: whole words only.
             end = candidate.rfind('-')?;
+            if is_variant(&candidate[end + 1..]) {
+                return None;
+            }
         }
     }
 
@@ -162,6 +189,22 @@ impl Pricing {
     pub fn cost(&self, model: Option<&str>, usage: &Usage) -> Option<f64> {
         self.price(model?)?.cost(usage)
     }
+}
+
+/// Words that name a model priced apart from the one its name starts
+/// with (`o3-pro`, `gemini-2.5-flash-lite`, `gpt-4-32k`, `gpt-4o-mini`,
+/// `gpt-4-1106-preview`, `gpt-4o-realtime-preview`, `o3-deep-research`):
+/// the fallback stops at them, since the base's price would be wrong by
+/// up to tenfold either way. Dates, versions and `latest` do drop.
+fn is_variant(word: &str) -> bool {
+    const VARIANTS: &[&str] = &[
+        "pro", "lite", "mini", "nano", "preview", "turbo", "realtime", "audio", "research",
+    ];
+    // Context sizes: `-32k`, `-16k`.
+    let context = word.len() > 1
+        && word.ends_with('k')
+        && word[..word.len() - 1].bytes().all(|b| b.is_ascii_digit());
+    context || VARIANTS.contains(&word)
 }
 
 fn normalise(model: &str) -> Cow<'_, str> {
@@ -217,15 +260,62 @@ mod tests {
             Some(3.0)
         );
         assert_eq!(input("openai::2024-02-01::gpt-4o"), Some(2.50));
-        assert_eq!(
-            input("google::v1::gemini-2.5-flash-preview-05-20"),
-            Some(0.30)
-        );
+        assert_eq!(input("google::v1::gemini-1.5-pro-002"), Some(1.25));
         // A prefix that does not end at a word boundary is not a match.
         assert_eq!(input("gpt-4omega"), None);
         assert_eq!(input("o1x"), None);
         assert_eq!(input("my-fine-tune"), None);
         assert_eq!(input(""), None);
+    }
+
+    /// Models priced apart from the model their name starts with get
+    /// their own price, and a variant the table does not know gets none
+    /// rather than its base's.
+    #[test]
+    fn separately_priced_variants_are_not_priced_as_their_base() {
+        let p = Pricing::default();
+        let prices = |m: &str| p.price(m).map(|p| (p.input, p.output));
+        for (model, want) in [
+            ("o3-pro", (20.0, 80.0)),
+            ("o3-pro-2025-06-10", (20.0, 80.0)),
+            ("o1-pro", (150.0, 600.0)),
+            ("gpt-5-pro", (15.0, 120.0)),
+            ("gpt-4o-2024-05-13", (5.0, 15.0)),
+            ("gpt-4-32k", (60.0, 120.0)),
+            ("gpt-4-32k-0613", (60.0, 120.0)),
+            ("gemini-2.5-flash-lite", (0.10, 0.40)),
+            ("gpt-4-1106-preview", (10.0, 30.0)),
+            ("gpt-4-0125-preview", (10.0, 30.0)),
+            ("gpt-4-turbo-preview", (10.0, 30.0)),
+            // Their bases keep theirs.
+            ("o3", (2.0, 8.0)),
+            ("gpt-4o-2024-08-06", (2.50, 10.0)),
+            ("gpt-4-0613", (30.0, 60.0)),
+        ] {
+            assert_eq!(prices(model), Some(want), "{model}");
+        }
+        // No pro, lite or premium rate of these is in the table: unpriced,
+        // not priced at the base's rate.
+        for model in [
+            "o4-mini-pro",
+            "gpt-4o-realtime-preview",
+            "gemini-2.5-flash-lite-preview-06-17",
+            "gemini-2.5-flash-preview-05-20",
+            "gpt-3.5-turbo-16k",
+            "gpt-5-nano-pro",
+            "o3-deep-research",
+            "claude-sonnet-4-pro",
+        ] {
+            assert_eq!(prices(model), None, "{model}");
+        }
+        // o1-pro has no cached-input discount.
+        let u = Usage {
+            tokens_in: Some(1_000_000),
+            tokens_out: Some(0),
+            cached_in: Some(1_000_000),
+            cache_write: None,
+        };
+        assert_eq!(p.cost(Some("o1-pro"), &u), Some(150.0));
     }
 
     #[test]
