@@ -94,18 +94,21 @@ impl<K, V> Default for Table<K, V> {
     }
 }
 
-impl<K: Hash + Eq + Clone, V: Copy + Default + std::ops::AddAssign> Table<K, V> {
-    fn add(&self, key: K, v: V) {
+impl<K: Hash + Eq + Clone> Table<K, u64> {
+    /// Saturating: token counts come from upstreams, and a counter stuck
+    /// at its top is better than a panic or a wrap to zero.
+    fn add(&self, key: K, v: u64) {
         let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
-        *cells.entry(key).or_default() += v;
+        let cell = cells.entry(key).or_default();
+        *cell = cell.saturating_add(v);
     }
 
-    fn sorted(&self) -> Vec<(K, V)>
+    fn sorted(&self) -> Vec<(K, u64)>
     where
         K: Ord,
     {
         let cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
-        let mut rows: Vec<(K, V)> = cells.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut rows: Vec<(K, u64)> = cells.iter().map(|(k, v)| (k.clone(), *v)).collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows
     }
@@ -429,6 +432,23 @@ mod tests {
         assert!(out.contains("kt_gateway_overhead_seconds_count 3\n"));
         assert_eq!(m.by_action()[0], ("pass", 3));
         assert_eq!(m.policy_us.load(Relaxed), 3);
+    }
+
+    /// Counts beyond any exchange's (a hostile upstream's) stick at the
+    /// top instead of panicking or wrapping to a small number.
+    #[test]
+    fn token_sums_saturate() {
+        let m = Metrics::default();
+        let huge = ExchangeSample {
+            tokens_in: Some(u64::MAX),
+            ..sample("gpt-4o")
+        };
+        m.exchange(&huge, 0);
+        m.exchange(&huge, 0);
+        let mut out = String::new();
+        m.render(&mut out);
+        let max = u64::MAX;
+        assert!(out.contains(&format!("kt_tokens_total{{provider=\"openai\",model=\"gpt-4o\",direction=\"in\",source=\"provider\"}} {max}\n")), "{out}");
     }
 
     #[test]

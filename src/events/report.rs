@@ -66,8 +66,11 @@ impl Row {
         if e.action == super::Action::Error {
             self.errors += 1;
         }
-        self.tokens_in += e.tokens_in.unwrap_or(0);
-        self.tokens_out += e.tokens_out.unwrap_or(0);
+        // The log's counts may come from a hostile upstream (or an older
+        // kt that did not clamp them): a sum sticks at the top rather than
+        // panicking or wrapping.
+        self.tokens_in = self.tokens_in.saturating_add(e.tokens_in.unwrap_or(0));
+        self.tokens_out = self.tokens_out.saturating_add(e.tokens_out.unwrap_or(0));
         match e.cost_usd {
             Some(c) => self.cost_usd += c,
             None if e.tokens_in.is_some() || e.tokens_out.is_some() => self.unpriced += 1,
@@ -256,6 +259,15 @@ mod tests {
         }
         drop(sink);
         writer.close().await.unwrap();
+    }
+
+    #[test]
+    fn huge_token_counts_saturate() {
+        let mut row = Row::default();
+        let e = output(None, "gpt-4o", (u64::MAX, u64::MAX), None);
+        row.add(&e);
+        row.add(&e);
+        assert_eq!((row.tokens_in, row.tokens_out), (u64::MAX, u64::MAX));
     }
 
     #[tokio::test]

@@ -96,6 +96,17 @@ pub fn request_meta(body: &[u8]) -> Result<RequestMeta<'_>, InspectError> {
     Ok(meta)
 }
 
+/// More tokens than any one exchange uses (the largest context windows
+/// hold a few million). A count beyond is a broken or hostile upstream's:
+/// it is cut to this, so that sums of counts cannot overflow and one answer
+/// cannot claim a budget's worth of tokens forever.
+pub const MAX_TOKENS: u64 = 1_000_000_000;
+
+/// `n` cut to [`MAX_TOKENS`].
+fn clamp(n: Option<u64>) -> Option<u64> {
+    n.map(|n| n.min(MAX_TOKENS))
+}
+
 /// Token counts as the provider reported them. A field the provider did not
 /// send is `None` ("not measured"), never 0.
 ///
@@ -118,6 +129,16 @@ impl Usage {
     /// True when no count is known.
     pub fn is_empty(&self) -> bool {
         *self == Usage::default()
+    }
+
+    /// Every count cut to [`MAX_TOKENS`].
+    pub fn clamped(self) -> Usage {
+        Usage {
+            tokens_in: clamp(self.tokens_in),
+            tokens_out: clamp(self.tokens_out),
+            cached_in: clamp(self.cached_in),
+            cache_write: clamp(self.cache_write),
+        }
     }
 
     /// Folds a later report in: a field it carries replaces the earlier one
@@ -172,9 +193,13 @@ impl UsageWire {
                 ];
                 // A `message_delta` may carry only `output_tokens`: then the
                 // input is unknown here, not zero.
-                let tokens_in = self
-                    .input_tokens
-                    .map(|_| parts.iter().flatten().sum::<u64>());
+                // Saturating: the counts are the upstream's to choose.
+                let tokens_in = self.input_tokens.map(|_| {
+                    parts
+                        .iter()
+                        .flatten()
+                        .fold(0u64, |sum, &n| sum.saturating_add(n))
+                });
                 Usage {
                     tokens_in,
                     tokens_out: self.output_tokens,
@@ -186,7 +211,7 @@ impl UsageWire {
                 tokens_in: self.prompt_token_count,
                 tokens_out: match (self.candidates_token_count, self.thoughts_token_count) {
                     (None, None) => None,
-                    (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+                    (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
                 },
                 cached_in: self.cached_content_token_count,
                 cache_write: None,
@@ -202,6 +227,7 @@ impl UsageWire {
                 cache_write: None,
             },
         }
+        .clamped()
     }
 }
 
@@ -364,6 +390,43 @@ mod tests {
         ] {
             assert_eq!(response_usage(f, body).unwrap(), None, "{f:?}");
         }
+    }
+
+    /// A hostile upstream's counts neither overflow (a panic in a debug
+    /// build, a wrap in release) nor pass the clamp.
+    #[test]
+    fn huge_counts_saturate_and_are_clamped() {
+        let max = u64::MAX;
+        let anthropic = format!(
+            r#"{{"usage":{{"input_tokens":{max},"cache_read_input_tokens":{max},"cache_creation_input_tokens":5,"output_tokens":{max}}}}}"#
+        );
+        let u = response_usage(Family::AnthropicMessages, anthropic.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                tokens_in: Some(MAX_TOKENS),
+                tokens_out: Some(MAX_TOKENS),
+                cached_in: Some(MAX_TOKENS),
+                cache_write: Some(5),
+            }
+        );
+        let gemini = format!(
+            r#"{{"usageMetadata":{{"promptTokenCount":{max},"candidatesTokenCount":{max},"thoughtsTokenCount":{max}}}}}"#
+        );
+        let u = response_usage(Family::Gemini, gemini.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (u.tokens_in, u.tokens_out),
+            (Some(MAX_TOKENS), Some(MAX_TOKENS))
+        );
+        let openai = format!(r#"{{"usage":{{"prompt_tokens":{max},"completion_tokens":7}}}}"#);
+        let u = response_usage(Family::OpenAiChat, openai.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!((u.tokens_in, u.tokens_out), (Some(MAX_TOKENS), Some(7)));
     }
 
     #[test]

@@ -670,7 +670,11 @@ impl Exchange {
         }
         let tokens = match usage {
             Some((u, UsageSource::Provider | UsageSource::Estimated)) => {
-                u.tokens_in.unwrap_or(0) + u.tokens_out.unwrap_or(0)
+                // Clamped counts cannot overflow; saturating all the same,
+                // since this runs in `Drop`, where a panic aborts.
+                u.tokens_in
+                    .unwrap_or(0)
+                    .saturating_add(u.tokens_out.unwrap_or(0))
             }
             _ => 0,
         };
@@ -821,8 +825,8 @@ impl Exchange {
     /// reported them (with the output's estimated when a stream cut short
     /// reported only the prompt's), else an estimate from the text when it
     /// answered 2xx (of what went by, when the answer was cut short), else
-    /// unknown
-    /// (never zero for want of a report). A cache hit's counts
+    /// unknown (never zero for want of a report); each count at most
+    /// [`MAX_TOKENS`](crate::llm::inspect::MAX_TOKENS). A cache hit's counts
     /// are [`UsageSource::Cached`] either way: nothing was billed, and the
     /// counts are what its first fetch was recorded with.
     pub fn usage(&self) -> Option<(Usage, UsageSource)> {
@@ -851,7 +855,7 @@ impl Exchange {
             if hit {
                 source = UsageSource::Cached;
             }
-            return Some((usage, source));
+            return Some((usage.clamped(), source));
         }
         if !estimable {
             return None;
@@ -870,12 +874,15 @@ impl Exchange {
             true => UsageSource::Cached,
             false => UsageSource::Estimated,
         };
+        // A prompt or answer kt saw cannot be that large, but an estimate
+        // is charged like a count: the same bound holds.
         Some((
             Usage {
                 tokens_in,
                 tokens_out,
                 ..Usage::default()
-            },
+            }
+            .clamped(),
             source,
         ))
     }
@@ -1236,6 +1243,10 @@ mod tests {
 
     fn exchange_at(host: &str, path: &str) -> Box<Exchange> {
         let yaml = "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger: {}\n";
+        exchange_with(yaml, host, path)
+    }
+
+    fn exchange_with(yaml: &str, host: &str, path: &str) -> Box<Exchange> {
         let config = Config::parse(yaml, std::path::Path::new("t.yaml")).unwrap();
         let engine = Engine::new(Some(&config)).unwrap();
         engine
@@ -1314,6 +1325,33 @@ mod tests {
             (u.tokens_in, u.tokens_out, source),
             (Some(20), Some(93), UsageSource::Provider)
         );
+    }
+
+    /// A hostile upstream's counts are clamped before they are priced and
+    /// charged: no overflow (a panic in `Drop` in a debug build, a wrap
+    /// to a small charge in release).
+    #[test]
+    fn huge_counts_are_clamped_and_charged_without_overflow() {
+        use crate::llm::inspect::{Usage, MAX_TOKENS};
+        let yaml = "policies:\n  chain: [audit-logger, per-dev]\npolicy:\n  audit-logger: {}\n  per-dev:\n    type: rate-limit\n    requests_per_minute: 100\n    tokens_per_minute: 5\n";
+        let mut ex = exchange_with(yaml, "api.openai.com", "/v1/chat/completions");
+        ex.info.model = Some("gpt-4o".into());
+        ex.record.status = Some(200);
+        ex.record.tap = Some(crate::llm::tap::TapResult {
+            usage: Usage {
+                tokens_in: Some(u64::MAX),
+                tokens_out: Some(u64::MAX),
+                ..Usage::default()
+            },
+            ended: true,
+            ..Default::default()
+        });
+        let (u, _) = ex.usage().unwrap();
+        assert_eq!(
+            (u.tokens_in, u.tokens_out),
+            (Some(MAX_TOKENS), Some(MAX_TOKENS))
+        );
+        ex.complete(Some(200));
     }
 
     /// Gemini's early chunks may carry only the prompt's count: a stream
