@@ -10,7 +10,7 @@
 use super::family::Family;
 use super::inspect::{response_usage, Usage};
 use super::json_text::{visit_strings, Selector};
-use super::sse::SseDecoder;
+use super::sse::{SseDecoder, SseError};
 use super::stream::{
     finder, for_each_delta, is_stream_end, response_fault, stream_fault, stream_usage,
     tool_arguments,
@@ -20,6 +20,12 @@ use bytes::Bytes;
 /// Whole JSON answers larger than this are not parsed for usage (usage is
 /// then unknown, never zero).
 const MAX_JSON: usize = 4 << 20;
+
+/// Stream frames larger than this are skipped. Above the 1 MiB the
+/// policies' decoder allows: the Responses API's `response.completed`
+/// repeats the whole answer before its usage, so it is as large as the
+/// JSON answer would be, which is read up to [`MAX_JSON`].
+const MAX_EVENT: usize = MAX_JSON;
 
 /// What a tap learnt once the response ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,8 +65,10 @@ enum Kind {
         /// Chars of the snapshot-style text (Sourcegraph sends the whole
         /// completion so far in each event).
         snapshot_chars: u64,
-        /// Stopped reading after a malformed frame.
+        /// Stopped reading: the stream ended inside a frame.
         gave_up: bool,
+        /// Inside a frame over [`MAX_EVENT`], looking for its end.
+        skipping: Option<FrameEnd>,
     },
     Json {
         /// Most answers come in one chunk, kept without a `Vec`.
@@ -76,9 +84,10 @@ impl UsageTap {
         UsageTap {
             family,
             kind: Kind::Stream {
-                decoder: SseDecoder::new(),
+                decoder: SseDecoder::with_max_event_size(MAX_EVENT),
                 snapshot_chars: 0,
                 gave_up: false,
+                skipping: None,
             },
             result: TapResult::default(),
         }
@@ -117,17 +126,28 @@ impl UsageTap {
                 decoder,
                 snapshot_chars,
                 gave_up,
+                skipping,
             } => {
                 if *gave_up {
                     return;
                 }
-                decoder.feed(chunk);
+                match skipping {
+                    None => decoder.feed(chunk),
+                    Some(end) => match end.find(chunk) {
+                        Some(at) => {
+                            *skipping = None;
+                            decoder.feed(chunk.get(at..).unwrap_or_default());
+                        }
+                        None => return,
+                    },
+                }
                 drain(
                     self.family,
                     decoder,
                     &mut self.result,
                     snapshot_chars,
                     gave_up,
+                    skipping,
                 );
             }
         }
@@ -164,8 +184,11 @@ impl UsageTap {
                 decoder,
                 snapshot_chars,
                 gave_up,
+                skipping,
             } => {
-                if !*gave_up {
+                // A stream that ends inside a skipped frame has nothing
+                // more to read.
+                if !*gave_up && skipping.is_none() {
                     decoder.finish();
                     drain(
                         self.family,
@@ -173,6 +196,7 @@ impl UsageTap {
                         &mut self.result,
                         snapshot_chars,
                         gave_up,
+                        skipping,
                     );
                 }
                 self.result.output_chars += *snapshot_chars;
@@ -192,11 +216,34 @@ fn drain(
     result: &mut TapResult,
     snapshot_chars: &mut u64,
     gave_up: &mut bool,
+    skipping: &mut Option<FrameEnd>,
 ) {
     while let Some(next) = decoder.next_event() {
-        let Ok(ev) = next else {
-            *gave_up = true;
-            return;
+        let ev = match next {
+            Ok(ev) => ev,
+            // One frame too large to read loses its own usage, not the
+            // rest of the stream's: skip to its end, read on after it.
+            Err(SseError::EventTooLarge { .. }) => {
+                // The held bytes start at the frame's first byte and may
+                // reach past its end; the decoder stops for good, so a
+                // fresh one reads what follows.
+                let held = decoder.take_pending();
+                *decoder = SseDecoder::with_max_event_size(MAX_EVENT);
+                let mut end = FrameEnd::default();
+                match end.find(&held) {
+                    Some(at) => decoder.feed(held.get(at..).unwrap_or_default()),
+                    None => {
+                        *skipping = Some(end);
+                        return;
+                    }
+                }
+                continue;
+            }
+            // The stream ended inside a frame: nothing more to read.
+            Err(SseError::Incomplete(_)) => {
+                *gave_up = true;
+                return;
+            }
         };
         if !ev.has_data() {
             continue;
@@ -231,6 +278,35 @@ fn drain(
         if is_stream_end(family, &ev) {
             result.ended = true;
         }
+    }
+}
+
+/// Where the frame being skipped ends, found across chunks: at its blank
+/// line, a line terminator (`\n`, `\r` or `\r\n`) right after another.
+#[derive(Debug, Default, Clone, Copy)]
+enum FrameEnd {
+    #[default]
+    InLine,
+    AfterLf,
+    /// A `\r` ended a line, unless a `\n` follows as its second half.
+    AfterCr,
+}
+
+impl FrameEnd {
+    /// The offset just past the frame's blank line in `bytes`, if it is
+    /// there. A `\n` that may follow a blank line's `\r` is left to the
+    /// next frame, where it reads as an empty frame (ignored).
+    fn find(&mut self, bytes: &[u8]) -> Option<usize> {
+        for (i, &b) in bytes.iter().enumerate() {
+            *self = match (*self, b) {
+                (FrameEnd::AfterCr, b'\n') => FrameEnd::AfterLf,
+                (FrameEnd::AfterCr | FrameEnd::AfterLf, b'\n' | b'\r') => return Some(i + 1),
+                (_, b'\n') => FrameEnd::AfterLf,
+                (_, b'\r') => FrameEnd::AfterCr,
+                _ => FrameEnd::InLine,
+            };
+        }
+        None
     }
 }
 
@@ -339,6 +415,72 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         let mut tap = UsageTap::stream(Family::OpenAiChat);
         run(&mut tap, &OPENAI_STREAM[..60], 60);
         assert!(!tap.finish().ended);
+    }
+
+    /// The Responses API's `response.completed` repeats the whole answer
+    /// before its usage: over the policies' 1 MiB frame limit, it is still
+    /// read.
+    #[test]
+    fn a_responses_completed_event_over_a_mebibyte_is_read() {
+        let text = "x".repeat(2 << 20);
+        let completed = serde_json::json!({"type": "response.completed", "response": {
+            "output": [{"type": "message", "content": [{"type": "output_text", "text": text}]}],
+            "usage": {"input_tokens": 11, "output_tokens": 524288}}});
+        let body = format!(
+            "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"ok\"}}\n\n\
+event: response.completed\ndata: {completed}\n\n"
+        );
+        for step in [4096, 1 << 20, body.len()] {
+            let mut tap = UsageTap::stream(Family::OpenAiResponses);
+            run(&mut tap, body.as_bytes(), step);
+            let r = tap.finish();
+            assert_eq!(
+                (r.usage.tokens_in, r.usage.tokens_out),
+                (Some(11), Some(524288)),
+                "step {step}"
+            );
+            assert!(r.ended, "step {step}");
+        }
+    }
+
+    /// A frame too large even for the tap loses only itself: the events
+    /// after it are read, whatever the line endings and chunking.
+    #[test]
+    fn a_frame_over_the_cap_is_skipped_not_the_rest_of_the_stream() {
+        let pad = "p".repeat(MAX_EVENT + 1);
+        for eol in ["\n", "\r\n", "\r"] {
+            let body = format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"Hello\"}}}}]}}{eol}{eol}\
+: keep-alive{eol}data: {{\"pad\":\"{pad}\"}}{eol}{eol}\
+data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" world\"}}}}]}}{eol}{eol}\
+data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":12,\"completion_tokens\":3}}}}{eol}{eol}\
+data: [DONE]{eol}{eol}"
+            );
+            for step in [4096, 1 << 20, body.len()] {
+                let mut tap = UsageTap::stream(Family::OpenAiChat);
+                run(&mut tap, body.as_bytes(), step);
+                let r = tap.finish();
+                let eol = eol.escape_debug();
+                assert_eq!(
+                    (r.usage.tokens_in, r.usage.tokens_out),
+                    (Some(12), Some(3)),
+                    "{eol} step {step}"
+                );
+                assert_eq!(r.output_chars, 11, "{eol} step {step}");
+                assert!(r.ended, "{eol} step {step}");
+            }
+        }
+        // Cut inside the oversized frame: what came before stands.
+        let body = format!(
+            "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":12,\"completion_tokens\":3}}}}\n\ndata: {pad}"
+        );
+        let mut tap = UsageTap::stream(Family::OpenAiChat);
+        run(&mut tap, body.as_bytes(), 4096);
+        let r = tap.finish();
+        assert_eq!(
+            (r.usage.tokens_in, r.usage.tokens_out, r.ended),
+            (Some(12), Some(3), false)
+        );
     }
 
     #[test]
