@@ -129,6 +129,8 @@ const BUILT_IN: &[(&str, Price)] = &[
     ("claude-3-haiku", Price::anthropic(0.25, 1.25)),
     // Google
     ("gemini-2-5-pro", Price::new(1.25, 10.0, 0.31)),
+    // Its previews (`gemini-2.5-pro-preview-06-05`) were priced as it.
+    ("gemini-2-5-pro-preview", Price::new(1.25, 10.0, 0.31)),
     ("gemini-2-5-flash", Price::new(0.30, 2.50, 0.075)),
     ("gemini-2-5-flash-lite", Price::new(0.10, 0.40, 0.025)),
     ("gemini-2-0-flash", Price::new(0.10, 0.40, 0.025)),
@@ -287,6 +289,7 @@ mod tests {
             ("gpt-4-1106-preview", (10.0, 30.0)),
             ("gpt-4-0125-preview", (10.0, 30.0)),
             ("gpt-4-turbo-preview", (10.0, 30.0)),
+            ("gemini-2.5-pro-preview-06-05", (1.25, 10.0)),
             // Their bases keep theirs.
             ("o3", (2.0, 8.0)),
             ("gpt-4o-2024-08-06", (2.50, 10.0)),
