@@ -539,7 +539,12 @@ impl LineTail {
             let end = self.end.take();
             let rest = self.read_more(&current, &mut f);
             self.end = end;
-            let handed_out = rest?;
+            if rest? {
+                // Stay in this segment until a read finds nothing more:
+                // one read stops at the read limit, and moving on now
+                // would drop what lies past it.
+                return Ok(());
+            }
             if !self.partial.is_empty() {
                 tracing::warn!(path = %current.display(), "audit segment ends with an incomplete line");
                 self.partial.clear();
@@ -548,9 +553,6 @@ impl LineTail {
                 segment: Some(next.path),
                 offset: 0,
             };
-            if handed_out {
-                return Ok(());
-            }
         }
     }
 

@@ -423,3 +423,55 @@ async fn a_read_crosses_into_the_next_segment() {
     tail.read(|_, _| lines += 1).unwrap();
     assert_eq!(lines, 3);
 }
+
+/// Reads `tail` until a read hands out nothing; the lines, as text.
+fn read_all(tail: &mut LineTail) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let before = got.len();
+        tail.read(|_, line| got.push(String::from_utf8_lossy(line).into_owned()))
+            .unwrap();
+        if got.len() == before {
+            return got;
+        }
+    }
+}
+
+/// The writer may add more than one read's limit to a segment and roll to
+/// the next between two reads, while the durable end the reader was given
+/// still points into the old one. The whole rest of the old segment is
+/// handed out before the next one; moving on after one limited read
+/// dropped the rest (and the shipper then stopped at the hole for good).
+#[test]
+fn the_rest_of_a_finished_segment_is_read_past_the_read_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("2020-01-01.jsonl");
+    let b = tmp.path().join("2020-01-01.1.jsonl");
+    let line = |name: &str, i: usize| format!("{name}{i:03} {}", "x".repeat(90));
+    let text = |lines: &[String]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    let read_before: Vec<String> = (0..2).map(|i| line("a", i)).collect();
+    std::fs::write(&a, text(&read_before)).unwrap();
+    let cursor = Position {
+        segment: Some(a.clone()),
+        offset: std::fs::metadata(&a).unwrap().len(),
+    };
+    // About 3 KB more in A, then the roll to B.
+    let rest_of_a: Vec<String> = (2..32).map(|i| line("a", i)).collect();
+    let mut file = std::fs::OpenOptions::new().append(true).open(&a).unwrap();
+    file.write_all(text(&rest_of_a).as_bytes()).unwrap();
+    let in_b: Vec<String> = (0..3).map(|i| line("b", i)).collect();
+    std::fs::write(&b, text(&in_b)).unwrap();
+
+    let mut tail = LineTail::new(tmp.path(), cursor.clone()).with_read_limit(1024);
+    tail.until(Some(cursor));
+    assert_eq!(
+        read_all(&mut tail),
+        rest_of_a,
+        "every line of A after the cursor"
+    );
+    tail.until(Some(Position {
+        segment: Some(b.clone()),
+        offset: std::fs::metadata(&b).unwrap().len(),
+    }));
+    assert_eq!(read_all(&mut tail), in_b, "then B's");
+}
