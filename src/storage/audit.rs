@@ -18,7 +18,8 @@ pub struct ChainReport {
     pub last_seq: i64,
     /// The hash of its last event (empty for a replica with none).
     pub last_hash: String,
-    /// Whether its first stored event is the first it ever wrote.
+    /// Whether its first event is the first its log ever wrote (else it
+    /// continues after an event the log shipped under another name).
     pub from_genesis: bool,
 }
 
@@ -39,6 +40,8 @@ pub enum Broken {
         after: i64,
         seq: i64,
     },
+    #[error("replica {replica}: its first row is seq {seq}, not 1: rows deleted from its start")]
+    Start { replica: String, seq: i64 },
     #[error("replica {replica}: rows up to seq {last_seq} but no head in kt_replicas: its head row was deleted")]
     Headless { replica: String, last_seq: i64 },
     #[error("replica {replica}: its head says seq {head_seq} ({head_hash}) but the last row is seq {last_seq}: rows deleted or added behind the shipper")]
@@ -58,7 +61,8 @@ pub struct TableReport {
 }
 
 /// Checks every replica's chain: each row's hash, its link to the row
-/// before, the sequence without gaps, and the head matching the last row;
+/// before, the sequence from 1 without gaps, and the head matching the
+/// last row;
 /// notes in `checkpoints` each of them some chain holds. Replicas are
 /// those with a head or with rows: rows whose head was deleted still count
 /// in reports and feeds, so they are checked too, and reported.
@@ -105,6 +109,16 @@ pub async fn verify(db: &Db, checkpoints: &mut Checkpoints) -> Result<TableRepor
             let line: &str = row.get(2);
             if chain.events == 0 {
                 first = seq;
+                // Shippers number a chain from 1 and kt never deletes rows:
+                // a later first row means its oldest ones were deleted, and
+                // the first one left would otherwise pass as the start.
+                if seq != 1 {
+                    broken = Some(Broken::Start {
+                        replica: replica.clone(),
+                        seq,
+                    });
+                    break;
+                }
             } else if seq != last + 1 {
                 broken = Some(Broken::Gap {
                     replica: replica.clone(),

@@ -895,6 +895,44 @@ async fn verify_reports_rows_whose_head_was_deleted() {
     );
 }
 
+/// kt numbers every chain from seq 1 and never deletes rows: a chain whose
+/// oldest rows were deleted fails the check, instead of its first row left
+/// passing as the start.
+#[tokio::test]
+async fn verify_reports_rows_deleted_from_a_chains_start() {
+    let Some(tdb) = TestDb::create("verify_reports_rows_deleted_from_a_chains_start").await else {
+        return;
+    };
+    let db = Db::open(&tdb.url).await.unwrap();
+    ship_events(&db, "r1.test", (0..5).map(event).collect()).await;
+    tdb.client()
+        .await
+        .execute(
+            "DELETE FROM kt_events WHERE replica = 'r1.test' AND seq <= 3",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = audit::verify(&db, &mut Checkpoints::default())
+        .await
+        .unwrap();
+    assert!(report.chains.is_empty(), "{:?}", report.chains);
+    assert_eq!(
+        report.broken,
+        [audit::Broken::Start {
+            replica: "r1.test".into(),
+            seq: 4
+        }]
+    );
+    let out = kt(&["events", "verify", "--storage", &tdb.url]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("replica r1.test: its first row is seq 4, not 1"),
+        "{stderr}"
+    );
+}
+
 /// A chain under a new name (the host name or `KT_REPLICA_ID` changed, or
 /// `replica.id` was removed) continues after the last event the log
 /// shipped under the old one, instead of shipping the whole log again.
