@@ -65,6 +65,19 @@ pub enum StorageError {
     Task(String),
     #[error("local audit log: events not yet shipped are gone (the next kept one follows {next}, not {after}, the last one shipped); shipping waits: `kt events verify` shows where the log is cut")]
     Gap { after: String, next: String },
+    #[error("local audit log {}: the line after {} is not a sealed event; neither it nor any event after it is shipped; shipping waits: `kt events verify` shows the damage", path.display(), after_text(.after))]
+    Damaged {
+        path: std::path::PathBuf,
+        /// The hash of the last good event before it, if any.
+        after: Option<String>,
+    },
+}
+
+fn after_text(after: &Option<String>) -> String {
+    match after {
+        Some(hash) => format!("event {hash}"),
+        None => "the start of the chain".into(),
+    }
 }
 
 impl StorageError {
@@ -80,6 +93,7 @@ impl StorageError {
             StorageError::Keys(_) => "storage_keys",
             StorageError::Task(_) => "storage_task",
             StorageError::Gap { .. } => "storage_gap",
+            StorageError::Damaged { .. } => "storage_damaged",
         }
     }
 }

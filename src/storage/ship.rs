@@ -106,6 +106,35 @@ struct Cursor {
     /// The hash of the event just before `tail`: the stored head, or for a
     /// chain without one, the last event shipped under another name.
     hash: Option<String>,
+    /// Where the local log is broken, past the lines read so far: nothing
+    /// after it is shipped. Kept because `tail` has already read past it.
+    hole: Option<Hole>,
+}
+
+/// A break in the local log found while reading a batch.
+enum Hole {
+    /// A line whose `prev_hash` is not the hash of the event before it.
+    Link { after: String, next: String },
+    /// A line that is not a sealed event.
+    Damaged {
+        path: PathBuf,
+        after: Option<String>,
+    },
+}
+
+impl Hole {
+    fn error(&self) -> StorageError {
+        match self {
+            Hole::Link { after, next } => StorageError::Gap {
+                after: after.clone(),
+                next: next.clone(),
+            },
+            Hole::Damaged { path, after } => StorageError::Damaged {
+                path: path.clone(),
+                after: after.clone(),
+            },
+        }
+    }
 }
 
 /// Why a batch did not land.
@@ -237,7 +266,7 @@ impl Shipper {
                         // A gap is the local log's, and waits for an
                         // operator, not for the store.
                         let wait = match e {
-                            StorageError::Gap { .. } => "",
+                            StorageError::Gap { .. } | StorageError::Damaged { .. } => "",
                             _ => "; they stay in the local log and are shipped when the shared store answers",
                         };
                         tracing::warn!("audit events: {e}{wait}");
@@ -283,20 +312,32 @@ impl Shipper {
             }
         };
         if pending.is_empty() {
+            if let Some(hole) = &c.hole {
+                return Err(hole.error());
+            }
             *pending = next_batch(&self.dir, c, end).await?;
+            // Events removed before they were shipped (retention, a hand)
+            // or damaged must stop shipping, not leave a silent hole in
+            // the shared chain: the lines before the first break go, and
+            // nothing after it.
+            let mut before = c.hash.clone();
+            for (i, line) in pending.iter().enumerate() {
+                if let Some(after) = before.filter(|after| *after != line.prev_hash) {
+                    c.hole = Some(Hole::Link {
+                        after,
+                        next: line.prev_hash.clone(),
+                    });
+                    pending.truncate(i);
+                    break;
+                }
+                before = Some(line.hash.clone());
+            }
         }
         if pending.is_empty() {
-            return Ok(0);
-        }
-        // Events removed before they were shipped (retention, a hand) must
-        // stop shipping, not leave a silent hole in the shared chain.
-        if let (Some(after), Some(first)) = (&c.hash, pending.first()) {
-            if first.prev_hash != *after {
-                return Err(StorageError::Gap {
-                    after: after.clone(),
-                    next: first.prev_hash.clone(),
-                });
-            }
+            return match &c.hole {
+                Some(hole) => Err(hole.error()),
+                None => Ok(0),
+            };
         }
         match self.insert(c, pending).await {
             Ok(()) => {
@@ -347,6 +388,7 @@ impl Shipper {
                     tail: LineTail::new(&self.dir, position).with_read_limit(READ_LIMIT),
                     seq,
                     hash: Some(hash),
+                    hole: None,
                 })
             }
             None => Err(StorageError::Spool(crate::events::EventsError::Corrupt {
@@ -395,6 +437,7 @@ impl Shipper {
             tail: LineTail::new(&self.dir, position).with_read_limit(READ_LIMIT),
             seq: 0,
             hash,
+            hole: None,
         })
     }
 
@@ -470,8 +513,12 @@ async fn next_batch(
 ) -> Result<Vec<Line>, StorageError> {
     c.tail.until(end);
     let here = LineTail::new(dir, c.tail.position()).with_read_limit(READ_LIMIT);
-    let (tail, lines) = read_batch(std::mem::replace(&mut c.tail, here)).await?;
+    let (tail, lines, damaged) = read_batch(std::mem::replace(&mut c.tail, here)).await?;
     c.tail = tail;
+    if let Some(path) = damaged {
+        let after = lines.last().map(|l| l.hash.clone()).or(c.hash.clone());
+        c.hole = Some(Hole::Damaged { path, after });
+    }
     Ok(lines)
 }
 
@@ -511,15 +558,19 @@ pub fn last_shipped(dir: &Path) -> Result<Option<String>, crate::events::EventsE
 }
 
 /// Reads up to one batch of new complete lines (file I/O, off the async
-/// workers).
-async fn read_batch(mut tail: LineTail) -> Result<(LineTail, Vec<Line>), StorageError> {
+/// workers). The batch ends at a line that is not a sealed event; the file
+/// it is in comes back with it.
+async fn read_batch(
+    mut tail: LineTail,
+) -> Result<(LineTail, Vec<Line>, Option<PathBuf>), StorageError> {
     tokio::task::spawn_blocking(move || {
         let mut lines = Vec::new();
         let mut bytes = 0;
-        while lines.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        let mut damaged: Option<PathBuf> = None;
+        while lines.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES && damaged.is_none() {
             let before = lines.len();
             tail.read(|path, raw| {
-                if raw.trim_ascii().is_empty() {
+                if damaged.is_some() || raw.trim_ascii().is_empty() {
                     return;
                 }
                 match Line::parse(raw) {
@@ -527,17 +578,20 @@ async fn read_batch(mut tail: LineTail) -> Result<(LineTail, Vec<Line>), Storage
                         bytes += line.text.len();
                         lines.push(line);
                     }
-                    None => tracing::error!(
-                        path = %path.display(),
-                        "audit log line is not a sealed event; not shipped (run `kt events verify`)"
-                    ),
+                    None => {
+                        tracing::error!(
+                            path = %path.display(),
+                            "audit log line is not a sealed event; neither it nor any after it is shipped (run `kt events verify`)"
+                        );
+                        damaged = Some(path.to_path_buf());
+                    }
                 }
             })?;
             if lines.len() == before {
                 break;
             }
         }
-        Ok((tail, lines))
+        Ok((tail, lines, damaged))
     })
     .await
     .map_err(StorageError::task)?
@@ -583,6 +637,7 @@ mod tests {
             tail: LineTail::new(dir, at).with_read_limit(READ_LIMIT),
             seq: 1,
             hash: Some(hash.to_string()),
+            hole: None,
         }
     }
 
@@ -641,6 +696,7 @@ mod tests {
             tail: LineTail::new(&dir, Position::default()).with_read_limit(READ_LIMIT),
             seq: 0,
             hash: None,
+            hole: None,
         };
         let end = || Some(synced.borrow().clone());
         let lines = next_batch(&dir, &mut c, end()).await.unwrap();

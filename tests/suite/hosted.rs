@@ -1038,3 +1038,76 @@ async fn events_lost_before_shipping_stop_shipping() {
     assert_eq!(stats.shipped(), 0);
     assert_eq!(tdb.events().await, 2, "nothing shipped across the gap");
 }
+
+/// A line in the middle of the local log that is damaged (not a sealed
+/// event any more) or gone stops shipping at it: the events before it are
+/// shipped, none after it, instead of a hole in the shared chain.
+#[tokio::test]
+async fn a_damaged_or_missing_line_stops_shipping_there() {
+    let Some(tdb) = TestDb::create("a_damaged_or_missing_line_stops_shipping_there").await else {
+        return;
+    };
+    let db = Db::open(&tdb.url).await.unwrap();
+    let ready = tokio::sync::watch::channel(true).1;
+    type Damage = fn(&str) -> Option<String>;
+    let damages: [(&str, Damage); 2] = [
+        ("damaged.test", |line| Some(line.replacen('{', "x", 1))),
+        ("missing.test", |_| None),
+    ];
+    for (replica, damage) in damages {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("events");
+        let (sink, writer) = EventLog::open(&events, LogOptions::default()).unwrap();
+        for i in 0..5 {
+            sink.send(event(i)).await.unwrap();
+        }
+        writer.close().await.unwrap();
+        let segment = keeptrusts::events::segment::list(&events)
+            .unwrap()
+            .pop()
+            .unwrap()
+            .path;
+        let text = std::fs::read_to_string(&segment).unwrap();
+        let damaged: String = text
+            .lines()
+            .enumerate()
+            .filter_map(|(i, line)| {
+                if i == 2 {
+                    damage(line)
+                } else {
+                    Some(line.into())
+                }
+            })
+            .map(|line| line + "\n")
+            .collect();
+        std::fs::write(&segment, damaged).unwrap();
+        let shipper = ship::start(db.clone(), events, replica.into(), None, ready.clone());
+        let stats = Arc::clone(shipper.stats());
+        eventually(
+            &format!("{replica}: the break refused"),
+            Duration::from_secs(20),
+            || {
+                let stats = Arc::clone(&stats);
+                async move { stats.failures() >= 2 }
+            },
+        )
+        .await;
+        shipper.finish(Duration::from_millis(100)).await;
+        assert_eq!(stats.shipped(), 2, "{replica}: the events before the break");
+        let rows: i64 = tdb
+            .client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM kt_events WHERE replica = $1",
+                &[&replica],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 2, "{replica}: nothing shipped past the break");
+    }
+    let report = audit::verify(&db, &mut Checkpoints::default())
+        .await
+        .unwrap();
+    assert!(report.broken.is_empty(), "{:?}", report.broken);
+}
