@@ -115,17 +115,37 @@ pub async fn revoke(db: &Db, id: &str) -> Result<Revoked, StorageError> {
     }
 }
 
-/// What changes whenever a key is created or revoked.
-async fn version(db: &Db) -> Result<(i64, i64), StorageError> {
+/// What changes whenever a key is created or revoked: the highest
+/// version, the number of keys and the number revoked.
+///
+/// The highest version alone misses changes: a version is drawn when a
+/// change is made, not when it commits, so a change can commit after one
+/// with a higher version that a watcher has already seen. A create that
+/// commits late still moves the count of keys, and a revocation the count
+/// of revoked keys (rows are never deleted, and a revoked key stays
+/// revoked, so neither count can come back to a value already seen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    max: i64,
+    keys: i64,
+    revoked: i64,
+}
+
+/// Reads the table's [`Version`].
+async fn version(db: &Db) -> Result<Version, StorageError> {
     let conn = db.conn().await?;
     let row = conn
         .query_one(
-            "SELECT coalesce(max(version), 0), count(*) FROM kt_keys",
+            "SELECT coalesce(max(version), 0), count(*), count(revoked_at) FROM kt_keys",
             &[],
         )
         .await
         .map_err(|e| db.err(e))?;
-    Ok((row.get(0), row.get(1)))
+    Ok(Version {
+        max: row.get(0),
+        keys: row.get(1),
+        revoked: row.get(2),
+    })
 }
 
 /// The gateway's key index, fed from the table.
@@ -155,7 +175,7 @@ impl KeyWatcher {
 
     /// Reads the table now if it changed since `seen`; returns the new
     /// version.
-    async fn refresh(&self, seen: Option<(i64, i64)>) -> Result<(i64, i64), StorageError> {
+    async fn refresh(&self, seen: Option<Version>) -> Result<Version, StorageError> {
         let now = version(&self.db).await?;
         if seen == Some(now) {
             return Ok(now);
@@ -174,7 +194,7 @@ impl KeyWatcher {
 
     /// Follows the table until the task is dropped; `seen` is the version
     /// [`load_now`](KeyWatcher::load_now) read, if it did.
-    pub async fn run(self, seen: Option<(i64, i64)>) {
+    pub async fn run(self, seen: Option<Version>) {
         let mut seen = seen;
         let mut failing = false;
         let mut tick = tokio::time::interval(crate::keys::store::RELOAD_EVERY);
@@ -204,7 +224,7 @@ impl KeyWatcher {
 
     /// Reads the table once (start-up): the keys in force before the
     /// first request when the database answers. Returns the version read.
-    pub async fn load_now(&self) -> Result<(i64, i64), StorageError> {
+    pub async fn load_now(&self) -> Result<Version, StorageError> {
         self.refresh(None).await
     }
 }

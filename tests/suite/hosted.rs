@@ -14,7 +14,7 @@ use crate::suite::cli::spawn_gateway;
 use base64::Engine as _;
 use keeptrusts::events::{Action, Checkpoints, Event, EventLog, Filters, LogOptions, Phase};
 use keeptrusts::storage::feed::TeamFeed;
-use keeptrusts::storage::{audit, ship, Db};
+use keeptrusts::storage::{audit, keys, ship, Db};
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::sync::atomic::Ordering::SeqCst;
@@ -1037,6 +1037,52 @@ async fn events_lost_before_shipping_stop_shipping() {
     shipper.finish(Duration::from_millis(100)).await;
     assert_eq!(stats.shipped(), 0);
     assert_eq!(tdb.events().await, 2, "nothing shipped across the gap");
+}
+
+/// A revocation draws its version when it is made, not when it commits:
+/// a key created meanwhile can commit first with a higher one, and a
+/// replica that reads the table between the two commits has then seen the
+/// highest version and the number of keys that hold after the revocation
+/// too. The revocation is still picked up.
+#[tokio::test]
+async fn a_revocation_committed_after_a_newer_change_is_picked_up() {
+    let Some(tdb) =
+        TestDb::create("a_revocation_committed_after_a_newer_change_is_picked_up").await
+    else {
+        return;
+    };
+    let db = Db::open(&tdb.url).await.unwrap();
+    let old = keys::create(&db, "old", None, false).await.unwrap();
+    // The revocation, made (its version drawn) and not yet committed.
+    let mut revoker = tdb.client().await;
+    let revoking = revoker.transaction().await.unwrap();
+    let revoked = revoking
+        .execute(
+            // What `kt keys revoke` runs.
+            "UPDATE kt_keys SET revoked_at = $2, version = nextval('kt_keys_version') WHERE id = $1",
+            &[&old.record.id, &keeptrusts::keys::file::now()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(revoked, 1);
+    keys::create(&db, "new", None, false).await.unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let watcher = keys::KeyWatcher::new(db.clone(), cache.path().join("keys.json")).unwrap();
+    let seen = watcher.load_now().await.unwrap();
+    let store = Arc::clone(watcher.store());
+    assert_eq!(
+        store.active_keys(),
+        2,
+        "the revocation is not committed yet"
+    );
+    revoking.commit().await.unwrap();
+    let watching = tokio::spawn(watcher.run(Some(seen)));
+    eventually("the revocation picked up", Duration::from_secs(10), || {
+        let store = Arc::clone(&store);
+        async move { store.active_keys() == 1 }
+    })
+    .await;
+    watching.abort();
 }
 
 /// A line in the middle of the local log that is damaged (not a sealed
