@@ -457,10 +457,13 @@ impl Follower {
 /// shipper copies byte for byte.
 pub struct LineTail {
     dir: PathBuf,
+    /// Always just after a newline (or at a segment's start): the bytes of
+    /// an incomplete line are read again once it is complete, never kept.
+    /// A writer that restarts cuts a torn line back and writes new lines
+    /// in its place, so bytes kept from it would be glued to them.
     position: Position,
-    /// An incomplete line read so far.
-    partial: Vec<u8>,
-    /// Most bytes read from the file per call.
+    /// Most bytes read from the file per call (more when one line is
+    /// longer).
     limit: u64,
     /// How far to read: see [`until`](LineTail::until).
     end: Option<Position>,
@@ -472,7 +475,6 @@ impl LineTail {
         LineTail {
             dir: dir.to_path_buf(),
             position,
-            partial: Vec::new(),
             limit: u64::MAX,
             end: None,
         }
@@ -495,10 +497,7 @@ impl LineTail {
 
     /// Just after the last complete line handed out.
     pub fn position(&self) -> Position {
-        Position {
-            segment: self.position.segment.clone(),
-            offset: self.position.offset - self.partial.len() as u64,
-        }
+        self.position.clone()
     }
 
     /// Calls `f` with each complete line written since the last call (and
@@ -520,7 +519,7 @@ impl LineTail {
                 };
                 continue;
             };
-            if self.read_more(&current, &mut f)? {
+            if self.read_more(&current, &mut f)? == Found::Lines {
                 return Ok(());
             }
             let key = current
@@ -539,15 +538,15 @@ impl LineTail {
             let end = self.end.take();
             let rest = self.read_more(&current, &mut f);
             self.end = end;
-            if rest? {
+            match rest? {
                 // Stay in this segment until a read finds nothing more:
                 // one read stops at the read limit, and moving on now
                 // would drop what lies past it.
-                return Ok(());
-            }
-            if !self.partial.is_empty() {
-                tracing::warn!(path = %current.display(), "audit segment ends with an incomplete line");
-                self.partial.clear();
+                Found::Lines => return Ok(()),
+                Found::Incomplete => {
+                    tracing::warn!(path = %current.display(), "audit segment ends with an incomplete line");
+                }
+                Found::Nothing => {}
             }
             self.position = Position {
                 segment: Some(next.path),
@@ -556,48 +555,68 @@ impl LineTail {
         }
     }
 
-    /// Reads `path` from the current offset to its end; whether anything
-    /// new was there.
+    /// Hands out the complete lines of `path` after the current offset
+    /// (up to the read limit, or to the end of the first line if that is
+    /// longer) and moves the offset just past the last of them.
     fn read_more(
         &mut self,
         path: &Path,
         f: &mut impl FnMut(&Path, &[u8]),
-    ) -> Result<bool, EventsError> {
+    ) -> Result<Found, EventsError> {
         let mut file = match std::fs::File::open(path) {
             Ok(f) => f,
             // Pruned under us: move on to whatever comes next.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Nothing),
             Err(e) => return Err(EventsError::io(path, e)),
         };
         let len = file.metadata().map_err(|e| EventsError::io(path, e))?.len();
         if len < self.position.offset {
-            // Truncated (the writer cut a torn line on restart): resync.
-            self.partial.clear();
+            // Truncated below a line already handed out: resync.
             self.position.offset = len;
-            return Ok(false);
+            return Ok(Found::Nothing);
         }
         let len = self.cap(path).map_or(len, |cap| cap.min(len));
         if len <= self.position.offset {
-            return Ok(false);
+            return Ok(Found::Nothing);
         }
         file.seek(SeekFrom::Start(self.position.offset))
             .map_err(|e| EventsError::io(path, e))?;
+        let available = len - self.position.offset;
         let mut fresh = Vec::new();
-        (&mut file)
-            .take((len - self.position.offset).min(self.limit))
-            .read_to_end(&mut fresh)
-            .map_err(|e| EventsError::io(path, e))?;
-        self.position.offset += fresh.len() as u64;
-        self.partial.extend_from_slice(&fresh);
-        if let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') {
-            let rest = self.partial.split_off(end + 1);
-            let complete = std::mem::replace(&mut self.partial, rest);
-            for line in complete[..end].split(|&b| b == b'\n') {
-                f(path, line);
+        loop {
+            let start = fresh.len();
+            let want = self.limit.min(available - start as u64);
+            (&mut file)
+                .take(want)
+                .read_to_end(&mut fresh)
+                .map_err(|e| EventsError::io(path, e))?;
+            let ended = memchr::memchr(b'\n', &fresh[start..]).is_some();
+            // Shorter than asked: the file is shorter than it said.
+            let short = ((fresh.len() - start) as u64) < want;
+            if ended || short || fresh.len() as u64 >= available {
+                break;
             }
         }
-        Ok(!fresh.is_empty())
+        let Some(end) = fresh.iter().rposition(|&b| b == b'\n') else {
+            return Ok(Found::Incomplete);
+        };
+        for line in fresh[..end].split(|&b| b == b'\n') {
+            f(path, line);
+        }
+        self.position.offset += end as u64 + 1;
+        Ok(Found::Lines)
     }
+}
+
+/// What a read of one segment found after the offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// Complete lines, handed out.
+    Lines,
+    /// The start of a line not complete yet (or never to be: torn).
+    Incomplete,
+    /// Nothing after the offset.
+    Nothing,
 }
 
 impl LineTail {

@@ -475,3 +475,67 @@ fn the_rest_of_a_finished_segment_is_read_past_the_read_limit() {
     }));
     assert_eq!(read_all(&mut tail), in_b, "then B's");
 }
+
+/// A writer that crashed mid-line cuts the torn line back on restart and
+/// writes new lines in its place. A follower that read the torn bytes must
+/// not skip that many bytes of what replaced them: with the new lines
+/// longer than the torn one, the file never looks shorter than where the
+/// follower was, so only reading again from the last newline sees them.
+#[tokio::test]
+async fn follower_reads_what_replaced_a_torn_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("2020-01-01.jsonl");
+    let line = |e: &Event| {
+        let mut text = serde_json::to_string(e).unwrap();
+        text.push('\n');
+        text
+    };
+    let events: Vec<Event> = (0..5)
+        .map(|n| Event {
+            // Longer than the torn line.
+            reason: Some("r".repeat(400)),
+            ..ev(n)
+        })
+        .collect();
+    let whole = format!("{}{}", line(&events[0]), line(&events[1]));
+    let torn = &line(&events[2])[..300];
+    std::fs::write(&path, format!("{whole}{torn}")).unwrap();
+    let mut f = Follower::new(tmp.path(), Position::default(), Filters::default())
+        .with_interval(Duration::from_millis(10));
+    // The first poll reads the torn bytes with the two whole lines.
+    assert_eq!(next(&mut f).await, events[0]);
+    assert_eq!(next(&mut f).await, events[1]);
+    // The restart: cut back to the whole lines, then two more.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(whole.len() as u64).unwrap();
+    drop(file);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(format!("{}{}", line(&events[3]), line(&events[4])).as_bytes())
+        .unwrap();
+    assert_eq!(next(&mut f).await, events[3], "not glued to the torn bytes");
+    assert_eq!(next(&mut f).await, events[4]);
+}
+
+/// A line longer than the read limit is read whole by one read: the
+/// bytes of an incomplete line are not kept between reads, so reading it a
+/// limit at a time would never get past it.
+#[test]
+fn a_line_longer_than_the_read_limit_is_read_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = "x".repeat(3000);
+    std::fs::write(
+        tmp.path().join("2020-01-01.jsonl"),
+        format!("{long}\nnext\n"),
+    )
+    .unwrap();
+    let mut tail = LineTail::new(tmp.path(), Position::default()).with_read_limit(1024);
+    let mut got = Vec::new();
+    tail.read(|_, line| got.push(String::from_utf8_lossy(line).into_owned()))
+        .unwrap();
+    assert_eq!(got.first(), Some(&long), "the first read hands it out");
+    got.extend(read_all(&mut tail));
+    assert_eq!(got, [long.as_str(), "next"]);
+}
