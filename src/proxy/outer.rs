@@ -7,7 +7,7 @@ use super::{
     InterceptMode, ProxyError,
 };
 use crate::body::{self, Body};
-use crate::netio::{Activity, Tracked};
+use crate::netio::{Activity, Requests, Tracked};
 use crate::shutdown::Shutdown;
 use crate::upstream::pool::Origin;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -39,9 +39,19 @@ pub(super) async fn serve(
         identity: crate::identity::Identity::anonymous(),
         session_key: None,
     };
+    // A request waiting for its answer (a direct-API call whose provider
+    // thinks for minutes) moves no byte: counted open until its head, so
+    // the idle limit does not cut it; the response timeout bounds it.
+    let requests = Requests::default();
+    let svc_requests = requests.clone();
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(route(ctx, req).await) }
+        let open = svc_requests.start();
+        async move {
+            let resp = route(ctx, req).await;
+            drop(open);
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -59,7 +69,7 @@ pub(super) async fn serve(
                 _ = shutdown.cut() => {}
             }
         }
-        _ = activity.idle_timeout(gw.limits.idle) => {}
+        _ = requests.idle_timeout_with(&activity, gw.limits.idle) => {}
     }
 }
 

@@ -882,3 +882,34 @@ async fn with_keys_required_a_page_with_a_key_is_served() {
     .await;
     assert_eq!(resp.status(), 401, "no key, no answer");
 }
+
+/// A direct-API call whose provider thinks longer than the idle limit is
+/// answered by the response timeout (504), not cut with its connection:
+/// no byte moves while it waits.
+#[tokio::test]
+async fn a_call_waiting_longer_than_the_idle_limit_gets_its_answer() {
+    provider_keys();
+    let ca = TestCa::new("direct API CA");
+    let public = Origin::tls(&ca, &[OPENAI, ANTHROPIC], Alpn::Both).await;
+    let config = Arc::new(PolicyConfig::parse(TARGETS, Path::new("t.yaml")).unwrap());
+    let idle = std::time::Duration::from_millis(300);
+    let gw = TestGateway::start(&ca, |s| {
+        s.connect_to.push(connect_to(OPENAI, 443, public.addr));
+        s.apply_config(&config);
+        s.limits.idle = idle;
+        s.upstream_timeouts.response_head = idle * 5;
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    let resp = call(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-test-hang", "1")],
+        &chat("gpt-4o", false, "think hard"),
+    )
+    .await;
+    assert_eq!(resp.status(), 504);
+    assert!(asked.elapsed() >= idle * 4, "{:?}", asked.elapsed());
+    assert_eq!(resp.headers()["x-kt-error"], "upstream_timeout");
+}
