@@ -435,10 +435,13 @@ mod shared {
                     c.events,
                     c.first_seq,
                     c.last_seq,
+                    // Every chain in the table starts at seq 1 (a gap
+                    // there is a break): one that does not start at the
+                    // first event continues an earlier one.
                     if c.from_genesis {
                         ""
                     } else {
-                        " from a retained anchor"
+                        " continuing an earlier chain (a renamed replica's, or one shipped to another database)"
                     },
                     c.last_hash
                 );

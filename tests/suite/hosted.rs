@@ -976,6 +976,13 @@ async fn a_renamed_replica_continues_after_what_was_shipped() {
         ("b.test", 2, false),
         "linked to the old chain's last event"
     );
+    // `kt events verify --storage` says so, not that it was pruned.
+    let verified = kt_ok(&["events", "verify", "--storage", &tdb.url]).await;
+    let line = verified
+        .lines()
+        .find(|l| l.starts_with("replica b.test: ok: 2 events (seq 1..2)"))
+        .unwrap_or_else(|| panic!("{verified}"));
+    assert!(line.contains("continuing an earlier chain"), "{line}");
 }
 
 /// Events removed from the local log before they were shipped stop
