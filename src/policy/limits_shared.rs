@@ -11,6 +11,12 @@
 //!
 //! When Redis fails, the caller counts in process for the cool-down
 //! ([`RedisLink`]) and says so once in the log.
+//!
+//! A write is retried once when the connection broke ([`RedisLink`]); the
+//! break may come after Redis ran it, with only the answer lost. So each
+//! write carries a random id, and Redis applies an id once: the bucket
+//! remembers the last one it took, and spend marks its id in a key that
+//! expires after a minute.
 
 use super::{Key, Limit, Rate};
 use crate::redis_link::{LinkError, RedisLink};
@@ -22,6 +28,7 @@ use time::Date;
 /// empty, `{'2', wait}` when the token bucket is in debt; `wait` in
 /// seconds. All text: Lua numbers become integers on the way out.
 const BUCKET_SCRIPT: &str = r#"
+if redis.call('HGET', KEYS[1], 'op') == ARGV[7] then return {'0'} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local op = ARGV[1]
@@ -47,13 +54,39 @@ elseif op == 'refund' then
 elseif op == 'charge' then
   tl = tl - tonumber(ARGV[6])
 end
-redis.call('HSET', KEYS[1], 'rl', tostring(rl), 'rt', tostring(now), 'tl', tostring(tl), 'tt', tostring(now))
+redis.call('HSET', KEYS[1], 'rl', tostring(rl), 'rt', tostring(now), 'tl', tostring(tl), 'tt', tostring(now), 'op', ARGV[7])
 local rest = 0
 if rrate > 0 then rest = math.max(rest, (rcap - rl) / rrate) end
 if trate > 0 then rest = math.max(rest, (tcap - tl) / trate) end
 redis.call('PEXPIRE', KEYS[1], math.ceil(rest * 1000) + 1000)
 return {'0'}
 "#;
+
+/// Adds `ARGV[1]` dollars to the day's and the month's counters (`KEYS[1]`,
+/// `KEYS[2]`, expiring at `ARGV[2]`, `ARGV[3]`), once per write id: the
+/// id's mark (`KEYS[3]`) outlives any retry.
+const SPEND_SCRIPT: &str = r#"
+if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', 60000) then return 0 end
+redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+redis.call('INCRBYFLOAT', KEYS[2], ARGV[1])
+redis.call('EXPIREAT', KEYS[2], ARGV[3])
+return 1
+"#;
+
+fn spend_script() -> &'static redis::Script {
+    static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(SPEND_SCRIPT))
+}
+
+/// A fresh id for one write, the same for its retry.
+fn write_id() -> String {
+    format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
+}
 
 fn bucket_script() -> &'static redis::Script {
     static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
@@ -129,7 +162,8 @@ impl Shared {
             .arg(rrate)
             .arg(tcap)
             .arg(trate)
-            .arg(n);
+            .arg(n)
+            .arg(write_id());
         let answer: Vec<String> = self.link.run_script(&invocation).await?;
         let wait = || {
             answer
@@ -172,24 +206,13 @@ impl Shared {
         month_end: i64,
     ) -> Result<(), LinkError> {
         let (d, m) = self.spend_keys(key, day);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("INCRBYFLOAT")
-            .arg(&d)
+        let mut invocation = spend_script().key(&d);
+        invocation
+            .key(&m)
+            .key(format!("{}op:{}", self.prefix, write_id()))
             .arg(usd)
-            .ignore()
-            .cmd("EXPIREAT")
-            .arg(&d)
             .arg(day_end + 86_400)
-            .ignore()
-            .cmd("INCRBYFLOAT")
-            .arg(&m)
-            .arg(usd)
-            .ignore()
-            .cmd("EXPIREAT")
-            .arg(&m)
-            .arg(month_end + 86_400)
-            .ignore();
-        self.link.run_pipe::<()>(&pipe).await
+            .arg(month_end + 86_400);
+        self.link.run_script::<i64>(&invocation).await.map(|_| ())
     }
 }

@@ -375,3 +375,132 @@ async fn the_bucket_script_takes_refunds_charges_into_debt_and_expires_at_rest()
         .await
         .unwrap();
 }
+
+/// A proxy in front of the Redis at `redis` (`host:port`) that, once, lets
+/// a script run (`EVALSHA`) and then cuts the connection instead of passing
+/// back its answer (an error answer, such as `NOSCRIPT`, passes): Redis ran
+/// the write, the client saw a broken connection. Returns its address and
+/// whether it has cut one yet.
+async fn answer_dropping_proxy(
+    redis: String,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut_flag = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&redis).await else {
+                return;
+            };
+            let cut = cut_flag.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let armed = Arc::new(AtomicBool::new(false));
+                let arm = armed.clone();
+                let up = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let chunk = &buf[..n];
+                        let script = chunk.windows(7).any(|w| w == b"EVALSHA");
+                        arm.store(script, Ordering::SeqCst);
+                        if sw.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let ran = armed.load(Ordering::SeqCst) && buf[0] != b'-';
+                        if ran && !cut.swap(true, Ordering::SeqCst) {
+                            // Both halves are dropped on return: the
+                            // answer never reaches the client.
+                            return;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    (addr, cut)
+}
+
+/// A write whose answer was lost to a broken connection is retried, and
+/// the retry must not apply it a second time: spend is added once and a
+/// charge taken once.
+#[tokio::test]
+async fn a_write_retried_after_a_lost_answer_counts_once() {
+    use std::sync::atomic::Ordering;
+    let Some(url) = test_redis("write_retried_after_a_lost_answer") else {
+        return;
+    };
+    let rest = url.strip_prefix("redis://").unwrap_or(&url);
+    let (host, db) = rest.split_once('/').unwrap_or((rest, "0"));
+    let day = OffsetDateTime::now_utc().date();
+    let ends = |e: Option<OffsetDateTime>| e.unwrap().unix_timestamp();
+    let (day_ends, month_ends) = (ends(day_end(day)), ends(month_end(day)));
+    let k = user("dev1");
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+
+    // Spend.
+    let (proxy, cut) = answer_dropping_proxy(host.to_string()).await;
+    let prefix = format!("kt-unit:{:016x}:", rand::random::<u64>());
+    let s = Shared::new(&format!("redis://{proxy}/{db}"), &prefix, "b").unwrap();
+    s.spend(&k, 0.5, day, day_ends, month_ends)
+        .await
+        .expect("the retry answers");
+    assert!(cut.load(Ordering::SeqCst), "no answer was cut");
+    let (d, m) = s.spent(&k, day).await.unwrap();
+    assert!((d - 0.5).abs() < 1e-9 && (m - 0.5).abs() < 1e-9, "{d} {m}");
+    let (dk, mk) = s.spend_keys(&k, day);
+
+    // A charge.
+    let (proxy, cut) = answer_dropping_proxy(host.to_string()).await;
+    let s2 = Shared::new(&format!("redis://{proxy}/{db}"), &prefix, "rl").unwrap();
+    let tk = Some(Rate::per_minute(600.0, 600.0));
+    s2.bucket(&k, Op::Charge(100), None, tk)
+        .await
+        .expect("the retry answers");
+    assert!(cut.load(Ordering::SeqCst), "no answer was cut");
+    let level: String = redis::cmd("HGET")
+        .arg(s2.bucket_key(&k))
+        .arg("tl")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let level: f64 = level.parse().unwrap();
+    assert!((499.0..=510.0).contains(&level), "charged twice? {level}");
+
+    let _: () = redis::cmd("DEL")
+        .arg(dk)
+        .arg(mk)
+        .arg(s2.bucket_key(&k))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
