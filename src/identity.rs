@@ -2,7 +2,7 @@
 //! (anonymous when keys are not in use), for policies, events and costs,
 //! and the client's address (through trusted reverse proxies).
 
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 use ipnet::IpNet;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -85,9 +85,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     if !is_trusted(&peer) {
         return peer;
     }
-    let values: Vec<&HeaderValue> = headers.get_all("x-forwarded-for").iter().collect();
     let mut client = peer;
-    for value in values.into_iter().rev() {
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
         // A value that is not text is one garbled entry.
         let Ok(value) = value.to_str() else {
             return client;

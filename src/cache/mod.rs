@@ -116,6 +116,14 @@ impl Spec {
                 .to_string(),
         }
     }
+
+    /// Whether `o` asks for these tiers (without building its spec: a
+    /// lookup allocates nothing).
+    fn serves(&self, o: &CacheOptions) -> bool {
+        self.backend == o.backend
+            && self.max_bytes == o.max_bytes.unwrap_or(DEFAULT_MAX_BYTES)
+            && self.prefix == o.key_prefix.as_deref().unwrap_or(DEFAULT_KEY_PREFIX)
+    }
 }
 
 /// One set of tiers.
@@ -153,30 +161,25 @@ impl Caches {
     /// The store for a cache policy's options (created on first use; a
     /// lookup allocates nothing).
     pub fn store(&self, o: &CacheOptions) -> Result<Arc<Store>, CacheError> {
-        let max_bytes = o.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
-        let prefix = o.key_prefix.as_deref().unwrap_or(DEFAULT_KEY_PREFIX);
         let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        let same =
-            |s: &Spec| s.backend == o.backend && s.max_bytes == max_bytes && s.prefix == prefix;
-        if let Some(s) = stores.iter().find(|s| same(&s.spec)) {
+        if let Some(s) = stores.iter().find(|s| s.spec.serves(o)) {
             return Ok(s.clone());
         }
+        let spec = Spec::of(o);
         let redis = match &o.backend {
             CacheBackend::Memory => None,
-            CacheBackend::Redis(url) => {
-                Some(redis::RedisTier::new(url, prefix, self.stats.clone())?)
-            }
+            CacheBackend::Redis(url) => Some(redis::RedisTier::new(
+                url,
+                &spec.prefix,
+                self.stats.clone(),
+            )?),
         };
         let store = Arc::new(Store {
-            memory: memory::Memory::new(max_bytes),
+            memory: memory::Memory::new(spec.max_bytes),
             redis,
             flights: Arc::default(),
             stats: self.stats.clone(),
-            spec: Spec {
-                backend: o.backend.clone(),
-                max_bytes,
-                prefix: prefix.to_string(),
-            },
+            spec,
         });
         stores.push(store.clone());
         Ok(store)
@@ -187,11 +190,11 @@ impl Caches {
     /// memory, up to their old `max_bytes`, for as long as the gateway
     /// runs. An exchange still using one keeps it until it ends.
     pub fn keep_only<'o>(&self, options: impl IntoIterator<Item = &'o CacheOptions>) {
-        let specs: Vec<Spec> = options.into_iter().map(Spec::of).collect();
+        let options: Vec<&CacheOptions> = options.into_iter().collect();
         self.stores
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|s| specs.contains(&s.spec));
+            .retain(|s| options.iter().any(|o| s.spec.serves(o)));
     }
 
     /// Counters over every store.

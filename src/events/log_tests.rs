@@ -746,13 +746,39 @@ async fn the_log_is_readable_by_its_owner_only() {
     assert_eq!(mode(&open), 0o700);
 }
 
+/// Writes one event to the log in `dir` (whose segments each hold one
+/// event), then makes the next segment a device that refuses every write
+/// (ENOSPC); returns that segment's path, to remove once done.
+#[cfg(target_os = "linux")]
+async fn fail_from_the_next_segment(dir: &Path, sink: &EventSink) -> std::path::PathBuf {
+    use crate::events::segment::Segment;
+    sink.send(ev(0)).await.unwrap();
+    sink.flush().await.unwrap();
+    let first = list(dir).unwrap().remove(0);
+    let next = Segment::new(dir, first.date, first.seq + 1);
+    std::os::unix::fs::symlink("/dev/full", &next.path).unwrap();
+    next.path
+}
+
+/// Waits (bounded) until the writer has met a failed write.
+#[cfg(target_os = "linux")]
+async fn until_a_write_failed(sink: &EventSink) {
+    let failing = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sink.stats().write_errors() == 0 {
+        assert!(
+            tokio::time::Instant::now() < failing,
+            "the write never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A failing disk holds traffic (events wait for their write) but not the
 /// shutdown: once a close is asked for, a batch that cannot be written is
 /// given up after a few attempts, and the close ends, reporting it.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_close_ends_the_writer_even_on_a_failing_disk() {
-    use crate::events::segment::Segment;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("events");
     // Every event after the first rolls to a new segment.
@@ -762,27 +788,15 @@ async fn a_close_ends_the_writer_even_on_a_failing_disk() {
         ..opts()
     };
     let (sink, handle) = EventLog::open(&dir, options).unwrap();
-    sink.send(ev(0)).await.unwrap();
-    sink.flush().await.unwrap();
-    let first = list(&dir).unwrap().remove(0);
-    // The next segment is a device that refuses every write (ENOSPC).
-    let next = Segment::new(&dir, first.date, first.seq + 1);
-    std::os::unix::fs::symlink("/dev/full", &next.path).unwrap();
+    let next = fail_from_the_next_segment(&dir, &sink).await;
     sink.send(ev(1)).await.unwrap();
-    let failing = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sink.stats().write_errors() == 0 {
-        assert!(
-            tokio::time::Instant::now() < failing,
-            "the write never failed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_a_write_failed(&sink).await;
     let closed = tokio::time::timeout(Duration::from_secs(30), handle.close()).await;
     let result = closed.expect("the close hung on the failing disk");
     // The write's own error (ENOSPC), not only the final fsync's.
     let err = result.expect_err("the event it could not write is reported");
     assert!(err.to_string().contains("No space left"), "{err}");
-    std::fs::remove_file(&next.path).unwrap();
+    std::fs::remove_file(&next).unwrap();
     assert_eq!(events(&dir).len(), 1, "what was written stays");
 }
 
@@ -792,7 +806,6 @@ async fn a_close_ends_the_writer_even_on_a_failing_disk() {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn waiting_sends_get_in_once_a_close_is_announced_on_a_failing_disk() {
-    use crate::events::segment::Segment;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("events");
     let options = LogOptions {
@@ -803,11 +816,7 @@ async fn waiting_sends_get_in_once_a_close_is_announced_on_a_failing_disk() {
         ..opts()
     };
     let (sink, handle) = EventLog::open(&dir, options).unwrap();
-    sink.send(ev(0)).await.unwrap();
-    sink.flush().await.unwrap();
-    let first = list(&dir).unwrap().remove(0);
-    let next = Segment::new(&dir, first.date, first.seq + 1);
-    std::os::unix::fs::symlink("/dev/full", &next.path).unwrap();
+    let next = fail_from_the_next_segment(&dir, &sink).await;
     // More events than the queue holds: the last ones wait for room.
     let senders: Vec<_> = (1..8)
         .map(|i| {
@@ -815,14 +824,7 @@ async fn waiting_sends_get_in_once_a_close_is_announced_on_a_failing_disk() {
             tokio::spawn(async move { sink.send(ev(i)).await })
         })
         .collect();
-    let failing = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sink.stats().write_errors() == 0 {
-        assert!(
-            tokio::time::Instant::now() < failing,
-            "the write never failed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_a_write_failed(&sink).await;
     handle.begin_close();
     for s in senders {
         let sent = tokio::time::timeout(Duration::from_secs(60), s).await;
@@ -832,7 +834,7 @@ async fn waiting_sends_get_in_once_a_close_is_announced_on_a_failing_disk() {
     }
     let closed = tokio::time::timeout(Duration::from_secs(30), handle.close()).await;
     let _ = closed.expect("the close hung");
-    std::fs::remove_file(&next.path).unwrap();
+    std::fs::remove_file(&next).unwrap();
 }
 
 /// A reload's `fsync:` reaches the writer: from the events after it, the

@@ -179,24 +179,37 @@ fn proxy_credentials(headers: &HeaderMap) -> Presented<'_> {
     basic_key(rest).map_or(Presented::Malformed, |k| Presented::Key(k.into()))
 }
 
+/// The decoded `user:password` of `Basic` credentials; `encoded` is what
+/// follows the scheme.
+fn basic_decoded(encoded: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+}
+
+/// `user` and `password` of decoded `Basic` credentials (the password
+/// empty without a `:`).
+fn user_password(decoded: &str) -> (&str, &str) {
+    decoded.split_once(':').unwrap_or((decoded, ""))
+}
+
 /// The key in `Basic` credentials (`base64(user:key)`): the password, or
 /// the user name when the password is empty (`key:`).
 fn basic_key(encoded: &str) -> Option<String> {
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
+    let decoded = String::from_utf8(basic_decoded(encoded)?).ok()?;
+    let (user, password) = user_password(&decoded);
     Some(if password.is_empty() { user } else { password }.to_string())
+}
+
+/// What follows the scheme of a `Basic` credential header value.
+fn basic_value(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("basic").then_some(rest)
 }
 
 /// The key of `Basic` credentials in a header value, if it is one.
 fn basic_value_key(value: &str) -> Option<String> {
-    let (scheme, rest) = value.trim().split_once([' ', '\t'])?;
-    scheme
-        .eq_ignore_ascii_case("basic")
-        .then(|| basic_key(rest))
-        .flatten()
+    basic_value(value).and_then(basic_key)
 }
 
 /// `Authorization: Bearer KEY`, or `Basic` credentials holding the key (a
@@ -239,19 +252,17 @@ pub fn is_access_key(value: &http::HeaderValue) -> bool {
             return true;
         }
     }
-    // Base64 hides the prefix: only `Basic` values are decoded.
-    let basic = bytes
-        .get(..6)
-        .is_some_and(|s| s.eq_ignore_ascii_case(b"basic "));
-    basic
-        && std::str::from_utf8(bytes).is_ok_and(|v| {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(v.get(6..).unwrap_or_default().trim())
-                .unwrap_or_default();
-            let decoded = String::from_utf8_lossy(&decoded);
-            let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
-            user.starts_with(super::key::KEY_PREFIX) || password.starts_with(super::key::KEY_PREFIX)
-        })
+    // Base64 hides the prefix: only `Basic` values are decoded, and
+    // either part may hold the key.
+    let decoded = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(basic_value)
+        .and_then(basic_decoded);
+    decoded.is_some_and(|d| {
+        let text = String::from_utf8_lossy(&d);
+        let (user, password) = user_password(&text);
+        user.starts_with(super::key::KEY_PREFIX) || password.starts_with(super::key::KEY_PREFIX)
+    })
 }
 
 #[cfg(test)]
